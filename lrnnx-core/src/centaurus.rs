@@ -1,0 +1,1 @@
+//! Centaurus — filled in by the Centaurus work.

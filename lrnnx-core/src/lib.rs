@@ -1,0 +1,43 @@
+//! # lrnnx-core
+//!
+//! Step-wise recurrences of linear-RNN / state-space layers, `#![no_std]` and without
+//! allocation: the part of lrnnx for Rust that runs on a microcontroller, in a real-time audio
+//! callback, or on an event stream.
+//!
+//! * Every layer is built from lrnnx's own parameters (state-dict names and layouts, through a
+//!   [`ParamSource`]) and discretized **once** at construction into a flat `f32` weight buffer
+//!   that the caller provides (owned, borrowed, or `static` in flash).
+//! * The recurrent state is a caller-owned `[f32]` of [`Layer::state_len`] zeros.
+//! * [`Layer::step`] consumes one sample; it checks lengths and finiteness, then runs the
+//!   recurrence. It never panics and never allocates.
+//! * [`run_sequence`] steps through a whole sequence.
+//!
+//! Layers: [`S5Lti`], [`Lru`] (more in their modules). Discretizers: [`discretize`].
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod activation;
+pub mod centaurus;
+mod diag_ssm;
+pub mod discretize;
+pub mod error;
+pub mod fastmath;
+pub mod layer;
+pub mod linalg;
+pub mod lru;
+pub mod mamba;
+pub mod params;
+pub mod rglru;
+pub mod s4;
+pub mod s4d;
+pub mod s5_lti;
+pub mod s5_ltv;
+pub mod s7;
+pub mod scan;
+
+pub use discretize::Discretization;
+pub use error::{Dims, Error, Result};
+pub use layer::{run_event_sequence, run_sequence, EventLayer, Layer};
+pub use lru::{Lru, LruConfig};
+pub use params::{ParamSource, Prefixed, SliceParams, TensorView};
+pub use s5_lti::{S5Lti, S5LtiConfig};

@@ -1,0 +1,1 @@
+//! Mamba / S6 — filled in by the Mamba work.

@@ -1,0 +1,1 @@
+//! RG-LRU — filled in by the LTV work.

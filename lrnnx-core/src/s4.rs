@@ -1,0 +1,1 @@
+//! S4 (DPLR) — filled in by the S4 work.

@@ -1,0 +1,1 @@
+//! S4D — filled in by the S4 work.

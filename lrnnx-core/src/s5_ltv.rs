@@ -1,0 +1,1 @@
+//! S5 time-varying — filled in by the LTV work.

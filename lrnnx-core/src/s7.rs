@@ -1,0 +1,1 @@
+//! S7 — filled in by the LTV work.

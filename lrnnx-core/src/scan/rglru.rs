@@ -1,0 +1,1 @@
+//! rglru scan — filled in by the LTV work.

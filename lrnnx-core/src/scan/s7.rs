@@ -1,0 +1,1 @@
+//! s7 scan — filled in by the LTV work.

@@ -1,0 +1,1 @@
+//! selective scan — filled in by the LTV work.

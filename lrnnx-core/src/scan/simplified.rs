@@ -1,0 +1,1 @@
+//! simplified scan — filled in by the LTV work.

@@ -1,0 +1,19 @@
+//! lrnnx `lrnnx.models.lti.lru.LRU(d_model, d_state, r_min=0, r_max=1, max_phase=2π)`.
+//! `r_min`, `r_max` and `max_phase` only shape the initialization, so they are not needed here.
+
+use lrnnx_core::{Lru, LruConfig, ParamSource};
+use serde_json::Value;
+
+use super::{buffer, usize_arg, CoreModel, ImportError};
+
+pub(super) fn build<P: ParamSource + ?Sized>(
+    kwargs: &Value,
+    params: &P,
+) -> Result<CoreModel, ImportError> {
+    let config = LruConfig {
+        d_model: usize_arg(kwargs, "d_model")?,
+        d_state: usize_arg(kwargs, "d_state")?,
+    };
+    let layer = Lru::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    Ok(CoreModel::Plain(Box::new(layer)))
+}

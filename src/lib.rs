@@ -1,0 +1,15 @@
+//! # lrnnx for Rust
+//!
+//! Linear RNN / state-space-model layers that train in parallel and step sample by sample on
+//! anything from a GPU to a microcontroller. This root crate re-exports the workspace crates and
+//! hosts what ties them together: the lrnnx importer and the golden-case checker.
+//!
+//! * [`core`] (`lrnnx-core`): `no_std`, allocation-free step recurrences and discretizers.
+//! * [`import`]: builds core layers from lrnnx (PyTorch) state dicts by class name.
+//! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
+
+pub use lrnnx_core as core;
+
+pub mod golden;
+pub mod import;
+pub mod safetensors_io;
