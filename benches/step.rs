@@ -1,1 +1,282 @@
-fn main() {}
+//! One `step` of each core layer at batch 1 on one thread, against a baseline measured in the
+//! same process: a direct port of lrnnx's step (row-major complex matrices, `Complex32`
+//! arithmetic, no layout work), which is what the core's split, transposed layout is for.
+//!
+//! ```text
+//! cargo bench --bench step
+//! ```
+//!
+//! After criterion's own report, prints one line per layer:
+//! `step <layer> core=<ns> baseline=<ns> speedup=<x> vs_lrnnx=<x>` where `vs_lrnnx` divides the
+//! Python lrnnx step time quoted in the issue for this machine kind (not measured here: lrnnx
+//! cannot run without its CUDA extensions) by the core's time.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::Criterion;
+use lrnnx::core::Layer;
+use lrnnx::import::build_core;
+use lrnnx::safetensors_io::{Tensor, TensorFile};
+use num_complex::Complex32;
+use serde_json::json;
+
+/// Deterministic uniform numbers for weights and inputs.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor {
+            shape: shape.to_vec(),
+            data: (0..n).map(|_| lo + (hi - lo) * self.next()).collect(),
+        }
+    }
+}
+
+struct Bench {
+    name: &'static str,
+    class: &'static str,
+    kwargs: serde_json::Value,
+    params: TensorFile,
+    /// lrnnx's Python step time quoted in the issues (µs), where one is given.
+    lrnnx_us: Option<f64>,
+    baseline: Option<Box<dyn Fn(&mut [Complex32], &[f32], &mut [f32])>>,
+    baseline_state: usize,
+}
+
+fn file(entries: Vec<(&str, Tensor)>) -> TensorFile {
+    TensorFile {
+        tensors: entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<BTreeMap<_, _>>(),
+        metadata: BTreeMap::new(),
+    }
+}
+
+/// Direct port of a complex diagonal MIMO step: `h ← λ⊙h + B x; y = Re(C h) + skip(x)`,
+/// with `B` (N×H) and `C` (H×N) complex, row-major.
+fn diag_baseline(
+    lambda: Vec<Complex32>,
+    b: Vec<Complex32>,
+    c: Vec<Complex32>,
+    d: Vec<f32>,
+    d_is_matrix: bool,
+) -> Box<dyn Fn(&mut [Complex32], &[f32], &mut [f32])> {
+    Box::new(move |h, x, y| {
+        let (n, hh) = (lambda.len(), x.len());
+        for s in 0..n {
+            let mut acc = Complex32::new(0.0, 0.0);
+            for i in 0..hh {
+                acc += b[s * hh + i] * x[i];
+            }
+            h[s] = lambda[s] * h[s] + acc;
+        }
+        for o in 0..hh {
+            let mut acc = 0.0f32;
+            for s in 0..n {
+                acc += (c[o * n + s] * h[s]).re;
+            }
+            if d_is_matrix {
+                for i in 0..hh {
+                    acc += x[i] * d[i * hh + o];
+                }
+            } else {
+                acc += d[o] * x[o];
+            }
+            y[o] = acc;
+        }
+    })
+}
+
+fn benches() -> Vec<Bench> {
+    let mut rng = Rng(0x2545F4914F6CDD1D);
+    let (h, n) = (64usize, 64usize);
+    let mut out = Vec::new();
+
+    // S5 (LTI), zoh.
+    let a = rng.tensor(&[n, 2], -1.0, 1.0);
+    let b = rng.tensor(&[n, h], -0.1, 0.1);
+    let log_dt = rng.tensor(&[n], -6.9, -2.3);
+    let c = rng.tensor(&[h, n, 2], -0.2, 0.2);
+    let d = rng.tensor(&[h, h], -0.1, 0.1);
+    let lam: Vec<Complex32> = (0..n)
+        .map(|s| {
+            let ac = Complex32::new(-(1.0 + a.data[2 * s].exp()).ln(), a.data[2 * s + 1]);
+            (ac * log_dt.data[s].exp()).exp()
+        })
+        .collect();
+    let gam: Vec<Complex32> = (0..n)
+        .map(|s| {
+            let ac = Complex32::new(-(1.0 + a.data[2 * s].exp()).ln(), a.data[2 * s + 1]);
+            (lam[s] - 1.0) / ac
+        })
+        .collect();
+    let bb = (0..n * h).map(|k| gam[k / h] * b.data[k]).collect();
+    let cc = (0..h * n)
+        .map(|k| Complex32::new(c.data[2 * k], c.data[2 * k + 1]))
+        .collect();
+    let base = diag_baseline(lam, bb, cc, d.data.clone(), true);
+    out.push(Bench {
+        name: "s5_lti_zoh H=64 P=64",
+        class: "lrnnx.models.lti.s5.S5",
+        kwargs: json!({"d_model": h, "d_state": n, "discretization": "zoh"}),
+        params: file(vec![
+            ("A", a),
+            ("B", b),
+            ("log_dt", log_dt),
+            ("C", c),
+            ("D", d),
+        ]),
+        lrnnx_us: Some(60.0),
+        baseline: Some(base),
+        baseline_state: n,
+    });
+
+    // LRU.
+    let nu_log = rng.tensor(&[n], -4.5, -0.4);
+    let theta_log = rng.tensor(&[n], -3.0, 1.8);
+    let gamma_log = rng.tensor(&[n], -2.0, 0.0);
+    let b_re = rng.tensor(&[n, h], -0.1, 0.1);
+    let b_im = rng.tensor(&[n, h], -0.1, 0.1);
+    let c_re = rng.tensor(&[h, n], -0.1, 0.1);
+    let c_im = rng.tensor(&[h, n], -0.1, 0.1);
+    let dd = rng.tensor(&[h], -1.0, 1.0);
+    let lam = (0..n)
+        .map(|s| Complex32::new(-nu_log.data[s].exp(), theta_log.data[s].exp()).exp())
+        .collect();
+    let bb = (0..n * h)
+        .map(|k| Complex32::new(b_re.data[k], b_im.data[k]) * gamma_log.data[k / h].exp())
+        .collect();
+    let cc = (0..h * n)
+        .map(|k| Complex32::new(c_re.data[k], c_im.data[k]))
+        .collect();
+    let base = diag_baseline(lam, bb, cc, dd.data.clone(), false);
+    out.push(Bench {
+        name: "lru H=64 N=64",
+        class: "lrnnx.models.lti.lru.LRU",
+        kwargs: json!({"d_model": h, "d_state": n}),
+        params: file(vec![
+            ("nu_log", nu_log),
+            ("theta_log", theta_log),
+            ("gamma_log", gamma_log),
+            ("B_re", b_re),
+            ("B_im", b_im),
+            ("C_re", c_re),
+            ("C_im", c_im),
+            ("D", dd),
+        ]),
+        lrnnx_us: Some(47.0),
+        baseline: Some(base),
+        baseline_state: n,
+    });
+
+    // S4D, zoh (d_state 64 = 32 conjugate pairs per channel), with lrnnx's block tail.
+    let n2 = n / 2;
+    out.push(Bench {
+        name: "s4d_zoh H=64 N=64",
+        class: "lrnnx.models.lti.s4d.S4D",
+        kwargs: json!({"d_model": h, "d_state": n, "disc": "zoh", "transposed": false}),
+        params: file(vec![
+            ("inv_dt", rng.tensor(&[h, 1], -6.9, -2.3)),
+            ("A_real", rng.tensor(&[h, n2], -1.0, 0.0)),
+            ("A_imag", rng.tensor(&[h, n2], 0.0, 30.0)),
+            ("B", rng.tensor(&[1, h, n2, 2], -1.0, 1.0)),
+            ("C", rng.tensor(&[1, h, n2, 2], -1.0, 1.0)),
+            ("D", rng.tensor(&[1, h], -1.0, 1.0)),
+            ("output_linear.0.weight", rng.tensor(&[h, h], -0.1, 0.1)),
+            ("output_linear.0.bias", rng.tensor(&[h], -0.1, 0.1)),
+        ]),
+        lrnnx_us: None,
+        baseline: None,
+        baseline_state: 0,
+    });
+    out
+}
+
+fn median_ns(home: &PathBuf, id: &str) -> Option<f64> {
+    let path = home.join(id.replace('/', "_")).join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    v["median"]["point_estimate"].as_f64()
+}
+
+fn main() {
+    // Criterion's output folder: next to the build's `target` folder, unless set by the caller.
+    let home = std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("bench executable path");
+            exe.ancestors()
+                .nth(3)
+                .map(|t| t.join("criterion"))
+                .unwrap_or_else(|| "criterion".into())
+        });
+    std::env::set_var("CRITERION_HOME", &home);
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+    let mut rows = Vec::new();
+    for b in benches() {
+        let model = match build_core(b.class, &b.kwargs, &b.params.params("")) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("step {}: not built ({e})", b.name);
+                continue;
+            }
+        };
+        let layer = model.as_layer();
+        let mut rng = Rng(7);
+        let xs: Vec<f32> = (0..layer.d_input() * 256)
+            .map(|_| rng.next() - 0.5)
+            .collect();
+        let mut state = vec![0.0f32; layer.state_len()];
+        let mut y = vec![0.0f32; layer.d_output()];
+        let core_id = format!("core {}", b.name);
+        let mut t = 0usize;
+        c.bench_function(&core_id, |bench| {
+            bench.iter(|| {
+                let x = &xs[(t % 256) * layer.d_input()..][..layer.d_input()];
+                t += 1;
+                layer
+                    .step(black_box(&mut state), black_box(x), black_box(&mut y))
+                    .unwrap();
+            })
+        });
+        let base_id = format!("baseline {}", b.name);
+        if let Some(base) = &b.baseline {
+            let mut h = vec![Complex32::new(0.0, 0.0); b.baseline_state];
+            let mut t = 0usize;
+            c.bench_function(&base_id, |bench| {
+                bench.iter(|| {
+                    let x = &xs[(t % 256) * layer.d_input()..][..layer.d_input()];
+                    t += 1;
+                    base(black_box(&mut h), black_box(x), black_box(&mut y));
+                })
+            });
+        }
+        rows.push((b.name, core_id, base_id, b.lrnnx_us));
+    }
+    c.final_summary();
+    println!();
+    for (name, core_id, base_id, lrnnx_us) in rows {
+        let Some(core) = median_ns(&home, &core_id) else {
+            continue;
+        };
+        let mut line = format!("step {name} core={core:.0}ns");
+        if let Some(base) = median_ns(&home, &base_id) {
+            line += &format!(" baseline={base:.0}ns speedup={:.1}x", base / core);
+        }
+        if let Some(us) = lrnnx_us {
+            line += &format!(" vs_lrnnx={:.0}x", us * 1e3 / core);
+        }
+        println!("{line}");
+    }
+}

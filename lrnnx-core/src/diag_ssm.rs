@@ -6,22 +6,20 @@
 //! ```
 //!
 //! Weight layout (all `f32`, split real/imaginary parts, matrices stored transposed so that the
-//! step is a sequence of vectorizable `axpy`s):
+//! step is two register-blocked `Mᵀv` products, see [`gemv_t_segments`]):
 //!
-//! | segment  | length       | meaning                      |
-//! |----------|--------------|------------------------------|
-//! | `a_re`   | N            | `Re Ā`                       |
-//! | `a_im`   | N            | `Im Ā`                       |
-//! | `bt_re`  | H_in·N       | `Re B̄ᵀ` (row i = input i)   |
-//! | `bt_im`  | H_in·N       | `Im B̄ᵀ`                     |
-//! | `ct_re`  | N·H_out      | `Re Cᵀ` (row n = state n)    |
-//! | `ct_nim` | N·H_out      | `−Im Cᵀ`                     |
+//! | segment | shape       | meaning                                                        |
+//! |---------|-------------|----------------------------------------------------------------|
+//! | `a_re`  | N           | `Re Ā`                                                         |
+//! | `a_im`  | N           | `Im Ā`                                                         |
+//! | `bt`    | H_in × 2N   | row i = `[Re B̄[:, i], Im B̄[:, i]]`: `h += bt_ᵀ x` updates the whole state |
+//! | `ct`    | 2N × H_out  | rows `0..N` = `Re Cᵀ`, rows `N..2N` = `−Im Cᵀ`: `y = ctᵀ h` = `Re(C h)` |
 //!
 //! State: `h_re` (N) then `h_im` (N).
 
 use num_complex::Complex64;
 
-use crate::linalg::{cmul_diag, gemv_t_acc2, gemv_t_acc_pair};
+use crate::linalg::{cmul_diag, gemv_t_acc, gemv_t_segments};
 
 /// Sizes of a diagonal SSM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,20 +40,14 @@ impl DiagSsmDims {
         let n = self.n;
         let (a_re, rest) = w.split_at(n.min(w.len()));
         let (a_im, rest) = rest.split_at(n.min(rest.len()));
-        let nb = n * self.d_in;
-        let (bt_re, rest) = rest.split_at(nb.min(rest.len()));
-        let (bt_im, rest) = rest.split_at(nb.min(rest.len()));
-        let nc = n * self.d_out;
-        let (ct_re, rest) = rest.split_at(nc.min(rest.len()));
-        let ct_nim = &rest[..nc.min(rest.len())];
+        let (bt, rest) = rest.split_at((2 * n * self.d_in).min(rest.len()));
+        let ct = &rest[..(2 * n * self.d_out).min(rest.len())];
         DiagSsmView {
             d_out: self.d_out,
             a_re,
             a_im,
-            bt_re,
-            bt_im,
-            ct_re,
-            ct_nim,
+            bt,
+            ct,
         }
     }
 
@@ -83,8 +75,8 @@ impl DiagSsmDims {
         for s in 0..n {
             for i in 0..di {
                 let b = b_bar(s, i);
-                put(base_b + i * n + s, b.re);
-                put(base_b + n * di + i * n + s, b.im);
+                put(base_b + i * 2 * n + s, b.re);
+                put(base_b + i * 2 * n + n + s, b.im);
             }
         }
         let base_c = base_b + 2 * n * di;
@@ -92,7 +84,7 @@ impl DiagSsmDims {
             for s in 0..n {
                 let cv = c(o, s);
                 put(base_c + s * dout + o, cv.re);
-                put(base_c + n * dout + s * dout + o, -cv.im);
+                put(base_c + (n + s) * dout + o, -cv.im);
             }
         }
     }
@@ -103,23 +95,29 @@ pub(crate) struct DiagSsmView<'w> {
     d_out: usize,
     a_re: &'w [f32],
     a_im: &'w [f32],
-    bt_re: &'w [f32],
-    bt_im: &'w [f32],
-    ct_re: &'w [f32],
-    ct_nim: &'w [f32],
+    bt: &'w [f32],
+    ct: &'w [f32],
 }
 
 impl DiagSsmView<'_> {
-    /// `h ← Ā ⊙ h + B̄ x`, then `y = Re(C h)` (overwrites `y`).
+    /// `h ← Ā ⊙ h + B̄ x`, then `y = Re(C h) + skipᵀ x` (overwrites `y`); `skip` is an optional
+    /// H_in × H_out matrix stored with one row per input (lrnnx S5's `x @ D`).
     #[inline]
-    pub fn step(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
+    pub fn step(&self, state: &mut [f32], x: &[f32], y: &mut [f32], skip: Option<&[f32]>) {
         let n = self.a_re.len();
-        let (h_re, h_im) = state.split_at_mut(n.min(state.len()));
-        cmul_diag(h_re, h_im, self.a_re, self.a_im);
-        gemv_t_acc2(h_re, h_im, self.bt_re, self.bt_im, x);
+        let len = (2 * n).min(state.len());
+        let h = &mut state[..len];
+        {
+            let (h_re, h_im) = h.split_at_mut(n.min(len));
+            cmul_diag(h_re, h_im, self.a_re, self.a_im);
+        }
+        gemv_t_acc(h, self.bt, x);
         let len = self.d_out.min(y.len());
         let y = &mut y[..len];
         y.fill(0.0);
-        gemv_t_acc_pair(y, self.ct_re, self.ct_nim, h_re, h_im);
+        match skip {
+            Some(d) => gemv_t_segments(y, &[(self.ct, h), (d, x)]),
+            None => gemv_t_segments(y, &[(self.ct, h)]),
+        }
     }
 }

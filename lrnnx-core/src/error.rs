@@ -149,6 +149,8 @@ impl fmt::Display for Error {
     }
 }
 
+impl core::error::Error for Error {}
+
 /// Result type of `lrnnx-core`.
 pub type Result<T> = core::result::Result<T, Error>;
 

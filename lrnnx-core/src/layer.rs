@@ -78,7 +78,7 @@ fn check_sequence<L: Layer + ?Sized>(
 ) -> Result<usize> {
     check_len("state", layer.state_len(), state.len())?;
     let (di, dout) = (layer.d_input(), layer.d_output());
-    if di == 0 || xs.len() % di != 0 {
+    if di == 0 || !xs.len().is_multiple_of(di) {
         return Err(Error::BufferLength {
             what: "input sequence (a multiple of d_input)",
             expected: di * (xs.len() / di.max(1)),

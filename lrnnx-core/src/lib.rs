@@ -34,6 +34,8 @@ pub mod s5_lti;
 pub mod s5_ltv;
 pub mod s7;
 pub mod scan;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 pub use discretize::Discretization;
 pub use error::{Dims, Error, Result};

@@ -144,7 +144,145 @@ impl<W: AsRef<[f32]>> Layer for Lru<W> {
     fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
         let ssm = self.config.ssm();
         let (w_ssm, w_d) = self.weights.as_ref().split_at(ssm.weights_len());
-        ssm.split(w_ssm).step(state, x, y);
+        ssm.split(w_ssm).step(state, x, y, None);
         diag_acc(y, w_d, x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::layer::run_sequence;
+    use crate::test_util::{Rng, TestParams};
+    use num_complex::Complex64 as C;
+
+    const H: usize = 4;
+    const N: usize = 9;
+    const L: usize = 80;
+    const WLEN: usize = 2 * N + 4 * N * H + H;
+
+    fn params(rng: &mut Rng) -> TestParams {
+        let mut p = TestParams::new();
+        // nu_log, theta_log as lrnnx's ring init would produce (|λ| ∈ (0.5, 0.99)).
+        p.add(rng, "nu_log", &[N], -4.5, -0.4);
+        p.add(rng, "theta_log", &[N], -3.0, 1.8);
+        p.add(rng, "gamma_log", &[N], -2.0, 0.0);
+        p.add(rng, "B_re", &[N, H], -0.5, 0.5);
+        p.add(rng, "B_im", &[N, H], -0.5, 0.5);
+        p.add(rng, "C_re", &[H, N], -0.5, 0.5);
+        p.add(rng, "C_im", &[H, N], -0.5, 0.5);
+        p.add(rng, "D", &[H], -1.0, 1.0);
+        p
+    }
+
+    /// Reference: the impulse response K[t] = Re(C λ^t B_norm) (spec §7.3, computed with powers
+    /// of λ in f64) convolved directly with x, plus D ⊙ x.
+    fn reference(p: &TestParams, x: &[f32]) -> [f32; L * H] {
+        let t = |n: &str| p.tensor(n).unwrap().data;
+        let lam: [C; N] = core::array::from_fn(|s| {
+            C::new(
+                -(t("nu_log")[s] as f64).exp(),
+                (t("theta_log")[s] as f64).exp(),
+            )
+            .exp()
+        });
+        let bn = |s: usize, i: usize| {
+            C::new(t("B_re")[s * H + i] as f64, t("B_im")[s * H + i] as f64)
+                * (t("gamma_log")[s] as f64).exp()
+        };
+        let c =
+            |o: usize, s: usize| C::new(t("C_re")[o * N + s] as f64, t("C_im")[o * N + s] as f64);
+        let mut y = [0.0f32; L * H];
+        for tt in 0..L {
+            for o in 0..H {
+                let mut acc = t("D")[o] as f64 * x[tt * H + o] as f64;
+                for lag in 0..=tt {
+                    for s in 0..N {
+                        let k = c(o, s) * lam[s].powu(lag as u32);
+                        for i in 0..H {
+                            acc += (k * bn(s, i)).re * x[(tt - lag) * H + i] as f64;
+                        }
+                    }
+                }
+                y[tt * H + o] = acc as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn step_matches_convolution_with_impulse_response() {
+        let mut rng = Rng::new(21);
+        let p = params(&mut rng);
+        let mut x = [0.0f32; L * H];
+        rng.fill(&mut x, -1.0, 1.0);
+        let cfg = LruConfig {
+            d_model: H,
+            d_state: N,
+        };
+        let layer = Lru::from_lrnnx(cfg, &p, [0.0f32; WLEN]).unwrap();
+        let mut state = [0.0f32; 2 * N];
+        let mut y = [0.0f32; L * H];
+        run_sequence(&layer, &mut state, &x, &mut y).unwrap();
+        let want = reference(&p, &x);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (a, b) in y.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 2e-6 * scale + 1e-6, "{a} vs {b}");
+        }
+        // Stepping in two halves with the state carried over gives the same result.
+        let mut state2 = [0.0f32; 2 * N];
+        let mut y2 = [0.0f32; L * H];
+        let (x1, x2) = x.split_at(L / 2 * H);
+        let (y2a, y2b) = y2.split_at_mut(L / 2 * H);
+        run_sequence(&layer, &mut state2, x1, y2a).unwrap();
+        run_sequence(&layer, &mut state2, x2, y2b).unwrap();
+        assert_eq!(y, y2);
+    }
+
+    #[test]
+    fn errors() {
+        let mut rng = Rng::new(22);
+        let cfg = LruConfig {
+            d_model: H,
+            d_state: N,
+        };
+        let mut p = params(&mut rng);
+        p.reshape("D", &[H, 1]);
+        assert!(matches!(
+            Lru::from_lrnnx(cfg, &p, [0.0f32; WLEN]),
+            Err(Error::TensorShape { name: "D", .. })
+        ));
+        let mut p = params(&mut rng);
+        p.remove("gamma_log");
+        assert_eq!(
+            Lru::from_lrnnx(cfg, &p, [0.0f32; WLEN]).unwrap_err(),
+            Error::MissingTensor { name: "gamma_log" }
+        );
+        let mut p = params(&mut rng);
+        p.get_mut("nu_log")[2] = f32::INFINITY;
+        assert_eq!(
+            Lru::from_lrnnx(cfg, &p, [0.0f32; WLEN]).unwrap_err(),
+            Error::NonFiniteParameter {
+                name: "nu_log",
+                index: 2
+            }
+        );
+        let p = params(&mut rng);
+        let layer = Lru::from_lrnnx(cfg, &p, [0.0f32; WLEN]).unwrap();
+        let mut xs = [0.1f32; 3 * H];
+        xs[H + 1] = f32::NAN;
+        let mut ys = [0.0f32; 3 * H];
+        let mut state = [0.0f32; 2 * N];
+        // The whole sequence is validated first: nothing is processed.
+        assert_eq!(
+            run_sequence(&layer, &mut state, &xs, &mut ys),
+            Err(Error::NonFiniteInput { index: H + 1 })
+        );
+        assert_eq!(state, [0.0f32; 2 * N]);
+        assert!(matches!(
+            run_sequence(&layer, &mut state, &xs[..H + 1], &mut ys),
+            Err(Error::BufferLength { .. })
+        ));
     }
 }

@@ -1,0 +1,107 @@
+//! Parity of `lrnnx-core` with lrnnx: every golden case in tests/data/lrnnx-golden stepped
+//! through the core layer reproduces lrnnx's `output.y` and `output.y_step`.
+
+use std::path::{Path, PathBuf};
+
+use lrnnx::core::{run_sequence, Discretization, Layer, S5Lti, S5LtiConfig};
+use lrnnx::golden::{case_files, check_file, compare, Case, Outcome};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lrnnx-golden")
+}
+
+/// The cases the core must pass, each on both `core:y` and `core:y_step`.
+const LTI_CASES: &[&str] = &[
+    "s4",
+    "s4d_zoh",
+    "s4d_bilinear",
+    "s5_lti_zoh",
+    "s5_lti_bilinear",
+    "s5_lti_dirac",
+    "s5_lti_no_discretization",
+    "lru",
+    "centaurus_neck",
+    "centaurus_pointwise",
+    "centaurus_dws",
+    "centaurus_full",
+];
+
+fn assert_case_ok(name: &str, implementations: &[&str]) {
+    let lines = check_file(&golden_dir().join(format!("{name}.safetensors")));
+    for imp in implementations {
+        let line = lines
+            .iter()
+            .find(|l| l.implementation == *imp)
+            .unwrap_or_else(|| panic!("{name}: no `{imp}` line in {lines:?}"));
+        match &line.outcome {
+            Outcome::Compared(c) => assert!(c.ok, "{line}"),
+            other => panic!("{name} {imp}: {other:?}"),
+        }
+        println!("{line}");
+    }
+}
+
+#[test]
+fn every_lti_case_matches_lrnnx_forward_and_step() {
+    for name in LTI_CASES {
+        assert_case_ok(name, &["core:y", "core:y_step"]);
+    }
+}
+
+#[test]
+fn no_golden_case_fails() {
+    let files = case_files(golden_dir()).unwrap();
+    assert_eq!(files.len(), 48, "the golden set has 48 cases");
+    for f in files {
+        for line in check_file(&f) {
+            assert!(!line.failed(), "{line}: {:?}", line.reason());
+        }
+    }
+}
+
+/// lrnnx's LTI S5 "bilinear" is the inverted rule (spec §18.1). The importer reproduces lrnnx
+/// with the explicit compatibility rule (checked above); the correct Tustin rule gives a
+/// different, stable filter. This test states the deviation and checks both sides of it.
+#[test]
+fn s5_lti_bilinear_deviation_is_explicit() {
+    let case = Case::load(golden_dir().join("s5_lti_bilinear.safetensors")).unwrap();
+    let params = case.file.params("param.");
+    let x = &case.tensor("input.x").unwrap().data;
+    let y_lrnnx = &case.tensor("output.y").unwrap().data;
+    let (b, l, h) = (2, 64, 8);
+    let run = |rule| {
+        let cfg = S5LtiConfig {
+            d_model: h,
+            d_state: 8,
+            discretization: rule,
+        };
+        let layer = S5Lti::from_lrnnx(cfg, &params, vec![0.0; cfg.weights_len()]).unwrap();
+        let mut y = vec![0.0f32; b * l * h];
+        for r in 0..b {
+            let mut state = vec![0.0; layer.state_len()];
+            run_sequence(
+                &layer,
+                &mut state,
+                &x[r * l * h..(r + 1) * l * h],
+                &mut y[r * l * h..(r + 1) * l * h],
+            )
+            .unwrap();
+        }
+        (y, layer)
+    };
+    let (y_compat, compat) = run(Discretization::LrnnxInvertedBilinear);
+    assert!(compare(&y_compat, y_lrnnx).ok);
+    let (y_tustin, tustin) = run(Discretization::Bilinear);
+    let diff = compare(&y_tustin, y_lrnnx);
+    assert!(
+        diff.rel > 1e-3,
+        "Tustin should differ from lrnnx's inverted rule: {diff:?}"
+    );
+    // Stability: |Ā| < 1 for every state with Tustin, > 1 with lrnnx's rule (weights start
+    // with Re Ā (N values) then Im Ā (N values)).
+    let modulus = |w: &[f32], s: usize| (w[s].powi(2) + w[8 + s].powi(2)).sqrt();
+    for s in 0..8 {
+        assert!(modulus(tustin.weights(), s) < 1.0);
+        assert!(modulus(compat.weights(), s) > 1.0);
+    }
+}
