@@ -16,7 +16,6 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::Criterion;
-use lrnnx::core::Layer;
 use lrnnx::import::build_core;
 use lrnnx::safetensors_io::{Tensor, TensorFile};
 use num_complex::Complex32;
@@ -47,9 +46,13 @@ struct Bench {
     params: TensorFile,
     /// lrnnx's Python step time quoted in the issues (µs), where one is given.
     lrnnx_us: Option<f64>,
-    baseline: Option<Box<dyn Fn(&mut [Complex32], &[f32], &mut [f32])>>,
-    baseline_state: usize,
+    /// A direct port of lrnnx's step, owning its state: `(x, dt, y)`.
+    baseline: Option<Baseline>,
+    /// Also benchmark the event step (time step 0.7) of an event layer.
+    event: bool,
 }
+
+type Baseline = Box<dyn FnMut(&[f32], f32, &mut [f32])>;
 
 fn file(entries: Vec<(&str, Tensor)>) -> TensorFile {
     TensorFile {
@@ -69,8 +72,9 @@ fn diag_baseline(
     c: Vec<Complex32>,
     d: Vec<f32>,
     d_is_matrix: bool,
-) -> Box<dyn Fn(&mut [Complex32], &[f32], &mut [f32])> {
-    Box::new(move |h, x, y| {
+) -> Baseline {
+    let mut h = vec![Complex32::new(0.0, 0.0); lambda.len()];
+    Box::new(move |x, _dt, y| {
         let (n, hh) = (lambda.len(), x.len());
         for s in 0..n {
             let mut acc = Complex32::new(0.0, 0.0);
@@ -137,7 +141,7 @@ fn benches() -> Vec<Bench> {
         ]),
         lrnnx_us: Some(60.0),
         baseline: Some(base),
-        baseline_state: n,
+        event: false,
     });
 
     // LRU.
@@ -175,7 +179,7 @@ fn benches() -> Vec<Bench> {
         ]),
         lrnnx_us: Some(47.0),
         baseline: Some(base),
-        baseline_state: n,
+        event: false,
     });
 
     // S4D, zoh (d_state 64 = 32 conjugate pairs per channel), with lrnnx's block tail.
@@ -196,7 +200,167 @@ fn benches() -> Vec<Bench> {
         ]),
         lrnnx_us: None,
         baseline: None,
-        baseline_state: 0,
+        event: false,
+    });
+
+    // S5 time-varying (Event-SSM capable), zoh, H=64, P=64.
+    let a = {
+        let mut t = rng.tensor(&[n, 2], -1.0, 1.0);
+        for s in 0..n {
+            t.data[2 * s] = -0.5;
+        }
+        t
+    };
+    let b = rng.tensor(&[n, h, 2], -0.1, 0.1);
+    let c = rng.tensor(&[h, n, 2], -0.1, 0.1);
+    let d = rng.tensor(&[h], -0.1, 0.1);
+    let log_dt = rng.tensor(&[n], -6.9, -2.3);
+    let lam: Vec<Complex32> = (0..n)
+        .map(|s| Complex32::new(a.data[2 * s], a.data[2 * s + 1]))
+        .collect();
+    let dt: Vec<f32> = log_dt.data.iter().map(|v| v.exp()).collect();
+    let bt: Vec<Complex32> = (0..n * h)
+        .map(|k| Complex32::new(b.data[2 * k], b.data[2 * k + 1]))
+        .collect();
+    let ct: Vec<Complex32> = (0..h * n)
+        .map(|k| Complex32::new(c.data[2 * k], c.data[2 * k + 1]))
+        .collect();
+    let base = {
+        let (lam, dt, bt, ct, dd) = (
+            lam.clone(),
+            dt.clone(),
+            bt.clone(),
+            ct.clone(),
+            d.data.clone(),
+        );
+        let mut st = vec![Complex32::new(0.0, 0.0); n];
+        Box::new(move |x: &[f32], tau: f32, y: &mut [f32]| {
+            // Event-SSM step as lrnnx writes it: Ā = exp(τΔΛ), γ̄ = (exp(ΔΛ) − 1)/Λ.
+            for s in 0..n {
+                let abar = (lam[s] * (dt[s] * tau)).exp();
+                let gamma = ((lam[s] * dt[s]).exp() - 1.0) / lam[s];
+                let mut bu = Complex32::new(0.0, 0.0);
+                for i in 0..h {
+                    bu += bt[s * h + i] * x[i];
+                }
+                st[s] = abar * st[s] + gamma * bu;
+            }
+            for o in 0..h {
+                let mut acc = dd[o] * x[o];
+                for s in 0..n {
+                    acc += (ct[o * n + s] * st[s]).re;
+                }
+                y[o] = acc;
+            }
+        }) as Baseline
+    };
+    out.push(Bench {
+        name: "s5_ltv_zoh H=64 P=64",
+        class: "lrnnx.models.ltv.s5.S5",
+        kwargs: json!({"d_model": h, "d_state": n, "discretization": "zoh"}),
+        params: file(vec![
+            ("A", a),
+            ("B", b),
+            ("C", c),
+            ("D", d),
+            ("log_dt", log_dt),
+        ]),
+        lrnnx_us: None,
+        baseline: Some(base),
+        event: true,
+    });
+
+    // Mamba: d_model 64, d_state 16, expand 2, d_conv 4 (dt_rank 4).
+    let (dm, ns, di, k, r) = (64usize, 16usize, 128usize, 4usize, 4usize);
+    let in_w = rng.tensor(&[2 * di, dm], -0.125, 0.125);
+    let conv_w = rng.tensor(&[di, 1, k], -0.5, 0.5);
+    let conv_b = rng.tensor(&[di], -0.5, 0.5);
+    let xp_w = rng.tensor(&[r + 2 * ns, di], -0.09, 0.09);
+    let dt_w = rng.tensor(&[di, r], -0.5, 0.5);
+    let dt_b = rng.tensor(&[di], -6.0, -2.5);
+    let dta_w = rng.tensor(&[di, r], -0.5, 0.5);
+    let dta_b = rng.tensor(&[di], -0.5, 0.5);
+    let a_log = {
+        let mut t = rng.tensor(&[di, ns], 0.0, 0.0);
+        for (i, v) in t.data.iter_mut().enumerate() {
+            *v = ((i % ns) as f32 + 1.0).ln();
+        }
+        t
+    };
+    let dd = rng.tensor(&[di], 0.9, 1.1);
+    let out_w = rng.tensor(&[dm, di], -0.09, 0.09);
+    let base = {
+        let (in_w, conv_w, conv_b, xp_w, dt_w, dt_b, a_log, dd, out_w) = (
+            in_w.data.clone(),
+            conv_w.data.clone(),
+            conv_b.data.clone(),
+            xp_w.data.clone(),
+            dt_w.data.clone(),
+            dt_b.data.clone(),
+            a_log.data.clone(),
+            dd.data.clone(),
+            out_w.data.clone(),
+        );
+        let mut conv = vec![0.0f32; di * k];
+        let mut hs = vec![0.0f32; di * ns];
+        let silu = |v: f32| v / (1.0 + (-v).exp());
+        let softplus = |v: f32| if v > 20.0 { v } else { v.exp().ln_1p() };
+        Box::new(move |x: &[f32], _tau: f32, y: &mut [f32]| {
+            // lrnnx's Mamba.step (spec §9.4), written directly with row-major weights.
+            let xz: Vec<f32> = (0..2 * di)
+                .map(|o| (0..dm).map(|i| in_w[o * dm + i] * x[i]).sum())
+                .collect();
+            let mut xc = vec![0.0f32; di];
+            for d in 0..di {
+                conv.copy_within(d * k + 1..(d + 1) * k, d * k);
+                conv[(d + 1) * k - 1] = xz[d];
+                let v: f32 = (0..k)
+                    .map(|w| conv[d * k + w] * conv_w[d * k + w])
+                    .sum::<f32>()
+                    + conv_b[d];
+                xc[d] = silu(v);
+            }
+            let xdb: Vec<f32> = (0..r + 2 * ns)
+                .map(|o| (0..di).map(|i| xp_w[o * di + i] * xc[i]).sum())
+                .collect();
+            let mut yin = vec![0.0f32; di];
+            for d in 0..di {
+                let delta =
+                    softplus((0..r).map(|j| dt_w[d * r + j] * xdb[j]).sum::<f32>() + dt_b[d]);
+                let mut acc = 0.0;
+                for s in 0..ns {
+                    let a = -a_log[d * ns + s].exp();
+                    let h = &mut hs[d * ns + s];
+                    *h = *h * (delta * a).exp() + delta * xdb[r + s] * xc[d];
+                    acc += *h * xdb[r + ns + s];
+                }
+                yin[d] = (acc + dd[d] * xc[d]) * silu(xz[di + d]);
+            }
+            for o in 0..dm {
+                y[o] = (0..di).map(|i| out_w[o * di + i] * yin[i]).sum();
+            }
+        }) as Baseline
+    };
+    out.push(Bench {
+        name: "mamba D=64 N=16 E=2 K=4",
+        class: "lrnnx.models.ltv.mamba.Mamba",
+        kwargs: json!({"d_model": dm, "d_state": ns, "expand": 2, "d_conv": k}),
+        params: file(vec![
+            ("in_proj.weight", in_w),
+            ("conv1d.weight", conv_w),
+            ("conv1d.bias", conv_b),
+            ("x_proj.weight", xp_w),
+            ("dt_proj.weight", dt_w),
+            ("dt_proj.bias", dt_b),
+            ("dtA_proj.weight", dta_w),
+            ("dtA_proj.bias", dta_b),
+            ("A_log", a_log),
+            ("D", dd),
+            ("out_proj.weight", out_w),
+        ]),
+        lrnnx_us: Some(180.0),
+        baseline: Some(base),
+        event: true,
     });
     out
 }
@@ -250,27 +414,46 @@ fn main() {
                     .unwrap();
             })
         });
+        let event_id = format!("core-event {}", b.name);
+        if let (true, Some(ev)) = (b.event, model.as_event_layer()) {
+            let mut t = 0usize;
+            c.bench_function(&event_id, |bench| {
+                bench.iter(|| {
+                    let x = &xs[(t % 256) * layer.d_input()..][..layer.d_input()];
+                    t += 1;
+                    ev.step_event(
+                        black_box(&mut state),
+                        black_box(x),
+                        black_box(0.7),
+                        black_box(&mut y),
+                    )
+                    .unwrap();
+                })
+            });
+        }
         let base_id = format!("baseline {}", b.name);
-        if let Some(base) = &b.baseline {
-            let mut h = vec![Complex32::new(0.0, 0.0); b.baseline_state];
+        if let Some(mut base) = b.baseline {
             let mut t = 0usize;
             c.bench_function(&base_id, |bench| {
                 bench.iter(|| {
                     let x = &xs[(t % 256) * layer.d_input()..][..layer.d_input()];
                     t += 1;
-                    base(black_box(&mut h), black_box(x), black_box(&mut y));
+                    base(black_box(x), black_box(0.7), black_box(&mut y));
                 })
             });
         }
-        rows.push((b.name, core_id, base_id, b.lrnnx_us));
+        rows.push((b.name, core_id, event_id, base_id, b.lrnnx_us));
     }
     c.final_summary();
     println!();
-    for (name, core_id, base_id, lrnnx_us) in rows {
+    for (name, core_id, event_id, base_id, lrnnx_us) in rows {
         let Some(core) = median_ns(&home, &core_id) else {
             continue;
         };
         let mut line = format!("step {name} core={core:.0}ns");
+        if let Some(ev) = median_ns(&home, &event_id) {
+            line += &format!(" core_event={ev:.0}ns");
+        }
         if let Some(base) = median_ns(&home, &base_id) {
             line += &format!(" baseline={base:.0}ns speedup={:.1}x", base / core);
         }

@@ -37,6 +37,7 @@ pub mod scan;
 #[cfg(test)]
 pub(crate) mod test_util;
 
+pub use centaurus::{Centaurus, CentaurusConfig, CentaurusMode};
 pub use discretize::Discretization;
 pub use error::{Dims, Error, Result};
 pub use layer::{run_event_sequence, run_sequence, EventLayer, Layer};
