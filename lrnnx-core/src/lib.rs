@@ -18,7 +18,7 @@
 
 pub mod activation;
 pub mod centaurus;
-mod diag_ssm;
+pub mod diag_ssm;
 pub mod discretize;
 pub mod error;
 pub mod fastmath;
@@ -29,6 +29,7 @@ pub mod mamba;
 pub mod params;
 pub mod rglru;
 pub mod s4;
+pub mod s4_block;
 pub mod s4d;
 pub mod s5_lti;
 pub mod s5_ltv;
@@ -43,4 +44,7 @@ pub use error::{Dims, Error, Result};
 pub use layer::{run_event_sequence, run_sequence, EventLayer, Layer};
 pub use lru::{Lru, LruConfig};
 pub use params::{ParamSource, Prefixed, SliceParams, TensorView};
+pub use s4::{S4Config, S4};
+pub use s4_block::{ParamTransform, S4Transforms};
+pub use s4d::{S4d, S4dConfig};
 pub use s5_lti::{S5Lti, S5LtiConfig};

@@ -198,8 +198,8 @@ mod tests {
             for o in 0..H {
                 let mut acc = t("D")[o] as f64 * x[tt * H + o] as f64;
                 for lag in 0..=tt {
-                    for s in 0..N {
-                        let k = c(o, s) * lam[s].powu(lag as u32);
+                    for (s, l) in lam.iter().enumerate() {
+                        let k = c(o, s) * l.powu(lag as u32);
                         for i in 0..H {
                             acc += (k * bn(s, i)).re * x[(tt - lag) * H + i] as f64;
                         }
