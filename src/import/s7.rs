@@ -1,14 +1,23 @@
-//! Import of lrnnx's s7 layer(s) — filled in by the layer's work.
+//! lrnnx `lrnnx.models.ltv.s7.S7(d_model, d_state, J=1, use_fast_path, layer_idx)`.
+//! `use_fast_path` and `layer_idx` do not change the numbers.
 
+use lrnnx_core::s7::{S7Config, S7};
 use lrnnx_core::ParamSource;
 use serde_json::Value;
 
-use super::{CoreModel, ImportError};
+use super::{buffer, usize_arg, usize_arg_or, CoreModel, ImportError};
 
 pub(super) fn build<P: ParamSource + ?Sized>(
-    class: &str,
-    _kwargs: &Value,
-    _params: &P,
+    _class: &str,
+    kwargs: &Value,
+    params: &P,
 ) -> Result<CoreModel, ImportError> {
-    Err(ImportError::UnsupportedClass(class.to_owned()))
+    let j = usize_arg_or(kwargs, "J", 1)?;
+    let config = S7Config {
+        d_model: usize_arg(kwargs, "d_model")?,
+        d_state: usize_arg(kwargs, "d_state")?,
+        j,
+    };
+    let layer = S7::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    Ok(CoreModel::Plain(Box::new(layer)))
 }
