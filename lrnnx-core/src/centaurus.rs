@@ -118,35 +118,35 @@ impl CentaurusConfig {
     /// States that carry signal: N, or H² for Full (its states `n ≥ H²` are unconnected).
     const fn connected_states(&self) -> usize {
         match self.mode {
-            CentaurusMode::Full => self.d_model * self.d_model,
+            CentaurusMode::Full => self.d_model.saturating_mul(self.d_model),
             _ => self.d_state,
         }
     }
 
     /// K, the number of complex modes the step carries: `connected_states · M`.
     pub const fn modes(&self) -> usize {
-        self.connected_states() * self.sub_state_dim
+        self.connected_states().saturating_mul(self.sub_state_dim)
     }
 
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
         let (h, n, k) = (self.d_model, self.d_state, self.modes());
-        2 * k
-            + match self.mode {
-                CentaurusMode::Neck => 2 * h * n + k,
-                CentaurusMode::PointwiseNeck => 2 * h * k,
-                CentaurusMode::DepthwiseSeparable => n + k,
-                CentaurusMode::Full => h * h + k,
-            }
+        let sop = crate::error::sum_of_products;
+        match self.mode {
+            CentaurusMode::Neck => sop(&[&[3, k], &[2, h, n]]),
+            CentaurusMode::PointwiseNeck => sop(&[&[2, k], &[2, h, k]]),
+            CentaurusMode::DepthwiseSeparable => sop(&[&[3, k], &[n]]),
+            CentaurusMode::Full => sop(&[&[3, k], &[h, h]]),
+        }
     }
 
     /// Number of `f32` state elements (Neck includes a working area of `2·d_state`).
     pub const fn state_len(&self) -> usize {
-        2 * self.modes()
-            + match self.mode {
-                CentaurusMode::Neck => 2 * self.d_state,
-                _ => 0,
-            }
+        let extra = match self.mode {
+            CentaurusMode::Neck => self.d_state,
+            _ => 0,
+        };
+        crate::error::sum_of_products(&[&[2, self.modes()], &[2, extra]])
     }
 
     fn validate(&self) -> Result<()> {

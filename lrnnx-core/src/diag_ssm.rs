@@ -32,7 +32,11 @@ pub(crate) struct DiagSsmDims {
 impl DiagSsmDims {
     /// Number of weight elements.
     pub const fn weights_len(&self) -> usize {
-        2 * self.n + 2 * self.n * self.d_in + 2 * self.n * self.d_out
+        crate::error::sum_of_products(&[
+            &[2, self.n],
+            &[2, self.n, self.d_in],
+            &[2, self.n, self.d_out],
+        ])
     }
 
     /// Splits a weight buffer of `weights_len()` elements into its segments.

@@ -183,6 +183,38 @@ pub(crate) fn check_finite_weights(name: &'static str, v: &[f32]) -> Result<()> 
     }
 }
 
+/// `Σ_k Π_j terms[k][j]`, saturating at `usize::MAX`: the size formulas of weight and state
+/// buffers. A size that saturates means the configuration cannot exist in memory; every
+/// layer's `validate` rejects it through [`check_sizes`], so a huge `d_model` from a user's
+/// file is an error, never an overflow.
+pub const fn sum_of_products(terms: &[&[usize]]) -> usize {
+    let mut total = 0usize;
+    let mut k = 0;
+    while k < terms.len() {
+        let mut prod = 1usize;
+        let mut j = 0;
+        while j < terms[k].len() {
+            prod = prod.saturating_mul(terms[k][j]);
+            j += 1;
+        }
+        total = total.saturating_add(prod);
+        k += 1;
+    }
+    total
+}
+
+/// Rejects a configuration whose weight or state size overflows `usize`.
+pub(crate) fn check_sizes(weights_len: usize, state_len: usize) -> Result<()> {
+    if weights_len == usize::MAX || state_len == usize::MAX {
+        Err(Error::InvalidConfig {
+            what: "sizes",
+            reason: "the weight or state buffer would not fit in memory (size overflows usize)",
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks that a size in a configuration is non-zero.
 pub(crate) fn check_nonzero(what: &'static str, v: usize) -> Result<()> {
     if v == 0 {

@@ -31,7 +31,7 @@ pub fn sincos(x: f32) -> (f32, f32) {
     let swap = qi & 1 != 0;
     let (sn, cs) = if swap { (c, s) } else { (s, c) };
     let sin_flip = ((qi & 2) as u32) << 30;
-    let cos_flip = (((qi + 1) & 2) as u32) << 30;
+    let cos_flip = ((qi.wrapping_add(1) & 2) as u32) << 30;
     (
         f32::from_bits(sn.to_bits() ^ sin_flip),
         f32::from_bits(cs.to_bits() ^ cos_flip),

@@ -16,7 +16,9 @@
 use num_complex::Complex64;
 
 use crate::diag_ssm::DiagSsmDims;
-use crate::error::{check_finite_weights, check_len, check_nonzero, Result};
+use crate::error::{
+    check_finite_weights, check_len, check_nonzero, check_sizes, sum_of_products, Result,
+};
 use crate::layer::Layer;
 use crate::linalg::diag_acc;
 use crate::params::{require, ParamSource};
@@ -42,17 +44,18 @@ impl LruConfig {
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
         let (n, h) = (self.d_state, self.d_model);
-        2 * n + 4 * n * h + h
+        sum_of_products(&[&[2, n], &[4, n, h], &[h]])
     }
 
     /// Number of `f32` state elements.
     pub const fn state_len(&self) -> usize {
-        2 * self.d_state
+        sum_of_products(&[&[2, self.d_state]])
     }
 
     fn validate(&self) -> Result<()> {
         check_nonzero("d_model", self.d_model)?;
-        check_nonzero("d_state", self.d_state)
+        check_nonzero("d_state", self.d_state)?;
+        check_sizes(self.weights_len(), self.state_len())
     }
 }
 

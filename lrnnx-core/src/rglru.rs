@@ -81,18 +81,19 @@ impl RgLruConfig {
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
         let (h, d, k) = (self.d_model, self.d_inner, self.d_conv);
-        3 * h * d + 2 * d * d + k * d + 6 * d + h
+        crate::error::sum_of_products(&[&[3, h, d], &[2, d, d], &[k, d], &[6, d], &[h]])
     }
 
     /// Number of `f32` state elements (including the working area).
     pub const fn state_len(&self) -> usize {
-        (self.d_conv + 5) * self.d_inner
+        crate::error::sum_of_products(&[&[self.d_conv, self.d_inner], &[5, self.d_inner]])
     }
 
     fn validate(&self) -> Result<()> {
         check_nonzero("d_model", self.d_model)?;
         check_nonzero("d_inner", self.d_inner)?;
         check_nonzero("d_conv", self.d_conv)?;
+        crate::error::check_sizes(self.weights_len(), self.state_len())?;
         if !(self.c.is_finite() && self.c > 0.0) {
             return Err(Error::InvalidConfig {
                 what: "c",

@@ -125,34 +125,35 @@ impl S4Config {
     }
 
     const fn ssm_len(&self) -> usize {
-        let m = self.d_state;
-        m * m * self.d_model + m * self.d_model + self.channels * m * self.d_model
+        let (m, h) = (self.d_state, self.d_model);
+        crate::error::sum_of_products(&[&[m, m, h], &[m, h], &[self.channels, m, h]])
     }
 
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
-        self.ssm_len() + self.tail().weights_len()
+        self.ssm_len().saturating_add(self.tail().weights_len())
     }
 
     /// Number of `f32` state elements: `2·d_state·H`, plus `ch·H` with the output linear.
     pub const fn state_len(&self) -> usize {
-        2 * self.d_state * self.d_model + self.tail().scratch_len()
+        crate::error::sum_of_products(&[&[2, self.d_state, self.d_model]])
+            .saturating_add(self.tail().scratch_len())
     }
 
     /// Minimum number of `f64` elements of the construction working area of
     /// [`S4::from_lrnnx`]: `M·max(2M+1, M+ch) + M²` with M = d_state.
     pub const fn construction_scratch_len(&self) -> usize {
         let m = self.d_state;
-        let cols = if 2 * m + 1 > m + self.channels {
-            2 * m + 1
-        } else {
-            m + self.channels
-        };
-        m * cols + m * m
+        let a = crate::error::sum_of_products(&[&[2, m], &[1]]);
+        let b = m.saturating_add(self.channels);
+        let cols = if a > b { a } else { b };
+        crate::error::sum_of_products(&[&[m, cols], &[m, m]])
     }
 
     fn validate(&self) -> Result<()> {
-        validate_sizes(self.d_model, self.d_state, self.n_ssm, self.channels)
+        validate_sizes(self.d_model, self.d_state, self.n_ssm, self.channels)?;
+        crate::error::check_sizes(self.weights_len(), self.state_len())?;
+        crate::error::check_sizes(self.construction_scratch_len(), 0)
     }
 }
 

@@ -187,14 +187,18 @@ pub(crate) struct BlockTail {
 impl BlockTail {
     /// Number of weight elements: `ch·H` (D) plus `ch·H·H + H` with the output linear.
     pub const fn weights_len(&self) -> usize {
-        let zh = self.ch * self.h;
-        zh + if self.linear { zh * self.h + self.h } else { 0 }
+        let (ch, h) = (self.ch, self.h);
+        if self.linear {
+            crate::error::sum_of_products(&[&[ch, h], &[ch, h, h], &[h]])
+        } else {
+            crate::error::sum_of_products(&[&[ch, h]])
+        }
     }
 
     /// Working area (in the state): `ch·H` with the output linear, else 0.
     pub const fn scratch_len(&self) -> usize {
         if self.linear {
-            self.ch * self.h
+            self.ch.saturating_mul(self.h)
         } else {
             0
         }

@@ -91,23 +91,25 @@ impl S4dConfig {
     }
 
     const fn ssm_len(&self) -> usize {
-        let nh = self.d_state / 2 * self.d_model;
-        4 * nh + 2 * self.channels * nh
+        let (n2, h) = (self.d_state / 2, self.d_model);
+        crate::error::sum_of_products(&[&[4, n2, h], &[2, self.channels, n2, h]])
     }
 
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
-        self.ssm_len() + self.tail().weights_len()
+        self.ssm_len().saturating_add(self.tail().weights_len())
     }
 
     /// Number of `f32` state elements (d_state·H, plus ch·H of working area with the output
     /// linear).
     pub const fn state_len(&self) -> usize {
-        self.d_state / 2 * self.d_model * 2 + self.tail().scratch_len()
+        crate::error::sum_of_products(&[&[self.d_state / 2, self.d_model, 2]])
+            .saturating_add(self.tail().scratch_len())
     }
 
     fn validate(&self) -> Result<()> {
         validate_sizes(self.d_model, self.d_state, self.n_ssm, self.channels)?;
+        crate::error::check_sizes(self.weights_len(), self.state_len())?;
         match self.discretization {
             Discretization::Zoh | Discretization::Bilinear => Ok(()),
             d => Err(Error::UnsupportedDiscretization {

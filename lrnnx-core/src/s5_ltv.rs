@@ -71,17 +71,18 @@ impl S5LtvConfig {
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
         let (p, h) = (self.d_state, self.d_model);
-        4 * p + 4 * h * p + h
+        crate::error::sum_of_products(&[&[4, p], &[4, h, p], &[h]])
     }
 
     /// Number of `f32` state elements (including the working area).
     pub const fn state_len(&self) -> usize {
-        6 * self.d_state
+        self.d_state.saturating_mul(6)
     }
 
     fn validate(&self) -> Result<()> {
         check_nonzero("d_model", self.d_model)?;
         check_nonzero("d_state", self.d_state)?;
+        crate::error::check_sizes(self.weights_len(), self.state_len())?;
         if !(self.step_rescale.is_finite() && self.step_rescale > 0.0) {
             return Err(Error::InvalidConfig {
                 what: "step_rescale",

@@ -74,24 +74,25 @@ impl S7Config {
     /// M = 2N + 2HN + H, the output size of `x_proj`.
     pub const fn proj_len(&self) -> usize {
         let (h, n) = (self.d_model, self.d_state);
-        2 * n + 2 * h * n + h
+        crate::error::sum_of_products(&[&[2, n], &[2, h, n], &[h]])
     }
 
     /// Number of `f32` weights of the stepping layout.
     pub const fn weights_len(&self) -> usize {
         let h = self.d_model;
-        2 * h * h + self.d_state + h * self.proj_len()
+        crate::error::sum_of_products(&[&[2, h, h], &[self.d_state], &[h, self.proj_len()]])
     }
 
     /// Number of `f32` state elements (including the working area).
     pub const fn state_len(&self) -> usize {
-        self.d_state + 3 * self.d_model + self.proj_len()
+        crate::error::sum_of_products(&[&[self.d_state], &[3, self.d_model], &[self.proj_len()]])
     }
 
     fn validate(&self) -> Result<()> {
         check_nonzero("d_model", self.d_model)?;
         check_nonzero("d_state", self.d_state)?;
         check_nonzero("J", self.j)?;
+        crate::error::check_sizes(self.weights_len(), self.state_len())?;
         if self.d_state / self.j * self.j != self.d_state {
             return Err(Error::InvalidConfig {
                 what: "J",
