@@ -8,13 +8,20 @@ if grep -rn 'extern crate alloc' lrnnx-core/src; then
     echo "lrnnx-core must not use alloc" >&2
     exit 1
 fi
-deps=target/$target/release/deps
+deps=${CARGO_TARGET_DIR:-target}/$target/release/deps
+shopt -s nullglob
+libs=("$deps"/*.rlib)
+if [ "${#libs[@]}" -lt 2 ]; then
+    echo "no_std check: expected lrnnx-core and its dependencies in $deps, found ${#libs[@]} rlibs" >&2
+    exit 1
+fi
+command -v nm >/dev/null || { echo "nm (binutils) is required" >&2; exit 1; }
 found=0
-for lib in "$deps"/*.rlib; do
+for lib in "${libs[@]}"; do
     if nm -A "$lib" 2>/dev/null | grep -E '__rust_alloc|__rust_dealloc|__rdl_alloc|__rust_alloc_error_handler'; then
         echo "allocator symbols in $lib" >&2
         found=1
     fi
 done
 [ "$found" -eq 0 ] || exit 1
-echo "no_std check: lrnnx-core and its dependencies build for $target and reference no allocator"
+echo "no_std check: lrnnx-core and its dependencies (${#libs[@]} rlibs) build for $target and reference no allocator"

@@ -290,13 +290,14 @@ fn benches() -> Vec<Bench> {
     let dd = rng.tensor(&[di], 0.9, 1.1);
     let out_w = rng.tensor(&[dm, di], -0.09, 0.09);
     let base = {
-        let (in_w, conv_w, conv_b, xp_w, dt_w, dt_b, a_log, dd, out_w) = (
+        let (in_w, conv_w, conv_b, xp_w, dt_w, dt_b, dta_b, a_log, dd, out_w) = (
             in_w.data.clone(),
             conv_w.data.clone(),
             conv_b.data.clone(),
             xp_w.data.clone(),
             dt_w.data.clone(),
             dt_b.data.clone(),
+            dta_b.data.clone(),
             a_log.data.clone(),
             dd.data.clone(),
             out_w.data.clone(),
@@ -305,8 +306,9 @@ fn benches() -> Vec<Bench> {
         let mut hs = vec![0.0f32; di * ns];
         let silu = |v: f32| v / (1.0 + (-v).exp());
         let softplus = |v: f32| if v > 20.0 { v } else { v.exp().ln_1p() };
-        Box::new(move |x: &[f32], _tau: f32, y: &mut [f32]| {
-            // lrnnx's Mamba.step (spec §9.4), written directly with row-major weights.
+        Box::new(move |x: &[f32], tau: f32, y: &mut [f32]| {
+            // lrnnx's Mamba.step in STREAM mode (spec §9.4), written directly with row-major
+            // weights: ΔA = τ·softplus(dtA_proj.bias), B̄ = Δ·B.
             let xz: Vec<f32> = (0..2 * di)
                 .map(|o| (0..dm).map(|i| in_w[o * dm + i] * x[i]).sum())
                 .collect();
@@ -331,7 +333,8 @@ fn benches() -> Vec<Bench> {
                 for s in 0..ns {
                     let a = -a_log[d * ns + s].exp();
                     let h = &mut hs[d * ns + s];
-                    *h = *h * (delta * a).exp() + delta * xdb[r + s] * xc[d];
+                    let delta_a = tau * softplus(dta_b[d]);
+                    *h = *h * (delta_a * a).exp() + delta * xdb[r + s] * xc[d];
                     acc += *h * xdb[r + ns + s];
                 }
                 yin[d] = (acc + dd[d] * xc[d]) * silu(xz[di + d]);
@@ -365,7 +368,7 @@ fn benches() -> Vec<Bench> {
     out
 }
 
-fn median_ns(home: &PathBuf, id: &str) -> Option<f64> {
+fn median_ns(home: &std::path::Path, id: &str) -> Option<f64> {
     let path = home.join(id.replace('/', "_")).join("new/estimates.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     v["median"]["point_estimate"].as_f64()
@@ -388,7 +391,7 @@ fn main() {
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
     let mut rows = Vec::new();
-    for b in benches() {
+    for mut b in benches() {
         let model = match build_core(b.class, &b.kwargs, &b.params.params("")) {
             Ok(m) => m,
             Err(e) => {
@@ -432,6 +435,30 @@ fn main() {
             });
         }
         let base_id = format!("baseline {}", b.name);
+        if let Some(base) = b.baseline.as_mut() {
+            // The baseline must compute what the core computes: 64 steps (events with time
+            // step 0.7 where the layer has them) from the zero state agree to float rounding.
+            let mut s = vec![0.0f32; layer.state_len()];
+            let (mut y_core, mut y_base) = (
+                vec![0.0f32; layer.d_output()],
+                vec![0.0f32; layer.d_output()],
+            );
+            for x in xs.chunks_exact(layer.d_input()).take(64) {
+                match (b.event, model.as_event_layer()) {
+                    (true, Some(ev)) => ev.step_event(&mut s, x, 0.7, &mut y_core).unwrap(),
+                    _ => layer.step(&mut s, x, &mut y_core).unwrap(),
+                }
+                base(x, 0.7, &mut y_base);
+                let scale = y_core.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (a, c) in y_core.iter().zip(&y_base) {
+                    assert!(
+                        (a - c).abs() <= 1e-4 * scale,
+                        "{}: core {a} vs baseline {c}",
+                        b.name
+                    );
+                }
+            }
+        }
         if let Some(mut base) = b.baseline {
             let mut t = 0usize;
             c.bench_function(&base_id, |bench| {

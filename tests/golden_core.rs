@@ -48,15 +48,66 @@ fn every_lti_case_matches_lrnnx_forward_and_step() {
     }
 }
 
+/// The time-varying cases (issue: the core's second half), on both `core:y` and `core:y_step`
+/// (Mamba + bilinear only on `core:y`: lrnnx's own step disagrees with its forward there).
+const LTV_CASES: &[&str] = &[
+    "s5_ltv_zoh",
+    "s5_ltv_bilinear",
+    "s5_ltv_dirac",
+    "s5_ltv_zoh_event",
+    "s5_ltv_bilinear_event",
+    "s5_ltv_dirac_event",
+    "s5_ltv_zoh_conjsym",
+    "mamba_mamba",
+    "mamba_zoh",
+    "mamba_dirac",
+    "mamba_mamba_event",
+    "mamba_zoh_event",
+    "mamba_dirac_event",
+    "rglru",
+    "s7",
+];
+
 #[test]
-fn no_golden_case_fails() {
+fn every_ltv_case_matches_lrnnx_forward_and_step() {
+    for name in LTV_CASES {
+        assert_case_ok(name, &["core:y", "core:y_step"]);
+    }
+    for name in ["mamba_bilinear", "mamba_bilinear_event"] {
+        assert_case_ok(name, &["core:y"]);
+    }
+}
+
+#[test]
+fn every_op_case_matches_lrnnx_out_and_last_state() {
+    let files = case_files(golden_dir()).unwrap();
+    let ops: Vec<_> = files
+        .iter()
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with("op_"))
+        .collect();
+    assert_eq!(ops.len(), 18);
+    for f in ops {
+        let name = f.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_case_ok(&name, &["core:out", "core:last_state"]);
+    }
+}
+
+/// Nothing fails, and the only case the core leaves to other implementations is the language
+/// model (an architecture, not a layer).
+#[test]
+fn no_golden_case_fails_and_only_the_lm_is_unsupported() {
     let files = case_files(golden_dir()).unwrap();
     assert_eq!(files.len(), 48, "the golden set has 48 cases");
+    let mut unsupported = Vec::new();
     for f in files {
         for line in check_file(&f) {
             assert!(!line.failed(), "{line}: {:?}", line.reason());
+            if matches!(line.outcome, Outcome::Unsupported(_)) {
+                unsupported.push(line.case.clone());
+            }
         }
     }
+    assert_eq!(unsupported, ["lm_mamba_lru"]);
 }
 
 /// lrnnx's LTI S5 "bilinear" is the inverted rule (spec §18.1). The importer reproduces lrnnx

@@ -20,7 +20,7 @@ impl Dims {
         let rank = shape.len().min(4);
         dims[..rank].copy_from_slice(&shape[..rank]);
         if shape.len() > 4 {
-            dims[3] = shape[3..].iter().product();
+            dims[3] = shape[3..].iter().fold(1usize, |p, &d| p.saturating_mul(d));
         }
         Dims {
             rank: rank as u8,

@@ -3,95 +3,111 @@
 //! be preserved), and every loop is a `zip`, so mismatched lengths truncate instead of panicking.
 //! Matrices are row-major; a matrix "stored transposed" has one row per *input* element.
 
-/// Width of the register-resident output block of [`gemv_t_segments`]: 64 `f32` are four
-/// AVX-512 or eight AVX2 registers, or 16 Cortex-M4 FPU registers' worth of scalar work.
-pub const BLOCK: usize = 64;
-
 /// `out[j] += Σ_i x[i] · mt[i·cols + j]` with `cols = out.len()`, i.e. `out += Mᵀ x` for a
 /// matrix `M` stored as `mt` with one row of `cols` entries per element of `x`.
+///
+/// Register-blocked: a block of `BW` outputs (64, then 32, 16, 8, then single columns) stays
+/// in registers while every row streams past, in four interleaved partial sums (rows
+/// `i ≡ 0, 1, 2, 3 mod 4`) so that consecutive multiply-adds do not wait on each other; each
+/// output is loaded and stored once. Mismatched lengths truncate, never panic.
 #[inline]
 pub fn gemv_t_acc(out: &mut [f32], mt: &[f32], x: &[f32]) {
-    gemv_t_segments(out, &[(mt, x)]);
+    let cols = out.len();
+    if cols == 0 {
+        return;
+    }
+    let mut c0 = 0;
+    c0 = gemv_t_block::<64>(out, mt, x, c0);
+    c0 = gemv_t_block::<32>(out, mt, x, c0);
+    c0 = gemv_t_block::<16>(out, mt, x, c0);
+    c0 = gemv_t_block::<8>(out, mt, x, c0);
+    for (row, &xi) in mt.chunks_exact(cols).zip(x) {
+        for (o, &m) in out[c0..].iter_mut().zip(&row[c0..]) {
+            *o += xi * m;
+        }
+    }
+}
+
+/// Columns `c0..` of [`gemv_t_acc`] in whole blocks of `BW`; returns the first column left.
+#[inline(always)]
+fn gemv_t_block<const BW: usize>(out: &mut [f32], mt: &[f32], x: &[f32], mut c0: usize) -> usize {
+    let cols = out.len();
+    while c0 + BW <= cols {
+        let (mut a0, mut a1, mut a2, mut a3) =
+            ([0.0f32; BW], [0.0f32; BW], [0.0f32; BW], [0.0f32; BW]);
+        for (r4, x4) in mt.chunks_exact(4 * cols).zip(x.chunks_exact(4)) {
+            let blocks = (
+                block::<BW>(r4, c0),
+                block::<BW>(r4, cols + c0),
+                block::<BW>(r4, 2 * cols + c0),
+                block::<BW>(r4, 3 * cols + c0),
+            );
+            if let (Some(r0), Some(r1), Some(r2), Some(r3)) = blocks {
+                let (x0, x1, x2, x3) = (x4[0], x4[1], x4[2], x4[3]);
+                for j in 0..BW {
+                    a0[j] += x0 * r0[j];
+                    a1[j] += x1 * r1[j];
+                    a2[j] += x2 * r2[j];
+                    a3[j] += x3 * r3[j];
+                }
+            }
+        }
+        let done = x.len() / 4 * 4;
+        for (r, &xi) in mt.chunks_exact(cols).zip(x).skip(done) {
+            if let Some(r0) = block::<BW>(r, c0) {
+                for j in 0..BW {
+                    a0[j] += xi * r0[j];
+                }
+            }
+        }
+        for (j, o) in out[c0..c0 + BW].iter_mut().enumerate() {
+            *o += (a0[j] + a1[j]) + (a2[j] + a3[j]);
+        }
+        c0 += BW;
+    }
+    c0
+}
+
+/// `r[s..s + BW]` as an array reference (`None` if out of range).
+#[inline(always)]
+fn block<const BW: usize>(r: &[f32], s: usize) -> Option<&[f32; BW]> {
+    r.get(s..s + BW).and_then(|v| v.try_into().ok())
 }
 
 /// `out += Σ_k M_kᵀ v_k` for segments `(m_k, v_k)`, each `m_k` stored with one row of
-/// `out.len()` entries per element of `v_k`: the same as [`gemv_t_acc`] over the row-wise
-/// concatenation of the matrices and vectors, without concatenating them.
-///
-/// The output is processed in blocks of [`BLOCK`] entries held in registers while every row of
-/// every segment streams past, so each output is loaded and stored once per call, and each
-/// output's sum is accumulated in row order (the result does not depend on the block width).
+/// `out.len()` entries per element of `v_k`: [`gemv_t_acc`] over the row-wise concatenation of
+/// the matrices and vectors, without concatenating them.
 #[inline]
 pub fn gemv_t_segments(out: &mut [f32], segments: &[(&[f32], &[f32])]) {
-    let cols = out.len();
-    if cols == 0 {
-        return;
-    }
-    let mut start = 0;
-    while start + BLOCK <= cols {
-        let mut acc = [0.0f32; BLOCK];
-        acc.copy_from_slice(&out[start..start + BLOCK]);
-        for (m, v) in segments {
-            for (row, &xi) in m.chunks_exact(cols).zip(v.iter()) {
-                if let Some(Ok(r)) = row.get(start..start + BLOCK).map(<&[f32; BLOCK]>::try_from) {
-                    for k in 0..BLOCK {
-                        acc[k] += xi * r[k];
-                    }
-                }
-            }
-        }
-        out[start..start + BLOCK].copy_from_slice(&acc);
-        start += BLOCK;
-    }
-    if start < cols {
-        let tail = &mut out[start..];
-        for (m, v) in segments {
-            for (row, &xi) in m.chunks_exact(cols).zip(v.iter()) {
-                for (o, &w) in tail.iter_mut().zip(&row[start..]) {
-                    *o += xi * w;
-                }
-            }
-        }
+    for (m, v) in segments {
+        gemv_t_acc(out, m, v);
     }
 }
 
-/// Two outputs from one pass over `x`: `out_a += Maᵀ x` and `out_b += Mbᵀ x` (used for the real
-/// and imaginary parts of a complex input matrix).
-#[inline]
-pub fn gemv_t_acc2(out_a: &mut [f32], out_b: &mut [f32], ma_t: &[f32], mb_t: &[f32], x: &[f32]) {
-    let cols = out_a.len();
-    if cols == 0 || out_b.len() != cols {
-        return;
-    }
-    for ((ra, rb), &xi) in ma_t.chunks_exact(cols).zip(mb_t.chunks_exact(cols)).zip(x) {
-        for ((oa, ob), (&a, &b)) in out_a
-            .iter_mut()
-            .zip(out_b.iter_mut())
-            .zip(ra.iter().zip(rb))
-        {
-            *oa += xi * a;
-            *ob += xi * b;
-        }
-    }
+/// Splits the next `n` elements off the front of `rest` (fewer if it is short: never panics).
+/// Used to walk a weight buffer segment by segment.
+#[inline(always)]
+pub(crate) fn take<'w>(rest: &mut &'w [f32], n: usize) -> &'w [f32] {
+    let (a, b) = rest.split_at(n.min(rest.len()));
+    *rest = b;
+    a
 }
 
-/// `out[j] += Σ_i (xa[i]·ma_t[i, j] + xb[i]·mb_t[i, j])`: the real part of `C h` for complex `C`
-/// and `h` when `ma_t = Re Cᵀ`, `mb_t = −Im Cᵀ`, `xa = Re h`, `xb = Im h`.
-#[inline]
-pub fn gemv_t_acc_pair(out: &mut [f32], ma_t: &[f32], mb_t: &[f32], xa: &[f32], xb: &[f32]) {
-    let cols = out.len();
-    if cols == 0 {
-        return;
-    }
-    for ((ra, rb), (&a, &b)) in ma_t
-        .chunks_exact(cols)
-        .zip(mb_t.chunks_exact(cols))
-        .zip(xa.iter().zip(xb))
-    {
-        for (o, (&p, &q)) in out.iter_mut().zip(ra.iter().zip(rb)) {
-            *o += a * p + b * q;
-        }
-    }
+/// Mutable version of [`take`], for walking a state buffer.
+#[inline(always)]
+pub(crate) fn take_mut<'s>(rest: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
+    let r = core::mem::take(rest);
+    let (a, b) = r.split_at_mut(n.min(r.len()));
+    *rest = b;
+    a
+}
+
+/// Copies the first `min(dst.len(), src.len())` elements of `src` into `dst` (a
+/// `copy_from_slice` that cannot panic).
+#[inline(always)]
+pub(crate) fn copy_prefix(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len().min(src.len());
+    dst[..n].copy_from_slice(&src[..n]);
 }
 
 /// Complex elementwise product in place, split layout: `(re, im) ← (a_re, a_im) ⊙ (re, im)`.
@@ -170,35 +186,6 @@ mod tests {
                 }
                 assert!((got[j] as f64 - want).abs() < 1e-5, "cols {cols} j {j}");
             }
-        }
-    }
-
-    #[test]
-    fn pair_is_real_part_of_complex_product() {
-        // C (2×2 complex) times h (2 complex), real part.
-        let c = [(1.0f32, 2.0f32), (-0.5, 0.25), (3.0, -1.0), (0.0, 1.0)]; // row-major (o, n)
-        let h = [(0.3f32, -0.7f32), (1.1, 0.4)];
-        let mut re_t = [0.0f32; 4];
-        let mut nim_t = [0.0f32; 4];
-        for o in 0..2 {
-            for n in 0..2 {
-                re_t[n * 2 + o] = c[o * 2 + n].0;
-                nim_t[n * 2 + o] = -c[o * 2 + n].1;
-            }
-        }
-        let mut out = [0.0f32; 2];
-        gemv_t_acc_pair(
-            &mut out,
-            &re_t,
-            &nim_t,
-            &[h[0].0, h[1].0],
-            &[h[0].1, h[1].1],
-        );
-        for o in 0..2 {
-            let want: f32 = (0..2)
-                .map(|n| c[o * 2 + n].0 * h[n].0 - c[o * 2 + n].1 * h[n].1)
-                .sum();
-            assert!((out[o] - want).abs() < 1e-6);
         }
     }
 }

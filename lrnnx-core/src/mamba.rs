@@ -65,7 +65,7 @@ use crate::discretize::Discretization;
 use crate::error::{check_finite_weights, check_len, check_nonzero, Result};
 use crate::fastmath;
 use crate::layer::{EventLayer, Layer};
-use crate::linalg::transpose_into;
+use crate::linalg::{copy_prefix, gemv_t_acc, take, take_mut, transpose_into};
 use crate::params::{require, ParamSource};
 use crate::scan::selective::{rule, rule_code, s6_update};
 
@@ -98,7 +98,7 @@ impl MambaConfig {
             d_model,
             d_state: 16,
             d_conv: 4,
-            d_inner: 2 * d_model,
+            d_inner: d_model.saturating_mul(2),
             dt_rank: d_model.div_ceil(16),
             bias: false,
             conv_bias: true,
@@ -109,35 +109,40 @@ impl MambaConfig {
     /// Number of `f32` weights of the stepping layout (see the module docs).
     pub const fn weights_len(&self) -> usize {
         let (h, e, n, r, k) = self.sizes();
-        h * 2 * e
-            + 2 * e
-            + k * e
-            + e
-            + e * Self::padded(r, n)
-            + r * e
-            + e
-            + n * e
-            + e
-            + e
-            + e * h
-            + h
+        let p = Self::padded(r, n);
+        crate::error::sum_of_products(&[
+            &[h, 2, e],
+            &[2, e],
+            &[k, e],
+            &[e],
+            &[e, p],
+            &[r, e],
+            &[e],
+            &[n, e],
+            &[e],
+            &[e],
+            &[e, h],
+            &[h],
+        ])
     }
 
     /// Number of `f32` state elements: conv window, SSM state, and the scratch area.
     pub const fn state_len(&self) -> usize {
         let (_, e, n, r, k) = self.sizes();
         let k1 = if k == 0 { 0 } else { k - 1 };
-        k1 * e + n * e + Self::scratch_len(e, n, r)
+        crate::error::sum_of_products(&[&[k1, e], &[n, e], &[Self::scratch_len(e, n, r)]])
     }
 
     const fn scratch_len(e: usize, n: usize, r: usize) -> usize {
-        6 * e + Self::padded(r, n)
+        crate::error::sum_of_products(&[&[6, e], &[Self::padded(r, n)]])
     }
 
     /// `P`: the `R + 2N` outputs of `x_proj` rounded up to a multiple of 8 (whole vector
     /// blocks).
     const fn padded(r: usize, n: usize) -> usize {
-        (r + 2 * n).div_ceil(8) * 8
+        r.saturating_add(n.saturating_mul(2))
+            .div_ceil(8)
+            .saturating_mul(8)
     }
 
     const fn sizes(&self) -> (usize, usize, usize, usize, usize) {
@@ -156,23 +161,9 @@ impl MambaConfig {
         check_nonzero("d_conv", self.d_conv)?;
         check_nonzero("d_inner", self.d_inner)?;
         check_nonzero("dt_rank", self.dt_rank)?;
+        crate::error::check_sizes(self.weights_len(), self.state_len())?;
         rule_code("Mamba", self.discretization)
     }
-}
-
-/// Takes the next `n` elements of `rest` (fewer if it is short: never panics).
-fn take<'w>(rest: &mut &'w [f32], n: usize) -> &'w [f32] {
-    let (a, b) = rest.split_at(n.min(rest.len()));
-    *rest = b;
-    a
-}
-
-/// Mutable version of [`take`].
-fn take_mut<'s>(rest: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
-    let r = core::mem::take(rest);
-    let (a, b) = r.split_at_mut(n.min(r.len()));
-    *rest = b;
-    a
 }
 
 /// Borrowed segments of the weights.
@@ -356,12 +347,12 @@ impl<W: AsRef<[f32]>> Mamba<W> {
         let yin = take_mut(rest, e);
 
         // [x; z] = W_in u + b_in
-        xz.copy_from_slice_safe(w.in_b);
-        gemv_t_blocked(xz, w.in_t, u);
+        copy_prefix(xz, w.in_b);
+        gemv_t_acc(xz, w.in_t, u);
         let (x, z) = xz.split_at(e.min(xz.len()));
 
         // Causal depthwise conv over (window, x), then the window shifts by one.
-        xc.copy_from_slice_safe(w.conv_b);
+        copy_prefix(xc, w.conv_b);
         let mut taps = w.conv_t.chunks_exact(e);
         for past in conv.chunks_exact(e) {
             if let Some(tap) = taps.next() {
@@ -374,7 +365,7 @@ impl<W: AsRef<[f32]>> Mamba<W> {
         if conv.len() >= e {
             conv.copy_within(e.., 0);
             let last = conv.len() - e;
-            conv[last..].copy_from_slice_safe(x);
+            copy_prefix(&mut conv[last..], x);
         }
         for v in xc.iter_mut() {
             *v = fastmath::silu(*v);
@@ -382,16 +373,16 @@ impl<W: AsRef<[f32]>> Mamba<W> {
 
         // [δ_r; B; C] = W_x x_c;  Δ = softplus(W_dt δ_r + b_dt);  ΔA.
         xdbl.fill(0.0);
-        gemv_t_blocked(xdbl, w.xproj_t, xc);
+        gemv_t_acc(xdbl, w.xproj_t, xc);
         let (dt_raw, bc) = xdbl.split_at(r.min(xdbl.len()));
         let (bn, cn) = bc.split_at(n.min(bc.len()));
-        dt.copy_from_slice_safe(w.dt_b);
-        gemv_t_blocked(dt, w.dt_t, dt_raw);
+        copy_prefix(dt, w.dt_b);
+        gemv_t_acc(dt, w.dt_t, dt_raw);
         for v in dt.iter_mut() {
             *v = fastmath::softplus(*v);
         }
         match tau {
-            None => dta.copy_from_slice_safe(dt),
+            None => copy_prefix(dta, dt),
             Some(t) => {
                 for (o, &s) in dta.iter_mut().zip(w.dta) {
                     *o = (t * s).min(f32::MAX);
@@ -422,78 +413,9 @@ impl<W: AsRef<[f32]>> Mamba<W> {
         }
 
         // y = W_out y_in + b_out
-        y.copy_from_slice_safe(w.out_b);
-        gemv_t_blocked(y, w.out_t, yin);
+        copy_prefix(y, w.out_b);
+        gemv_t_acc(y, w.out_t, yin);
     }
-}
-
-/// `out += Mᵀ x` like [`linalg::gemv_t_acc`](crate::linalg::gemv_t_acc) (`mt` holds one row
-/// of `out.len()` entries per element of `x`), register-blocked: a block of `BW` outputs stays
-/// in registers over all rows, in four interleaved partial sums (rows `i ≡ 0, 1, 2, 3 mod 4`)
-/// so that consecutive multiply-adds do not wait on each other. Blocks of 64, 32, 16 and 8
-/// columns, then single columns.
-#[inline(always)]
-fn gemv_t_blocked(out: &mut [f32], mt: &[f32], x: &[f32]) {
-    let cols = out.len();
-    if cols == 0 {
-        return;
-    }
-    let mut c0 = 0;
-    c0 = gemv_t_block::<64>(out, mt, x, c0);
-    c0 = gemv_t_block::<32>(out, mt, x, c0);
-    c0 = gemv_t_block::<16>(out, mt, x, c0);
-    c0 = gemv_t_block::<8>(out, mt, x, c0);
-    for (row, &xi) in mt.chunks_exact(cols).zip(x) {
-        for (o, &m) in out[c0..].iter_mut().zip(&row[c0..]) {
-            *o += xi * m;
-        }
-    }
-}
-
-/// Columns `c0..` of [`gemv_t_blocked`] in whole blocks of `BW`; returns the first column left.
-#[inline(always)]
-fn gemv_t_block<const BW: usize>(out: &mut [f32], mt: &[f32], x: &[f32], mut c0: usize) -> usize {
-    let cols = out.len();
-    while c0 + BW <= cols {
-        let (mut a0, mut a1, mut a2, mut a3) =
-            ([0.0f32; BW], [0.0f32; BW], [0.0f32; BW], [0.0f32; BW]);
-        for (r4, x4) in mt.chunks_exact(4 * cols).zip(x.chunks_exact(4)) {
-            let blocks = (
-                block::<BW>(r4, c0),
-                block::<BW>(r4, cols + c0),
-                block::<BW>(r4, 2 * cols + c0),
-                block::<BW>(r4, 3 * cols + c0),
-            );
-            if let (Some(r0), Some(r1), Some(r2), Some(r3)) = blocks {
-                let (x0, x1, x2, x3) = (x4[0], x4[1], x4[2], x4[3]);
-                for j in 0..BW {
-                    a0[j] += x0 * r0[j];
-                    a1[j] += x1 * r1[j];
-                    a2[j] += x2 * r2[j];
-                    a3[j] += x3 * r3[j];
-                }
-            }
-        }
-        let done = x.len() / 4 * 4;
-        for (r, &xi) in mt.chunks_exact(cols).zip(x).skip(done) {
-            if let Some(r0) = block::<BW>(r, c0) {
-                for j in 0..BW {
-                    a0[j] += xi * r0[j];
-                }
-            }
-        }
-        for (j, o) in out[c0..c0 + BW].iter_mut().enumerate() {
-            *o += (a0[j] + a1[j]) + (a2[j] + a3[j]);
-        }
-        c0 += BW;
-    }
-    c0
-}
-
-/// `r[s..s + BW]` as an array reference (`None` if out of range).
-#[inline(always)]
-fn block<const BW: usize>(r: &[f32], s: usize) -> Option<&[f32; BW]> {
-    r.get(s..s + BW).and_then(|v| v.try_into().ok())
 }
 
 /// `out[i] += a[i]·b[i]`.
@@ -507,21 +429,8 @@ fn fma_acc(out: &mut [f32], a: &[f32], b: &[f32]) {
 /// Copies `src` into `dst` (zeros when `src` is `None`).
 fn fill_or_zero(dst: &mut [f32], src: Option<&[f32]>) {
     match src {
-        Some(s) => dst.copy_from_slice_safe(s),
+        Some(s) => copy_prefix(dst, s),
         None => dst.fill(0.0),
-    }
-}
-
-/// A panic-free `copy_from_slice`: copies `min(len)` elements.
-trait CopySafe {
-    fn copy_from_slice_safe(&mut self, src: &[f32]);
-}
-
-impl CopySafe for [f32] {
-    #[inline(always)]
-    fn copy_from_slice_safe(&mut self, src: &[f32]) {
-        let n = self.len().min(src.len());
-        self[..n].copy_from_slice(&src[..n]);
     }
 }
 

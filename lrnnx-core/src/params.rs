@@ -75,12 +75,20 @@ pub fn require<'s, P: ParamSource + ?Sized>(
     shape: &[usize],
 ) -> Result<&'s [f32]> {
     let t = src.tensor(name).ok_or(Error::MissingTensor { name })?;
-    let numel: usize = t.shape.iter().product();
-    if t.shape != shape || t.data.len() != numel {
+    if t.shape != shape {
         return Err(Error::TensorShape {
             name,
             expected: Dims::new(shape),
             got: Dims::new(t.shape),
+        });
+    }
+    // The shape is the expected one, so its product is a size the layer already validated.
+    let numel = shape.iter().fold(1usize, |p, &d| p.saturating_mul(d));
+    if t.data.len() != numel {
+        return Err(Error::BufferLength {
+            what: name,
+            expected: numel,
+            got: t.data.len(),
         });
     }
     if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {

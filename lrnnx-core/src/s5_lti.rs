@@ -158,7 +158,8 @@ impl<W: AsRef<[f32]>> Layer for S5Lti<W> {
     #[inline]
     fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
         let ssm = self.config.ssm();
-        let (w_ssm, w_d) = self.weights.as_ref().split_at(ssm.weights_len());
+        let w = self.weights.as_ref();
+        let (w_ssm, w_d) = w.split_at(ssm.weights_len().min(w.len()));
         ssm.split(w_ssm).step(state, x, y, Some(w_d));
     }
 }

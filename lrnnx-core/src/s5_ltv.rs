@@ -47,7 +47,7 @@ use num_complex::Complex64;
 use crate::discretize::{discretize, Discretization};
 use crate::error::{check_finite_weights, check_len, check_nonzero, Error, Result};
 use crate::layer::{EventLayer, Layer};
-use crate::linalg::diag_acc;
+use crate::linalg::{diag_acc, gemv_t_acc, gemv_t_segments, take};
 use crate::params::{require, ParamSource};
 use crate::scan::simplified::{advance, bilinear_transition, exp_transition};
 
@@ -110,13 +110,6 @@ struct View<'w> {
     ct_re: &'w [f32],
     ct_nim: &'w [f32],
     d: &'w [f32],
-}
-
-/// Splits `n.min(len)` elements off the front of `w` (never panics).
-fn take<'w>(w: &mut &'w [f32], n: usize) -> &'w [f32] {
-    let (a, b) = w.split_at(n.min(w.len()));
-    *w = b;
-    a
 }
 
 /// A time-varying S5 layer ready to step (ordinary or event mode); `W` holds the weights.
@@ -226,7 +219,8 @@ impl<W: AsRef<[f32]>> S5Ltv<W> {
         let (v_re, v_im) = vb;
         v_re.fill(0.0);
         v_im.fill(0.0);
-        gemv_t_acc2_x4(v_re, v_im, v.bt_re, v.bt_im, x);
+        gemv_t_acc(v_re, v.bt_re, x);
+        gemv_t_acc(v_im, v.bt_im, x);
         for ((sr, si), ((&ar, &ai), (&vr, &vi))) in s_re.iter_mut().zip(s_im.iter_mut()).zip(
             a_bar
                 .0
@@ -239,83 +233,8 @@ impl<W: AsRef<[f32]>> S5Ltv<W> {
             *si = n.1;
         }
         y.fill(0.0);
-        gemv_t_acc_pair_x2(y, v.ct_re, v.ct_nim, s_re, s_im);
+        gemv_t_segments(y, &[(v.ct_re, s_re), (v.ct_nim, s_im)]);
         diag_acc(y, v.d, x);
-    }
-}
-
-/// `out_a += Maᵀ x`, `out_b += Mbᵀ x` (matrices stored transposed, one row of `out_a.len()`
-/// entries per element of `x`), four rows of `x` per pass over the outputs so that the
-/// accumulators are loaded and stored a quarter as often as in a row-by-row `axpy`.
-#[inline(always)]
-fn gemv_t_acc2_x4(out_a: &mut [f32], out_b: &mut [f32], ma: &[f32], mb: &[f32], x: &[f32]) {
-    let cols = out_a.len();
-    if cols == 0 || out_b.len() != cols {
-        return;
-    }
-    let (ra, rb) = (ma.chunks_exact(4 * cols), mb.chunks_exact(4 * cols));
-    let (ta, tb) = (ra.remainder(), rb.remainder());
-    let xs = x.chunks_exact(4);
-    let xt = xs.remainder();
-    for ((ba, bb), xq) in ra.zip(rb).zip(xs) {
-        let (a0, a) = ba.split_at(cols);
-        let (a1, a) = a.split_at(cols);
-        let (a2, a3) = a.split_at(cols);
-        let (b0, b) = bb.split_at(cols);
-        let (b1, b) = b.split_at(cols);
-        let (b2, b3) = b.split_at(cols);
-        let (x0, x1, x2, x3) = (xq[0], xq[1], xq[2], xq[3]);
-        let wa = a0.iter().zip(a1).zip(a2.iter().zip(a3));
-        let wb = b0.iter().zip(b1).zip(b2.iter().zip(b3));
-        for ((oa, ob), (((&p0, &p1), (&p2, &p3)), ((&q0, &q1), (&q2, &q3)))) in
-            out_a.iter_mut().zip(out_b.iter_mut()).zip(wa.zip(wb))
-        {
-            *oa += x0 * p0 + x1 * p1 + x2 * p2 + x3 * p3;
-            *ob += x0 * q0 + x1 * q1 + x2 * q2 + x3 * q3;
-        }
-    }
-    for ((wa, wb), &xi) in ta.chunks_exact(cols).zip(tb.chunks_exact(cols)).zip(xt) {
-        for ((oa, ob), (&a, &b)) in out_a
-            .iter_mut()
-            .zip(out_b.iter_mut())
-            .zip(wa.iter().zip(wb))
-        {
-            *oa += xi * a;
-            *ob += xi * b;
-        }
-    }
-}
-
-/// `out[j] += Σ_i (xa[i]·ma[i, j] + xb[i]·mb[i, j])` (the real part of `C s` for `ma = Re Cᵀ`,
-/// `mb = −Im Cᵀ`, `xa = Re s`, `xb = Im s`), two rows of each matrix per pass over `out`.
-#[inline(always)]
-fn gemv_t_acc_pair_x2(out: &mut [f32], ma: &[f32], mb: &[f32], xa: &[f32], xb: &[f32]) {
-    let cols = out.len();
-    if cols == 0 {
-        return;
-    }
-    let (ra, rb) = (ma.chunks_exact(2 * cols), mb.chunks_exact(2 * cols));
-    let (ta, tb) = (ra.remainder(), rb.remainder());
-    let (xas, xbs) = (xa.chunks_exact(2), xb.chunks_exact(2));
-    let (xat, xbt) = (xas.remainder(), xbs.remainder());
-    for ((ba, bb), (qa, qb)) in ra.zip(rb).zip(xas.zip(xbs)) {
-        let (a0, a1) = ba.split_at(cols);
-        let (b0, b1) = bb.split_at(cols);
-        let (p0, p1, q0, q1) = (qa[0], qa[1], qb[0], qb[1]);
-        for (o, ((&c0, &c1), (&d0, &d1))) in
-            out.iter_mut().zip(a0.iter().zip(a1).zip(b0.iter().zip(b1)))
-        {
-            *o += p0 * c0 + q0 * d0 + p1 * c1 + q1 * d1;
-        }
-    }
-    for ((wa, wb), (&p, &q)) in ta
-        .chunks_exact(cols)
-        .zip(tb.chunks_exact(cols))
-        .zip(xat.iter().zip(xbt))
-    {
-        for (o, (&a, &b)) in out.iter_mut().zip(wa.iter().zip(wb)) {
-            *o += p * a + q * b;
-        }
     }
 }
 

@@ -33,7 +33,7 @@ use crate::activation::gelu;
 use crate::error::{check_finite_weights, check_len, check_nonzero, Error, Result};
 use crate::fastmath;
 use crate::layer::Layer;
-use crate::linalg::{gemv_t_acc, transpose_into};
+use crate::linalg::{gemv_t_acc, take, take_mut, transpose_into};
 use crate::params::{require, ParamSource};
 use crate::scan::s7::advance;
 
@@ -101,19 +101,6 @@ impl S7Config {
         }
         Ok(())
     }
-}
-
-fn take<'w>(w: &mut &'w [f32], n: usize) -> &'w [f32] {
-    let (a, b) = w.split_at(n.min(w.len()));
-    *w = b;
-    a
-}
-
-fn take_mut<'s>(w: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
-    let s = core::mem::take(w);
-    let (a, b) = s.split_at_mut(n.min(s.len()));
-    *w = b;
-    a
 }
 
 /// An S7 layer ready to step; `W` holds the weights.

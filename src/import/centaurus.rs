@@ -38,7 +38,7 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         sub_state_dim: usize_arg(kwargs, "sub_state_dim")?,
         mode,
     };
-    let layer = Centaurus::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = Centaurus::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }
 

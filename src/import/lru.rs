@@ -14,6 +14,6 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         d_model: usize_arg(kwargs, "d_model")?,
         d_state: usize_arg(kwargs, "d_state")?,
     };
-    let layer = Lru::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = Lru::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

@@ -61,6 +61,6 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         conv_bias: bool_arg_or(kwargs, "conv_bias", true)?,
         discretization: rule(str_arg_or(kwargs, "discretization", "mamba")?)?,
     };
-    let layer = Mamba::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = Mamba::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Event(Box::new(layer)))
 }

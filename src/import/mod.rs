@@ -66,6 +66,12 @@ pub enum ImportError {
     },
     /// The core rejected the parameters (missing or mis-shaped tensor, non-finite value, ...).
     Core(lrnnx_core::Error),
+    /// The configuration asks for more memory than can be allocated (usually a `d_model` or
+    /// `d_state` that does not belong to these weights).
+    Allocation {
+        /// Number of elements requested.
+        elements: usize,
+    },
 }
 
 impl fmt::Display for ImportError {
@@ -76,6 +82,11 @@ impl fmt::Display for ImportError {
                 write!(f, "constructor argument `{name}`: {reason}")
             }
             ImportError::Core(e) => write!(f, "{e}"),
+            ImportError::Allocation { elements } => write!(
+                f,
+                "cannot allocate {elements} elements for the layer; check d_model/d_state \
+                 against the tensors"
+            ),
         }
     }
 }
@@ -122,7 +133,7 @@ pub(crate) fn usize_arg(kwargs: &Value, name: &str) -> Result<usize, ImportError
     match kwargs.get(name) {
         Some(v) => v
             .as_u64()
-            .map(|u| u as usize)
+            .and_then(|u| usize::try_from(u).ok())
             .ok_or_else(|| ImportError::Kwarg {
                 name: name.into(),
                 reason: format!("expected a non-negative integer, got {v}"),
@@ -184,7 +195,18 @@ pub(crate) fn str_arg_or<'v>(
     }
 }
 
-/// A zeroed weight buffer of `len` elements.
-pub(crate) fn buffer(len: usize) -> Vec<f32> {
-    vec![0.0; len]
+/// A zeroed buffer of `len` elements, or an error (not an abort) when it cannot be allocated.
+/// Configurations are validated before anything is allocated; a size that overflows `usize`
+/// saturates to `usize::MAX` and lands here as an error too.
+pub(crate) fn zeroed<T: Default + Clone>(len: usize) -> Result<Vec<T>, ImportError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| ImportError::Allocation { elements: len })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// A zeroed `f32` weight buffer of `len` elements (see [`zeroed`]).
+pub(crate) fn buffer(len: usize) -> Result<Vec<f32>, ImportError> {
+    zeroed(len)
 }

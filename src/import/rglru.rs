@@ -31,6 +31,6 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         bias: bool_arg_or(kwargs, "bias", false)?,
         conv_bias: bool_arg_or(kwargs, "conv_bias", true)?,
     };
-    let layer = RgLru::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = RgLru::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

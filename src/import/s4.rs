@@ -22,7 +22,9 @@ use lrnnx_core::s4d::{S4d, S4dConfig};
 use lrnnx_core::ParamSource;
 use serde_json::Value;
 
-use super::{bool_arg_or, buffer, str_arg_or, usize_arg, usize_arg_or, CoreModel, ImportError};
+use super::{
+    bool_arg_or, buffer, str_arg_or, usize_arg, usize_arg_or, zeroed, CoreModel, ImportError,
+};
 
 fn kwarg_err(name: &str, reason: impl Into<String>) -> ImportError {
     ImportError::Kwarg {
@@ -129,7 +131,7 @@ pub(super) fn build<P: ParamSource + ?Sized>(
             discretization,
             output_linear,
         };
-        let layer = S4d::from_lrnnx(config, params, buffer(config.weights_len()))?;
+        let layer = S4d::from_lrnnx(config, params, buffer(config.weights_len())?)?;
         Ok(CoreModel::Plain(Box::new(layer)))
     } else {
         let config = S4Config {
@@ -142,8 +144,8 @@ pub(super) fn build<P: ParamSource + ?Sized>(
             transforms,
             output_linear,
         };
-        let mut scratch = vec![0.0f64; config.construction_scratch_len()];
-        let layer = S4::from_lrnnx(config, params, buffer(config.weights_len()), &mut scratch)?;
+        let mut scratch = zeroed::<f64>(config.construction_scratch_len())?;
+        let layer = S4::from_lrnnx(config, params, buffer(config.weights_len())?, &mut scratch)?;
         Ok(CoreModel::Plain(Box::new(layer)))
     }
 }

@@ -9,6 +9,12 @@ use super::{bool_arg_or, buffer, str_arg_or, usize_arg, CoreModel, ImportError};
 /// named "bilinear" selects the explicit compatibility rule; every other name maps directly.
 pub(super) fn lrnnx_lti_rule(name: &str) -> Result<Discretization, ImportError> {
     match name {
+        "" => Err(ImportError::Kwarg {
+            name: "discretization".into(),
+            reason:
+                "missing (lrnnx's LTI S5 requires it: zoh, bilinear, dirac or no_discretization)"
+                    .into(),
+        }),
         "bilinear" => Ok(Discretization::LrnnxInvertedBilinear),
         other => Discretization::from_name(other).ok_or_else(|| ImportError::Kwarg {
             name: "discretization".into(),
@@ -31,7 +37,8 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         d_model: usize_arg(kwargs, "d_model")?,
         d_state: usize_arg(kwargs, "d_state")?,
         discretization: lrnnx_lti_rule(str_arg_or(kwargs, "discretization", "")?)?,
+        // lrnnx's LTI S5 has no default discretization: an empty name means it was not given.
     };
-    let layer = S5Lti::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = S5Lti::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

@@ -35,6 +35,6 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         conj_sym: bool_arg_or(kwargs, "conj_sym", false)?,
         step_rescale: f64_arg_or(kwargs, "step_rescale", 1.0)? as f32,
     };
-    let layer = S5Ltv::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = S5Ltv::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Event(Box::new(layer)))
 }

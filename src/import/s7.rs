@@ -18,6 +18,6 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         d_state: usize_arg(kwargs, "d_state")?,
         j,
     };
-    let layer = S7::from_lrnnx(config, params, buffer(config.weights_len()))?;
+    let layer = S7::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

@@ -7,6 +7,7 @@
 //! y_t = Σ_n h_t[n]
 //! ```
 
+use crate::error::sum_of_products;
 use crate::error::{check_len, Result};
 use crate::fastmath;
 
@@ -56,11 +57,23 @@ pub fn rglru_scan(
         d_state: n,
         len,
     } = dims;
-    check_len("u (b, D, L)", batch * d * len, u.len())?;
-    check_len("delta (b, D, L)", batch * d * len, delta.len())?;
-    check_len("A (D, n)", d * n, a.len())?;
-    check_len("out (b, D, L)", batch * d * len, out.len())?;
-    check_len("last_state (b, D, n)", batch * d * n, last_state.len())?;
+    check_len("u (b, D, L)", sum_of_products(&[&[batch, d, len]]), u.len())?;
+    check_len(
+        "delta (b, D, L)",
+        sum_of_products(&[&[batch, d, len]]),
+        delta.len(),
+    )?;
+    check_len("A (D, n)", sum_of_products(&[&[d, n]]), a.len())?;
+    check_len(
+        "out (b, D, L)",
+        sum_of_products(&[&[batch, d, len]]),
+        out.len(),
+    )?;
+    check_len(
+        "last_state (b, D, n)",
+        sum_of_products(&[&[batch, d, n]]),
+        last_state.len(),
+    )?;
     out.fill(0.0);
     last_state.fill(0.0);
     for bi in 0..batch {

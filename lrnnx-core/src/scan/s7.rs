@@ -8,6 +8,7 @@
 //! y_t[h] = Σ_n C_t[h,n]·x_t[n]
 //! ```
 
+use crate::error::sum_of_products;
 use crate::error::{check_len, Result};
 
 /// The S7 transition `Ā = 1 − 1/(A² + ½)`.
@@ -67,15 +68,35 @@ pub fn s7_scan(
         len,
     } = dims;
     let S7ScanInputs { u, a, b, c, bias } = inputs;
-    check_len("u (b, H, L)", batch * h * len, u.len())?;
-    check_len("A (b, N, L)", batch * n * len, a.len())?;
-    check_len("B (b, N, H, L)", batch * n * h * len, b.len())?;
-    check_len("C (b, H, N, L)", batch * h * n * len, c.len())?;
+    check_len("u (b, H, L)", sum_of_products(&[&[batch, h, len]]), u.len())?;
+    check_len("A (b, N, L)", sum_of_products(&[&[batch, n, len]]), a.len())?;
+    check_len(
+        "B (b, N, H, L)",
+        sum_of_products(&[&[batch, n, h, len]]),
+        b.len(),
+    )?;
+    check_len(
+        "C (b, H, N, L)",
+        sum_of_products(&[&[batch, h, n, len]]),
+        c.len(),
+    )?;
     if let Some(bs) = bias {
-        check_len("bias (b, N, L)", batch * n * len, bs.len())?;
+        check_len(
+            "bias (b, N, L)",
+            sum_of_products(&[&[batch, n, len]]),
+            bs.len(),
+        )?;
     }
-    check_len("out (b, H, L)", batch * h * len, out.len())?;
-    check_len("last_state (b, N)", batch * n, last_state.len())?;
+    check_len(
+        "out (b, H, L)",
+        sum_of_products(&[&[batch, h, len]]),
+        out.len(),
+    )?;
+    check_len(
+        "last_state (b, N)",
+        sum_of_products(&[&[batch, n]]),
+        last_state.len(),
+    )?;
     for bi in 0..batch {
         // The running state lives in the caller's `last_state` row.
         let x = &mut last_state[bi * n..(bi + 1) * n];

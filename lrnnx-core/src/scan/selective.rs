@@ -36,6 +36,7 @@
 use num_complex::Complex32;
 
 use crate::discretize::Discretization;
+use crate::error::sum_of_products;
 use crate::error::{check_len, check_nonzero, Error, Result};
 use crate::fastmath;
 
@@ -194,13 +195,13 @@ impl SelectiveScanArgs<'_> {
 
     /// Number of `f32` elements of `out`: `b·d·L`.
     pub fn out_len(&self) -> usize {
-        self.batch * self.dim * self.len
+        sum_of_products(&[&[self.batch, self.dim, self.len]])
     }
 
     /// Number of `f32` elements of the state: `b·d·n`, twice that for complex `A`.
     pub fn state_len(&self) -> usize {
         let w = if self.is_complex() { 2 } else { 1 };
-        self.batch * self.dim * self.d_state * w
+        sum_of_products(&[&[self.batch, self.dim, self.d_state, w]])
     }
 
     fn validate(&self, out: &[f32], state: &[f32]) -> Result<u8> {
@@ -209,16 +210,16 @@ impl SelectiveScanArgs<'_> {
         check_nonzero("d_state", self.d_state)?;
         let w = if self.is_complex() { 2 } else { 1 };
         let (b, d, n, l) = (self.batch, self.dim, self.d_state, self.len);
-        let seq = b * d * l;
+        let seq = sum_of_products(&[&[b, d, l]]);
         check_len("u", seq, self.u.len())?;
         check_len("delta", seq, self.delta.len())?;
         let a = match self.a {
             StateMatrix::Real(a) | StateMatrix::Complex(a) => a,
         };
-        check_len("A", d * n * w, a.len())?;
+        check_len("A", sum_of_products(&[&[d, n, w]]), a.len())?;
         for (what, m) in [("B", self.b), ("C", self.c)] {
             match m {
-                InputMatrix::Fixed(v) => check_len(what, d * n * w, v.len())?,
+                InputMatrix::Fixed(v) => check_len(what, sum_of_products(&[&[d, n, w]]), v.len())?,
                 InputMatrix::Varying { data, groups } => {
                     if groups == 0 || d % groups != 0 {
                         return Err(Error::InvalidConfig {
@@ -226,7 +227,7 @@ impl SelectiveScanArgs<'_> {
                             reason: "must be at least 1 and divide dim",
                         });
                     }
-                    check_len(what, b * groups * n * l * w, data.len())?;
+                    check_len(what, sum_of_products(&[&[b, groups, n, l, w]]), data.len())?;
                 }
             }
         }

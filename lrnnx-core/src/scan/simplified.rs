@@ -18,6 +18,7 @@
 //! its state sequence (spec §18.12). [`simplified_scan`] returns the true final state `x_{L−1}`.
 
 use crate::discretize::Discretization;
+use crate::error::sum_of_products;
 use crate::error::{check_len, Error, Result};
 use crate::fastmath;
 use crate::fastmath_trig;
@@ -28,14 +29,23 @@ use crate::fastmath_trig;
 pub fn exp_transition(z_re: f32, z_im: f32) -> (f32, f32) {
     let m = fastmath::exp(z_re);
     let (s, c) = fastmath_trig::sincos(z_im);
-    (m * c, m * s)
+    // A fully decayed mode is exactly 0, whatever its (meaningless) phase.
+    if m == 0.0 {
+        (0.0, 0.0)
+    } else {
+        (m * c, m * s)
+    }
 }
 
 /// The Tustin transition `Ā = (1 + z/2)/(1 − z/2)` for complex `z`, computed as
 /// `(1 + z/2)·conj(1 − z/2) / |1 − z/2|²`. (The denominator vanishes only at `z = 2`, which a
-/// stable `Re Λ < 0` never reaches; there the result is infinite.)
+/// stable `Re Λ < 0` never reaches; there the result is infinite.) `z` is clamped to
+/// `±1e18` per part, where `Ā` has reached its limit `−1`, so that a huge event time step
+/// cannot overflow `|1 − z/2|²` into `∞·0 = NaN`.
 #[inline(always)]
 pub fn bilinear_transition(z_re: f32, z_im: f32) -> (f32, f32) {
+    const LIMIT: f32 = 1e18;
+    let (z_re, z_im) = (z_re.clamp(-LIMIT, LIMIT), z_im.clamp(-LIMIT, LIMIT));
     let (hr, hi) = (0.5 * z_re, 0.5 * z_im);
     let (nr, ni) = (1.0 + hr, hi);
     let (dr, di) = (1.0 - hr, -hi);
@@ -152,16 +162,36 @@ pub fn simplified_scan(
         c,
         delta_a,
     } = inputs;
-    check_len("u (b, H, L, 2)", batch * h * len * 2, u.len())?;
-    check_len("delta (b, P, L)", batch * p * len, delta.len())?;
-    check_len("A (P, 2)", p * 2, a.len())?;
-    check_len("B (P, H, 2)", p * h * 2, b.len())?;
-    check_len("C (H, P, 2)", h * p * 2, c.len())?;
+    check_len(
+        "u (b, H, L, 2)",
+        sum_of_products(&[&[batch, h, len, 2]]),
+        u.len(),
+    )?;
+    check_len(
+        "delta (b, P, L)",
+        sum_of_products(&[&[batch, p, len]]),
+        delta.len(),
+    )?;
+    check_len("A (P, 2)", sum_of_products(&[&[p, 2]]), a.len())?;
+    check_len("B (P, H, 2)", sum_of_products(&[&[p, h, 2]]), b.len())?;
+    check_len("C (H, P, 2)", sum_of_products(&[&[h, p, 2]]), c.len())?;
     if let Some(da) = delta_a {
-        check_len("deltaA (b, P, L)", batch * p * len, da.len())?;
+        check_len(
+            "deltaA (b, P, L)",
+            sum_of_products(&[&[batch, p, len]]),
+            da.len(),
+        )?;
     }
-    check_len("out (b, H, L, 2)", batch * h * len * 2, out.len())?;
-    check_len("last_state (b, P, 2)", batch * p * 2, last_state.len())?;
+    check_len(
+        "out (b, H, L, 2)",
+        sum_of_products(&[&[batch, h, len, 2]]),
+        out.len(),
+    )?;
+    check_len(
+        "last_state (b, P, 2)",
+        sum_of_products(&[&[batch, p, 2]]),
+        last_state.len(),
+    )?;
     let delta_a = delta_a.unwrap_or(delta);
 
     for bi in 0..batch {
