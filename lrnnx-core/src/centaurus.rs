@@ -149,7 +149,9 @@ impl CentaurusConfig {
         crate::error::sum_of_products(&[&[2, self.modes()], &[2, extra]])
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks sizes and mode constraints (DWS: `d_state = d_model`; Full: `d_state ≥ d_model²`)
+    /// and that every buffer size fits in `usize`.
+    pub fn validate(&self) -> Result<()> {
         check_nonzero("d_model", self.d_model)?;
         check_nonzero("d_state", self.d_state)?;
         check_nonzero("sub_state_dim", self.sub_state_dim)?;

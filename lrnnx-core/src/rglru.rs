@@ -49,15 +49,9 @@ use crate::activation::{gelu, softplus_f64};
 use crate::error::{check_finite_weights, check_len, check_nonzero, Error, Result};
 use crate::fastmath;
 use crate::layer::Layer;
-use crate::linalg::{gemv_t_acc, take, take_mut, transpose_into};
+use crate::linalg::{copy_prefix, gemv_t_acc, take, take_mut, transpose_into};
 use crate::params::{require, ParamSource};
-use crate::scan::rglru::{advance, decay};
-
-/// `σ(x) = 1/(1 + e^{−x})` with the branch-free [`fastmath::exp`] (vectorizable).
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + fastmath::exp(-x))
-}
+use crate::scan::rglru::advance;
 
 /// Sizes and options of an RG-LRU layer (lrnnx's constructor arguments; `a_init_range` only
 /// shapes the initialization).
@@ -260,16 +254,16 @@ impl<W: AsRef<[f32]>> Layer for RgLru<W> {
         let ig = take_mut(&mut st, d);
 
         // g = GELU(W_g h + b_g)
-        g.copy_from_slice(&v.gate_b[..g.len().min(v.gate_b.len())]);
+        copy_prefix(g, v.gate_b);
         gemv_t_acc(g, v.gate_t, x);
         for gi in g.iter_mut() {
             *gi = gelu(*gi);
         }
         // u = W_in h + b_in
-        u.copy_from_slice(&v.in_b[..u.len().min(v.in_b.len())]);
+        copy_prefix(u, v.in_b);
         gemv_t_acc(u, v.in_t, x);
         // x = b_conv + Σ_w W[w] ⊙ (window ++ u)[w]
-        xc.copy_from_slice(&v.conv_b[..xc.len().min(v.conv_b.len())]);
+        copy_prefix(xc, v.conv_b);
         for (taps, past) in v.conv_w.chunks_exact(d).zip(win.chunks_exact(d)) {
             for (o, (&wt, &p)) in xc.iter_mut().zip(taps.iter().zip(past)) {
                 *o += wt * p;
@@ -290,23 +284,22 @@ impl<W: AsRef<[f32]>> Layer for RgLru<W> {
             }
         }
         // Gates.
-        r.copy_from_slice(&v.rg_b[..r.len().min(v.rg_b.len())]);
+        copy_prefix(r, v.rg_b);
         gemv_t_acc(r, v.rg_t, xc);
-        ig.copy_from_slice(&v.ig_b[..ig.len().min(v.ig_b.len())]);
+        copy_prefix(ig, v.ig_b);
         gemv_t_acc(ig, v.ig_t, xc);
-        // r ← Ā = exp(σ(r)·c·ln a),  i ← σ(i)⊙x  (a separate pass, so that it vectorizes).
+        // r ← log Ā = σ(r)·c·ln a,  i ← σ(i)⊙x  (a separate pass, so that it vectorizes).
         for ((ri, ii), (&xi, &cl)) in r.iter_mut().zip(ig.iter_mut()).zip(xc.iter().zip(v.c_ln_a)) {
-            *ri = decay(sigmoid(*ri), cl);
-            *ii = sigmoid(*ii) * xi;
+            *ri = fastmath::sigmoid(*ri) * cl;
+            *ii = fastmath::sigmoid(*ii) * xi;
         }
         // s ← Ā s + sqrt(1 − Ā²)(i x);  then g ← g ⊙ s.
-        for ((si, gi), (&ab, &ux)) in s.iter_mut().zip(g.iter_mut()).zip(r.iter().zip(ig.iter())) {
-            *si = advance(*si, ab, ux);
+        for ((si, gi), (&la, &ux)) in s.iter_mut().zip(g.iter_mut()).zip(r.iter().zip(ig.iter())) {
+            *si = advance(*si, la, ux);
             *gi *= *si;
         }
         // y = W_out (g ⊙ s) + b_out
-        let n = y.len().min(v.out_b.len());
-        y[..n].copy_from_slice(&v.out_b[..n]);
+        copy_prefix(y, v.out_b);
         gemv_t_acc(y, v.out_t, g);
     }
 }

@@ -37,12 +37,6 @@ use crate::linalg::{gemv_t_acc, take, take_mut, transpose_into};
 use crate::params::{require, ParamSource};
 use crate::scan::s7::advance;
 
-/// `σ(x) = 1/(1 + e^{−x})` with the branch-free [`fastmath::exp`] (vectorizable).
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + fastmath::exp(-x))
-}
-
 /// `Σ_i a[i]·b[i]` with eight partial sums (vectorizes; summation order differs from a plain
 /// left-to-right sum only by rounding).
 #[inline(always)]
@@ -222,7 +216,7 @@ impl<W: AsRef<[f32]>> Layer for S7<W> {
         out.fill(0.0);
         gemv_t_acc(out, gate_t, gl);
         for (o, (&yh, &hh)) in out.iter_mut().zip(yv.iter().zip(h_in)) {
-            *o = sigmoid(*o) * yh + hh;
+            *o = fastmath::sigmoid(*o) * yh + hh;
         }
     }
 }

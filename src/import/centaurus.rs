@@ -10,7 +10,7 @@ use lrnnx_core::centaurus::{Centaurus, CentaurusConfig, CentaurusMode};
 use lrnnx_core::ParamSource;
 use serde_json::Value;
 
-use super::{buffer, str_arg_or, usize_arg, CoreModel, ImportError};
+use super::{buffer, precheck, str_arg_or, usize_arg, CoreModel, ImportError};
 
 /// The names lrnnx's discretization registry accepts (all equivalent for Centaurus).
 const LRNNX_DISCRETIZATIONS: [&str; 5] = ["zoh", "bilinear", "dirac", "async", "no_discretization"];
@@ -38,6 +38,16 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         sub_state_dim: usize_arg(kwargs, "sub_state_dim")?,
         mode,
     };
+    config.validate()?;
+    let (h, n, m) = (config.d_model, config.d_state, config.sub_state_dim);
+    let b_shape = match config.mode {
+        CentaurusMode::Neck => [n, h],
+        CentaurusMode::PointwiseNeck => [n.saturating_mul(m), h],
+        CentaurusMode::DepthwiseSeparable => [h, 1],
+        CentaurusMode::Full => [n, 1],
+    };
+    let b_rank = if b_shape[1] == 1 { 1 } else { 2 };
+    precheck(params, &[("A", &[n, m, 2]), ("B", &b_shape[..b_rank])])?;
     let layer = Centaurus::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

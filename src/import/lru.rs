@@ -4,7 +4,7 @@
 use lrnnx_core::{Lru, LruConfig, ParamSource};
 use serde_json::Value;
 
-use super::{buffer, usize_arg, CoreModel, ImportError};
+use super::{buffer, precheck, usize_arg, CoreModel, ImportError};
 
 pub(super) fn build<P: ParamSource + ?Sized>(
     kwargs: &Value,
@@ -14,6 +14,8 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         d_model: usize_arg(kwargs, "d_model")?,
         d_state: usize_arg(kwargs, "d_state")?,
     };
+    let (h, n) = (config.d_model, config.d_state);
+    precheck(params, &[("B_re", &[n, h]), ("C_re", &[h, n])])?;
     let layer = Lru::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

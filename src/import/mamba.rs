@@ -10,7 +10,8 @@ use lrnnx_core::{Discretization, ParamSource};
 use serde_json::Value;
 
 use super::{
-    bool_arg_or, buffer, f64_arg_or, str_arg_or, usize_arg, usize_arg_or, CoreModel, ImportError,
+    bool_arg_or, buffer, f64_arg_or, precheck, str_arg_or, usize_arg, usize_arg_or, CoreModel,
+    ImportError,
 };
 
 /// lrnnx's `dt_rank`: `"auto"` (default) = `ceil(d_model/16)`, or an integer.
@@ -61,6 +62,21 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         conv_bias: bool_arg_or(kwargs, "conv_bias", true)?,
         discretization: rule(str_arg_or(kwargs, "discretization", "mamba")?)?,
     };
+    let (h, e, n, r) = (
+        config.d_model,
+        config.d_inner,
+        config.d_state,
+        config.dt_rank,
+    );
+    precheck(
+        params,
+        &[
+            ("in_proj.weight", &[e.saturating_mul(2), h]),
+            ("x_proj.weight", &[r.saturating_add(n.saturating_mul(2)), e]),
+            ("A_log", &[e, n]),
+            ("out_proj.weight", &[h, e]),
+        ],
+    )?;
     let layer = Mamba::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Event(Box::new(layer)))
 }

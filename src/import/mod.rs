@@ -195,6 +195,19 @@ pub(crate) fn str_arg_or<'v>(
     }
 }
 
+/// Checks, before anything is allocated, the tensors whose shapes pin the layer's largest
+/// dimensions, so that a `d_model`/`d_state` that does not belong to the weights is reported
+/// by tensor name (and never turns into a huge allocation).
+pub(crate) fn precheck<P: ParamSource + ?Sized>(
+    params: &P,
+    tensors: &[(&'static str, &[usize])],
+) -> Result<(), ImportError> {
+    for (name, shape) in tensors {
+        lrnnx_core::params::require(params, name, shape)?;
+    }
+    Ok(())
+}
+
 /// A zeroed buffer of `len` elements, or an error (not an abort) when it cannot be allocated.
 /// Configurations are validated before anything is allocated; a size that overflows `usize`
 /// saturates to `usize::MAX` and lands here as an error too.

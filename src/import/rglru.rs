@@ -7,7 +7,9 @@ use lrnnx_core::rglru::{RgLru, RgLruConfig};
 use lrnnx_core::ParamSource;
 use serde_json::Value;
 
-use super::{bool_arg_or, buffer, f64_arg_or, usize_arg, usize_arg_or, CoreModel, ImportError};
+use super::{
+    bool_arg_or, buffer, f64_arg_or, precheck, usize_arg, usize_arg_or, CoreModel, ImportError,
+};
 
 pub(super) fn build<P: ParamSource + ?Sized>(
     _class: &str,
@@ -31,6 +33,15 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         bias: bool_arg_or(kwargs, "bias", false)?,
         conv_bias: bool_arg_or(kwargs, "conv_bias", true)?,
     };
+    let (h, d) = (config.d_model, config.d_inner);
+    precheck(
+        params,
+        &[
+            ("in_proj.weight", &[d, h]),
+            ("recurrent_gate_proj.weight", &[d, d]),
+            ("conv1d.weight", &[d, 1, config.d_conv]),
+        ],
+    )?;
     let layer = RgLru::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

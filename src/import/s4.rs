@@ -23,7 +23,8 @@ use lrnnx_core::ParamSource;
 use serde_json::Value;
 
 use super::{
-    bool_arg_or, buffer, str_arg_or, usize_arg, usize_arg_or, zeroed, CoreModel, ImportError,
+    bool_arg_or, buffer, precheck, str_arg_or, usize_arg, usize_arg_or, zeroed, CoreModel,
+    ImportError,
 };
 
 fn kwarg_err(name: &str, reason: impl Into<String>) -> ImportError {
@@ -131,6 +132,7 @@ pub(super) fn build<P: ParamSource + ?Sized>(
             discretization,
             output_linear,
         };
+        precheck(params, &[("C", &[channels, d_model, d_state / 2, 2])])?;
         let layer = S4d::from_lrnnx(config, params, buffer(config.weights_len())?)?;
         Ok(CoreModel::Plain(Box::new(layer)))
     } else {
@@ -144,6 +146,7 @@ pub(super) fn build<P: ParamSource + ?Sized>(
             transforms,
             output_linear,
         };
+        precheck(params, &[("C", &[channels, d_model, d_state / 2, 2])])?;
         let mut scratch = zeroed::<f64>(config.construction_scratch_len())?;
         let layer = S4::from_lrnnx(config, params, buffer(config.weights_len())?, &mut scratch)?;
         Ok(CoreModel::Plain(Box::new(layer)))

@@ -3,7 +3,7 @@
 use lrnnx_core::{Discretization, ParamSource, S5Lti, S5LtiConfig};
 use serde_json::Value;
 
-use super::{bool_arg_or, buffer, str_arg_or, usize_arg, CoreModel, ImportError};
+use super::{bool_arg_or, buffer, precheck, str_arg_or, usize_arg, CoreModel, ImportError};
 
 /// lrnnx's LTI S5 was trained with its own (inverted) "bilinear" rule, so importing a checkpoint
 /// named "bilinear" selects the explicit compatibility rule; every other name maps directly.
@@ -39,6 +39,8 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         discretization: lrnnx_lti_rule(str_arg_or(kwargs, "discretization", "")?)?,
         // lrnnx's LTI S5 has no default discretization: an empty name means it was not given.
     };
+    let (h, n) = (config.d_model, config.d_state);
+    precheck(params, &[("B", &[n, h]), ("D", &[h, h])])?;
     let layer = S5Lti::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

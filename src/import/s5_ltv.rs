@@ -7,7 +7,9 @@ use lrnnx_core::s5_ltv::{S5Ltv, S5LtvConfig};
 use lrnnx_core::{Discretization, ParamSource};
 use serde_json::Value;
 
-use super::{bool_arg_or, buffer, f64_arg_or, str_arg_or, usize_arg, CoreModel, ImportError};
+use super::{
+    bool_arg_or, buffer, f64_arg_or, precheck, str_arg_or, usize_arg, CoreModel, ImportError,
+};
 
 pub(super) fn build<P: ParamSource + ?Sized>(
     _class: &str,
@@ -35,6 +37,7 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         conj_sym: bool_arg_or(kwargs, "conj_sym", false)?,
         step_rescale: f64_arg_or(kwargs, "step_rescale", 1.0)? as f32,
     };
+    precheck(params, &[("B", &[config.d_state, config.d_model, 2])])?;
     let layer = S5Ltv::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Event(Box::new(layer)))
 }

@@ -5,7 +5,7 @@ use lrnnx_core::s7::{S7Config, S7};
 use lrnnx_core::ParamSource;
 use serde_json::Value;
 
-use super::{buffer, usize_arg, usize_arg_or, CoreModel, ImportError};
+use super::{buffer, precheck, usize_arg, usize_arg_or, CoreModel, ImportError};
 
 pub(super) fn build<P: ParamSource + ?Sized>(
     _class: &str,
@@ -18,6 +18,14 @@ pub(super) fn build<P: ParamSource + ?Sized>(
         d_state: usize_arg(kwargs, "d_state")?,
         j,
     };
+    let h = config.d_model;
+    precheck(
+        params,
+        &[
+            ("in_proj.weight", &[h, h]),
+            ("x_proj.weight", &[config.proj_len(), h]),
+        ],
+    )?;
     let layer = S7::from_lrnnx(config, params, buffer(config.weights_len())?)?;
     Ok(CoreModel::Plain(Box::new(layer)))
 }

@@ -11,17 +11,15 @@ use crate::error::sum_of_products;
 use crate::error::{check_len, Result};
 use crate::fastmath;
 
-/// The RG-LRU decay `Ā = A^δ = exp(δ · ln A)` (with `ln A` precomputed by the caller).
+/// The per-state RG-LRU update, shared by the scan and the layer's step, from the log-decay
+/// `e = δ·ln a` (`Ā = a^δ = e^e`): `h ← Ā·h + sqrt(1 − Ā²)·u`, with the input gain computed
+/// as `sqrt(−expm1(2e))`, free of the cancellation of `1 − Ā²` when `Ā` is close to 1 (the
+/// regime of trained Griffin-style decays; lrnnx's f32 formula loses up to 1% there).
 #[inline(always)]
-pub fn decay(delta: f32, ln_a: f32) -> f32 {
-    fastmath::exp(delta * ln_a)
-}
-
-/// The per-state RG-LRU update, shared by the scan and the layer's step:
-/// `h ← Ā·h + sqrt(1 − Ā²)·u`.
-#[inline(always)]
-pub fn advance(h: f32, a_bar: f32, u: f32) -> f32 {
-    a_bar * h + libm::sqrtf(1.0 - a_bar * a_bar) * u
+pub fn advance(h: f32, log_decay: f32, u: f32) -> f32 {
+    let a_bar = fastmath::exp(log_decay);
+    let gain = libm::sqrtf(-fastmath::expm1(2.0 * log_decay));
+    a_bar * h + gain * u
 }
 
 /// Sizes of an RG-LRU scan call.
@@ -86,7 +84,7 @@ pub fn rglru_scan(
                 let ln_a = libm::logf(a[di * n + ni]);
                 let mut h = 0.0f32;
                 for ((o, &ut), &dt) in out_r.iter_mut().zip(u_r).zip(d_r) {
-                    h = advance(h, decay(dt, ln_a), ut);
+                    h = advance(h, dt * ln_a, ut);
                     *o += h;
                 }
                 last_state[(bi * d + di) * n + ni] = h;
@@ -98,6 +96,24 @@ pub fn rglru_scan(
 
 #[cfg(test)]
 mod tests {
+
+    /// The input gain sqrt(1 − Ā²) keeps full f32 precision when Ā is close to 1, where the
+    /// direct formula in f32 cancels (compared with the formula evaluated in f64).
+    #[test]
+    fn input_gain_is_accurate_near_unit_decay() {
+        for e in [-1e-7f32, -1e-6, -3e-5, -1e-3, -0.05, -2.0] {
+            let got = advance(0.0, e, 1.0) as f64;
+            let want = (1.0 - (2.0 * e as f64).exp()).sqrt();
+            assert!(
+                (got - want).abs() <= 5e-7 * want,
+                "e = {e}: {got} vs {want}"
+            );
+        }
+        // The decay itself: h ← Ā h with u = 0.
+        let got = advance(1.0, -0.25, 0.0) as f64;
+        assert!((got - (-0.25f64).exp()).abs() < 1e-7);
+    }
+
     extern crate std;
     use std::vec;
     use std::vec::Vec;
