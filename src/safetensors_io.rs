@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use lrnnx_core::{ParamSource, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
-/// One tensor, converted to `f32` (integer tensors such as lrnnx's `l_kernel` buffer are
-/// converted exactly when they fit).
+/// One tensor, converted to `f32`: F32 as is, F64 rounded, I64 (such as lrnnx's `l_kernel`
+/// buffer) converted, exactly up to 2^24.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     /// Dimensions, outermost first.
@@ -66,7 +66,7 @@ impl fmt::Display for ReadError {
             ReadError::Dtype { name, dtype } => {
                 write!(
                     f,
-                    "tensor `{name}` has dtype {dtype}; expected F32 (or an integer buffer)"
+                    "tensor `{name}` has dtype {dtype}; expected F32, F64 or I64"
                 )
             }
         }

@@ -102,6 +102,13 @@ pub enum Error {
         /// Requested discretization.
         discretization: Discretization,
     },
+    /// A matrix that construction must invert is singular for these parameters.
+    SingularMatrix {
+        /// Which matrix (with the layer).
+        what: &'static str,
+        /// The channel whose matrix is singular.
+        channel: usize,
+    },
     /// A configuration value is out of range (zero sizes, inconsistent dimensions, ...).
     InvalidConfig {
         /// The configuration field.
@@ -144,6 +151,9 @@ impl fmt::Display for Error {
                 "{layer} does not support the {} discretization",
                 discretization.name()
             ),
+            Error::SingularMatrix { what, channel } => {
+                write!(f, "{what} is singular for channel {channel}")
+            }
             Error::InvalidConfig { what, reason } => write!(f, "invalid {what}: {reason}"),
         }
     }
@@ -185,7 +195,7 @@ pub(crate) fn check_finite_weights(name: &'static str, v: &[f32]) -> Result<()> 
 
 /// `Σ_k Π_j terms[k][j]`, saturating at `usize::MAX`: the size formulas of weight and state
 /// buffers. A size that saturates means the configuration cannot exist in memory; every
-/// layer's `validate` rejects it through [`check_sizes`], so a huge `d_model` from a user's
+/// layer's `validate` rejects it (`check_sizes`), so a huge `d_model` from a user's
 /// file is an error, never an overflow.
 pub const fn sum_of_products(terms: &[&[usize]]) -> usize {
     let mut total = 0usize;

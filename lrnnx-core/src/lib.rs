@@ -12,7 +12,15 @@
 //!   recurrence. It never panics and never allocates.
 //! * [`run_sequence`] steps through a whole sequence.
 //!
-//! Layers: [`S5Lti`], [`Lru`] (more in their modules). Discretizers: [`discretize`].
+//! Layers (one module each, with its equations and weight layout):
+//!
+//! | time-invariant | time-varying / event-driven |
+//! |---|---|
+//! | [`S4`] (DPLR), [`S4d`], [`S5Lti`], [`Lru`], [`Centaurus`] (4 modes) | [`Mamba`] (with STREAM events), [`S5Ltv`] (with Event-SSM events), [`RgLru`], [`S7`] |
+//!
+//! Discretizers: [`discretize`]. Scan primitives over whole sequences (lrnnx's op semantics):
+//! [`scan`]. Branch-free, vectorizable elementary functions for the step path: [`fastmath`],
+//! [`fastmath_trig`].
 #![no_std]
 #![deny(missing_docs)]
 

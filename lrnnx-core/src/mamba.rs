@@ -62,7 +62,7 @@
 
 use crate::activation::softplus_f64;
 use crate::discretize::Discretization;
-use crate::error::{check_finite_weights, check_len, check_nonzero, Result};
+use crate::error::{check_finite_weights, check_len, check_nonzero, Error, Result};
 use crate::fastmath;
 use crate::layer::{EventLayer, Layer};
 use crate::linalg::{copy_prefix, gemv_t_acc, take, take_mut, transpose_into};
@@ -294,6 +294,15 @@ impl<W: AsRef<[f32]>> Mamba<W> {
         let rule = config.validate()?;
         check_len("weights", config.weights_len(), weights.as_ref().len())?;
         check_finite_weights("Mamba weights", weights.as_ref())?;
+        // The layout stores A = −exp(A_log) ≤ 0 and softplus(dtA_proj.bias) ≥ 0; anything else
+        // is not an exported Mamba layer (and could grow without bound on a long time step).
+        let w = Weights::split(&config, weights.as_ref());
+        if w.a_t.iter().any(|&a| a > 0.0) || w.dta.iter().any(|&d| d < 0.0) {
+            return Err(Error::InvalidConfig {
+                what: "Mamba weights",
+                reason: "A must be ≤ 0 and the STREAM scale softplus(dtA_proj.bias) ≥ 0",
+            });
+        }
         Ok(Mamba {
             config,
             rule,
@@ -751,6 +760,16 @@ mod tests {
             Mamba::from_weights(cfg, &bad[1..]).unwrap_err(),
             Error::BufferLength {
                 what: "weights",
+                ..
+            }
+        ));
+        // A positive eigenvalue is not an exported Mamba layout.
+        bad.copy_from_slice(built.weights());
+        bad[a_off + E] = 0.5;
+        assert!(matches!(
+            Mamba::from_weights(cfg, &bad[..]).unwrap_err(),
+            Error::InvalidConfig {
+                what: "Mamba weights",
                 ..
             }
         ));

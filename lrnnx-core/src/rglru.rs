@@ -17,10 +17,10 @@
 //! initialization (Griffin's `a^c ∈ [0.9, 0.999]`) belongs to the training side, which can
 //! simply store `a_log = logit(a)`.
 //!
-//! lrnnx keys: `gate_proj.weight` (D,H) [`.bias` (D)], `in_proj.weight` (D,H) [`.bias`],
-//! `conv1d.weight` (D,1,k) [`conv1d.bias` (D) with `conv_bias`], `recurrent_gate_proj.weight`
+//! lrnnx keys: `gate_proj.weight` (D,H) (+ `.bias` (D)), `in_proj.weight` (D,H) (+ `.bias`),
+//! `conv1d.weight` (D,1,k) (+ `conv1d.bias` (D) with `conv_bias`), `recurrent_gate_proj.weight`
 //! (D,D) + `.bias` (D), `input_gate_proj.weight` (D,D) + `.bias`, `a_log` (D,1),
-//! `out_proj.weight` (H,D) [`.bias` (H)]; D = `d_inner` = `int(expand·d_model)`.
+//! `out_proj.weight` (H,D) (+ `.bias` (H)); D = `d_inner` = `int(expand·d_model)`.
 //!
 //! Weight layout (`f32`, matrices transposed: one row per input element; absent biases are
 //! stored as zeros):

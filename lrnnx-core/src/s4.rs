@@ -177,7 +177,8 @@ impl<W: AsRef<[f32]>> S4<W> {
     ///
     /// Errors: missing / mis-shaped / non-finite tensors, an `l_kernel` that is not a
     /// non-negative integer, a too short `scratch` ([`Error::BufferLength`]), and a singular
-    /// `I − 𝒜/2` or `I − Ā^{Lk}` or any non-finite result ([`Error::NonFiniteParameter`]).
+    /// `I − 𝒜/2` or `I − Ā^{Lk}` ([`Error::SingularMatrix`]), or any non-finite result
+    /// ([`Error::NonFiniteParameter`]).
     pub fn from_lrnnx<P: ParamSource + ?Sized>(
         config: S4Config,
         params: &P,
@@ -274,9 +275,9 @@ impl<W: AsRef<[f32]>> S4<W> {
                 aug[(n2 + i) * cols1 + 2 * m] = beta.im;
             }
             if !gauss_jordan(aug, m, cols1) {
-                return Err(Error::NonFiniteParameter {
-                    name: "S4: I − ΔA/2 is singular",
-                    index: hh,
+                return Err(Error::SingularMatrix {
+                    what: "S4: I − ΔA/2",
+                    channel: hh,
                 });
             }
             for i in 0..m {
@@ -339,9 +340,9 @@ impl<W: AsRef<[f32]>> S4<W> {
                 }
             }
             if !gauss_jordan(aug2, m, cols2) {
-                return Err(Error::NonFiniteParameter {
-                    name: "S4: I − Ā^l_kernel is singular (C cannot be recovered from C̃)",
-                    index: hh,
+                return Err(Error::SingularMatrix {
+                    what: "S4: I − Ā^l_kernel (C cannot be recovered from C̃)",
+                    channel: hh,
                 });
             }
             for cc in 0..ch {
@@ -920,7 +921,10 @@ mod tests {
         c.cfg = zero;
         c.params.put("A_real", vec![0.0; 4], &[2, 2]);
         c.params.put("A_imag", vec![0.0; 4], &[2, 2]);
-        assert!(matches!(build(&c), Err(Error::NonFiniteParameter { .. })));
+        assert!(matches!(
+            build(&c),
+            Err(Error::SingularMatrix { channel: 0, .. })
+        ));
         // ... while with Lk = 0 nothing needs inverting.
         c.params.put("layer.kernel.l_kernel", vec![0.0], &[]);
         assert!(build(&c).is_ok());

@@ -22,7 +22,7 @@
 //! **Event mode** ([`EventLayer::step_event`]): `dt` is lrnnx's `integration_timesteps` value τ
 //! for this sample. A time step that is zero, negative, NaN or infinite is rejected by
 //! [`EventLayer::step_event`] (and [`run_event_sequence`](crate::run_event_sequence)) with
-//! [`Error::InvalidTimeStep`](crate::Error::InvalidTimeStep) before the state is touched.
+//! [`Error::InvalidTimeStep`] before the state is touched.
 //!
 //! Weight layout (all `f32`, split re/im, matrices transposed so that the step is a sequence of
 //! `axpy`s; discretized in `f64` at construction):

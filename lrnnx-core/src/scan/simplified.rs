@@ -11,8 +11,8 @@
 //! y_t = C x_t                                      C ∈ ℂ^{H×P}, complex output
 //! ```
 //!
-//! The scan computes in `f32` with the branch-free [`fastmath`](crate::fastmath) exponential and
-//! [`fastmath_trig`](crate::fastmath_trig) sine/cosine, as the step of the layer does.
+//! The scan computes in `f32` with the branch-free [`fastmath`] exponential and
+//! [`fastmath_trig`] sine/cosine, as the step of the layer does.
 //!
 //! **`last_state`.** lrnnx's `return_last_state` builds the last state from the wrong slice of
 //! its state sequence (spec §18.12). [`simplified_scan`] returns the true final state `x_{L−1}`.
