@@ -66,8 +66,8 @@ pub fn expm1(x: f32) -> f32 {
                              // 2^k in two halves so that k = 128 does not overflow.
     let k = (kr.to_bits() as i32).wrapping_sub(0x4b40_0000);
     let k1 = k >> 1;
-    let s1 = f32::from_bits(((k1.wrapping_add(127)) as u32) << 23);
-    let s2 = f32::from_bits(((k - k1.wrapping_add(127)) as u32) << 23);
+    let s1 = f32::from_bits((k1.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((k.wrapping_sub(k1).wrapping_add(127) as u32) << 23);
     let s = s1 * s2; // 2^k; +∞ only for k = 128, where `big` is selected
     let moderate = em1 * s + (s - 1.0);
     let big = (em1 + 1.0) * s1 * s2 - 1.0;
