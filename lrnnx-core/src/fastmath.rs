@@ -40,6 +40,39 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// `e^x` for `x ≤ 0` only (decay factors such as `exp(Δ·A)` with `Δ ≥ 0`, `A ≤ 0`): [`exp`]
+/// without its overflow handling (no upper clamp, no ∞ select, `2^k` in one scale since
+/// `k ≤ 0`). Same result as [`exp`] for every `x ≤ 0` (bit for bit, tested); for `x > 0` the
+/// result is meaningless, so callers must guarantee the sign.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23; bits 0x4b40_0000
+                                     // A select rather than `max`, so that NaN propagates as in [`exp`].
+    let xc = if x < -87.3 { -87.3 } else { x };
+    let kr = xc * LOG2E + ROUND;
+    let k = kr - ROUND;
+    let r = xc - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // k ∈ [−126, 0]: 2^k is a normal number, applied in one multiplication.
+    let k = (kr.to_bits() as i32).wrapping_sub(0x4b40_0000);
+    let s = f32::from_bits((k.wrapping_add(127) as u32) << 23);
+    let y = er * s;
+    if x < -87.3 {
+        0.0
+    } else {
+        y
+    }
+}
+
 /// `e^x − 1` for `f32` without cancellation near 0: with the reduction of [`exp`],
 /// `x = k·ln2 + r`, `e^x − 1 = 2^k·(e^r − 1) + (2^k − 1)` where `e^r − 1 = r + r²·P(r)` is
 /// evaluated without adding 1. Returns −1 below −87.3 and +∞ above 88.72.
@@ -213,6 +246,19 @@ mod tests {
             f(v);
             f(-v);
         }
+    }
+
+    #[test]
+    fn exp_nonpositive_equals_exp_for_every_nonpositive_input() {
+        let mut x = 0.0f32;
+        while x > -90.0 {
+            assert_eq!(exp_nonpositive(x).to_bits(), exp(x).to_bits(), "x = {x}");
+            x -= 0.000_377;
+        }
+        for x in [-0.0f32, -1e-30, -87.29, -87.31, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp_nonpositive(x).to_bits(), exp(x).to_bits(), "x = {x}");
+        }
+        assert!(exp_nonpositive(f32::NAN).is_nan());
     }
 
     #[test]

@@ -74,21 +74,38 @@ const BILINEAR_CLAMP: f32 = 1e18;
 /// `h' = Ā·h + γ̄·bu`, with `Ā` from `dt_a` (`ΔA`) and `γ̄` from `dt` (`Δ`) by rule `R` (see the
 /// module table; `bu = B·u`). The zoh gain is `(exp(Δ·a) − 1)/a`, computed with `expm1` (and
 /// `= Δ` for `a = 0`). Branch-free: loops over it vectorize.
+///
+/// `DECAYING` promises `ΔA·a ≤ 0` (a Mamba layer: `a = −exp(A_log) ≤ 0`, `ΔA ≥ 0`), which lets
+/// the transition use [`fastmath::exp_nonpositive`]; the scan, whose `A` is the caller's, passes
+/// `false` and uses the general [`fastmath::exp`]. Both give the same bits where both apply.
 #[inline(always)]
-pub(crate) fn s6_update<const R: u8>(h: f32, a: f32, dt: f32, dt_a: f32, bu: f32) -> f32 {
+pub(crate) fn s6_update<const R: u8, const DECAYING: bool>(
+    h: f32,
+    a: f32,
+    dt: f32,
+    dt_a: f32,
+    bu: f32,
+) -> f32 {
+    let decay = |x: f32| {
+        if DECAYING {
+            fastmath::exp_nonpositive(x)
+        } else {
+            fastmath::exp(x)
+        }
+    };
     match R {
-        rule::MAMBA => fastmath::exp(dt_a * a) * h + dt * bu,
+        rule::MAMBA => decay(dt_a * a) * h + dt * bu,
         rule::ZOH => {
             let g = fastmath::expm1(dt * a) / a;
             let g = if a == 0.0 { dt } else { g };
-            fastmath::exp(dt_a * a) * h + g * bu
+            decay(dt_a * a) * h + g * bu
         }
         rule::BILINEAR => {
             let v = (0.5 * dt_a * a).clamp(-BILINEAR_CLAMP, BILINEAR_CLAMP);
             let w = 0.5 * dt * a;
             (1.0 + v) / (1.0 - v) * h + dt / (1.0 - w) * bu
         }
-        _ => fastmath::exp(dt_a * a) * h + bu,
+        _ => decay(dt_a * a) * h + bu,
     }
 }
 
@@ -341,7 +358,7 @@ fn scan_real<const R: u8>(
             for (k, (hk, &ak)) in h.iter_mut().zip(a_row).enumerate() {
                 let bk = bd[b0 + k * bs + t * bt];
                 let ck = cd[c0 + k * cs + t * ct];
-                *hk = s6_update::<R>(*hk, ak, dt, dt_a, bk * u);
+                *hk = s6_update::<R, false>(*hk, ak, dt, dt_a, bk * u);
                 y += ck * *hk;
             }
             out[idx] = args.finish(y, ch, idx, u);
