@@ -5,10 +5,12 @@
 //! hosts what ties them together: the lrnnx importer and the golden-case checker.
 //!
 //! * [`core`] (`lrnnx-core`): `no_std`, allocation-free step recurrences and discretizers.
+//! * [`train`] (`lrnnx-train`): candle layers trained in parallel, gradients by autodiff.
 //! * [`import`]: builds core layers from lrnnx (PyTorch) state dicts by class name.
 //! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
 
 pub use lrnnx_core as core;
+pub use lrnnx_train as train;
 
 pub mod golden;
 pub mod import;

@@ -21,9 +21,13 @@ use crate::safetensors_io::{ReadError, Tensor, TensorFile};
 
 mod core_ops;
 mod core_step;
+mod train;
 
-/// Relative tolerance of a golden comparison (times `max|reference|`).
+/// Relative tolerance of a golden forward comparison (times `max|reference|`).
 pub const REL_TOL: f64 = 1e-5;
+/// Relative tolerance of a golden gradient comparison (gradients sum over the whole sequence,
+/// so their float32 rounding is larger than the outputs').
+pub const GRAD_REL_TOL: f64 = 1e-4;
 /// Absolute tolerance added to [`REL_TOL`]` · max|reference|`.
 pub const ABS_TOL: f64 = 1e-6;
 
@@ -161,8 +165,13 @@ pub struct Comparison {
     pub ok: bool,
 }
 
-/// Compares `ours` with `reference` elementwise.
+/// Compares `ours` with `reference` elementwise at the forward tolerance ([`REL_TOL`]).
 pub fn compare(ours: &[f32], reference: &[f32]) -> Comparison {
+    compare_with(ours, reference, REL_TOL)
+}
+
+/// Compares with a relative tolerance `rel_tol` (times `max|reference|`, plus [`ABS_TOL`]).
+pub fn compare_with(ours: &[f32], reference: &[f32], rel_tol: f64) -> Comparison {
     let scale = reference
         .iter()
         .fold(0.0f64, |m, &r| m.max((r as f64).abs()));
@@ -189,7 +198,7 @@ pub fn compare(ours: &[f32], reference: &[f32]) -> Comparison {
     Comparison {
         max_abs,
         rel,
-        ok: max_abs <= REL_TOL * scale + ABS_TOL,
+        ok: max_abs <= rel_tol * scale + ABS_TOL,
     }
 }
 
@@ -261,10 +270,16 @@ pub struct Implementation {
 
 /// Every implementation this build can check.
 pub fn implementations() -> Vec<Implementation> {
-    vec![Implementation {
-        name: "core",
-        check: core_step::check,
-    }]
+    vec![
+        Implementation {
+            name: "core",
+            check: core_step::check,
+        },
+        Implementation {
+            name: "train",
+            check: train::check,
+        },
+    ]
 }
 
 /// The `*.safetensors` files of `dir`, sorted by name.

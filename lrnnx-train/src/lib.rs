@@ -1,0 +1,23 @@
+//! # lrnnx-train
+//!
+//! The training side of lrnnx for Rust, on candle: the parallel forward of every layer (a
+//! diagonal linear recurrence over the whole sequence, as a custom op with a hand-written
+//! backward, surrounded by ordinary candle ops for discretization, projections and gates).
+//!
+//! * [`complex`]: complex tensors as `(re, im)` pairs (candle has no complex dtype).
+//! * [`scan`]: `h_t = a_t ⊙ h_{t−1} + u_t`, real and complex, forward and backward.
+//! * [`layer`]: the [`TrainLayer`] interface and [`build`] from lrnnx's class name; one module
+//!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
+#![deny(missing_docs)]
+
+pub mod complex;
+pub mod layer;
+pub mod ops;
+pub mod params;
+pub mod s5_lti;
+pub mod scan;
+
+pub use layer::{build, BuildError, TrainLayer};
+pub use params::Params;
+
+pub use candle_core;

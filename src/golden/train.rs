@@ -1,0 +1,121 @@
+//! Implementation `train`: builds the training crate's layer from the case's lrnnx weights,
+//! runs its parallel forward on `input.x` (and `input.integration_timesteps` in event cases),
+//! and compares with `output.y` (`train:y`); then back-propagates `loss = Σ y ⊙ input.g` and
+//! compares every gradient the case holds (`train:grad.<key>`, at [`GRAD_REL_TOL`]).
+//! Parameters lrnnx never uses get zero gradients there; a parameter the layer does not have
+//! counts as a zero gradient. Aliased keys (`layer.kernel.*` of S4/S4D) share their
+//! parameter's gradient.
+
+use lrnnx_train::candle_core::{Device, Tensor, Var};
+use lrnnx_train::{build, BuildError, Params};
+
+use super::{compare, compare_with, Case, Line, Outcome, GRAD_REL_TOL};
+use crate::safetensors_io::Tensor as FileTensor;
+
+fn to_candle(t: &FileTensor) -> Result<Tensor, String> {
+    Tensor::from_vec(t.data.clone(), t.shape.as_slice(), &Device::Cpu).map_err(|e| e.to_string())
+}
+
+/// The `train` implementation's report lines for one case.
+pub fn check(case: &Case) -> Vec<Line> {
+    let line = |implementation: String, outcome: Outcome| Line {
+        case: case.name.clone(),
+        implementation,
+        outcome,
+    };
+    if case.kind() != "module" {
+        return vec![line(
+            "train".into(),
+            Outcome::Unsupported(format!(
+                "{} cases are not checked through the training crate yet",
+                case.kind()
+            )),
+        )];
+    }
+    match run(case) {
+        Ok(lines) => lines
+            .into_iter()
+            .map(|(name, outcome)| line(name, outcome))
+            .collect(),
+        Err(outcome) => vec![line("train".into(), outcome)],
+    }
+}
+
+fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
+    let err = |e: String| Outcome::Error(format!("case {}: {e}", case.name));
+    let mut params = Params::new();
+    for (key, t) in &case.file.tensors {
+        if let Some(name) = key.strip_prefix("param.") {
+            params
+                .insert(name, &to_candle(t).map_err(err)?)
+                .map_err(|e| err(e.to_string()))?;
+        }
+    }
+    let layer = match build(case.class(), case.ctor_kwargs(), params) {
+        Ok(l) => l,
+        Err(BuildError::UnsupportedClass(c)) => {
+            return Err(Outcome::Unsupported(format!("no trainable layer for {c}")))
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let tensor = |k: &str| case.tensor(k).map_err(|e| err(e.to_string()));
+    let x = Var::from_tensor(&to_candle(tensor("input.x")?).map_err(err)?)
+        .map_err(|e| err(e.to_string()))?;
+    let taus = if case.event_mode() {
+        Some(
+            Var::from_tensor(&to_candle(tensor("input.integration_timesteps")?).map_err(err)?)
+                .map_err(|e| err(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let y = layer
+        .forward(x.as_tensor(), taus.as_ref().map(|t| t.as_tensor()))
+        .map_err(|e| err(e.to_string()))?;
+    let flat = |t: &Tensor| -> Result<Vec<f32>, Outcome> {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| err(e.to_string()))
+    };
+    let mut lines = vec![(
+        "train:y".to_string(),
+        Outcome::Compared(compare(&flat(&y)?, &tensor("output.y")?.data)),
+    )];
+    let g = to_candle(tensor("input.g")?).map_err(err)?;
+    let grads = (&y * &g)
+        .and_then(|p| p.sum_all())
+        .and_then(|l| l.backward())
+        .map_err(|e| err(e.to_string()))?;
+    for (key, reference) in &case.file.tensors {
+        let Some(name) = key.strip_prefix("grad.") else {
+            continue;
+        };
+        let ours: Option<Tensor> =
+            match name {
+                "x" => grads.get(x.as_tensor()).cloned(),
+                "integration_timesteps" => taus
+                    .as_ref()
+                    .and_then(|t| grads.get(t.as_tensor()).cloned()),
+                _ => {
+                    let base = name.strip_prefix("layer.kernel.").unwrap_or(name);
+                    match layer.params().vars().get(base) {
+                        Some(v) => Some(grads.get(v.as_tensor()).cloned().unwrap_or(
+                            v.as_tensor().zeros_like().map_err(|e| err(e.to_string()))?,
+                        )),
+                        None => None,
+                    }
+                }
+            };
+        let ours = match ours {
+            Some(t) => flat(&t)?,
+            // A parameter the layer does not have (or an input the loss does not reach) has a
+            // zero gradient.
+            None => vec![0.0; reference.data.len()],
+        };
+        lines.push((
+            format!("train:grad.{name}"),
+            Outcome::Compared(compare_with(&ours, &reference.data, GRAD_REL_TOL)),
+        ));
+    }
+    Ok(lines)
+}
