@@ -69,6 +69,10 @@ pub fn build(
 ) -> std::result::Result<Box<dyn TrainLayer>, BuildError> {
     match class {
         "lrnnx.models.lti.s5.S5" => Ok(Box::new(crate::s5_lti::S5Lti::from_lrnnx(kwargs, params)?)),
+        "lrnnx.models.ltv.s5.S5" => Ok(Box::new(crate::s5_ltv::S5Ltv::from_lrnnx(kwargs, params)?)),
+        "lrnnx.models.ltv.mamba.Mamba" => {
+            Ok(Box::new(crate::mamba::Mamba::from_lrnnx(kwargs, params)?))
+        }
         other => Err(BuildError::UnsupportedClass(other.to_owned())),
     }
 }

@@ -12,9 +12,11 @@
 
 pub mod complex;
 pub mod layer;
+pub mod mamba;
 pub mod ops;
 pub mod params;
 pub mod s5_lti;
+pub mod s5_ltv;
 pub mod scan;
 
 pub use layer::{build, BuildError, TrainLayer};

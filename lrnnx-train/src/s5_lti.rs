@@ -186,8 +186,17 @@ mod tests {
                     .iter()
                     .map(|(k, s, d)| (*k, TensorView { data: d, shape: s }))
                     .collect();
-                let cfg = lrnnx_core::S5LtiConfig { d_model: h, d_state: n, discretization: rule };
-                let core = lrnnx_core::S5Lti::from_lrnnx(cfg, &SliceParams { entries: &views }, vec![0.0; cfg.weights_len()]).unwrap();
+                let cfg = lrnnx_core::S5LtiConfig {
+                    d_model: h,
+                    d_state: n,
+                    discretization: rule,
+                };
+                let core = lrnnx_core::S5Lti::from_lrnnx(
+                    cfg,
+                    &SliceParams { entries: &views },
+                    vec![0.0; cfg.weights_len()],
+                )
+                .unwrap();
                 for &(b, l) in &[(1usize, 1usize), (3, 7), (1, 64), (3, 64), (1, 2048)] {
                     // lrnnx's inverted "bilinear" has |Ā| > 1: over 2048 steps both modes
                     // overflow alike, so the drift check is for the stable rules.
@@ -196,15 +205,30 @@ mod tests {
                     }
                     let x = Rng(99 + l as u64).vec(b * l * h, -1.0, 1.0);
                     let xt = Tensor::from_vec(x.clone(), (b, l, h), &Device::Cpu).unwrap();
-                    let y = layer.forward(&xt, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let y = layer
+                        .forward(&xt, None)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
                     let mut want = vec![0.0f32; b * l * h];
                     for r in 0..b {
                         let mut s = vec![0.0; core.state_len()];
-                        run_sequence(&core, &mut s, &x[r * l * h..(r + 1) * l * h], &mut want[r * l * h..(r + 1) * l * h]).unwrap();
+                        run_sequence(
+                            &core,
+                            &mut s,
+                            &x[r * l * h..(r + 1) * l * h],
+                            &mut want[r * l * h..(r + 1) * l * h],
+                        )
+                        .unwrap();
                     }
                     let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
                     for (a, c) in y.iter().zip(&want) {
-                        assert!((a - c).abs() <= 2e-5 * scale, "{name} h{h} n{n} b{b} l{l}: {a} vs {c}");
+                        assert!(
+                            (a - c).abs() <= 2e-5 * scale,
+                            "{name} h{h} n{n} b{b} l{l}: {a} vs {c}"
+                        );
                     }
                 }
             }
@@ -227,7 +251,10 @@ mod tests {
         let kwargs = json!({"d_model": h, "d_state": n, "discretization": "zoh"});
         let loss = |p: Params| -> (f64, Option<candle_core::backprop::GradStore>, Params) {
             let layer = S5Lti::from_lrnnx(&kwargs, p).unwrap();
-            let l = (layer.forward(&x, None).unwrap() * &g).unwrap().sum_all().unwrap();
+            let l = (layer.forward(&x, None).unwrap() * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap();
             let v = l.to_scalar::<f64>().unwrap();
             let grads = l.backward().ok();
             (v, grads, layer.params)
@@ -235,8 +262,19 @@ mod tests {
         let (_, grads, p) = loss(params(&w, DType::F64));
         let grads = grads.unwrap();
         for (name, var) in p.vars() {
-            let ga = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let ga = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             for k in 0..base.len() {
                 let eval = |d: f64| {
                     let mut q = Params::new();
@@ -252,7 +290,11 @@ mod tests {
                     loss(q).0
                 };
                 let fd = (eval(1e-6) - eval(-1e-6)) / 2e-6;
-                assert!((ga[k] - fd).abs() <= 1e-6 * (1.0 + fd.abs()), "{name}[{k}]: {} vs {fd}", ga[k]);
+                assert!(
+                    (ga[k] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{name}[{k}]: {} vs {fd}",
+                    ga[k]
+                );
             }
         }
     }
@@ -262,13 +304,19 @@ mod tests {
         let mut w = weights(2, 3, 1);
         w[1].1 = vec![2, 3];
         w[1].2 = vec![0.0; 6];
-        let e = S5Lti::from_lrnnx(&json!({"d_model": 2, "d_state": 3, "discretization": "zoh"}), params(&w, DType::F32))
-            .err()
-            .unwrap();
+        let e = S5Lti::from_lrnnx(
+            &json!({"d_model": 2, "d_state": 3, "discretization": "zoh"}),
+            params(&w, DType::F32),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("`B`"), "{e}");
-        let e = S5Lti::from_lrnnx(&json!({"d_model": 2, "d_state": 3, "discretization": "async"}), params(&weights(2, 3, 1), DType::F32))
-            .err()
-            .unwrap();
+        let e = S5Lti::from_lrnnx(
+            &json!({"d_model": 2, "d_state": 3, "discretization": "async"}),
+            params(&weights(2, 3, 1), DType::F32),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("discretization"), "{e}");
     }
 }

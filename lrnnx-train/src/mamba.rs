@@ -1,0 +1,652 @@
+//! Mamba / S6 with STREAM mode (lrnnx `lrnnx.models.ltv.mamba.Mamba`, spec §9), trainable.
+//!
+//! With `H = d_model`, `E = d_inner`, `N = d_state`, `R = dt_rank`, `k = d_conv`, over the whole
+//! sequence at once (x (B, L, H)):
+//!
+//! ```text
+//! [x; z] = x W_inᵀ (+ b_in)                                       (B, L, 2E)
+//! x_c[t] = SiLU(b_conv + Σ_{w<k} W_conv[:, 0, w] ⊙ x[t − (k−1) + w])  (causal depthwise conv,
+//!                                                                  zeros before t = 0)
+//! [δ_r; B_t; C_t] = x_c W_xᵀ                                      (R + N + N)
+//! Δ  = softplus(δ_r W_dtᵀ + b_dt)                                 (bias added before softplus)
+//! ΔA = Δ                              (ordinary)
+//! ΔA[b,t,d] = τ[b,t]·softplus(b_dtA[d])  (STREAM, time steps τ (B, L); B̄ still uses Δ)
+//! A  = −exp(A_log)                                                 (E, N)
+//! h_t[d,n] = Ā_t[d,n]·h_{t−1}[d,n] + γ̄_t[d,n]·B_t[n]·x_c[t,d]    (the real scan over t)
+//! y_in = (Σ_n C_t[n]·h_t[d,n] + D[d]·x_c[t,d]) · SiLU(z[t,d])
+//! y = y_in W_outᵀ (+ b_out)
+//! ```
+//!
+//! The rules are those of lrnnx's selective **scan** (its forward; spec §18.2: lrnnx's `step`
+//! uses `exp` for bilinear too, its forward does not):
+//!
+//! | rule       | `Ā` (from `ΔA`)                 | `γ̄` (from `Δ`)              |
+//! |------------|---------------------------------|-----------------------------|
+//! | `mamba`    | `exp(ΔA·A)`                     | `Δ`                         |
+//! | `zoh`      | `exp(ΔA·A)`                     | `expm1(Δ·A)/A`              |
+//! | `bilinear` | `(1 + ΔA·A/2)/(1 − ΔA·A/2)`     | `Δ/(1 − Δ·A/2)`             |
+//! | `dirac`    | `exp(ΔA·A)`                     | `1`                         |
+//!
+//! The state is real, `(B, L, E·N)` (channel-major, state-minor), scanned with
+//! [`real_scan`] and a time-varying decay.
+//!
+//! Parameters (lrnnx names): `in_proj.weight` (2E,H) [+ `in_proj.bias` (2E,) with `bias`],
+//! `conv1d.weight` (E,1,k) [+ `conv1d.bias` (E,) with `conv_bias`], `x_proj.weight` (R+2N,E),
+//! `dt_proj.weight` (E,R), `dt_proj.bias` (E,), `dtA_proj.bias` (E,), `A_log` (E,N), `D` (E,),
+//! `out_proj.weight` (H,E) [+ `out_proj.bias` (H,) with `bias`]. `dtA_proj.weight` is never used
+//! by lrnnx (so its gradient is zero); `dtA_proj.bias` is used only in STREAM mode.
+//!
+//! Constructor arguments: `d_model`, `d_state` (16), `d_conv` (4), `expand` (2; `d_inner =
+//! int(expand·d_model)`), `dt_rank` (`"auto"` = `ceil(d_model/16)`), `bias` (false),
+//! `conv_bias` (true), `discretization` (`"mamba"`); the initialization arguments do not
+//! change the numbers. [`TrainLayer::forward`] with `time_steps = Some(τ)` ((B, L), same dtype
+//! as `x`) runs STREAM mode; with `None` the ordinary mode, as lrnnx's forward without
+//! `integration_timesteps`.
+
+use candle_core::{bail, Result, Tensor};
+use serde_json::Value;
+
+use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::ops::softplus;
+use crate::params::Params;
+use crate::s5_ltv::expm1;
+use crate::scan::real_scan;
+
+/// The selective-scan rules of lrnnx's Mamba.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MambaRule {
+    /// `Ā = exp(ΔA·A)`, `γ̄ = Δ` (lrnnx's default).
+    Mamba,
+    /// `Ā = exp(ΔA·A)`, `γ̄ = expm1(Δ·A)/A`.
+    Zoh,
+    /// `Ā = (1 + ΔA·A/2)/(1 − ΔA·A/2)`, `γ̄ = Δ/(1 − Δ·A/2)`.
+    Bilinear,
+    /// `Ā = exp(ΔA·A)`, `γ̄ = 1`.
+    Dirac,
+}
+
+/// A trainable Mamba layer (ordinary and STREAM mode).
+pub struct Mamba {
+    d_model: usize,
+    d_state: usize,
+    d_conv: usize,
+    d_inner: usize,
+    dt_rank: usize,
+    bias: bool,
+    conv_bias: bool,
+    rule: MambaRule,
+    params: Params,
+}
+
+/// The parameters used by the forward, shapes checked.
+struct Weights {
+    in_w: Tensor,
+    in_b: Option<Tensor>,
+    conv_w: Tensor,
+    conv_b: Option<Tensor>,
+    x_w: Tensor,
+    dt_w: Tensor,
+    dt_b: Tensor,
+    dta_b: Tensor,
+    a_log: Tensor,
+    d: Tensor,
+    out_w: Tensor,
+    out_b: Option<Tensor>,
+}
+
+fn arg_or<T>(
+    kwargs: &Value,
+    name: &str,
+    default: T,
+    what: &str,
+    get: impl Fn(&Value) -> Option<T>,
+) -> std::result::Result<T, BuildError> {
+    match kwargs.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => get(v).ok_or_else(|| BuildError::Kwarg(format!("`{name}`: expected {what}"))),
+    }
+}
+
+impl Mamba {
+    /// From lrnnx's constructor arguments (module doc) and its parameters; checks every
+    /// parameter's shape.
+    pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
+        let d_model = usize_arg(kwargs, "d_model")?;
+        let size = |v: &Value| v.as_u64().and_then(|v| usize::try_from(v).ok());
+        let d_state = arg_or(kwargs, "d_state", 16, "a non-negative integer", size)?;
+        let d_conv = arg_or(kwargs, "d_conv", 4, "a non-negative integer", size)?;
+        let expand = arg_or(kwargs, "expand", 2.0, "a number", Value::as_f64)?;
+        if !(expand.is_finite() && expand > 0.0) {
+            return Err(BuildError::Kwarg(format!(
+                "`expand`: expected a positive number, got {expand}"
+            )));
+        }
+        // Python's int(expand * d_model) truncates.
+        let d_inner = (expand * d_model as f64) as usize;
+        let dt_rank = match kwargs.get("dt_rank") {
+            None | Some(Value::Null) => d_model.div_ceil(16),
+            Some(Value::String(s)) if s == "auto" => d_model.div_ceil(16),
+            Some(_) => usize_arg(kwargs, "dt_rank")?,
+        };
+        let bias = arg_or(kwargs, "bias", false, "a boolean", Value::as_bool)?;
+        let conv_bias = arg_or(kwargs, "conv_bias", true, "a boolean", Value::as_bool)?;
+        let disc = match kwargs.get("discretization") {
+            None | Some(Value::Null) => "mamba",
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| BuildError::Kwarg("`discretization`: expected a string".into()))?,
+        };
+        let rule = match disc {
+            "mamba" => MambaRule::Mamba,
+            "zoh" => MambaRule::Zoh,
+            "bilinear" => MambaRule::Bilinear,
+            "dirac" => MambaRule::Dirac,
+            other => {
+                return Err(BuildError::Kwarg(format!(
+                    "`discretization`: `{other}` is not one of mamba, zoh, bilinear, dirac"
+                )))
+            }
+        };
+        for (name, v) in [
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("d_inner", d_inner),
+            ("dt_rank", dt_rank),
+        ] {
+            if v == 0 {
+                return Err(BuildError::Kwarg(format!("`{name}` must be positive")));
+            }
+        }
+        let layer = Mamba {
+            d_model,
+            d_state,
+            d_conv,
+            d_inner,
+            dt_rank,
+            bias,
+            conv_bias,
+            rule,
+            params,
+        };
+        layer.weights()?; // shape checks now rather than at the first forward
+        Ok(layer)
+    }
+
+    /// The discretization rule.
+    pub fn rule(&self) -> MambaRule {
+        self.rule
+    }
+
+    fn weights(&self) -> Result<Weights> {
+        let (h, e, n, r, k) = (
+            self.d_model,
+            self.d_inner,
+            self.d_state,
+            self.dt_rank,
+            self.d_conv,
+        );
+        let p = &self.params;
+        let opt = |on: bool, name: &str, shape: &[usize]| -> Result<Option<Tensor>> {
+            if on {
+                p.get(name, shape).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Weights {
+            in_w: p.get("in_proj.weight", &[2 * e, h])?,
+            in_b: opt(self.bias, "in_proj.bias", &[2 * e])?,
+            conv_w: p.get("conv1d.weight", &[e, 1, k])?,
+            conv_b: opt(self.conv_bias, "conv1d.bias", &[e])?,
+            x_w: p.get("x_proj.weight", &[r + 2 * n, e])?,
+            dt_w: p.get("dt_proj.weight", &[e, r])?,
+            dt_b: p.get("dt_proj.bias", &[e])?,
+            dta_b: p.get("dtA_proj.bias", &[e])?,
+            a_log: p.get("A_log", &[e, n])?,
+            d: p.get("D", &[e])?,
+            out_w: p.get("out_proj.weight", &[h, e])?,
+            out_b: opt(self.bias, "out_proj.bias", &[h])?,
+        })
+    }
+}
+
+/// `t + b` when there is a bias (broadcast over the last axis).
+fn add_bias(t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
+    match b {
+        Some(b) => t.broadcast_add(b),
+        None => Ok(t),
+    }
+}
+
+impl TrainLayer for Mamba {
+    fn forward(&self, x: &Tensor, time_steps: Option<&Tensor>) -> Result<Tensor> {
+        let w = self.weights()?;
+        let (h, e, n, r, k) = (
+            self.d_model,
+            self.d_inner,
+            self.d_state,
+            self.dt_rank,
+            self.d_conv,
+        );
+        let (bsz, len) = match x.dims() {
+            [bsz, len, hh] if *hh == h => (*bsz, *len),
+            dims => bail!("input `x` has shape {dims:?}, expected (B, L, {h})"),
+        };
+
+        // [x; z] = in_proj(u)
+        let xz = add_bias(x.broadcast_matmul(&w.in_w.t()?)?, &w.in_b)?;
+        let xs = xz.narrow(2, 0, e)?;
+        let z = xz.narrow(2, e, e)?;
+
+        // Causal depthwise conv as a sum of k shifted slices of the left-zero-padded input.
+        let xp = xs.pad_with_zeros(1, k - 1, 0)?; // (B, L+k−1, E)
+        let taps = w.conv_w.squeeze(1)?; // (E, k)
+        let mut acc: Option<Tensor> = None;
+        for tap in 0..k {
+            let term = xp
+                .narrow(1, tap, len)?
+                .broadcast_mul(&taps.narrow(1, tap, 1)?.squeeze(1)?)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => (a + term)?,
+            });
+        }
+        let xc = match acc {
+            Some(a) => add_bias(a, &w.conv_b)?.silu()?,
+            None => bail!("Mamba: `d_conv` must be positive"),
+        };
+
+        // [δ_r; B; C] = x_proj(x_c); Δ = softplus(dt_proj(δ_r) + b_dt)
+        let x_dbl = xc.broadcast_matmul(&w.x_w.t()?)?; // (B, L, R+2N)
+        let dt_raw = x_dbl.narrow(2, 0, r)?;
+        let b_t = x_dbl.narrow(2, r, n)?; // (B, L, N)
+        let c_t = x_dbl.narrow(2, r + n, n)?;
+        let delta = softplus(
+            &dt_raw
+                .broadcast_matmul(&w.dt_w.t()?)?
+                .broadcast_add(&w.dt_b)?,
+        )?;
+        let delta_a = match time_steps {
+            None => delta.clone(),
+            Some(tau) => {
+                if tau.dims() != [bsz, len] {
+                    bail!(
+                        "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
+                        tau.dims()
+                    );
+                }
+                tau.unsqueeze(2)?.broadcast_mul(&softplus(&w.dta_b)?)?
+            }
+        };
+
+        // Discretization per (b, t, d, n).
+        let a = w.a_log.exp()?.neg()?; // (E, N)
+        let dta_a = delta_a.unsqueeze(3)?.broadcast_mul(&a)?; // ΔA·A (B, L, E, N)
+        let decay = match self.rule {
+            MambaRule::Bilinear => {
+                // Clamped as in the core, so that a huge event time step gives the limit −1
+                // instead of ∞/∞.
+                let v = dta_a.clamp(-2e18f32, 2e18f32)?;
+                v.affine(0.5, 1.0)?.div(&v.affine(-0.5, 1.0)?)?
+            }
+            _ => dta_a.exp()?,
+        };
+        let dt4 = delta.unsqueeze(3)?; // (B, L, E, 1)
+        let bx = b_t.unsqueeze(2)?.broadcast_mul(&xc.unsqueeze(3)?)?; // B_t[n]·x_c[d]
+        let u = match self.rule {
+            MambaRule::Mamba => bx.broadcast_mul(&dt4)?,
+            MambaRule::Zoh => {
+                let gamma = expm1(&dt4.broadcast_mul(&a)?)?.broadcast_div(&a)?;
+                (bx * gamma)?
+            }
+            MambaRule::Bilinear => {
+                let den = dt4.broadcast_mul(&a)?.affine(-0.5, 1.0)?;
+                (bx * dt4.broadcast_div(&den)?)?
+            }
+            MambaRule::Dirac => bx,
+        };
+        let hs = real_scan(
+            &decay.reshape((bsz, len, e * n))?,
+            &u.reshape((bsz, len, e * n))?,
+        )?
+        .reshape((bsz, len, e, n))?;
+
+        // y_in = (Σ_n C[n]·h[d,n] + D⊙x_c)·SiLU(z); y = out_proj(y_in)
+        let yc = hs.broadcast_mul(&c_t.unsqueeze(2)?)?.sum(3)?; // (B, L, E)
+        let y_in = ((yc + xc.broadcast_mul(&w.d)?)? * z.silu()?)?;
+        add_bias(y_in.broadcast_matmul(&w.out_w.t()?)?, &w.out_b)
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use lrnnx_core::mamba::{Mamba as CoreMamba, MambaConfig};
+    use lrnnx_core::{run_event_sequence, run_sequence, Discretization, SliceParams, TensorView};
+    use serde_json::json;
+
+    /// Deterministic values in `[lo, hi)`.
+    fn rand_vec(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
+            })
+            .collect()
+    }
+
+    type Raw = Vec<(&'static str, Vec<usize>, Vec<f64>)>;
+
+    /// lrnnx-like Mamba parameters (all optional biases present), `(name, shape, values)`.
+    fn raw_params(h: usize, e: usize, n: usize, r: usize, k: usize, seed: u64) -> Raw {
+        let ks = 1.0 / (k as f64).sqrt();
+        let mut a_log = Vec::new();
+        for d in 0..e {
+            for s in 0..n {
+                a_log.push(((s + 1) as f64).ln() + 0.05 * ((d * 7 + s) % 5) as f64);
+            }
+        }
+        vec![
+            (
+                "in_proj.weight",
+                vec![2 * e, h],
+                rand_vec(2 * e * h, seed, -0.6, 0.6),
+            ),
+            (
+                "in_proj.bias",
+                vec![2 * e],
+                rand_vec(2 * e, seed + 1, -0.2, 0.2),
+            ),
+            (
+                "conv1d.weight",
+                vec![e, 1, k],
+                rand_vec(e * k, seed + 2, -ks, ks),
+            ),
+            ("conv1d.bias", vec![e], rand_vec(e, seed + 3, -ks, ks)),
+            (
+                "x_proj.weight",
+                vec![r + 2 * n, e],
+                rand_vec((r + 2 * n) * e, seed + 4, -0.6, 0.6),
+            ),
+            (
+                "dt_proj.weight",
+                vec![e, r],
+                rand_vec(e * r, seed + 5, -0.5, 0.5),
+            ),
+            ("dt_proj.bias", vec![e], rand_vec(e, seed + 6, -4.0, -2.0)),
+            (
+                "dtA_proj.weight",
+                vec![e, r],
+                rand_vec(e * r, seed + 7, -0.5, 0.5),
+            ),
+            ("dtA_proj.bias", vec![e], rand_vec(e, seed + 8, -3.0, -1.0)),
+            ("A_log", vec![e, n], a_log),
+            ("D", vec![e], rand_vec(e, seed + 9, 0.5, 1.5)),
+            (
+                "out_proj.weight",
+                vec![h, e],
+                rand_vec(h * e, seed + 10, -0.5, 0.5),
+            ),
+            ("out_proj.bias", vec![h], rand_vec(h, seed + 11, -0.2, 0.2)),
+        ]
+    }
+
+    fn params_of(raw: &Raw, dtype: DType, skip: &[&str]) -> Params {
+        let mut ps = Params::new();
+        for (name, shape, v) in raw {
+            if skip.contains(name) {
+                continue;
+            }
+            let t = Tensor::from_vec(v.clone(), shape.as_slice(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            ps.insert(name, &t).unwrap();
+        }
+        ps
+    }
+
+    const RULES: [(&str, Discretization); 4] = [
+        ("mamba", Discretization::Mamba),
+        ("zoh", Discretization::Zoh),
+        ("bilinear", Discretization::Bilinear),
+        ("dirac", Discretization::Dirac),
+    ];
+
+    /// Cross-mode parity with the lrnnx-core layer stepped over the same input, ordinary and
+    /// STREAM, with and without the optional biases.
+    #[test]
+    fn forward_matches_core_stepping() {
+        let (h, e, n, r, k) = (5, 6, 3, 2, 3);
+        let raw = raw_params(h, e, n, r, k, 3);
+        for (disc, core_disc) in RULES {
+            for bias in [false, true] {
+                let skip: &[&str] = if bias {
+                    &[]
+                } else {
+                    &["in_proj.bias", "out_proj.bias", "conv1d.bias"]
+                };
+                let kw = json!({"d_model": h, "d_state": n, "d_conv": k, "expand": 1.2,
+                    "dt_rank": r, "bias": bias, "conv_bias": bias, "discretization": disc});
+                let layer = Mamba::from_lrnnx(&kw, params_of(&raw, DType::F32, skip)).unwrap();
+                let f32s: Vec<Vec<f32>> = raw
+                    .iter()
+                    .map(|(_, _, v)| v.iter().map(|&x| x as f32).collect())
+                    .collect();
+                let entries: Vec<(&str, TensorView<'_>)> = raw
+                    .iter()
+                    .zip(&f32s)
+                    .filter(|((nm, _, _), _)| !skip.contains(nm))
+                    .map(|((nm, s, _), d)| (*nm, TensorView { data: d, shape: s }))
+                    .collect();
+                let cfg = MambaConfig {
+                    d_model: h,
+                    d_state: n,
+                    d_conv: k,
+                    d_inner: e,
+                    dt_rank: r,
+                    bias,
+                    conv_bias: bias,
+                    discretization: core_disc,
+                };
+                let core = CoreMamba::from_lrnnx(
+                    cfg,
+                    &SliceParams { entries: &entries },
+                    vec![0.0; cfg.weights_len()],
+                )
+                .unwrap();
+                for (bsz, len) in [(1, 1), (3, 7), (1, 64), (3, 64)] {
+                    let xs: Vec<f32> = rand_vec(bsz * len * h, 31 + len as u64, -1.5, 1.5)
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect();
+                    let taus: Vec<f32> = rand_vec(bsz * len, 37 + len as u64, 0.2, 2.0)
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect();
+                    let x = Tensor::from_vec(xs.clone(), (bsz, len, h), &Device::Cpu).unwrap();
+                    let tau = Tensor::from_vec(taus.clone(), (bsz, len), &Device::Cpu).unwrap();
+                    for event in [false, true] {
+                        let y = layer
+                            .forward(&x, event.then_some(&tau))
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1::<f32>()
+                            .unwrap();
+                        let mut want = vec![0.0f32; bsz * len * h];
+                        for bi in 0..bsz {
+                            let mut st = vec![0.0; cfg.state_len()];
+                            let (xr, yr) = (
+                                &xs[bi * len * h..(bi + 1) * len * h],
+                                &mut want[bi * len * h..(bi + 1) * len * h],
+                            );
+                            if event {
+                                let tr = &taus[bi * len..(bi + 1) * len];
+                                run_event_sequence(&core, &mut st, xr, tr, yr).unwrap();
+                            } else {
+                                run_sequence(&core, &mut st, xr, yr).unwrap();
+                            }
+                        }
+                        let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                        for (i, (g, w)) in y.iter().zip(&want).enumerate() {
+                            assert!(
+                                (g - w).abs() <= 2e-5 * scale,
+                                "{disc} bias {bias} event {event} B{bsz} L{len} [{i}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gradients of `loss = Σ y ⊙ w` in f64 against central finite differences: a few elements
+    /// of every parameter, of the input and of the STREAM time steps, for every rule;
+    /// `dtA_proj.weight` gets no gradient.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (h, e, n, r, k, bsz, len) = (3, 4, 2, 1, 3, 2, 5);
+        let raw = raw_params(h, e, n, r, k, 41);
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(
+            &Tensor::from_vec(rand_vec(bsz * len * h, 42, -1.5, 1.5), (bsz, len, h), &dev).unwrap(),
+        )
+        .unwrap();
+        let tau = Var::from_tensor(
+            &Tensor::from_vec(rand_vec(bsz * len, 43, 0.2, 2.0), (bsz, len), &dev).unwrap(),
+        )
+        .unwrap();
+        let w =
+            Tensor::from_vec(rand_vec(bsz * len * h, 44, -1.0, 1.0), (bsz, len, h), &dev).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (disc, _) in RULES {
+            for event in [true, false] {
+                let kw = json!({"d_model": h, "d_state": n, "d_conv": k, "expand": 4.0 / 3.0,
+                    "dt_rank": r, "bias": true, "discretization": disc});
+                let loss = |ps: Params, x: &Tensor, tau: &Tensor| -> (Tensor, Params) {
+                    let layer = Mamba::from_lrnnx(&kw, ps).unwrap();
+                    let y = layer.forward(x, event.then_some(tau)).unwrap();
+                    ((y * &w).unwrap().sum_all().unwrap(), layer.params().clone())
+                };
+                let (l, ps) = loss(
+                    params_of(&raw, DType::F64, &[]),
+                    x.as_tensor(),
+                    tau.as_tensor(),
+                );
+                let grads = l.backward().unwrap();
+                let eps = 1e-6;
+                // A few spread-out elements of each tensor.
+                let check = |what: &str, g: Vec<f64>, eval: &dyn Fn(usize, f64) -> f64| {
+                    let stride = g.len().div_ceil(5).max(1);
+                    for kk in (0..g.len()).step_by(stride) {
+                        let fd = (eval(kk, eps) - eval(kk, -eps)) / (2.0 * eps);
+                        assert!(
+                            (g[kk] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                            "{disc} event {event} {what}[{kk}]: {} vs {fd}",
+                            g[kk]
+                        );
+                    }
+                };
+                for (pi, (name, _, v)) in raw.iter().enumerate() {
+                    let got = grads.get(ps.vars()[*name].as_tensor());
+                    if *name == "dtA_proj.weight" || (*name == "dtA_proj.bias" && !event) {
+                        assert!(got.is_none_or(|g| flat(g).iter().all(|&v| v == 0.0)));
+                        continue;
+                    }
+                    // No gradient = zero (dt_proj in dirac STREAM mode: Δ is unused there); the
+                    // finite differences must then be zero too.
+                    let g = got.map_or_else(|| vec![0.0; v.len()], flat);
+                    assert_eq!(g.len(), v.len());
+                    check(name, g, &|kk, d| {
+                        let mut rr = raw.clone();
+                        rr[pi].2[kk] += d;
+                        loss(
+                            params_of(&rr, DType::F64, &[]),
+                            &x.as_tensor().detach(),
+                            &tau.as_tensor().detach(),
+                        )
+                        .0
+                        .to_scalar::<f64>()
+                        .unwrap()
+                    });
+                }
+                let xv = flat(x.as_tensor());
+                check("x", flat(grads.get(x.as_tensor()).unwrap()), &|kk, d| {
+                    let mut v = xv.clone();
+                    v[kk] += d;
+                    let xt = Tensor::from_vec(v, (bsz, len, h), &dev).unwrap();
+                    loss(
+                        params_of(&raw, DType::F64, &[]),
+                        &xt,
+                        &tau.as_tensor().detach(),
+                    )
+                    .0
+                    .to_scalar::<f64>()
+                    .unwrap()
+                });
+                if event {
+                    let tv = flat(tau.as_tensor());
+                    check(
+                        "tau",
+                        flat(grads.get(tau.as_tensor()).unwrap()),
+                        &|kk, d| {
+                            let mut v = tv.clone();
+                            v[kk] += d;
+                            let tt = Tensor::from_vec(v, (bsz, len), &dev).unwrap();
+                            loss(
+                                params_of(&raw, DType::F64, &[]),
+                                &x.as_tensor().detach(),
+                                &tt,
+                            )
+                            .0
+                            .to_scalar::<f64>()
+                            .unwrap()
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_tensor() {
+        let (h, e, n, r, k) = (4, 8, 2, 1, 3);
+        let raw = raw_params(h, e, n, r, k, 5);
+        let kw = json!({"d_model": h, "d_state": n, "d_conv": k, "bias": true});
+        let err = Mamba::from_lrnnx(&kw, params_of(&raw, DType::F32, &["out_proj.bias"]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`out_proj.bias`"), "{err}");
+        let mut ps = params_of(&raw, DType::F32, &[]);
+        ps.insert(
+            "A_log",
+            &Tensor::zeros((e, n + 1), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let err = Mamba::from_lrnnx(&kw, ps).err().unwrap();
+        assert!(err.to_string().contains("`A_log`"), "{err}");
+        let bad = json!({"d_model": h, "d_state": n, "d_conv": k, "discretization": "s7"});
+        let err = Mamba::from_lrnnx(&bad, params_of(&raw, DType::F32, &[]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("discretization"), "{err}");
+        let layer = Mamba::from_lrnnx(&kw, params_of(&raw, DType::F32, &[])).unwrap();
+        let x = Tensor::zeros((2, 4, h), DType::F32, &Device::Cpu).unwrap();
+        let bad_tau = Tensor::ones((2, 4, 1), DType::F32, &Device::Cpu).unwrap();
+        let err = layer.forward(&x, Some(&bad_tau)).err().unwrap();
+        assert!(err.to_string().contains("time_steps"), "{err}");
+        let bad_x = Tensor::zeros((2, 4, h + 1), DType::F32, &Device::Cpu).unwrap();
+        let err = layer.forward(&bad_x, None).err().unwrap();
+        assert!(err.to_string().contains("`x`"), "{err}");
+    }
+}
