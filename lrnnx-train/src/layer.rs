@@ -69,10 +69,30 @@ pub fn build(
 ) -> std::result::Result<Box<dyn TrainLayer>, BuildError> {
     match class {
         "lrnnx.models.lti.s5.S5" => Ok(Box::new(crate::s5_lti::S5Lti::from_lrnnx(kwargs, params)?)),
+        "lrnnx.models.lti.lru.LRU" | "LRU" => {
+            Ok(Box::new(crate::lru::Lru::from_lrnnx(kwargs, params)?))
+        }
+        "lrnnx.models.lti.s4d.S4D" | "S4D" => {
+            Ok(Box::new(crate::s4d::S4d::from_lrnnx(kwargs, params)?))
+        }
+        "lrnnx.models.lti.centaurus.CentaurusNeck"
+        | "lrnnx.models.lti.centaurus.CentaurusPWNeck"
+        | "lrnnx.models.lti.centaurus.CentaurusDWS"
+        | "lrnnx.models.lti.centaurus.CentaurusFull"
+        | "CentaurusNeck"
+        | "CentaurusPWNeck"
+        | "CentaurusDWS"
+        | "CentaurusFull" => Ok(Box::new(crate::centaurus::Centaurus::from_lrnnx(
+            class, kwargs, params,
+        )?)),
         "lrnnx.models.ltv.s5.S5" => Ok(Box::new(crate::s5_ltv::S5Ltv::from_lrnnx(kwargs, params)?)),
         "lrnnx.models.ltv.mamba.Mamba" => {
             Ok(Box::new(crate::mamba::Mamba::from_lrnnx(kwargs, params)?))
         }
+        "lrnnx.models.ltv.rglru.RGLRU" | "RGLRU" => {
+            Ok(Box::new(crate::rglru::RgLru::from_lrnnx(kwargs, params)?))
+        }
+        "lrnnx.models.ltv.s7.S7" | "S7" => Ok(Box::new(crate::s7::S7::from_lrnnx(kwargs, params)?)),
         other => Err(BuildError::UnsupportedClass(other.to_owned())),
     }
 }

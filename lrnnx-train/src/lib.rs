@@ -10,13 +10,18 @@
 //!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
 #![deny(missing_docs)]
 
+pub mod centaurus;
 pub mod complex;
 pub mod layer;
+pub mod lru;
 pub mod mamba;
 pub mod ops;
 pub mod params;
+pub mod rglru;
+pub mod s4d;
 pub mod s5_lti;
 pub mod s5_ltv;
+pub mod s7;
 pub mod scan;
 
 pub use layer::{build, BuildError, TrainLayer};

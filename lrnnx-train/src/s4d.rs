@@ -1,0 +1,530 @@
+//! S4D, the diagonal S4 block (lrnnx `lrnnx.models.lti.s4d.S4D`, spec §5.1–5.3, 5.6, 5.7),
+//! trainable.
+//!
+//! Per channel `h` (H of them) a diagonal complex SSM of N2 = d_state/2 states (lrnnx keeps one
+//! state of each conjugate pair, hence the factor 2 on the real part):
+//!
+//! ```text
+//! Δ[h,·] = dt_transform(sinh?(inv_dt[h,·]))            (inv_dt (H,1) tied, or (H,N2))
+//! A[h,n] = −real_transform(A_real[s,n]) − i·imag_transform(A_imag[s,n]),  s = h mod n_ssm
+//! zoh:      Ā = exp(ΔA),                 B̄ = B[s,n]·(exp(ΔA) − 1)/A
+//! bilinear: Ā = (1 + ΔA/2)/(1 − ΔA/2),   B̄ = B[s,n]·Δ/(1 − ΔA/2)
+//! u_t[h,n] = Ā[h,n]·u_{t−1}[h,n] + B̄[h,n]·x_t[h]       (parallel: the complex scan over t)
+//! z_t[c,h] = 2·Re Σ_n C[c,h,n]·u_t[h,n] + D[c,h]·x_t[h]        (c < channels)
+//! z = GELU(GELU(z))                                    (flattened (c,h); exact erf GELU, twice)
+//! y = GELU(z Wᵀ + b)                                   (output_linear.0, when final_act ≠ None)
+//! ```
+//!
+//! lrnnx computes the SSM part as an FFT convolution with the kernel
+//! `K[c,h,l] = 2·Re Σ_n C·B̄·Ā^l` (bilinear: `exp(l·log Ā)`); the recurrence is its exact
+//! equivalent. The two GELUs in a row (conv_activation, then mult_activation) and the GELU after
+//! the output linear (never a GLU) are lrnnx's, as in the core's importer.
+//!
+//! Parameters (lrnnx names): `inv_dt` (H,1) or (H,N2), `A_real` (S,N2), `A_imag` (S,N2),
+//! `B` (1,S,N2,2) and `C` (ch,H,N2,2) (trailing axis = re, im), `D` (ch,H), and with the output
+//! linear `output_linear.0.weight` (H, ch·H), `output_linear.0.bias` (H,). lrnnx's state dict
+//! repeats the SSM parameters under `layer.kernel.` (the same storage); those keys are not read,
+//! and their gradients are the top-level parameters' gradients.
+//!
+//! Constructor arguments: `d_model`, `d_state` (64), `n_ssm` (None → d_model), `channels` (1),
+//! `dt_tie` (True), `dt_transform` ("exp"), `dt_fast` (False), `real_transform` ("exp"),
+//! `imag_transform` ("none"), `disc` ("zoh" or "bilinear"), `final_act` ("glu": any non-None
+//! value gives Linear + GELU) and its deprecated alias `postact`. Rejected: `gate`,
+//! `bottleneck`, `is_real`, `swap_channels` (as in the core's importer) and a non-zero `dropout`
+//! (not applied here). `l_max` is ignored: lrnnx's forward truncates its kernel to `l_max`
+//! taps, so for sequences longer than `l_max` lrnnx's forward differs from its own step; this
+//! layer is the untruncated recurrence (lrnnx's step). `transposed` is ignored: the forward
+//! takes (B, L, H) like every [`TrainLayer`]. Initializer arguments have no effect.
+
+use candle_core::{Result, Tensor};
+use lrnnx_core::ParamTransform;
+use serde_json::Value;
+
+use crate::complex::CTensor;
+use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::lru::check_input;
+use crate::ops::softplus;
+use crate::params::Params;
+use crate::scan::complex_scan;
+
+/// S4D's discretization rule (`disc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S4dDisc {
+    /// `Ā = exp(ΔA)`, `B̄ = B(exp(ΔA) − 1)/A` (lrnnx default).
+    Zoh,
+    /// `Ā = (1 + ΔA/2)/(1 − ΔA/2)`, `B̄ = BΔ/(1 − ΔA/2)` (the correct Tustin rule).
+    Bilinear,
+}
+
+/// A trainable S4D block.
+pub struct S4d {
+    d_model: usize,
+    n2: usize,
+    n_ssm: usize,
+    channels: usize,
+    dt_tied: bool,
+    dt_transform: ParamTransform,
+    dt_fast: bool,
+    real_transform: ParamTransform,
+    imag_transform: ParamTransform,
+    disc: S4dDisc,
+    output_linear: bool,
+    params: Params,
+}
+
+fn kwarg(name: &str, reason: impl std::fmt::Display) -> BuildError {
+    BuildError::Kwarg(format!("`{name}`: {reason}"))
+}
+
+/// An optional argument: `None` when absent or null.
+fn opt<'v>(kwargs: &'v Value, name: &str) -> Option<&'v Value> {
+    kwargs.get(name).filter(|v| !v.is_null())
+}
+
+fn usize_or(kwargs: &Value, name: &str, default: usize) -> std::result::Result<usize, BuildError> {
+    match opt(kwargs, name) {
+        None => Ok(default),
+        Some(_) => usize_arg(kwargs, name),
+    }
+}
+
+fn bool_or(kwargs: &Value, name: &str, default: bool) -> std::result::Result<bool, BuildError> {
+    match opt(kwargs, name) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| kwarg(name, format!("expected true or false, got {v}"))),
+    }
+}
+
+fn str_or<'v>(
+    kwargs: &'v Value,
+    name: &str,
+    default: &'v str,
+) -> std::result::Result<&'v str, BuildError> {
+    match opt(kwargs, name) {
+        None => Ok(default),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| kwarg(name, format!("expected a string, got {v}"))),
+    }
+}
+
+fn transform_or(
+    kwargs: &Value,
+    name: &str,
+    default: &str,
+) -> std::result::Result<ParamTransform, BuildError> {
+    let v = str_or(kwargs, name, default)?;
+    ParamTransform::from_name(v).ok_or_else(|| {
+        kwarg(
+            name,
+            format!("unknown transform `{v}` (expected none, exp, relu, sigmoid or softplus)"),
+        )
+    })
+}
+
+fn reject_if_set(kwargs: &Value, name: &str, reason: &str) -> std::result::Result<(), BuildError> {
+    match kwargs.get(name) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        Some(_) => Err(kwarg(name, reason)),
+    }
+}
+
+/// Whether `final_act` (or its deprecated alias `postact`) asks for the output linear.
+fn output_linear(kwargs: &Value) -> std::result::Result<bool, BuildError> {
+    if opt(kwargs, "postact").is_some() {
+        if opt(kwargs, "final_act").is_some() {
+            return Err(kwarg(
+                "postact",
+                "lrnnx requires final_act=None when the deprecated postact is given",
+            ));
+        }
+        return Ok(true);
+    }
+    Ok(!matches!(kwargs.get("final_act"), Some(Value::Null)))
+}
+
+/// lrnnx's parameter transform `t` as candle ops.
+fn transform(t: ParamTransform, x: &Tensor) -> Result<Tensor> {
+    match t {
+        ParamTransform::None => Ok(x.clone()),
+        ParamTransform::Exp => x.exp(),
+        ParamTransform::Relu => x.relu()? + 1e-4,
+        ParamTransform::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
+        ParamTransform::Softplus => softplus(x),
+    }
+}
+
+/// Exact (erf) GELU, `x·(1 + erf(x/√2))/2`, whose backward uses the exact derivative of erf.
+pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
+    let e = (x * std::f64::consts::FRAC_1_SQRT_2)?.erf()?;
+    (x * 0.5)? * (e + 1.0)?
+}
+
+/// Tiles the `n_ssm` rows of `t` (S, ·) to H rows: row `h` is row `h mod S`.
+fn tile_rows(t: &Tensor, h: usize) -> Result<Tensor> {
+    let s = t.dim(0)?;
+    if s == h {
+        Ok(t.clone())
+    } else {
+        t.repeat((h / s, 1))
+    }
+}
+
+impl S4d {
+    /// From lrnnx's constructor arguments (module doc) and its parameters; checks every
+    /// parameter's shape.
+    pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
+        reject_if_set(
+            kwargs,
+            "gate",
+            "the gated (GSS) variant is not supported: lrnnx's own output_gate shapes are \
+             inconsistent (spec §18.31)",
+        )?;
+        reject_if_set(
+            kwargs,
+            "bottleneck",
+            "the bottleneck variant is not supported: lrnnx's own input_linear shapes are \
+             inconsistent (spec §18.31)",
+        )?;
+        reject_if_set(
+            kwargs,
+            "is_real",
+            "the real-valued SSM variant is not supported",
+        )?;
+        reject_if_set(
+            kwargs,
+            "swap_channels",
+            "only lrnnx's default (channel, feature) output order is supported",
+        )?;
+        if let Some(v) = opt(kwargs, "dropout") {
+            if v.as_f64() != Some(0.0) {
+                return Err(kwarg(
+                    "dropout",
+                    format!("{v}: dropout is not applied by this layer (only 0 is supported)"),
+                ));
+            }
+        }
+        let d_model = usize_arg(kwargs, "d_model")?;
+        let d_state = usize_or(kwargs, "d_state", 64)?;
+        let n_ssm = usize_or(kwargs, "n_ssm", d_model)?;
+        let channels = usize_or(kwargs, "channels", 1)?;
+        if d_model == 0 {
+            return Err(kwarg("d_model", "must be positive"));
+        }
+        if d_state < 2 || d_state % 2 == 1 {
+            return Err(kwarg(
+                "d_state",
+                "must be a positive even number (lrnnx stores d_state/2 conjugate pairs)",
+            ));
+        }
+        if n_ssm == 0 || d_model % n_ssm != 0 {
+            return Err(kwarg("n_ssm", "must divide d_model"));
+        }
+        if channels == 0 {
+            return Err(kwarg("channels", "must be positive"));
+        }
+        let disc = match str_or(kwargs, "disc", "zoh")? {
+            "zoh" => S4dDisc::Zoh,
+            "bilinear" => S4dDisc::Bilinear,
+            other => {
+                return Err(kwarg(
+                    "disc",
+                    format!("unknown discretization `{other}` (lrnnx S4D knows zoh, bilinear)"),
+                ))
+            }
+        };
+        let layer = S4d {
+            d_model,
+            n2: d_state / 2,
+            n_ssm,
+            channels,
+            dt_tied: bool_or(kwargs, "dt_tie", true)?,
+            dt_transform: transform_or(kwargs, "dt_transform", "exp")?,
+            dt_fast: bool_or(kwargs, "dt_fast", false)?,
+            real_transform: transform_or(kwargs, "real_transform", "exp")?,
+            imag_transform: transform_or(kwargs, "imag_transform", "none")?,
+            disc,
+            output_linear: output_linear(kwargs)?,
+            params,
+        };
+        layer.weights()?; // shape checks now rather than at the first forward
+        Ok(layer)
+    }
+
+    /// `[inv_dt, A_real, A_imag, B, C, D]` and the output linear `(W, b)`, shapes checked.
+    #[allow(clippy::type_complexity)]
+    fn weights(&self) -> Result<([Tensor; 6], Option<(Tensor, Tensor)>)> {
+        let (h, n2, s, ch) = (self.d_model, self.n2, self.n_ssm, self.channels);
+        let p = &self.params;
+        let ssm = [
+            p.get("inv_dt", &[h, if self.dt_tied { 1 } else { n2 }])?,
+            p.get("A_real", &[s, n2])?,
+            p.get("A_imag", &[s, n2])?,
+            p.get("B", &[1, s, n2, 2])?,
+            p.get("C", &[ch, h, n2, 2])?,
+            p.get("D", &[ch, h])?,
+        ];
+        let lin = if self.output_linear {
+            Some((
+                p.get("output_linear.0.weight", &[h, ch * h])?,
+                p.get("output_linear.0.bias", &[h])?,
+            ))
+        } else {
+            None
+        };
+        Ok((ssm, lin))
+    }
+
+    /// `(Ā, B̄)`, each (H, N2), from the parameters (module doc).
+    fn discretized(
+        &self,
+        inv_dt: &Tensor,
+        a_real: &Tensor,
+        a_imag: &Tensor,
+        b: &Tensor,
+    ) -> Result<(CTensor, CTensor)> {
+        let h = self.d_model;
+        let raw = if self.dt_fast {
+            // sinh(x) = (eˣ − e⁻ˣ)/2
+            ((inv_dt.exp()? - inv_dt.neg()?.exp()?)? * 0.5)?
+        } else {
+            inv_dt.clone()
+        };
+        let dt = transform(self.dt_transform, &raw)?; // (H, 1) or (H, N2)
+        let a = CTensor::new(
+            tile_rows(&transform(self.real_transform, a_real)?.neg()?, h)?,
+            tile_rows(&transform(self.imag_transform, a_imag)?.neg()?, h)?,
+        );
+        let b = CTensor::unpack(&b.squeeze(0)?)?;
+        let b = CTensor::new(tile_rows(&b.re, h)?, tile_rows(&b.im, h)?);
+        let dta = a.mul_real(&dt)?;
+        let (a_bar, gamma) = match self.disc {
+            S4dDisc::Zoh => {
+                let a_bar = dta.exp()?;
+                let gamma = a_bar.affine(1.0, -1.0)?.div(&a)?; // (Ā − 1)/A
+                (a_bar, gamma)
+            }
+            S4dDisc::Bilinear => {
+                let den = dta.affine(-0.5, 1.0)?; // 1 − ΔA/2
+                let a_bar = dta.affine(0.5, 1.0)?.div(&den)?;
+                let gamma = CTensor::from_real(&dt)?.div(&den)?; // Δ/(1 − ΔA/2)
+                (a_bar, gamma)
+            }
+        };
+        Ok((a_bar, b.mul(&gamma)?))
+    }
+}
+
+impl TrainLayer for S4d {
+    fn forward(&self, x: &Tensor, _time_steps: Option<&Tensor>) -> Result<Tensor> {
+        let (h, n2, ch) = (self.d_model, self.n2, self.channels);
+        let (bsz, l) = check_input(x, h)?;
+        let ([inv_dt, a_real, a_imag, b, c, d], lin) = self.weights()?;
+        let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b)?;
+        // u[b,t,h,n] = B̄[h,n]·x[b,t,h], flattened to (B, L, H·N2) for the scan.
+        let xe = x.unsqueeze(3)?;
+        let flat = |t: Tensor| t.reshape((bsz, l, h * n2));
+        let u = CTensor::new(
+            flat(xe.broadcast_mul(&b_bar.re)?)?,
+            flat(xe.broadcast_mul(&b_bar.im)?)?,
+        );
+        let a_bar = CTensor::new(a_bar.re.reshape(h * n2)?, a_bar.im.reshape(h * n2)?);
+        let s = complex_scan(&a_bar, &u)?;
+        let (s_re, s_im) = (
+            s.re.reshape((bsz, l, 1, h, n2))?,
+            s.im.reshape((bsz, l, 1, h, n2))?,
+        );
+        // z[b,t,c,h] = 2·Σ_n (Re C·Re s − Im C·Im s) + D[c,h]·x[b,t,h]
+        let c = CTensor::unpack(&c)?; // (ch, H, N2)
+        let z = (s_re.broadcast_mul(&c.re)? - s_im.broadcast_mul(&c.im)?)?.sum(4)?;
+        let z = ((z * 2.0)? + x.unsqueeze(2)?.broadcast_mul(&d)?)?;
+        let z = gelu(&gelu(&z.reshape((bsz, l, ch * h))?)?)?;
+        match lin {
+            None => Ok(z),
+            Some((w, bias)) => gelu(&z.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?),
+        }
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lru::testing::{check_finite_differences, check_parity, Named};
+    use candle_core::DType;
+    use lrnnx_core::{Discretization, S4Transforms, S4dConfig};
+    use serde_json::json;
+
+    fn named(h: usize, n2: usize, s: usize, ch: usize, dt_cols: usize, seed: u64) -> Named {
+        let mut p = Named::new(seed);
+        p.add("inv_dt", &[h, dt_cols], -4.0, -1.5);
+        p.add("A_real", &[s, n2], -1.2, -0.2);
+        p.add("A_imag", &[s, n2], 0.0, 6.0);
+        p.add("B", &[1, s, n2, 2], -1.0, 1.0);
+        p.add("C", &[ch, h, n2, 2], -1.0, 1.0);
+        p.add("D", &[ch, h], -1.0, 1.0);
+        p.add("output_linear.0.weight", &[h, ch * h], -0.6, 0.6);
+        p.add("output_linear.0.bias", &[h], -0.3, 0.3);
+        p
+    }
+
+    fn core_config(kw: &Value) -> S4dConfig {
+        let get = |n: &str| kw.get(n).and_then(Value::as_u64).map(|v| v as usize);
+        let tr = |n: &str, d: ParamTransform| {
+            kw.get(n)
+                .and_then(Value::as_str)
+                .map_or(d, |v| ParamTransform::from_name(v).unwrap())
+        };
+        let h = get("d_model").unwrap();
+        S4dConfig {
+            d_model: h,
+            d_state: get("d_state").unwrap(),
+            n_ssm: get("n_ssm").unwrap_or(h),
+            channels: get("channels").unwrap_or(1),
+            dt_tied: kw.get("dt_tie").and_then(Value::as_bool).unwrap_or(true),
+            transforms: S4Transforms {
+                dt: tr("dt_transform", ParamTransform::Exp),
+                dt_fast: kw.get("dt_fast").and_then(Value::as_bool).unwrap_or(false),
+                real: tr("real_transform", ParamTransform::Exp),
+                imag: tr("imag_transform", ParamTransform::None),
+            },
+            discretization: match kw.get("disc").and_then(Value::as_str) {
+                Some("bilinear") => Discretization::Bilinear,
+                _ => Discretization::Zoh,
+            },
+            output_linear: !matches!(kw.get("final_act"), Some(Value::Null)),
+        }
+    }
+
+    /// Cross-mode parity with the lrnnx-core S4D for several configurations.
+    #[test]
+    fn forward_matches_core_step() {
+        let configs = [
+            json!({"d_model": 4, "d_state": 6, "disc": "zoh"}),
+            json!({"d_model": 4, "d_state": 6, "disc": "bilinear", "transposed": false}),
+            json!({"d_model": 4, "d_state": 4, "disc": "bilinear", "n_ssm": 2, "channels": 2,
+                   "dt_tie": false}),
+            json!({"d_model": 4, "d_state": 4, "n_ssm": 1, "channels": 2, "final_act": null,
+                   "dt_fast": true, "dt_transform": "softplus", "real_transform": "softplus",
+                   "imag_transform": "relu"}),
+            json!({"d_model": 3, "d_state": 2, "dt_transform": "sigmoid",
+                   "real_transform": "relu"}),
+        ];
+        for (i, kw) in configs.iter().enumerate() {
+            let cfg = core_config(kw);
+            let (h, n2) = (cfg.d_model, cfg.d_state / 2);
+            let dt_cols = if cfg.dt_tied { 1 } else { n2 };
+            let mut p = named(h, n2, cfg.n_ssm, cfg.channels, dt_cols, 10 * i as u64);
+            if cfg.transforms.dt != ParamTransform::Exp {
+                // Δ from softplus / sigmoid: keep it small, as lrnnx's inits do.
+                for v in p.get_mut("inv_dt") {
+                    *v -= 1.0;
+                }
+            }
+            let layer = S4d::from_lrnnx(kw, p.params(DType::F32)).unwrap();
+            let core = p.with_core(|src| {
+                lrnnx_core::S4d::from_lrnnx(cfg, src, vec![0.0; cfg.weights_len()]).unwrap()
+            });
+            check_parity(&layer, &core, 100 + i as u64);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let names = [
+            "inv_dt",
+            "A_real",
+            "A_imag",
+            "B",
+            "C",
+            "D",
+            "output_linear.0.weight",
+            "output_linear.0.bias",
+        ];
+        for (kw, dt_cols) in [
+            (
+                json!({"d_model": 2, "d_state": 4, "n_ssm": 1, "channels": 2}),
+                1,
+            ),
+            (
+                json!({"d_model": 2, "d_state": 4, "disc": "bilinear", "channels": 2,
+                       "dt_tie": false}),
+                2,
+            ),
+            (
+                json!({"d_model": 2, "d_state": 4, "channels": 2, "dt_fast": true,
+                       "dt_transform": "softplus", "real_transform": "softplus",
+                       "imag_transform": "relu"}),
+                1,
+            ),
+            (
+                json!({"d_model": 2, "d_state": 4, "channels": 2, "disc": "bilinear",
+                       "dt_transform": "sigmoid", "real_transform": "none",
+                       "imag_transform": "exp"}),
+                1,
+            ),
+        ] {
+            let s = kw.get("n_ssm").map_or(2, |_| 1);
+            let p = named(2, 2, s, 2, dt_cols, 7);
+            check_finite_differences(
+                &p,
+                |ps| Box::new(S4d::from_lrnnx(&kw, ps).unwrap()),
+                (2, 5, 2),
+                &names,
+                3,
+            );
+        }
+    }
+
+    #[test]
+    fn argument_and_shape_errors() {
+        let p = || named(4, 3, 4, 1, 1, 3).params(DType::F32);
+        let ok = json!({"d_model": 4, "d_state": 6});
+        assert!(S4d::from_lrnnx(&ok, p()).is_ok());
+        for (bad, word) in [
+            (json!({"d_model": 4, "d_state": 6, "gate": 2}), "gate"),
+            (json!({"d_model": 4, "d_state": 6, "disc": "dirac"}), "disc"),
+            (json!({"d_model": 4, "d_state": 5}), "d_state"),
+            (json!({"d_model": 4, "d_state": 6, "n_ssm": 3}), "n_ssm"),
+            (
+                json!({"d_model": 4, "d_state": 6, "dropout": 0.1}),
+                "dropout",
+            ),
+            (
+                json!({"d_model": 4, "d_state": 6, "dt_transform": "tanh"}),
+                "dt_transform",
+            ),
+            (json!({"d_model": 4, "d_state": 8}), "A_real"),
+            (json!({"d_model": 4, "d_state": 6, "channels": 2}), "C"),
+            (
+                json!({"d_model": 4, "d_state": 6, "dt_tie": false}),
+                "inv_dt",
+            ),
+        ] {
+            let err = S4d::from_lrnnx(&bad, p()).err().unwrap().to_string();
+            assert!(err.contains(word), "{bad}: {err}");
+        }
+        // Without the output linear its parameters are not needed.
+        let mut q = named(4, 3, 4, 1, 1, 3);
+        q.entries.retain(|e| !e.0.starts_with("output_linear"));
+        assert!(
+            S4d::from_lrnnx(&json!({"d_model": 4, "d_state": 6}), q.params(DType::F32)).is_err()
+        );
+        let layer = S4d::from_lrnnx(
+            &json!({"d_model": 4, "d_state": 6, "final_act": null}),
+            q.params(DType::F32),
+        )
+        .unwrap();
+        let x = Tensor::zeros((1, 3, 5), DType::F32, &candle_core::Device::Cpu).unwrap();
+        assert!(layer
+            .forward(&x, None)
+            .unwrap_err()
+            .to_string()
+            .contains("`x`"));
+    }
+}
