@@ -324,26 +324,6 @@ impl<W: AsRef<[f32]>> Centaurus<W> {
         check_finite_weights("discretized Centaurus weights", weights.as_ref())?;
         Ok(Centaurus { config, weights })
     }
-
-    /// Views an already discretized weight buffer (as written by [`Centaurus::from_lrnnx`] or an
-    /// export), without copying. Checks the configuration, the length and that every value is
-    /// finite.
-    pub fn from_weights(config: CentaurusConfig, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("Centaurus weights", weights.as_ref())?;
-        Ok(Centaurus { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &CentaurusConfig {
-        &self.config
-    }
-
-    /// The discretized weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
 }
 
 /// One sub-state block of `len` contiguous states, updated in place and read out:
@@ -510,6 +490,8 @@ impl<W: AsRef<[f32]>> Centaurus<W> {
         gemv_t_acc(y, ct, s_re);
     }
 }
+
+crate::layer::weight_view_methods!(Centaurus, CentaurusConfig, "Centaurus weights");
 
 impl<W: AsRef<[f32]>> Layer for Centaurus<W> {
     fn d_input(&self) -> usize {

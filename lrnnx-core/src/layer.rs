@@ -59,6 +59,37 @@ pub trait EventLayer: Layer {
     }
 }
 
+/// Implements, for a layer `$layer<W>` whose weights are fully checked by its config's
+/// `validate`, the three methods every layer has: `from_weights` (a zero-copy view of a weight
+/// buffer in the stepping layout, as written by `from_lrnnx` or an export: checks the config,
+/// the buffer length and that every value is finite), `config()` and `weights()`.
+macro_rules! weight_view_methods {
+    ($layer:ident, $config:ty, $what:literal) => {
+        impl<W: AsRef<[f32]>> $layer<W> {
+            /// Views an already discretized weight buffer (as written by `from_lrnnx` or an
+            /// export) without copying. Checks the configuration, the buffer's length and that
+            /// every value is finite.
+            pub fn from_weights(config: $config, weights: W) -> $crate::Result<Self> {
+                config.validate()?;
+                $crate::error::check_len("weights", config.weights_len(), weights.as_ref().len())?;
+                $crate::error::check_finite_weights($what, weights.as_ref())?;
+                Ok($layer { config, weights })
+            }
+
+            /// The configuration.
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
+            /// The discretized weights in the stepping layout (for export).
+            pub fn weights(&self) -> &[f32] {
+                self.weights.as_ref()
+            }
+        }
+    };
+}
+pub(crate) use weight_view_methods;
+
 /// A time step must be a positive finite number.
 #[inline]
 pub fn check_time_step(index: usize, dt: f32) -> Result<()> {

@@ -109,25 +109,9 @@ impl<W: AsRef<[f32]>> Lru<W> {
         check_finite_weights("LRU weights", w)?;
         Ok(Lru { config, weights })
     }
-
-    /// Views an already built weight buffer (zero-copy); checks length and finiteness.
-    pub fn from_weights(config: LruConfig, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("LRU weights", weights.as_ref())?;
-        Ok(Lru { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &LruConfig {
-        &self.config
-    }
-
-    /// The weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
 }
+
+crate::layer::weight_view_methods!(Lru, LruConfig, "LRU weights");
 
 impl<W: AsRef<[f32]>> Layer for Lru<W> {
     fn d_input(&self) -> usize {

@@ -186,24 +186,6 @@ impl<W: AsRef<[f32]>> RgLru<W> {
         Ok(RgLru { config, weights })
     }
 
-    /// Views an already built weight buffer (zero-copy); checks length and finiteness.
-    pub fn from_weights(config: RgLruConfig, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("RG-LRU weights", weights.as_ref())?;
-        Ok(RgLru { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &RgLruConfig {
-        &self.config
-    }
-
-    /// The weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
-
     fn view(&self) -> View<'_> {
         let (h, d, k) = (self.config.d_model, self.config.d_inner, self.config.d_conv);
         let mut w = self.weights.as_ref();
@@ -224,6 +206,8 @@ impl<W: AsRef<[f32]>> RgLru<W> {
         }
     }
 }
+
+crate::layer::weight_view_methods!(RgLru, RgLruConfig, "RG-LRU weights");
 
 impl<W: AsRef<[f32]>> Layer for RgLru<W> {
     fn d_input(&self) -> usize {

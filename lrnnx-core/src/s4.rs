@@ -356,25 +356,6 @@ impl<W: AsRef<[f32]>> S4<W> {
         Ok(S4 { config, weights })
     }
 
-    /// Views an already built weight buffer (as written by [`S4::from_lrnnx`] or an export),
-    /// without copying. Checks its length and that every value is finite.
-    pub fn from_weights(config: S4Config, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("S4 weights", weights.as_ref())?;
-        Ok(S4 { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &S4Config {
-        &self.config
-    }
-
-    /// The weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
-
     /// The original (pre-`_setup_C`) output matrix entry `C[c, h, n]` (n < d_state/2) as
     /// `(re, im)`, read back from the real-form output row `[2 Re C, −2 Im C]`:
     /// `C = (row[n] − i·row[N2 + n])/2`. This is what lrnnx's `C` held before its first forward
@@ -481,6 +462,8 @@ fn gauss_jordan(a: &mut [f64], n: usize, cols: usize) -> bool {
     }
     true
 }
+
+crate::layer::weight_view_methods!(S4, S4Config, "S4 weights");
 
 impl<W: AsRef<[f32]>> Layer for S4<W> {
     fn d_input(&self) -> usize {

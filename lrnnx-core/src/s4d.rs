@@ -188,25 +188,6 @@ impl<W: AsRef<[f32]>> S4d<W> {
         Ok(S4d { config, weights })
     }
 
-    /// Views an already discretized weight buffer (as written by [`S4d::from_lrnnx`] or an
-    /// export), without copying. Checks its length and that every value is finite.
-    pub fn from_weights(config: S4dConfig, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("S4D weights", weights.as_ref())?;
-        Ok(S4d { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &S4dConfig {
-        &self.config
-    }
-
-    /// The discretized weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
-
     /// `u ← Ā⊙u + B̄·x` (broadcast over n), then `z[c,h] = Σ_n (2Re C·Re u − 2Im C·Im u)`.
     #[inline]
     fn ssm_step(&self, w: &[f32], u: &mut [f32], x: &[f32], z: &mut [f32]) {
@@ -261,6 +242,8 @@ impl<W: AsRef<[f32]>> S4d<W> {
         }
     }
 }
+
+crate::layer::weight_view_methods!(S4d, S4dConfig, "S4D weights");
 
 impl<W: AsRef<[f32]>> Layer for S4d<W> {
     fn d_input(&self) -> usize {

@@ -120,26 +120,9 @@ impl<W: AsRef<[f32]>> S5Lti<W> {
         check_finite_weights("discretized S5 weights", w)?;
         Ok(S5Lti { config, weights })
     }
-
-    /// Views an already discretized weight buffer (as written by [`S5Lti::from_lrnnx`] or an
-    /// export), without copying. Checks its length and that every value is finite.
-    pub fn from_weights(config: S5LtiConfig, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("S5 weights", weights.as_ref())?;
-        Ok(S5Lti { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &S5LtiConfig {
-        &self.config
-    }
-
-    /// The discretized weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
 }
+
+crate::layer::weight_view_methods!(S5Lti, S5LtiConfig, "S5 weights");
 
 impl<W: AsRef<[f32]>> Layer for S5Lti<W> {
     fn d_input(&self) -> usize {

@@ -169,25 +169,6 @@ impl<W: AsRef<[f32]>> S5Ltv<W> {
         Ok(S5Ltv { config, weights })
     }
 
-    /// Views an already discretized weight buffer (as written by [`S5Ltv::from_lrnnx`] or an
-    /// export), without copying. Checks its length and that every value is finite.
-    pub fn from_weights(config: S5LtvConfig, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("S5 (LTV) weights", weights.as_ref())?;
-        Ok(S5Ltv { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &S5LtvConfig {
-        &self.config
-    }
-
-    /// The discretized weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
-
     fn view(&self) -> View<'_> {
         let (p, h) = (self.config.d_state, self.config.d_model);
         let mut w = self.weights.as_ref();
@@ -249,6 +230,8 @@ fn split_state(state: &mut [f32], p: usize) -> [&mut [f32]; 6] {
     let ab_im = &mut rest[..n];
     [s_re, s_im, v_re, v_im, ab_re, ab_im]
 }
+
+crate::layer::weight_view_methods!(S5Ltv, S5LtvConfig, "S5 (LTV) weights");
 
 impl<W: AsRef<[f32]>> Layer for S5Ltv<W> {
     fn d_input(&self) -> usize {

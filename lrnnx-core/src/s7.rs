@@ -130,25 +130,9 @@ impl<W: AsRef<[f32]>> S7<W> {
         check_finite_weights("S7 weights", weights.as_ref())?;
         Ok(S7 { config, weights })
     }
-
-    /// Views an already built weight buffer (zero-copy); checks length and finiteness.
-    pub fn from_weights(config: S7Config, weights: W) -> Result<Self> {
-        config.validate()?;
-        check_len("weights", config.weights_len(), weights.as_ref().len())?;
-        check_finite_weights("S7 weights", weights.as_ref())?;
-        Ok(S7 { config, weights })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &S7Config {
-        &self.config
-    }
-
-    /// The weights in the stepping layout (for export).
-    pub fn weights(&self) -> &[f32] {
-        self.weights.as_ref()
-    }
 }
+
+crate::layer::weight_view_methods!(S7, S7Config, "S7 weights");
 
 impl<W: AsRef<[f32]>> Layer for S7<W> {
     fn d_input(&self) -> usize {
