@@ -72,6 +72,7 @@ pub fn build(
         "lrnnx.models.lti.lru.LRU" | "LRU" => {
             Ok(Box::new(crate::lru::Lru::from_lrnnx(kwargs, params)?))
         }
+        "lrnnx.models.lti.s4.S4" | "S4" => Ok(Box::new(crate::s4::S4::from_lrnnx(kwargs, params)?)),
         "lrnnx.models.lti.s4d.S4D" | "S4D" => {
             Ok(Box::new(crate::s4d::S4d::from_lrnnx(kwargs, params)?))
         }

@@ -18,6 +18,7 @@ pub mod mamba;
 pub mod ops;
 pub mod params;
 pub mod rglru;
+pub mod s4;
 pub mod s4d;
 pub mod s5_lti;
 pub mod s5_ltv;

@@ -1,0 +1,888 @@
+//! S4, the DPLR (diagonal plus low-rank) S4 block (lrnnx `lrnnx.models.lti.s4.S4`, spec
+//! §5.1–5.5, 5.7), trainable.
+//!
+//! ## Equations
+//!
+//! Per channel `h` (H of them; SSM row `s = h mod n_ssm`), M = d_state, N2 = M/2 stored
+//! conjugate-half parameters, everything in the *real form* of lrnnx-core's S4 (the complex state
+//! `[u, conj u]` kept as `r = [Re u, Im u] ∈ ℝ^M`; see `lrnnx_core::S4`):
+//!
+//! ```text
+//! Δ[h,·] = dt_transform(sinh?(inv_dt[h,·]))        (H,1) tied, or (H,N2) per state; Δ_M = [Δ, Δ]
+//! Λ[s,n] = −real_transform(A_real) − i·imag_transform(A_imag)
+//! A_h    = [[diag Re Λ, −diag Im Λ], [diag Im Λ, diag Re Λ]] − 2 Σ_r q_r q_rᵀ,  q_r = [Re P_r, Im P_r]
+//!          (the real form of diag([Λ, conj Λ]) − Σ_r p_r p_rᴴ, p_r = [P_r, conj P_r])
+//! 𝒜_h    = diag(Δ_M)·A_h
+//! [Ā_h | B̄_h] = (I − 𝒜_h/2)⁻¹ [I + 𝒜_h/2 | Δ_M ⊙ [Re B, Im B]]      (bilinear)
+//! c̃[c,h] = [2 Re C̃[c,h], −2 Im C̃[c,h]]                              (C̃ = the stored `C`)
+//! w_h    = (I − Ā_h^{Lk})⁻¹ B̄_h    (Lk = layer.kernel.l_kernel > 0);   w_h = B̄_h (Lk = 0)
+//! K[c,h,l] = c̃[c,h] · Ā_h^l · w_h                                    (l = 0 … L−1)
+//! z[b,t,c,h] = Σ_{l ≤ t} K[c,h,l]·x[b,t−l,h] + D[c,h]·x[b,t,h]
+//! z = GELU(GELU(z))                    (flattened (c,h); exact erf GELU, twice)
+//! y = GELU(z Wᵀ + b)                   (output_linear.0, when final_act ≠ None)
+//! ```
+//!
+//! **Why this is lrnnx's forward, C̃ included (spec §5.4).** lrnnx converts its `C` in place at
+//! the first kernel use: a checkpoint with `l_kernel = Lk > 0` stores
+//! `C̃_full = C_full (I − Ā^{Lk})`, and its forward evaluates the Cauchy/Woodbury kernel *from C̃
+//! directly*: the transfer function `C̃_full (I − Āω)⁻¹ B̄` at the Lk roots of unity, which is
+//! the DFT of the truncated impulse response `K_l = Re(C_full Ā^l B̄)`, l < Lk. Since Ā^l commutes
+//! with `(I − Ā^{Lk})⁻¹`, that is `K_l = Re(C̃_full Ā^l (I − Ā^{Lk})⁻¹ B̄)`: the formula above,
+//! a function of lrnnx's own parameters (C̃ as stored), so autodiff gives lrnnx's gradients, the
+//! dependence of `(I − Ā^{Lk})⁻¹` on A, P and Δ included. With `Lk = 0` (a module lrnnx never
+//! ran) the stored `C` is the original one and `K_l = Re(C Ā^l B̄)`; lrnnx's first forward would
+//! convert it to C̃ in place, so lrnnx's gradient would then be taken w.r.t. C̃, this layer's
+//! w.r.t. the original C (the outputs agree).
+//!
+//! Sequence length: the kernel above is the untruncated impulse response for every `l` (it is
+//! what lrnnx's recurrent step computes). lrnnx's forward agrees for `L ≤ Lk` (`Lk` = `l_max`
+//! after lrnnx's setup); for `L > l_max` lrnnx truncates its kernel to `l_max` taps, and for
+//! `l_max = None` and `L > Lk` it doubles C̃ in place; neither is reproduced (as for S4D).
+//!
+//! ## Computation and cost
+//!
+//! Dense M×M real matrices per channel, with candle ops (autodiff) around one custom op, the
+//! batched linear solve [`solve`] (Gauss–Jordan with partial pivoting in f64, hand-written
+//! backward `∂B = A⁻ᵀ G`, `∂A = −∂B·Xᵀ`). Ā^{Lk} by binary powering (⌈log₂ Lk⌉ batched
+//! products), the L vectors `Ā^l w` by doubling (`[V, Ā^{2^k} V]`, ⌈log₂ L⌉ products; work
+//! O(H·M²·L)), the convolution as a product with a gathered causal Toeplitz matrix: work
+//! O(B·ch·H·L²) and memory O(ch·H·L²) (a few intermediates of 64 MiB each in f32 for
+//! ch·H = 256, L = 256; long sequences want an FFT or chunked convolution instead). The number
+//! of candle ops is O(log L), not O(L).
+//!
+//! ## Parameters and arguments
+//!
+//! Parameters (lrnnx names): `inv_dt` (H,1) or (H,N2), `A_real` (S,N2), `A_imag` (S,N2),
+//! `B` (1,S,N2,2), `P` (r,S,N2,2) (absent for rank 0), `C` (ch,H,N2,2) (C̃; trailing axis = re,
+//! im), `D` (ch,H), the buffer `layer.kernel.l_kernel` (scalar or (1,), a non-negative integer;
+//! read once at construction, not trained), and with the output linear
+//! `output_linear.0.weight` (H, ch·H), `output_linear.0.bias` (H,). lrnnx's state dict repeats
+//! the SSM parameters under `layer.kernel.` (the same storage); those keys are not read, and
+//! their gradients are the top-level parameters' gradients.
+//!
+//! Constructor arguments: `d_model`, `d_state` (64), `n_ssm` (None → d_model), `channels` (1),
+//! `rank` (1), `dt_tie` (True), `dt_transform` ("exp"), `dt_fast` (False), `real_transform`
+//! ("exp"), `imag_transform` ("none"), `final_act` ("glu": any non-None value gives Linear +
+//! GELU) and its deprecated alias `postact`. Rejected: `gate`, `bottleneck`, `is_real`,
+//! `swap_channels` (as in the core's importer) and a non-zero `dropout` (not applied here).
+//! `l_max` and `transposed` are ignored (see above; the forward takes (B, L, H) like every
+//! [`TrainLayer`]). Initializer arguments have no effect.
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use lrnnx_core::ParamTransform;
+use serde_json::Value;
+
+use crate::complex::CTensor;
+use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::lru::check_input;
+use crate::ops::softplus;
+use crate::params::Params;
+use crate::s4d::gelu;
+
+/// A trainable S4 (DPLR) block.
+pub struct S4 {
+    d_model: usize,
+    n2: usize,
+    n_ssm: usize,
+    channels: usize,
+    rank: usize,
+    dt_tied: bool,
+    dt_transform: ParamTransform,
+    dt_fast: bool,
+    real_transform: ParamTransform,
+    imag_transform: ParamTransform,
+    output_linear: bool,
+    l_kernel: usize,
+    params: Params,
+}
+
+// ---- constructor-argument helpers (the same rules as S4D's) ----
+
+fn kwarg(name: &str, reason: impl std::fmt::Display) -> BuildError {
+    BuildError::Kwarg(format!("`{name}`: {reason}"))
+}
+
+/// An optional argument: `None` when absent or null.
+fn opt<'v>(kwargs: &'v Value, name: &str) -> Option<&'v Value> {
+    kwargs.get(name).filter(|v| !v.is_null())
+}
+
+fn usize_or(kwargs: &Value, name: &str, default: usize) -> std::result::Result<usize, BuildError> {
+    match opt(kwargs, name) {
+        None => Ok(default),
+        Some(_) => usize_arg(kwargs, name),
+    }
+}
+
+fn bool_or(kwargs: &Value, name: &str, default: bool) -> std::result::Result<bool, BuildError> {
+    match opt(kwargs, name) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| kwarg(name, format!("expected true or false, got {v}"))),
+    }
+}
+
+fn transform_or(
+    kwargs: &Value,
+    name: &str,
+    default: &str,
+) -> std::result::Result<ParamTransform, BuildError> {
+    let v = match opt(kwargs, name) {
+        None => default,
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| kwarg(name, format!("expected a string, got {v}")))?,
+    };
+    ParamTransform::from_name(v).ok_or_else(|| {
+        kwarg(
+            name,
+            format!("unknown transform `{v}` (expected none, exp, relu, sigmoid or softplus)"),
+        )
+    })
+}
+
+fn reject_if_set(kwargs: &Value, name: &str, reason: &str) -> std::result::Result<(), BuildError> {
+    match kwargs.get(name) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        Some(_) => Err(kwarg(name, reason)),
+    }
+}
+
+/// Whether `final_act` (or its deprecated alias `postact`) asks for the output linear.
+fn output_linear(kwargs: &Value) -> std::result::Result<bool, BuildError> {
+    if opt(kwargs, "postact").is_some() {
+        if opt(kwargs, "final_act").is_some() {
+            return Err(kwarg(
+                "postact",
+                "lrnnx requires final_act=None when the deprecated postact is given",
+            ));
+        }
+        return Ok(true);
+    }
+    Ok(!matches!(kwargs.get("final_act"), Some(Value::Null)))
+}
+
+/// lrnnx's parameter transform `t` as candle ops.
+fn transform(t: ParamTransform, x: &Tensor) -> Result<Tensor> {
+    match t {
+        ParamTransform::None => Ok(x.clone()),
+        ParamTransform::Exp => x.exp(),
+        ParamTransform::Relu => x.relu()? + 1e-4,
+        ParamTransform::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
+        ParamTransform::Softplus => softplus(x),
+    }
+}
+
+/// Tiles the `n_ssm` entries of axis `dim` of `t` to `h`: entry `k` is entry `k mod S`.
+fn tile(t: &Tensor, dim: usize, h: usize) -> Result<Tensor> {
+    let s = t.dim(dim)?;
+    if s == h {
+        return Ok(t.clone());
+    }
+    let mut reps = vec![1usize; t.rank()];
+    reps[dim] = h / s;
+    t.repeat(reps.as_slice())
+}
+
+/// `diag(v)` for each row of `v` (H, n): (H, n, n).
+fn diag(v: &Tensor) -> Result<Tensor> {
+    let n = v.dim(1)?;
+    let eye = Tensor::eye(n, v.dtype(), v.device())?;
+    v.unsqueeze(2)?.broadcast_mul(&eye.unsqueeze(0)?)
+}
+
+/// `A^e` for a batch of square matrices (H, M, M), by binary powering (e ≥ 1).
+fn mat_pow(a: &Tensor, mut e: usize) -> Result<Tensor> {
+    let mut base = a.clone();
+    let mut acc: Option<Tensor> = None;
+    loop {
+        if e & 1 == 1 {
+            acc = Some(match acc {
+                None => base.clone(),
+                Some(r) => r.matmul(&base)?,
+            });
+        }
+        e >>= 1;
+        if e == 0 {
+            break;
+        }
+        base = base.matmul(&base)?;
+    }
+    match acc {
+        Some(r) => Ok(r),
+        None => bail!("S4: matrix power with exponent 0"),
+    }
+}
+
+// ---- the batched linear solve ----
+
+/// Solves `A X = B` for each batch entry in place over `a` (M×M) and `b` (M×K), both row-major,
+/// by Gauss–Jordan elimination with partial pivoting; `b` ends as X. False when singular.
+fn gauss_jordan(a: &mut [f64], b: &mut [f64], m: usize, k: usize) -> bool {
+    for col in 0..m {
+        let mut piv = col;
+        for r in col + 1..m {
+            if a[r * m + col].abs() > a[piv * m + col].abs() {
+                piv = r;
+            }
+        }
+        let p = a[piv * m + col];
+        if p == 0.0 || !p.is_finite() {
+            return false;
+        }
+        if piv != col {
+            for j in 0..m {
+                a.swap(col * m + j, piv * m + j);
+            }
+            for j in 0..k {
+                b.swap(col * k + j, piv * k + j);
+            }
+        }
+        let inv = 1.0 / p;
+        for j in 0..m {
+            a[col * m + j] *= inv;
+        }
+        for j in 0..k {
+            b[col * k + j] *= inv;
+        }
+        for r in 0..m {
+            if r == col {
+                continue;
+            }
+            let f = a[r * m + col];
+            if f == 0.0 {
+                continue;
+            }
+            for j in 0..m {
+                a[r * m + j] -= f * a[col * m + j];
+            }
+            for j in 0..k {
+                b[r * k + j] -= f * b[col * k + j];
+            }
+        }
+    }
+    b.iter().all(|v| v.is_finite())
+}
+
+/// `X = A⁻¹ B` for `A` (N, M, M) and `B` (N, M, K) as a candle op.
+struct Solve;
+
+fn contiguous_f64<T: Copy + Into<f64>>(v: &[T], l: &Layout) -> Result<Vec<f64>> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(v[start..end].iter().map(|&x| x.into()).collect()),
+        None => bail!("S4 solve: input must be contiguous"),
+    }
+}
+
+impl CustomOp2 for Solve {
+    fn name(&self) -> &'static str {
+        "s4-batched-solve"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, m, k) = match (l1.shape().dims(), l2.shape().dims()) {
+            ([n, m, m2], [n2, m3, k]) if m == m2 && m == m3 && n == n2 => (*n, *m, *k),
+            (a, b) => bail!("S4 solve: A {a:?} is not (N, M, M) or B {b:?} is not (N, M, K)"),
+        };
+        let (mut a, mut b, is_f32) = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                (contiguous_f64(a, l1)?, contiguous_f64(b, l2)?, true)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                (contiguous_f64(a, l1)?, contiguous_f64(b, l2)?, false)
+            }
+            _ => bail!("S4 solve: A and B must both be f32 or both f64"),
+        };
+        for i in 0..n {
+            let ai = &mut a[i * m * m..(i + 1) * m * m];
+            let bi = &mut b[i * m * k..(i + 1) * m * k];
+            if !gauss_jordan(ai, bi, m, k) {
+                bail!("S4: singular matrix in the linear solve of channel {i} (I − ΔA/2 or I − Ā^l_kernel)");
+            }
+        }
+        let out = if is_f32 {
+            CpuStorage::F32(b.iter().map(|&v| v as f32).collect())
+        } else {
+            CpuStorage::F64(b)
+        };
+        Ok((out, l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        _b: &Tensor,
+        x: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // X = A⁻¹B: ∂B = A⁻ᵀ G, ∂A = −∂B Xᵀ.
+        let gb = solve(&a.transpose(1, 2)?, g)?;
+        let ga = gb.matmul(&x.transpose(1, 2)?)?.neg()?;
+        Ok((Some(ga), Some(gb)))
+    }
+}
+
+/// `A⁻¹ B` for a batch of square `A` (N, M, M) and `B` (N, M, K) (f32 or f64; solved in f64 with
+/// partial pivoting), differentiable in both. Errors on a singular `A`.
+pub fn solve(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, Solve)
+}
+
+impl S4 {
+    /// From lrnnx's constructor arguments (module doc) and its parameters; checks every
+    /// parameter's shape and reads `layer.kernel.l_kernel`.
+    pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
+        reject_if_set(
+            kwargs,
+            "gate",
+            "the gated (GSS) variant is not supported: lrnnx's own output_gate shapes are \
+             inconsistent (spec §18.31)",
+        )?;
+        reject_if_set(
+            kwargs,
+            "bottleneck",
+            "the bottleneck variant is not supported: lrnnx's own input_linear shapes are \
+             inconsistent (spec §18.31)",
+        )?;
+        reject_if_set(
+            kwargs,
+            "is_real",
+            "the real-valued SSM variant is not supported",
+        )?;
+        reject_if_set(
+            kwargs,
+            "swap_channels",
+            "only lrnnx's default (channel, feature) output order is supported",
+        )?;
+        if let Some(v) = opt(kwargs, "dropout") {
+            if v.as_f64() != Some(0.0) {
+                return Err(kwarg(
+                    "dropout",
+                    format!("{v}: dropout is not applied by this layer (only 0 is supported)"),
+                ));
+            }
+        }
+        let d_model = usize_arg(kwargs, "d_model")?;
+        let d_state = usize_or(kwargs, "d_state", 64)?;
+        let n_ssm = usize_or(kwargs, "n_ssm", d_model)?;
+        let channels = usize_or(kwargs, "channels", 1)?;
+        let rank = usize_or(kwargs, "rank", 1)?;
+        if d_model == 0 {
+            return Err(kwarg("d_model", "must be positive"));
+        }
+        if d_state < 2 || d_state % 2 == 1 {
+            return Err(kwarg(
+                "d_state",
+                "must be a positive even number (lrnnx stores d_state/2 conjugate pairs)",
+            ));
+        }
+        if n_ssm == 0 || d_model % n_ssm != 0 {
+            return Err(kwarg("n_ssm", "must divide d_model"));
+        }
+        if channels == 0 {
+            return Err(kwarg("channels", "must be positive"));
+        }
+        let l_kernel = read_l_kernel(&params)?;
+        let layer = S4 {
+            d_model,
+            n2: d_state / 2,
+            n_ssm,
+            channels,
+            rank,
+            dt_tied: bool_or(kwargs, "dt_tie", true)?,
+            dt_transform: transform_or(kwargs, "dt_transform", "exp")?,
+            dt_fast: bool_or(kwargs, "dt_fast", false)?,
+            real_transform: transform_or(kwargs, "real_transform", "exp")?,
+            imag_transform: transform_or(kwargs, "imag_transform", "none")?,
+            output_linear: output_linear(kwargs)?,
+            l_kernel,
+            params,
+        };
+        layer.weights()?; // shape checks now rather than at the first forward
+        Ok(layer)
+    }
+
+    /// `layer.kernel.l_kernel` (Lk) as read at construction.
+    pub fn l_kernel(&self) -> usize {
+        self.l_kernel
+    }
+
+    /// `[inv_dt, A_real, A_imag, B, C, D]`, `P` (None for rank 0) and the output linear
+    /// `(W, b)`, shapes checked.
+    #[allow(clippy::type_complexity)]
+    fn weights(&self) -> Result<([Tensor; 6], Option<Tensor>, Option<(Tensor, Tensor)>)> {
+        let (h, n2, s, ch) = (self.d_model, self.n2, self.n_ssm, self.channels);
+        let p = &self.params;
+        let ssm = [
+            p.get("inv_dt", &[h, if self.dt_tied { 1 } else { n2 }])?,
+            p.get("A_real", &[s, n2])?,
+            p.get("A_imag", &[s, n2])?,
+            p.get("B", &[1, s, n2, 2])?,
+            p.get("C", &[ch, h, n2, 2])?,
+            p.get("D", &[ch, h])?,
+        ];
+        let pp = if self.rank > 0 {
+            Some(p.get("P", &[self.rank, s, n2, 2])?)
+        } else {
+            None
+        };
+        let lin = if self.output_linear {
+            Some((
+                p.get("output_linear.0.weight", &[h, ch * h])?,
+                p.get("output_linear.0.bias", &[h])?,
+            ))
+        } else {
+            None
+        };
+        Ok((ssm, pp, lin))
+    }
+
+    /// Real-form `(Ā, B̄)`: (H, M, M) and (H, M, 1) (module doc).
+    fn discretized(
+        &self,
+        inv_dt: &Tensor,
+        a_real: &Tensor,
+        a_imag: &Tensor,
+        b: &Tensor,
+        p: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (h, m) = (self.d_model, 2 * self.n2);
+        let raw = if self.dt_fast {
+            // sinh(x) = (eˣ − e⁻ˣ)/2
+            ((inv_dt.exp()? - inv_dt.neg()?.exp()?)? * 0.5)?
+        } else {
+            inv_dt.clone()
+        };
+        let dt = transform(self.dt_transform, &raw)?; // (H, 1) or (H, N2)
+        let dt = if self.dt_tied {
+            dt.broadcast_as((h, m))?.contiguous()?
+        } else {
+            Tensor::cat(&[&dt, &dt], 1)?
+        }; // (H, M)
+        let lr = tile(&transform(self.real_transform, a_real)?.neg()?, 0, h)?;
+        let li = tile(&transform(self.imag_transform, a_imag)?.neg()?, 0, h)?;
+        let (dr, di) = (diag(&lr)?, diag(&li)?);
+        let top = Tensor::cat(&[&dr, &di.neg()?], 2)?;
+        let bottom = Tensor::cat(&[&di, &dr], 2)?;
+        let mut a = Tensor::cat(&[&top, &bottom], 1)?; // (H, M, M)
+        if let Some(p) = p {
+            let p = CTensor::unpack(p)?; // (r, S, N2)
+            let q = Tensor::cat(&[&p.re, &p.im], 2)?; // (r, S, M)
+            let q = tile(&q, 1, h)?.transpose(0, 1)?.contiguous()?; // (H, r, M)
+            a = (a - (q.transpose(1, 2)?.matmul(&q)? * 2.0)?)?;
+        }
+        let dta = a.broadcast_mul(&dt.unsqueeze(2)?)?; // diag(Δ_M)·A
+        let eye = Tensor::eye(m, dta.dtype(), dta.device())?.unsqueeze(0)?;
+        let lhs = (dta.affine(-0.5, 0.0)?.broadcast_add(&eye))?;
+        let rhs_a = (dta.affine(0.5, 0.0)?.broadcast_add(&eye))?;
+        let b = CTensor::unpack(&b.squeeze(0)?)?; // (S, N2)
+        let bv = tile(&Tensor::cat(&[&b.re, &b.im], 1)?, 0, h)?; // (H, M)
+        let rhs_b = (bv * &dt)?.unsqueeze(2)?;
+        let sol = solve(&lhs, &Tensor::cat(&[&rhs_a, &rhs_b], 2)?)?;
+        Ok((sol.narrow(2, 0, m)?, sol.narrow(2, m, 1)?))
+    }
+
+    /// The convolution kernel `K` (H, ch, L) (module doc).
+    fn kernel(&self, a_bar: &Tensor, b_bar: &Tensor, c: &Tensor, l: usize) -> Result<Tensor> {
+        let m = 2 * self.n2;
+        let w = if self.l_kernel > 0 {
+            let eye = Tensor::eye(m, a_bar.dtype(), a_bar.device())?.unsqueeze(0)?;
+            let pw = mat_pow(a_bar, self.l_kernel)?;
+            solve(&eye.broadcast_sub(&pw)?, b_bar)?
+        } else {
+            b_bar.clone()
+        };
+        // V = [w, Āw, …, Ā^{L−1}w] by doubling.
+        let mut v = w;
+        let mut pw = a_bar.clone();
+        while v.dim(2)? < l {
+            let next = pw.matmul(&v)?;
+            v = Tensor::cat(&[&v, &next], 2)?;
+            if v.dim(2)? < l {
+                pw = pw.matmul(&pw)?;
+            }
+        }
+        let v = v.narrow(2, 0, l)?; // (H, M, L)
+        let c = CTensor::unpack(c)?; // (ch, H, N2)
+        let ct = Tensor::cat(&[&(c.re * 2.0)?, &(c.im * -2.0)?], 2)?; // (ch, H, M)
+        ct.transpose(0, 1)?.contiguous()?.matmul(&v) // (H, ch, L)
+    }
+}
+
+/// Reads the buffer `layer.kernel.l_kernel` (scalar or (1,), a non-negative integer).
+fn read_l_kernel(params: &Params) -> std::result::Result<usize, BuildError> {
+    const NAME: &str = "layer.kernel.l_kernel";
+    let Some(v) = params.vars().get(NAME) else {
+        return Err(BuildError::Candle(candle_core::Error::Msg(format!(
+            "missing parameter tensor `{NAME}` (lrnnx's S4 kernel buffer; 0 for a module never run)"
+        ))));
+    };
+    let t = v.as_tensor();
+    if t.elem_count() != 1 || t.rank() > 1 {
+        return Err(BuildError::Candle(candle_core::Error::Msg(format!(
+            "tensor `{NAME}` has shape {:?}, expected [] or [1]",
+            t.dims()
+        ))));
+    }
+    let val = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?[0];
+    if !(val >= 0.0 && val == val.floor() && val <= u32::MAX as f64) {
+        return Err(BuildError::Candle(candle_core::Error::Msg(format!(
+            "tensor `{NAME}` = {val}: must be a non-negative integer"
+        ))));
+    }
+    Ok(val as usize)
+}
+
+impl TrainLayer for S4 {
+    fn forward(&self, x: &Tensor, _time_steps: Option<&Tensor>) -> Result<Tensor> {
+        let (h, ch) = (self.d_model, self.channels);
+        let (bsz, l) = check_input(x, h)?;
+        let ([inv_dt, a_real, a_imag, b, c, d], p, lin) = self.weights()?;
+        let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b, p.as_ref())?;
+        let k = self.kernel(&a_bar, &b_bar, &c, l)?; // (H, ch, L)
+                                                     // Causal Toeplitz T[h,c,t,s] = K[h,c,t−s]·[s ≤ t], gathered from K.
+        let idx: Vec<u32> = (0..l)
+            .flat_map(|t| (0..l).map(move |s| if s <= t { (t - s) as u32 } else { 0 }))
+            .collect();
+        let mask: Vec<f32> = (0..l)
+            .flat_map(|t| (0..l).map(move |s| if s <= t { 1.0 } else { 0.0 }))
+            .collect();
+        let idx = Tensor::from_vec(idx, l * l, x.device())?;
+        let mask = Tensor::from_vec(mask, (l, l), x.device())?.to_dtype(x.dtype())?;
+        let toep = k
+            .index_select(&idx, 2)?
+            .reshape((h, ch, l, l))?
+            .broadcast_mul(&mask)?
+            .reshape((h, ch * l, l))?;
+        // z[b,t,c,h] = Σ_s T[h,c,t,s]·x[b,s,h] + D[c,h]·x[b,t,h]
+        let xh = x.permute((2, 1, 0))?.contiguous()?; // (H, L, B)
+        let z = toep
+            .matmul(&xh)? // (H, ch·L, B)
+            .reshape((h, ch, l, bsz))?
+            .permute((3, 2, 1, 0))?; // (B, L, ch, H)
+        let z = (z + x.unsqueeze(2)?.broadcast_mul(&d)?)?;
+        let z = gelu(&gelu(&z.reshape((bsz, l, ch * h))?)?)?;
+        match lin {
+            None => Ok(z),
+            Some((w, bias)) => gelu(&z.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?),
+        }
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lru::testing::{check_finite_differences, check_parity, Named};
+    use lrnnx_core::{S4Config, S4Transforms};
+    use serde_json::json;
+
+    #[allow(clippy::too_many_arguments)]
+    fn named(
+        h: usize,
+        n2: usize,
+        s: usize,
+        ch: usize,
+        rank: usize,
+        dt_cols: usize,
+        l_kernel: usize,
+        seed: u64,
+    ) -> Named {
+        let mut p = Named::new(seed);
+        p.add("inv_dt", &[h, dt_cols], -4.0, -1.5);
+        p.add("A_real", &[s, n2], -1.2, -0.2);
+        p.add("A_imag", &[s, n2], 0.0, 6.0);
+        p.add("B", &[1, s, n2, 2], -1.0, 1.0);
+        if rank > 0 {
+            p.add("P", &[rank, s, n2, 2], -0.6, 0.6);
+        }
+        p.add("C", &[ch, h, n2, 2], -1.0, 1.0);
+        p.add("D", &[ch, h], -1.0, 1.0);
+        p.add("output_linear.0.weight", &[h, ch * h], -0.6, 0.6);
+        p.add("output_linear.0.bias", &[h], -0.3, 0.3);
+        p.entries
+            .push(("layer.kernel.l_kernel", vec![], vec![l_kernel as f32]));
+        p
+    }
+
+    fn core_config(kw: &Value) -> S4Config {
+        let get = |n: &str| kw.get(n).and_then(Value::as_u64).map(|v| v as usize);
+        let tr = |n: &str, d: ParamTransform| {
+            kw.get(n)
+                .and_then(Value::as_str)
+                .map_or(d, |v| ParamTransform::from_name(v).unwrap())
+        };
+        let h = get("d_model").unwrap();
+        S4Config {
+            d_model: h,
+            d_state: get("d_state").unwrap(),
+            n_ssm: get("n_ssm").unwrap_or(h),
+            channels: get("channels").unwrap_or(1),
+            rank: get("rank").unwrap_or(1),
+            dt_tied: kw.get("dt_tie").and_then(Value::as_bool).unwrap_or(true),
+            transforms: S4Transforms {
+                dt: tr("dt_transform", ParamTransform::Exp),
+                dt_fast: kw.get("dt_fast").and_then(Value::as_bool).unwrap_or(false),
+                real: tr("real_transform", ParamTransform::Exp),
+                imag: tr("imag_transform", ParamTransform::None),
+            },
+            output_linear: !matches!(kw.get("final_act"), Some(Value::Null)),
+        }
+    }
+
+    fn named_for(kw: &Value, l_kernel: usize, seed: u64) -> Named {
+        let cfg = core_config(kw);
+        let n2 = cfg.d_state / 2;
+        let dt_cols = if cfg.dt_tied { 1 } else { n2 };
+        let mut p = named(
+            cfg.d_model,
+            n2,
+            cfg.n_ssm,
+            cfg.channels,
+            cfg.rank,
+            dt_cols,
+            l_kernel,
+            seed,
+        );
+        let fast = cfg.transforms.dt_fast;
+        if cfg.transforms.dt != ParamTransform::Exp || fast {
+            // Keep Δ = transform(sinh?(inv_dt)) small but not vanishing, as lrnnx's inits do.
+            for v in p.get_mut("inv_dt") {
+                if cfg.transforms.dt != ParamTransform::Exp {
+                    *v -= 1.0;
+                }
+                if fast {
+                    *v = v.asinh();
+                }
+            }
+        }
+        p
+    }
+
+    /// Cross-mode parity with the lrnnx-core S4 (which recovers C from C̃ with its own f64
+    /// Gauss–Jordan and steps the dense recurrence), for several configurations and l_kernel
+    /// values (below, equal to and above the test lengths 1, 7, 64, and 0).
+    #[test]
+    fn forward_matches_core_step() {
+        let configs = [
+            (
+                json!({"d_model": 4, "d_state": 8, "l_max": 64, "transposed": false}),
+                64,
+            ),
+            (json!({"d_model": 3, "d_state": 8}), 16),
+            (json!({"d_model": 3, "d_state": 6}), 0),
+            (
+                json!({"d_model": 4, "d_state": 6, "rank": 2, "n_ssm": 2, "channels": 2,
+                       "dt_tie": false}),
+                20,
+            ),
+            (
+                json!({"d_model": 2, "d_state": 4, "rank": 0, "n_ssm": 1, "channels": 2,
+                       "final_act": null}),
+                12,
+            ),
+            (
+                json!({"d_model": 2, "d_state": 4, "rank": 3, "dt_fast": true,
+                       "dt_transform": "softplus", "real_transform": "relu",
+                       "imag_transform": "exp"}),
+                9,
+            ),
+            (
+                json!({"d_model": 3, "d_state": 4, "dt_transform": "sigmoid",
+                       "real_transform": "softplus"}),
+                100,
+            ),
+        ];
+        for (i, (kw, lk)) in configs.iter().enumerate() {
+            let cfg = core_config(kw);
+            let p = named_for(kw, *lk, 10 * i as u64);
+
+            let layer = S4::from_lrnnx(kw, p.params(DType::F32)).unwrap();
+            assert_eq!(layer.l_kernel(), *lk);
+            let core = p.with_core(|src| {
+                let mut scratch = vec![0.0f64; cfg.construction_scratch_len()];
+                lrnnx_core::S4::from_lrnnx(cfg, src, vec![0.0; cfg.weights_len()], &mut scratch)
+                    .unwrap()
+            });
+            check_parity(&layer, &core, 200 + i as u64);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let names = [
+            "inv_dt",
+            "A_real",
+            "A_imag",
+            "B",
+            "P",
+            "C",
+            "D",
+            "output_linear.0.weight",
+            "output_linear.0.bias",
+        ];
+        for (kw, lk) in [
+            (json!({"d_model": 2, "d_state": 4, "channels": 2}), 3),
+            (json!({"d_model": 2, "d_state": 4}), 0),
+            (
+                json!({"d_model": 2, "d_state": 4, "rank": 2, "n_ssm": 1, "dt_tie": false,
+                       "dt_fast": true, "real_transform": "softplus",
+                       "imag_transform": "relu"}),
+                7,
+            ),
+        ] {
+            let p = named_for(&kw, lk, 7);
+            check_finite_differences(
+                &p,
+                |ps| Box::new(S4::from_lrnnx(&kw, ps).unwrap()),
+                (2, 6, 2),
+                &names,
+                3,
+            );
+        }
+    }
+
+    /// The solve op against a product check, and its backward against finite differences.
+    #[test]
+    fn solve_op() {
+        use crate::lru::testing::uniform;
+        let dev = candle_core::Device::Cpu;
+        let a = Tensor::from_vec(uniform(2 * 9, 1, -1.0, 1.0), (2, 3, 3), &dev).unwrap();
+        let eye = Tensor::eye(3, DType::F64, &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let a = a.broadcast_add(&(eye * 2.0).unwrap()).unwrap();
+        let b = Tensor::from_vec(uniform(2 * 6, 2, -1.0, 1.0), (2, 3, 2), &dev).unwrap();
+        let (av, bv) = (
+            candle_core::Var::from_tensor(&a).unwrap(),
+            candle_core::Var::from_tensor(&b).unwrap(),
+        );
+        let x = solve(av.as_tensor(), bv.as_tensor()).unwrap();
+        let back = a.matmul(&x).unwrap();
+        let diff = (back - &b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        let g = Tensor::from_vec(uniform(12, 3, -1.0, 1.0), (2, 3, 2), &dev).unwrap();
+        let grads = (&x * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let loss = |a: &Tensor, b: &Tensor| -> f64 {
+            (solve(a, b).unwrap() * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let bump = |t: &Tensor, k: usize, d: f64| -> Tensor {
+            let mut v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            v[k] += d;
+            Tensor::from_vec(v, t.shape(), &dev).unwrap()
+        };
+        for (which, t) in [(0, &a), (1, &b)] {
+            let got = grads
+                .get(if which == 0 {
+                    av.as_tensor()
+                } else {
+                    bv.as_tensor()
+                })
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for (k, gk) in got.iter().enumerate() {
+                let eps = 1e-6;
+                let (p, m) = if which == 0 {
+                    (loss(&bump(t, k, eps), &b), loss(&bump(t, k, -eps), &b))
+                } else {
+                    (loss(&a, &bump(t, k, eps)), loss(&a, &bump(t, k, -eps)))
+                };
+                let fd = (p - m) / (2.0 * eps);
+                assert!((gk - fd).abs() < 1e-7 * (1.0 + fd.abs()), "{which}[{k}]");
+            }
+        }
+        // Singular: an error, not a panic.
+        let z = Tensor::zeros((1, 2, 2), DType::F32, &dev).unwrap();
+        let r = Tensor::ones((1, 2, 1), DType::F32, &dev).unwrap();
+        assert!(solve(&z, &r).unwrap_err().to_string().contains("singular"));
+    }
+
+    #[test]
+    fn argument_and_shape_errors() {
+        let kw = json!({"d_model": 4, "d_state": 6});
+        let p = || named(4, 3, 4, 1, 1, 1, 8, 3);
+        assert!(S4::from_lrnnx(&kw, p().params(DType::F32)).is_ok());
+        for (bad, word) in [
+            (json!({"d_model": 4, "d_state": 6, "gate": 2}), "gate"),
+            (json!({"d_model": 4, "d_state": 5}), "d_state"),
+            (json!({"d_model": 4, "d_state": 6, "n_ssm": 3}), "n_ssm"),
+            (
+                json!({"d_model": 4, "d_state": 6, "dropout": 0.1}),
+                "dropout",
+            ),
+            (
+                json!({"d_model": 4, "d_state": 6, "dt_transform": "tanh"}),
+                "dt_transform",
+            ),
+            (json!({"d_model": 4, "d_state": 8}), "A_real"),
+            (json!({"d_model": 4, "d_state": 6, "rank": 2}), "P"),
+            (json!({"d_model": 4, "d_state": 6, "channels": 2}), "C"),
+            (
+                json!({"d_model": 4, "d_state": 6, "dt_tie": false}),
+                "inv_dt",
+            ),
+        ] {
+            let err = S4::from_lrnnx(&bad, p().params(DType::F32))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(word), "{bad}: {err}");
+        }
+        for (lk, shape) in [(2.5f32, vec![]), (-1.0, vec![]), (3.0, vec![2])] {
+            let mut q = p();
+            let e = q
+                .entries
+                .iter_mut()
+                .find(|e| e.0 == "layer.kernel.l_kernel")
+                .unwrap();
+            e.1 = shape.clone();
+            e.2 = vec![lk; shape.iter().product()];
+            let err = S4::from_lrnnx(&kw, q.params(DType::F32))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("l_kernel"), "{err}");
+        }
+        let mut q = p();
+        q.entries.retain(|e| e.0 != "layer.kernel.l_kernel");
+        assert!(S4::from_lrnnx(&kw, q.params(DType::F32))
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("l_kernel"));
+        // Rank 0 needs no P.
+        let mut q = p();
+        q.entries.retain(|e| e.0 != "P");
+        assert!(S4::from_lrnnx(
+            &json!({"d_model": 4, "d_state": 6, "rank": 0}),
+            q.params(DType::F32)
+        )
+        .is_ok());
+        let layer = S4::from_lrnnx(&kw, p().params(DType::F32)).unwrap();
+        let x = Tensor::zeros((1, 3, 5), DType::F32, &candle_core::Device::Cpu).unwrap();
+        assert!(layer
+            .forward(&x, None)
+            .unwrap_err()
+            .to_string()
+            .contains("`x`"));
+    }
+}
