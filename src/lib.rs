@@ -8,10 +8,12 @@
 //! * [`train`] (`lrnnx-train`): candle layers trained in parallel, gradients by autodiff.
 //! * [`import`]: builds core layers from lrnnx (PyTorch) state dicts by class name.
 //! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
+//! * [`export`]: trained layers to the core's stepping layout, as a blob or as Rust source.
 
 pub use lrnnx_core as core;
 pub use lrnnx_train as train;
 
+pub mod export;
 pub mod golden;
 pub mod import;
 pub mod safetensors_io;

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod centaurus;
+pub mod checkpoint;
 pub mod complex;
 pub mod layer;
 pub mod lru;
