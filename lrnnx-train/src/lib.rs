@@ -13,10 +13,12 @@
 pub mod centaurus;
 pub mod checkpoint;
 pub mod complex;
+pub mod init;
 pub mod layer;
 pub mod lru;
 pub mod mamba;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod rglru;
 pub mod s4;
@@ -25,6 +27,7 @@ pub mod s5_lti;
 pub mod s5_ltv;
 pub mod s7;
 pub mod scan;
+pub mod trainer;
 
 pub use layer::{build, BuildError, TrainLayer};
 pub use params::Params;

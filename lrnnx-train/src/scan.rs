@@ -18,7 +18,7 @@
 //! The work is O(B·L·N) each way, sequential over L and vectorized over N. The forward and
 //! backward run on the CPU in the tensor's dtype (f32 or f64); the CUDA path is separate work.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
 use crate::complex::CTensor;
 
@@ -55,12 +55,14 @@ fn dims(shape: &Shape, complex: bool) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// Forward recurrence over contiguous `(B, L, N[, 2])` slices.
+/// Forward recurrence over contiguous `(B, L, N[, 2])` slices; a `shared` decay `a` is one
+/// `(N[, 2])` row used at every `(b, t)`.
 fn scan_forward<T: Real>(
     a: &[T],
     u: &[T],
     (b, l, n): (usize, usize, usize),
     complex: bool,
+    shared: bool,
 ) -> Vec<T> {
     let w = if complex { 2 } else { 1 };
     let row = n * w;
@@ -71,7 +73,12 @@ fn scan_forward<T: Real>(
             let cur = base + t * row;
             let (done, rest) = h.split_at_mut(cur);
             let out = &mut rest[..row];
-            let (at, ut) = (&a[cur..cur + row], &u[cur..cur + row]);
+            let at = if shared {
+                &a[..row]
+            } else {
+                &a[cur..cur + row]
+            };
+            let ut = &u[cur..cur + row];
             if t == 0 {
                 out.copy_from_slice(ut);
                 continue;
@@ -94,60 +101,84 @@ fn scan_forward<T: Real>(
 }
 
 /// Backward of [`scan_forward`]: returns `(∂L/∂a, ∂L/∂u)` from `a`, the forward result `h` and
-/// the upstream gradient `g` (module doc).
+/// the upstream gradient `g` (module doc). With a `shared` decay, `∂L/∂a` is the one `(N[, 2])`
+/// row summed over every `(b, t)` (no full-size buffer).
+///
+/// `λ_t` is kept in the `∂L/∂u` buffer itself (`gu[t] = g_t + conj(a_{t+1})·gu[t+1]`), so the
+/// only buffers are the two results.
 fn scan_backward<T: Real>(
     a: &[T],
     h: &[T],
     g: &[T],
     (b, l, n): (usize, usize, usize),
     complex: bool,
+    shared: bool,
 ) -> (Vec<T>, Vec<T>) {
     let w = if complex { 2 } else { 1 };
     let row = n * w;
-    let mut ga = vec![T::default(); b * l * row];
+    let mut ga = vec![T::default(); if shared { row } else { b * l * row }];
     let mut gu = vec![T::default(); b * l * row];
-    let mut lam = vec![T::default(); row];
     for bi in 0..b {
         let base = bi * l * row;
-        lam.iter_mut().for_each(|v| *v = T::default());
         for t in (0..l).rev() {
             let cur = base + t * row;
+            let (lam, later) = gu[cur..].split_at_mut(row);
             // λ_t = g_t + conj(a_{t+1}) λ_{t+1}
             if t + 1 < l {
-                let an = &a[cur + row..cur + 2 * row];
+                let next = &later[..row];
+                let an = if shared {
+                    &a[..row]
+                } else {
+                    &a[cur + row..cur + 2 * row]
+                };
+                let gt = &g[cur..cur + row];
                 if complex {
                     for k in 0..n {
                         let (ar, ai, lr, li) =
-                            (an[2 * k], an[2 * k + 1], lam[2 * k], lam[2 * k + 1]);
-                        lam[2 * k] = ar * lr + ai * li;
-                        lam[2 * k + 1] = ar * li - ai * lr;
+                            (an[2 * k], an[2 * k + 1], next[2 * k], next[2 * k + 1]);
+                        lam[2 * k] = ar * lr + ai * li + gt[2 * k];
+                        lam[2 * k + 1] = ar * li - ai * lr + gt[2 * k + 1];
                     }
                 } else {
                     for k in 0..n {
-                        lam[k] = an[k] * lam[k];
+                        lam[k] = an[k] * next[k] + gt[k];
                     }
                 }
             } else {
-                lam.iter_mut().for_each(|v| *v = T::default());
+                lam.copy_from_slice(&g[cur..cur + row]);
             }
-            for (lv, &gv) in lam.iter_mut().zip(&g[cur..cur + row]) {
-                *lv = *lv + gv;
-            }
-            gu[cur..cur + row].copy_from_slice(&lam);
-            // ∂L/∂a_t = λ_t conj(h_{t−1})
+            // ∂L/∂a_t = λ_t conj(h_{t−1}) (summed over (b, t) for a shared decay)
             if t > 0 {
                 let hp = &h[cur - row..cur];
-                let out = &mut ga[cur..cur + row];
-                if complex {
-                    for k in 0..n {
-                        let (lr, li, hr, hi) =
-                            (lam[2 * k], lam[2 * k + 1], hp[2 * k], hp[2 * k + 1]);
-                        out[2 * k] = lr * hr + li * hi;
-                        out[2 * k + 1] = li * hr - lr * hi;
+                let lam = &*lam;
+                match (complex, shared) {
+                    (true, true) => {
+                        for k in 0..n {
+                            let (lr, li, hr, hi) =
+                                (lam[2 * k], lam[2 * k + 1], hp[2 * k], hp[2 * k + 1]);
+                            ga[2 * k] = ga[2 * k] + (lr * hr + li * hi);
+                            ga[2 * k + 1] = ga[2 * k + 1] + (li * hr - lr * hi);
+                        }
                     }
-                } else {
-                    for k in 0..n {
-                        out[k] = lam[k] * hp[k];
+                    (true, false) => {
+                        let out = &mut ga[cur..cur + row];
+                        for k in 0..n {
+                            let (lr, li, hr, hi) =
+                                (lam[2 * k], lam[2 * k + 1], hp[2 * k], hp[2 * k + 1]);
+                            out[2 * k] = lr * hr + li * hi;
+                            out[2 * k + 1] = li * hr - lr * hi;
+                        }
+                    }
+                    (false, true) => {
+                        for k in 0..n {
+                            ga[k] = ga[k] + lam[k] * hp[k];
+                        }
+                    }
+                    (false, false) => {
+                        let out = &mut ga[cur..cur + row];
+                        for k in 0..n {
+                            out[k] = lam[k] * hp[k];
+                        }
                     }
                 }
             }
@@ -156,9 +187,29 @@ fn scan_backward<T: Real>(
     (ga, gu)
 }
 
-/// The recurrence as a candle op on `(a, u)`; `complex` selects packed `(B, L, N, 2)` operands.
+/// The recurrence as a candle op on `(a, u)`; `complex` selects packed `(B, L, N, 2)` operands;
+/// `shared` takes a time-invariant decay `a` of shape `(N[, 2])` (used at every `(b, t)`
+/// without being broadcast to the full shape, and with its gradient summed in the scan).
 struct LinearScan {
     complex: bool,
+    shared: bool,
+}
+
+impl LinearScan {
+    /// Checks `a` against `u` and returns the `(B, L, N)` dims.
+    fn check(&self, a: &Shape, u: &Shape) -> Result<(usize, usize, usize)> {
+        let d = dims(u, self.complex)?;
+        let ok = if self.shared {
+            let row: &[usize] = if self.complex { &[d.2, 2] } else { &[d.2] };
+            a.dims() == row
+        } else {
+            a == u
+        };
+        if !ok {
+            bail!("scan: a {a:?} does not fit u {u:?}");
+        }
+        Ok(d)
+    }
 }
 
 impl CustomOp2 for LinearScan {
@@ -177,24 +228,18 @@ impl CustomOp2 for LinearScan {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            bail!(
-                "scan: a {:?} and u {:?} differ in shape",
-                l1.shape(),
-                l2.shape()
-            );
-        }
-        let d = dims(l1.shape(), self.complex)?;
+        let d = self.check(l1.shape(), l2.shape())?;
+        let (c, sh) = (self.complex, self.shared);
         let out = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(u)) => {
-                CpuStorage::F32(scan_forward(data(a, l1)?, data(u, l2)?, d, self.complex))
+                CpuStorage::F32(scan_forward(data(a, l1)?, data(u, l2)?, d, c, sh))
             }
             (CpuStorage::F64(a), CpuStorage::F64(u)) => {
-                CpuStorage::F64(scan_forward(data(a, l1)?, data(u, l2)?, d, self.complex))
+                CpuStorage::F64(scan_forward(data(a, l1)?, data(u, l2)?, d, c, sh))
             }
             _ => bail!("scan: a and u must both be f32 or both f64"),
         };
-        Ok((out, l1.shape().clone()))
+        Ok((out, l2.shape().clone()))
     }
 
     fn bwd(
@@ -204,65 +249,112 @@ impl CustomOp2 for LinearScan {
         h: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = dims(a.shape(), self.complex)?;
-        let shape = a.shape().clone();
-        let cpu = candle_core::Device::Cpu;
+        let d = self.check(a.shape(), h.shape())?;
         let (ga, gu) = match a.dtype() {
             candle_core::DType::F32 => {
-                let (ga, gu) = scan_backward(
-                    &flat::<f32>(a)?,
-                    &flat::<f32>(h)?,
-                    &flat::<f32>(g)?,
-                    d,
-                    self.complex,
-                );
+                let (ga, gu) = self.backward::<f32>(a, h, g, d)?;
                 (
-                    Tensor::from_vec(ga, &shape, &cpu)?,
-                    Tensor::from_vec(gu, &shape, &cpu)?,
+                    Tensor::from_vec(ga, a.shape(), a.device())?,
+                    Tensor::from_vec(gu, h.shape(), a.device())?,
                 )
             }
             candle_core::DType::F64 => {
-                let (ga, gu) = scan_backward(
-                    &flat::<f64>(a)?,
-                    &flat::<f64>(h)?,
-                    &flat::<f64>(g)?,
-                    d,
-                    self.complex,
-                );
+                let (ga, gu) = self.backward::<f64>(a, h, g, d)?;
                 (
-                    Tensor::from_vec(ga, &shape, &cpu)?,
-                    Tensor::from_vec(gu, &shape, &cpu)?,
+                    Tensor::from_vec(ga, a.shape(), a.device())?,
+                    Tensor::from_vec(gu, h.shape(), a.device())?,
                 )
             }
             dt => bail!("scan: unsupported dtype {dt:?}"),
         };
-        Ok((
-            Some(ga.to_device(a.device())?),
-            Some(gu.to_device(a.device())?),
-        ))
+        Ok((Some(ga), Some(gu)))
     }
 }
 
-/// The elements of `t` in row-major order.
-fn flat<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
+impl LinearScan {
+    /// [`scan_backward`] straight on the tensors' CPU storage (no copies of `a`, `h`, or of a
+    /// contiguous `g`).
+    fn backward<T: Real + candle_core::WithDType>(
+        &self,
+        a: &Tensor,
+        h: &Tensor,
+        g: &Tensor,
+        d: (usize, usize, usize),
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let (a, h, g) = (a.contiguous()?, h.contiguous()?, g.contiguous()?);
+        let (sa, la) = a.storage_and_layout();
+        let (sh, lh) = h.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        match (&*sa, &*sh, &*sg) {
+            (Storage::Cpu(sa), Storage::Cpu(sh), Storage::Cpu(sg)) => Ok(scan_backward(
+                data(sa.as_slice::<T>()?, la)?,
+                data(sh.as_slice::<T>()?, lh)?,
+                data(sg.as_slice::<T>()?, lg)?,
+                d,
+                self.complex,
+                self.shared,
+            )),
+            _ => bail!("scan: the backward runs on CPU tensors only"),
+        }
+    }
+}
+
+/// Whether a decay of shape `a` is one row of `n` values (time-invariant: `(N,)`, `(1, 1, N)`,
+/// ...), for the shared-decay path.
+fn is_row(a: &Shape, n: usize) -> bool {
+    a.elem_count() == n && a.dims().last() == Some(&n)
 }
 
 /// `h_t = a_t·h_{t−1} + u_t` over axis 1 of real `(B, L, N)` tensors; `a` is broadcast to the
-/// shape of `u` (so a time-invariant `(N,)` decay works too).
+/// shape of `u` (so a time-invariant `(N,)` decay works too; it is then used in place, and its
+/// gradient summed inside the scan).
 pub fn real_scan(a: &Tensor, u: &Tensor) -> Result<Tensor> {
+    let n = u.dims().last().copied().unwrap_or(0);
+    if u.rank() == 3 && is_row(a.shape(), n) {
+        let a = a.reshape(n)?.contiguous()?;
+        return a.apply_op2(
+            &u.contiguous()?,
+            LinearScan {
+                complex: false,
+                shared: true,
+            },
+        );
+    }
     let a = a.broadcast_as(u.shape())?.contiguous()?;
-    a.apply_op2(&u.contiguous()?, LinearScan { complex: false })
+    a.apply_op2(
+        &u.contiguous()?,
+        LinearScan {
+            complex: false,
+            shared: false,
+        },
+    )
 }
 
 /// `h_t = a_t ⊙ h_{t−1} + u_t` over axis 1 of complex `(B, L, N)` tensors; `a` is broadcast to
-/// the shape of `u`.
+/// the shape of `u` (a time-invariant `(N,)` decay is used in place, as in [`real_scan`]).
 pub fn complex_scan(a: &CTensor, u: &CTensor) -> Result<CTensor> {
     let shape = u.re.shape();
-    let a = CTensor::new(a.re.broadcast_as(shape)?, a.im.broadcast_as(shape)?)
-        .pack()?
-        .contiguous()?;
-    let h = a.apply_op2(&u.pack()?.contiguous()?, LinearScan { complex: true })?;
+    let n = shape.dims().last().copied().unwrap_or(0);
+    let (a, shared) = if u.re.rank() == 3 && is_row(a.re.shape(), n) && is_row(a.im.shape(), n) {
+        (
+            CTensor::new(a.re.reshape(n)?, a.im.reshape(n)?).pack()?,
+            true,
+        )
+    } else {
+        (
+            CTensor::new(a.re.broadcast_as(shape)?, a.im.broadcast_as(shape)?)
+                .pack()?
+                .contiguous()?,
+            false,
+        )
+    };
+    let h = a.apply_op2(
+        &u.pack()?.contiguous()?,
+        LinearScan {
+            complex: true,
+            shared,
+        },
+    )?;
     CTensor::unpack(&h)
 }
 
@@ -412,6 +504,64 @@ mod tests {
             );
         }
         assert_eq!(grads.get(u.as_tensor()).unwrap().dims(), &[b, l, n]);
+    }
+
+    /// The time-invariant (shared, `(N,)`) complex decay: gradients of both parts against
+    /// central finite differences in f64, and the forward against the naive recurrence.
+    #[test]
+    fn complex_shared_decay_gradients_match_finite_differences() {
+        let (b, l, n) = (2, 7, 3);
+        let (ar, ai) = (rand(&[n], 40, -0.9, 0.9), rand(&[n], 41, -0.4, 0.4));
+        let vars = [
+            Var::from_tensor(&ar).unwrap(),
+            Var::from_tensor(&ai).unwrap(),
+        ];
+        let u = CTensor::new(
+            rand(&[b, l, n], 42, -1.0, 1.0),
+            rand(&[b, l, n], 43, -1.0, 1.0),
+        );
+        let (wr, wi) = (
+            rand(&[b, l, n], 44, -1.0, 1.0),
+            rand(&[b, l, n], 45, -1.0, 1.0),
+        );
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let full = |t: &Tensor| v(&t.broadcast_as((b, l, n)).unwrap().contiguous().unwrap());
+        let h = complex_scan(&CTensor::new(ar.clone(), ai.clone()), &u).unwrap();
+        let (hr, hi) = naive(&full(&ar), &full(&ai), &v(&u.re), &v(&u.im), b, l, n);
+        for (x, y) in v(&h.re).iter().zip(&hr).chain(v(&h.im).iter().zip(&hi)) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        let loss = |a_re: &Tensor, a_im: &Tensor| -> Tensor {
+            let h = complex_scan(&CTensor::new(a_re.clone(), a_im.clone()), &u).unwrap();
+            ((h.re * &wr).unwrap().sum_all().unwrap() + (h.im * &wi).unwrap().sum_all().unwrap())
+                .unwrap()
+        };
+        let grads = loss(vars[0].as_tensor(), vars[1].as_tensor())
+            .backward()
+            .unwrap();
+        for (vi, var) in vars.iter().enumerate() {
+            let g = v(grads.get(var.as_tensor()).unwrap());
+            let base = v(var.as_tensor());
+            for k in 0..n {
+                let eval = |d: f64| {
+                    let mut p = base.clone();
+                    p[k] += d;
+                    let t = Tensor::from_vec(p, n, &Device::Cpu).unwrap();
+                    let (a_re, a_im) = if vi == 0 {
+                        (t, vars[1].as_tensor().detach())
+                    } else {
+                        (vars[0].as_tensor().detach(), t)
+                    };
+                    loss(&a_re, &a_im).to_scalar::<f64>().unwrap()
+                };
+                let fd = (eval(1e-6) - eval(-1e-6)) / 2e-6;
+                assert!(
+                    (g[k] - fd).abs() < 1e-7 * (1.0 + fd.abs()),
+                    "part {vi} elem {k}: {} vs {fd}",
+                    g[k]
+                );
+            }
+        }
     }
 
     #[test]

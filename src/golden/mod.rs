@@ -22,6 +22,7 @@ use crate::safetensors_io::{ReadError, Tensor, TensorFile};
 mod core_ops;
 mod core_step;
 mod train;
+mod train_ops;
 
 /// Relative tolerance of a golden forward comparison (times `max|reference|`).
 pub const REL_TOL: f64 = 1e-5;

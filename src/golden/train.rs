@@ -23,6 +23,9 @@ pub fn check(case: &Case) -> Vec<Line> {
         implementation,
         outcome,
     };
+    if case.kind() == "op" {
+        return super::train_ops::check(case);
+    }
     if case.kind() != "module" {
         return vec![line(
             "train".into(),
