@@ -75,9 +75,10 @@ use serde_json::Value;
 use crate::complex::CTensor;
 use crate::layer::{usize_arg, BuildError, TrainLayer};
 use crate::lru::check_input;
-use crate::ops::softplus;
 use crate::params::Params;
-use crate::s4d::gelu;
+use crate::s4d::{
+    bool_or, gelu, kwarg, opt, output_linear, reject_if_set, transform, transform_or, usize_or,
+};
 
 /// A trainable S4 (DPLR) block.
 pub struct S4 {
@@ -94,84 +95,6 @@ pub struct S4 {
     output_linear: bool,
     l_kernel: usize,
     params: Params,
-}
-
-// ---- constructor-argument helpers (the same rules as S4D's) ----
-
-fn kwarg(name: &str, reason: impl std::fmt::Display) -> BuildError {
-    BuildError::Kwarg(format!("`{name}`: {reason}"))
-}
-
-/// An optional argument: `None` when absent or null.
-fn opt<'v>(kwargs: &'v Value, name: &str) -> Option<&'v Value> {
-    kwargs.get(name).filter(|v| !v.is_null())
-}
-
-fn usize_or(kwargs: &Value, name: &str, default: usize) -> std::result::Result<usize, BuildError> {
-    match opt(kwargs, name) {
-        None => Ok(default),
-        Some(_) => usize_arg(kwargs, name),
-    }
-}
-
-fn bool_or(kwargs: &Value, name: &str, default: bool) -> std::result::Result<bool, BuildError> {
-    match opt(kwargs, name) {
-        None => Ok(default),
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| kwarg(name, format!("expected true or false, got {v}"))),
-    }
-}
-
-fn transform_or(
-    kwargs: &Value,
-    name: &str,
-    default: &str,
-) -> std::result::Result<ParamTransform, BuildError> {
-    let v = match opt(kwargs, name) {
-        None => default,
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| kwarg(name, format!("expected a string, got {v}")))?,
-    };
-    ParamTransform::from_name(v).ok_or_else(|| {
-        kwarg(
-            name,
-            format!("unknown transform `{v}` (expected none, exp, relu, sigmoid or softplus)"),
-        )
-    })
-}
-
-fn reject_if_set(kwargs: &Value, name: &str, reason: &str) -> std::result::Result<(), BuildError> {
-    match kwargs.get(name) {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
-        Some(_) => Err(kwarg(name, reason)),
-    }
-}
-
-/// Whether `final_act` (or its deprecated alias `postact`) asks for the output linear.
-fn output_linear(kwargs: &Value) -> std::result::Result<bool, BuildError> {
-    if opt(kwargs, "postact").is_some() {
-        if opt(kwargs, "final_act").is_some() {
-            return Err(kwarg(
-                "postact",
-                "lrnnx requires final_act=None when the deprecated postact is given",
-            ));
-        }
-        return Ok(true);
-    }
-    Ok(!matches!(kwargs.get("final_act"), Some(Value::Null)))
-}
-
-/// lrnnx's parameter transform `t` as candle ops.
-fn transform(t: ParamTransform, x: &Tensor) -> Result<Tensor> {
-    match t {
-        ParamTransform::None => Ok(x.clone()),
-        ParamTransform::Exp => x.exp(),
-        ParamTransform::Relu => x.relu()? + 1e-4,
-        ParamTransform::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
-        ParamTransform::Softplus => softplus(x),
-    }
 }
 
 /// Tiles the `n_ssm` entries of axis `dim` of `t` to `h`: entry `k` is entry `k mod S`.

@@ -72,23 +72,31 @@ pub struct S4d {
     params: Params,
 }
 
-fn kwarg(name: &str, reason: impl std::fmt::Display) -> BuildError {
+pub(crate) fn kwarg(name: &str, reason: impl std::fmt::Display) -> BuildError {
     BuildError::Kwarg(format!("`{name}`: {reason}"))
 }
 
 /// An optional argument: `None` when absent or null.
-fn opt<'v>(kwargs: &'v Value, name: &str) -> Option<&'v Value> {
+pub(crate) fn opt<'v>(kwargs: &'v Value, name: &str) -> Option<&'v Value> {
     kwargs.get(name).filter(|v| !v.is_null())
 }
 
-fn usize_or(kwargs: &Value, name: &str, default: usize) -> std::result::Result<usize, BuildError> {
+pub(crate) fn usize_or(
+    kwargs: &Value,
+    name: &str,
+    default: usize,
+) -> std::result::Result<usize, BuildError> {
     match opt(kwargs, name) {
         None => Ok(default),
         Some(_) => usize_arg(kwargs, name),
     }
 }
 
-fn bool_or(kwargs: &Value, name: &str, default: bool) -> std::result::Result<bool, BuildError> {
+pub(crate) fn bool_or(
+    kwargs: &Value,
+    name: &str,
+    default: bool,
+) -> std::result::Result<bool, BuildError> {
     match opt(kwargs, name) {
         None => Ok(default),
         Some(v) => v
@@ -110,7 +118,7 @@ fn str_or<'v>(
     }
 }
 
-fn transform_or(
+pub(crate) fn transform_or(
     kwargs: &Value,
     name: &str,
     default: &str,
@@ -124,7 +132,11 @@ fn transform_or(
     })
 }
 
-fn reject_if_set(kwargs: &Value, name: &str, reason: &str) -> std::result::Result<(), BuildError> {
+pub(crate) fn reject_if_set(
+    kwargs: &Value,
+    name: &str,
+    reason: &str,
+) -> std::result::Result<(), BuildError> {
     match kwargs.get(name) {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
         Some(_) => Err(kwarg(name, reason)),
@@ -132,7 +144,7 @@ fn reject_if_set(kwargs: &Value, name: &str, reason: &str) -> std::result::Resul
 }
 
 /// Whether `final_act` (or its deprecated alias `postact`) asks for the output linear.
-fn output_linear(kwargs: &Value) -> std::result::Result<bool, BuildError> {
+pub(crate) fn output_linear(kwargs: &Value) -> std::result::Result<bool, BuildError> {
     if opt(kwargs, "postact").is_some() {
         if opt(kwargs, "final_act").is_some() {
             return Err(kwarg(
@@ -146,7 +158,7 @@ fn output_linear(kwargs: &Value) -> std::result::Result<bool, BuildError> {
 }
 
 /// lrnnx's parameter transform `t` as candle ops.
-fn transform(t: ParamTransform, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn transform(t: ParamTransform, x: &Tensor) -> Result<Tensor> {
     match t {
         ParamTransform::None => Ok(x.clone()),
         ParamTransform::Exp => x.exp(),
