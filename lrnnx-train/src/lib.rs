@@ -27,6 +27,7 @@ pub mod s5_lti;
 pub mod s5_ltv;
 pub mod s7;
 pub mod scan;
+pub mod selective;
 pub mod trainer;
 
 pub use layer::{build, BuildError, TrainLayer};

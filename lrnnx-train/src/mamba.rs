@@ -27,8 +27,9 @@
 //! | `bilinear` | `(1 + ΔA·A/2)/(1 − ΔA·A/2)`     | `Δ/(1 − Δ·A/2)`             |
 //! | `dirac`    | `exp(ΔA·A)`                     | `1`                         |
 //!
-//! The state is real, `(B, L, E·N)` (channel-major, state-minor), scanned with
-//! [`real_scan`] and a time-varying decay.
+//! The discretization, the recurrence and the read-out `Σ_n C_t[n]·h_t[d,n]` run inside one
+//! fused op, [`selective_scan`], which never materializes a `(B, L, E, N)` tensor (its backward
+//! recomputes the states from checkpoints).
 //!
 //! Parameters (lrnnx names): `in_proj.weight` (2E,H) [+ `in_proj.bias` (2E,) with `bias`],
 //! `conv1d.weight` (E,1,k) [+ `conv1d.bias` (E,) with `conv_bias`], `x_proj.weight` (R+2N,E),
@@ -49,8 +50,7 @@ use serde_json::Value;
 use crate::layer::{usize_arg, BuildError, TrainLayer};
 use crate::ops::softplus;
 use crate::params::Params;
-use crate::s5_ltv::expm1;
-use crate::scan::real_scan;
+use crate::selective::selective_scan;
 
 /// The selective-scan rules of lrnnx's Mamba.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,40 +280,11 @@ impl TrainLayer for Mamba {
             }
         };
 
-        // Discretization per (b, t, d, n).
+        // The fused selective scan: Σ_n C_t[n]·h_t[d,n] (B, L, E), no (B, L, E, N) tensor.
         let a = w.a_log.exp()?.neg()?; // (E, N)
-        let dta_a = delta_a.unsqueeze(3)?.broadcast_mul(&a)?; // ΔA·A (B, L, E, N)
-        let decay = match self.rule {
-            MambaRule::Bilinear => {
-                // Clamped as in the core, so that a huge event time step gives the limit −1
-                // instead of ∞/∞.
-                let v = dta_a.clamp(-2e18f32, 2e18f32)?;
-                v.affine(0.5, 1.0)?.div(&v.affine(-0.5, 1.0)?)?
-            }
-            _ => dta_a.exp()?,
-        };
-        let dt4 = delta.unsqueeze(3)?; // (B, L, E, 1)
-        let bx = b_t.unsqueeze(2)?.broadcast_mul(&xc.unsqueeze(3)?)?; // B_t[n]·x_c[d]
-        let u = match self.rule {
-            MambaRule::Mamba => bx.broadcast_mul(&dt4)?,
-            MambaRule::Zoh => {
-                let gamma = expm1(&dt4.broadcast_mul(&a)?)?.broadcast_div(&a)?;
-                (bx * gamma)?
-            }
-            MambaRule::Bilinear => {
-                let den = dt4.broadcast_mul(&a)?.affine(-0.5, 1.0)?;
-                (bx * dt4.broadcast_div(&den)?)?
-            }
-            MambaRule::Dirac => bx,
-        };
-        let hs = real_scan(
-            &decay.reshape((bsz, len, e * n))?,
-            &u.reshape((bsz, len, e * n))?,
-        )?
-        .reshape((bsz, len, e, n))?;
+        let yc = selective_scan(&xc, &delta, &delta_a, &a, &b_t, &c_t, self.rule)?;
 
         // y_in = (Σ_n C[n]·h[d,n] + D⊙x_c)·SiLU(z); y = out_proj(y_in)
-        let yc = hs.broadcast_mul(&c_t.unsqueeze(2)?)?.sum(3)?; // (B, L, E)
         let y_in = ((yc + xc.broadcast_mul(&w.d)?)? * z.silu()?)?;
         add_bias(y_in.broadcast_matmul(&w.out_w.t()?)?, &w.out_b)
     }
