@@ -428,17 +428,18 @@ fn check_config(
 }
 
 /// Cases asserted at L = 2048 with the looser, measured bounds [`LONG_REL_TOL`] and
-/// [`LONG_DRIFT_FACTOR`] (every other length with the strict ones). Measured against
-/// the training forward in f64 on the golden weights (same inputs, B = 1):
-/// * `s5_lti_dirac`, `s5_ltv_dirac`: BOTH f32 paths are ~1–3e-5 relative from f64 at L = 2048
-///   and the error saturates (8192: train 2.6e-5, core 2.3e-5 for LTV; 7e-6 both for LTI):
-///   f32 conditioning of slowly decaying modes with un-scaled input (B̄ = B), not a bug of
-///   either side.
-/// * `s5_ltv_zoh_conjsym` (and, just under the bound, `s5_ltv_zoh`): the TRAINING side drifts:
-///   its error vs f64 grows with L (s5_ltv_zoh: 4.6e-7 @64, 9.1e-7 @512, 3.2e-6 @2048,
-///   7.8e-6 @8192) while the core stays ~1e-6; the L=2048/L=64 ratio is ~10.
+/// [`LONG_DRIFT_FACTOR`] (every other length, and every other case, with the strict ones):
+/// * `s5_lti_dirac`: at H = 3 the error grows from ~9e-7 at L = 64 to ~1.5e-5 at L = 2048 (ratio
+///   ~17); both f32 paths sit ~5e-6 from an f64 reference there (slowly decaying modes with an
+///   unscaled input, B̄ = B): f32 conditioning, not a bug of either side.
+/// * `s5_ltv_dirac_event`: the same dirac conditioning; at H = 20 the error grows from 3.3e-7 at
+///   L = 64 to 3.5e-6 at L = 2048 (ratio 10.3, well inside the tolerance). In event mode the core
+///   computes each event's Ā in f32, so neither side is an f64 reference there.
 /// * `s4`: at H = 3 (resampled) the L = 2048 error is 2.1e-5 relative, just above 2e-5.
-const KNOWN_LONG: &[&str] = &["s5_lti_dirac", "s5_ltv_dirac", "s5_ltv_zoh_conjsym", "s4"];
+///
+/// (The other S5 time-varying cases were here until its training forward computed its discretization
+/// in f64; they now meet the strict bounds.)
+const KNOWN_LONG: &[&str] = &["s5_lti_dirac", "s5_ltv_dirac_event", "s4"];
 
 /// Tolerance at L = 2048 for [`KNOWN_LONG`]: about 3× the worst error measured (3.1e-5).
 const LONG_REL_TOL: f64 = 1e-4;

@@ -25,7 +25,7 @@
 //! (B, L), same dtype as `x`); with `None` it runs the ordinary mode, as lrnnx's forward without
 //! `integration_timesteps`.
 
-use candle_core::{bail, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use serde_json::Value;
 
 use crate::complex::CTensor;
@@ -159,14 +159,22 @@ impl TrainLayer for S5Ltv {
             [bsz, len, hh] if *hh == h => (*bsz, *len),
             dims => bail!("input `x` has shape {dims:?}, expected (B, L, {h})"),
         };
-        let lam = CTensor::unpack(&a)?; // (P)
-        let dt = (log_dt.exp()? * self.step_rescale)?; // (P)
+        // The discretization (Ā, γ̄) is computed in f64 and rounded once, as the core does: in
+        // f32 its rounding would compound over long sequences through Ā^t.
+        let dtype = x.dtype();
+        let wide = |t: &Tensor| t.to_dtype(DType::F64);
+        let narrow = |z: CTensor| -> Result<CTensor> {
+            Ok(CTensor::new(z.re.to_dtype(dtype)?, z.im.to_dtype(dtype)?))
+        };
+        let lam = CTensor::unpack(&wide(&a)?)?; // (P)
+        let dt = (wide(&log_dt)?.exp()? * self.step_rescale)?; // (P)
         let dl = lam.mul_real(&dt)?; // ΔΛ (P)
         let gamma = match self.rule {
             S5LtvRule::Zoh => cexpm1(&dl)?.div(&lam)?,
             S5LtvRule::Bilinear => CTensor::from_real(&dt)?.div(&dl.affine(-0.5, 1.0)?)?,
             S5LtvRule::Dirac => CTensor::from_real(&dt.ones_like()?)?,
         };
+        let gamma = narrow(gamma)?;
         // B̄ = γ̄ ⊙ B̃ (P, H); u = x B̄ᵀ: (B, L, H) × (H, P) → (B, L, P), complex.
         let b_t = CTensor::unpack(&b)?;
         let b_bar = b_t.mul(&CTensor::new(
@@ -177,7 +185,7 @@ impl TrainLayer for S5Ltv {
             x.broadcast_matmul(&b_bar.re.t()?)?,
             x.broadcast_matmul(&b_bar.im.t()?)?,
         );
-        let a_bar = match time_steps {
+        let a_bar = narrow(match time_steps {
             None => self.transition(&dl)?,
             Some(tau) => {
                 if tau.dims() != [bsz, len] {
@@ -187,10 +195,10 @@ impl TrainLayer for S5Ltv {
                     );
                 }
                 // ΔA·Λ = τ[b,t]·(ΔΛ)_p: (B, L, P).
-                let tau = tau.unsqueeze(2)?;
+                let tau = wide(&tau.unsqueeze(2)?)?;
                 self.transition(&dl.mul_real(&tau)?)?
             }
-        };
+        })?;
         let s = complex_scan(&a_bar, &u)?;
         // y = k·Re(s C̃ᵀ) + x ⊙ D
         let c_t = CTensor::unpack(&c)?; // (H, P)
