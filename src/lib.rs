@@ -10,6 +10,8 @@
 //! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
 //! * [`export`]: trained layers to the core's stepping layout, as a blob or as Rust source.
 
+#![deny(missing_docs)]
+
 pub use lrnnx_core as core;
 pub use lrnnx_train as train;
 

@@ -73,11 +73,11 @@ use lrnnx_core::ParamTransform;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{BuildError, TrainLayer};
 use crate::lru::check_input;
 use crate::params::Params;
 use crate::s4d::{
-    bool_or, gelu, kwarg, opt, output_linear, reject_if_set, transform, transform_or, usize_or,
+    block_args, bool_or, gelu, output_linear, transform, transform_or, usize_or, BlockArgs,
 };
 
 /// A trainable S4 (DPLR) block.
@@ -262,56 +262,13 @@ impl S4 {
     /// From lrnnx's constructor arguments (module doc) and its parameters; checks every
     /// parameter's shape and reads `layer.kernel.l_kernel`.
     pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
-        reject_if_set(
-            kwargs,
-            "gate",
-            "the gated (GSS) variant is not supported: lrnnx's own output_gate shapes are \
-             inconsistent (spec §18.31)",
-        )?;
-        reject_if_set(
-            kwargs,
-            "bottleneck",
-            "the bottleneck variant is not supported: lrnnx's own input_linear shapes are \
-             inconsistent (spec §18.31)",
-        )?;
-        reject_if_set(
-            kwargs,
-            "is_real",
-            "the real-valued SSM variant is not supported",
-        )?;
-        reject_if_set(
-            kwargs,
-            "swap_channels",
-            "only lrnnx's default (channel, feature) output order is supported",
-        )?;
-        if let Some(v) = opt(kwargs, "dropout") {
-            if v.as_f64() != Some(0.0) {
-                return Err(kwarg(
-                    "dropout",
-                    format!("{v}: dropout is not applied by this layer (only 0 is supported)"),
-                ));
-            }
-        }
-        let d_model = usize_arg(kwargs, "d_model")?;
-        let d_state = usize_or(kwargs, "d_state", 64)?;
-        let n_ssm = usize_or(kwargs, "n_ssm", d_model)?;
-        let channels = usize_or(kwargs, "channels", 1)?;
+        let BlockArgs {
+            d_model,
+            d_state,
+            n_ssm,
+            channels,
+        } = block_args(kwargs)?;
         let rank = usize_or(kwargs, "rank", 1)?;
-        if d_model == 0 {
-            return Err(kwarg("d_model", "must be positive"));
-        }
-        if d_state < 2 || d_state % 2 == 1 {
-            return Err(kwarg(
-                "d_state",
-                "must be a positive even number (lrnnx stores d_state/2 conjugate pairs)",
-            ));
-        }
-        if n_ssm == 0 || d_model % n_ssm != 0 {
-            return Err(kwarg("n_ssm", "must divide d_model"));
-        }
-        if channels == 0 {
-            return Err(kwarg("channels", "must be positive"));
-        }
         let l_kernel = read_l_kernel(&params)?;
         let layer = S4 {
             d_model,

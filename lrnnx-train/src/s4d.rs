@@ -132,11 +132,7 @@ pub(crate) fn transform_or(
     })
 }
 
-pub(crate) fn reject_if_set(
-    kwargs: &Value,
-    name: &str,
-    reason: &str,
-) -> std::result::Result<(), BuildError> {
+fn reject_if_set(kwargs: &Value, name: &str, reason: &str) -> std::result::Result<(), BuildError> {
     match kwargs.get(name) {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
         Some(_) => Err(kwarg(name, reason)),
@@ -184,59 +180,89 @@ fn tile_rows(t: &Tensor, h: usize) -> Result<Tensor> {
     }
 }
 
+/// The constructor arguments S4 and S4D share (lrnnx's S4 block, spec §5.1), checked.
+pub(crate) struct BlockArgs {
+    /// H.
+    pub d_model: usize,
+    /// N (d_state/2 conjugate pairs are stored).
+    pub d_state: usize,
+    /// Number of distinct SSMs, tiled over the H channels.
+    pub n_ssm: usize,
+    /// Output copies per channel.
+    pub channels: usize,
+}
+
+/// Reads and checks the shared S4/S4D block arguments; rejects the options whose lrnnx shapes
+/// are broken (`gate`, `bottleneck`, spec §18.31), the unsupported variants (`is_real`,
+/// `swap_channels`) and a non-zero `dropout` (not applied here).
+pub(crate) fn block_args(kwargs: &Value) -> std::result::Result<BlockArgs, BuildError> {
+    reject_if_set(
+        kwargs,
+        "gate",
+        "the gated (GSS) variant is not supported: lrnnx's own output_gate shapes are \
+         inconsistent (spec §18.31)",
+    )?;
+    reject_if_set(
+        kwargs,
+        "bottleneck",
+        "the bottleneck variant is not supported: lrnnx's own input_linear shapes are \
+         inconsistent (spec §18.31)",
+    )?;
+    reject_if_set(
+        kwargs,
+        "is_real",
+        "the real-valued SSM variant is not supported",
+    )?;
+    reject_if_set(
+        kwargs,
+        "swap_channels",
+        "only lrnnx's default (channel, feature) output order is supported",
+    )?;
+    if let Some(v) = opt(kwargs, "dropout") {
+        if v.as_f64() != Some(0.0) {
+            return Err(kwarg(
+                "dropout",
+                format!("{v}: dropout is not applied by this layer (only 0 is supported)"),
+            ));
+        }
+    }
+    let d_model = usize_arg(kwargs, "d_model")?;
+    let d_state = usize_or(kwargs, "d_state", 64)?;
+    let n_ssm = usize_or(kwargs, "n_ssm", d_model)?;
+    let channels = usize_or(kwargs, "channels", 1)?;
+    if d_model == 0 {
+        return Err(kwarg("d_model", "must be positive"));
+    }
+    if d_state < 2 || d_state % 2 == 1 {
+        return Err(kwarg(
+            "d_state",
+            "must be a positive even number (lrnnx stores d_state/2 conjugate pairs)",
+        ));
+    }
+    if n_ssm == 0 || d_model % n_ssm != 0 {
+        return Err(kwarg("n_ssm", "must divide d_model"));
+    }
+    if channels == 0 {
+        return Err(kwarg("channels", "must be positive"));
+    }
+    Ok(BlockArgs {
+        d_model,
+        d_state,
+        n_ssm,
+        channels,
+    })
+}
+
 impl S4d {
     /// From lrnnx's constructor arguments (module doc) and its parameters; checks every
     /// parameter's shape.
     pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
-        reject_if_set(
-            kwargs,
-            "gate",
-            "the gated (GSS) variant is not supported: lrnnx's own output_gate shapes are \
-             inconsistent (spec §18.31)",
-        )?;
-        reject_if_set(
-            kwargs,
-            "bottleneck",
-            "the bottleneck variant is not supported: lrnnx's own input_linear shapes are \
-             inconsistent (spec §18.31)",
-        )?;
-        reject_if_set(
-            kwargs,
-            "is_real",
-            "the real-valued SSM variant is not supported",
-        )?;
-        reject_if_set(
-            kwargs,
-            "swap_channels",
-            "only lrnnx's default (channel, feature) output order is supported",
-        )?;
-        if let Some(v) = opt(kwargs, "dropout") {
-            if v.as_f64() != Some(0.0) {
-                return Err(kwarg(
-                    "dropout",
-                    format!("{v}: dropout is not applied by this layer (only 0 is supported)"),
-                ));
-            }
-        }
-        let d_model = usize_arg(kwargs, "d_model")?;
-        let d_state = usize_or(kwargs, "d_state", 64)?;
-        let n_ssm = usize_or(kwargs, "n_ssm", d_model)?;
-        let channels = usize_or(kwargs, "channels", 1)?;
-        if d_model == 0 {
-            return Err(kwarg("d_model", "must be positive"));
-        }
-        if d_state < 2 || d_state % 2 == 1 {
-            return Err(kwarg(
-                "d_state",
-                "must be a positive even number (lrnnx stores d_state/2 conjugate pairs)",
-            ));
-        }
-        if n_ssm == 0 || d_model % n_ssm != 0 {
-            return Err(kwarg("n_ssm", "must divide d_model"));
-        }
-        if channels == 0 {
-            return Err(kwarg("channels", "must be positive"));
-        }
+        let BlockArgs {
+            d_model,
+            d_state,
+            n_ssm,
+            channels,
+        } = block_args(kwargs)?;
         let disc = match str_or(kwargs, "disc", "zoh")? {
             "zoh" => S4dDisc::Zoh,
             "bilinear" => S4dDisc::Bilinear,
