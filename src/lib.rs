@@ -6,6 +6,7 @@
 //!
 //! * [`core`] (`lrnnx-core`): `no_std`, allocation-free step recurrences and discretizers.
 //! * [`train`] (`lrnnx-train`): candle layers trained in parallel, gradients by autodiff.
+//! * [`stream`] (`lrnnx-stream`): sample-by-sample audio and event pipelines on the core.
 //! * [`import`]: builds core layers from lrnnx (PyTorch) state dicts by class name.
 //! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
 //! * [`export`]: trained layers to the core's stepping layout, as a blob or as Rust source.
@@ -14,6 +15,7 @@
 
 pub use lrnnx_core as core;
 pub use lrnnx_train as train;
+pub use lrnnx_stream as stream;
 
 pub mod export;
 pub mod golden;
