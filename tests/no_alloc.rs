@@ -82,3 +82,50 @@ fn stepping_every_core_layer_allocates_nothing() {
     // Every module case of the golden set (all layer kinds and discretizations).
     assert_eq!(checked.len(), 29, "{checked:?}");
 }
+
+/// lrnnx-stream's `process`, `process_block` and `process_event` allocate nothing, on an
+/// exported network holding an LTI layer, an event layer and every pointwise stage kind.
+#[test]
+fn stream_processing_allocates_nothing() {
+    use lrnnx::export_network::export_network;
+    use lrnnx::stream::Processor;
+    use lrnnx::train::candle_core::Device;
+    use lrnnx::train::denoiser::causal_denoiser;
+    use lrnnx::train::network::{Activation, Network, StageSpec};
+    use serde_json::json;
+
+    let mut spec = causal_denoiser(
+        "LRU",
+        &json!({"d_model": 8, "d_state": 8}),
+        8,
+        2,
+        Activation::Gelu,
+    );
+    let last = spec.len() - 2;
+    spec.insert(
+        last,
+        StageSpec::Layer {
+            class: "lrnnx.models.ltv.mamba.Mamba".into(),
+            kwargs: json!({"d_model": 8, "d_state": 4, "d_conv": 4, "expand": 2}),
+        },
+    );
+    let net = Network::new(&spec, 1, 3, &Device::Cpu).unwrap();
+    let core = export_network(&net).unwrap();
+    let mut p = Processor::new(&core);
+    let input: Vec<f32> = (0..512).map(|t| (t as f32 * 0.1).sin()).collect();
+    let mut output = vec![0.0f32; 512];
+    let before = allocations();
+    for (x, y) in input.iter().zip(output.iter_mut()) {
+        p.process(std::slice::from_ref(x), std::slice::from_mut(y))
+            .unwrap();
+    }
+    for (x, y) in input.chunks(64).zip(output.chunks_mut(64)) {
+        p.process_block(x, y).unwrap();
+    }
+    for (x, y) in input.iter().zip(output.iter_mut()) {
+        p.process_event(std::slice::from_ref(x), 0.5, std::slice::from_mut(y))
+            .unwrap();
+    }
+    p.reset();
+    assert_eq!(allocations(), before, "stream processing allocated");
+}

@@ -116,6 +116,13 @@ pub enum Error {
         /// Why it is invalid.
         reason: &'static str,
     },
+    /// A network's stages do not fit together (widths, GLU input, residual brackets).
+    NetworkStage {
+        /// Index of the offending stage (the number of stages for an unclosed bracket).
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for Error {
@@ -155,6 +162,9 @@ impl fmt::Display for Error {
                 write!(f, "{what} is singular for channel {channel}")
             }
             Error::InvalidConfig { what, reason } => write!(f, "invalid {what}: {reason}"),
+            Error::NetworkStage { index, reason } => {
+                write!(f, "network stage {index}: {reason}")
+            }
         }
     }
 }

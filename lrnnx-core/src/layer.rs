@@ -161,3 +161,31 @@ pub fn run_event_sequence<L: EventLayer + ?Sized>(
     }
     Ok(())
 }
+
+/// A shared reference steps like the layer it points to (one set of weights, many states).
+impl<L: Layer + ?Sized> Layer for &L {
+    #[inline]
+    fn d_input(&self) -> usize {
+        (**self).d_input()
+    }
+    #[inline]
+    fn d_output(&self) -> usize {
+        (**self).d_output()
+    }
+    #[inline]
+    fn state_len(&self) -> usize {
+        (**self).state_len()
+    }
+    #[inline]
+    fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
+        (**self).step_prechecked(state, x, y)
+    }
+}
+
+/// A shared reference steps events like the layer it points to.
+impl<L: EventLayer + ?Sized> EventLayer for &L {
+    #[inline]
+    fn step_event_prechecked(&self, state: &mut [f32], x: &[f32], dt: f32, y: &mut [f32]) {
+        (**self).step_event_prechecked(state, x, dt, y)
+    }
+}

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod activation;
+pub mod any_layer;
 pub mod centaurus;
 pub mod diag_ssm;
 pub mod discretize;
@@ -35,6 +36,7 @@ pub mod layer;
 pub mod linalg;
 pub mod lru;
 pub mod mamba;
+pub mod network;
 pub mod params;
 pub mod rglru;
 pub mod s4;
@@ -47,12 +49,14 @@ pub mod scan;
 #[cfg(test)]
 pub(crate) mod test_util;
 
+pub use any_layer::{CoreConfig, CoreLayer};
 pub use centaurus::{Centaurus, CentaurusConfig, CentaurusMode};
 pub use discretize::Discretization;
 pub use error::{Dims, Error, Result};
 pub use layer::{run_event_sequence, run_sequence, EventLayer, Layer};
 pub use lru::{Lru, LruConfig};
 pub use mamba::{Mamba, MambaConfig};
+pub use network::{Activation, Dense, DenseConfig, Network, Stage};
 pub use params::{ParamSource, Prefixed, SliceParams, TensorView};
 pub use rglru::{RgLru, RgLruConfig};
 pub use s4::{S4Config, S4};

@@ -3,5 +3,17 @@
 //! Sample-by-sample (and block-by-block) processing of audio and event streams on
 //! [`lrnnx_core`] layers, under real-time rules: no allocation, locks or I/O on the processing
 //! path, denormals kept out of the recurrence, bounded time per sample.
+//!
+//! * [`processor`]: a model and its state; samples or blocks in, samples out; reset, save and
+//!   restore.
+//! * [`denormal`]: flush-to-zero around processing, and a state floor.
+//! * [`wav`]: WAV files in and out (mono or multichannel, 16-bit or float).
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod denormal;
+pub mod processor;
+pub mod wav;
+
+pub use processor::{Processor, StreamError};

@@ -13,10 +13,12 @@
 pub mod centaurus;
 pub mod checkpoint;
 pub mod complex;
+pub mod denoiser;
 pub mod init;
 pub mod layer;
 pub mod lru;
 pub mod mamba;
+pub mod network;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -1,0 +1,482 @@
+//! Export of a trained [`lrnnx_train::network::Network`] to the core's
+//! [`lrnnx_core::Network`], stage by stage (layers discretized once through
+//! [`crate::export::export`]), as a file ([`network_to_blob`], read back by
+//! [`read_network_blob`]) and as Rust source for firmware ([`network_to_rust_source`]).
+//!
+//! Blob layout (version 1; little-endian 32-bit words, so every weight is 4-byte aligned):
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic b"LRNXNETW"
+//!      8     4  u32 version (1)
+//!     12     4  u32 input width
+//!     16     4  f32 sample rate in Hz (0: not given)
+//!     20     4  u32 number of stages S
+//!     24        S stage records, each a u32 tag then its body:
+//!               1 dense       u32 d_in, u32 d_out, u32 bias (0/1), then the weights (Wᵀ, b) as f32
+//!               2 layer       u32 byte length n (a multiple of 4), then n bytes: a layer blob
+//!                             (crate::export's LRNXCORE layout)
+//!               3 activation  u32 code (0 GELU, 1 SiLU, 2 tanh, 3 ReLU)
+//!               4 glu, 5 residual begin, 6 residual end: no body
+//! ```
+//!
+//! Reading never panics: a short, truncated, padded or corrupt file is refused with an
+//! [`ExportError::Blob`] that names the stage and byte offset.
+
+use lrnnx_core::{Activation, CoreLayer, Dense, DenseConfig, Network, Stage};
+use lrnnx_train::network::{self as train_net, StageSpec};
+
+use crate::export::{export, parse_blob, to_blob, to_rust_source, ExportError};
+
+/// A core network that owns its weights.
+pub type OwnedNetwork = Network<Vec<f32>, Vec<Stage<Vec<f32>>>>;
+
+/// The network blob's first 8 bytes.
+pub const NETWORK_MAGIC: [u8; 8] = *b"LRNXNETW";
+/// The network blob version written by [`network_to_blob`].
+pub const NETWORK_VERSION: u32 = 1;
+
+type Result<T> = std::result::Result<T, ExportError>;
+
+const ACTIVATIONS: [Activation; 4] = [
+    Activation::Gelu,
+    Activation::Silu,
+    Activation::Tanh,
+    Activation::Relu,
+];
+
+fn activation_to_core(a: train_net::Activation) -> Activation {
+    match a {
+        train_net::Activation::Gelu => Activation::Gelu,
+        train_net::Activation::Silu => Activation::Silu,
+        train_net::Activation::Tanh => Activation::Tanh,
+        train_net::Activation::Relu => Activation::Relu,
+    }
+}
+
+/// Reads a candle tensor as f32 values.
+fn values(t: &lrnnx_train::candle_core::Tensor, name: &str) -> Result<Vec<f32>> {
+    t.to_dtype(lrnnx_train::candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| ExportError::Param {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Exports a trained network to the core, every layer discretized once.
+pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
+    let mut stages = Vec::with_capacity(net.spec().len());
+    for (i, spec) in net.spec().iter().enumerate() {
+        let missing = || ExportError::Blob(format!("stage {i}: no parameters"));
+        stages.push(match spec {
+            StageSpec::Dense { d_in, d_out, bias } => {
+                let (w, b) = net.dense_params(i).ok_or_else(missing)?;
+                let w = values(&w, &format!("stages.{i}.weight"))?;
+                let b = match b {
+                    Some(b) => Some(values(&b, &format!("stages.{i}.bias"))?),
+                    None => None,
+                };
+                let config = DenseConfig {
+                    d_in: *d_in,
+                    d_out: *d_out,
+                    bias: *bias,
+                };
+                Stage::Dense(Dense::from_torch(
+                    config,
+                    &w,
+                    b.as_deref(),
+                    vec![0.0; config.weights_len()],
+                )?)
+            }
+            StageSpec::Layer { class, kwargs } => {
+                let params = net.layer_params(i).ok_or_else(missing)?;
+                Stage::Layer(export(class, kwargs, params)?)
+            }
+            StageSpec::Activation(a) => Stage::Activation(activation_to_core(*a)),
+            StageSpec::Glu => Stage::Glu,
+            StageSpec::ResidualBegin => Stage::ResidualBegin,
+            StageSpec::ResidualEnd => Stage::ResidualEnd,
+        });
+    }
+    Ok(Network::new(net.d_in(), stages)?)
+}
+
+fn push_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| ExportError::Blob(format!("{what} {n} does not fit in a u32")))
+}
+
+/// The network as a blob (layout in the module doc); `sample_rate` in Hz (0: not given).
+pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
+    net: &Network<W, S>,
+    sample_rate: f32,
+) -> Result<Vec<u8>> {
+    use lrnnx_core::Layer;
+    let mut out = Vec::new();
+    out.extend_from_slice(&NETWORK_MAGIC);
+    push_u32(&mut out, NETWORK_VERSION);
+    push_u32(&mut out, u32_of(net.d_input(), "input width")?);
+    push_u32(&mut out, sample_rate.to_bits());
+    push_u32(&mut out, u32_of(net.stages().len(), "stage count")?);
+    for stage in net.stages() {
+        match stage {
+            Stage::Dense(d) => {
+                let c = d.config();
+                push_u32(&mut out, 1);
+                push_u32(&mut out, u32_of(c.d_in, "dense d_in")?);
+                push_u32(&mut out, u32_of(c.d_out, "dense d_out")?);
+                push_u32(&mut out, c.bias as u32);
+                for v in d.weights() {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Stage::Layer(l) => {
+                let blob = to_blob(l)?;
+                push_u32(&mut out, 2);
+                push_u32(&mut out, u32_of(blob.len(), "layer blob length")?);
+                out.extend_from_slice(&blob);
+            }
+            Stage::Activation(a) => {
+                push_u32(&mut out, 3);
+                let code = ACTIVATIONS.iter().position(|x| x == a).unwrap_or(0);
+                push_u32(&mut out, code as u32);
+            }
+            Stage::Glu => push_u32(&mut out, 4),
+            Stage::ResidualBegin => push_u32(&mut out, 5),
+            Stage::ResidualEnd => push_u32(&mut out, 6),
+        }
+    }
+    Ok(out)
+}
+
+/// A cursor over the blob's words that reports where it ran out.
+struct Cursor<'b> {
+    blob: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Cursor<'b> {
+    fn bytes(&mut self, n: usize, what: &str) -> Result<&'b [u8]> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.blob.len());
+        match end {
+            Some(end) => {
+                let s = &self.blob[self.at..end];
+                self.at = end;
+                Ok(s)
+            }
+            None => Err(ExportError::Blob(format!(
+                "{what}: needs {n} bytes at offset {}, the file has {} (truncated)",
+                self.at,
+                self.blob.len()
+            ))),
+        }
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.bytes(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// A network read from a blob, with the sample rate it was trained at (0: not given).
+pub struct NetworkFile {
+    /// The network, owning its weights.
+    pub network: OwnedNetwork,
+    /// Sample rate in Hz (0: not given).
+    pub sample_rate: f32,
+}
+
+/// Reads a network blob (module doc) back; every stage is checked by the core (lengths,
+/// finiteness, widths, residual brackets).
+pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
+    let mut c = Cursor { blob, at: 0 };
+    if c.bytes(8, "magic")? != NETWORK_MAGIC {
+        return Err(ExportError::Blob(
+            "wrong magic (not an lrnnx network blob)".into(),
+        ));
+    }
+    let version = c.u32("version")?;
+    if version != NETWORK_VERSION {
+        return Err(ExportError::Blob(format!(
+            "network blob version {version}; this reader knows {NETWORK_VERSION}"
+        )));
+    }
+    let d_in = c.u32("input width")? as usize;
+    let sample_rate = f32::from_bits(c.u32("sample rate")?);
+    if !(sample_rate.is_finite() && sample_rate >= 0.0) {
+        return Err(ExportError::Blob(format!(
+            "sample rate {sample_rate} is invalid"
+        )));
+    }
+    let n = c.u32("stage count")? as usize;
+    // Each stage takes at least 4 bytes: refuse absurd counts before reserving anything.
+    if n > blob.len() / 4 {
+        return Err(ExportError::Blob(format!(
+            "{n} stages cannot fit in {} bytes (corrupt)",
+            blob.len()
+        )));
+    }
+    let mut stages = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = c.at;
+        let ctx = |m: String| ExportError::Blob(format!("stage {i} at offset {at}: {m}"));
+        let tag = c.u32(&format!("stage {i} tag"))?;
+        stages.push(match tag {
+            1 => {
+                let d_in = c.u32("dense d_in")? as usize;
+                let d_out = c.u32("dense d_out")? as usize;
+                let bias = match c.u32("dense bias flag")? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(ctx(format!("bias flag {v} is not 0 or 1"))),
+                };
+                let config = DenseConfig { d_in, d_out, bias };
+                let len = d_in
+                    .checked_mul(d_out)
+                    .and_then(|n| n.checked_add(if bias { d_out } else { 0 }))
+                    .and_then(|n| n.checked_mul(4))
+                    .ok_or_else(|| ctx("dense sizes overflow".into()))?;
+                let bytes = c.bytes(len, &format!("stage {i} dense weights"))?;
+                let w: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Stage::Dense(Dense::from_weights(config, w).map_err(|e| ctx(e.to_string()))?)
+            }
+            2 => {
+                let len = c.u32("layer blob length")? as usize;
+                let bytes = c.bytes(len, &format!("stage {i} layer blob"))?;
+                let view = parse_blob(bytes).map_err(|e| ctx(e.to_string()))?;
+                Stage::Layer(
+                    CoreLayer::from_weights(view.config, view.weights())
+                        .map_err(|e| ctx(e.to_string()))?,
+                )
+            }
+            3 => {
+                let code = c.u32("activation code")?;
+                Stage::Activation(
+                    *ACTIVATIONS
+                        .get(code as usize)
+                        .ok_or_else(|| ctx(format!("activation code {code} is unknown")))?,
+                )
+            }
+            4 => Stage::Glu,
+            5 => Stage::ResidualBegin,
+            6 => Stage::ResidualEnd,
+            t => return Err(ctx(format!("stage tag {t} is unknown"))),
+        });
+    }
+    if c.at != blob.len() {
+        return Err(ExportError::Blob(format!(
+            "{} bytes after the last stage (corrupt)",
+            blob.len() - c.at
+        )));
+    }
+    Ok(NetworkFile {
+        network: Network::new(d_in, stages)?,
+        sample_rate,
+    })
+}
+
+/// The network as Rust source for a `no_std` crate depending on `lrnnx_core`: one `static`
+/// weight array per stage (`<NAME>_S<i>_WEIGHTS`), `<NAME>_D_IN`, `<NAME>_SAMPLE_RATE`, and
+/// `pub fn <name>_network()` building the network over those statics without a copy.
+/// `name` must be an upper-case identifier.
+pub fn network_to_rust_source<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
+    net: &Network<W, S>,
+    name: &str,
+    sample_rate: f32,
+) -> Result<String> {
+    use lrnnx_core::Layer;
+    let mut s = String::from(
+        "// Generated by lrnnx::export_network::network_to_rust_source. Do not edit.\n\n",
+    );
+    let mut exprs = Vec::new();
+    for (i, stage) in net.stages().iter().enumerate() {
+        let id = format!("{name}_S{i}");
+        exprs.push(match stage {
+            Stage::Dense(d) => {
+                let c = d.config();
+                s.push_str(&format!(
+                    "/// Weights of stage {i} (dense {} → {}): Wᵀ then b.\n\
+                     #[allow(clippy::approx_constant, clippy::excessive_precision)]\n\
+                     pub static {id}_WEIGHTS: [f32; {}] = [",
+                    c.d_in,
+                    c.d_out,
+                    d.weights().len()
+                ));
+                for (k, v) in d.weights().iter().enumerate() {
+                    s.push_str(if k % 8 == 0 { "\n    " } else { " " });
+                    s.push_str(&format!("{v:?},"));
+                }
+                s.push_str("\n];\n\n");
+                format!(
+                    "lrnnx_core::Stage::Dense(lrnnx_core::Dense::from_weights(\
+                     lrnnx_core::DenseConfig {{ d_in: {}, d_out: {}, bias: {} }}, &{id}_WEIGHTS[..])?)",
+                    c.d_in, c.d_out, c.bias
+                )
+            }
+            Stage::Layer(l) => {
+                s.push_str(&to_rust_source(l, &id)?);
+                s.push('\n');
+                let ty = l.config().layer_name();
+                format!(
+                    "lrnnx_core::Stage::Layer(lrnnx_core::CoreLayer::{ty}(\
+                     lrnnx_core::{ty}::from_weights({id}_CONFIG, &{id}_WEIGHTS[..])?))"
+                )
+            }
+            Stage::Activation(a) => format!("lrnnx_core::Stage::Activation(lrnnx_core::Activation::{a:?})"),
+            Stage::Glu => "lrnnx_core::Stage::Glu".into(),
+            Stage::ResidualBegin => "lrnnx_core::Stage::ResidualBegin".into(),
+            Stage::ResidualEnd => "lrnnx_core::Stage::ResidualEnd".into(),
+        });
+    }
+    let n = exprs.len();
+    let lower = name.to_ascii_lowercase();
+    s.push_str(&format!(
+        "/// Input width of `{name}`.\npub const {name}_D_IN: usize = {};\n\
+         /// Sample rate `{name}` was trained at, in Hz (0: not given).\n\
+         pub const {name}_SAMPLE_RATE: f32 = {sample_rate:?};\n\n\
+         /// The network `{name}` over the weights above (no copy).\n\
+         pub fn {lower}_network() -> lrnnx_core::Result<\n    \
+         lrnnx_core::Network<&'static [f32], [lrnnx_core::Stage<&'static [f32]>; {n}]>,\n> {{\n    \
+         lrnnx_core::Network::new(\n        {name}_D_IN,\n        [\n",
+        net.d_input()
+    ));
+    for e in exprs {
+        s.push_str(&format!("            {e},\n"));
+    }
+    s.push_str("        ],\n    )\n}\n");
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lrnnx_core::Layer;
+    use lrnnx_train::candle_core::{Device, Tensor};
+    use serde_json::json;
+
+    fn spec() -> Vec<StageSpec> {
+        vec![
+            StageSpec::ResidualBegin,
+            StageSpec::Dense {
+                d_in: 1,
+                d_out: 4,
+                bias: true,
+            },
+            StageSpec::ResidualBegin,
+            StageSpec::Layer {
+                class: "LRU".into(),
+                kwargs: json!({"d_model": 4, "d_state": 6}),
+            },
+            StageSpec::Activation(train_net::Activation::Tanh),
+            StageSpec::Dense {
+                d_in: 4,
+                d_out: 8,
+                bias: true,
+            },
+            StageSpec::Glu,
+            StageSpec::ResidualEnd,
+            StageSpec::Layer {
+                class: "lrnnx.models.lti.s5.S5".into(),
+                kwargs: json!({"d_model": 4, "d_state": 4, "discretization": "zoh"}),
+            },
+            StageSpec::Activation(train_net::Activation::Silu),
+            StageSpec::Dense {
+                d_in: 4,
+                d_out: 1,
+                bias: false,
+            },
+            StageSpec::ResidualEnd,
+        ]
+    }
+
+    /// Exported core network stepped sample by sample = the training network's parallel
+    /// forward; the blob round trip is bit-exact.
+    #[test]
+    fn export_steps_like_the_parallel_forward_and_round_trips() {
+        let dev = Device::Cpu;
+        let net = train_net::Network::new(&spec(), 1, 3, &dev).unwrap();
+        let len = 300;
+        let xs: Vec<f32> = (0..len).map(|t| ((t * t) as f32 * 0.013).sin()).collect();
+        let x = Tensor::from_vec(xs.clone(), (1, len, 1), &dev).unwrap();
+        let want: Vec<f32> = net
+            .forward(&x, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let core = export_network(&net).unwrap();
+        let blob = network_to_blob(&core, 16000.0).unwrap();
+        let back = read_network_blob(&blob).unwrap();
+        assert_eq!(back.sample_rate, 16000.0);
+        assert_eq!(network_to_blob(&back.network, 16000.0).unwrap(), blob);
+        let mut st = vec![0.0; core.state_len()];
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (t, (x, w)) in xs.iter().zip(&want).enumerate() {
+            let mut y = [0.0];
+            back.network.step(&mut st, &[*x], &mut y).unwrap();
+            assert!(
+                (y[0] - w).abs() <= 1e-5 * scale + 1e-6,
+                "t={t}: {} vs {w}",
+                y[0]
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_blobs_are_refused_with_offsets() {
+        let net = train_net::Network::new(&spec(), 1, 3, &Device::Cpu).unwrap();
+        let blob = network_to_blob(&export_network(&net).unwrap(), 0.0).unwrap();
+        for cut in [
+            0,
+            7,
+            12,
+            23,
+            24,
+            30,
+            100,
+            blob.len() / 2,
+            blob.len() - 4,
+            blob.len() - 1,
+        ] {
+            let e = read_network_blob(&blob[..cut])
+                .err()
+                .expect("truncated blob accepted");
+            assert!(
+                e.to_string().contains("truncated") || e.to_string().contains("bytes"),
+                "{cut}: {e}"
+            );
+        }
+        let mut padded = blob.clone();
+        padded.extend_from_slice(&[0; 4]);
+        assert!(read_network_blob(&padded).is_err());
+        // Every single-word corruption is an error or a valid network; never a panic.
+        for at in (8..blob.len()).step_by(4) {
+            let mut b = blob.clone();
+            b[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+            let _ = read_network_blob(&b);
+        }
+        let mut nan = blob.clone();
+        let w0 = 24 + 4 + 12; // first weight of stage 1 (dense), after stage 0's tag
+        nan[w0..w0 + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(read_network_blob(&nan).is_err());
+    }
+
+    #[test]
+    fn rust_source_names_every_stage() {
+        let net = train_net::Network::new(&spec(), 1, 3, &Device::Cpu).unwrap();
+        let src = network_to_rust_source(&export_network(&net).unwrap(), "DEN", 16000.0).unwrap();
+        assert!(src.contains("pub fn den_network()"));
+        assert!(src.contains("DEN_S1_WEIGHTS: [f32; 8]"));
+        assert!(src.contains("lrnnx_core::Lru::from_weights(DEN_S3_CONFIG"));
+        assert!(src.contains("[lrnnx_core::Stage<&'static [f32]>; 12]"));
+    }
+}
