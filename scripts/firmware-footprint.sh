@@ -19,7 +19,7 @@ done
 cargo run --release --quiet --example firmware_model
 
 fw=examples/firmware
-target_dir=target/plain # relative to $fw; shared with tests/firmware.rs
+target_dir=target # relative to $fw; shared with tests/firmware.rs
 budget_flash=$((256 * 1024))
 budget_ram=$((64 * 1024))
 budget_instr=6000

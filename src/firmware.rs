@@ -137,7 +137,7 @@ impl FirmwareModel {
     /// Returns `L·d_output` values.
     pub fn step_sequence(&self, input: &[f32]) -> Result<Vec<f32>> {
         let (di, dout) = (self.d_input(), self.d_output());
-        if input.len() % di != 0 {
+        if !input.len().is_multiple_of(di) {
             return Err(ExportError::Source(format!(
                 "input of {} values is not a whole number of {di}-feature samples",
                 input.len()

@@ -76,12 +76,7 @@ fn missing_tools() -> Option<String> {
 /// Builds the firmware for `target` (with `features`) and returns the ELF's path.
 fn build(target: &str, features: &str) -> PathBuf {
     let dir = firmware_dir();
-    // A separate target dir per feature set, so that the test builds do not evict each other.
-    let target_dir = dir.join("target").join(if features.is_empty() {
-        "plain"
-    } else {
-        features
-    });
+    let target_dir = dir.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&dir)
