@@ -35,7 +35,14 @@ use serde_json::json;
 const SAMPLE_RATE: u32 = 16_000;
 
 struct Args {
+    width: usize,
+    state: usize,
+    blocks: usize,
     seconds: u64,
+    steps: usize,
+    batch: usize,
+    crop: usize,
+    lr: f64,
     out: PathBuf,
     seed: u64,
     progress: bool,
@@ -43,7 +50,14 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
-        seconds: 120,
+        width: 16,
+        state: 32,
+        blocks: 2,
+        seconds: 600,
+        steps: 600,
+        batch: 8,
+        crop: 4096,
+        lr: 3e-3,
         out: PathBuf::from("quickstart-out"),
         seed: 0,
         progress: true,
@@ -57,6 +71,13 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--seconds: {e}"))?
             }
+            "--width" => a.width = value("--width")?.parse().map_err(|e| format!("--width: {e}"))?,
+            "--state" => a.state = value("--state")?.parse().map_err(|e| format!("--state: {e}"))?,
+            "--blocks" => a.blocks = value("--blocks")?.parse().map_err(|e| format!("--blocks: {e}"))?,
+            "--steps" => a.steps = value("--steps")?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--batch" => a.batch = value("--batch")?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--crop" => a.crop = value("--crop")?.parse().map_err(|e| format!("--crop: {e}"))?,
+            "--lr" => a.lr = value("--lr")?.parse().map_err(|e| format!("--lr: {e}"))?,
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--seed" => {
                 a.seed = value("--seed")?
@@ -88,7 +109,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let held_out = clips.pop().unwrap_or_default();
 
     // The model: LRU blocks with GLU gates around a skip connection.
-    let (width, state, blocks) = (16, 32, 2);
+    let (width, state, blocks) = (args.width, args.state, args.blocks);
     let spec = causal_denoiser(
         "LRU",
         &json!({"d_model": width, "d_state": state, "r_min": 0.9, "r_max": 0.9999}),
@@ -101,6 +122,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         time_budget: Duration::from_secs(args.seconds),
         seed: args.seed,
         progress: args.progress,
+        batch_size: args.batch,
+        crop_len: args.crop,
+        lr: args.lr,
+        max_steps: args.steps,
         ..DenoiserTraining::default()
     };
     eprintln!(

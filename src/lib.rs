@@ -10,6 +10,7 @@
 //! * [`import`]: builds core layers from lrnnx (PyTorch) state dicts by class name.
 //! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
 //! * [`export`]: trained layers to the core's stepping layout, as a blob or as Rust source.
+//! * [`firmware`]: the model of the Cortex-M firmware example, as generated Rust source.
 
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ pub use lrnnx_train as train;
 
 pub mod export;
 pub mod export_network;
+pub mod firmware;
 pub mod golden;
 pub mod import;
 pub mod safetensors_io;

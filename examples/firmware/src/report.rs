@@ -1,0 +1,166 @@
+//! The program's output lines: plain semihosting text, or defmt with the `defmt` feature.
+//!
+//! Text lines (parsed by the host test and the footprint script):
+//!
+//! ```text
+//! y <t> <hex f32 bits> ...                     one output sample
+//! calibration instructions=<n> ticks=<n>
+//! cost stage=<i> kind=<name> instructions_per_sample=<x.y>
+//! cost model instructions_per_sample=<x.y> loop_overhead=<x.y>
+//! stack peak_bytes=<n> region_bytes=<n>
+//! ok samples=<n> features=<n> (bit-identical to the host)
+//! ```
+
+#[cfg(not(feature = "defmt"))]
+mod imp {
+    use core::fmt::{self, Write};
+
+    /// A line assembled in a fixed buffer, written with one semihosting call.
+    struct Line {
+        buf: [u8; 256],
+        len: usize,
+    }
+
+    impl Write for Line {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.len + s.len();
+            let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+            dst.copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+
+    fn emit(args: fmt::Arguments) {
+        let mut line = Line {
+            buf: [0; 256],
+            len: 0,
+        };
+        let _ = line.write_fmt(args);
+        let _ = line.write_str("\n");
+        if let Ok(mut out) = cortex_m_semihosting::hio::hstdout() {
+            let _ = out.write_all(&line.buf[..line.len]);
+        }
+    }
+
+    /// A value in tenths as `x.y`.
+    struct Tenths(i64);
+
+    impl fmt::Display for Tenths {
+        fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            let sign = if self.0 < 0 { "-" } else { "" };
+            let a = self.0.unsigned_abs();
+            write!(f, "{}{}.{}", sign, a / 10, a % 10)
+        }
+    }
+
+    pub fn output(t: usize, y: &[f32]) {
+        let mut line = Line {
+            buf: [0; 256],
+            len: 0,
+        };
+        let _ = write!(line, "y {}", t);
+        for v in y {
+            if write!(line, " {:08x}", v.to_bits()).is_err() {
+                break;
+            }
+        }
+        emit(format_args!(
+            "{}",
+            core::str::from_utf8(&line.buf[..line.len]).unwrap_or("")
+        ));
+    }
+
+    pub fn calibration(instructions: u64, ticks: u32) {
+        emit(format_args!(
+            "calibration instructions={} ticks={}",
+            instructions, ticks
+        ));
+    }
+
+    pub fn stage_cost(i: usize, kind: &str, tenths: i64) {
+        emit(format_args!(
+            "cost stage={} kind={} instructions_per_sample={}",
+            i,
+            kind,
+            Tenths(tenths)
+        ));
+    }
+
+    pub fn model_cost(tenths: i64, overhead_tenths: i64) {
+        emit(format_args!(
+            "cost model instructions_per_sample={} loop_overhead={}",
+            Tenths(tenths),
+            Tenths(overhead_tenths)
+        ));
+    }
+
+    pub fn stack(peak: usize, region: usize) {
+        emit(format_args!(
+            "stack peak_bytes={} region_bytes={}",
+            peak, region
+        ));
+    }
+
+    pub fn done(samples: usize, features: usize) {
+        emit(format_args!(
+            "ok samples={} features={} (bit-identical to the host)",
+            samples, features
+        ));
+    }
+}
+
+#[cfg(feature = "defmt")]
+mod imp {
+    pub fn output(t: usize, y: &[f32]) {
+        let mut bits = [0u32; 64];
+        let n = y.len().min(bits.len());
+        for (b, v) in bits.iter_mut().zip(y) {
+            *b = v.to_bits();
+        }
+        defmt::println!("y {=usize} {=[?]:x}", t, &bits[..n]);
+    }
+
+    pub fn calibration(instructions: u64, ticks: u32) {
+        defmt::println!(
+            "calibration instructions={=u64} ticks={=u32}",
+            instructions,
+            ticks
+        );
+    }
+
+    pub fn stage_cost(i: usize, kind: &str, tenths: i64) {
+        defmt::println!(
+            "cost stage={=usize} kind={=str} instructions_per_sample={=i64} tenths",
+            i,
+            kind,
+            tenths
+        );
+    }
+
+    pub fn model_cost(tenths: i64, overhead_tenths: i64) {
+        defmt::println!(
+            "cost model instructions_per_sample={=i64} tenths, loop_overhead={=i64} tenths",
+            tenths,
+            overhead_tenths
+        );
+    }
+
+    pub fn stack(peak: usize, region: usize) {
+        defmt::println!(
+            "stack peak_bytes={=usize} region_bytes={=usize}",
+            peak,
+            region
+        );
+    }
+
+    pub fn done(samples: usize, features: usize) {
+        defmt::println!(
+            "ok samples={=usize} features={=usize} (bit-identical to the host)",
+            samples,
+            features
+        );
+    }
+}
+
+pub use imp::*;
