@@ -191,7 +191,11 @@ impl SelectiveScan {
     fn geometry(spec: &ScanSpec, v: &Variant) -> LaunchConfig {
         let t = v.tiling;
         LaunchConfig {
-            grid_dim: (spec.channels.div_ceil(32 * t.cw) as u32, spec.batch as u32, 1),
+            grid_dim: (
+                spec.channels.div_ceil(32 * t.cw) as u32,
+                spec.batch as u32,
+                1,
+            ),
             block_dim: (32, t.nw as u32, t.cw as u32),
             shared_mem_bytes: 0,
         }
@@ -214,7 +218,11 @@ impl SelectiveScan {
             .map_err(drv)?;
         let dm = &self.dummy;
         let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
-        let (l, e, g) = (spec.len as i32, spec.channels as i32, spec.groups.max(1) as i32);
+        let (l, e, g) = (
+            spec.len as i32,
+            spec.channels as i32,
+            spec.groups.max(1) as i32,
+        );
         let mut lb = s.launch_builder(&m.fwd);
         lb.arg(x.u)
             .arg(x.delta)
@@ -291,7 +299,11 @@ impl SelectiveScan {
             .map_err(drv)?;
         let dm = &self.dummy;
         let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
-        let (l, e, g) = (spec.len as i32, spec.channels as i32, spec.groups.max(1) as i32);
+        let (l, e, g) = (
+            spec.len as i32,
+            spec.channels as i32,
+            spec.groups.max(1) as i32,
+        );
         let mut d1 = s.alloc_zeros::<f32>(1).map_err(drv)?;
         let mut d2 = s.alloc_zeros::<f32>(1).map_err(drv)?;
         {

@@ -125,7 +125,11 @@ pub struct Tiling {
 
 impl Default for Tiling {
     fn default() -> Self {
-        Tiling { ks: 4, nw: 8, cw: 1 }
+        Tiling {
+            ks: 4,
+            nw: 8,
+            cw: 1,
+        }
     }
 }
 
@@ -204,18 +208,22 @@ impl ScanSpec {
             return err(format!("state size {} not in 1..={MAX_STATE}", self.state));
         }
         let groups = if self.bc_fixed { 1 } else { self.groups };
-        if groups == 0 || self.channels % groups != 0 {
+        if groups == 0 || !self.channels.is_multiple_of(groups) {
             return err(format!(
                 "groups {} must divide the channels {}",
                 self.groups, self.channels
             ));
         }
-        if !matches!(tiling.ks, 1..=8) || !matches!(tiling.nw, 1..=16) || !matches!(tiling.cw, 1..=4)
+        if !matches!(tiling.ks, 1..=8)
+            || !matches!(tiling.nw, 1..=16)
+            || !matches!(tiling.cw, 1..=4)
         {
             return err(format!("unsupported tiling {tiling:?}"));
         }
         if tiling.nw * tiling.cw * 32 > 1024 {
-            return err(format!("tiling {tiling:?}: more than 1024 threads per block"));
+            return err(format!(
+                "tiling {tiling:?}: more than 1024 threads per block"
+            ));
         }
         let per_group = self.channels / groups;
         // largest power of two ≤ 32 dividing the channels of a group
@@ -225,7 +233,7 @@ impl ScanSpec {
         while tiling.nw > 1 && 4 * 32 * self.state * tiling.cw * (2 * tiling.nw + 2) > 48 * 1024 {
             tiling.nw /= 2;
         }
-        if tiling.cw > 1 && (per_group % (32 * tiling.cw) != 0 || 2 * self.state > 32) {
+        if tiling.cw > 1 && (!per_group.is_multiple_of(32 * tiling.cw) || 2 * self.state > 32) {
             tiling.cw = 1;
         }
         Ok(Variant {
@@ -293,10 +301,22 @@ mod tests {
         s.channels = 2048;
         s.groups = 1;
         s.state = 16;
-        let v = s.check(Tiling { ks: 4, nw: 4, cw: 2 }).unwrap();
+        let v = s
+            .check(Tiling {
+                ks: 4,
+                nw: 4,
+                cw: 2,
+            })
+            .unwrap();
         assert_eq!((v.seg, v.tiling.cw, v.segments(2048)), (32, 2, 32));
         s.channels = 96;
-        let v = s.check(Tiling { ks: 4, nw: 4, cw: 2 }).unwrap();
+        let v = s
+            .check(Tiling {
+                ks: 4,
+                nw: 4,
+                cw: 2,
+            })
+            .unwrap();
         assert_eq!((v.seg, v.tiling.cw), (32, 1));
     }
 
@@ -304,10 +324,20 @@ mod tests {
     fn bad_shapes_are_errors() {
         let mut s = spec();
         s.groups = 3;
-        assert!(s.check(Tiling::default()).unwrap_err().0.contains("groups 3"));
+        assert!(s
+            .check(Tiling::default())
+            .unwrap_err()
+            .0
+            .contains("groups 3"));
         let mut s = spec();
         s.state = 0;
         assert!(s.check(Tiling::default()).is_err());
-        assert!(spec().check(Tiling { ks: 4, nw: 16, cw: 4 }).is_err());
+        assert!(spec()
+            .check(Tiling {
+                ks: 4,
+                nw: 16,
+                cw: 4
+            })
+            .is_err());
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
 #![cfg(feature = "cuda")]
+#![allow(clippy::needless_range_loop)]
 
 use std::collections::HashMap;
 
@@ -74,10 +75,7 @@ fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
                     let xa = da * a;
                     let (abar, gbar) = match s.rule {
                         Rule::Mamba => (xa.exp(), dl),
-                        Rule::Zoh => (
-                            xa.exp(),
-                            if a == 0.0 { dl } else { (dl * a).exp_m1() / a },
-                        ),
+                        Rule::Zoh => (xa.exp(), if a == 0.0 { dl } else { (dl * a).exp_m1() / a }),
                         Rule::Bilinear => {
                             let v = xa.clamp(-2e18, 2e18);
                             ((1.0 + v / 2.0) / (1.0 - v / 2.0), dl / (1.0 - dl * a / 2.0))
@@ -135,7 +133,11 @@ fn gpu_run(
     let n = s.state;
     let ne = 3 * n + 2;
     let pc = &gr.per_channel;
-    let col = |q: usize| (0..s.channels).map(|ch| pc[ch * ne + q]).collect::<Vec<f32>>();
+    let col = |q: usize| {
+        (0..s.channels)
+            .map(|ch| pc[ch * ne + q])
+            .collect::<Vec<f32>>()
+    };
     let mut m = HashMap::new();
     m.insert("u", down(&gr.du));
     m.insert("delta", down(&gr.ddelta));
@@ -346,7 +348,10 @@ fn golden_op_cases() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 8, "expected the 8 real selective-scan golden cases");
+    assert_eq!(
+        checked, 8,
+        "expected the 8 real selective-scan golden cases"
+    );
 }
 
 // ---------------------------------------------------------------- random cases
@@ -366,7 +371,8 @@ fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
         a: rng.vec(en, -3.0, -0.05),
         b: (0..bcn).map(|_| rng.normal()).collect(),
         c: (0..bcn).map(|_| rng.normal()).collect(),
-        d: s.has_d.then(|| (0..s.channels).map(|_| rng.normal()).collect()),
+        d: s.has_d
+            .then(|| (0..s.channels).map(|_| rng.normal()).collect()),
         z: s.has_z.then(|| (0..ble).map(|_| rng.normal()).collect()),
         delta_bias: s.has_delta_bias.then(|| rng.vec(s.channels, -1.0, 1.0)),
     }
@@ -513,7 +519,10 @@ fn backward_is_bitwise_deterministic() {
             "grad.{k} differs between two runs"
         );
     }
-    println!("two backward runs: bitwise identical ({} gradients)", g1.len());
+    println!(
+        "two backward runs: bitwise identical ({} gradients)",
+        g1.len()
+    );
 }
 
 #[test]

@@ -22,7 +22,18 @@ fn every_variant_compiles_for_sm90() {
         }
     }
     cases.push((Rule::Mamba, 0, 16, 2048, 1, Tiling::default()));
-    cases.push((Rule::Mamba, 0, 16, 2048, 1, Tiling { ks: 4, nw: 4, cw: 2 }));
+    cases.push((
+        Rule::Mamba,
+        0,
+        16,
+        2048,
+        1,
+        Tiling {
+            ks: 4,
+            nw: 4,
+            cw: 2,
+        },
+    ));
     cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
     for (rule, flags, state, channels, groups, tiling) in cases {
         let spec = ScanSpec {
@@ -44,7 +55,10 @@ fn every_variant_compiles_for_sm90() {
         let ptx = compile(&v).unwrap_or_else(|e| panic!("{e}"));
         let src = ptx.to_src();
         for k in SELECTIVE_SCAN_KERNELS {
-            assert!(src.contains(&format!(".entry {k}")), "{k} missing in PTX of {v:?}");
+            assert!(
+                src.contains(&format!(".entry {k}")),
+                "{k} missing in PTX of {v:?}"
+            );
         }
         println!("compiled {v:?} in {:.1} s", t.elapsed().as_secs_f64());
         n += 1;
