@@ -16,7 +16,7 @@
 //! gradients.
 //!
 //! Without the `cuda` feature the crate holds the kernel source, the configuration and its shape
-//! checks ([`ScanSpec::check`]); with it, [`cuda::SelectiveScan`] compiles and launches.
+//! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` compiles and launches.
 
 use std::fmt;
 
