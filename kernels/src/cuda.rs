@@ -1,0 +1,386 @@
+//! Compiling (NVRTC) and launching the selective scan kernels through cudarc.
+//!
+//! cudarc loads `libnvrtc` and `libcuda` at run time and panics when they are missing, so
+//! [`nvrtc_available`] and [`gpu_available`] check first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+use crate::{ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
+
+/// The GPU architecture the kernels are compiled for (H100/H200).
+pub const ARCH: &str = "sm_90";
+
+/// Whether `libnvrtc` can be loaded (cudarc panics on first use otherwise).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Whether `libcuda` loads and reports at least one device.
+pub fn gpu_available() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return false;
+    }
+    matches!(CudaContext::device_count(), Ok(n) if n > 0)
+}
+
+/// Compiles the selective scan source for `variant` to PTX for [`ARCH`].
+pub fn compile(variant: &Variant) -> Result<Ptx, ScanError> {
+    let opts = CompileOptions {
+        arch: Some(ARCH),
+        options: variant.defines(),
+        name: Some("selective_scan.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(SELECTIVE_SCAN_SRC, opts)
+        .map_err(|e| ScanError(format!("NVRTC compile of {variant:?} failed: {e:?}")))
+}
+
+fn drv(e: cudarc::driver::DriverError) -> ScanError {
+    ScanError(format!("CUDA driver: {e:?}"))
+}
+
+/// Device inputs of one call; optional tensors must be `Some` exactly when the [`ScanSpec`]
+/// flag says so.
+pub struct Inputs<'a> {
+    /// `(batch, L, E)`.
+    pub u: &'a CudaSlice<f32>,
+    /// `(batch, L, E)` (before bias and softplus).
+    pub delta: &'a CudaSlice<f32>,
+    /// `(batch, L, E)`, with `has_delta_a`.
+    pub delta_a: Option<&'a CudaSlice<f32>>,
+    /// `(E, N)`.
+    pub a: &'a CudaSlice<f32>,
+    /// `(batch, L, G, N)` or `(E, N)`.
+    pub b: &'a CudaSlice<f32>,
+    /// `(batch, L, G, N)` or `(E, N)`.
+    pub c: &'a CudaSlice<f32>,
+    /// `(E)`, with `has_d`.
+    pub d: Option<&'a CudaSlice<f32>>,
+    /// `(batch, L, E)`, with `has_z`.
+    pub z: Option<&'a CudaSlice<f32>>,
+    /// `(E)`, with `has_delta_bias`.
+    pub delta_bias: Option<&'a CudaSlice<f32>>,
+}
+
+/// Results of the forward.
+pub struct Forward {
+    /// `y` `(batch, L, E)`.
+    pub y: CudaSlice<f32>,
+    /// Last state `(batch, E, N)`.
+    pub last_state: CudaSlice<f32>,
+    /// State at every chunk start `(batch, ⌈L/chunk⌉, N, E)`, for the backward.
+    pub checkpoints: CudaSlice<f32>,
+}
+
+/// Gradients from the backward (`None` where the input is absent).
+pub struct Grads {
+    /// `∂/∂u` `(batch, L, E)`.
+    pub du: CudaSlice<f32>,
+    /// `∂/∂delta` (raw, before bias/softplus) `(batch, L, E)`.
+    pub ddelta: CudaSlice<f32>,
+    /// `∂/∂deltaA` `(batch, L, E)`.
+    pub ddelta_a: Option<CudaSlice<f32>>,
+    /// `∂/∂z` `(batch, L, E)`.
+    pub dz: Option<CudaSlice<f32>>,
+    /// `∂/∂B`, `∂/∂C`, shaped like `B`, `C`.
+    pub db: CudaSlice<f32>,
+    /// See `db`.
+    pub dc: CudaSlice<f32>,
+    /// Per-channel sums `(E, 3N + 2)`: `[∂A (N) | ∂B fixed (N) | ∂C fixed (N) | ∂D | ∂delta_bias]`
+    /// (the fixed-`B`/`C` columns are copied into `db`/`dc` when `bc_fixed`).
+    pub per_channel: Vec<f32>,
+}
+
+struct Module {
+    _m: Arc<CudaModule>,
+    fwd: CudaFunction,
+    bwd: CudaFunction,
+    red_bc: CudaFunction,
+    red_e: CudaFunction,
+}
+
+/// The selective scan on one CUDA device: compiled variants are cached for its lifetime.
+pub struct SelectiveScan {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<Variant, Arc<Module>>>,
+    dummy: CudaSlice<f32>,
+    /// Launch geometry requested for new calls.
+    pub tiling: Tiling,
+}
+
+impl SelectiveScan {
+    /// Opens device `ordinal` (check [`gpu_available`] first).
+    pub fn new(ordinal: usize) -> Result<Self, ScanError> {
+        let ctx = CudaContext::new(ordinal).map_err(drv)?;
+        let stream = ctx.default_stream();
+        let dummy = stream.alloc_zeros::<f32>(1).map_err(drv)?;
+        Ok(SelectiveScan {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            dummy,
+            tiling: Tiling::default(),
+        })
+    }
+
+    /// The stream every launch goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn module(&self, v: &Variant) -> Result<Arc<Module>, ScanError> {
+        let mut map = self
+            .modules
+            .lock()
+            .map_err(|_| ScanError("module cache poisoned".into()))?;
+        if let Some(m) = map.get(v) {
+            return Ok(m.clone());
+        }
+        let ptx = compile(v)?;
+        let m = self.ctx.load_module(ptx).map_err(drv)?;
+        let f = |n: &str| m.load_function(n).map_err(drv);
+        let module = Arc::new(Module {
+            fwd: f("ss_fwd")?,
+            bwd: f("ss_bwd")?,
+            red_bc: f("ss_reduce_bc")?,
+            red_e: f("ss_reduce_e")?,
+            _m: m.clone(),
+        });
+        map.insert(*v, module.clone());
+        Ok(module)
+    }
+
+    fn check_inputs(&self, spec: &ScanSpec, x: &Inputs) -> Result<Variant, ScanError> {
+        let v = spec.check(self.tiling)?;
+        let need = |name: &str, t: Option<&CudaSlice<f32>>, flag: bool| -> Result<(), ScanError> {
+            match (t, flag) {
+                (Some(t), true) if t.len() == spec.expected_len(name) => Ok(()),
+                (Some(t), true) => Err(ScanError(format!(
+                    "tensor `{name}` has {} elements, expected {}",
+                    t.len(),
+                    spec.expected_len(name)
+                ))),
+                (None, false) => Ok(()),
+                (Some(_), false) => Err(ScanError(format!(
+                    "tensor `{name}` given but its flag in the spec is off"
+                ))),
+                (None, true) => Err(ScanError(format!("tensor `{name}` is missing"))),
+            }
+        };
+        need("u", Some(x.u), true)?;
+        need("delta", Some(x.delta), true)?;
+        need("deltaA", x.delta_a, spec.has_delta_a)?;
+        need("A", Some(x.a), true)?;
+        need("B", Some(x.b), true)?;
+        need("C", Some(x.c), true)?;
+        need("D", x.d, spec.has_d)?;
+        need("z", x.z, spec.has_z)?;
+        need("delta_bias", x.delta_bias, spec.has_delta_bias)?;
+        Ok(v)
+    }
+
+    fn geometry(spec: &ScanSpec, v: &Variant) -> LaunchConfig {
+        let t = v.tiling;
+        LaunchConfig {
+            grid_dim: (
+                spec.channels.div_ceil(32 * t.cw) as u32,
+                spec.batch as u32,
+                1,
+            ),
+            block_dim: (32, t.nw as u32, t.cw as u32),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Forward: `y`, the last state and the chunk checkpoints.
+    pub fn forward<'a>(&'a self, spec: &ScanSpec, x: &Inputs<'a>) -> Result<Forward, ScanError> {
+        let v = self.check_inputs(spec, x)?;
+        let m = self.module(&v)?;
+        let s = &self.stream;
+        let nch = spec.len.div_ceil(v.chunk());
+        let mut y = s
+            .alloc_zeros::<f32>(spec.batch * spec.len * spec.channels)
+            .map_err(drv)?;
+        let mut last = s
+            .alloc_zeros::<f32>(spec.batch * spec.channels * spec.state)
+            .map_err(drv)?;
+        let mut hs = s
+            .alloc_zeros::<f32>(spec.batch * nch * spec.state * spec.channels)
+            .map_err(drv)?;
+        let dm = &self.dummy;
+        let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
+        let (l, e, g) = (
+            spec.len as i32,
+            spec.channels as i32,
+            spec.groups.max(1) as i32,
+        );
+        let mut lb = s.launch_builder(&m.fwd);
+        lb.arg(x.u)
+            .arg(x.delta)
+            .arg(o(x.delta_a))
+            .arg(x.a)
+            .arg(x.b)
+            .arg(x.c)
+            .arg(o(x.d))
+            .arg(o(x.z))
+            .arg(o(x.delta_bias))
+            .arg(&mut y)
+            .arg(&mut hs)
+            .arg(&mut last)
+            .arg(&l)
+            .arg(&e)
+            .arg(&g);
+        // SAFETY: argument list matches `ss_fwd`; every buffer has the length checked above.
+        unsafe { lb.launch(Self::geometry(spec, &v)) }.map_err(drv)?;
+        Ok(Forward {
+            y,
+            last_state: last,
+            checkpoints: hs,
+        })
+    }
+
+    /// Backward from the upstream gradient `dy` `(batch, L, E)` and the forward's checkpoints.
+    pub fn backward<'a>(
+        &'a self,
+        spec: &ScanSpec,
+        x: &Inputs<'a>,
+        fwd: &Forward,
+        dy: &CudaSlice<f32>,
+    ) -> Result<Grads, ScanError> {
+        let v = self.check_inputs(spec, x)?;
+        let ble = spec.batch * spec.len * spec.channels;
+        if dy.len() != ble {
+            return Err(ScanError(format!(
+                "tensor `dy` has {} elements, expected {ble}",
+                dy.len()
+            )));
+        }
+        let nch = spec.len.div_ceil(v.chunk());
+        if fwd.checkpoints.len() != spec.batch * nch * spec.state * spec.channels {
+            return Err(ScanError(
+                "checkpoints do not match the spec (forward run with another spec or tiling)"
+                    .into(),
+            ));
+        }
+        let m = self.module(&v)?;
+        let s = &self.stream;
+        let n = spec.state;
+        let ne = 3 * n + 2;
+        let mut du = s.alloc_zeros::<f32>(ble).map_err(drv)?;
+        let mut ddt = s.alloc_zeros::<f32>(ble).map_err(drv)?;
+        let mut ddta = if spec.has_delta_a {
+            Some(s.alloc_zeros::<f32>(ble).map_err(drv)?)
+        } else {
+            None
+        };
+        let mut dz = if spec.has_z {
+            Some(s.alloc_zeros::<f32>(ble).map_err(drv)?)
+        } else {
+            None
+        };
+        let nseg = v.segments(spec.channels);
+        let mut pbc = if spec.bc_fixed {
+            s.alloc_zeros::<f32>(1).map_err(drv)?
+        } else {
+            s.alloc_zeros::<f32>(spec.batch * nseg * spec.len * 2 * n)
+                .map_err(drv)?
+        };
+        let mut pe = s
+            .alloc_zeros::<f32>(spec.batch * spec.channels * ne)
+            .map_err(drv)?;
+        let dm = &self.dummy;
+        let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
+        let (l, e, g) = (
+            spec.len as i32,
+            spec.channels as i32,
+            spec.groups.max(1) as i32,
+        );
+        let mut d1 = s.alloc_zeros::<f32>(1).map_err(drv)?;
+        let mut d2 = s.alloc_zeros::<f32>(1).map_err(drv)?;
+        {
+            let mut lb = s.launch_builder(&m.bwd);
+            lb.arg(x.u)
+                .arg(x.delta)
+                .arg(o(x.delta_a))
+                .arg(x.a)
+                .arg(x.b)
+                .arg(x.c)
+                .arg(o(x.d))
+                .arg(o(x.z))
+                .arg(o(x.delta_bias))
+                .arg(dy)
+                .arg(&fwd.checkpoints)
+                .arg(&mut du)
+                .arg(&mut ddt)
+                .arg(ddta.as_mut().unwrap_or(&mut d1))
+                .arg(dz.as_mut().unwrap_or(&mut d2))
+                .arg(&mut pbc)
+                .arg(&mut pe)
+                .arg(&l)
+                .arg(&e)
+                .arg(&g);
+            // SAFETY: argument list matches `ss_bwd`; buffer lengths checked above.
+            unsafe { lb.launch(Self::geometry(spec, &v)) }.map_err(drv)?;
+        }
+        let (mut db, mut dc);
+        if spec.bc_fixed {
+            db = s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?;
+            dc = s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?;
+        } else {
+            let total = spec.batch * spec.len * spec.groups * n;
+            db = s.alloc_zeros::<f32>(total).map_err(drv)?;
+            dc = s.alloc_zeros::<f32>(total).map_err(drv)?;
+            let (bsz, nseg_i) = (spec.batch as i32, nseg as i32);
+            let mut lb = s.launch_builder(&m.red_bc);
+            lb.arg(&pbc)
+                .arg(&mut db)
+                .arg(&mut dc)
+                .arg(&bsz)
+                .arg(&l)
+                .arg(&g)
+                .arg(&nseg_i);
+            // SAFETY: argument list matches `ss_reduce_bc`.
+            unsafe { lb.launch(LaunchConfig::for_num_elems(total as u32)) }.map_err(drv)?;
+        }
+        let mut pc = s.alloc_zeros::<f32>(spec.channels * ne).map_err(drv)?;
+        {
+            let bsz = spec.batch as i32;
+            let mut lb = s.launch_builder(&m.red_e);
+            lb.arg(&pe).arg(&mut pc).arg(&bsz).arg(&e);
+            // SAFETY: argument list matches `ss_reduce_e`.
+            unsafe { lb.launch(LaunchConfig::for_num_elems((spec.channels * ne) as u32)) }
+                .map_err(drv)?;
+        }
+        let per_channel = s.clone_dtoh(&pc).map_err(drv)?;
+        if spec.bc_fixed {
+            let mut hb = vec![0f32; spec.channels * n];
+            let mut hc = vec![0f32; spec.channels * n];
+            for ch in 0..spec.channels {
+                for k in 0..n {
+                    hb[ch * n + k] = per_channel[ch * ne + n + k];
+                    hc[ch * n + k] = per_channel[ch * ne + 2 * n + k];
+                }
+            }
+            db = s.clone_htod(&hb).map_err(drv)?;
+            dc = s.clone_htod(&hc).map_err(drv)?;
+        }
+        Ok(Grads {
+            du,
+            ddelta: ddt,
+            ddelta_a: ddta,
+            dz,
+            db,
+            dc,
+            per_channel,
+        })
+    }
+}

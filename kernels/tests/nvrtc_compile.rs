@@ -1,0 +1,67 @@
+//! Compiles every kernel variant the launch API can select with NVRTC for sm_90, on a machine
+//! without a GPU: a kernel that does not compile is caught here. Skips (with the reason printed)
+//! when `libnvrtc` cannot be loaded (see `.ci/run` for how CI installs it).
+#![cfg(feature = "cuda")]
+
+use lrnnx_kernels::cuda::{compile, nvrtc_available};
+use lrnnx_kernels::{Rule, ScanSpec, Tiling, SELECTIVE_SCAN_KERNELS};
+
+#[test]
+fn every_variant_compiles_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    let mut n = 0;
+    // every rule with every flag on and with every flag off (small state), then the
+    // launch geometries and state sizes used on large problems
+    let mut cases = Vec::new();
+    for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
+        for flags in [0u32, 7] {
+            cases.push((rule, flags, 4, 8, 2, Tiling::default()));
+        }
+    }
+    cases.push((Rule::Mamba, 0, 16, 2048, 1, Tiling::default()));
+    cases.push((
+        Rule::Mamba,
+        0,
+        16,
+        2048,
+        1,
+        Tiling {
+            ks: 4,
+            nw: 4,
+            cw: 2,
+        },
+    ));
+    cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
+    for (rule, flags, state, channels, groups, tiling) in cases {
+        let spec = ScanSpec {
+            batch: 2,
+            len: 100,
+            channels,
+            state,
+            groups,
+            rule,
+            bc_fixed: flags & 1 != 0,
+            has_delta_a: flags & 2 != 0,
+            has_delta_bias: flags & 4 == 0,
+            softplus: flags & 4 == 0,
+            has_d: flags & 4 == 0,
+            has_z: flags & 2 == 0,
+        };
+        let v = spec.check(tiling).expect("valid spec");
+        let t = std::time::Instant::now();
+        let ptx = compile(&v).unwrap_or_else(|e| panic!("{e}"));
+        let src = ptx.to_src();
+        for k in SELECTIVE_SCAN_KERNELS {
+            assert!(
+                src.contains(&format!(".entry {k}")),
+                "{k} missing in PTX of {v:?}"
+            );
+        }
+        println!("compiled {v:?} in {:.1} s", t.elapsed().as_secs_f64());
+        n += 1;
+    }
+    println!("compiled {n} variants for sm_90");
+}
