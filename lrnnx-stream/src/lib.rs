@@ -5,3 +5,5 @@
 //! path, denormals kept out of the recurrence, bounded time per sample.
 
 #![deny(missing_docs)]
+
+pub mod events;
