@@ -325,3 +325,362 @@ impl Decoder {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Word builders, straight from the format table (type in the top 4 bits).
+    fn w(ty: u16, payload: u16) -> u16 {
+        (ty << 12) | (payload & 0x0fff)
+    }
+
+    /// An independent EVT 3.0 *encoder*: time-sorted events and triggers to words, choosing
+    /// between single events (EVT_ADDR_X) and vectors (VECT_BASE_X + VECT_12 / VECT_8) at
+    /// random, emitting every EVT_TIME_HIGH step of at most 1024 (as a camera does, so that
+    /// wrap-arounds are recognisable), and sprinkling OTHERS / CONTINUED words that carry no
+    /// events.
+    fn encode(events: &[Event], triggers: &[Trigger], rng: &mut Lcg) -> Vec<u16> {
+        let mut out = Vec::new();
+        let mut high: Option<i64> = None; // absolute (unwrapped) high counter, t >> 12
+        let mut low: Option<i64> = None;
+        let mut row: Option<u16> = None;
+        let set_time =
+            |out: &mut Vec<u16>, t: i64, high: &mut Option<i64>, low: &mut Option<i64>| {
+                let h = t >> 12;
+                if *high != Some(h) {
+                    let mut cur = high.unwrap_or(h);
+                    while cur + 1024 < h {
+                        cur += 1024;
+                        out.push(w(0x8, (cur & 0xfff) as u16));
+                    }
+                    out.push(w(0x8, (h & 0xfff) as u16));
+                    *high = Some(h);
+                    *low = Some(0);
+                }
+                if *low != Some(t & 0xfff) {
+                    out.push(w(0x6, (t & 0xfff) as u16));
+                    *low = Some(t & 0xfff);
+                }
+            };
+        let mut ti = 0;
+        let mut i = 0;
+        while i < events.len() || ti < triggers.len() {
+            if ti < triggers.len() && (i == events.len() || triggers[ti].t <= events[i].t) {
+                let tr = triggers[ti];
+                set_time(&mut out, tr.t, &mut high, &mut low);
+                out.push(w(0xa, ((tr.channel as u16) << 8) | tr.rising as u16));
+                ti += 1;
+                continue;
+            }
+            let e = events[i];
+            set_time(&mut out, e.t, &mut high, &mut low);
+            if row != Some(e.y) {
+                out.push(w(0x0, e.y | (rng.below(2) as u16) << 11));
+                row = Some(e.y);
+            }
+            // The run of events sharing t, y and polarity with increasing x.
+            let mut j = i + 1;
+            while j < events.len()
+                && (events[j].t, events[j].y, events[j].on) == (e.t, e.y, e.on)
+                && events[j].x > events[j - 1].x
+            {
+                j += 1;
+            }
+            if j - i == 1 && rng.below(2) == 0 {
+                out.push(w(0x2, e.x | (e.on as u16) << 11));
+            } else {
+                out.push(w(0x3, e.x | (e.on as u16) << 11));
+                let mut base = e.x;
+                let mut k = i;
+                while k < j {
+                    let n = if rng.below(2) == 0 { 12 } else { 8 };
+                    let mut mask = 0u16;
+                    while k < j && events[k].x < base + n {
+                        mask |= 1 << (events[k].x - base);
+                        k += 1;
+                    }
+                    out.push(w(if n == 12 { 0x4 } else { 0x5 }, mask));
+                    base += n;
+                }
+            }
+            match rng.below(8) {
+                0 => out.push(w(0xe, rng.below(4096) as u16)),
+                1 => {
+                    out.push(w(0xe, 0x123));
+                    out.push(w(0xf, rng.below(4096) as u16));
+                    out.push(w(0x7, rng.below(16) as u16));
+                }
+                _ => {}
+            }
+            i = j;
+        }
+        out
+    }
+
+    /// Random events on a `width × height` sensor over ~40 s (two wraps of the 24-bit clock),
+    /// with bursts sharing a timestamp and a row (vectors), and a few triggers.
+    fn sample(rng: &mut Lcg, width: u16, height: u16) -> (Vec<Event>, Vec<Trigger>) {
+        let mut events = Vec::new();
+        let mut t = 1_000_000i64 + rng.below(5000) as i64;
+        while t < 41_000_000 {
+            let y = rng.below(height as u64) as u16;
+            let on = rng.below(2) == 1;
+            let mut x = rng.below(width as u64 / 2) as u16;
+            for _ in 0..1 + rng.below(30) {
+                events.push(Event { t, x, y, on });
+                x += 1 + rng.below(4) as u16;
+                if x >= width {
+                    break;
+                }
+            }
+            t += match rng.below(1000) {
+                0 => 3_000_000 + rng.below(5_000_000) as i64, // a long gap
+                1..=300 => 0,                                 // same timestamp, other row
+                _ => rng.below(3000) as i64,
+            };
+        }
+        let triggers = (0..20)
+            .map(|k| Trigger {
+                t: 1_000_000 + k * 2_000_000 + rng.below(1000) as i64,
+                channel: rng.below(16) as u8,
+                rising: k % 2 == 0,
+            })
+            .collect();
+        (events, triggers)
+    }
+
+    fn bytes(header: &str, words: &[u16]) -> Vec<u8> {
+        let mut b = header.as_bytes().to_vec();
+        for &x in words {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        b
+    }
+
+    const HEADER: &str = "% evt 3.0\n% format EVT3;height=480;width=640\n% end\n";
+
+    #[test]
+    fn encoded_streams_decode_to_the_events_with_every_word_type() {
+        let mut rng = Lcg(7);
+        let (events, triggers) = sample(&mut rng, 640, 480);
+        assert!(events.len() > 10_000);
+        let words = encode(&events, &triggers, &mut rng);
+        for ty in [0x0, 0x2, 0x3, 0x4, 0x5, 0x6, 0x7, 0x8, 0xa, 0xe, 0xf] {
+            assert!(words.iter().any(|&x| x >> 12 == ty), "type {ty:#x} unused");
+        }
+        let (rec, stats) = decode_with_stats(&bytes(HEADER, &words), &Default::default()).unwrap();
+        assert_eq!((rec.width, rec.height), (640, 480));
+        assert_eq!(rec.events.len(), events.len());
+        assert_eq!(rec.events, events);
+        assert_eq!(rec.triggers, triggers);
+        assert_eq!(stats.time_loops, 2, "41 s is two wraps of 16.8 s");
+        assert_eq!(stats.words, words.len() as u64);
+        assert!(stats.others > 0 && stats.continued > 0);
+        assert_eq!(
+            (
+                stats.skipped_no_time,
+                stats.skipped_no_row,
+                stats.skipped_no_base
+            ),
+            (0, 0, 0)
+        );
+        // Without a header: the size comes from the options, or from the events.
+        let raw = bytes("", &words);
+        let r = decode(
+            &raw,
+            &Evt3Options {
+                width: Some(640),
+                height: Some(480),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.events, events);
+        let r = decode(&raw, &Evt3Options::default()).unwrap();
+        let max_x = events.iter().map(|e| e.x).max().unwrap();
+        assert_eq!(r.width, max_x + 1);
+    }
+
+    #[test]
+    fn time_wraps_and_small_steps_back() {
+        // high 4095 then 0: a wrap (+2^24); high 100 then 90: a small step back, kept.
+        let words = [
+            w(0x8, 4095),
+            w(0x6, 5),
+            w(0x0, 3),
+            w(0x2, 1),
+            w(0x8, 0),
+            w(0x2, 2),
+            w(0x8, 100),
+            w(0x2, 3),
+            w(0x8, 90),
+            w(0x6, 7),
+            w(0x2, 4),
+        ];
+        let r = decode(&bytes(HEADER, &words), &Default::default()).unwrap();
+        let ts: Vec<i64> = r.events.iter().map(|e| e.t).collect();
+        let l = TIME_LOOP_US;
+        assert_eq!(ts, [4095 * 4096 + 5, l, l + 100 * 4096, l + 90 * 4096 + 7]);
+    }
+
+    #[test]
+    fn incomplete_state_is_skipped_and_counted() {
+        let words = [
+            w(0x0, 3),
+            w(0x2, 1), // no time yet
+            w(0x8, 1),
+            w(0x4, 0xfff), // no base x yet
+            w(0x3, 10),
+            w(0x5, 0b101), // x = 10, 12
+            w(0xa, 0x301), // trigger channel 3 rising
+        ];
+        let (r, s) = decode_with_stats(&bytes(HEADER, &words), &Default::default()).unwrap();
+        assert_eq!(s.skipped_no_time, 1);
+        assert_eq!(s.skipped_no_base, 1);
+        let xs: Vec<u16> = r.events.iter().map(|e| e.x).collect();
+        assert_eq!(xs, [10, 12]);
+        assert_eq!(
+            r.triggers,
+            [Trigger {
+                t: 4096,
+                channel: 3,
+                rising: true
+            }]
+        );
+        let words = [w(0x8, 1), w(0x2, 1)];
+        let (r, s) = decode_with_stats(&bytes(HEADER, &words), &Default::default()).unwrap();
+        assert!(r.events.is_empty());
+        assert_eq!(s.skipped_no_row, 1);
+    }
+
+    #[test]
+    fn bad_streams_are_errors_with_offsets() {
+        let hl = HEADER.len() as u64;
+        let good = [w(0x8, 1), w(0x0, 2), w(0x2, 5)];
+        // A cut word.
+        let mut b = bytes(HEADER, &good);
+        b.push(0x12);
+        match decode(&b, &Default::default()) {
+            Err(EventError::Truncated { offset, .. }) => assert_eq!(offset, hl + 6),
+            other => panic!("{other:?}"),
+        }
+        // Every reserved type.
+        for ty in [0x1u16, 0x9, 0xb, 0xc, 0xd] {
+            let b = bytes(HEADER, &[good[0], good[1], w(ty, 0), good[2]]);
+            match decode(&b, &Default::default()) {
+                Err(EventError::Corrupt { offset, what, .. }) => {
+                    assert_eq!(offset, hl + 4);
+                    assert!(what.contains("reserved"), "{what}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Outside the declared sensor (640 wide): a single event and a vector.
+        let b = bytes(HEADER, &[good[0], good[1], w(0x2, 700)]);
+        assert!(matches!(
+            decode(&b, &Default::default()),
+            Err(EventError::Corrupt { offset, .. }) if offset == hl + 4
+        ));
+        let b = bytes(HEADER, &[good[0], good[1], w(0x3, 635), w(0x4, 0x800)]);
+        assert!(matches!(
+            decode(&b, &Default::default()),
+            Err(EventError::Corrupt { offset, .. }) if offset == hl + 6
+        ));
+        let b = bytes(
+            HEADER,
+            &[good[0], w(0x0, 479), good[2], w(0x0, 480), good[2]],
+        );
+        assert!(matches!(
+            decode(&b, &Default::default()),
+            Err(EventError::Corrupt { offset, .. }) if offset == hl + 8
+        ));
+        // Many vectors in a row saturate, never overflow.
+        let mut words = vec![good[0], good[1], w(0x3, 2000)];
+        words.extend(std::iter::repeat_n(w(0x4, 0), 10_000));
+        words.push(w(0x4, 1));
+        let r = decode(&bytes("", &words), &Default::default());
+        assert!(r.is_err());
+        // Bad header lines.
+        assert!(matches!(
+            decode(b"% evt 3.0\n% end", &Default::default()),
+            Err(EventError::Truncated { offset: 10, .. })
+        ));
+        assert!(matches!(
+            decode(b"% format EVT3;width=0\n% end\n", &Default::default()),
+            Err(EventError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode(b"% geometry 12\n", &Default::default()),
+            Err(EventError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_and_damaged_streams_never_panic() {
+        let mut rng = Lcg(11);
+        let (events, triggers) = sample(&mut rng, 320, 240);
+        let events = &events[..3000];
+        let triggers: Vec<Trigger> = triggers
+            .into_iter()
+            .filter(|t| t.t <= events[events.len() - 1].t)
+            .collect();
+        let header = "% evt 3.0\n% geometry 320x240\n% end\n";
+        let b = bytes(header, &encode(events, &triggers, &mut rng));
+        let full = decode(&b, &Default::default()).unwrap();
+        assert_eq!(full.events, events);
+        for k in 0..200 {
+            let cut = (b.len() * k) / 200 + (k % 3);
+            let cut = cut.min(b.len());
+            match decode(&b[..cut], &Default::default()) {
+                // A whole-word prefix decodes to a prefix of the events.
+                Ok(r) => {
+                    assert!(cut < header.len() || (cut - header.len()) % 2 == 0);
+                    assert_eq!(r.events[..], full.events[..r.events.len()]);
+                }
+                Err(EventError::Truncated { .. }) | Err(EventError::Corrupt { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for _ in 0..300 {
+            let mut d = b.clone();
+            let i = rng.below(d.len() as u64) as usize;
+            d[i] ^= 1 << rng.below(8);
+            let _ = decode(&d, &Default::default());
+        }
+    }
+
+    #[test]
+    fn header_detection() {
+        let h = Header::parse(HEADER.as_bytes()).unwrap();
+        assert!(h.is_evt3());
+        assert_eq!((h.width, h.height), (Some(640), Some(480)));
+        assert_eq!(h.data_start, HEADER.len());
+        let h = Header::parse(b"% evt 2.0\n% end\n").unwrap();
+        assert!(!h.is_evt3());
+        assert_eq!(h.declared_format(), Some("2.0"));
+        assert!(matches!(
+            super::super::detect(b"% evt 2.0\n% end\n", "x.raw"),
+            Err(EventError::UnknownFormat(_))
+        ));
+        assert_eq!(
+            super::super::detect(b"\x00\x80", "rec.RAW").unwrap(),
+            Format::Evt3
+        );
+        assert!(super::super::detect(b"\x00\x80", "rec.bin").is_err());
+    }
+}
