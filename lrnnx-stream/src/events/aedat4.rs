@@ -226,6 +226,49 @@ fn parse_description(xml: &str) -> Result<Vec<StreamInfo>, String> {
     Ok(streams)
 }
 
+/// Checks the framing of one LZ4 frame filling all of `payload` (the LZ4 frame format: magic
+/// `04 22 4D 18`, FLG, BD, optional 8-byte content size and 4-byte dictionary id, header
+/// checksum byte; then blocks, each a `u32` size (high bit: stored uncompressed) and its data
+/// (plus a 4-byte checksum when FLG says so), ended by a zero `u32`; then an optional 4-byte
+/// content checksum). A cut or padded frame is reported at the offset where it goes wrong: the
+/// decompressor alone may take a frame cut between blocks for a complete one.
+fn lz4_frame_framing(payload: &[u8]) -> Result<(), (usize, String)> {
+    let u32_at = |p: usize| -> Option<u32> {
+        payload
+            .get(p..p + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if u32_at(0) != Some(0x184D_2204) {
+        return Err((0, "not an LZ4 frame (magic)".into()));
+    }
+    let flg = *payload
+        .get(4)
+        .ok_or((4, "LZ4 frame header cut".to_string()))?;
+    let block_checksum = flg & 0x10 != 0;
+    let content_size = flg & 0x08 != 0;
+    let content_checksum = flg & 0x04 != 0;
+    let dict = flg & 0x01 != 0;
+    let mut pos = 4 + 2 + 8 * content_size as usize + 4 * dict as usize + 1;
+    loop {
+        let size = u32_at(pos).ok_or((pos, "LZ4 frame cut before its end mark".to_string()))?;
+        pos += 4;
+        if size == 0 {
+            break;
+        }
+        let start = pos - 4;
+        pos += (size & 0x7fff_ffff) as usize + 4 * block_checksum as usize;
+        if pos > payload.len() {
+            return Err((start, format!("LZ4 block of {} bytes cut", size & 0x7fff_ffff)));
+        }
+    }
+    pos += 4 * content_checksum as usize;
+    match pos.cmp(&payload.len()) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err((payload.len(), "LZ4 content checksum cut".into())),
+        std::cmp::Ordering::Less => Err((pos, "bytes after the end of the LZ4 frame".into())),
+    }
+}
+
 /// Decompresses `payload` (starting at file offset `offset`) into `out`.
 fn decompress(
     compression: Compression,
@@ -240,10 +283,15 @@ fn decompress(
             out.extend_from_slice(payload);
             return Ok(());
         }
-        Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(payload)
-            .take(MAX_PACKET_BYTES + 1)
-            .read_to_end(out)
-            .map_err(|e| format!("LZ4: {e}")),
+        Compression::Lz4 => {
+            if let Err((at, m)) = lz4_frame_framing(payload) {
+                return Err(corrupt(format!("{what}: {m}"), offset + at));
+            }
+            lz4_flex::frame::FrameDecoder::new(payload)
+                .take(MAX_PACKET_BYTES + 1)
+                .read_to_end(out)
+                .map_err(|e| format!("LZ4: {e}"))
+        }
         Compression::Zstd => {
             let mut src = payload;
             match ruzstd::decoding::StreamingDecoder::new(&mut src) {

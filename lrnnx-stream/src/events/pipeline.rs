@@ -380,3 +380,219 @@ impl<'l, L: EventLayer + ?Sized> EventPipeline<'l, L> {
         Ok(&self.y)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lrnnx_core::Layer;
+
+    /// A layer that shows what it is given: `y = [τ, u_0, .., u_{d−1}, steps so far]`, state =
+    /// the step count.
+    struct Probe {
+        d: usize,
+    }
+
+    impl Layer for Probe {
+        fn d_input(&self) -> usize {
+            self.d
+        }
+        fn d_output(&self) -> usize {
+            self.d + 2
+        }
+        fn state_len(&self) -> usize {
+            1
+        }
+        fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
+            self.step_event_prechecked(state, x, 1.0, y)
+        }
+    }
+
+    impl EventLayer for Probe {
+        fn step_event_prechecked(&self, state: &mut [f32], x: &[f32], dt: f32, y: &mut [f32]) {
+            state[0] += 1.0;
+            y[0] = dt;
+            y[1..=self.d].copy_from_slice(x);
+            y[self.d + 1] = state[0];
+        }
+    }
+
+    fn ev(t: i64, x: u16, y: u16, on: bool) -> Event {
+        Event { t, x, y, on }
+    }
+
+    #[test]
+    fn encoding_matches_its_formula() {
+        let (w, h, d) = (346u16, 260u16, 16usize);
+        let enc = EventEncoder::new(w, h, d).unwrap();
+        let mut u = vec![0.0f32; d];
+        for &(x, y, on) in &[(0u16, 0u16, true), (345, 259, false), (100, 37, true)] {
+            assert!(enc.encode(&ev(0, x, y, on), &mut u));
+            let xh = (2.0 * x as f64 + 1.0) / w as f64 - 1.0;
+            let yh = (2.0 * y as f64 + 1.0) / h as f64 - 1.0;
+            let pi = std::f64::consts::PI;
+            let mut want = vec![if on { 1.0 } else { -1.0 }, xh, yh];
+            for k in 0..4 {
+                let f = pi * 2f64.powi(k);
+                want.extend([
+                    (f * xh).sin(),
+                    (f * xh).cos(),
+                    (f * yh).sin(),
+                    (f * yh).cos(),
+                ]);
+            }
+            for (j, (&g, &w)) in u.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() < 1e-6,
+                    "({x},{y}) feature {j}: {g} vs {w}"
+                );
+            }
+        }
+        assert!(!enc.encode(&ev(0, 346, 0, true), &mut u));
+        assert!(!enc.encode(&ev(0, 0, 260, true), &mut u));
+        assert!(!enc.encode(&ev(0, 0, 0, true), &mut u[..3]));
+        assert!(EventEncoder::new(10, 10, 2).is_err());
+        assert!(EventEncoder::new(0, 10, 4).is_err());
+        let three = EventEncoder::new(4, 2, 3).unwrap();
+        let mut u3 = [0.0f32; 3];
+        assert!(three.encode(&ev(0, 3, 0, false), &mut u3));
+        assert_eq!(u3, [-1.0, 0.75, -0.5]);
+    }
+
+    #[test]
+    fn time_steps_follow_the_documented_policy() {
+        let probe = Probe { d: 3 };
+        let timing = EventTiming {
+            time_unit_us: 100.0,
+            min_dt: 0.01,
+            max_dt: 50.0,
+            backwards: Backwards::Error,
+        };
+        let mut p = EventPipeline::new(&probe, 8, 8, timing).unwrap();
+        // first → min_dt; +250 µs → 2.5; equal → min_dt; +0.5 µs cannot happen (integer µs);
+        // +1 µs → 0.01 (= min_dt exactly); a 1 s gap → capped at 50.
+        let ts = [1000i64, 1250, 1250, 1251, 1_001_251];
+        let want = [0.01f32, 2.5, 0.01, 0.01, 50.0];
+        for (&t, &w) in ts.iter().zip(&want) {
+            let y = p.step(&ev(t, 1, 2, true)).unwrap();
+            assert!((y[0] - w).abs() < 1e-7, "t={t}: τ={} want {w}", y[0]);
+        }
+        assert_eq!(
+            timing.time_steps(&ts.map(|t| ev(t, 0, 0, true))).unwrap(),
+            want
+        );
+        // Going back: an error naming the event, nothing changes, the next good event goes on.
+        let before = p.events_seen();
+        match p.step(&ev(1_001_000, 1, 2, true)) {
+            Err(EventError::TimeWentBackwards {
+                index,
+                previous,
+                got,
+            }) => assert_eq!((index, previous, got), (5, 1_001_251, 1_001_000)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.events_seen(), before);
+        let y = p.step(&ev(1_001_351, 1, 2, true)).unwrap();
+        assert!((y[0] - 1.0).abs() < 1e-6 && y[4] == 6.0, "{y:?}");
+        // Out of the sensor: an error, nothing changes.
+        assert!(matches!(
+            p.step(&ev(1_001_400, 8, 0, true)),
+            Err(EventError::OutOfSensor {
+                index: 6,
+                x: 8,
+                y: 0
+            })
+        ));
+        assert_eq!(p.events_seen(), 6);
+        // Clamp: a step back counts as simultaneous with the latest timestamp; the next step is
+        // measured from that latest timestamp.
+        let mut p = EventPipeline::new(
+            &probe,
+            8,
+            8,
+            EventTiming {
+                backwards: Backwards::Clamp,
+                ..timing
+            },
+        )
+        .unwrap();
+        let ts = [500i64, 900, 100, 1000];
+        let want = [0.01f32, 4.0, 0.01, 1.0];
+        for (&t, &w) in ts.iter().zip(&want) {
+            let y = p.step(&ev(t, 0, 0, false)).unwrap();
+            assert!((y[0] - w).abs() < 1e-6, "t={t}: τ={} want {w}", y[0]);
+        }
+        // Reset starts over.
+        p.reset();
+        assert_eq!(p.events_seen(), 0);
+        assert_eq!(p.step(&ev(0, 0, 0, true)).unwrap()[0], 0.01);
+        // Extreme timestamps stay finite and positive.
+        let mut p = EventPipeline::new(&probe, 8, 8, EventTiming::default()).unwrap();
+        for t in [i64::MIN, 0, i64::MAX] {
+            let y = p.step(&ev(t, 0, 0, true)).unwrap();
+            assert!(y[0].is_finite() && y[0] > 0.0);
+        }
+    }
+
+    #[test]
+    fn run_writes_every_output_and_checks_buffers() {
+        let probe = Probe { d: 4 };
+        let mut p = EventPipeline::new(&probe, 4, 4, EventTiming::default()).unwrap();
+        let evs: Vec<Event> = (0..5)
+            .map(|i| ev(i * 1000, i as u16 % 4, 1, i % 2 == 0))
+            .collect();
+        let mut out = vec![0.0f32; 5 * 6];
+        p.run(&evs, &mut out).unwrap();
+        let xs = p.encoder().encode_all(&evs).unwrap();
+        let taus = p.timing().time_steps(&evs).unwrap();
+        for (i, row) in out.chunks_exact(6).enumerate() {
+            assert_eq!(row[0], taus[i]);
+            assert_eq!(&row[1..5], &xs[i * 4..i * 4 + 4]);
+            assert_eq!(row[5], (i + 1) as f32);
+        }
+        assert!(matches!(
+            p.run(&evs, &mut out[..7]),
+            Err(EventError::Config(_))
+        ));
+        assert_eq!(p.run_last(&evs[..0]).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let probe = Probe { d: 3 };
+        let base = EventTiming::default();
+        for t in [
+            EventTiming {
+                time_unit_us: 0.0,
+                ..base
+            },
+            EventTiming {
+                time_unit_us: f64::NAN,
+                ..base
+            },
+            EventTiming {
+                min_dt: 0.0,
+                ..base
+            },
+            EventTiming {
+                min_dt: f32::INFINITY,
+                ..base
+            },
+            EventTiming {
+                max_dt: f32::INFINITY,
+                ..base
+            },
+            EventTiming {
+                max_dt: 1e-4,
+                ..base
+            },
+        ] {
+            assert!(matches!(
+                EventPipeline::new(&probe, 4, 4, t),
+                Err(EventError::Config(_))
+            ));
+            assert!(t.time_steps(&[]).is_err());
+        }
+        let two = Probe { d: 2 };
+        assert!(EventPipeline::new(&two, 4, 4, base).is_err());
+    }
+}
