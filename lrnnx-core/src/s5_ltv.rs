@@ -271,22 +271,8 @@ fn fused_step<const B: usize>(
     let (bt_re, bt_im) = bt.split_at(h * p);
     let (s_re, s_im) = st.split_at_mut(p);
     for c0 in (0..p).step_by(B) {
-        let (mut vr0, mut vi0, mut vr1, mut vi1) =
-            ([0.0f32; B], [0.0f32; B], [0.0f32; B], [0.0f32; B]);
-        for (i2, x2) in x.chunks_exact(2).enumerate() {
-            let (r0, r1) = (2 * i2 * p + c0, (2 * i2 + 1) * p + c0);
-            if let (Some(a), Some(b), Some(c), Some(e)) = (
-                arr::<B>(bt_re, r0),
-                arr::<B>(bt_im, r0),
-                arr::<B>(bt_re, r1),
-                arr::<B>(bt_im, r1),
-            ) {
-                axpy(&mut vr0, x2[0], a);
-                axpy(&mut vi0, x2[0], b);
-                axpy(&mut vr1, x2[1], c);
-                axpy(&mut vi1, x2[1], e);
-            }
-        }
+        // The transitions first: their polynomial chains then overlap the independent
+        // multiply-adds of `v = B̄x` below.
         let (Some(a_re), Some(a_im), Some(z_re), Some(z_im)) = (
             arr::<B>(head, c0),
             arr::<B>(head, p + c0),
@@ -307,6 +293,22 @@ fn fused_step<const B: usize>(
                 for j in 0..B {
                     (ar[j], ai[j]) = bilinear_transition(dt * z_re[j], dt * z_im[j]);
                 }
+            }
+        }
+        let (mut vr0, mut vi0, mut vr1, mut vi1) =
+            ([0.0f32; B], [0.0f32; B], [0.0f32; B], [0.0f32; B]);
+        for (i2, x2) in x.chunks_exact(2).enumerate() {
+            let (r0, r1) = (2 * i2 * p + c0, (2 * i2 + 1) * p + c0);
+            if let (Some(a), Some(b), Some(c), Some(e)) = (
+                arr::<B>(bt_re, r0),
+                arr::<B>(bt_im, r0),
+                arr::<B>(bt_re, r1),
+                arr::<B>(bt_im, r1),
+            ) {
+                axpy(&mut vr0, x2[0], a);
+                axpy(&mut vi0, x2[0], b);
+                axpy(&mut vr1, x2[1], c);
+                axpy(&mut vi1, x2[1], e);
             }
         }
         let (Some(sr), Some(si)) = (s_re.get_mut(c0..c0 + B), s_im.get_mut(c0..c0 + B)) else {

@@ -258,7 +258,10 @@ fn lz4_frame_framing(payload: &[u8]) -> Result<(), (usize, String)> {
         let start = pos - 4;
         pos += (size & 0x7fff_ffff) as usize + 4 * block_checksum as usize;
         if pos > payload.len() {
-            return Err((start, format!("LZ4 block of {} bytes cut", size & 0x7fff_ffff)));
+            return Err((
+                start,
+                format!("LZ4 block of {} bytes cut", size & 0x7fff_ffff),
+            ));
         }
     }
     pos += 4 * content_checksum as usize;

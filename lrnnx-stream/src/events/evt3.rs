@@ -187,7 +187,7 @@ pub fn decode_with_stats(
     let width = options.width.or(header.width);
     let height = options.height.or(header.height);
     let data = &bytes[header.data_start..];
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         let off = bytes.len() - 1;
         return Err(EventError::Truncated {
             format: Format::Evt3,
@@ -649,7 +649,7 @@ mod tests {
             match decode(&b[..cut], &Default::default()) {
                 // A whole-word prefix decodes to a prefix of the events.
                 Ok(r) => {
-                    assert!(cut < header.len() || (cut - header.len()) % 2 == 0);
+                    assert!(cut < header.len() || (cut - header.len()).is_multiple_of(2));
                     assert_eq!(r.events[..], full.events[..r.events.len()]);
                 }
                 Err(EventError::Truncated { .. }) | Err(EventError::Corrupt { .. }) => {}

@@ -114,7 +114,7 @@ impl<'a> Buf<'a> {
             .filter(|&v| v < self.bytes.len())
             .ok_or_else(|| self.corrupt(pos, format_args!("vtable offset {soff} out of range")))?;
         let vtable_len = self.u16(vtable, "vtable size")? as usize;
-        if vtable_len < 4 || vtable_len % 2 != 0 {
+        if vtable_len < 4 || !vtable_len.is_multiple_of(2) {
             return Err(self.corrupt(vtable, format_args!("vtable size {vtable_len}")));
         }
         self.slice(vtable, vtable_len, "vtable")?;

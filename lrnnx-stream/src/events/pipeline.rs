@@ -20,7 +20,7 @@
 //! in full and `sin(8π x̂)`). The per-column and per-row parts are tabulated once, at
 //! construction, so encoding an event is `d` additions.
 //!
-//! **Time steps.** `τ_i = (t_i − t_{i−1}) / time_unit_us`, then clamped into
+//! **Time steps.** `τ_i = (t_i − t_{i−1}) · (1 / time_unit_us)`, then clamped into
 //! `[min_dt, max_dt]`:
 //!
 //! * the first event (or the first after [`EventPipeline::reset`]) gets `τ = min_dt`; the state is
@@ -104,6 +104,12 @@ impl EventTiming {
         Ok(())
     }
 
+    /// `1 / time_unit_us`.
+    #[inline(always)]
+    fn per_unit(&self) -> f64 {
+        1.0 / self.time_unit_us
+    }
+
     /// The time steps of a whole event sequence (as [`EventPipeline::step`] computes them, from
     /// a fresh start): for a batch (parallel) forward of the same events.
     pub fn time_steps(&self, events: &[Event]) -> Result<Vec<f32>, EventError> {
@@ -145,9 +151,11 @@ impl Clock {
                 Backwards::Clamp => Ok((timing.min_dt, prev)),
             };
         }
-        // t ≥ prev: the difference is exact in i128 and non-negative.
-        let dt_us = (t as i128 - prev as i128) as f64;
-        let tau = ((dt_us / timing.time_unit_us) as f32).clamp(timing.min_dt, timing.max_dt);
+        // t ≥ prev: the difference fits a u64 exactly (wrapping arithmetic gives it even when
+        // it overflows an i64). Multiplying by the reciprocal unit keeps a division off the
+        // path from the timestamp to the layer's transition.
+        let dt_us = t.wrapping_sub(prev) as u64 as f64;
+        let tau = ((dt_us * timing.per_unit()) as f32).clamp(timing.min_dt, timing.max_dt);
         Ok((tau, t))
     }
 
