@@ -565,3 +565,175 @@ fn check_index(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FlatBuffer with one root table, written front to back from the format description
+    /// (root offset, identifier, vtable, table, then the out-of-line data). `fields` are the
+    /// table's inline bytes per field (`None`: absent); `tail` is appended after the table and
+    /// `fixups` are (field index, position in `tail`) pairs whose inline `u32` must point there.
+    fn flatbuffer(
+        id: &[u8; 4],
+        fields: &[Option<Vec<u8>>],
+        tail: &[u8],
+        fixups: &[(usize, usize)],
+    ) -> Vec<u8> {
+        let vt_len = 4 + 2 * fields.len();
+        let vt_pos = 8;
+        let table = (vt_pos + vt_len).next_multiple_of(4);
+        let mut inline = Vec::new();
+        let mut offsets = Vec::new();
+        let mut field_pos = vec![0; fields.len()];
+        for (i, f) in fields.iter().enumerate() {
+            match f {
+                Some(b) => {
+                    offsets.push((4 + inline.len()) as u16);
+                    field_pos[i] = table + 4 + inline.len();
+                    inline.extend_from_slice(b);
+                }
+                None => offsets.push(0),
+            }
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&(table as u32).to_le_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&(vt_len as u16).to_le_bytes());
+        out.extend_from_slice(&((4 + inline.len()) as u16).to_le_bytes());
+        for o in offsets {
+            out.extend_from_slice(&o.to_le_bytes());
+        }
+        out.resize(table, 0);
+        out.extend_from_slice(&((table - vt_pos) as i32).to_le_bytes());
+        out.extend_from_slice(&inline);
+        while !out.len().is_multiple_of(8) {
+            out.push(0);
+        }
+        let tail_pos = out.len();
+        out.extend_from_slice(tail);
+        for &(field, at) in fixups {
+            let p = field_pos[field];
+            let rel = (tail_pos + at - p) as u32;
+            out[p..p + 4].copy_from_slice(&rel.to_le_bytes());
+        }
+        out
+    }
+
+    fn description(width: u16, height: u16) -> String {
+        format!(
+            "<dv version=\"2.0\"><node name=\"outInfo\" path=\"/o/\">\
+             <node name=\"0\" path=\"/o/0/\"><attr key=\"typeIdentifier\" type=\"string\">EVTS</attr>\
+             <node name=\"info\" path=\"/o/0/info/\"><attr key=\"sizeX\" type=\"int\">{width}</attr>\
+             <attr key=\"sizeY\" type=\"int\">{height}</attr></node></node>\
+             <node name=\"1\" path=\"/o/1/\"><attr key=\"typeIdentifier\" type=\"string\">FRME</attr>\
+             </node></node></dv>"
+        )
+    }
+
+    /// A whole file: header (compression code, no packet index) and packets
+    /// (stream id, uncompressed size-prefixed flatbuffer).
+    fn file(code: i32, packets: &[(i32, Vec<u8>)]) -> Vec<u8> {
+        let desc = description(40, 30);
+        let mut s = (desc.len() as u32).to_le_bytes().to_vec();
+        s.extend_from_slice(desc.as_bytes());
+        s.push(0);
+        let header = flatbuffer(
+            b"IOHE",
+            &[
+                Some(code.to_le_bytes().to_vec()),
+                Some((-1i64).to_le_bytes().to_vec()),
+                Some(vec![0; 4]),
+            ],
+            &s,
+            &[(2, 0)],
+        );
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        for (sid, body) in packets {
+            let data = match code {
+                0 => body.clone(),
+                3 => ruzstd::encoding::compress_to_vec(
+                    &body[..],
+                    ruzstd::encoding::CompressionLevel::Fastest,
+                ),
+                _ => unreachable!(),
+            };
+            out.extend_from_slice(&sid.to_le_bytes());
+            out.extend_from_slice(&(data.len() as i32).to_le_bytes());
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    /// A size-prefixed EventPacket: field 0 points at the vector (its `u32` length, then the
+    /// 16-byte structs).
+    fn event_packet(events: &[(i64, i16, i16, u8)]) -> Vec<u8> {
+        let mut v = (events.len() as u32).to_le_bytes().to_vec();
+        for &(t, x, y, on) in events {
+            v.extend_from_slice(&t.to_le_bytes());
+            v.extend_from_slice(&x.to_le_bytes());
+            v.extend_from_slice(&y.to_le_bytes());
+            v.extend_from_slice(&[on, 0, 0, 0]);
+        }
+        let fb = flatbuffer(b"EVTS", &[Some(vec![0; 4])], &v, &[(0, 0)]);
+        let mut out = (fb.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&fb);
+        out
+    }
+
+    #[test]
+    fn hand_built_files_decode_uncompressed_and_zstd() {
+        let evs = [(100i64, 0i16, 0i16, 1u8), (100, 39, 29, 0), (250, 7, 3, 1)];
+        let more = [(300i64, 1i16, 2i16, 0u8)];
+        for code in [0, 3] {
+            let f = file(
+                code,
+                &[
+                    (0, event_packet(&evs)),
+                    (1, vec![1, 2, 3]),
+                    (0, event_packet(&more)),
+                ],
+            );
+            let r = decode(&f).unwrap();
+            assert_eq!((r.width, r.height), (40, 30));
+            let got: Vec<(i64, u16, u16, bool)> =
+                r.events.iter().map(|e| (e.t, e.x, e.y, e.on)).collect();
+            assert_eq!(
+                got,
+                [
+                    (100, 0, 0, true),
+                    (100, 39, 29, false),
+                    (250, 7, 3, true),
+                    (300, 1, 2, false)
+                ]
+            );
+            let h = parse_header(&f).unwrap();
+            assert_eq!(h.index_offset, None);
+            assert_eq!(h.streams[1].kind, "FRME");
+        }
+        // Damage: an event off the sensor, a bad polarity byte, an unknown compression code,
+        // a wrong identifier; each an error, and every truncation an error or a prefix.
+        for bad in [(1i64, 40i16, 0i16, 0u8), (1, 0, -1, 0), (1, 0, 0, 2)] {
+            let f = file(0, &[(0, event_packet(&[bad]))]);
+            assert!(
+                matches!(decode(&f), Err(EventError::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+        let f = file(0, &[(0, event_packet(&evs))]);
+        let mut g = f.clone();
+        let at = f.windows(4).position(|w| w == b"EVTS").unwrap();
+        g[at] = b'X';
+        assert!(matches!(decode(&g), Err(EventError::Corrupt { .. })));
+        assert_eq!(parse_header(&f).unwrap().compression, Compression::None);
+        for cut in 0..f.len() {
+            match decode(&f[..cut]) {
+                Ok(r) => assert!(r.events.is_empty(), "cut {cut}"),
+                Err(EventError::Truncated { .. }) | Err(EventError::Corrupt { .. }) => {}
+                Err(e) => panic!("cut {cut}: {e}"),
+            }
+        }
+    }
+}
