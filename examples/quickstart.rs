@@ -26,7 +26,8 @@ use lrnnx::stream::wav::{self, Audio, WavFormat};
 use lrnnx::stream::Processor;
 use lrnnx::train::candle_core::{Device, Tensor};
 use lrnnx::train::denoiser::{
-    causal_denoiser, mix_at_snr, noise, snr_db, train_denoiser, DenoiserTraining, NoiseKind,
+    causal_denoiser, masking_denoiser, mix_at_snr, noise, snr_db, train_denoiser, DenoiserTraining,
+    NoiseKind,
 };
 use lrnnx::train::init::Rng;
 use lrnnx::train::network::{Activation, Network};
@@ -35,6 +36,7 @@ use serde_json::json;
 const SAMPLE_RATE: u32 = 16_000;
 
 struct Args {
+    mask: bool,
     width: usize,
     state: usize,
     blocks: usize,
@@ -50,6 +52,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
+        mask: false,
         width: 16,
         state: 32,
         blocks: 2,
@@ -71,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--seconds: {e}"))?
             }
+            "--mask" => a.mask = true,
             "--width" => {
                 a.width = value("--width")?
                     .parse()
@@ -134,7 +138,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // The model: LRU blocks with GLU gates around a skip connection.
     let (width, state, blocks) = (args.width, args.state, args.blocks);
-    let spec = causal_denoiser(
+    let build = if args.mask {
+        masking_denoiser
+    } else {
+        causal_denoiser
+    };
+    let spec = build(
         "LRU",
         &json!({"d_model": width, "d_state": state, "r_min": 0.9, "r_max": 0.9999}),
         width,

@@ -217,6 +217,53 @@ pub fn causal_denoiser(
     spec
 }
 
+/// A causal masking denoiser: `blocks` analysis layers, each followed by a mask computed
+/// from the rectified band signals by a second layer (the envelope follower), then a dense
+/// synthesis:
+///
+/// ```text
+/// y = Dense(w→1)( Maskᵇ( Dense(1→w)(x) ) )
+/// Mask(h):  a = layer₁(h);  y = a ⊙ σ( Dense(w→w)( act( layer₂(|a|) ) ) )
+/// ```
+pub fn masking_denoiser(
+    class: &str,
+    layer_kwargs: &serde_json::Value,
+    width: usize,
+    blocks: usize,
+    act: Activation,
+) -> Vec<StageSpec> {
+    let layer = || StageSpec::Layer {
+        class: class.to_owned(),
+        kwargs: layer_kwargs.clone(),
+    };
+    let mut spec = vec![StageSpec::Dense {
+        d_in: 1,
+        d_out: width,
+        bias: true,
+    }];
+    for _ in 0..blocks {
+        spec.extend([
+            layer(),
+            StageSpec::ResidualBegin,
+            StageSpec::Activation(Activation::Abs),
+            layer(),
+            StageSpec::Activation(act),
+            StageSpec::Dense {
+                d_in: width,
+                d_out: width,
+                bias: true,
+            },
+            StageSpec::GateEnd,
+        ]);
+    }
+    spec.push(StageSpec::Dense {
+        d_in: width,
+        d_out: 1,
+        bias: true,
+    });
+    spec
+}
+
 /// How to train a denoiser.
 #[derive(Debug, Clone)]
 pub struct DenoiserTraining {
