@@ -71,36 +71,12 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--seconds: {e}"))?
             }
-            "--width" => {
-                a.width = value("--width")?
-                    .parse()
-                    .map_err(|e| format!("--width: {e}"))?
-            }
-            "--state" => {
-                a.state = value("--state")?
-                    .parse()
-                    .map_err(|e| format!("--state: {e}"))?
-            }
-            "--blocks" => {
-                a.blocks = value("--blocks")?
-                    .parse()
-                    .map_err(|e| format!("--blocks: {e}"))?
-            }
-            "--steps" => {
-                a.steps = value("--steps")?
-                    .parse()
-                    .map_err(|e| format!("--steps: {e}"))?
-            }
-            "--batch" => {
-                a.batch = value("--batch")?
-                    .parse()
-                    .map_err(|e| format!("--batch: {e}"))?
-            }
-            "--crop" => {
-                a.crop = value("--crop")?
-                    .parse()
-                    .map_err(|e| format!("--crop: {e}"))?
-            }
+            "--width" => a.width = value("--width")?.parse().map_err(|e| format!("--width: {e}"))?,
+            "--state" => a.state = value("--state")?.parse().map_err(|e| format!("--state: {e}"))?,
+            "--blocks" => a.blocks = value("--blocks")?.parse().map_err(|e| format!("--blocks: {e}"))?,
+            "--steps" => a.steps = value("--steps")?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--batch" => a.batch = value("--batch")?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--crop" => a.crop = value("--crop")?.parse().map_err(|e| format!("--crop: {e}"))?,
             "--lr" => a.lr = value("--lr")?.parse().map_err(|e| format!("--lr: {e}"))?,
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--seed" => {
