@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::params::Params;
 
 /// A layer trained in parallel mode.
-pub trait TrainLayer {
+pub trait TrainLayer: Send + Sync {
     /// The parallel forward over `x` (B, L, H); `time_steps` (B, L) are the event time steps of
     /// event-driven layers (Event-SSM, STREAM), `None` otherwise.
     fn forward(&self, x: &Tensor, time_steps: Option<&Tensor>) -> Result<Tensor>;
