@@ -153,6 +153,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Activation::Silu,
     );
     let net = Network::new(&spec, 1, args.seed, &Device::Cpu)?;
+    let n_params: usize = net.vars().iter().map(|(_, v)| v.elem_count()).sum();
     let cfg = DenoiserTraining {
         time_budget: Duration::from_secs(args.seconds),
         seed: args.seed,
@@ -165,8 +166,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ..DenoiserTraining::default()
     };
     eprintln!(
-        "training a {} LRU denoiser ({blocks} block(s), width {width}, state {state}): {} steps \
-         of {} crops x {} samples on {} clips, {} thread(s) ...",
+        "training a {} LRU denoiser ({blocks} block(s), width {width}, state {state}, \
+         {n_params} parameters): {} steps of {} crops x {} samples on {} clips, {} thread(s) ...",
         if args.mask { "masking" } else { "residual" },
         args.steps,
         args.batch,
