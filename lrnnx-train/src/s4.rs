@@ -73,7 +73,7 @@ use lrnnx_core::ParamTransform;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{BuildError, TrainLayer};
+use crate::layer::{BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::params::Params;
 use crate::s4d::{
@@ -369,16 +369,29 @@ impl S4 {
         Ok((sol.narrow(2, 0, m)?, sol.narrow(2, m, 1)?))
     }
 
-    /// The convolution kernel `K` (H, ch, L) (module doc).
-    fn kernel(&self, a_bar: &Tensor, b_bar: &Tensor, c: &Tensor, l: usize) -> Result<Tensor> {
+    /// The input vectors `w_h` (H, M, 1): `(I − Ā^{Lk})⁻¹ B̄` when `Lk > 0`, else `B̄`
+    /// (module doc).
+    fn input_vectors(&self, a_bar: &Tensor, b_bar: &Tensor) -> Result<Tensor> {
         let m = 2 * self.n2;
-        let w = if self.l_kernel > 0 {
+        if self.l_kernel > 0 {
             let eye = Tensor::eye(m, a_bar.dtype(), a_bar.device())?.unsqueeze(0)?;
             let pw = mat_pow(a_bar, self.l_kernel)?;
-            solve(&eye.broadcast_sub(&pw)?, b_bar)?
+            solve(&eye.broadcast_sub(&pw)?, b_bar)
         } else {
-            b_bar.clone()
-        };
+            Ok(b_bar.clone())
+        }
+    }
+
+    /// The real-form read-out `c̃` (H, ch, M): `[2 Re C̃, −2 Im C̃]` (module doc).
+    fn readout(c: &Tensor) -> Result<Tensor> {
+        let c = CTensor::unpack(c)?; // (ch, H, N2)
+        let ct = Tensor::cat(&[&(c.re * 2.0)?, &(c.im * -2.0)?], 2)?; // (ch, H, M)
+        ct.transpose(0, 1)?.contiguous()
+    }
+
+    /// The convolution kernel `K` (H, ch, L) (module doc).
+    fn kernel(&self, a_bar: &Tensor, b_bar: &Tensor, c: &Tensor, l: usize) -> Result<Tensor> {
+        let w = self.input_vectors(a_bar, b_bar)?;
         // V = [w, Āw, …, Ā^{L−1}w] by doubling.
         let mut v = w;
         let mut pw = a_bar.clone();
@@ -390,9 +403,7 @@ impl S4 {
             }
         }
         let v = v.narrow(2, 0, l)?; // (H, M, L)
-        let c = CTensor::unpack(c)?; // (ch, H, N2)
-        let ct = Tensor::cat(&[&(c.re * 2.0)?, &(c.im * -2.0)?], 2)?; // (ch, H, M)
-        ct.transpose(0, 1)?.contiguous()?.matmul(&v) // (H, ch, L)
+        Self::readout(c)?.matmul(&v) // (H, ch, L)
     }
 }
 
@@ -457,6 +468,44 @@ impl TrainLayer for S4 {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// State: `[r]`, the real-form state `r = [Re u, Im u]` laid out (H, M, B) (lrnnx's
+    /// `lrnn_state` (B, H, M) complex holds `[u, conj u]`). With `Lk > 0` the state is fed
+    /// through `w = (I − Ā^{Lk})⁻¹ B̄` and read by `c̃` (the stored C̃), which gives the same
+    /// outputs as lrnnx's recovered `C` with `B̄`, since `(I − Ā^{Lk})⁻¹` commutes with `Ā`.
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let ([inv_dt, a_real, a_imag, b, c, d], p, lin) = self.weights()?;
+        let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b, p.as_ref())?;
+        let w = self.input_vectors(&a_bar, &b_bar)?;
+        let z = Tensor::zeros((self.d_model, 2 * self.n2, batch), d.dtype(), d.device())?;
+        let mut consts = vec![a_bar, w, Self::readout(&c)?, d];
+        if let Some((wl, bias)) = lin {
+            consts.extend([wl, bias]);
+        }
+        Ok(Cache::new("S4", batch, z.dtype(), vec![z], consts))
+    }
+
+    /// `r ← Ā r + w x_t`, `z = c̃ r + D x_t`, then the block tail (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step("S4", x_t, self.d_model, time_step, false)?;
+        let (a_bar, w, ct, d) = match &cache.consts[..] {
+            [a, w, ct, d, ..] => (a, w, ct, d),
+            _ => bail!("S4: malformed cache"),
+        };
+        let lin = cache.consts.get(4..6);
+        let bsz = x_t.dim(0)?;
+        let xh = x_t.t()?.unsqueeze(1)?; // (H, 1, B)
+        let r = (a_bar.matmul(&cache.state[0])? + w.broadcast_mul(&xh)?)?; // (H, M, B)
+        let z = ct.matmul(&r)?.permute((2, 1, 0))?; // (B, ch, H)
+        let z = (z + x_t.unsqueeze(1)?.broadcast_mul(d)?)?;
+        let z = gelu(&gelu(&z.reshape((bsz, self.channels * self.d_model))?)?)?;
+        let y = match lin {
+            Some([wl, bias]) => gelu(&z.matmul(&wl.t()?)?.broadcast_add(bias)?)?,
+            _ => z,
+        };
+        cache.state = vec![r];
+        Ok(y)
     }
 }
 

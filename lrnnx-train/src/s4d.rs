@@ -41,7 +41,7 @@ use lrnnx_core::ParamTransform;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::ops::softplus;
 use crate::params::Params;
@@ -387,6 +387,52 @@ impl TrainLayer for S4d {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// State: `[Re u, Im u]`, each (B, H, N2) (lrnnx's `lrnn_state` (B, H, N2) complex).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let ([inv_dt, a_real, a_imag, b, c, d], lin) = self.weights()?;
+        let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b)?;
+        let c = CTensor::unpack(&c)?;
+        let z = Tensor::zeros((batch, self.d_model, self.n2), d.dtype(), d.device())?;
+        let mut consts = vec![a_bar.re, a_bar.im, b_bar.re, b_bar.im, c.re, c.im, d];
+        if let Some((w, bias)) = lin {
+            consts.extend([w, bias]);
+        }
+        Ok(Cache::new(
+            "S4D",
+            batch,
+            z.dtype(),
+            vec![z.clone(), z],
+            consts,
+        ))
+    }
+
+    /// `u ← Ā ⊙ u + B̄ x_t`, then the read-out and the block tail (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step("S4D", x_t, self.d_model, time_step, false)?;
+        let (ar, ai, br, bi, cr, ci, d) = match &cache.consts[..] {
+            [ar, ai, br, bi, cr, ci, d, ..] => (ar, ai, br, bi, cr, ci, d),
+            _ => candle_core::bail!("S4D: malformed cache"),
+        };
+        let lin = cache.consts.get(7..9);
+        let bsz = x_t.dim(0)?;
+        let xe = x_t.unsqueeze(2)?; // (B, H, 1)
+        let u = CTensor::new(cache.state[0].clone(), cache.state[1].clone());
+        let u = CTensor::new(ar.clone(), ai.clone())
+            .mul(&u)?
+            .add(&CTensor::new(xe.broadcast_mul(br)?, xe.broadcast_mul(bi)?))?;
+        // z[b,c,h] = 2·Σ_n Re(C[c,h,n]·u[b,h,n]) + D[c,h]·x[b,h]
+        let z = (u.re.unsqueeze(1)?.broadcast_mul(cr)? - u.im.unsqueeze(1)?.broadcast_mul(ci)?)?
+            .sum(3)?;
+        let z = ((z * 2.0)? + x_t.unsqueeze(1)?.broadcast_mul(d)?)?;
+        let z = gelu(&gelu(&z.reshape((bsz, self.channels * self.d_model))?)?)?;
+        let y = match lin {
+            Some([w, bias]) => gelu(&z.matmul(&w.t()?)?.broadcast_add(bias)?)?,
+            _ => z,
+        };
+        cache.state = vec![u.re, u.im];
+        Ok(y)
     }
 }
 
