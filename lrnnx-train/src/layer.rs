@@ -228,3 +228,76 @@ pub fn build(
         other => Err(BuildError::UnsupportedClass(other.to_owned())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use serde_json::json;
+
+    use crate::init::{fresh, Rng};
+
+    fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn state(c: &super::Cache) -> Vec<Vec<f32>> {
+        c.state()
+            .iter()
+            .map(|s| s.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    /// Every refusal of `step` is an error naming the problem, and leaves the cache as it was.
+    #[test]
+    fn step_refuses_bad_arguments_and_keeps_the_cache() {
+        let mut rng = Rng::new(3);
+        let kw = json!({"d_model": 4, "d_state": 3, "d_conv": 3, "expand": 2});
+        let mamba = fresh("lrnnx.models.ltv.mamba.Mamba", &kw, &mut rng, DType::F32, &Device::Cpu)
+            .unwrap();
+        let kw = json!({"d_model": 4, "d_state": 3, "discretization": "zoh"});
+        let s5 = fresh("lrnnx.models.lti.s5.S5", &kw, &mut rng, DType::F32, &Device::Cpu).unwrap();
+        let x = t(vec![0.5; 8], &[2, 4]);
+        let tau = t(vec![0.7, 1.3], &[2]);
+
+        // Event mode fixed by the first step: a later step without a time step is refused.
+        let mut c = mamba.init_cache(2).unwrap();
+        mamba.step(&x, &mut c, Some(&tau)).unwrap();
+        assert_eq!(c.event_mode(), Some(true));
+        let before = state(&c);
+        let bad: Vec<(Tensor, Option<Tensor>, &str)> = vec![
+            (x.clone(), None, "time_step` is required"),
+            (t(vec![0.5; 12], &[3, 4]), Some(tau.clone()), "`x_t`"),
+            (t(vec![0.5; 10], &[2, 5]), Some(tau.clone()), "`x_t`"),
+            (t(vec![0.5; 8], &[2, 1, 4]), Some(tau.clone()), "`x_t`"),
+            (x.to_dtype(DType::F64).unwrap(), Some(tau.clone()), "dtype"),
+            (x.clone(), Some(t(vec![0.7], &[1])), "`time_step`"),
+            (x.clone(), Some(t(vec![0.7, 0.0], &[2])), "`time_step`[1]"),
+            (x.clone(), Some(t(vec![-1.0, 1.0], &[2])), "`time_step`[0]"),
+            (x.clone(), Some(t(vec![f32::NAN, 1.0], &[2])), "`time_step`[0]"),
+            (x.clone(), Some(t(vec![1.0, f32::INFINITY], &[2])), "`time_step`[1]"),
+        ];
+        for (xi, ti, want) in bad {
+            let e = mamba.step(&xi, &mut c, ti.as_ref()).err().expect(want);
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            assert_eq!(state(&c), before, "{want}: cache changed");
+        }
+        // Ordinary mode fixed by the first step: a later time step is refused.
+        let mut c = mamba.init_cache(2).unwrap();
+        mamba.step(&x, &mut c, None).unwrap();
+        let e = mamba.step(&x, &mut c, Some(&tau)).err().unwrap();
+        assert!(e.to_string().contains("ordinary mode"), "{e}");
+
+        // A layer without an event mode refuses a time step; a cache of another layer or
+        // batch size is refused.
+        let mut c = s5.init_cache(2).unwrap();
+        let e = s5.step(&x, &mut c, Some(&tau)).err().unwrap();
+        assert!(e.to_string().contains("no event mode"), "{e}");
+        let mut other = mamba.init_cache(2).unwrap();
+        let e = s5.step(&x, &mut other, None).err().unwrap();
+        assert!(e.to_string().contains("made by layer Mamba"), "{e}");
+        let mut c3 = s5.init_cache(3).unwrap();
+        let e = s5.step(&x, &mut c3, None).err().unwrap();
+        assert!(e.to_string().contains("`x_t`"), "{e}");
+        assert_eq!(s5.step(&x, &mut c, None).unwrap().dims(), [2, 4]);
+    }
+}
