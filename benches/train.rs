@@ -152,7 +152,13 @@ fn benches() -> Vec<Bench> {
                 .map(|(k, v)| {
                     let t = v.as_tensor();
                     let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    (k.as_str(), FileTensor { shape: t.dims().to_vec(), data })
+                    (
+                        k.as_str(),
+                        FileTensor {
+                            shape: t.dims().to_vec(),
+                            data,
+                        },
+                    )
                 })
                 .collect(),
         ),

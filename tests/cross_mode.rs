@@ -343,8 +343,7 @@ fn train_step(
         let y = layer.step(&xt, &mut cache, event.then_some(&tau))?;
         let y = y.to_vec2::<f32>()?;
         for (row, yr) in y.iter().enumerate() {
-            out[(row * STEP_LEN + t) * d_out..(row * STEP_LEN + t + 1) * d_out]
-                .copy_from_slice(yr);
+            out[(row * STEP_LEN + t) * d_out..(row * STEP_LEN + t + 1) * d_out].copy_from_slice(yr);
         }
     }
     Ok(out)

@@ -276,14 +276,14 @@ impl TrainLayer for Centaurus {
             CentaurusMode::Full => self.d_model * self.d_model,
             _ => self.d_state,
         };
-        let u = self.state_input(&x_t.unsqueeze(1)?, b, dt, nc)?.squeeze(1)?;
+        let u = self
+            .state_input(&x_t.unsqueeze(1)?, b, dt, nc)?
+            .squeeze(1)?;
         let s = CTensor::new(cache.state[0].clone(), cache.state[1].clone());
         let s = CTensor::new(ar.clone(), ai.clone())
             .mul(&s)?
             .add(&CTensor::from_real(&u)?)?;
-        let y = self
-            .output(&s.re.unsqueeze(1)?, c, e, nc)?
-            .squeeze(1)?;
+        let y = self.output(&s.re.unsqueeze(1)?, c, e, nc)?.squeeze(1)?;
         cache.state = vec![s.re, s.im];
         Ok(y)
     }

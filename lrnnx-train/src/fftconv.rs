@@ -87,7 +87,12 @@ impl<T: FftNum> Plan<T> {
 /// `y[c] = IFFT(Û[c]·K̂[c])` (`conj_k`: `conj K̂`), truncated to `l`, for `u` (B, C, L) and `k`
 /// (C, K), both row-major: the forward (`conj_k = false`) and `∂u` (`conj_k = true`, with `u`
 /// the upstream gradient).
-fn conv<T: FftNum>(u: &[T], k: &[T], (b, c, l, kl): (usize, usize, usize, usize), conj_k: bool) -> Vec<T> {
+fn conv<T: FftNum>(
+    u: &[T],
+    k: &[T],
+    (b, c, l, kl): (usize, usize, usize, usize),
+    conj_k: bool,
+) -> Vec<T> {
     let mut y = vec![T::zero(); b * c * l];
     if l == 0 || c == 0 || b == 0 {
         return y;
@@ -95,14 +100,17 @@ fn conv<T: FftNum>(u: &[T], k: &[T], (b, c, l, kl): (usize, usize, usize, usize)
     let mut plan = Plan::<T>::new(l, kl);
     let n = plan.n;
     let zero = Complex::new(T::zero(), T::zero());
-    let (mut k1, mut k2, mut u1, mut u2) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
+    let (mut k1, mut k2, mut u1, mut u2) =
+        (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
     let scale = T::one() / T::from_usize(n).unwrap_or(T::one());
     for c1 in (0..c).step_by(2) {
         let c2 = (c1 + 1 < c).then_some(c1 + 1);
         let krow = |ci: usize| &k[ci * kl..(ci + 1) * kl];
         plan.pair_fft(krow(c1), c2.map(krow), &mut k1, &mut k2);
         if conj_k {
-            k1.iter_mut().chain(k2.iter_mut()).for_each(|v| *v = v.conj());
+            k1.iter_mut()
+                .chain(k2.iter_mut())
+                .for_each(|v| *v = v.conj());
         }
         for bi in 0..b {
             let urow = |ci: usize| &u[(bi * c + ci) * l..(bi * c + ci + 1) * l];
@@ -138,7 +146,8 @@ fn kernel_grad<T: FftNum>(g: &[T], u: &[T], (b, c, l, kl): (usize, usize, usize,
     let mut plan = Plan::<T>::new(l, kl);
     let n = plan.n;
     let zero = Complex::new(T::zero(), T::zero());
-    let (mut g1, mut g2, mut u1, mut u2) = (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
+    let (mut g1, mut g2, mut u1, mut u2) =
+        (vec![zero; n], vec![zero; n], vec![zero; n], vec![zero; n]);
     let (mut s1, mut s2) = (vec![zero; n], vec![zero; n]);
     let scale = T::one() / T::from_usize(n).unwrap_or(T::one());
     let kept = kl.min(n);
@@ -258,7 +267,11 @@ impl CustomOp2 for KernelGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, c, l) = l1.shape().dims3()?;
         if l2.shape().dims() != [b, c, l] {
-            bail!("causal_conv backward: gradient {:?} vs input {:?}", l1.shape(), l2.shape());
+            bail!(
+                "causal_conv backward: gradient {:?} vs input {:?}",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let d = (b, c, l, self.kl);
         let out = match (s1, s2) {
@@ -395,14 +408,20 @@ mod tests {
                 a[j] += h;
                 bb[j] -= h;
                 let fd = (f(&a, &k) - f(&bb, &k)) / (2.0 * h);
-                assert!((gu[j] - fd).abs() <= 1e-6 * (1.0 + fd.abs()), "{d:?} u[{j}]");
+                assert!(
+                    (gu[j] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{d:?} u[{j}]"
+                );
             }
             for j in pick(k.len()) {
                 let (mut a, mut bb) = (k.clone(), k.clone());
                 a[j] += h;
                 bb[j] -= h;
                 let fd = (f(&u, &a) - f(&u, &bb)) / (2.0 * h);
-                assert!((gk[j] - fd).abs() <= 1e-6 * (1.0 + fd.abs()), "{d:?} k[{j}]");
+                assert!(
+                    (gk[j] - fd).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "{d:?} k[{j}]"
+                );
             }
             // Direct correlations on every entry.
             for bi in 0..b {
@@ -419,13 +438,14 @@ mod tests {
             for ci in 0..c {
                 for j in 0..kl {
                     let want: f64 = (0..b)
-                        .flat_map(|bi| {
-                            (j..l).map(move |t| (bi, t))
-                        })
+                        .flat_map(|bi| (j..l).map(move |t| (bi, t)))
                         .map(|(bi, t)| w[(bi * c + ci) * l + t] * u[(bi * c + ci) * l + t - j])
                         .sum();
                     let got = gk[ci * kl + j];
-                    assert!((got - want).abs() < 1e-10 * (1.0 + want.abs()), "{d:?} k[{ci},{j}]");
+                    assert!(
+                        (got - want).abs() < 1e-10 * (1.0 + want.abs()),
+                        "{d:?} k[{ci},{j}]"
+                    );
                 }
             }
         }

@@ -1420,7 +1420,10 @@ mod tests {
                     let t = mul(vf(i, k), pt(k));
                     (acc.0 + t.0, acc.1 + t.1)
                 });
-                assert!((pi.0 - (i as f64 + 0.5).sqrt()).abs() < 1e-5 * nn as f64, "P {i}");
+                assert!(
+                    (pi.0 - (i as f64 + 0.5).sqrt()).abs() < 1e-5 * nn as f64,
+                    "P {i}"
+                );
                 assert!(pi.1.abs() < 1e-5 * nn as f64, "P {i} imaginary");
                 for j in 0..nn {
                     let mut acc = (0.0, 0.0);
@@ -1448,8 +1451,14 @@ mod tests {
     #[test]
     fn fresh_s4_trains_and_steps_finite() {
         let kw = json!({"d_model": 4, "d_state": 64, "transposed": false});
-        let layer = fresh("lrnnx.models.lti.s4.S4", &kw, &mut Rng::new(2), DType::F32, &Device::Cpu)
-            .unwrap();
+        let layer = fresh(
+            "lrnnx.models.lti.s4.S4",
+            &kw,
+            &mut Rng::new(2),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let (b, l, h) = (2, 64, 4);
         let mut rng = Rng::new(8);
         let xv: Vec<f32> = (0..b * l * h).map(|_| rng.normal() as f32).collect();
@@ -1460,7 +1469,9 @@ mod tests {
             if name == "layer.kernel.l_kernel" {
                 continue;
             }
-            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no grad for {name}"));
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no grad for {name}"));
             let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
             assert!(g.iter().all(|v| v.is_finite()), "{name}");
             assert!(g.iter().any(|&v| v != 0.0), "{name}: zero gradient");
@@ -1471,7 +1482,11 @@ mod tests {
         let scale = yv.iter().fold(0f32, |m, v| m.max(v.abs()));
         for t in 0..l {
             let yt = layer
-                .step(&x.narrow(1, t, 1).unwrap().squeeze(1).unwrap(), &mut cache, None)
+                .step(
+                    &x.narrow(1, t, 1).unwrap().squeeze(1).unwrap(),
+                    &mut cache,
+                    None,
+                )
                 .unwrap();
             let want = y.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
             let d: f32 = (yt - want)

@@ -129,7 +129,11 @@ impl Cache {
                 );
             }
             let v = tau.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-            if let Some((i, t)) = v.iter().enumerate().find(|(_, t)| !(t.is_finite() && **t > 0.0)) {
+            if let Some((i, t)) = v
+                .iter()
+                .enumerate()
+                .find(|(_, t)| !(t.is_finite() && **t > 0.0))
+            {
                 bail!("`time_step`[{i}] = {t}: event time steps must be positive and finite");
             }
         }
@@ -252,10 +256,23 @@ mod tests {
     fn step_refuses_bad_arguments_and_keeps_the_cache() {
         let mut rng = Rng::new(3);
         let kw = json!({"d_model": 4, "d_state": 3, "d_conv": 3, "expand": 2});
-        let mamba = fresh("lrnnx.models.ltv.mamba.Mamba", &kw, &mut rng, DType::F32, &Device::Cpu)
-            .unwrap();
+        let mamba = fresh(
+            "lrnnx.models.ltv.mamba.Mamba",
+            &kw,
+            &mut rng,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let kw = json!({"d_model": 4, "d_state": 3, "discretization": "zoh"});
-        let s5 = fresh("lrnnx.models.lti.s5.S5", &kw, &mut rng, DType::F32, &Device::Cpu).unwrap();
+        let s5 = fresh(
+            "lrnnx.models.lti.s5.S5",
+            &kw,
+            &mut rng,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let x = t(vec![0.5; 8], &[2, 4]);
         let tau = t(vec![0.7, 1.3], &[2]);
 
@@ -273,11 +290,19 @@ mod tests {
             (x.clone(), Some(t(vec![0.7], &[1])), "`time_step`"),
             (x.clone(), Some(t(vec![0.7, 0.0], &[2])), "`time_step`[1]"),
             (x.clone(), Some(t(vec![-1.0, 1.0], &[2])), "`time_step`[0]"),
-            (x.clone(), Some(t(vec![f32::NAN, 1.0], &[2])), "`time_step`[0]"),
-            (x.clone(), Some(t(vec![1.0, f32::INFINITY], &[2])), "`time_step`[1]"),
+            (
+                x.clone(),
+                Some(t(vec![f32::NAN, 1.0], &[2])),
+                "`time_step`[0]",
+            ),
+            (
+                x.clone(),
+                Some(t(vec![1.0, f32::INFINITY], &[2])),
+                "`time_step`[1]",
+            ),
         ];
         for (xi, ti, want) in bad {
-            let e = mamba.step(&xi, &mut c, ti.as_ref()).err().expect(want);
+            let e = mamba.step(&xi, &mut c, ti.as_ref()).expect_err(want);
             assert!(e.to_string().contains(want), "{want}: {e}");
             assert_eq!(state(&c), before, "{want}: cache changed");
         }

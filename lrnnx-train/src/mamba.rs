@@ -379,8 +379,7 @@ impl TrainLayer for Mamba {
             MambaRule::Dirac => (xa.exp()?, xa.ones_like()?),
         };
         // h ← Ā ⊙ h + γ̄ ⊙ B_t[n]·x_c[d]
-        let h = ((a_bar * &cache.state[1])?
-            + (gamma * xc.unsqueeze(2)?.broadcast_mul(&b_t)?)?)?;
+        let h = ((a_bar * &cache.state[1])? + (gamma * xc.unsqueeze(2)?.broadcast_mul(&b_t)?)?)?;
         let yc = h.matmul(&c_t)?.squeeze(2)?; // Σ_n C[n]·h[d,n]
         let y_in = ((yc + xc.broadcast_mul(d)?)? * z.silu()?)?;
         let y = y_in.matmul(&out_w.t()?)?.broadcast_add(out_b)?;

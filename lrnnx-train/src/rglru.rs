@@ -256,7 +256,13 @@ impl TrainLayer for RgLru {
         let window = Tensor::zeros((batch, self.d_conv, self.d_inner), dtype, &dev)?;
         let s = Tensor::zeros((batch, self.d_inner), dtype, &dev)?;
         let c_ln_a = (log_sigmoid_precise(&w.a_log.reshape(self.d_inner)?)? * self.c)?;
-        Ok(Cache::new("RG-LRU", batch, dtype, vec![window, s], vec![c_ln_a]))
+        Ok(Cache::new(
+            "RG-LRU",
+            batch,
+            dtype,
+            vec![window, s],
+            vec![c_ln_a],
+        ))
     }
 
     /// One step of the module doc's equations.
@@ -267,7 +273,9 @@ impl TrainLayer for RgLru {
         let g = linear(x_t, &w.gate_w, w.gate_b.as_ref())?.gelu_erf()?;
         let u = linear(x_t, &w.in_w, w.in_b.as_ref())?;
         let window = crate::mamba::shift_in(&cache.state[0], &u, k)?; // (B, k, D)
-        let mut xc = window.broadcast_mul(&w.conv_w.reshape((d, k))?.t()?)?.sum(1)?;
+        let mut xc = window
+            .broadcast_mul(&w.conv_w.reshape((d, k))?.t()?)?
+            .sum(1)?;
         if let Some(b) = &w.conv_b {
             xc = xc.broadcast_add(b)?;
         }

@@ -412,7 +412,7 @@ impl S4 {
             }
         }
         let v = v.narrow(2, 0, block)?; // (H, M, T)
-        // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
+                                        // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
         let mut r = Self::readout(c)?; // (H, ch, M)
         if blocks > 1 {
             let mut step = mat_pow(a_bar, block)?; // Ā^{T·2^k}
@@ -464,8 +464,8 @@ impl TrainLayer for S4 {
         let ([inv_dt, a_real, a_imag, b, c, d], p, lin) = self.weights()?;
         let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b, p.as_ref())?;
         let k = self.kernel(&a_bar, &b_bar, &c, l)?; // (H, ch, L)
-        // z[b,t,c,h] = Σ_{s ≤ t} K[h,c,t−s]·x[b,s,h] (+ D below): the FFT causal convolution,
-        // one signal per (h, c).
+                                                     // z[b,t,c,h] = Σ_{s ≤ t} K[h,c,t−s]·x[b,s,h] (+ D below): the FFT causal convolution,
+                                                     // one signal per (h, c).
         let xh = x.permute((0, 2, 1))?; // (B, H, L)
         let u = if ch == 1 {
             xh

@@ -46,6 +46,7 @@ use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::ops::softplus;
 use crate::params::Params;
+#[cfg(test)]
 use crate::scan::complex_scan;
 
 /// S4D's discretization rule (`disc`).
@@ -384,7 +385,13 @@ impl S4d {
     /// the test reference for [`S4d::ssm_fft`] (which is 10× faster forward, 16× forward +
     /// backward at H = 64, N = 64, L = 2048).
     #[cfg(test)]
-    fn ssm_scan(&self, x: &Tensor, a_bar: &CTensor, b_bar: &CTensor, c: &CTensor) -> Result<Tensor> {
+    fn ssm_scan(
+        &self,
+        x: &Tensor,
+        a_bar: &CTensor,
+        b_bar: &CTensor,
+        c: &CTensor,
+    ) -> Result<Tensor> {
         let (h, n2) = (self.d_model, self.n2);
         let (bsz, l, _) = x.dims3()?;
         // u[b,t,h,n] = B̄[h,n]·x[b,t,h], flattened to (B, L, H·N2) for the scan.
@@ -430,7 +437,10 @@ impl S4d {
         let v = CTensor::new(v.re.narrow(2, 0, block)?, v.im.narrow(2, 0, block)?);
         // R[h,(i,c),n] = C[c,h,n]·B̄[h,n]·Ā^{iT}
         let cb = c.mul(b_bar)?; // (ch, H, N2)
-        let mut r = CTensor::new(cb.re.transpose(0, 1)?.contiguous()?, cb.im.transpose(0, 1)?.contiguous()?);
+        let mut r = CTensor::new(
+            cb.re.transpose(0, 1)?.contiguous()?,
+            cb.im.transpose(0, 1)?.contiguous()?,
+        );
         if blocks > 1 {
             let p = cpow(a_bar, block)?;
             let mut step = CTensor::new(p.re.unsqueeze(1)?, p.im.unsqueeze(1)?); // (H, 1, N2)
@@ -444,7 +454,10 @@ impl S4d {
                     step = step.mul(&step)?;
                 }
             }
-            r = CTensor::new(r.re.narrow(1, 0, blocks * ch)?, r.im.narrow(1, 0, blocks * ch)?);
+            r = CTensor::new(
+                r.re.narrow(1, 0, blocks * ch)?,
+                r.im.narrow(1, 0, blocks * ch)?,
+            );
         }
         let k = ((r.re.matmul(&v.re)? - r.im.matmul(&v.im)?)? * 2.0)? // (H, blocks·ch, T)
             .reshape((h, blocks, ch, block))?
@@ -585,7 +598,11 @@ mod tests {
     /// every parameter), several channels and lengths that are not multiples of the block.
     #[test]
     fn fft_convolution_equals_the_scan() {
-        for (disc, l, ch) in [("zoh", 300usize, 2usize), ("bilinear", 77, 1), ("zoh", 1, 3)] {
+        for (disc, l, ch) in [
+            ("zoh", 300usize, 2usize),
+            ("bilinear", 77, 1),
+            ("zoh", 1, 3),
+        ] {
             let (h, n) = (3usize, 8usize);
             let kw = json!({"d_model": h, "d_state": n, "disc": disc, "channels": ch});
             let layer = crate::init::fresh(

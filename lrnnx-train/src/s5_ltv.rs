@@ -201,20 +201,23 @@ impl TrainLayer for S5Ltv {
             x.broadcast_matmul(&b_bar.im.t()?)?,
         );
         let wide = |t: &Tensor| t.to_dtype(DType::F64);
-        let a_bar = narrow(dtype, match time_steps {
-            None => self.transition(&dl)?,
-            Some(tau) => {
-                if tau.dims() != [bsz, len] {
-                    bail!(
-                        "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
-                        tau.dims()
-                    );
+        let a_bar = narrow(
+            dtype,
+            match time_steps {
+                None => self.transition(&dl)?,
+                Some(tau) => {
+                    if tau.dims() != [bsz, len] {
+                        bail!(
+                            "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
+                            tau.dims()
+                        );
+                    }
+                    // ΔA·Λ = τ[b,t]·(ΔΛ)_p: (B, L, P).
+                    let tau = wide(&tau.unsqueeze(2)?)?;
+                    self.transition(&dl.mul_real(&tau)?)?
                 }
-                // ΔA·Λ = τ[b,t]·(ΔΛ)_p: (B, L, P).
-                let tau = wide(&tau.unsqueeze(2)?)?;
-                self.transition(&dl.mul_real(&tau)?)?
-            }
-        })?;
+            },
+        )?;
         let s = complex_scan(&a_bar, &u)?;
         // y = k·Re(s C̃ᵀ) + x ⊙ D
         let c_t = CTensor::unpack(&c)?; // (H, P)

@@ -148,7 +148,10 @@ impl TrainLayer for S7 {
         let p = linear(&x, &xp_w, None)?; // (B, M)
         let a_t = p.narrow(1, 0, n)?.broadcast_add(&base)?;
         let b = p.narrow(1, n, h * n)?.contiguous()?.reshape((bsz, h, n))?;
-        let c = p.narrow(1, n + h * n, h * n)?.contiguous()?.reshape((bsz, h, n))?;
+        let c = p
+            .narrow(1, n + h * n, h * n)?
+            .contiguous()?
+            .reshape((bsz, h, n))?;
         let d = p.narrow(1, n + 2 * h * n, h)?;
         let e = p.narrow(1, n + 2 * h * n + h, n)?;
         let a_bar = (a_t.sqr()? + 0.5)?.recip()?.affine(-1.0, 1.0)?;
