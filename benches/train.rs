@@ -326,7 +326,7 @@ fn main() {
             line += &format!(" L={}k {:.0}ns", l >> 10, t / l as f64 * 1e9);
         }
         line += &format!(
-            " (128k/1k = {:.2}; L log L predicts {:.2})",
+            " (128k/1k = {:.2}; an O(L) cost predicts 1, O(L log L) {:.2})",
             per_sample[2] / per_sample[0],
             17.0 / 10.0
         );
