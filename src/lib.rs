@@ -14,8 +14,8 @@
 #![deny(missing_docs)]
 
 pub use lrnnx_core as core;
-pub use lrnnx_train as train;
 pub use lrnnx_stream as stream;
+pub use lrnnx_train as train;
 
 pub mod export;
 pub mod golden;
