@@ -18,6 +18,7 @@ pub mod denoiser;
 pub mod fftconv;
 pub mod init;
 pub mod layer;
+pub mod lm;
 pub mod lru;
 pub mod mamba;
 pub mod network;
