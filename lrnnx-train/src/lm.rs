@@ -18,8 +18,9 @@
 //! This is lrnnx's `fused_add_norm=False` path (the fused Triton path has the same math). Every
 //! block mixer is a [`TrainLayer`] built with [`crate::build`] from the mixer type name
 //! (`"LRU"`, `"S4"`, `"S4D"`, `"S5"` = LTI S5, `"Centaurus"`, `"Mamba"`, `"RGLRU"`, `"S7"`) with
-//! `d_model`, `d_state` (not for RG-LRU) and the type's entry of `mixer_kwargs`. Attention
-//! (`"attn"`, lrnnx's MHA) is not implemented: building a model with it is an error.
+//! `d_model`, `d_state` (not for RG-LRU) and the type's entry of `mixer_kwargs`; `"attn"` is
+//! [`Mha`], lrnnx's multi-head attention (without its rotary embeddings, convolution and fused
+//! MLP).
 //!
 //! [`LanguageModel::step`] runs the same blocks one token at a time with each mixer's
 //! [`TrainLayer::step`]; [`LanguageModel::generate`] feeds a prompt through it and then samples
@@ -182,12 +183,7 @@ pub fn mixer_class(
         "Mamba" => "lrnnx.models.ltv.mamba.Mamba",
         "RGLRU" => "lrnnx.models.ltv.rglru.RGLRU",
         "S7" => "lrnnx.models.ltv.s7.S7",
-        "attn" => {
-            return Err(BuildError::UnsupportedClass(
-                "attn (lrnnx MHA mixer; attention is not implemented in the Rust language model)"
-                    .into(),
-            ))
-        }
+        "attn" => "lrnnx.layers.mha.MHA",
         other => {
             return Err(BuildError::Kwarg(format!(
                 "`mixer_types`: unknown mixer type {other:?} (expected LRU, S4, S4D, S5, \
@@ -196,7 +192,7 @@ pub fn mixer_class(
         }
     };
     kwargs.insert("d_model".into(), cfg.d_model.into());
-    if mixer_type != "RGLRU" {
+    if mixer_type != "RGLRU" && mixer_type != "attn" {
         kwargs.insert("d_state".into(), cfg.d_state.into());
     }
     Ok((class, Value::Object(kwargs)))
@@ -267,6 +263,201 @@ impl Block {
                 Ok((linear(&(y * gate.silu()?)?, fc2)?, residual))
             }
         }
+    }
+}
+
+/// lrnnx's `MHA` mixer (spec §13.4) without rotary embeddings, `d_conv` and the fused MLP
+/// (those are refused at build time). With `x` (B, L, d), `n_h` query heads of width `d_h`
+/// and `n_kv` key/value heads (each shared by `n_h / n_kv` consecutive query heads):
+///
+/// ```text
+/// [q, k, v] = x · in_projᵀ + b_in        (q: n_h·d_h, then k: n_kv·d_h, then v: n_kv·d_h)
+/// ctx_h     = softmax(q_h k_hᵀ · s [+ causal mask: −∞ where key time > query time]) v_h
+/// y         = [ctx_1 … ctx_{n_h}] · out_projᵀ + b_out,   s = softmax_scale or 1/√d_h
+/// ```
+///
+/// Keys `in_proj.weight` (n_h·d_h + 2·n_kv·d_h, d), `in_proj.bias` (if `qkv_proj_bias`, default
+/// true), `out_proj.weight` (d, n_h·d_h), `out_proj.bias` (if `out_proj_bias`, default true).
+/// `causal` defaults to false as in lrnnx (§18): a language model needs `causal: true`, and only a
+/// causal MHA can be stepped. Its step cache holds every past key and value (it grows by one
+/// time step per step). lrnnx's own LM `step` skips attention layers (§18); this one does not.
+pub struct Mha {
+    d_model: usize,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scale: f64,
+    causal: bool,
+    params: Params,
+    in_w: Tensor,
+    in_b: Option<Tensor>,
+    out_w: Tensor,
+    out_b: Option<Tensor>,
+}
+
+impl Mha {
+    /// Builds it from lrnnx's constructor arguments (`d_model` as `embed_dim`, `num_heads`,
+    /// optional `num_heads_kv`, `head_dim`, `qkv_proj_bias`, `out_proj_bias`, `softmax_scale`,
+    /// `causal`) and its parameters; shapes are checked here.
+    pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
+        use crate::s4d::{bool_or, usize_or};
+        let d = usize_arg(kwargs, "d_model")?;
+        let n_heads = usize_arg(kwargs, "num_heads")?;
+        if n_heads == 0 {
+            return Err(BuildError::Kwarg("`num_heads` must be positive".into()));
+        }
+        let n_kv = usize_or(kwargs, "num_heads_kv", n_heads)?;
+        if n_kv == 0 || n_heads % n_kv != 0 {
+            return Err(BuildError::Kwarg(format!(
+                "`num_heads_kv` = {n_kv} must divide `num_heads` = {n_heads}"
+            )));
+        }
+        let head_dim = usize_or(kwargs, "head_dim", d / n_heads)?;
+        for name in ["mlp_dim", "d_conv", "rotary_emb_dim"] {
+            if usize_or(kwargs, name, 0)? != 0 {
+                return Err(BuildError::Kwarg(format!(
+                    "`{name}` > 0 is not supported by the Rust MHA"
+                )));
+            }
+        }
+        let scale = match kwargs.get("softmax_scale") {
+            None | Some(Value::Null) => 1.0 / (head_dim as f64).sqrt(),
+            Some(v) => v
+                .as_f64()
+                .filter(|s| s.is_finite())
+                .ok_or_else(|| BuildError::Kwarg("`softmax_scale`: expected a number".into()))?,
+        };
+        let qkv = head_dim * (n_heads + 2 * n_kv);
+        let in_w = params.get("in_proj.weight", &[qkv, d])?;
+        let in_b = if bool_or(kwargs, "qkv_proj_bias", true)? {
+            Some(params.get("in_proj.bias", &[qkv])?)
+        } else {
+            None
+        };
+        let out_w = params.get("out_proj.weight", &[d, n_heads * head_dim])?;
+        let out_b = if bool_or(kwargs, "out_proj_bias", true)? {
+            Some(params.get("out_proj.bias", &[d])?)
+        } else {
+            None
+        };
+        Ok(Mha {
+            d_model: d,
+            n_heads,
+            n_kv,
+            head_dim,
+            scale,
+            causal: bool_or(kwargs, "causal", false)?,
+            params,
+            in_w,
+            in_b,
+            out_w,
+            out_b,
+        })
+    }
+
+    /// `x · wᵀ (+ b)`.
+    fn affine(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = linear(x, w)?;
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// Splits `x · in_projᵀ + b` of `x` (B, T, d) into q (B, n_h, T, d_h) and k, v
+    /// (B, T, n_kv, d_h).
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
+        let y = Self::affine(x, &self.in_w, self.in_b.as_ref())?;
+        let q = y
+            .narrow(2, 0, nh * hd)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = y.narrow(2, nh * hd, nkv * hd)?.reshape((b, t, nkv, hd))?;
+        let v = y
+            .narrow(2, (nh + nkv) * hd, nkv * hd)?
+            .reshape((b, t, nkv, hd))?;
+        Ok((q, k, v))
+    }
+
+    /// Keys or values (B, T, n_kv, d_h) → (B, n_h, T, d_h), each kv head repeated for its
+    /// `n_h / n_kv` query heads.
+    fn expand(&self, k: &Tensor) -> Result<Tensor> {
+        let (b, t, nkv, hd) = k.dims4()?;
+        let g = self.n_heads / nkv;
+        k.unsqueeze(3)?
+            .broadcast_as((b, t, nkv, g, hd))?
+            .reshape((b, t, self.n_heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `softmax(q kᵀ · s + mask) v`, heads merged: (B, T_q, n_h·d_h). With `causal`, query `i`
+    /// sees keys `j ≤ i + T_k − T_q` (the queries are the last `T_q` times).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Result<Tensor> {
+        let (b, nh, tq, hd) = q.dims4()?;
+        let tk = k.dim(2)?;
+        let mut s = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * self.scale)?;
+        if causal {
+            let off = tk - tq;
+            let mask: Vec<f64> = (0..tq)
+                .flat_map(|i| {
+                    (0..tk).map(move |j| if j > i + off { f64::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (tq, tk), q.device())?.to_dtype(q.dtype())?;
+            s = s.broadcast_add(&mask)?;
+        }
+        let m = s.max_keepdim(D::Minus1)?.detach();
+        let e = s.broadcast_sub(&m)?.exp()?;
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        p.matmul(v)?.transpose(1, 2)?.reshape((b, tq, nh * hd))
+    }
+}
+
+impl TrainLayer for Mha {
+    fn forward(&self, x: &Tensor, time_steps: Option<&Tensor>) -> Result<Tensor> {
+        if time_steps.is_some() {
+            bail!("MHA has no event mode: it takes no time steps");
+        }
+        match x.dims() {
+            [_, _, h] if *h == self.d_model => {}
+            s => bail!(
+                "MHA input has shape {s:?}, expected (B, L, {})",
+                self.d_model
+            ),
+        }
+        let (q, k, v) = self.qkv(x)?;
+        let ctx = self.attend(&q, &self.expand(&k)?, &self.expand(&v)?, self.causal)?;
+        Self::affine(&ctx, &self.out_w, self.out_b.as_ref())
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// State: `[keys (B, T, n_kv, d_h), values (B, T, n_kv, d_h)]` of the `T` steps so far
+    /// (empty before the first step).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        Ok(Cache::new("MHA", batch, self.in_w.dtype(), vec![], vec![]))
+    }
+
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        if !self.causal {
+            bail!("a non-causal MHA (lrnnx's default `causal: false`) cannot be stepped");
+        }
+        cache.check_step("MHA", x_t, self.d_model, time_step, false)?;
+        let (q, k, v) = self.qkv(&x_t.unsqueeze(1)?)?;
+        let (k, v) = match cache.state.as_slice() {
+            [pk, pv] => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
+            _ => (k, v),
+        };
+        let ctx = self.attend(&q, &self.expand(&k)?, &self.expand(&v)?, false)?;
+        let y = Self::affine(&ctx, &self.out_w, self.out_b.as_ref())?.squeeze(1)?;
+        cache.state = vec![k, v];
+        Ok(y)
     }
 }
 
@@ -439,7 +630,12 @@ impl LanguageModel {
         let mut blocks = Vec::with_capacity(config.n_layer);
         for (i, (ty, mp)) in config.mixer_types.iter().zip(mixer_params).enumerate() {
             let (class, kw) = mixer_class(&config, ty)?;
-            let mixer = build(class, &kw, mp).map_err(|e| match e {
+            let built = if ty == "attn" {
+                Mha::from_lrnnx(&kw, mp).map(|m| Box::new(m) as Box<dyn TrainLayer>)
+            } else {
+                build(class, &kw, mp)
+            };
+            let mixer = built.map_err(|e| match e {
                 BuildError::UnsupportedClass(c) => BuildError::UnsupportedClass(c),
                 BuildError::Kwarg(m) => BuildError::Kwarg(format!("block {i} ({ty}): {m}")),
                 BuildError::Candle(e) => {
@@ -719,6 +915,11 @@ mod tests {
 
     /// A tiny untied LayerNorm model: LRU then LRU, d = 4, N = 3, vocabulary 5 (padded to 8).
     fn tiny(d_intermediate: usize) -> (Value, Params) {
+        tiny_with(d_intermediate, false)
+    }
+
+    /// [`tiny`], with block 1 a causal MHA (2 query heads, 1 kv head, head width 2) when `attn`.
+    fn tiny_with(d_intermediate: usize, attn: bool) -> (Value, Params) {
         let mut rng = Rng::new(7);
         let (d, n, v) = (4, 3, 8);
         let mut p = Params::new();
@@ -727,7 +928,19 @@ mod tests {
         p.insert("lm_head.weight", &randn(&mut rng, &[v, d], 0.5))
             .unwrap();
         for i in 0..2 {
-            let lru = init::lru(d, n, 0.5, 0.9, 3.0, &mut rng, DType::F64, &Device::Cpu).unwrap();
+            let mut lru =
+                init::lru(d, n, 0.5, 0.9, 3.0, &mut rng, DType::F64, &Device::Cpu).unwrap();
+            if attn && i == 1 {
+                lru = Params::new();
+                lru.insert("in_proj.weight", &randn(&mut rng, &[8, d], 0.8))
+                    .unwrap();
+                lru.insert("in_proj.bias", &randn(&mut rng, &[8], 0.1))
+                    .unwrap();
+                lru.insert("out_proj.weight", &randn(&mut rng, &[d, 4], 0.5))
+                    .unwrap();
+                lru.insert("out_proj.bias", &randn(&mut rng, &[d], 0.1))
+                    .unwrap();
+            }
             for (k, x) in lru.vars() {
                 p.insert(&format!("backbone.layers.{i}.mixer.{k}"), x.as_tensor())
                     .unwrap();
@@ -763,9 +976,11 @@ mod tests {
             .unwrap();
         p.insert("backbone.norm_f.bias", &randn(&mut rng, &[d], 0.1))
             .unwrap();
+        let second = if attn { "attn" } else { "LRU" };
         let kw = json!({
             "d_model": d, "d_state": n, "n_layer": 2, "vocab_size": 5,
-            "mixer_types": ["LRU", "LRU"], "d_intermediate": d_intermediate,
+            "mixer_types": ["LRU", second], "d_intermediate": d_intermediate,
+            "mixer_kwargs": {"attn": {"num_heads": 2, "num_heads_kv": 1, "causal": true}},
             "rms_norm": false, "tie_embeddings": false, "fused_add_norm": false,
         });
         (kw, p)
@@ -879,7 +1094,11 @@ mod tests {
         let mut attn = kw.clone();
         attn["mixer_types"] = json!(["LRU", "attn"]);
         let e = LanguageModel::from_lrnnx(&attn, p.clone()).err().unwrap();
-        assert!(matches!(e, BuildError::UnsupportedClass(_)), "{e}");
+        assert!(e.to_string().contains("block 1 (attn)"), "{e}");
+        assert!(e.to_string().contains("in_proj.weight"), "{e}");
+        attn["mixer_kwargs"] = json!({});
+        let e = LanguageModel::from_lrnnx(&attn, p.clone()).err().unwrap();
+        assert!(e.to_string().contains("num_heads"), "{e}");
         let mut extra = p.clone();
         extra.insert("backbone.stray", &t(vec![1.0], &[1])).unwrap();
         let e = LanguageModel::from_lrnnx(&kw, extra).err().unwrap();
@@ -913,8 +1132,8 @@ mod tests {
     /// (LayerNorm, untied head).
     #[test]
     fn step_matches_forward() {
-        for d_int in [0, 20] {
-            let (kw, p) = tiny(d_int);
+        for (d_int, attn) in [(0, false), (20, false), (20, true)] {
+            let (kw, p) = tiny_with(d_int, attn);
             let m = LanguageModel::from_lrnnx(&kw, p).unwrap();
             let ids = Tensor::new(
                 &[[1u32, 4, 0, 2, 2, 3, 7], [0, 0, 1, 4, 3, 2, 1]],
@@ -938,7 +1157,10 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f64>()
                     .unwrap();
-                assert!(d < 1e-10, "d_intermediate {d_int} step {step}: {d}");
+                assert!(
+                    d < 1e-10,
+                    "d_intermediate {d_int} attn {attn} step {step}: {d}"
+                );
             }
         }
     }
@@ -971,6 +1193,148 @@ mod tests {
                 let want = Sampling::Greedy.pick(&last[..5], &mut Rng::new(0)).unwrap();
                 assert_eq!(tok as usize, want, "sequence {b} position {l}");
                 seq.push(tok);
+            }
+        }
+    }
+
+    /// Attention against a plain loop over heads, queries and keys (GQA: 4 query heads on 2
+    /// kv heads), causal and not.
+    #[test]
+    fn mha_matches_a_naive_loop() {
+        let mut rng = Rng::new(3);
+        let (b, l, d, nh, nkv, hd) = (2, 5, 6, 4, 2, 3);
+        let qkv = hd * (nh + 2 * nkv);
+        let mut p = Params::new();
+        let w_in = randn(&mut rng, &[qkv, d], 0.7);
+        let b_in = randn(&mut rng, &[qkv], 0.2);
+        let w_out = randn(&mut rng, &[d, nh * hd], 0.5);
+        let b_out = randn(&mut rng, &[d], 0.2);
+        p.insert("in_proj.weight", &w_in).unwrap();
+        p.insert("in_proj.bias", &b_in).unwrap();
+        p.insert("out_proj.weight", &w_out).unwrap();
+        p.insert("out_proj.bias", &b_out).unwrap();
+        let x = randn(&mut rng, &[b, l, d], 1.0);
+        let xv = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let wi = w_in.to_vec2::<f64>().unwrap();
+        let bi = b_in.to_vec1::<f64>().unwrap();
+        let wo = w_out.to_vec2::<f64>().unwrap();
+        let bo = b_out.to_vec1::<f64>().unwrap();
+        for causal in [false, true] {
+            let kw = json!({"d_model": d, "num_heads": nh, "num_heads_kv": nkv,
+                            "head_dim": hd, "causal": causal});
+            let m = Mha::from_lrnnx(&kw, p.clone()).unwrap();
+            let y = m.forward(&x, None).unwrap();
+            let y = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for bb in 0..b {
+                // proj[t][c] = x_t · w_in[c] + b_in[c]
+                let proj: Vec<Vec<f64>> = (0..l)
+                    .map(|t| {
+                        (0..qkv)
+                            .map(|c| {
+                                bi[c]
+                                    + (0..d)
+                                        .map(|j| xv[(bb * l + t) * d + j] * wi[c][j])
+                                        .sum::<f64>()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                for t in 0..l {
+                    let mut ctx = vec![0.0; nh * hd];
+                    for h in 0..nh {
+                        let g = h / (nh / nkv);
+                        let q = &proj[t][h * hd..(h + 1) * hd];
+                        let keys = if causal { t + 1 } else { l };
+                        let sc: Vec<f64> = (0..keys)
+                            .map(|s| {
+                                let k = &proj[s][nh * hd + g * hd..nh * hd + (g + 1) * hd];
+                                q.iter().zip(k).map(|(a, c)| a * c).sum::<f64>()
+                                    / (hd as f64).sqrt()
+                            })
+                            .collect();
+                        let z: f64 = sc.iter().map(|v| v.exp()).sum();
+                        for (s, sv) in sc.iter().enumerate() {
+                            let off = (nh + nkv) * hd + g * hd;
+                            for e in 0..hd {
+                                ctx[h * hd + e] += sv.exp() / z * proj[s][off + e];
+                            }
+                        }
+                    }
+                    for o in 0..d {
+                        let want = bo[o] + (0..nh * hd).map(|c| ctx[c] * wo[o][c]).sum::<f64>();
+                        let got = y[(bb * l + t) * d + o];
+                        assert!(
+                            (got - want).abs() < 1e-12,
+                            "causal {causal} b {bb} t {t} o {o}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+            let mut cache = m.init_cache(b).unwrap();
+            let x0 = x.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+            assert_eq!(m.step(&x0, &mut cache, None).is_ok(), causal);
+        }
+    }
+
+    /// MHA gradients (through the causal mask and the softmax) against central finite
+    /// differences of `loss = Σ y ⊙ g` in f64.
+    #[test]
+    fn mha_gradients_match_finite_differences() {
+        let mut rng = Rng::new(11);
+        let (b, l, d) = (1, 4, 4);
+        let names = [
+            ("in_proj.weight", vec![8, d]),
+            ("in_proj.bias", vec![8]),
+            ("out_proj.weight", vec![d, 4]),
+        ];
+        let mut p = Params::new();
+        for (k, shape) in &names {
+            p.insert(k, &randn(&mut rng, shape, 0.8)).unwrap();
+        }
+        p.insert("out_proj.bias", &randn(&mut rng, &[d], 0.1))
+            .unwrap();
+        let x = randn(&mut rng, &[b, l, d], 1.0);
+        let g = randn(&mut rng, &[b, l, d], 1.0);
+        let kw = json!({"d_model": d, "num_heads": 2, "num_heads_kv": 1, "causal": true});
+        let loss = |p: &Params| -> (f64, Mha) {
+            let m = Mha::from_lrnnx(&kw, p.clone()).unwrap();
+            let y = m.forward(&x, None).unwrap();
+            let v = (y * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            (v, m)
+        };
+        let (_, m) = loss(&p);
+        let y = m.forward(&x, None).unwrap();
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        for (k, _) in &names {
+            let var = &m.params().vars()[*k];
+            let ours = grads.get(var.as_tensor()).unwrap();
+            let ours = ours.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for i in [0, base.len() / 2, base.len() - 1] {
+                let h = 1e-6;
+                let at = |dv: f64| {
+                    let mut v = base.clone();
+                    v[i] += dv;
+                    let mut q = p.clone();
+                    q.insert(k, &t(v, var.dims())).unwrap();
+                    loss(&q).0
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h);
+                assert!(
+                    (fd - ours[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "{k}[{i}]: {} vs {fd}",
+                    ours[i]
+                );
             }
         }
     }
