@@ -6,26 +6,31 @@
 /// `out[j] += Σ_i x[i] · mt[i·cols + j]` with `cols = out.len()`, i.e. `out += Mᵀ x` for a
 /// matrix `M` stored as `mt` with one row of `cols` entries per element of `x`.
 ///
-/// Register-blocked: a block of `BW` outputs (64, then 32, 16, 8, then single columns) stays
-/// in registers while every row streams past, in four interleaved partial sums (rows
-/// `i ≡ 0, 1, 2, 3 mod 4`) so that consecutive multiply-adds do not wait on each other; each
-/// output is loaded and stored once. Mismatched lengths truncate, never panic.
+/// Every output is summed in the same order whatever the target: four partial sums over the
+/// rows `i ≡ 0, 1, 2, 3 (mod 4)` (rows past the last whole group of four go to the first),
+/// then `out[j] += (s₀ + s₁) + (s₂ + s₃)`. So results are bit-identical across targets
+/// (the firmware example checks a Cortex-M against the host bit for bit), while the blocking
+/// is chosen per target: a block of `BW` outputs stays in registers while every row streams
+/// past, each output loaded and stored once. On x86/aarch64 the blocks are 64, 32, 16, 8 then
+/// 4 outputs wide (wide vector registers, and the four independent sums hide the add
+/// latency); on 32-bit Arm (Cortex-M4F/M33: 32 scalar single-precision registers, no SIMD) 4
+/// outputs × 4 partial sums = 16 accumulators are what fits, so blocks are 4 wide. Columns left
+/// over go one at a time. Mismatched lengths truncate, never panic.
 #[inline]
 pub fn gemv_t_acc(out: &mut [f32], mt: &[f32], x: &[f32]) {
-    let cols = out.len();
-    if cols == 0 {
+    if out.is_empty() {
         return;
     }
     let mut c0 = 0;
-    c0 = gemv_t_block::<64>(out, mt, x, c0);
-    c0 = gemv_t_block::<32>(out, mt, x, c0);
-    c0 = gemv_t_block::<16>(out, mt, x, c0);
-    c0 = gemv_t_block::<8>(out, mt, x, c0);
-    for (row, &xi) in mt.chunks_exact(cols).zip(x) {
-        for (o, &m) in out[c0..].iter_mut().zip(&row[c0..]) {
-            *o += xi * m;
-        }
+    #[cfg(not(target_arch = "arm"))]
+    {
+        c0 = gemv_t_block::<64>(out, mt, x, c0);
+        c0 = gemv_t_block::<32>(out, mt, x, c0);
+        c0 = gemv_t_block::<16>(out, mt, x, c0);
+        c0 = gemv_t_block::<8>(out, mt, x, c0);
     }
+    c0 = gemv_t_block::<4>(out, mt, x, c0);
+    gemv_t_block::<1>(out, mt, x, c0);
 }
 
 /// Columns `c0..` of [`gemv_t_acc`] in whole blocks of `BW`; returns the first column left.
