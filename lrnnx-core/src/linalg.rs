@@ -15,8 +15,11 @@
 /// 4 outputs wide (wide vector registers, and the four independent sums hide the add
 /// latency); on 32-bit Arm (Cortex-M4F/M33: 32 scalar single-precision registers, no SIMD) 4
 /// outputs × 4 partial sums = 16 accumulators are what fits, so blocks are 4 wide. Columns left
-/// over go one at a time. Mismatched lengths truncate, never panic.
-#[inline]
+/// over go one at a time. Mismatched lengths truncate, never panic. On 32-bit Arm it is
+/// never inlined (one copy keeps microcontroller flash small; the call costs a few
+/// instructions against the loop's hundreds).
+#[cfg_attr(not(target_arch = "arm"), inline)]
+#[cfg_attr(target_arch = "arm", inline(never))]
 pub fn gemv_t_acc(out: &mut [f32], mt: &[f32], x: &[f32]) {
     if out.is_empty() {
         return;
