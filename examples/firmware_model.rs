@@ -13,8 +13,7 @@ use std::path::PathBuf;
 
 fn main() {
     let mut model = None;
-    let mut dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/firmware/src/generated");
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/firmware/src/generated");
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         match a.to_str() {

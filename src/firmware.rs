@@ -134,8 +134,7 @@ pub fn noisy_speech(
     offset: usize,
 ) -> std::result::Result<Vec<f32>, Box<dyn std::error::Error>> {
     use lrnnx_train::denoiser::{mix_at_snr, noise, NoiseKind};
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech/clean_11.wav");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/speech/clean_11.wav");
     let audio = crate::stream::wav::read(&path)?;
     let clean = audio.channels.into_iter().next().unwrap_or_default();
     if clean.len() < offset + samples {
@@ -504,17 +503,23 @@ mod tests {
         for item in [
             "pub const MAX_STAGES: usize = 10;",
             "pub fn den_network()",
-            &format!("pub const DEN_STATE_LEN: usize = {};", m.network.state_len()),
+            &format!(
+                "pub const DEN_STATE_LEN: usize = {};",
+                m.network.state_len()
+            ),
             "pub const DEN_D_OUT: usize = 1;",
             "pub const DEN_STAGES: usize = 10;",
             "pub const DEN_STAGE_KINDS: [&str; DEN_STAGES] = [\"ResidualBegin\", \"Dense1x4\",",
         ] {
             assert!(src.contains(item), "{item} not in\n{src}");
         }
-        let d = data_source(&[m.clone()]).unwrap();
+        let d = data_source(std::slice::from_ref(&m)).unwrap();
         assert!(d.contains("pub const DEN_SAMPLES: usize = 3;"), "{d}");
         assert!(d.contains("pub static DEN_INPUT: [[f32; 1]; DEN_SAMPLES] = [\n    [1.0],\n    [0.1],\n    [-2.5],\n"), "{d}");
-        let first = format!("pub static DEN_EXPECTED: [[f32; 1]; DEN_SAMPLES] = [\n    [{:?}],", m.expected[0]);
+        let first = format!(
+            "pub static DEN_EXPECTED: [[f32; 1]; DEN_SAMPLES] = [\n    [{:?}],",
+            m.expected[0]
+        );
         assert!(d.contains(&first), "{d}");
     }
 }

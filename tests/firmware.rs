@@ -14,6 +14,8 @@
 //! `LRNNX_REQUIRE_QEMU=1` (as in CI), where their absence is a failure.
 
 use std::path::{Path, PathBuf};
+
+use lrnnx::core::Layer as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -161,10 +163,22 @@ fn firmware_on_cortex_m4_and_m33_equals_the_host() {
         for m in &models {
             let (samples, d) = (m.samples(), m.network.d_output());
             let ys = outputs(&text, &m.name);
-            assert_eq!(ys.len(), samples, "{} {}: output lines", board.machine, m.name);
+            assert_eq!(
+                ys.len(),
+                samples,
+                "{} {}: output lines",
+                board.machine,
+                m.name
+            );
             let (mut differ, mut max_abs) = (0, 0f32);
             for (i, (t, y)) in ys.iter().enumerate() {
-                assert_eq!((*t, y.len()), (i, d), "{} {}: line {i}", board.machine, m.name);
+                assert_eq!(
+                    (*t, y.len()),
+                    (i, d),
+                    "{} {}: line {i}",
+                    board.machine,
+                    m.name
+                );
                 for (a, b) in y.iter().zip(&m.expected[i * d..(i + 1) * d]) {
                     differ += (a.to_bits() != b.to_bits()) as usize;
                     max_abs = max_abs.max((a - b).abs());

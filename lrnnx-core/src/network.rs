@@ -577,7 +577,10 @@ mod tests {
         let mut state = vec![0.0f32; net.state_len()];
         let mut calls = 0;
         let mut y = [0.0f32; 2];
-        for (x, st_len) in [([1.0, f32::NAN], state.len()), ([1.0, 2.0], state.len() - 1)] {
+        for (x, st_len) in [
+            ([1.0, f32::NAN], state.len()),
+            ([1.0, 2.0], state.len() - 1),
+        ] {
             let r = net.step_observed(&mut state[..st_len], &x, &mut y, |_| calls += 1);
             assert!(r.is_err());
         }

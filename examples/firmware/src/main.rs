@@ -63,6 +63,7 @@ impl Scale {
 
 /// Runs `net` over `input` (check against `expected`, then the cost); returns the number of
 /// outputs that differ from the host's.
+#[allow(clippy::too_many_arguments)]
 fn run_model<S: AsRef<[Stage<&'static [f32]>]>, const DI: usize, const DO: usize>(
     name: &str,
     net: &Network<&'static [f32], S>,
