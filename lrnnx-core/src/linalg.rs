@@ -272,7 +272,11 @@ mod tests {
                         s[0] += x[i] * m[i * cols + j];
                     }
                     let want = out0[j] + ((s[0] + s[1]) + (s[2] + s[3]));
-                    assert_eq!(got[j].to_bits(), want.to_bits(), "cols {cols} rows {rows} j {j}");
+                    assert_eq!(
+                        got[j].to_bits(),
+                        want.to_bits(),
+                        "cols {cols} rows {rows} j {j}"
+                    );
                 }
             }
         }
