@@ -1,5 +1,5 @@
-//! The training crate's parallel forward (and forward + backward) of S5 (LTI, zoh), LRU and
-//! Mamba, against a baseline measured in the same process: the lrnnx-core layer stepped
+//! The training crate's parallel forward (and forward + backward) of S5 (LTI, zoh), LRU, Mamba
+//! and S4, against a baseline measured in the same process: the lrnnx-core layer stepped
 //! sequentially over the same sequence (exact and allocation-free; the two are checked to agree
 //! before anything is timed).
 //!
@@ -16,7 +16,11 @@
 //! * `B=1 L=2048`: `fwd`, `core_seq`, `speedup`, and `vs_lrnnx` = lrnnx's quoted forward time
 //!   for this machine kind (S5 and LRU ≈ 22 ms, Mamba ≈ 150 ms, one thread; not measured here:
 //!   lrnnx needs its CUDA extensions) divided by ours;
-//! * `B=1 L=1k/16k/128k`: forward time per sample (flat when the cost grows as O(L)).
+//! * `B=1 L=1k/16k/128k`: forward time per sample in ns (flat when the cost grows as O(L), as
+//!   log L for an O(L log L) cost), and the ratio of the 128k and 1k values.
+//!
+//! The layers: S5 (LTI, zoh, H=64, P=64), LRU (H=64, N=64), Mamba (d_model=64, N=16, expand 2)
+//! and S4 (DPLR, H=64, d_state=64, lrnnx's fresh HiPPO-LegS initialization; FFT convolution).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -125,6 +129,41 @@ fn benches() -> Vec<Bench> {
             ("out_proj.weight", rng.tensor(&[dm, di], -0.09, 0.09)),
         ]),
         lrnnx_ms: 150.0,
+    });
+    // S4 (DPLR) with lrnnx's defaults (d_state 64, rank 1, output linear): the fresh HiPPO-LegS
+    // initialization, as a never-run lrnnx module (`l_kernel` = 0).
+    let kwargs = json!({"d_model": h, "d_state": 64});
+    let params = lrnnx_train::init::init_params(
+        "lrnnx.models.lti.s4.S4",
+        &kwargs,
+        &mut lrnnx_train::init::Rng::new(5),
+        lrnnx_train::candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .expect("S4 init");
+    out.push(Bench {
+        name: "s4 H=64 N=64",
+        class: "lrnnx.models.lti.s4.S4",
+        kwargs,
+        params: file(
+            params
+                .vars()
+                .iter()
+                .map(|(k, v)| {
+                    let t = v.as_tensor();
+                    let data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (
+                        k.as_str(),
+                        FileTensor {
+                            shape: t.dims().to_vec(),
+                            data,
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        // lrnnx's S4 forward time is not quoted for this machine kind.
+        lrnnx_ms: f64::NAN,
     });
     out
 }
@@ -257,25 +296,40 @@ fn main() {
             black_box(layer.forward(&x1, None).unwrap());
         });
         let core1 = median(5, false, || core_seq(1, &mut ys));
+        let vs = if b.lrnnx_ms.is_nan() {
+            String::new()
+        } else {
+            format!(
+                " vs_lrnnx={:.1}x (lrnnx {}ms quoted)",
+                b.lrnnx_ms * 1e-3 / fwd1,
+                b.lrnnx_ms
+            )
+        };
         println!(
-            "train {} B=1 L={len}: fwd={} core_seq={} speedup={:.2}x vs_lrnnx={:.1}x (lrnnx {}ms quoted)",
+            "train {} B=1 L={len}: fwd={} core_seq={} speedup={:.2}x{vs}",
             b.name,
             ms(fwd1),
             ms(core1),
             core1 / fwd1,
-            b.lrnnx_ms * 1e-3 / fwd1,
-            b.lrnnx_ms
         );
 
-        // O(L): time per sample at B=1.
+        // The cost's growth in L: forward time per sample at B=1 (flat for O(L), + log L for
+        // the FFT convolution of S4).
         let mut line = format!("train {} B=1 per-sample fwd:", b.name);
+        let mut per_sample = Vec::new();
         for (l, reps) in [(1usize << 10, 7usize), (1 << 14, 3), (1 << 17, 1)] {
             let x = Tensor::from_vec(rng.vec(l * hdim, -0.5, 0.5), (1, l, hdim), &dev).unwrap();
             let t = median(reps, l < (1 << 17), || {
                 black_box(layer.forward(&x, None).unwrap());
             });
-            line += &format!(" L={}k {:.2}us", l >> 10, t / l as f64 * 1e6);
+            per_sample.push(t / l as f64);
+            line += &format!(" L={}k {:.0}ns", l >> 10, t / l as f64 * 1e9);
         }
+        line += &format!(
+            " (128k/1k = {:.2}; an O(L) cost predicts 1, O(L log L) {:.2})",
+            per_sample[2] / per_sample[0],
+            17.0 / 10.0
+        );
         println!("{line}");
         println!(
             "train {} bench took {:.1}s",

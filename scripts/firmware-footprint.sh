@@ -78,7 +78,7 @@ for b in "${boards[@]}"; do
         /^cost model=.* stage=/ {
             split($2, m, "="); split($4, k, "="); split($5, v, "=")
             kind = k[2]; sub(/^Dense.*/, "Dense", kind); sub(/^Residual.*/, "Residual", kind)
-            sub(/^(Silu|Gelu|Tanh|Relu)$/, "Activation", kind)
+            sub(/^(Silu|Gelu|Tanh|Relu|Abs)$/, "Activation", kind); sub(/^GateEnd$/, "Gate", kind)
             if (!((m[2], kind) in sum)) { order[m[2]] = order[m[2]] " " kind }
             sum[m[2], kind] += v[2]; stages[m[2]] = stages[m[2]] " " k[2] "=" v[2]
         }

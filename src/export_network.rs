@@ -16,8 +16,8 @@
 //!               1 dense       u32 d_in, u32 d_out, u32 bias (0/1), then the weights (Wᵀ, b) as f32
 //!               2 layer       u32 byte length n (a multiple of 4), then n bytes: a layer blob
 //!                             (crate::export's LRNXCORE layout)
-//!               3 activation  u32 code (0 GELU, 1 SiLU, 2 tanh, 3 ReLU)
-//!               4 glu, 5 residual begin, 6 residual end: no body
+//!               3 activation  u32 code (0 GELU, 1 SiLU, 2 tanh, 3 ReLU, 4 |x|)
+//!               4 glu, 5 residual begin, 6 residual end, 7 gate end: no body
 //! ```
 //!
 //! Reading never panics: a short, truncated, padded or corrupt file is refused with an
@@ -38,11 +38,12 @@ pub const NETWORK_VERSION: u32 = 1;
 
 type Result<T> = std::result::Result<T, ExportError>;
 
-const ACTIVATIONS: [Activation; 4] = [
+const ACTIVATIONS: [Activation; 5] = [
     Activation::Gelu,
     Activation::Silu,
     Activation::Tanh,
     Activation::Relu,
+    Activation::Abs,
 ];
 
 fn activation_to_core(a: train_net::Activation) -> Activation {
@@ -51,6 +52,7 @@ fn activation_to_core(a: train_net::Activation) -> Activation {
         train_net::Activation::Silu => Activation::Silu,
         train_net::Activation::Tanh => Activation::Tanh,
         train_net::Activation::Relu => Activation::Relu,
+        train_net::Activation::Abs => Activation::Abs,
     }
 }
 
@@ -98,6 +100,7 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
             StageSpec::Glu => Stage::Glu,
             StageSpec::ResidualBegin => Stage::ResidualBegin,
             StageSpec::ResidualEnd => Stage::ResidualEnd,
+            StageSpec::GateEnd => Stage::GateEnd,
         });
     }
     Ok(Network::new(net.d_in(), stages)?)
@@ -149,6 +152,7 @@ pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
             Stage::Glu => push_u32(&mut out, 4),
             Stage::ResidualBegin => push_u32(&mut out, 5),
             Stage::ResidualEnd => push_u32(&mut out, 6),
+            Stage::GateEnd => push_u32(&mut out, 7),
         }
     }
     Ok(out)
@@ -268,6 +272,7 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
             4 => Stage::Glu,
             5 => Stage::ResidualBegin,
             6 => Stage::ResidualEnd,
+            7 => Stage::GateEnd,
             t => return Err(ctx(format!("stage tag {t} is unknown"))),
         });
     }
@@ -334,6 +339,7 @@ pub fn network_to_rust_source<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
             Stage::Glu => "lrnnx_core::Stage::Glu".into(),
             Stage::ResidualBegin => "lrnnx_core::Stage::ResidualBegin".into(),
             Stage::ResidualEnd => "lrnnx_core::Stage::ResidualEnd".into(),
+            Stage::GateEnd => "lrnnx_core::Stage::GateEnd".into(),
         });
     }
     let n = exprs.len();

@@ -89,8 +89,8 @@ pub fn demo_stack(seed: u64) -> Result<OwnedNetwork> {
 }
 
 /// The quickstart's default denoiser architecture
-/// ([`lrnnx_train::denoiser::causal_denoiser`] with LRU layers, `r ∈ [0.9, 0.9999]`,
-/// SiLU; `width`, `d_state`, `blocks`: 16, 32, 2 in the quickstart), initialized from `seed`
+/// ([`lrnnx_train::denoiser::masking_denoiser`] with LRU layers, `r ∈ [0.9, 0.9999]`,
+/// SiLU; `width`, `d_state`, `blocks`: 16, 32, 1 in the quickstart), initialized from `seed`
 /// (untrained) and exported to the core.
 pub fn quickstart_denoiser(
     width: usize,
@@ -99,7 +99,7 @@ pub fn quickstart_denoiser(
     seed: u64,
 ) -> std::result::Result<OwnedNetwork, Box<dyn std::error::Error>> {
     use lrnnx_train::network::{Activation, Network as TrainNetwork};
-    let spec = lrnnx_train::denoiser::causal_denoiser(
+    let spec = lrnnx_train::denoiser::masking_denoiser(
         "LRU",
         &json!({"d_model": width, "d_state": d_state, "r_min": 0.9, "r_max": 0.9999}),
         width,
@@ -157,7 +157,8 @@ pub fn noisy_speech(
 }
 
 /// What a stage is, for the cost lines: `Dense<in>x<out>`, the layer's name (`Lru`, `S5Lti`,
-/// `Mamba`, ...), the activation (`Silu`, ...), `Glu`, `ResidualBegin`, `ResidualEnd`.
+/// `Mamba`, ...), the activation (`Silu`, `Abs`, ...), `Glu`, `ResidualBegin`, `ResidualEnd`,
+/// `GateEnd`.
 pub fn stage_kind<W: AsRef<[f32]>>(stage: &Stage<W>) -> String {
     match stage {
         Stage::Dense(d) => format!("Dense{}x{}", d.config().d_in, d.config().d_out),
@@ -166,6 +167,7 @@ pub fn stage_kind<W: AsRef<[f32]>>(stage: &Stage<W>) -> String {
         Stage::Glu => "Glu".into(),
         Stage::ResidualBegin => "ResidualBegin".into(),
         Stage::ResidualEnd => "ResidualEnd".into(),
+        Stage::GateEnd => "GateEnd".into(),
     }
 }
 
@@ -386,7 +388,7 @@ pub fn generate(
         }
         None => {
             // Through the blob, as a trained model would come.
-            let net = quickstart_denoiser(16, 32, 2, DENOISER_SEED)?;
+            let net = quickstart_denoiser(16, 32, 1, DENOISER_SEED)?;
             let f = read_network_blob(&network_to_blob(&net, 16_000.0)?)?;
             (f.network, f.sample_rate)
         }
@@ -459,16 +461,15 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "ResidualBegin",
                 "Dense1x8",
+                "Lru",
                 "ResidualBegin",
+                "Abs",
                 "Lru",
                 "Silu",
-                "Dense8x16",
-                "Glu",
-                "ResidualEnd",
-                "Dense8x1",
-                "ResidualEnd"
+                "Dense8x8",
+                "GateEnd",
+                "Dense8x1"
             ]
         );
         let x = noisy_speech(64, DENOISER_OFFSET).unwrap();
@@ -501,15 +502,15 @@ mod tests {
         let m = FirmwareModel::new("DEN", net, 16000.0, vec![1.0, 0.1, -2.5]).unwrap();
         let src = model_source(std::slice::from_ref(&m)).unwrap();
         for item in [
-            "pub const MAX_STAGES: usize = 10;",
+            "pub const MAX_STAGES: usize = 9;",
             "pub fn den_network()",
             &format!(
                 "pub const DEN_STATE_LEN: usize = {};",
                 m.network.state_len()
             ),
             "pub const DEN_D_OUT: usize = 1;",
-            "pub const DEN_STAGES: usize = 10;",
-            "pub const DEN_STAGE_KINDS: [&str; DEN_STAGES] = [\"ResidualBegin\", \"Dense1x4\",",
+            "pub const DEN_STAGES: usize = 9;",
+            "pub const DEN_STAGE_KINDS: [&str; DEN_STAGES] = [\"Dense1x4\", \"Lru\",",
         ] {
             assert!(src.contains(item), "{item} not in\n{src}");
         }

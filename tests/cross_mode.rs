@@ -16,6 +16,10 @@
 //! the relative error at L = 2048 is at most 10× the one at L = 64 (floored at f32's epsilon so
 //! that a bit-exact L = 64 does not demand a bit-exact L = 2048).
 //!
+//! The training crate's own step (`TrainLayer::step` from a fresh `init_cache`) runs over the
+//! first 64 samples of the same input and is held to the same tolerance against both the
+//! parallel forward and the core step at lengths 1, 7 and 64.
+//!
 //! Run with `--nocapture` for the table of errors.
 
 use std::path::Path;
@@ -312,6 +316,39 @@ fn diff(ours: &[f32], reference: &[f32]) -> (f64, f64) {
     (max_abs, scale)
 }
 
+/// How many samples the training crate's step runs (lengths up to this are compared with the
+/// forward; every length of [`LENGTHS`] but the longest).
+const STEP_LEN: usize = 64;
+
+/// Steps `layer` (the training crate's [`lrnnx::train::TrainLayer::step`]) over the first
+/// [`STEP_LEN`] samples of the first `b` rows of `x` (rows of `lmax·h`), with the event time
+/// steps `taus` when `event`; returns (b·STEP_LEN·d_out), row-major.
+fn train_step(
+    layer: &dyn lrnnx::train::TrainLayer,
+    x: &[f32],
+    taus: &[f32],
+    (b, lmax, h): (usize, usize, usize),
+    event: bool,
+    d_out: usize,
+) -> lrnnx::train::candle_core::Result<Vec<f32>> {
+    let mut cache = layer.init_cache(b)?;
+    let mut out = vec![0.0f32; b * STEP_LEN * d_out];
+    for t in 0..STEP_LEN {
+        let xt: Vec<f32> = (0..b)
+            .flat_map(|row| x[(row * lmax + t) * h..(row * lmax + t + 1) * h].to_vec())
+            .collect();
+        let xt = Tensor::from_vec(xt, (b, h), &Device::Cpu)?;
+        let tau: Vec<f32> = (0..b).map(|row| taus[row * lmax + t]).collect();
+        let tau = Tensor::from_vec(tau, b, &Device::Cpu)?;
+        let y = layer.step(&xt, &mut cache, event.then_some(&tau))?;
+        let y = y.to_vec2::<f32>()?;
+        for (row, yr) in y.iter().enumerate() {
+            out[(row * STEP_LEN + t) * d_out..(row * STEP_LEN + t + 1) * d_out].copy_from_slice(yr);
+        }
+    }
+    Ok(out)
+}
+
 /// Runs one configuration at every length and batch; returns the failures (empty when fine).
 /// With `lenient_long`, failures at L = 2048 (tolerance or drift) are printed, not returned.
 fn check_config(
@@ -351,6 +388,9 @@ fn check_config(
 
     let mut failures = Vec::new();
     for &b in &BATCHES {
+        // The training crate's step over the first STEP_LEN samples, from a fresh cache.
+        let y_step = train_step(&*layer, &x, &taus, (b, lmax, h), event, d_out)
+            .unwrap_or_else(|e| panic!("{label} B={b}: train step: {e}"));
         let mut rel_at = Vec::new();
         for &l in &LENGTHS {
             if unstable_long && l == 2048 {
@@ -408,6 +448,29 @@ fn check_config(
                 ));
             }
             rel_at.push((l, rel));
+            if l <= STEP_LEN {
+                // Training step vs training forward, same tolerance.
+                let ys: Vec<f32> = (0..b)
+                    .flat_map(|row| {
+                        y_step[row * STEP_LEN * d_out..(row * STEP_LEN + l) * d_out].to_vec()
+                    })
+                    .collect();
+                for (what, reference) in [("forward", &y), ("core step", &y_core)] {
+                    let (max_abs, scale) = diff(&ys, reference);
+                    let ok = max_abs <= REL_TOL * scale + ABS_TOL;
+                    println!(
+                        "{label:<44} B={b} L={l:<4} train step vs {what}: \
+                         max_abs={max_abs:.3e} {}",
+                        if ok { "ok" } else { "FAIL" }
+                    );
+                    if !ok {
+                        failures.push(format!(
+                            "{label} B={b} L={l}: train step vs {what}: max_abs={max_abs:.3e} > \
+                             {REL_TOL:e}·{scale:.3e} + {ABS_TOL:e}"
+                        ));
+                    }
+                }
+            }
         }
         let get = |len: usize| rel_at.iter().find(|(l, _)| *l == len).map(|(_, r)| *r);
         if let (Some(r64), Some(r2048)) = (get(64), get(2048)) {

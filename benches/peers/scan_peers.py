@@ -7,7 +7,9 @@ optional z gate.  Prints fwd and fwd+bwd times in ms on the current GPU.
 2. The same sequential scan under torch.compile (also on STEPS steps, scaled).
 3. JAX lax.associative_scan over (Ā, B̄u) pairs (the S5 paper's method) on the full length.
 
-Usage: python scan_peers.py [--steps 256] [--skip-jax] [--skip-compile]
+Usage: python scan_peers.py [--steps 128] [--compile-steps 16] [--skip-jax] [--skip-compile]
+(torch.compile unrolls the time loop, so its compile time grows with the steps: keep
+--compile-steps small to stay inside one device command.)
 """
 import argparse, time, math
 
@@ -22,7 +24,7 @@ def timeit(fn, reps=3, sync=None):
     return best * 1e3
 
 
-def torch_peers(steps, do_compile, do_ref=True):
+def torch_peers(steps, do_compile, do_ref=True, compile_steps=16):
     import torch
     import torch.nn.functional as F
     dev = "cuda"
@@ -54,18 +56,20 @@ def torch_peers(steps, do_compile, do_ref=True):
     sync = torch.cuda.synchronize
     for has_z in (False, True):
         zz = z if has_z else None
-        for name, f in ((("pytorch-ref", ref),) if do_ref else ()) + ((("torch.compile", torch.compile(ref, dynamic=False)),) if do_compile else ()):
+        runs = ((("pytorch-ref", ref, steps),) if do_ref else ()) + \
+            ((("torch.compile", torch.compile(ref, dynamic=False), compile_steps),) if do_compile else ())
+        for name, f, nsteps in runs:
             params = [t.clone().requires_grad_(True) for t in (u, delta, A, Bm, Cm, D, dbias)]
             def fwd():
                 with torch.no_grad():
-                    f(params[0], params[1], params[2], params[3], params[4], params[5], zz, params[6], steps)
+                    f(params[0], params[1], params[2], params[3], params[4], params[5], zz, params[6], nsteps)
             def fb():
-                y = f(params[0], params[1], params[2], params[3], params[4], params[5], zz, params[6], steps)
+                y = f(params[0], params[1], params[2], params[3], params[4], params[5], zz, params[6], nsteps)
                 y.sum().backward()
-            tf = timeit(fwd, sync=sync) * L / steps
-            tfb = timeit(fb, reps=2, sync=sync) * L / steps
+            tf = timeit(fwd, sync=sync) * L / nsteps
+            tfb = timeit(fb, reps=2, sync=sync) * L / nsteps
             print(f"RESULT {name} z={has_z}: fwd {tf:.3f} ms, fwd+bwd {tfb:.3f} ms "
-                  f"(timed on {steps} of {L} steps, scaled x{L // steps})", flush=True)
+                  f"(timed on {nsteps} of {L} steps, scaled x{L // nsteps})", flush=True)
 
 
 def jax_peer():
@@ -113,7 +117,8 @@ def jax_peer():
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=128, help="steps timed for the eager reference")
+    ap.add_argument("--compile-steps", type=int, default=16, help="steps timed for torch.compile")
     ap.add_argument("--skip-jax", action="store_true")
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument("--skip-ref", action="store_true", help="skip the eager PyTorch reference")
@@ -124,6 +129,6 @@ if __name__ == "__main__":
         except Exception as e:  # a peer failing must not hide the others
             print("jax peer failed:", repr(e))
     try:
-        torch_peers(a.steps, not a.skip_compile, not a.skip_ref)
+        torch_peers(a.steps, not a.skip_compile, not a.skip_ref, a.compile_steps)
     except Exception as e:
         print("torch peers failed:", repr(e))

@@ -14,34 +14,44 @@
 //               2 bilinear Ā = (1 + x/2)/(1 − x/2) (x clamped to ±2e18), γ̄ = Δ/(1 − ΔA/2);
 //               3 dirac Ā = e^x, γ̄ = 1.            (x = ΔA_t·A[n]; γ̄ uses Δ_t·A[n])
 //
-// Parallel structure: a block is CW channel warps (32 consecutive channels each, lane = channel)
-// times NW time warps; one batch row per block (grid.y). The sequence is walked in chunks of
-// T = NW·KS steps; time warp w owns steps [w·KS, (w+1)·KS) of a chunk. Each thread scans its KS
-// steps from zero (all N states in registers), the per-thread (decay product, end state) pairs
-// are combined in a fixed order across time warps through shared memory, and each thread then
-// re-runs its steps from its true start state. The forward stores the state at every chunk start
-// (hs: (Bsz, nchunks, N, E)) for the backward, which walks the chunks in reverse.
+// Parallel structure: TPC threads per (batch, channel), each owning SPT = N/TPC states in
+// registers and walking the whole sequence in order (no inter-thread scan). A warp holds
+// CPW = 32/TPC consecutive channels (lane = channel_in_warp·TPC + q), a block NWARP warps, so
+// every load along channels is coalesced and there are Bsz·E·TPC threads in all. The per-step
+// scalars (u, Δ, z, ...) of TPC consecutive steps are loaded and computed once, by thread q for
+// step t0 + q, and handed to the other TPC − 1 threads of the channel with shuffles; y_t is the
+// sum of the TPC threads' partial dot products (xor shuffles).
 //
-// Determinism: every reduction (over channels for time-varying dB/dC, over time and batch for
-// dA, dD, d(delta_bias), fixed dB/dC) is done in a fixed order: warp shuffles in a fixed
-// butterfly pattern, shared memory sums in index order, then per-tile partial buffers summed in
-// index order by ss_reduce_*. No atomics.
+// The forward stores the state at every chunk start (every CK = SUB·NSUB steps; hs:
+// (Bsz, ⌈L/CK⌉, N, E)). The backward walks the chunks in reverse: from a chunk's checkpoint it
+// re-runs the chunk forward, keeping the state at every sub-chunk start (SUB steps) in shared
+// memory; then for each sub-chunk in reverse it re-runs its SUB steps keeping states and Ā in
+// registers and walks them backward with the adjoint λ_t = G_t C_t + Ā_{t+1} λ_{t+1}.
 //
-// Compile-time parameters (defines): NSTATE, KS, NW, CW, RULE, HAS_Z, HAS_D, HAS_DB, SOFTPLUS,
-// HAS_DTA, BC_FIXED, SEG (channels per dB/dC partial segment within a warp: power of two ≤ 32
-// dividing E/G; when CW > 1 then SEG == 32 and a partial covers the block's 32·CW channels).
+// Determinism: every reduction is in a fixed order: xor shuffles over the TPC threads of a
+// channel, a fixed butterfly reduce-scatter over the channels of a warp (time-varying dB/dC),
+// per-warp partials summed in warp order in shared memory and per-segment partial buffers
+// summed in segment order by ss_reduce_bc; per-channel sums over time in each thread's step
+// order, over batch in index order by ss_reduce_e. No atomics.
+//
+// Compile-time parameters (defines): NSTATE, TPC, NWARP, SUB, NSUB, RULE, HAS_Z, HAS_D, HAS_DB,
+// SOFTPLUS, HAS_DTA, BC_FIXED, SEGC (channels per dB/dC partial segment: a power of two dividing
+// E/G; either ≤ CPW or a multiple of CPW dividing CPW·NWARP).
 
 #ifndef NSTATE
 #define NSTATE 16
 #endif
-#ifndef KS
-#define KS 4
+#ifndef TPC
+#define TPC 4
 #endif
-#ifndef NW
-#define NW 8
+#ifndef NWARP
+#define NWARP 4
 #endif
-#ifndef CW
-#define CW 1
+#ifndef SUB
+#define SUB 8
+#endif
+#ifndef NSUB
+#define NSUB 8
 #endif
 #ifndef RULE
 #define RULE 0
@@ -64,35 +74,49 @@
 #ifndef BC_FIXED
 #define BC_FIXED 0
 #endif
-#ifndef SEG
-#define SEG 32
+#ifndef SEGC
+#define SEGC 1
 #endif
 
-#define TCH (KS * NW)
-#define NTHREADS (32 * NW * CW)
-// values per step to reduce over channels (dB[0..N), dC[N..2N)), padded to a multiple of SEG
-#define V2 (2 * NSTATE)
-#define VP (((V2 + SEG - 1) / SEG) * SEG)
+#define SPT (NSTATE / TPC)
+#define CPW (32 / TPC)
+#define CPB (CPW * NWARP)
+#define NT (32 * NWARP)
+#define CK (SUB * NSUB)
+#define SPG (SUB / TPC)  // steps of a sub-chunk handled (scalars) by one thread
+// channels reduced inside a warp, values per lane before / after the reduce-scatter
+#define SEGL (SEGC < CPW ? SEGC : CPW)
+#define V2 (2 * SPT)
+#define VP (((V2 + SEGL - 1) / SEGL) * SEGL)
+#define PER (VP / SEGL)
+#define XWARP (SEGC > CPW)
 
 #define R_MAMBA 0
 #define R_ZOH 1
 #define R_BILINEAR 2
 #define R_DIRAC 3
+#define LOG2E 1.4426950408889634f
 
-__device__ __forceinline__ float fexp(float x) { return __expf(x); }
+__device__ __forceinline__ float ex2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
 
 __device__ __forceinline__ float softplus_f(float x) {
     return x > 20.f ? x : log1pf(expf(x));
 }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
-// Ā of x = ΔA·a
-__device__ __forceinline__ float abar(float x) {
+// Ā of x = ΔA·a; al = a·log2(e)
+__device__ __forceinline__ float abar(float da, float a, float al) {
 #if RULE == R_BILINEAR
-    float v = fminf(fmaxf(x, -2e18f), 2e18f);
+    (void)al;
+    float v = fminf(fmaxf(da * a, -2e18f), 2e18f);
     return (1.f + 0.5f * v) / (1.f - 0.5f * v);
 #else
-    return fexp(x);
+    (void)a;
+    return ex2(da * al);
 #endif
 }
 // dĀ/dx given Ā and x
@@ -102,24 +126,28 @@ __device__ __forceinline__ float dabar(float ab, float x) {
     float den = 1.f - 0.5f * x;
     return 1.f / (den * den);
 #else
+    (void)x;
     return ab;
 #endif
 }
 // γ̄(Δ, a)
 __device__ __forceinline__ float gbar(float d, float a) {
 #if RULE == R_MAMBA
+    (void)a;
     return d;
 #elif RULE == R_ZOH
     return a == 0.f ? d : expm1f(d * a) / a;
 #elif RULE == R_BILINEAR
     return d / (1.f - 0.5f * d * a);
 #else
+    (void)d; (void)a;
     return 1.f;
 #endif
 }
 // (γ̄, ∂γ̄/∂Δ, ∂γ̄/∂a)
 __device__ __forceinline__ void gbar_grad(float d, float a, float& g, float& gd, float& ga) {
 #if RULE == R_MAMBA
+    (void)a;
     g = d; gd = 1.f; ga = 0.f;
 #elif RULE == R_ZOH
     if (a == 0.f) { g = d; gd = 1.f; ga = 0.5f * d * d; }
@@ -131,57 +159,76 @@ __device__ __forceinline__ void gbar_grad(float d, float a, float& g, float& gd,
     float den = 1.f - 0.5f * d * a;
     g = d / den; gd = 1.f / (den * den); ga = 0.5f * d * d * gd;
 #else
+    (void)d; (void)a;
     g = 1.f; gd = 0.f; ga = 0.f;
 #endif
 }
 
-__device__ __forceinline__ void load_bc(const float* __restrict__ M, int b, int t, int L, int G,
-                                        int g, int e, float* out) {
-#if BC_FIXED
-    (void)b; (void)t; (void)L; (void)G; (void)g;
-#pragma unroll
-    for (int n = 0; n < NSTATE; n++) out[n] = 0.f;  // unused
+// γ̄(Δ, a)·u·B with du = Δ·u (state-independent for the mamba and dirac rules)
+__device__ __forceinline__ float gbub(float d, float u, float du, float a, float bv) {
+#if RULE == R_MAMBA
+    (void)d; (void)u; (void)a;
+    return du * bv;
+#elif RULE == R_DIRAC
+    (void)d; (void)du; (void)a;
+    return u * bv;
 #else
-    (void)e;
-    if (t >= L) {
-#pragma unroll
-        for (int n = 0; n < NSTATE; n++) out[n] = 0.f;
-        return;
-    }
-    const float* p = M + (((size_t)b * L + t) * G + g) * NSTATE;
-#if NSTATE % 4 == 0
-#pragma unroll
-    for (int n = 0; n < NSTATE; n += 4) {
-        float4 v = __ldg(reinterpret_cast<const float4*>(p + n));
-        out[n] = v.x; out[n + 1] = v.y; out[n + 2] = v.z; out[n + 3] = v.w;
-    }
-#else
-#pragma unroll
-    for (int n = 0; n < NSTATE; n++) out[n] = __ldg(p + n);
-#endif
+    (void)du;
+    return gbar(d, a) * bv * u;
 #endif
 }
 
-struct StepIn {
-    float u, d, da;  // input, Δ (after bias/softplus), ΔA
+// This thread's SPT entries of a time-varying B_t or C_t (zeros past the end).
+__device__ __forceinline__ void load_bc(const float* __restrict__ M, int b, int t, int L, int G,
+                                        int g, int n0, float* out) {
+    if (t >= L) {
+#pragma unroll
+        for (int i = 0; i < SPT; i++) out[i] = 0.f;
+        return;
+    }
+    const float* p = M + (((size_t)b * L + t) * G + g) * NSTATE + n0;
+#if SPT % 4 == 0 && NSTATE % 4 == 0
+#pragma unroll
+    for (int i = 0; i < SPT; i += 4) {
+        float4 v = __ldg(reinterpret_cast<const float4*>(p + i));
+        out[i] = v.x; out[i + 1] = v.y; out[i + 2] = v.z; out[i + 3] = v.w;
+    }
+#elif SPT % 2 == 0 && NSTATE % 2 == 0
+#pragma unroll
+    for (int i = 0; i < SPT; i += 2) {
+        float2 v = __ldg(reinterpret_cast<const float2*>(p + i));
+        out[i] = v.x; out[i + 1] = v.y;
+    }
+#else
+#pragma unroll
+    for (int i = 0; i < SPT; i++) out[i] = __ldg(p + i);
+#endif
+}
+
+// Per-step scalars of one (batch, step, channel): raw delta, Δ, ΔA, u.
+struct Step {
+    float u, raw, d, da;
 };
 
-__device__ __forceinline__ StepIn load_step(const float* __restrict__ u, const float* __restrict__ dt,
-                                            const float* __restrict__ dta, float db, size_t idx,
-                                            bool valid) {
-    StepIn s;
-    if (!valid) { s.u = 0.f; s.d = 0.f; s.da = 0.f; return s; }
-    s.u = u[idx];
-    float d = dt[idx];
+__device__ __forceinline__ Step load_step(const float* __restrict__ u, const float* __restrict__ dt,
+                                          const float* __restrict__ dta, float db, size_t idx,
+                                          bool valid) {
+    Step s;
+    if (!valid) { s.u = 0.f; s.raw = 0.f; s.d = 0.f; s.da = 0.f; return s; }
+    s.u = __ldg(u + idx);
+    float d = __ldg(dt + idx);
 #if HAS_DB
     d += db;
+#else
+    (void)db;
 #endif
+    s.raw = d;
 #if SOFTPLUS
     d = softplus_f(d);
 #endif
     s.d = d;
 #if HAS_DTA
-    s.da = dta[idx];
+    s.da = __ldg(dta + idx);
 #else
     (void)dta;
     s.da = d;
@@ -189,451 +236,477 @@ __device__ __forceinline__ StepIn load_step(const float* __restrict__ u, const f
     return s;
 }
 
+// value of thread k (of the TPC threads of this channel)
+#define FROM(v, k) __shfl_sync(0xffffffffu, (v), (k), TPC)
+
+__device__ __forceinline__ float sum_tpc(float v) {
+#pragma unroll
+    for (int o = TPC / 2; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // ---------------------------------------------------------------------------------------------
-// Forward.  grid (ceil(E / (32·CW)), Bsz), block (32, NW, CW).
-extern "C" __global__ void __launch_bounds__(NTHREADS)
+// Forward.  grid (ceil(E / CPB), Bsz), block (NT).
+extern "C" __global__ void __launch_bounds__(NT)
 ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* __restrict__ dta,
        const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
        const float* __restrict__ Dv, const float* __restrict__ z, const float* __restrict__ dbias,
        float* __restrict__ y, float* __restrict__ hs, float* __restrict__ last, int L, int E,
        int G) {
-    const int lane = threadIdx.x, w = threadIdx.y, cw = threadIdx.z;
-    const int e = (blockIdx.x * CW + cw) * 32 + lane;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int q = lane % TPC, cl = lane / TPC;
+    const int e = blockIdx.x * CPB + warp * CPW + cl;
     const int b = blockIdx.y;
     const bool act = e < E;
     const int ec = act ? e : E - 1;
     const int g = BC_FIXED ? 0 : ec / (E / G);
     (void)g;
-    const int nch = (L + TCH - 1) / TCH;
+    const int n0 = q * SPT;
+    const int nck = (L + CK - 1) / CK;
 
-    __shared__ float sP[CW][NW][NSTATE][32];
-    __shared__ float sH[CW][NW][NSTATE][32];
-    __shared__ float sC[CW][NSTATE][32];
-
-    float Ar[NSTATE];
+    float Ar[SPT], Al[SPT], h[SPT];
 #pragma unroll
-    for (int n = 0; n < NSTATE; n++) Ar[n] = A[ec * NSTATE + n];
+    for (int i = 0; i < SPT; i++) {
+        Ar[i] = A[ec * NSTATE + n0 + i];
+        Al[i] = Ar[i] * LOG2E;
+        h[i] = 0.f;
+    }
 #if BC_FIXED
-    float Bf[NSTATE], Cf[NSTATE];
+    float Bf[SPT], Cf[SPT];
 #pragma unroll
-    for (int n = 0; n < NSTATE; n++) { Bf[n] = Bm[ec * NSTATE + n]; Cf[n] = Cm[ec * NSTATE + n]; }
+    for (int i = 0; i < SPT; i++) { Bf[i] = Bm[ec * NSTATE + n0 + i]; Cf[i] = Cm[ec * NSTATE + n0 + i]; }
 #endif
     const float Dd = HAS_D ? Dv[ec] : 0.f;
     const float db = HAS_DB ? dbias[ec] : 0.f;
-    (void)Dd; (void)db;
-    for (int n = w; n < NSTATE; n += NW) sC[cw][n][lane] = 0.f;
+    (void)Dd;
+    const size_t rowb = (size_t)b * L;
 
-    for (int c = 0; c < nch; c++) {
-        const int t0 = c * TCH + w * KS;
-        StepIn s[KS];
-#pragma unroll
-        for (int k = 0; k < KS; k++) {
-            const int t = t0 + k;
-            s[k] = load_step(u, dt, dta, db, ((size_t)b * L + t) * E + ec, t < L);
-        }
-        float ab[KS][NSTATE];
-        float hl[NSTATE], P[NSTATE];
-#pragma unroll
-        for (int n = 0; n < NSTATE; n++) { hl[n] = 0.f; P[n] = 1.f; }
-#pragma unroll
-        for (int k = 0; k < KS; k++) {
-            float Bv[NSTATE];
-#if BC_FIXED
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) Bv[n] = Bf[n];
-#else
-            load_bc(Bm, b, t0 + k, L, G, g, ec, Bv);
+    // software pipeline: the scalars, B and C of the next TPC steps are loaded one group ahead
+    Step nx = load_step(u, dt, dta, db, (rowb + q) * E + ec, q < L);
+#if HAS_Z
+    float znx = q < L ? __ldg(z + (rowb + q) * E + ec) : 0.f;
 #endif
+#if !BC_FIXED
+    float Bn[TPC][SPT], Cn[TPC][SPT];
 #pragma unroll
-            for (int n = 0; n < NSTATE; n++) {
-                float a = abar(s[k].da * Ar[n]);
-                ab[k][n] = a;
-                hl[n] = a * hl[n] + gbar(s[k].d, Ar[n]) * Bv[n] * s[k].u;
-                P[n] *= a;
-            }
+    for (int k = 0; k < TPC; k++) {
+        load_bc(Bm, b, k, L, G, g, n0, Bn[k]);
+        load_bc(Cm, b, k, L, G, g, n0, Cn[k]);
+    }
+#endif
+    for (int t0 = 0; t0 < L; t0 += TPC) {
+        if (t0 % CK == 0 && act) {
+#pragma unroll
+            for (int i = 0; i < SPT; i++)
+                hs[(((size_t)b * nck + t0 / CK) * NSTATE + n0 + i) * E + e] = h[i];
         }
+        const Step cur = nx;
+#if HAS_Z
+        const float zq = znx;
+#endif
+#if !BC_FIXED
+        float Bc[TPC][SPT], Cc[TPC][SPT];
 #pragma unroll
-        for (int n = 0; n < NSTATE; n++) { sP[cw][w][n][lane] = P[n]; sH[cw][w][n][lane] = hl[n]; }
-        __syncthreads();
-        for (int n = w; n < NSTATE; n += NW) {
-            float st = sC[cw][n][lane];
-            if (act) hs[(((size_t)b * nch + c) * NSTATE + n) * E + e] = st;
-            for (int j = 0; j < NW; j++) {
-                float pj = sP[cw][j][n][lane], hj = sH[cw][j][n][lane];
-                sH[cw][j][n][lane] = st;
-                st = pj * st + hj;
+        for (int k = 0; k < TPC; k++)
+#pragma unroll
+            for (int i = 0; i < SPT; i++) { Bc[k][i] = Bn[k][i]; Cc[k][i] = Cn[k][i]; }
+#endif
+        {
+            const int tn = t0 + TPC + q;
+            nx = load_step(u, dt, dta, db, (rowb + tn) * E + ec, tn < L);
+#if HAS_Z
+            znx = tn < L ? __ldg(z + (rowb + tn) * E + ec) : 0.f;
+#endif
+#if !BC_FIXED
+#pragma unroll
+            for (int k = 0; k < TPC; k++) {
+                load_bc(Bm, b, t0 + TPC + k, L, G, g, n0, Bn[k]);
+                load_bc(Cm, b, t0 + TPC + k, L, G, g, n0, Cn[k]);
             }
-            sC[cw][n][lane] = st;
+#endif
         }
-        __syncthreads();
-        float h[NSTATE];
+        float accq = 0.f;
 #pragma unroll
-        for (int n = 0; n < NSTATE; n++) h[n] = sH[cw][w][n][lane];
-#pragma unroll
-        for (int k = 0; k < KS; k++) {
-            const int t = t0 + k;
-            float Bv[NSTATE], Cv[NSTATE];
-#if BC_FIXED
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) { Bv[n] = Bf[n]; Cv[n] = Cf[n]; }
+        for (int k = 0; k < TPC; k++) {
+            const float uk = FROM(cur.u, k), dk = FROM(cur.d, k);
+#if HAS_DTA
+            const float dak = FROM(cur.da, k);
 #else
-            load_bc(Bm, b, t, L, G, g, ec, Bv);
-            load_bc(Cm, b, t, L, G, g, ec, Cv);
+            const float dak = dk;
+#endif
+            const float duk = dk * uk;
+#if BC_FIXED
+            const float* Bv = Bf;
+            const float* Cv = Cf;
+#else
+            const float* Bv = Bc[k];
+            const float* Cv = Cc[k];
 #endif
             float acc = 0.f;
 #pragma unroll
-            for (int n = 0; n < NSTATE; n++) {
-                h[n] = ab[k][n] * h[n] + gbar(s[k].d, Ar[n]) * Bv[n] * s[k].u;
-                acc += Cv[n] * h[n];
+            for (int i = 0; i < SPT; i++) {
+                h[i] = abar(dak, Ar[i], Al[i]) * h[i] + gbub(dk, uk, duk, Ar[i], Bv[i]);
+                acc += Cv[i] * h[i];
             }
-            if (act && t < L) {
-                const size_t idx = ((size_t)b * L + t) * E + e;
-                float out = acc + Dd * s[k].u;
-#if HAS_Z
-                float zz = z[idx];
-                out *= zz / (1.f + expf(-zz));
-#else
-                (void)z;
-#endif
-                y[idx] = out;
-            }
+            acc = sum_tpc(acc);
+            if (q == k) accq = acc;
         }
-        __syncthreads();
+        const int tq = t0 + q;
+        if (act && tq < L) {
+            const size_t idx = (rowb + tq) * E + e;
+            float out = accq + Dd * cur.u;
+#if HAS_Z
+            out *= zq / (1.f + expf(-zq));
+#else
+            (void)z;
+#endif
+            y[idx] = out;
+        }
     }
-    if (w == 0 && act && last != nullptr) {
-        for (int n = 0; n < NSTATE; n++) last[((size_t)b * E + e) * NSTATE + n] = sC[cw][n][lane];
+    if (act && last != nullptr) {
+#pragma unroll
+        for (int i = 0; i < SPT; i++) last[((size_t)b * E + e) * NSTATE + n0 + i] = h[i];
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward.  Same grid/block as the forward. Writes du, ddelta (w.r.t. the raw delta),
 // ddeltaA (HAS_DTA), dz (HAS_Z), and partials:
-//   pBC  : time-varying dB/dC partial sums over one channel segment:
-//          (Bsz, nseg, L, 2N), nseg = E/SEG (CW == 1) or E/(32·CW)
+//   pBC  : time-varying dB/dC partial sums over one segment of SEGC channels:
+//          (Bsz, E/SEGC, L, 2N)
 //   pE   : per (batch, channel) sums over time: (Bsz, E, 3N + 2) =
 //          [dA (N) | dB fixed (N) | dC fixed (N) | dD | d(delta_bias)]
-extern "C" __global__ void __launch_bounds__(NTHREADS)
+extern "C" __global__ void __launch_bounds__(NT)
 ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* __restrict__ dta,
        const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
        const float* __restrict__ Dv, const float* __restrict__ z, const float* __restrict__ dbias,
        const float* __restrict__ dy, const float* __restrict__ hs, float* __restrict__ du,
        float* __restrict__ ddt, float* __restrict__ ddta, float* __restrict__ dz,
        float* __restrict__ pBC, float* __restrict__ pE, int L, int E, int G) {
-    const int lane = threadIdx.x, w = threadIdx.y, cw = threadIdx.z;
-    const int e = (blockIdx.x * CW + cw) * 32 + lane;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int q = lane % TPC, cl = lane / TPC;
+    const int e = blockIdx.x * CPB + warp * CPW + cl;
     const int b = blockIdx.y;
     const bool act = e < E;
     const int ec = act ? e : E - 1;
     const int g = BC_FIXED ? 0 : ec / (E / G);
     (void)g;
-    const int nch = (L + TCH - 1) / TCH;
+    const int n0 = q * SPT;
+    const int nck = (L + CK - 1) / CK;
+    const size_t rowb = (size_t)b * L;
 
-    __shared__ float sP[CW][NW][NSTATE][32];
-    __shared__ float sH[CW][NW][NSTATE][32];
-    // λ pairs reuse sH: each thread reads its own start state from sH before writing its pair
-#define sM sH
-    __shared__ float sC[CW][NSTATE][32];  // λ carry (μ) from the later chunk
-#if !BC_FIXED && CW > 1
-    __shared__ float sR[CW][NW][KS][32];
+    __shared__ float sCk[NSUB][SPT][NT];  // state at each sub-chunk start
+#if !BC_FIXED && XWARP
+    __shared__ float sR[NWARP][SUB][32 * PER];
 #endif
 
-    float Ar[NSTATE];
+    float Ar[SPT], Al[SPT];
 #pragma unroll
-    for (int n = 0; n < NSTATE; n++) Ar[n] = A[ec * NSTATE + n];
+    for (int i = 0; i < SPT; i++) { Ar[i] = A[ec * NSTATE + n0 + i]; Al[i] = Ar[i] * LOG2E; }
 #if BC_FIXED
-    float Bf[NSTATE], Cf[NSTATE], gBf[NSTATE], gCf[NSTATE];
+    float Bf[SPT], Cf[SPT], gBf[SPT], gCf[SPT];
 #pragma unroll
-    for (int n = 0; n < NSTATE; n++) {
-        Bf[n] = Bm[ec * NSTATE + n]; Cf[n] = Cm[ec * NSTATE + n]; gBf[n] = 0.f; gCf[n] = 0.f;
+    for (int i = 0; i < SPT; i++) {
+        Bf[i] = Bm[ec * NSTATE + n0 + i]; Cf[i] = Cm[ec * NSTATE + n0 + i];
+        gBf[i] = 0.f; gCf[i] = 0.f;
     }
 #endif
     const float Dd = HAS_D ? Dv[ec] : 0.f;
     const float db = HAS_DB ? dbias[ec] : 0.f;
     (void)Dd;
-    float gA[NSTATE];
+    float gA[SPT], m[SPT];  // m = Ā_{t+1} λ_{t+1}, carried backward
 #pragma unroll
-    for (int n = 0; n < NSTATE; n++) gA[n] = 0.f;
+    for (int i = 0; i < SPT; i++) { gA[i] = 0.f; m[i] = 0.f; }
     float gD = 0.f, gDB = 0.f;
-    for (int n = w; n < NSTATE; n += NW) sC[cw][n][lane] = 0.f;
 
-    for (int c = nch - 1; c >= 0; c--) {
-        const int t0 = c * TCH + w * KS;
-        StepIn s[KS];
-        float G_[KS], dzc[KS];  // upstream into the pre-gate output; dz factor
-#pragma unroll
-        for (int k = 0; k < KS; k++) {
-            const int t = t0 + k;
-            const bool valid = t < L;
-            const size_t idx = ((size_t)b * L + t) * E + ec;
-            s[k] = load_step(u, dt, dta, db, idx, valid);
-            float gy = valid ? dy[idx] : 0.f;
-#if HAS_Z
-            float zz = valid ? z[idx] : 0.f;
-            float sg = 1.f / (1.f + expf(-zz));
-            G_[k] = gy * zz * sg;
-            dzc[k] = gy * sg * (1.f + zz * (1.f - sg));  // d/dz (z σ(z)) · dy
-#else
-            (void)z;
-            G_[k] = gy;
-            dzc[k] = 0.f;
-#endif
-        }
-        float ab[KS][NSTATE];
-        float P[NSTATE];
+    for (int c = nck - 1; c >= 0; c--) {
+        // pass 1: the chunk forward from its checkpoint, keeping sub-chunk start states
         {
-            float hl[NSTATE];
+            float h[SPT];
 #pragma unroll
-            for (int n = 0; n < NSTATE; n++) { hl[n] = 0.f; P[n] = 1.f; }
+            for (int i = 0; i < SPT; i++)
+                h[i] = hs[(((size_t)b * nck + c) * NSTATE + n0 + i) * E + ec];
+            for (int j = 0; j < NSUB; j++) {
+                const int t1 = c * CK + j * SUB;
 #pragma unroll
-            for (int k = 0; k < KS; k++) {
-                float Bv[NSTATE];
+                for (int i = 0; i < SPT; i++) sCk[j][i][tid] = h[i];
+                if (t1 >= L || j == NSUB - 1) continue;
+#pragma unroll
+                for (int r = 0; r < SPG; r++) {
+                    const int tq = t1 + r * TPC + q;
+                    const Step s = load_step(u, dt, dta, db, (rowb + tq) * E + ec, tq < L);
+#pragma unroll
+                    for (int k = 0; k < TPC; k++) {
+                        const float uk = FROM(s.u, k), dk = FROM(s.d, k); const float duk = dk * uk; (void)duk;
+#if HAS_DTA
+                        const float dak = FROM(s.da, k);
+#else
+                        const float dak = dk;
+#endif
+                        float Bv[SPT];
 #if BC_FIXED
 #pragma unroll
-                for (int n = 0; n < NSTATE; n++) Bv[n] = Bf[n];
+                        for (int i = 0; i < SPT; i++) Bv[i] = Bf[i];
 #else
-                load_bc(Bm, b, t0 + k, L, G, g, ec, Bv);
+                        load_bc(Bm, b, t1 + r * TPC + k, L, G, g, n0, Bv);
 #endif
 #pragma unroll
-                for (int n = 0; n < NSTATE; n++) {
-                    float a = abar(s[k].da * Ar[n]);
-                    ab[k][n] = a;
-                    hl[n] = a * hl[n] + gbar(s[k].d, Ar[n]) * Bv[n] * s[k].u;
-                    P[n] *= a;
+                        for (int i = 0; i < SPT; i++)
+                            h[i] = abar(dak, Ar[i], Al[i]) * h[i] + gbub(dk, uk, duk, Ar[i], Bv[i]);
+                    }
                 }
             }
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) { sP[cw][w][n][lane] = P[n]; sH[cw][w][n][lane] = hl[n]; }
         }
-        __syncthreads();
-        for (int n = w; n < NSTATE; n += NW) {
-            float st = hs[(((size_t)b * nch + c) * NSTATE + n) * E + ec];
-            for (int j = 0; j < NW; j++) {
-                float pj = sP[cw][j][n][lane], hj = sH[cw][j][n][lane];
-                sH[cw][j][n][lane] = st;
-                st = pj * st + hj;
-            }
-        }
-        __syncthreads();
-        // states of this thread's steps; h0 = state before the first step
-        float h0[NSTATE], hh[KS][NSTATE], ypre[KS];
+        // pass 2: sub-chunks in reverse
+        for (int j = NSUB - 1; j >= 0; j--) {
+            const int t1 = c * CK + j * SUB;
+            if (t1 >= L) continue;  // uniform over the block
+            Step s[SPG];
+            float Gq[SPG], dzq[SPG], yq[SPG], rdu[SPG], rgd[SPG], rgda[SPG];
 #pragma unroll
-        for (int n = 0; n < NSTATE; n++) h0[n] = sH[cw][w][n][lane];
-#pragma unroll
-        for (int k = 0; k < KS; k++) {
-            float Bv[NSTATE], Cv[NSTATE];
-#if BC_FIXED
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) { Bv[n] = Bf[n]; Cv[n] = Cf[n]; }
-#else
-            load_bc(Bm, b, t0 + k, L, G, g, ec, Bv);
-            load_bc(Cm, b, t0 + k, L, G, g, ec, Cv);
-#endif
-            float acc = Dd * s[k].u;
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) {
-                float prev = k == 0 ? h0[n] : hh[k - 1][n];
-                hh[k][n] = ab[k][n] * prev + gbar(s[k].d, Ar[n]) * Bv[n] * s[k].u;
-                acc += Cv[n] * hh[k][n];
-            }
-            ypre[k] = acc;
-        }
-        // local reverse: λ_k = G_k C_k + Ā_{k+1} λ_{k+1}, from zero; pair (P, Ā_0 λ_0)
-        {
-            float lam[NSTATE];
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) lam[n] = 0.f;
-#pragma unroll
-            for (int k = KS - 1; k >= 0; k--) {
-                float Cv[NSTATE];
-#if BC_FIXED
-#pragma unroll
-                for (int n = 0; n < NSTATE; n++) Cv[n] = Cf[n];
-#else
-                load_bc(Cm, b, t0 + k, L, G, g, ec, Cv);
-#endif
-#pragma unroll
-                for (int n = 0; n < NSTATE; n++)
-                    lam[n] = G_[k] * Cv[n] + (k == KS - 1 ? 0.f : ab[k + 1][n] * lam[n]);
-            }
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) sM[cw][w][n][lane] = ab[0][n] * lam[n];
-        }
-        __syncthreads();
-        for (int n = w; n < NSTATE; n += NW) {
-            float m = sC[cw][n][lane];
-            for (int j = NW - 1; j >= 0; j--) {
-                float cj = sM[cw][j][n][lane], pj = sP[cw][j][n][lane];
-                sM[cw][j][n][lane] = m;
-                m = cj + pj * m;
-            }
-            sC[cw][n][lane] = m;
-        }
-        __syncthreads();
-        float lam[NSTATE];
-#pragma unroll
-        for (int n = 0; n < NSTATE; n++) lam[n] = sM[cw][w][n][lane];
-#pragma unroll
-        for (int k = KS - 1; k >= 0; k--) {
-            const int t = t0 + k;
-            float Bv[NSTATE], Cv[NSTATE];
-#if BC_FIXED
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) { Bv[n] = Bf[n]; Cv[n] = Cf[n]; }
-#else
-            load_bc(Bm, b, t, L, G, g, ec, Bv);
-            load_bc(Cm, b, t, L, G, g, ec, Cv);
-#endif
-            float gdu = 0.f, gd = 0.f, gda = 0.f;
-            float v[VP];
-#pragma unroll
-            for (int i = 0; i < VP; i++) v[i] = 0.f;
-#pragma unroll
-            for (int n = 0; n < NSTATE; n++) {
-                if (k < KS - 1) lam[n] = G_[k] * Cv[n] + ab[k + 1][n] * lam[n];
-                else lam[n] = G_[k] * Cv[n] + lam[n];
-                float prev = k == 0 ? h0[n] : hh[k - 1][n];
-                float gb, gbd, gba;
-                gbar_grad(s[k].d, Ar[n], gb, gbd, gba);
-                float x = s[k].da * Ar[n];
-                float dab = lam[n] * prev * dabar(ab[k][n], x);  // ∂L/∂x
-                float dgb = lam[n] * Bv[n] * s[k].u;             // ∂L/∂γ̄
-                gda += dab * Ar[n];
-                gA[n] += dab * s[k].da + dgb * gba;
-                gd += dgb * gbd;
-                gdu += lam[n] * gb * Bv[n];
-                float vb = lam[n] * gb * s[k].u;
-                float vc = G_[k] * hh[k][n];
-#if BC_FIXED
-                gBf[n] += vb;
-                gCf[n] += vc;
-#else
-                v[n] = act ? vb : 0.f;
-                v[NSTATE + n] = act ? vc : 0.f;
-#endif
-            }
-            (void)v; (void)dzc; (void)ypre;
-            gdu += Dd * G_[k];
-            gD += G_[k] * s[k].u;
-            float draw;
-#if HAS_DTA
-            draw = gd;
-#else
-            draw = gd + gda;
-#endif
-            float xr = 0.f;
-            if (t < L) {
-                const size_t idx0 = ((size_t)b * L + t) * E + ec;
-                xr = dt[idx0];
-            }
-#if HAS_DB
-            xr += db;
-#endif
-#if SOFTPLUS
-            draw *= xr > 20.f ? 1.f : sigmoid_f(xr);
-#else
-            (void)xr;
-#endif
-            gDB += draw;
-            if (act && t < L) {
-                const size_t idx = ((size_t)b * L + t) * E + e;
-                du[idx] = gdu;
-                ddt[idx] = draw;
-#if HAS_DTA
-                ddta[idx] = gda;
-#else
-                (void)ddta;
-#endif
+            for (int r = 0; r < SPG; r++) {
+                const int tq = t1 + r * TPC + q;
+                const bool valid = tq < L;
+                const size_t idx = (rowb + tq) * E + ec;
+                s[r] = load_step(u, dt, dta, db, idx, valid);
+                const float gy = valid ? __ldg(dy + idx) : 0.f;
 #if HAS_Z
-                dz[idx] = dzc[k] * ypre[k];
+                const float zz = valid ? __ldg(z + idx) : 0.f;
+                const float sg = 1.f / (1.f + expf(-zz));
+                Gq[r] = gy * zz * sg;
+                dzq[r] = gy * sg * (1.f + zz * (1.f - sg));  // d/dz (z σ(z)) · dy
 #else
-                (void)dz; (void)dzc; (void)ypre;
+                Gq[r] = gy;
+                dzq[r] = 0.f;
+#endif
+                yq[r] = 0.f; rdu[r] = 0.f; rgd[r] = 0.f; rgda[r] = 0.f;
+            }
+            (void)z;
+            // recompute the SUB steps: states after each step and Ā
+            float h0[SPT], hh[SUB][SPT], ab[SUB][SPT];
+#pragma unroll
+            for (int i = 0; i < SPT; i++) h0[i] = sCk[j][i][tid];
+#pragma unroll
+            for (int k = 0; k < SUB; k++) {
+                const int r = k / TPC, kk = k % TPC;
+                const float uk = FROM(s[r].u, kk), dk = FROM(s[r].d, kk); const float duk = dk * uk; (void)duk;
+#if HAS_DTA
+                const float dak = FROM(s[r].da, kk);
+#else
+                const float dak = dk;
+#endif
+                float Bv[SPT];
+#if BC_FIXED
+#pragma unroll
+                for (int i = 0; i < SPT; i++) Bv[i] = Bf[i];
+#else
+                load_bc(Bm, b, t1 + k, L, G, g, n0, Bv);
+#endif
+#pragma unroll
+                for (int i = 0; i < SPT; i++) {
+                    const float a = abar(dak, Ar[i], Al[i]);
+                    ab[k][i] = a;
+                    hh[k][i] = a * (k == 0 ? h0[i] : hh[k - 1][i]) + gbub(dk, uk, duk, Ar[i], Bv[i]);
+                }
+#if HAS_Z
+                {
+                    float Cv[SPT];
+#if BC_FIXED
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) Cv[i] = Cf[i];
+#else
+                    load_bc(Cm, b, t1 + k, L, G, g, n0, Cv);
+#endif
+                    float acc = 0.f;
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) acc += Cv[i] * hh[k][i];
+                    acc = sum_tpc(acc);
+                    if (q == kk) yq[r] = acc;
+                }
 #endif
             }
+            // walk the SUB steps backward
+#pragma unroll
+            for (int k = SUB - 1; k >= 0; k--) {
+                const int r = k / TPC, kk = k % TPC;
+                const int t = t1 + k;
+                const float uk = FROM(s[r].u, kk), dk = FROM(s[r].d, kk); const float duk = dk * uk; (void)duk;
+                const float Gk = FROM(Gq[r], kk);
+#if HAS_DTA
+                const float dak = FROM(s[r].da, kk);
+#else
+                const float dak = dk;
+#endif
+                float Bv[SPT], Cv[SPT];
+#if BC_FIXED
+#pragma unroll
+                for (int i = 0; i < SPT; i++) { Bv[i] = Bf[i]; Cv[i] = Cf[i]; }
+#else
+                load_bc(Bm, b, t, L, G, g, n0, Bv);
+                load_bc(Cm, b, t, L, G, g, n0, Cv);
+#endif
+                float gdu = 0.f, gd = 0.f, gda = 0.f;
+                float v[VP];
+#pragma unroll
+                for (int i = 0; i < VP; i++) v[i] = 0.f;
+#pragma unroll
+                for (int i = 0; i < SPT; i++) {
+                    const float lam = Gk * Cv[i] + m[i];
+                    const float prev = k == 0 ? h0[i] : hh[k - 1][i];
+                    float gb, gbd, gba;
+                    gbar_grad(dk, Ar[i], gb, gbd, gba);
+                    const float dx = lam * prev * dabar(ab[k][i], dak * Ar[i]);  // ∂L/∂x
+                    const float dgb = lam * Bv[i] * uk;                          // ∂L/∂γ̄
+                    gda += dx * Ar[i];
+                    gA[i] += dx * dak + dgb * gba;
+                    gd += dgb * gbd;
+                    gdu += lam * gb * Bv[i];
+                    const float vb = lam * gb * uk;
+                    const float vc = Gk * hh[k][i];
+#if BC_FIXED
+                    gBf[i] += vb;
+                    gCf[i] += vc;
+#else
+                    v[i] = act ? vb : 0.f;
+                    v[SPT + i] = act ? vc : 0.f;
+#endif
+                    m[i] = ab[k][i] * lam;
+                }
+                gdu = sum_tpc(gdu);
+#if HAS_DTA
+                gd = sum_tpc(gd);
+                gda = sum_tpc(gda);
+#else
+                gd = sum_tpc(gd + gda);  // ∂/∂Δ through γ̄ and through Ā
+                gda = 0.f;
+#endif
+                if (q == kk) { rdu[r] = gdu; rgd[r] = gd; rgda[r] = gda; }
+                (void)v;
 #if !BC_FIXED
-            // reduce-scatter over SEG lanes in a fixed butterfly order
-            {
-                int len = VP;
+                // reduce-scatter over the SEGL channels of a segment in a fixed butterfly order
+                {
+                    int len = VP;
 #pragma unroll
-                for (int o = SEG / 2; o >= 1; o >>= 1) {
-                    const int half = len / 2;
-                    const bool up = (lane & o) != 0;
+                    for (int o = SEGL / 2; o >= 1; o >>= 1) {
+                        const int half = len / 2;
+                        const bool up = (cl & o) != 0;
 #pragma unroll
-                    for (int i = 0; i < VP / 2; i++) {
-                        if (i < half) {
-                            float send = up ? v[i] : v[i + half];
-                            float keep = up ? v[i + half] : v[i];
-                            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+                        for (int i = 0; i < VP / 2; i++) {
+                            if (i < half) {
+                                const float send = up ? v[i] : v[i + half];
+                                const float keep = up ? v[i + half] : v[i];
+                                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o * TPC);
+                            }
+                        }
+                        len = half;
+                    }
+                }
+#if XWARP
+#pragma unroll
+                for (int i = 0; i < PER; i++) sR[warp][k][lane * PER + i] = v[i];
+#else
+                {
+                    const int nseg = E / SEGC;
+                    const int seg = ec / SEGC;
+                    if (act && t < L) {
+#pragma unroll
+                        for (int i = 0; i < PER; i++) {
+                            const int vi = (cl % SEGL) * PER + i;
+                            if (vi < V2) {
+                                const int col = vi < SPT ? n0 + vi : NSTATE + n0 + vi - SPT;
+                                pBC[(((size_t)b * nseg + seg) * L + t) * (2 * NSTATE) + col] = v[i];
+                            }
                         }
                     }
-                    len = half;
                 }
+#endif
+#endif
             }
-            const int per = VP / SEG;  // values per lane after the reduce-scatter
-            (void)per;
-#if CW > 1
-            // per == 1 here (SEG == 32, 2N ≤ 32 enforced by the host); sum the CW warps in order
-            sR[cw][w][k][lane] = v[0];
+            // outputs of this thread's steps
+#pragma unroll
+            for (int r = 0; r < SPG; r++) {
+                const int tq = t1 + r * TPC + q;
+                float draw = rgd[r];
+#if !HAS_DTA
+                draw += rgda[r];
+#endif
+#if SOFTPLUS
+                draw *= s[r].raw > 20.f ? 1.f : sigmoid_f(s[r].raw);
+#endif
+                if (tq < L) {
+                    gD += Gq[r] * s[r].u;
+                    gDB += draw;
+                }
+                if (act && tq < L) {
+                    const size_t idx = (rowb + tq) * E + e;
+                    du[idx] = rdu[r] + Dd * Gq[r];
+                    ddt[idx] = draw;
+#if HAS_DTA
+                    ddta[idx] = rgda[r];
 #else
-            const int seg = e / SEG;
-            const int nseg = E / SEG;
-            if (act && t < L && (lane % SEG) * per < V2) {
-#pragma unroll
-                for (int i = 0; i < per; i++) {
-                    const int vi = (lane % SEG) * per + i;
-                    if (vi < V2) pBC[(((size_t)b * nseg + seg) * L + t) * V2 + vi] = v[i];
+                    (void)ddta;
+#endif
+#if HAS_Z
+                    dz[idx] = dzq[r] * (yq[r] + Dd * s[r].u);
+#else
+                    (void)dz; (void)dzq; (void)yq;
+#endif
                 }
             }
-            (void)nseg;
-#endif
-#endif
-        }
-#if !BC_FIXED && CW > 1
-        __syncthreads();
-        if (cw == 0) {
-            const int nseg = (E + 32 * CW - 1) / (32 * CW);
-            const int seg = blockIdx.x;
+#if !BC_FIXED && XWARP
+            // sum the warps of each segment in order; one output per (segment, step, slot)
+            __syncthreads();
+            {
+                constexpr int WPS = SEGC / CPW;  // warps per segment
+                constexpr int NSB = NWARP / WPS;  // segments per block
+                const int nseg = E / SEGC;
+                for (int o = tid; o < NSB * SUB * 32 * PER; o += NT) {
+                    const int slot = o % (32 * PER);
+                    const int k = (o / (32 * PER)) % SUB;
+                    const int sb = o / (32 * PER * SUB);
+                    const int seg = blockIdx.x * NSB + sb;
+                    const int t = t1 + k;
+                    const int ln = slot / PER, i = slot % PER;
+                    const int vi = (ln / TPC) * PER + i;
+                    if (seg < nseg && t < L && vi < V2) {
+                        float acc = 0.f;
 #pragma unroll
-            for (int k = 0; k < KS; k++) {
-                const int t = t0 + k;
-                float acc = 0.f;
-#pragma unroll
-                for (int j = 0; j < CW; j++) acc += sR[j][w][k][lane];
-                if (t < L && lane < V2) pBC[(((size_t)b * nseg + seg) * L + t) * V2 + lane] = acc;
+                        for (int w = 0; w < WPS; w++) acc += sR[sb * WPS + w][k][slot];
+                        const int n0l = (ln % TPC) * SPT;
+                        const int col = vi < SPT ? n0l + vi : NSTATE + n0l + vi - SPT;
+                        pBC[(((size_t)b * nseg + seg) * L + t) * (2 * NSTATE) + col] = acc;
+                    }
+                }
             }
-        }
+            __syncthreads();
 #endif
-        __syncthreads();
+        }
+        // (sCk is private to each thread: no barrier before the next chunk)
     }
-    // per-(b, e) sums over time: reduce the NW time warps in order through shared memory
-    const int NE = 3 * NSTATE + 2;
-    // stage NSTATE quantities at a time through sP, then warp 0 sums the NW time warps in order
-    for (int q0 = 0; q0 < NE; q0 += NSTATE) {
-        // stage NSTATE quantities at a time through sP
+    // per-(b, e) sums over time
+    gD = sum_tpc(gD);
+    gDB = sum_tpc(gDB);
+    if (act) {
+        const int NE = 3 * NSTATE + 2;
+        float* p = pE + ((size_t)b * E + e) * NE;
 #pragma unroll
-        for (int i = 0; i < NSTATE; i++) {
-            const int q = q0 + i;
-            float val = 0.f;
-            if (q < NSTATE) val = gA[q];
+        for (int i = 0; i < SPT; i++) {
+            p[n0 + i] = gA[i];
 #if BC_FIXED
-            else if (q < 2 * NSTATE) val = gBf[q - NSTATE];
-            else if (q < 3 * NSTATE) val = gCf[q - 2 * NSTATE];
+            p[NSTATE + n0 + i] = gBf[i];
+            p[2 * NSTATE + n0 + i] = gCf[i];
+#else
+            p[NSTATE + n0 + i] = 0.f;
+            p[2 * NSTATE + n0 + i] = 0.f;
 #endif
-            else if (q == 3 * NSTATE) val = gD;
-            else if (q == 3 * NSTATE + 1) val = gDB;
-            sP[cw][w][i][lane] = val;
         }
-        __syncthreads();
-        if (w == 0 && act) {
-            for (int i = 0; i < NSTATE && q0 + i < NE; i++) {
-                float acc = 0.f;
-                for (int j = 0; j < NW; j++) acc += sP[cw][j][i][lane];
-                pE[((size_t)b * E + e) * NE + q0 + i] = acc;
-            }
+        if (q == 0) {
+            p[3 * NSTATE] = gD;
+            p[3 * NSTATE + 1] = gDB;
         }
-        __syncthreads();
     }
 }
-#undef sM
 
 // ---------------------------------------------------------------------------------------------
 // dB, dC (time-varying) = Σ over the channel segments of each group, in segment order.
@@ -651,7 +724,7 @@ extern "C" __global__ void ss_reduce_bc(const float* __restrict__ pBC, float* __
     const int spg = nseg / G;
     float sb = 0.f, sc = 0.f;
     for (int j = 0; j < spg; j++) {
-        const size_t o = (((size_t)b * nseg + g * spg + j) * L + t) * V2;
+        const size_t o = (((size_t)b * nseg + g * spg + j) * L + t) * (2 * NSTATE);
         sb += pBC[o + n];
         sc += pBC[o + NSTATE + n];
     }

@@ -41,28 +41,21 @@ fn main() {
     let c = st.clone_htod(&rnd(bs * l * n, -1.0, 1.0)).unwrap();
     let d = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
     let db = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
+    // (states per thread, warps per block, backward sub-chunk, sub-chunks per checkpoint)
     let tilings = [
-        Tiling {
-            ks: 4,
-            nw: 8,
-            cw: 1,
-        },
-        Tiling {
-            ks: 4,
-            nw: 4,
-            cw: 2,
-        },
-        Tiling {
-            ks: 2,
-            nw: 8,
-            cw: 1,
-        },
-        Tiling {
-            ks: 8,
-            nw: 4,
-            cw: 1,
-        },
-    ];
+        (4, 4, 4, 16),
+        (4, 4, 4, 32),
+        (4, 2, 4, 16),
+        (2, 4, 8, 8),
+        (8, 4, 2, 32),
+        (8, 2, 4, 16),
+    ]
+    .map(|(states_per_thread, warps, sub, nsub)| Tiling {
+        states_per_thread,
+        warps,
+        sub,
+        nsub,
+    });
     for has_z in [false, true] {
         let spec = ScanSpec {
             batch: bs,

@@ -43,6 +43,13 @@ pub fn compile(variant: &Variant) -> Result<Ptx, ScanError> {
         .map_err(|e| ScanError(format!("NVRTC compile of {variant:?} failed: {e:?}")))
 }
 
+/// An uninitialised device buffer of `n` floats, for outputs that the next kernel writes in
+/// full (every element) before anything reads them.
+fn out_buf(s: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<f32>, ScanError> {
+    // SAFETY: any bit pattern is a valid f32, and each caller's kernel writes all `n` elements.
+    unsafe { s.alloc::<f32>(n) }.map_err(drv)
+}
+
 fn drv(e: cudarc::driver::DriverError) -> ScanError {
     ScanError(format!("CUDA driver: {e:?}"))
 }
@@ -189,14 +196,13 @@ impl SelectiveScan {
     }
 
     fn geometry(spec: &ScanSpec, v: &Variant) -> LaunchConfig {
-        let t = v.tiling;
         LaunchConfig {
             grid_dim: (
-                spec.channels.div_ceil(32 * t.cw) as u32,
+                spec.channels.div_ceil(v.channels_per_block()) as u32,
                 spec.batch as u32,
                 1,
             ),
-            block_dim: (32, t.nw as u32, t.cw as u32),
+            block_dim: (v.threads() as u32, 1, 1),
             shared_mem_bytes: 0,
         }
     }
@@ -207,15 +213,9 @@ impl SelectiveScan {
         let m = self.module(&v)?;
         let s = &self.stream;
         let nch = spec.len.div_ceil(v.chunk());
-        let mut y = s
-            .alloc_zeros::<f32>(spec.batch * spec.len * spec.channels)
-            .map_err(drv)?;
-        let mut last = s
-            .alloc_zeros::<f32>(spec.batch * spec.channels * spec.state)
-            .map_err(drv)?;
-        let mut hs = s
-            .alloc_zeros::<f32>(spec.batch * nch * spec.state * spec.channels)
-            .map_err(drv)?;
+        let mut y = out_buf(s, spec.batch * spec.len * spec.channels)?;
+        let mut last = out_buf(s, spec.batch * spec.channels * spec.state)?;
+        let mut hs = out_buf(s, spec.batch * nch * spec.state * spec.channels)?;
         let dm = &self.dummy;
         let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
         let (l, e, g) = (
@@ -275,15 +275,15 @@ impl SelectiveScan {
         let s = &self.stream;
         let n = spec.state;
         let ne = 3 * n + 2;
-        let mut du = s.alloc_zeros::<f32>(ble).map_err(drv)?;
-        let mut ddt = s.alloc_zeros::<f32>(ble).map_err(drv)?;
+        let mut du = out_buf(s, ble)?;
+        let mut ddt = out_buf(s, ble)?;
         let mut ddta = if spec.has_delta_a {
-            Some(s.alloc_zeros::<f32>(ble).map_err(drv)?)
+            Some(out_buf(s, ble)?)
         } else {
             None
         };
         let mut dz = if spec.has_z {
-            Some(s.alloc_zeros::<f32>(ble).map_err(drv)?)
+            Some(out_buf(s, ble)?)
         } else {
             None
         };
@@ -291,12 +291,9 @@ impl SelectiveScan {
         let mut pbc = if spec.bc_fixed {
             s.alloc_zeros::<f32>(1).map_err(drv)?
         } else {
-            s.alloc_zeros::<f32>(spec.batch * nseg * spec.len * 2 * n)
-                .map_err(drv)?
+            out_buf(s, spec.batch * nseg * spec.len * 2 * n)?
         };
-        let mut pe = s
-            .alloc_zeros::<f32>(spec.batch * spec.channels * ne)
-            .map_err(drv)?;
+        let mut pe = out_buf(s, spec.batch * spec.channels * ne)?;
         let dm = &self.dummy;
         let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
         let (l, e, g) = (
@@ -337,8 +334,8 @@ impl SelectiveScan {
             dc = s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?;
         } else {
             let total = spec.batch * spec.len * spec.groups * n;
-            db = s.alloc_zeros::<f32>(total).map_err(drv)?;
-            dc = s.alloc_zeros::<f32>(total).map_err(drv)?;
+            db = out_buf(s, total)?;
+            dc = out_buf(s, total)?;
             let (bsz, nseg_i) = (spec.batch as i32, nseg as i32);
             let mut lb = s.launch_builder(&m.red_bc);
             lb.arg(&pbc)
@@ -351,7 +348,7 @@ impl SelectiveScan {
             // SAFETY: argument list matches `ss_reduce_bc`.
             unsafe { lb.launch(LaunchConfig::for_num_elems(total as u32)) }.map_err(drv)?;
         }
-        let mut pc = s.alloc_zeros::<f32>(spec.channels * ne).map_err(drv)?;
+        let mut pc = out_buf(s, spec.channels * ne)?;
         {
             let bsz = spec.batch as i32;
             let mut lb = s.launch_builder(&m.red_e);

@@ -113,22 +113,31 @@ pub struct ScanSpec {
 }
 
 /// Launch geometry of the kernels (compile-time in the kernel source).
+///
+/// Each (batch, channel) is walked by `tpc` threads holding `N/tpc` states each (`tpc` the
+/// smallest power of two dividing `N` with `N/tpc ≤ states_per_thread`); a block is `warps`
+/// warps of `32/tpc` channels each. The forward keeps the state every `sub·nsub` steps; the
+/// backward re-runs a chunk keeping the state every `sub` steps and walks `sub` steps at a time
+/// backward with their states in registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tiling {
-    /// Steps per thread within a chunk.
-    pub ks: usize,
-    /// Time warps per block (a chunk is `ks·nw` steps).
-    pub nw: usize,
-    /// Channel warps per block (32 channels each).
-    pub cw: usize,
+    /// Most states held by one thread (1..=16).
+    pub states_per_thread: usize,
+    /// Warps per block (power of two, 1..=16).
+    pub warps: usize,
+    /// Steps per backward sub-chunk (power of two, 1..=32; raised to `tpc`).
+    pub sub: usize,
+    /// Sub-chunks per checkpoint chunk (1..=64).
+    pub nsub: usize,
 }
 
 impl Default for Tiling {
     fn default() -> Self {
         Tiling {
-            ks: 4,
-            nw: 8,
-            cw: 1,
+            states_per_thread: 4,
+            warps: 4,
+            sub: 4,
+            nsub: 16,
         }
     }
 }
@@ -152,9 +161,12 @@ pub struct Variant {
     pub has_d: bool,
     /// See [`ScanSpec::has_z`].
     pub has_z: bool,
-    /// Channels per `dB`/`dC` partial segment inside a warp (power of two ≤ 32).
-    pub seg: usize,
-    /// Launch geometry.
+    /// Threads per (batch, channel) (power of two dividing `N`).
+    pub tpc: usize,
+    /// Channels per `dB`/`dC` partial segment (power of two dividing the channels of a group;
+    /// at most the channels of a block).
+    pub segc: usize,
+    /// Launch geometry (with `sub ≥ tpc`).
     pub tiling: Tiling,
 }
 
@@ -164,9 +176,10 @@ impl Variant {
         let b = |x: bool| u32::from(x);
         vec![
             format!("-DNSTATE={}", self.state),
-            format!("-DKS={}", self.tiling.ks),
-            format!("-DNW={}", self.tiling.nw),
-            format!("-DCW={}", self.tiling.cw),
+            format!("-DTPC={}", self.tpc),
+            format!("-DNWARP={}", self.tiling.warps),
+            format!("-DSUB={}", self.tiling.sub),
+            format!("-DNSUB={}", self.tiling.nsub),
             format!("-DRULE={}", self.rule.code()),
             format!("-DHAS_Z={}", b(self.has_z)),
             format!("-DHAS_D={}", b(self.has_d)),
@@ -174,28 +187,49 @@ impl Variant {
             format!("-DSOFTPLUS={}", b(self.softplus)),
             format!("-DHAS_DTA={}", b(self.has_delta_a)),
             format!("-DBC_FIXED={}", b(self.bc_fixed)),
-            format!("-DSEG={}", self.seg),
+            format!("-DSEGC={}", self.segc),
         ]
     }
 
     /// Steps per chunk (the checkpoint interval of the forward).
     pub fn chunk(&self) -> usize {
-        self.tiling.ks * self.tiling.nw
+        self.tiling.sub * self.tiling.nsub
+    }
+
+    /// Channels per block.
+    pub fn channels_per_block(&self) -> usize {
+        32 / self.tpc * self.tiling.warps
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        32 * self.tiling.warps
     }
 
     /// Number of `dB`/`dC` partial segments over `channels` (time-varying `B`/`C`).
     pub fn segments(&self, channels: usize) -> usize {
-        if self.tiling.cw > 1 {
-            channels / (32 * self.tiling.cw)
+        channels / self.segc
+    }
+
+    /// Static shared memory of the backward kernel in bytes.
+    pub fn shared_bytes(&self) -> usize {
+        let spt = self.state / self.tpc;
+        let t = self.tiling;
+        let ck = 4 * t.nsub * spt * 32 * t.warps;
+        let cpw = 32 / self.tpc;
+        let r = if !self.bc_fixed && self.segc > cpw {
+            let vp = (2 * spt).div_ceil(cpw) * cpw;
+            4 * t.warps * t.sub * 32 * (vp / cpw)
         } else {
-            channels / self.seg
-        }
+            0
+        };
+        ck + r
     }
 }
 
 impl ScanSpec {
-    /// Checks the sizes and picks the kernel variant for a tiling (falls back to one channel
-    /// warp per block when the channels of a group do not fill `32·cw`).
+    /// Checks the sizes and picks the kernel variant for a tiling (halves `nsub` while the
+    /// backward's shared memory exceeds 40 KiB).
     pub fn check(&self, tiling: Tiling) -> Result<Variant, ScanError> {
         let err = |m: String| Err(ScanError(m));
         if self.batch == 0 || self.len == 0 || self.channels == 0 {
@@ -214,29 +248,29 @@ impl ScanSpec {
                 self.groups, self.channels
             ));
         }
-        if !matches!(tiling.ks, 1..=8)
-            || !matches!(tiling.nw, 1..=16)
-            || !matches!(tiling.cw, 1..=4)
+        let pow2 = |x: usize, hi: usize| x.is_power_of_two() && x <= hi;
+        if !matches!(tiling.states_per_thread, 1..=16)
+            || !pow2(tiling.warps, 16)
+            || !pow2(tiling.sub, 32)
+            || !matches!(tiling.nsub, 1..=64)
         {
             return err(format!("unsupported tiling {tiling:?}"));
         }
-        if tiling.nw * tiling.cw * 32 > 1024 {
-            return err(format!(
-                "tiling {tiling:?}: more than 1024 threads per block"
-            ));
-        }
-        let per_group = self.channels / groups;
-        // largest power of two ≤ 32 dividing the channels of a group
-        let seg = 1usize << per_group.trailing_zeros().min(5);
+        let n = self.state;
+        let tpc = [1usize, 2, 4, 8, 16, 32]
+            .into_iter()
+            .find(|&t| n.is_multiple_of(t) && n / t <= tiling.states_per_thread)
+            .unwrap_or(1 << n.trailing_zeros().min(5));
         let mut tiling = tiling;
-        // static shared memory of the kernels: 2 arrays of cw·nw·N·32 floats and one of cw·N·32
-        while tiling.nw > 1 && 4 * 32 * self.state * tiling.cw * (2 * tiling.nw + 2) > 48 * 1024 {
-            tiling.nw /= 2;
-        }
-        if tiling.cw > 1 && (!per_group.is_multiple_of(32 * tiling.cw) || 2 * self.state > 32) {
-            tiling.cw = 1;
-        }
-        Ok(Variant {
+        tiling.sub = tiling.sub.max(tpc);
+        let per_group = self.channels / groups;
+        let cpb = 32 / tpc * tiling.warps;
+        let segc = if self.bc_fixed {
+            1
+        } else {
+            (1usize << per_group.trailing_zeros().min(10)).min(cpb)
+        };
+        let mut v = Variant {
             state: self.state,
             rule: self.rule,
             bc_fixed: self.bc_fixed,
@@ -245,9 +279,20 @@ impl ScanSpec {
             softplus: self.softplus,
             has_d: self.has_d,
             has_z: self.has_z,
-            seg,
+            tpc,
+            segc,
             tiling,
-        })
+        };
+        while v.tiling.nsub > 1 && v.shared_bytes() > 40 * 1024 {
+            v.tiling.nsub /= 2;
+        }
+        if v.shared_bytes() > 48 * 1024 {
+            return err(format!(
+                "tiling {tiling:?}: {} bytes of shared memory for state {n}",
+                v.shared_bytes()
+            ));
+        }
+        Ok(v)
     }
 
     /// Expected element counts of the inputs, by name, for shape checks:
@@ -294,30 +339,28 @@ mod tests {
 
     #[test]
     fn segments_follow_the_groups() {
+        // 8 channels in 2 groups, state 4: one thread per channel, segments of 4 channels
         let v = spec().check(Tiling::default()).unwrap();
-        assert_eq!(v.seg, 4);
-        assert_eq!(v.segments(8), 2);
+        assert_eq!((v.tpc, v.segc, v.segments(8)), (1, 4, 2));
         let mut s = spec();
         s.channels = 2048;
         s.groups = 1;
         s.state = 16;
-        let v = s
-            .check(Tiling {
-                ks: 4,
-                nw: 4,
-                cw: 2,
-            })
-            .unwrap();
-        assert_eq!((v.seg, v.tiling.cw, v.segments(2048)), (32, 2, 32));
+        let v = s.check(Tiling::default()).unwrap();
+        // 4 threads of 4 states per channel, 8 channels a warp, 32 a block
+        assert_eq!((v.tpc, v.segc, v.segments(2048)), (4, 32, 64));
+        assert_eq!(
+            (v.channels_per_block(), v.threads(), v.chunk()),
+            (32, 128, 64)
+        );
         s.channels = 96;
-        let v = s
-            .check(Tiling {
-                ks: 4,
-                nw: 4,
-                cw: 2,
-            })
-            .unwrap();
-        assert_eq!((v.seg, v.tiling.cw), (32, 1));
+        s.groups = 4;
+        let v = s.check(Tiling::default()).unwrap();
+        assert_eq!((v.segc, v.segments(96)), (8, 12));
+        s.state = 64;
+        let v = s.check(Tiling::default()).unwrap();
+        assert_eq!((v.tpc, v.tiling.sub), (16, 16));
+        assert!(v.shared_bytes() <= 40 * 1024);
     }
 
     #[test]
@@ -334,9 +377,8 @@ mod tests {
         assert!(s.check(Tiling::default()).is_err());
         assert!(spec()
             .check(Tiling {
-                ks: 4,
-                nw: 16,
-                cw: 4
+                warps: 3,
+                ..Tiling::default()
             })
             .is_err());
     }

@@ -21,19 +21,24 @@ fn every_variant_compiles_for_sm90() {
             cases.push((rule, flags, 4, 8, 2, Tiling::default()));
         }
     }
-    cases.push((Rule::Mamba, 0, 16, 2048, 1, Tiling::default()));
-    cases.push((
-        Rule::Mamba,
-        0,
-        16,
-        2048,
-        1,
-        Tiling {
-            ks: 4,
-            nw: 4,
-            cw: 2,
-        },
-    ));
+    // the GPU tests' shapes (odd state, groups of 24 channels) and the bench's tilings
+    cases.push((Rule::Zoh, 3, 5, 40, 1, Tiling::default()));
+    cases.push((Rule::Bilinear, 4, 8, 96, 4, Tiling::default()));
+    for (spt, warps, sub, nsub) in [
+        (4, 4, 4, 32),
+        (4, 2, 4, 16),
+        (2, 4, 8, 8),
+        (8, 4, 2, 32),
+        (8, 2, 4, 16),
+    ] {
+        let t = Tiling {
+            states_per_thread: spt,
+            warps,
+            sub,
+            nsub,
+        };
+        cases.push((Rule::Mamba, 0, 16, 2048, 1, t));
+    }
     cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
     for (rule, flags, state, channels, groups, tiling) in cases {
         let spec = ScanSpec {

@@ -15,9 +15,9 @@
 /// 4 outputs wide (wide vector registers, and the four independent sums hide the add
 /// latency); on 32-bit Arm (Cortex-M4F/M33: 32 scalar single-precision registers, no SIMD) 4
 /// outputs × 4 partial sums = 16 accumulators are what fits, so blocks are 4 wide, with the
-/// row length a compile-time constant for 8, 16, 32 and 64 outputs (the four rows of a group
-/// then sit at immediate offsets: ~2.4 instructions per multiply-add on a Cortex-M4 instead
-/// of ~7). Columns left over go one at a time; a single output is a 4-way dot product.
+/// row length a compile-time constant for 8, 12, 16, 24, 32, 48 and 64 outputs (the four rows
+/// of a group then sit at immediate offsets: ~2.4 instructions per multiply-add on a
+/// Cortex-M4 instead of ~7). Columns left over go one at a time; a single output is a 4-way dot product.
 /// Mismatched lengths truncate, never panic. On 32-bit Arm it is never inlined (one copy keeps
 /// microcontroller flash small; the call costs a few instructions against the loop's
 /// hundreds).
@@ -47,8 +47,11 @@ pub fn gemv_t_acc(out: &mut [f32], mt: &[f32], x: &[f32]) {
     {
         c0 = match out.len() {
             8 => gemv_t_fixed::<8>(out, mt, x),
+            12 => gemv_t_fixed::<12>(out, mt, x),
             16 => gemv_t_fixed::<16>(out, mt, x),
+            24 => gemv_t_fixed::<24>(out, mt, x),
             32 => gemv_t_fixed::<32>(out, mt, x),
+            48 => gemv_t_fixed::<48>(out, mt, x),
             64 => gemv_t_fixed::<64>(out, mt, x),
             _ => gemv_t_block::<4>(out, mt, x, c0),
         };

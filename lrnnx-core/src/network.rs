@@ -5,10 +5,11 @@
 //! ```text
 //! Dense         y = W x + b                  weights: Wᵀ (d_in rows of d_out), then b
 //! Layer         y = layer.step(x)            any [`CoreLayer`]; event layers get the time step
-//! Activation    y = f(x) elementwise         f ∈ {GELU (erf), SiLU, tanh, ReLU}
+//! Activation    y = f(x) elementwise         f ∈ {GELU (erf), SiLU, tanh, ReLU, |x|}
 //! Glu           y = a ⊙ σ(g),  x = [a | g]   (2n → n)
 //! ResidualBegin remembers x (nesting ≤ MAX_RESIDUAL_DEPTH)
 //! ResidualEnd   y = x + the x remembered by the matching ResidualBegin
+//! GateEnd       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
 //! ```
 //!
 //! State layout (`f32`, zeros = start of a sequence):
@@ -150,6 +151,8 @@ pub enum Activation {
     Tanh,
     /// `max(x, 0)`.
     Relu,
+    /// `|x|`.
+    Abs,
 }
 
 impl Activation {
@@ -165,6 +168,7 @@ impl Activation {
                 e / (e + 2.0)
             }
             Activation::Relu => x.max(0.0),
+            Activation::Abs => x.abs(),
         }
     }
 }
@@ -184,6 +188,8 @@ pub enum Stage<W> {
     ResidualBegin,
     /// Closes the innermost open residual connection.
     ResidualEnd,
+    /// Closes the innermost open residual connection multiplicatively: `r ⊙ σ(x)`.
+    GateEnd,
 }
 
 /// A network of [`Stage`]s held in `S` (an array, a `Vec`, a slice) over weight buffers `W`.
@@ -244,7 +250,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                     depth += 1;
                     saved_len = saved_len.saturating_add(width);
                 }
-                Stage::ResidualEnd => {
+                Stage::ResidualEnd | Stage::GateEnd => {
                     if depth == 0 {
                         return bad(i, "residual end without a residual begin");
                     }
@@ -380,6 +386,13 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                     let (off, w) = open[depth];
                     for (c, s) in cur[..w].iter_mut().zip(&saved[off..off + w]) {
                         *c += s;
+                    }
+                }
+                Stage::GateEnd => {
+                    depth -= 1;
+                    let (off, w) = open[depth];
+                    for (c, s) in cur[..w].iter_mut().zip(&saved[off..off + w]) {
+                        *c = s * fastmath::sigmoid(*c);
                     }
                 }
             }

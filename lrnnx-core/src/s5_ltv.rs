@@ -219,6 +219,165 @@ impl<W: AsRef<[f32]>> S5Ltv<W> {
     }
 }
 
+/// `r[s..s + N]` as an array reference (`None` when out of range).
+#[inline(always)]
+fn arr<const N: usize>(r: &[f32], s: usize) -> Option<&[f32; N]> {
+    r.get(s..s.checked_add(N)?).and_then(|v| v.try_into().ok())
+}
+
+/// `acc += c · row` over a block.
+#[inline(always)]
+fn axpy<const N: usize>(acc: &mut [f32; N], c: f32, row: &[f32; N]) {
+    for j in 0..N {
+        acc[j] += c * row[j];
+    }
+}
+
+/// Where `Ā` comes from in the fused step: precomputed (ordinary step), or from `z = τ·ΔΛ`
+/// by the exp or the Tustin rule (event step).
+#[derive(Clone, Copy, PartialEq)]
+enum Transition {
+    Stored,
+    Exp(f32),
+    Bilinear(f32),
+}
+
+/// The whole step in one pass when `P` and `H` are multiples of the block `B` (16 or 8), with
+/// every accumulator in registers. Per block of `B` states: `v = B̄x` (two interleaved partial
+/// sums over the inputs), `Ā` (stored, or from `τ·ΔΛ`), `s ← Ā⊙s + v`. Then per block of `B`
+/// outputs: `y = D⊙x + Σ_k c_k s_k` over the `2P` rows `c_k` of `[k·Re C̃ᵀ; −k·Im C̃ᵀ]` (stored
+/// one after the other) and `s = [s_re; s_im]` (likewise), in four interleaved partial sums.
+/// The same equations as [`S5Ltv::finish`]; only the order of the additions differs. `w` is
+/// the whole weight buffer and `st` the state's first `2P` values. Returns `false` (nothing
+/// written) when the sizes do not fit.
+#[inline(always)]
+fn fused_step<const B: usize>(
+    w: &[f32],
+    st: &mut [f32],
+    (p, h): (usize, usize),
+    tr: Transition,
+    x: &[f32],
+    y: &mut [f32],
+) -> bool {
+    if p % B != 0 || h % B != 0 || st.len() != 2 * p || x.len() != h || y.len() != h {
+        return false;
+    }
+    let Some(w) = w.get(..4 * p + 4 * h * p + h) else {
+        return false;
+    };
+    let (head, rest) = w.split_at(4 * p);
+    let (bt, rest) = rest.split_at(2 * h * p);
+    let (ct, d) = rest.split_at(2 * p * h);
+    let (bt_re, bt_im) = bt.split_at(h * p);
+    let (s_re, s_im) = st.split_at_mut(p);
+    for c0 in (0..p).step_by(B) {
+        // The transitions first: their polynomial chains then overlap the independent
+        // multiply-adds of `v = B̄x` below.
+        let (Some(a_re), Some(a_im), Some(z_re), Some(z_im)) = (
+            arr::<B>(head, c0),
+            arr::<B>(head, p + c0),
+            arr::<B>(head, 2 * p + c0),
+            arr::<B>(head, 3 * p + c0),
+        ) else {
+            return false;
+        };
+        let (mut ar, mut ai) = (*a_re, *a_im);
+        match tr {
+            Transition::Stored => {}
+            Transition::Exp(dt) => {
+                for j in 0..B {
+                    (ar[j], ai[j]) = exp_transition(dt * z_re[j], dt * z_im[j]);
+                }
+            }
+            Transition::Bilinear(dt) => {
+                for j in 0..B {
+                    (ar[j], ai[j]) = bilinear_transition(dt * z_re[j], dt * z_im[j]);
+                }
+            }
+        }
+        let (mut vr0, mut vi0, mut vr1, mut vi1) =
+            ([0.0f32; B], [0.0f32; B], [0.0f32; B], [0.0f32; B]);
+        for (i2, x2) in x.chunks_exact(2).enumerate() {
+            let (r0, r1) = (2 * i2 * p + c0, (2 * i2 + 1) * p + c0);
+            if let (Some(a), Some(b), Some(c), Some(e)) = (
+                arr::<B>(bt_re, r0),
+                arr::<B>(bt_im, r0),
+                arr::<B>(bt_re, r1),
+                arr::<B>(bt_im, r1),
+            ) {
+                axpy(&mut vr0, x2[0], a);
+                axpy(&mut vi0, x2[0], b);
+                axpy(&mut vr1, x2[1], c);
+                axpy(&mut vi1, x2[1], e);
+            }
+        }
+        let (Some(sr), Some(si)) = (s_re.get_mut(c0..c0 + B), s_im.get_mut(c0..c0 + B)) else {
+            return false;
+        };
+        for j in 0..B {
+            let n = advance(
+                (sr[j], si[j]),
+                (ar[j], ai[j]),
+                (vr0[j] + vr1[j], vi0[j] + vi1[j]),
+            );
+            sr[j] = n.0;
+            si[j] = n.1;
+        }
+    }
+    let s: &[f32] = st;
+    for o0 in (0..h).step_by(B) {
+        let (mut a0, mut a1, mut a2, mut a3) = ([0.0f32; B], [0.0f32; B], [0.0f32; B], [0.0f32; B]);
+        if let (Some(db), Some(xb)) = (arr::<B>(d, o0), arr::<B>(x, o0)) {
+            for j in 0..B {
+                a0[j] = db[j] * xb[j];
+            }
+        }
+        for (k4, s4) in s.chunks_exact(4).enumerate() {
+            let k = 4 * k4;
+            if let (Some(r0), Some(r1), Some(r2), Some(r3)) = (
+                arr::<B>(ct, k * h + o0),
+                arr::<B>(ct, (k + 1) * h + o0),
+                arr::<B>(ct, (k + 2) * h + o0),
+                arr::<B>(ct, (k + 3) * h + o0),
+            ) {
+                axpy(&mut a0, s4[0], r0);
+                axpy(&mut a1, s4[1], r1);
+                axpy(&mut a2, s4[2], r2);
+                axpy(&mut a3, s4[3], r3);
+            }
+        }
+        if let Some(out) = y.get_mut(o0..o0 + B) {
+            for j in 0..B {
+                out[j] = (a0[j] + a1[j]) + (a2[j] + a3[j]);
+            }
+        }
+    }
+    true
+}
+
+/// [`fused_step`] with block 16 or 8, whichever divides both `P` and `H` (`false` when neither
+/// does: the caller then takes the general path).
+#[inline(always)]
+fn fused_dispatch(
+    w: &[f32],
+    state: &mut [f32],
+    (p, h): (usize, usize),
+    tr: Transition,
+    x: &[f32],
+    y: &mut [f32],
+) -> bool {
+    let Some(st) = state.get_mut(..2 * p) else {
+        return false;
+    };
+    if p % 16 == 0 && h % 16 == 0 {
+        fused_step::<16>(w, st, (p, h), tr, x, y)
+    } else if p % 8 == 0 && h % 8 == 0 {
+        fused_step::<8>(w, st, (p, h), tr, x, y)
+    } else {
+        false
+    }
+}
+
 /// Splits the state into `(s_re, s_im)`, `(v_re, v_im)`, `(ab_re, ab_im)` (never panics).
 fn split_state(state: &mut [f32], p: usize) -> [&mut [f32]; 6] {
     let (s_re, rest) = state.split_at_mut(p.min(state.len()));
@@ -249,6 +408,17 @@ impl<W: AsRef<[f32]>> Layer for S5Ltv<W> {
     /// `s ← Ā⊙s + B̄x;  y = k·Re(C̃ s) + D⊙x` with the precomputed `Ā`, `B̄ = γ̄⊙B̃`.
     #[inline]
     fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
+        let (p, h) = (self.config.d_state, self.config.d_model);
+        if fused_dispatch(
+            self.weights.as_ref(),
+            state,
+            (p, h),
+            Transition::Stored,
+            x,
+            y,
+        ) {
+            return;
+        }
         let v = self.view();
         let [s_re, s_im, v_re, v_im, _, _] = split_state(state, self.config.d_state);
         Self::finish(&v, (s_re, s_im), (v_re, v_im), (v.a_re, v.a_im), x, y);
@@ -261,6 +431,15 @@ impl<W: AsRef<[f32]>> EventLayer for S5Ltv<W> {
     /// `(1 + τΔΛ/2)/(1 − τΔΛ/2)`), then as the ordinary step with `B̄ = γ̄(Δ)⊙B̃`.
     #[inline]
     fn step_event_prechecked(&self, state: &mut [f32], x: &[f32], dt: f32, y: &mut [f32]) {
+        let (p, h) = (self.config.d_state, self.config.d_model);
+        let tr = if self.config.discretization == Discretization::Bilinear {
+            Transition::Bilinear(dt)
+        } else {
+            Transition::Exp(dt)
+        };
+        if fused_dispatch(self.weights.as_ref(), state, (p, h), tr, x, y) {
+            return;
+        }
         let v = self.view();
         let [s_re, s_im, v_re, v_im, ab_re, ab_im] = split_state(state, self.config.d_state);
         let lanes = ab_re
@@ -433,6 +612,9 @@ mod tests {
         }
     }
 
+    /// Every rule, with and without conjugate symmetry, at sizes that take the general path
+    /// (H = 3, P = 5) and the fused one (blocks of 16: H = P = 16; blocks of 8: H = 8, P = 24
+    /// and H = 16, P = 8).
     #[test]
     fn ordinary_and_event_match_reference() {
         let l = 40;
@@ -443,21 +625,27 @@ mod tests {
             Discretization::Dirac,
         ] {
             for conj in [false, true] {
-                let c = cfg(disc, conj);
-                let pr = Params::new(3, 5, 11);
-                let src = SliceParams {
-                    entries: &pr.entries(),
-                };
-                let layer = S5Ltv::from_lrnnx(c, &src, vec![0.0; c.weights_len()]).unwrap();
-                let xs: Vec<f32> = (0..l * 3).map(|_| det(&mut seed)).collect();
-                let taus: Vec<f32> = (0..l).map(|_| 0.2 + 1.8 * det(&mut seed).abs()).collect();
-                let mut ys = vec![0.0; l * 3];
-                let mut st = vec![0.0; c.state_len()];
-                run_sequence(&layer, &mut st, &xs, &mut ys).unwrap();
-                assert_close(&ys, &reference(&pr, c, &xs, None));
-                let mut st = vec![0.0; c.state_len()];
-                run_event_sequence(&layer, &mut st, &xs, &taus, &mut ys).unwrap();
-                assert_close(&ys, &reference(&pr, c, &xs, Some(&taus)));
+                for (h, p) in [(3, 5), (16, 16), (8, 24), (16, 8)] {
+                    let c = S5LtvConfig {
+                        d_model: h,
+                        d_state: p,
+                        ..cfg(disc, conj)
+                    };
+                    let pr = Params::new(h, p, 11);
+                    let src = SliceParams {
+                        entries: &pr.entries(),
+                    };
+                    let layer = S5Ltv::from_lrnnx(c, &src, vec![0.0; c.weights_len()]).unwrap();
+                    let xs: Vec<f32> = (0..l * h).map(|_| det(&mut seed)).collect();
+                    let taus: Vec<f32> = (0..l).map(|_| 0.2 + 1.8 * det(&mut seed).abs()).collect();
+                    let mut ys = vec![0.0; l * h];
+                    let mut st = vec![0.0; c.state_len()];
+                    run_sequence(&layer, &mut st, &xs, &mut ys).unwrap();
+                    assert_close(&ys, &reference(&pr, c, &xs, None));
+                    let mut st = vec![0.0; c.state_len()];
+                    run_event_sequence(&layer, &mut st, &xs, &taus, &mut ys).unwrap();
+                    assert_close(&ys, &reference(&pr, c, &xs, Some(&taus)));
+                }
             }
         }
     }

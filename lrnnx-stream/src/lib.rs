@@ -8,11 +8,13 @@
 //!   restore.
 //! * [`denormal`]: flush-to-zero around processing, and a state floor.
 //! * [`wav`]: WAV files in and out (mono or multichannel, 16-bit or float).
+//! * [`events`]: event-camera files (AEDAT 4.0, EVT 3.0) and the event pipeline.
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod denormal;
+pub mod events;
 pub mod processor;
 pub mod wav;
 

@@ -38,7 +38,7 @@ use candle_core::{Result, Tensor};
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::params::Params;
 use crate::scan::complex_scan;
@@ -166,57 +166,126 @@ impl Centaurus {
     }
 }
 
-impl TrainLayer for Centaurus {
-    fn forward(&self, x: &Tensor, _time_steps: Option<&Tensor>) -> Result<Tensor> {
+impl Centaurus {
+    /// `Ā` of the scanned states (flattened: (nc·M,) or, in PWNeck, (N·M,)) and `nc`, the
+    /// number of connected states (N; H² in Full).
+    fn transition(&self, a: &Tensor, dt: &Tensor) -> Result<(CTensor, usize)> {
         let (h, n, m) = (self.d_model, self.d_state, self.sub_state_dim);
-        let (bsz, l) = check_input(x, h)?;
-        let ([a, log_delta, b, c], e) = self.weights()?;
-        let dt = log_delta.exp()?; // (N,)
-        let a_bar = CTensor::unpack(&a)?.mul_real(&dt.unsqueeze(1)?)?.exp()?; // (N, M)
-        let Some(e) = e else {
-            // PWNeck: N·M independent states, B̄[s,·] = Δ_n·B[s,·] for s = n·M + m.
-            let dt_flat = dt.unsqueeze(1)?.broadcast_as((n, m))?.reshape((n * m, 1))?;
-            let u = x.broadcast_matmul(&b.broadcast_mul(&dt_flat)?.t()?)?; // (B, L, N·M)
-            let a_flat = CTensor::new(a_bar.re.reshape(n * m)?, a_bar.im.reshape(n * m)?);
-            let s = complex_scan(&a_flat, &CTensor::from_real(&u)?)?;
-            return s.re.broadcast_matmul(&c.t()?);
+        let a_bar = CTensor::unpack(a)?.mul_real(&dt.unsqueeze(1)?)?.exp()?; // (N, M)
+        let nc = match self.mode {
+            CentaurusMode::Full => h * h,
+            _ => n,
         };
-        // u (B, L, nc): the input of each connected state.
-        let (nc, u) = match self.mode {
+        Ok((
+            CTensor::new(
+                a_bar.re.narrow(0, 0, nc)?.reshape(nc * m)?,
+                a_bar.im.narrow(0, 0, nc)?.reshape(nc * m)?,
+            ),
+            nc,
+        ))
+    }
+
+    /// The real input of every scanned state, (B, L, S) from `x` (B, L, H): `B̄ x_t` broadcast
+    /// over the M sub-states (PWNeck: one per state).
+    fn state_input(&self, x: &Tensor, b: &Tensor, dt: &Tensor, nc: usize) -> Result<Tensor> {
+        let (h, n, m) = (self.d_model, self.d_state, self.sub_state_dim);
+        let (bsz, l, _) = x.dims3()?;
+        let u = match self.mode {
+            CentaurusMode::PointwiseNeck => {
+                // B̄[s,·] = Δ_n·B[s,·] for s = n·M + m.
+                let dt_flat = dt.unsqueeze(1)?.broadcast_as((n, m))?.reshape((n * m, 1))?;
+                return x.broadcast_matmul(&b.broadcast_mul(&dt_flat)?.t()?); // (B, L, N·M)
+            }
             CentaurusMode::Neck => {
                 let bd = b.broadcast_mul(&dt.unsqueeze(1)?)?; // (N, H)
-                (n, x.broadcast_matmul(&bd.t()?)?)
+                x.broadcast_matmul(&bd.t()?)?
             }
-            CentaurusMode::DepthwiseSeparable => (n, x.broadcast_mul(&(&b * &dt)?)?),
-            _ => {
+            CentaurusMode::DepthwiseSeparable => x.broadcast_mul(&(b * dt)?)?,
+            CentaurusMode::Full => {
                 // Full: state n = i·H + j (< H²) reads input j with weight Δ_n·B[n].
-                let hh = h * h;
-                let bd = (&b * &dt)?.narrow(0, 0, hh)?;
-                (hh, x.repeat((1, 1, h))?.broadcast_mul(&bd)?)
+                let bd = (b * dt)?.narrow(0, 0, h * h)?;
+                x.repeat((1, 1, h))?.broadcast_mul(&bd)?
             }
         };
-        let u = u
-            .unsqueeze(3)?
+        u.unsqueeze(3)?
             .broadcast_as((bsz, l, nc, m))?
-            .reshape((bsz, l, nc * m))?;
-        let a_c = CTensor::new(
-            a_bar.re.narrow(0, 0, nc)?.reshape(nc * m)?,
-            a_bar.im.narrow(0, 0, nc)?.reshape(nc * m)?,
-        );
-        let s = complex_scan(&a_c, &CTensor::from_real(&u)?)?;
+            .reshape((bsz, l, nc * m))
+    }
+
+    /// The output (B, L, H) from the real parts of the scanned states (B, L, S).
+    fn output(&self, s_re: &Tensor, c: &Tensor, e: Option<&Tensor>, nc: usize) -> Result<Tensor> {
+        let (h, m) = (self.d_model, self.sub_state_dim);
+        let (bsz, l, _) = s_re.dims3()?;
+        let Some(e) = e else {
+            return s_re.broadcast_matmul(&c.t()?); // PWNeck
+        };
         // r[n] = Σ_m E[n,m]·Re S[n,m]
-        let r =
-            s.re.reshape((bsz, l, nc, m))?
-                .broadcast_mul(&e.narrow(0, 0, nc)?)?
-                .sum(3)?;
+        let r = s_re
+            .reshape((bsz, l, nc, m))?
+            .broadcast_mul(&e.narrow(0, 0, nc)?)?
+            .sum(3)?;
         match self.mode {
             CentaurusMode::Neck => r.broadcast_matmul(&c.t()?),
-            CentaurusMode::DepthwiseSeparable => r.broadcast_mul(&c),
+            CentaurusMode::DepthwiseSeparable => r.broadcast_mul(c),
             _ => r
                 .broadcast_mul(&c.narrow(0, 0, nc)?)?
                 .reshape((bsz, l, h, h))?
                 .sum(3),
         }
+    }
+}
+
+impl TrainLayer for Centaurus {
+    fn forward(&self, x: &Tensor, _time_steps: Option<&Tensor>) -> Result<Tensor> {
+        check_input(x, self.d_model)?;
+        let ([a, log_delta, b, c], e) = self.weights()?;
+        let dt = log_delta.exp()?; // (N,)
+        let (a_bar, nc) = self.transition(&a, &dt)?;
+        let u = self.state_input(x, &b, &dt, nc)?;
+        let s = complex_scan(&a_bar, &CTensor::from_real(&u)?)?;
+        self.output(&s.re, &c, e.as_ref(), nc)
+    }
+
+    /// State: `[Re S, Im S]`, each (B, S) with S = nc·M scanned sub-states (lrnnx's
+    /// `lrnn_state` (B, N, M) complex; Full keeps only the H² connected states).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let ([a, log_delta, b, c], e) = self.weights()?;
+        let dt = log_delta.exp()?;
+        let (a_bar, _) = self.transition(&a, &dt)?;
+        let z = Tensor::zeros((batch, a_bar.re.dim(0)?), a.dtype(), a.device())?;
+        let mut consts = vec![a_bar.re, a_bar.im, b, c, dt];
+        consts.extend(e);
+        Ok(Cache::new(
+            "Centaurus",
+            batch,
+            z.dtype(),
+            vec![z.clone(), z],
+            consts,
+        ))
+    }
+
+    /// `S ← Ā ⊙ S + B̄ x_t`, `y_t` from `Re S` (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step("Centaurus", x_t, self.d_model, time_step, false)?;
+        let (ar, ai, b, c, dt) = match &cache.consts[..] {
+            [ar, ai, b, c, dt, ..] => (ar, ai, b, c, dt),
+            _ => candle_core::bail!("Centaurus: malformed cache"),
+        };
+        let e = cache.consts.get(5);
+        let nc = match self.mode {
+            CentaurusMode::Full => self.d_model * self.d_model,
+            _ => self.d_state,
+        };
+        let u = self
+            .state_input(&x_t.unsqueeze(1)?, b, dt, nc)?
+            .squeeze(1)?;
+        let s = CTensor::new(cache.state[0].clone(), cache.state[1].clone());
+        let s = CTensor::new(ar.clone(), ai.clone())
+            .mul(&s)?
+            .add(&CTensor::from_real(&u)?)?;
+        let y = self.output(&s.re.unsqueeze(1)?, c, e, nc)?.squeeze(1)?;
+        cache.state = vec![s.re, s.im];
+        Ok(y)
     }
 
     fn params(&self) -> &Params {

@@ -217,6 +217,53 @@ pub fn causal_denoiser(
     spec
 }
 
+/// A causal masking denoiser: `blocks` analysis layers, each followed by a mask computed
+/// from the rectified band signals by a second layer (the envelope follower), then a dense
+/// synthesis:
+///
+/// ```text
+/// y = Dense(w→1)( Maskᵇ( Dense(1→w)(x) ) )
+/// Mask(h):  a = layer₁(h);  y = a ⊙ σ( Dense(w→w)( act( layer₂(|a|) ) ) )
+/// ```
+pub fn masking_denoiser(
+    class: &str,
+    layer_kwargs: &serde_json::Value,
+    width: usize,
+    blocks: usize,
+    act: Activation,
+) -> Vec<StageSpec> {
+    let layer = || StageSpec::Layer {
+        class: class.to_owned(),
+        kwargs: layer_kwargs.clone(),
+    };
+    let mut spec = vec![StageSpec::Dense {
+        d_in: 1,
+        d_out: width,
+        bias: true,
+    }];
+    for _ in 0..blocks {
+        spec.extend([
+            layer(),
+            StageSpec::ResidualBegin,
+            StageSpec::Activation(Activation::Abs),
+            layer(),
+            StageSpec::Activation(act),
+            StageSpec::Dense {
+                d_in: width,
+                d_out: width,
+                bias: true,
+            },
+            StageSpec::GateEnd,
+        ]);
+    }
+    spec.push(StageSpec::Dense {
+        d_in: width,
+        d_out: 1,
+        bias: true,
+    });
+    spec
+}
+
 /// How to train a denoiser.
 #[derive(Debug, Clone)]
 pub struct DenoiserTraining {
@@ -244,6 +291,10 @@ pub struct DenoiserTraining {
     pub seed: u64,
     /// Draw a progress bar with the loss.
     pub progress: bool,
+    /// Threads computing gradients in parallel, each on `batch_size / threads` crops (data
+    /// parallelism; the gradients are averaged in a fixed order, so a seed still gives the
+    /// same run). Must divide `batch_size`.
+    pub threads: usize,
 }
 
 impl Default for DenoiserTraining {
@@ -261,6 +312,7 @@ impl Default for DenoiserTraining {
             max_grad_norm: 1.0,
             seed: 0,
             progress: false,
+            threads: 1,
         }
     }
 }
@@ -328,6 +380,14 @@ pub fn train_denoiser(
             net.d_out()
         );
     }
+    let threads = cfg.threads.max(1);
+    if !cfg.batch_size.is_multiple_of(threads) || cfg.batch_size == 0 {
+        bail!(
+            "batch size {} is not a positive multiple of {threads} threads",
+            cfg.batch_size
+        );
+    }
+    let part = cfg.batch_size / threads;
     let vars = net.vars();
     let mut opt = AdamW::new(
         vars.clone(),
@@ -360,15 +420,69 @@ pub fn train_denoiser(
             break;
         }
         let (noisy, clean) = draw_batch(clips, cfg, &mut rng)?;
-        let loss = neg_snr_loss(&net.forward(&noisy, None)?, &clean)?;
-        let mut grads = loss.backward()?;
+        // Each thread: loss and gradients of its share of the batch; the mean over shares
+        // is the loss and gradient of the whole batch.
+        let shares: Vec<Result<(f32, candle_core::backprop::GradStore)>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|j| {
+                        let (noisy, clean) = (&noisy, &clean);
+                        scope.spawn(move || {
+                            let x = noisy.narrow(0, j * part, part)?;
+                            let y = clean.narrow(0, j * part, part)?;
+                            let loss = neg_snr_loss(&net.forward(&x, None)?, &y)?;
+                            let grads = loss.backward()?;
+                            Ok((loss.to_scalar::<f32>()?, grads))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(candle_core::Error::Msg("gradient thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+        let mut l = 0.0f32;
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        for share in shares {
+            let (share_loss, share_grads) = share?;
+            l += share_loss / threads as f32;
+            grads = Some(match grads {
+                None => share_grads,
+                Some(mut g) => {
+                    for (_, v) in &vars {
+                        if let Some(add) = share_grads.get(v.as_tensor()) {
+                            let sum = match g.get(v.as_tensor()) {
+                                Some(prev) => (prev + add)?,
+                                None => add.clone(),
+                            };
+                            g.insert(v.as_tensor(), sum);
+                        }
+                    }
+                    g
+                }
+            });
+        }
+        let Some(mut grads) = grads else {
+            bail!("no gradient computed");
+        };
+        if threads > 1 {
+            for (_, v) in &vars {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    let mean = (g / threads as f64)?;
+                    grads.insert(v.as_tensor(), mean);
+                }
+            }
+        }
         clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), cfg.max_grad_norm)?;
         // Compress the schedule into the time budget: progress is the larger of the step
         // fraction and the time fraction.
         let frac_time = start.elapsed().as_secs_f64() / cfg.time_budget.as_secs_f64();
         let virtual_step = step.max((frac_time * cfg.max_steps as f64) as usize);
         opt.step(&grads, schedule.lr(virtual_step))?;
-        let l = loss.to_scalar::<f32>()?;
         if !l.is_finite() {
             bar.abandon();
             bail!("loss is {l} at step {step}");

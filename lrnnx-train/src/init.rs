@@ -447,6 +447,59 @@ pub fn s4d(cfg: &S4dInit, rng: &mut Rng, dtype: DType, device: &Device) -> Resul
     Ok(p)
 }
 
+/// lrnnx's default initialization of S4 (spec §5.2–5.3, `init = "legs"`): S4D's ([`s4d`]
+/// with [`S4dDiagInit::Legs`], the same draws in the same order: `Λ = −½ − i·ω` from
+/// [`legs_nplr`], `B = Vᴴ·B_LegS` with Im clipped to ±2, random `C`, `D`, output linear), plus
+/// the low-rank term `P` (r,S,N/2,2) `= Vᴴ·P_LegS`, `P_LegS[i] = √(i + ½)` (lrnnx's
+/// `rank_correction("legs")`; rows past the first are zero, as lrnnx pads them), and the
+/// buffer `layer.kernel.l_kernel = 0` (a module never run: `C` is the original `C`, not C̃).
+/// With `V` the eigenvectors of `A_LegS + P_LegS P_LegSᵀ` this is the DPLR form
+/// `A_LegS = V diag(Λ) Vᴴ − (V P̃)(V P̃)ᴴ` over both conjugate halves.
+pub fn s4(
+    cfg: &S4dInit,
+    rank: usize,
+    rng: &mut Rng,
+    dtype: DType,
+    device: &Device,
+) -> Result<Params> {
+    if cfg.init != S4dDiagInit::Legs {
+        candle_core::bail!("S4's initializer supports only init = \"legs\"");
+    }
+    let mut p = s4d(cfg, rng, dtype, device)?;
+    let (n2, s) = (cfg.d_state / 2, cfg.n_ssm);
+    let nn = 2 * n2;
+    let (_, v) = legs_nplr(nn);
+    // (Vᴴ P_LegS)_k = Σ_j conj(V[j,k])·√(j + ½)
+    let pt: Vec<f64> = (0..n2)
+        .flat_map(|k| {
+            let (mut re, mut im) = (0.0, 0.0);
+            for j in 0..nn {
+                let (vr, vi) = v[j * nn + k];
+                let pj = (j as f64 + 0.5).sqrt();
+                re += vr * pj;
+                im -= vi * pj;
+            }
+            [re, im]
+        })
+        .collect();
+    let mut data = Vec::with_capacity(rank * s * n2 * 2);
+    for r in 0..rank {
+        for _ in 0..s {
+            if r == 0 {
+                data.extend_from_slice(&pt);
+            } else {
+                data.extend(std::iter::repeat_n(0.0, n2 * 2));
+            }
+        }
+    }
+    p.insert("P", &tensor(data, &[rank, s, n2, 2], dtype, device)?)?;
+    p.insert(
+        "layer.kernel.l_kernel",
+        &tensor(vec![0.0], &[], dtype, device)?,
+    )?;
+    Ok(p)
+}
+
 /// lrnnx's default initialization of Centaurus (spec §8.2) in mode `mode` (H = `d_model`,
 /// N = `d_state`, M = `sub_state_dim`; shapes already validated), draws in lrnnx's order E,
 /// then B, C: `A[n,m] = −½ + i·π·m/M` (stored (N,M,2)); `E = randn·√2` (not PWNeck);
@@ -974,8 +1027,8 @@ fn rglru_init(kwargs: &Value) -> std::result::Result<RgLruInit, BuildError> {
 
 /// Fresh lrnnx-default parameters for lrnnx class `class` with constructor arguments
 /// `kwargs` (as for [`build`]): lrnnx's parameter names and shapes, so that [`build`] accepts
-/// them. Supported: S5 LTI, LRU, S4D, the four Centaurus classes, S5 LTV, Mamba, RG-LRU
-/// (extra argument `lrnnx_compat_a_init`, see [`rglru`]) and S7; not S4.
+/// them. Supported: every layer: S4, S4D, S5 LTI, LRU, the four Centaurus classes, S5 LTV,
+/// Mamba, RG-LRU (extra argument `lrnnx_compat_a_init`, see [`rglru`]) and S7.
 pub fn init_params(
     class: &str,
     kwargs: &Value,
@@ -1023,6 +1076,14 @@ pub fn init_params(
             Ok(lru(h, n, r_min, r_max, max_phase, rng, dtype, device)?)
         }
         "lrnnx.models.lti.s4d.S4D" | "S4D" => Ok(s4d(&s4d_init(kwargs)?, rng, dtype, device)?),
+        "lrnnx.models.lti.s4.S4" | "S4" => {
+            let cfg = s4d_init(kwargs)?;
+            if cfg.init != S4dDiagInit::Legs {
+                return Err(kwarg("init", "S4's initializer supports only `legs`"));
+            }
+            let rank = usize_or(kwargs, "rank", 1)?;
+            Ok(s4(&cfg, rank, rng, dtype, device)?)
+        }
         "lrnnx.models.ltv.s5.S5" => {
             let (h, p) = h_n()?;
             let conj_sym = bool_or(kwargs, "conj_sym", false)?;
@@ -1045,7 +1106,7 @@ pub fn init_params(
             Ok(s7(h, n, rng, dtype, device)?)
         }
         other => Err(BuildError::UnsupportedClass(format!(
-            "{other} (no fresh initializer; S4 has none)"
+            "{other} (no fresh initializer)"
         ))),
     }
 }
@@ -1173,7 +1234,7 @@ mod tests {
         }
         assert!(matches!(
             fresh(
-                "lrnnx.models.lti.s4.S4",
+                "lrnnx.models.lti.s4.S4Q",
                 &kw,
                 &mut Rng::new(1),
                 DType::F32,
@@ -1293,6 +1354,152 @@ mod tests {
             imag_transform: ParamTransform::None,
             init,
             output_linear: true,
+        }
+    }
+
+    /// S4's DPLR initialization reconstructs HiPPO-LegS (written out here from spec §5.3,
+    /// independently of the initializer): with `V` the eigenvectors of the normal part, over both
+    /// conjugate halves (`[V_h, conj V_h]`, `[Λ, conj Λ]`, `[P̃, conj P̃]`, the second half being
+    /// the conjugate pairs lrnnx drops), `A_LegS = V (diag Λ − P̃ P̃ᴴ) Vᴴ` and `P_LegS = V P̃`, to
+    /// 1e-5 relative, from the stored f32 `A_real`, `A_imag`, `P`.
+    #[test]
+    fn s4_init_reconstructs_legs() {
+        for nn in [4usize, 8, 16] {
+            let n2 = nn / 2;
+            let mut cfg = cfg_s4d(S4dDiagInit::Legs);
+            cfg.d_model = 3;
+            cfg.n_ssm = 1;
+            cfg.channels = 1;
+            cfg.d_state = nn;
+            let p = s4(&cfg, 2, &mut Rng::new(4), DType::F32, &Device::Cpu).unwrap();
+            let (a_real, a_imag, pp) = (vals(&p, "A_real"), vals(&p, "A_imag"), vals(&p, "P"));
+            assert_eq!(pp.len(), 2 * n2 * 2);
+            assert!(pp[2 * n2..].iter().all(|&v| v == 0.0), "rank row 2 is zero");
+            assert_eq!(vals(&p, "layer.kernel.l_kernel"), vec![0.0]);
+            let (_, v) = legs_nplr(nn);
+            type C = (f64, f64);
+            let mul = |a: C, b: C| (a.0 * b.0 - a.1 * b.1, a.0 * b.1 + a.1 * b.0);
+            let conj = |a: C| (a.0, -a.1);
+            // Full (conjugate-completed) V columns, Λ and P̃.
+            let vf = |i: usize, k: usize| -> C {
+                if k < n2 {
+                    v[i * nn + k]
+                } else {
+                    conj(v[i * nn + k - n2])
+                }
+            };
+            let lam = |k: usize| -> C {
+                let l = (-a_real[k % n2].exp(), -a_imag[k % n2]);
+                if k < n2 {
+                    l
+                } else {
+                    conj(l)
+                }
+            };
+            let pt = |k: usize| -> C {
+                let q = (pp[2 * (k % n2)], pp[2 * (k % n2) + 1]);
+                if k < n2 {
+                    q
+                } else {
+                    conj(q)
+                }
+            };
+            let legs = |i: usize, j: usize| -> f64 {
+                if i > j {
+                    -(((2 * i + 1) * (2 * j + 1)) as f64).sqrt()
+                } else if i == j {
+                    -((i + 1) as f64)
+                } else {
+                    0.0
+                }
+            };
+            let mut worst: f64 = 0.0;
+            for i in 0..nn {
+                // P_LegS[i] = Σ_k V[i,k] P̃_k
+                let pi = (0..nn).fold((0.0, 0.0), |acc, k| {
+                    let t = mul(vf(i, k), pt(k));
+                    (acc.0 + t.0, acc.1 + t.1)
+                });
+                assert!(
+                    (pi.0 - (i as f64 + 0.5).sqrt()).abs() < 1e-5 * nn as f64,
+                    "P {i}"
+                );
+                assert!(pi.1.abs() < 1e-5 * nn as f64, "P {i} imaginary");
+                for j in 0..nn {
+                    let mut acc = (0.0, 0.0);
+                    for k in 0..nn {
+                        for l in 0..nn {
+                            // M[k,l] = δ_kl Λ_k − P̃_k conj(P̃_l)
+                            let mut m = mul(pt(k), conj(pt(l)));
+                            m = (-m.0, -m.1);
+                            if k == l {
+                                m = (m.0 + lam(k).0, m.1 + lam(k).1);
+                            }
+                            let t = mul(mul(vf(i, k), m), conj(vf(j, l)));
+                            acc = (acc.0 + t.0, acc.1 + t.1);
+                        }
+                    }
+                    worst = worst.max((acc.0 - legs(i, j)).abs()).max(acc.1.abs());
+                }
+            }
+            assert!(worst < 1e-5 * nn as f64, "N={nn}: max error {worst}");
+        }
+    }
+
+    /// A freshly initialized S4 (lrnnx's defaults, d_state 64) runs forward and backward with
+    /// finite outputs and gradients, and its step matches its forward.
+    #[test]
+    fn fresh_s4_trains_and_steps_finite() {
+        let kw = json!({"d_model": 4, "d_state": 64, "transposed": false});
+        let layer = fresh(
+            "lrnnx.models.lti.s4.S4",
+            &kw,
+            &mut Rng::new(2),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (b, l, h) = (2, 64, 4);
+        let mut rng = Rng::new(8);
+        let xv: Vec<f32> = (0..b * l * h).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::from_vec(xv, (b, l, h), &Device::Cpu).unwrap();
+        let y = layer.forward(&x, None).unwrap();
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in layer.params().vars() {
+            if name == "layer.kernel.l_kernel" {
+                continue;
+            }
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no grad for {name}"));
+            let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(g.iter().all(|v| v.is_finite()), "{name}");
+            assert!(g.iter().any(|&v| v != 0.0), "{name}: zero gradient");
+        }
+        let yv: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(yv.iter().all(|v| v.is_finite()));
+        let mut cache = layer.init_cache(b).unwrap();
+        let scale = yv.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for t in 0..l {
+            let yt = layer
+                .step(
+                    &x.narrow(1, t, 1).unwrap().squeeze(1).unwrap(),
+                    &mut cache,
+                    None,
+                )
+                .unwrap();
+            let want = y.narrow(1, t, 1).unwrap().squeeze(1).unwrap();
+            let d: f32 = (yt - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d <= 2e-5 * scale + 1e-6, "t={t}: {d}");
         }
     }
 
@@ -1593,7 +1800,8 @@ mod tests {
             .into_iter()
             .filter_map(|(k, v)| {
                 let k = k.strip_prefix("param.")?;
-                (!k.starts_with("layer.kernel.")).then(|| (k.to_owned(), v.shape().to_vec()))
+                (!k.starts_with("layer.kernel.") || k == "layer.kernel.l_kernel")
+                    .then(|| (k.to_owned(), v.shape().to_vec()))
             })
             .collect();
         layout.sort();
@@ -1625,7 +1833,7 @@ mod tests {
         let dev = Device::Cpu;
         for case in CASES
             .into_iter()
-            .chain(["s5_ltv_zoh", "s4d_bilinear", "mamba_zoh_event"])
+            .chain(["s5_ltv_zoh", "s4d_bilinear", "mamba_zoh_event", "s4"])
         {
             let (class, kwargs, want) = golden_layout(case);
             let p = init_params(&class, &kwargs, &mut Rng::new(21), DType::F32, &dev).unwrap();

@@ -1,18 +1,153 @@
 //! The interface every trainable layer has, and building one from lrnnx's class name.
 
-use candle_core::{Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor};
 use serde_json::Value;
 
 use crate::params::Params;
 
-/// A layer trained in parallel mode.
-pub trait TrainLayer {
+/// A layer trained in parallel mode, which can also be run one time step at a time.
+pub trait TrainLayer: Send + Sync {
     /// The parallel forward over `x` (B, L, H); `time_steps` (B, L) are the event time steps of
     /// event-driven layers (Event-SSM, STREAM), `None` otherwise.
     fn forward(&self, x: &Tensor, time_steps: Option<&Tensor>) -> Result<Tensor>;
 
     /// The parameters, by lrnnx state-dict name.
     fn params(&self) -> &Params;
+
+    /// A zero state for [`TrainLayer::step`] over `batch` sequences. The cache also holds the
+    /// discretized weights, computed once here (as lrnnx's `allocate_inference_cache` does):
+    /// after the parameters change, make a new cache. Gradients flow through the cache's
+    /// tensors to the parameters, so a stepped sequence can be back-propagated.
+    fn init_cache(&self, batch: usize) -> Result<Cache>;
+
+    /// One time step: `x_t` (B, H) → `y_t` (B, H_out), advancing `cache` (from
+    /// [`TrainLayer::init_cache`] of this layer). Stepping a sequence from a fresh cache gives
+    /// [`TrainLayer::forward`]'s outputs, one at a time. `time_step` (B,) is the event time
+    /// step of event-driven layers (Event-SSM, STREAM): a cache's first step fixes its mode
+    /// (with time steps = event mode, without = ordinary mode), and a later step in the other
+    /// mode is an error; layers without an event mode refuse a time step. A wrong-shaped or
+    /// wrong-dtype `x_t`, a time step that is not positive and finite, or a cache of another
+    /// layer or batch size is an error; the cache is then left as it was.
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor>;
+}
+
+/// The recurrent state of one layer for [`TrainLayer::step`], with the weights the layer
+/// precomputed for stepping. The state tensors' layout is each layer's own (documented on its
+/// `init_cache`); all start at zero.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    layer: &'static str,
+    batch: usize,
+    dtype: DType,
+    event: Option<bool>,
+    /// The state tensors (layer-specific layout).
+    pub(crate) state: Vec<Tensor>,
+    /// Weights precomputed at [`TrainLayer::init_cache`] (layer-specific).
+    pub(crate) consts: Vec<Tensor>,
+}
+
+impl Cache {
+    /// A cache of `layer` for `batch` sequences of `dtype`.
+    pub(crate) fn new(
+        layer: &'static str,
+        batch: usize,
+        dtype: DType,
+        state: Vec<Tensor>,
+        consts: Vec<Tensor>,
+    ) -> Self {
+        Cache {
+            layer,
+            batch,
+            dtype,
+            event: None,
+            state,
+            consts,
+        }
+    }
+
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The layer that made the cache.
+    pub fn layer(&self) -> &'static str {
+        self.layer
+    }
+
+    /// `Some(true)` once stepped in event mode, `Some(false)` once stepped in ordinary mode,
+    /// `None` before the first step.
+    pub fn event_mode(&self) -> Option<bool> {
+        self.event
+    }
+
+    /// The state tensors (layer-specific layout, see the layer's `init_cache`).
+    pub fn state(&self) -> &[Tensor] {
+        &self.state
+    }
+
+    /// Checks a step's arguments for `layer` with input width `h` (module rules of
+    /// [`TrainLayer::step`]); `event_capable` says whether the layer has an event mode. Returns
+    /// the time step, checked, and fixes the cache's mode.
+    pub(crate) fn check_step<'t>(
+        &mut self,
+        layer: &'static str,
+        x_t: &Tensor,
+        h: usize,
+        time_step: Option<&'t Tensor>,
+        event_capable: bool,
+    ) -> Result<Option<&'t Tensor>> {
+        if self.layer != layer {
+            bail!("the cache was made by layer {}, not {layer}", self.layer);
+        }
+        if x_t.dims() != [self.batch, h] {
+            bail!(
+                "step input `x_t` has shape {:?}, expected (batch, d_model) = ({}, {h})",
+                x_t.dims(),
+                self.batch
+            );
+        }
+        if x_t.dtype() != self.dtype {
+            bail!(
+                "step input `x_t` has dtype {:?}, the layer's parameters {:?}",
+                x_t.dtype(),
+                self.dtype
+            );
+        }
+        let event = time_step.is_some();
+        if let Some(tau) = time_step {
+            if !event_capable {
+                bail!("{layer} has no event mode: it takes no `time_step`");
+            }
+            if tau.dims() != [self.batch] || tau.dtype() != self.dtype {
+                bail!(
+                    "`time_step` has shape {:?} and dtype {:?}, expected ({},) of {:?}",
+                    tau.dims(),
+                    tau.dtype(),
+                    self.batch,
+                    self.dtype
+                );
+            }
+            let v = tau.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            if let Some((i, t)) = v
+                .iter()
+                .enumerate()
+                .find(|(_, t)| !(t.is_finite() && **t > 0.0))
+            {
+                bail!("`time_step`[{i}] = {t}: event time steps must be positive and finite");
+            }
+        }
+        match self.event {
+            Some(true) if !event => {
+                bail!("{layer}: this cache is stepping in event mode: a `time_step` is required")
+            }
+            Some(false) if event => bail!(
+                "{layer}: this cache is stepping in ordinary mode: no `time_step` may be given"
+            ),
+            _ => self.event = Some(event),
+        }
+        Ok(time_step)
+    }
 }
 
 /// Why a layer could not be built.
@@ -95,5 +230,99 @@ pub fn build(
         }
         "lrnnx.models.ltv.s7.S7" | "S7" => Ok(Box::new(crate::s7::S7::from_lrnnx(kwargs, params)?)),
         other => Err(BuildError::UnsupportedClass(other.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use serde_json::json;
+
+    use crate::init::{fresh, Rng};
+
+    fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn state(c: &super::Cache) -> Vec<Vec<f32>> {
+        c.state()
+            .iter()
+            .map(|s| s.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    /// Every refusal of `step` is an error naming the problem, and leaves the cache as it was.
+    #[test]
+    fn step_refuses_bad_arguments_and_keeps_the_cache() {
+        let mut rng = Rng::new(3);
+        let kw = json!({"d_model": 4, "d_state": 3, "d_conv": 3, "expand": 2});
+        let mamba = fresh(
+            "lrnnx.models.ltv.mamba.Mamba",
+            &kw,
+            &mut rng,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let kw = json!({"d_model": 4, "d_state": 3, "discretization": "zoh"});
+        let s5 = fresh(
+            "lrnnx.models.lti.s5.S5",
+            &kw,
+            &mut rng,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = t(vec![0.5; 8], &[2, 4]);
+        let tau = t(vec![0.7, 1.3], &[2]);
+
+        // Event mode fixed by the first step: a later step without a time step is refused.
+        let mut c = mamba.init_cache(2).unwrap();
+        mamba.step(&x, &mut c, Some(&tau)).unwrap();
+        assert_eq!(c.event_mode(), Some(true));
+        let before = state(&c);
+        let bad: Vec<(Tensor, Option<Tensor>, &str)> = vec![
+            (x.clone(), None, "time_step` is required"),
+            (t(vec![0.5; 12], &[3, 4]), Some(tau.clone()), "`x_t`"),
+            (t(vec![0.5; 10], &[2, 5]), Some(tau.clone()), "`x_t`"),
+            (t(vec![0.5; 8], &[2, 1, 4]), Some(tau.clone()), "`x_t`"),
+            (x.to_dtype(DType::F64).unwrap(), Some(tau.clone()), "dtype"),
+            (x.clone(), Some(t(vec![0.7], &[1])), "`time_step`"),
+            (x.clone(), Some(t(vec![0.7, 0.0], &[2])), "`time_step`[1]"),
+            (x.clone(), Some(t(vec![-1.0, 1.0], &[2])), "`time_step`[0]"),
+            (
+                x.clone(),
+                Some(t(vec![f32::NAN, 1.0], &[2])),
+                "`time_step`[0]",
+            ),
+            (
+                x.clone(),
+                Some(t(vec![1.0, f32::INFINITY], &[2])),
+                "`time_step`[1]",
+            ),
+        ];
+        for (xi, ti, want) in bad {
+            let e = mamba.step(&xi, &mut c, ti.as_ref()).expect_err(want);
+            assert!(e.to_string().contains(want), "{want}: {e}");
+            assert_eq!(state(&c), before, "{want}: cache changed");
+        }
+        // Ordinary mode fixed by the first step: a later time step is refused.
+        let mut c = mamba.init_cache(2).unwrap();
+        mamba.step(&x, &mut c, None).unwrap();
+        let e = mamba.step(&x, &mut c, Some(&tau)).err().unwrap();
+        assert!(e.to_string().contains("ordinary mode"), "{e}");
+
+        // A layer without an event mode refuses a time step; a cache of another layer or
+        // batch size is refused.
+        let mut c = s5.init_cache(2).unwrap();
+        let e = s5.step(&x, &mut c, Some(&tau)).err().unwrap();
+        assert!(e.to_string().contains("no event mode"), "{e}");
+        let mut other = mamba.init_cache(2).unwrap();
+        let e = s5.step(&x, &mut other, None).err().unwrap();
+        assert!(e.to_string().contains("made by layer Mamba"), "{e}");
+        let mut c3 = s5.init_cache(3).unwrap();
+        let e = s5.step(&x, &mut c3, None).err().unwrap();
+        assert!(e.to_string().contains("`x_t`"), "{e}");
+        assert_eq!(s5.step(&x, &mut c, None).unwrap().dims(), [2, 4]);
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! * [`complex`]: complex tensors as `(re, im)` pairs (candle has no complex dtype).
 //! * [`scan`]: `h_t = a_t ⊙ h_{t−1} + u_t`, real and complex, forward and backward.
+//! * [`fftconv`]: causal convolution by FFT (S4's kernel), forward and backward.
 //! * [`layer`]: the [`TrainLayer`] interface and [`build`] from lrnnx's class name; one module
 //!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
 #![deny(missing_docs)]
@@ -14,6 +15,7 @@ pub mod centaurus;
 pub mod checkpoint;
 pub mod complex;
 pub mod denoiser;
+pub mod fftconv;
 pub mod init;
 pub mod layer;
 pub mod lru;

@@ -17,7 +17,7 @@ use candle_core::{bail, Result, Tensor};
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::params::Params;
 use crate::scan::complex_scan;
 
@@ -86,7 +86,46 @@ impl TrainLayer for Lru {
     fn params(&self) -> &Params {
         &self.params
     }
+
+    /// State: `[Re h, Im h]`, each (B, N).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let [nu_log, theta_log, gamma_log, b_re, b_im, c_re, c_im, d] = self.weights()?;
+        let lambda = CTensor::new(nu_log.exp()?.neg()?, theta_log.exp()?).exp()?;
+        let gamma = gamma_log.exp()?.unsqueeze(1)?;
+        let z = Tensor::zeros((batch, self.d_state), d.dtype(), d.device())?;
+        Ok(Cache::new(
+            STEP_NAME,
+            batch,
+            d.dtype(),
+            vec![z.clone(), z],
+            vec![
+                lambda.re,
+                lambda.im,
+                b_re.broadcast_mul(&gamma)?,
+                b_im.broadcast_mul(&gamma)?,
+                c_re,
+                c_im,
+                d,
+            ],
+        ))
+    }
+
+    /// `h ← λ ⊙ h + B_norm x_t`, `y_t = Re(C h) + D ⊙ x_t` (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step(STEP_NAME, x_t, self.d_model, time_step, false)?;
+        let [lr, li, br, bi, cr, ci, d] = &cache.consts[..] else {
+            bail!("LRU: malformed cache");
+        };
+        let h = CTensor::new(cache.state[0].clone(), cache.state[1].clone());
+        let u = CTensor::new(x_t.matmul(&br.t()?)?, x_t.matmul(&bi.t()?)?);
+        let h = CTensor::new(lr.clone(), li.clone()).mul(&h)?.add(&u)?;
+        let y = ((h.re.matmul(&cr.t()?)? - h.im.matmul(&ci.t()?)?)? + x_t.broadcast_mul(d)?)?;
+        cache.state = vec![h.re, h.im];
+        Ok(y)
+    }
 }
+
+const STEP_NAME: &str = "LRU";
 
 /// Test helpers shared by the LTI layer modules ([`crate::lru`], [`crate::s4d`],
 /// [`crate::centaurus`]): random parameters, the lrnnx-core reference run, finite differences.

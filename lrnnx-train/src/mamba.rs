@@ -47,7 +47,7 @@
 use candle_core::{bail, Result, Tensor};
 use serde_json::Value;
 
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::ops::softplus;
 use crate::params::Params;
 use crate::selective::selective_scan;
@@ -211,6 +211,15 @@ impl Mamba {
     }
 }
 
+/// The conv window (B, k, E) advanced by one step: the oldest input dropped, `x` (B, E)
+/// appended.
+pub(crate) fn shift_in(window: &Tensor, x: &Tensor, k: usize) -> Result<Tensor> {
+    if k == 1 {
+        return x.unsqueeze(1);
+    }
+    Tensor::cat(&[&window.narrow(1, 1, k - 1)?, &x.unsqueeze(1)?], 1)
+}
+
 /// `t + b` when there is a bias (broadcast over the last axis).
 fn add_bias(t: Tensor, b: &Option<Tensor>) -> Result<Tensor> {
     match b {
@@ -291,6 +300,91 @@ impl TrainLayer for Mamba {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// State: `[window, h]`: the last `k` conv inputs (B, k, E), oldest first (lrnnx's
+    /// `conv_state` (B, E, k)), and the SSM state `h` (B, E, N) (lrnnx's `lrnn_state`).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let w = self.weights()?;
+        let (dtype, dev) = (w.d.dtype(), w.d.device().clone());
+        let window = Tensor::zeros((batch, self.d_conv, self.d_inner), dtype, &dev)?;
+        let h = Tensor::zeros((batch, self.d_inner, self.d_state), dtype, &dev)?;
+        let a = w.a_log.exp()?.neg()?; // (E, N)
+        let sp_dta = softplus(&w.dta_b)?;
+        let mut consts = vec![
+            w.in_w,
+            w.conv_w.squeeze(1)?.t()?, // (k, E)
+            w.x_w,
+            w.dt_w,
+            w.dt_b,
+            sp_dta,
+            a,
+            w.d,
+            w.out_w,
+        ];
+        // Optional biases, as zeros when absent (adding zero is exact).
+        let zeros = |n: usize| Tensor::zeros(n, dtype, &dev);
+        consts.push(w.in_b.map_or_else(|| zeros(2 * self.d_inner), Ok)?);
+        consts.push(w.conv_b.map_or_else(|| zeros(self.d_inner), Ok)?);
+        consts.push(w.out_b.map_or_else(|| zeros(self.d_model), Ok)?);
+        Ok(Cache::new("Mamba", batch, dtype, vec![window, h], consts))
+    }
+
+    /// One step of the module doc's equations; in STREAM mode `ΔA = τ·softplus(b_dtA)`.
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        let tau = cache.check_step("Mamba", x_t, self.d_model, time_step, true)?;
+        let [in_w, taps, x_w, dt_w, dt_b, sp_dta, a, d, out_w, in_b, conv_b, out_b] =
+            &cache.consts[..]
+        else {
+            bail!("Mamba: malformed cache");
+        };
+        let (e, n, r, k) = (self.d_inner, self.d_state, self.dt_rank, self.d_conv);
+        let xz = x_t.matmul(&in_w.t()?)?.broadcast_add(in_b)?; // (B, 2E)
+        let xs = xz.narrow(1, 0, e)?;
+        let z = xz.narrow(1, e, e)?;
+        let window = shift_in(&cache.state[0], &xs, k)?;
+        let xc = window
+            .broadcast_mul(taps)?
+            .sum(1)?
+            .broadcast_add(conv_b)?
+            .silu()?; // (B, E)
+        let x_dbl = xc.matmul(&x_w.t()?)?; // (B, R+2N)
+        let b_t = x_dbl.narrow(1, r, n)?.unsqueeze(1)?; // (B, 1, N)
+        let c_t = x_dbl.narrow(1, r + n, n)?.unsqueeze(2)?; // (B, N, 1)
+        let delta = softplus(
+            &x_dbl
+                .narrow(1, 0, r)?
+                .matmul(&dt_w.t()?)?
+                .broadcast_add(dt_b)?,
+        )?; // (B, E)
+        let delta_a = match tau {
+            None => delta.clone(),
+            Some(tau) => tau.unsqueeze(1)?.broadcast_mul(sp_dta)?,
+        };
+        let xa = delta_a.unsqueeze(2)?.broadcast_mul(a)?; // ΔA·A (B, E, N)
+        let dt3 = delta.unsqueeze(2)?;
+        let (a_bar, gamma) = match self.rule {
+            MambaRule::Mamba => (xa.exp()?, dt3.broadcast_as(xa.shape())?.contiguous()?),
+            MambaRule::Zoh => (
+                xa.exp()?,
+                crate::s5_ltv::expm1(&dt3.broadcast_mul(a)?)?.broadcast_div(a)?,
+            ),
+            MambaRule::Bilinear => (
+                {
+                    let v = xa.clamp(-2e18, 2e18)?; // as the scan op
+                    (v.affine(0.5, 1.0)? / v.affine(-0.5, 1.0)?)?
+                },
+                dt3.broadcast_div(&dt3.broadcast_mul(a)?.affine(-0.5, 1.0)?)?,
+            ),
+            MambaRule::Dirac => (xa.exp()?, xa.ones_like()?),
+        };
+        // h ← Ā ⊙ h + γ̄ ⊙ B_t[n]·x_c[d]
+        let h = ((a_bar * &cache.state[1])? + (gamma * xc.unsqueeze(2)?.broadcast_mul(&b_t)?)?)?;
+        let yc = h.matmul(&c_t)?.squeeze(2)?; // Σ_n C[n]·h[d,n]
+        let y_in = ((yc + xc.broadcast_mul(d)?)? * z.silu()?)?;
+        let y = y_in.matmul(&out_w.t()?)?.broadcast_add(out_b)?;
+        cache.state = vec![window, h];
+        Ok(y)
     }
 }
 

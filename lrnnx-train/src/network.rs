@@ -9,6 +9,7 @@
 //! Glu                           y = a ⊙ σ(g),  x = [a | g] (2n → n)
 //! ResidualBegin                 remembers x
 //! ResidualEnd                   y = x + the x remembered by the matching ResidualBegin
+//! GateEnd                       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
 //! ```
 //!
 //! Residual connections nest like brackets. The widths are checked when the network is built:
@@ -34,6 +35,8 @@ pub enum Activation {
     Tanh,
     /// `max(x, 0)`.
     Relu,
+    /// `|x|` (rectification: band signals to envelopes).
+    Abs,
 }
 
 impl Activation {
@@ -44,6 +47,7 @@ impl Activation {
             Activation::Silu => "silu",
             Activation::Tanh => "tanh",
             Activation::Relu => "relu",
+            Activation::Abs => "abs",
         }
     }
 
@@ -54,6 +58,7 @@ impl Activation {
             Activation::Silu,
             Activation::Tanh,
             Activation::Relu,
+            Activation::Abs,
         ]
         .into_iter()
         .find(|a| a.name() == name)
@@ -66,6 +71,7 @@ impl Activation {
             Activation::Silu => x * sigmoid(x)?,
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.relu(),
+            Activation::Abs => x.abs(),
         }
     }
 }
@@ -103,6 +109,8 @@ pub enum StageSpec {
     ResidualBegin,
     /// Closes the innermost open residual connection: adds its input.
     ResidualEnd,
+    /// Closes the innermost open residual connection multiplicatively: `r ⊙ σ(x)`.
+    GateEnd,
 }
 
 /// The spec as JSON: a list of objects such as `{"dense": {"d_in": 1, "d_out": 16, "bias":
@@ -122,6 +130,7 @@ pub fn spec_to_json(spec: &[StageSpec]) -> Value {
                 StageSpec::Glu => json!("glu"),
                 StageSpec::ResidualBegin => json!("residual_begin"),
                 StageSpec::ResidualEnd => json!("residual_end"),
+                StageSpec::GateEnd => json!("gate_end"),
             })
             .collect(),
     )
@@ -141,6 +150,7 @@ pub fn spec_from_json(v: &Value) -> std::result::Result<Vec<StageSpec>, BuildErr
                     "glu" => Ok(StageSpec::Glu),
                     "residual_begin" => Ok(StageSpec::ResidualBegin),
                     "residual_end" => Ok(StageSpec::ResidualEnd),
+                    "gate_end" => Ok(StageSpec::GateEnd),
                     other => Err(bad(i, &format!("unknown stage `{other}`"))),
                 };
             }
@@ -218,7 +228,7 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                 width /= 2;
             }
             StageSpec::ResidualBegin => open.push(width),
-            StageSpec::ResidualEnd => match open.pop() {
+            StageSpec::ResidualEnd | StageSpec::GateEnd => match open.pop() {
                 None => return Err(bad(i, "residual_end without residual_begin".into())),
                 Some(w) if w != width => {
                     return Err(bad(
@@ -247,6 +257,7 @@ enum Stage {
     Glu,
     ResidualBegin,
     ResidualEnd,
+    GateEnd,
 }
 
 /// A trainable network (module doc).
@@ -308,6 +319,7 @@ impl Network {
                 StageSpec::Glu => Stage::Glu,
                 StageSpec::ResidualBegin => Stage::ResidualBegin,
                 StageSpec::ResidualEnd => Stage::ResidualEnd,
+                StageSpec::GateEnd => Stage::GateEnd,
             });
         }
         if let Some((i, _)) = given.first() {
@@ -416,6 +428,10 @@ impl Network {
                 Stage::ResidualEnd => match open.pop() {
                     Some(r) => (h + r)?,
                     None => bail!("network: residual_end without residual_begin"),
+                },
+                Stage::GateEnd => match open.pop() {
+                    Some(r) => (r * sigmoid(&h)?)?,
+                    None => bail!("network: gate_end without residual_begin"),
                 },
             };
         }

@@ -32,7 +32,7 @@
 use candle_core::{bail, Result, Tensor};
 use serde_json::Value;
 
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::params::Params;
 use crate::scan::real_scan;
 
@@ -205,6 +205,20 @@ impl RgLru {
     }
 }
 
+/// `(Ā, sqrt(1 − Ā²) ⊙ i ⊙ x)` from the conv output `x` (any leading axes, D last) and
+/// `c·ln σ(a_log)` (D,): the decay and the input term of the recurrence (module doc).
+fn gates(xc: &Tensor, w: &Weights, c_ln_a: &Tensor) -> Result<(Tensor, Tensor)> {
+    let r = sigmoid(&linear(xc, &w.rg_w, Some(&w.rg_b))?)?;
+    let i = sigmoid(&linear(xc, &w.ig_w, Some(&w.ig_b))?)?;
+    // e = ln Ā = c·r·ln σ(a_log)
+    let e = r.broadcast_mul(c_ln_a)?;
+    let a_bar = e.exp()?;
+    // sqrt(1 − Ā²) = sqrt(−expm1(2e)) = sqrt(−2 tanh(e) / (1 − tanh(e)))
+    let t = e.tanh()?;
+    let gain = ((t.affine(-2.0, 0.0)? / t.affine(-1.0, 1.0)?)?).sqrt()?;
+    Ok((a_bar, ((gain * i)? * xc)?))
+}
+
 impl TrainLayer for RgLru {
     /// The parallel forward (module doc); `time_steps` is ignored, as lrnnx ignores
     /// `integration_timesteps`.
@@ -228,17 +242,48 @@ impl TrainLayer for RgLru {
         if let Some(b) = &w.conv_b {
             xc = xc.broadcast_add(b)?;
         }
-        let r = sigmoid(&linear(&xc, &w.rg_w, Some(&w.rg_b))?)?;
-        let i = sigmoid(&linear(&xc, &w.ig_w, Some(&w.ig_b))?)?;
-        // e = ln Ā = c·r·ln σ(a_log)
         let c_ln_a = (log_sigmoid_precise(&w.a_log.reshape(d)?)? * self.c)?;
-        let e = r.broadcast_mul(&c_ln_a)?;
-        let a_bar = e.exp()?;
-        // sqrt(1 − Ā²) = sqrt(−expm1(2e)) = sqrt(−2 tanh(e) / (1 − tanh(e)))
-        let t = e.tanh()?;
-        let gain = ((t.affine(-2.0, 0.0)? / t.affine(-1.0, 1.0)?)?).sqrt()?;
-        let s = real_scan(&a_bar, &((gain * i)? * &xc)?)?;
+        let (a_bar, u) = gates(&xc, &w, &c_ln_a)?;
+        let s = real_scan(&a_bar, &u)?;
         linear(&(g * s)?, &w.out_w, w.out_b.as_ref())
+    }
+
+    /// State: `[window, s]`: the last `k` conv inputs (B, k, D), oldest first (lrnnx's
+    /// `conv_state` (B, D, k)), and the recurrent state `s` (B, D) (lrnnx's `lrnn_state`).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let w = self.weights()?;
+        let (dtype, dev) = (w.a_log.dtype(), w.a_log.device().clone());
+        let window = Tensor::zeros((batch, self.d_conv, self.d_inner), dtype, &dev)?;
+        let s = Tensor::zeros((batch, self.d_inner), dtype, &dev)?;
+        let c_ln_a = (log_sigmoid_precise(&w.a_log.reshape(self.d_inner)?)? * self.c)?;
+        Ok(Cache::new(
+            "RG-LRU",
+            batch,
+            dtype,
+            vec![window, s],
+            vec![c_ln_a],
+        ))
+    }
+
+    /// One step of the module doc's equations.
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step("RG-LRU", x_t, self.d_model, time_step, false)?;
+        let w = self.weights()?;
+        let (d, k) = (self.d_inner, self.d_conv);
+        let g = linear(x_t, &w.gate_w, w.gate_b.as_ref())?.gelu_erf()?;
+        let u = linear(x_t, &w.in_w, w.in_b.as_ref())?;
+        let window = crate::mamba::shift_in(&cache.state[0], &u, k)?; // (B, k, D)
+        let mut xc = window
+            .broadcast_mul(&w.conv_w.reshape((d, k))?.t()?)?
+            .sum(1)?;
+        if let Some(b) = &w.conv_b {
+            xc = xc.broadcast_add(b)?;
+        }
+        let (a_bar, u) = gates(&xc, &w, &cache.consts[0])?;
+        let s = ((a_bar * &cache.state[1])? + u)?;
+        let y = linear(&(g * &s)?, &w.out_w, w.out_b.as_ref())?;
+        cache.state = vec![window, s];
+        Ok(y)
     }
 
     fn params(&self) -> &Params {

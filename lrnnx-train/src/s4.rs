@@ -44,11 +44,12 @@
 //! Dense M×M real matrices per channel, with candle ops (autodiff) around one custom op, the
 //! batched linear solve [`solve`] (Gauss–Jordan with partial pivoting in f64, hand-written
 //! backward `∂B = A⁻ᵀ G`, `∂A = −∂B·Xᵀ`). Ā^{Lk} by binary powering (⌈log₂ Lk⌉ batched
-//! products), the L vectors `Ā^l w` by doubling (`[V, Ā^{2^k} V]`, ⌈log₂ L⌉ products; work
-//! O(H·M²·L)), the convolution as a product with a gathered causal Toeplitz matrix: work
-//! O(B·ch·H·L²) and memory O(ch·H·L²) (a few intermediates of 64 MiB each in f32 for
-//! ch·H = 256, L = 256; long sequences want an FFT or chunked convolution instead). The number
-//! of candle ops is O(log L), not O(L).
+//! products). The kernel in blocks of `T ≈ √(ch·L)` taps, `K[c,h,iT + j] = (c̃ Ā^{iT})·(Ā^j w)`:
+//! the T vectors `Ā^j w` and the ⌈L/T⌉ row vectors `c̃ Ā^{iT}` each by doubling
+//! (`[V, Ā^{2^k} V]`, O(log L) products), then one batched product: work
+//! O(H·M²·√(ch·L) + H·ch·M·L), memory O(H·M·√(ch·L) + H·ch·L). The convolution is the FFT op
+//! [`causal_conv`] (hand-written backward): O(B·ch·H·L log L) work, O(B·ch·H·L) memory. The
+//! number of candle ops is O(log L), not O(L).
 //!
 //! ## Parameters and arguments
 //!
@@ -73,7 +74,8 @@ use lrnnx_core::ParamTransform;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{BuildError, TrainLayer};
+use crate::fftconv::causal_conv;
+use crate::layer::{BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::params::Params;
 use crate::s4d::{
@@ -369,30 +371,65 @@ impl S4 {
         Ok((sol.narrow(2, 0, m)?, sol.narrow(2, m, 1)?))
     }
 
-    /// The convolution kernel `K` (H, ch, L) (module doc).
-    fn kernel(&self, a_bar: &Tensor, b_bar: &Tensor, c: &Tensor, l: usize) -> Result<Tensor> {
+    /// The input vectors `w_h` (H, M, 1): `(I − Ā^{Lk})⁻¹ B̄` when `Lk > 0`, else `B̄`
+    /// (module doc).
+    fn input_vectors(&self, a_bar: &Tensor, b_bar: &Tensor) -> Result<Tensor> {
         let m = 2 * self.n2;
-        let w = if self.l_kernel > 0 {
+        if self.l_kernel > 0 {
             let eye = Tensor::eye(m, a_bar.dtype(), a_bar.device())?.unsqueeze(0)?;
             let pw = mat_pow(a_bar, self.l_kernel)?;
-            solve(&eye.broadcast_sub(&pw)?, b_bar)?
+            solve(&eye.broadcast_sub(&pw)?, b_bar)
         } else {
-            b_bar.clone()
-        };
-        // V = [w, Āw, …, Ā^{L−1}w] by doubling.
+            Ok(b_bar.clone())
+        }
+    }
+
+    /// The real-form read-out `c̃` (H, ch, M): `[2 Re C̃, −2 Im C̃]` (module doc).
+    fn readout(c: &Tensor) -> Result<Tensor> {
+        let c = CTensor::unpack(c)?; // (ch, H, N2)
+        let ct = Tensor::cat(&[&(c.re * 2.0)?, &(c.im * -2.0)?], 2)?; // (ch, H, M)
+        ct.transpose(0, 1)?.contiguous()
+    }
+
+    /// The convolution kernel `K` (H, ch, L) (module doc), in blocks of `T` taps:
+    /// `K[c,h,iT + j] = (c̃ Ā^{iT}) · (Ā^j w)`: the `T` vectors `Ā^j w` (H, M, T) and the
+    /// `⌈L/T⌉·ch` row vectors `c̃ Ā^{iT}` (H, ch·⌈L/T⌉, M), each by doubling, then one batched
+    /// product. With `T ≈ √(ch·L)` that is O(H·M²·√(ch·L) + H·ch·M·L) work and
+    /// O(H·M·√(ch·L) + H·ch·L) memory (no (H, M, L) tensor).
+    fn kernel(&self, a_bar: &Tensor, b_bar: &Tensor, c: &Tensor, l: usize) -> Result<Tensor> {
+        let (h, ch) = (self.d_model, self.channels);
+        let w = self.input_vectors(a_bar, b_bar)?;
+        let block = (((ch * l) as f64).sqrt().ceil() as usize).clamp(1, l.max(1));
+        let blocks = l.div_ceil(block).max(1);
+        // V = [w, Āw, …, Ā^{T−1}w] by doubling.
         let mut v = w;
         let mut pw = a_bar.clone();
-        while v.dim(2)? < l {
+        while v.dim(2)? < block {
             let next = pw.matmul(&v)?;
             v = Tensor::cat(&[&v, &next], 2)?;
-            if v.dim(2)? < l {
+            if v.dim(2)? < block {
                 pw = pw.matmul(&pw)?;
             }
         }
-        let v = v.narrow(2, 0, l)?; // (H, M, L)
-        let c = CTensor::unpack(c)?; // (ch, H, N2)
-        let ct = Tensor::cat(&[&(c.re * 2.0)?, &(c.im * -2.0)?], 2)?; // (ch, H, M)
-        ct.transpose(0, 1)?.contiguous()?.matmul(&v) // (H, ch, L)
+        let v = v.narrow(2, 0, block)?; // (H, M, T)
+                                        // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
+        let mut r = Self::readout(c)?; // (H, ch, M)
+        if blocks > 1 {
+            let mut step = mat_pow(a_bar, block)?; // Ā^{T·2^k}
+            while r.dim(1)? < blocks * ch {
+                let next = r.matmul(&step)?;
+                r = Tensor::cat(&[&r, &next], 1)?;
+                if r.dim(1)? < blocks * ch {
+                    step = step.matmul(&step)?;
+                }
+            }
+            r = r.narrow(1, 0, blocks * ch)?;
+        }
+        r.matmul(&v)? // (H, blocks·ch, T)
+            .reshape((h, blocks, ch, block))?
+            .permute((0, 2, 1, 3))?
+            .reshape((h, ch, blocks * block))?
+            .narrow(2, 0, l)
     }
 }
 
@@ -427,26 +464,19 @@ impl TrainLayer for S4 {
         let ([inv_dt, a_real, a_imag, b, c, d], p, lin) = self.weights()?;
         let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b, p.as_ref())?;
         let k = self.kernel(&a_bar, &b_bar, &c, l)?; // (H, ch, L)
-                                                     // Causal Toeplitz T[h,c,t,s] = K[h,c,t−s]·[s ≤ t], gathered from K.
-        let idx: Vec<u32> = (0..l)
-            .flat_map(|t| (0..l).map(move |s| if s <= t { (t - s) as u32 } else { 0 }))
-            .collect();
-        let mask: Vec<f32> = (0..l)
-            .flat_map(|t| (0..l).map(move |s| if s <= t { 1.0 } else { 0.0 }))
-            .collect();
-        let idx = Tensor::from_vec(idx, l * l, x.device())?;
-        let mask = Tensor::from_vec(mask, (l, l), x.device())?.to_dtype(x.dtype())?;
-        let toep = k
-            .index_select(&idx, 2)?
-            .reshape((h, ch, l, l))?
-            .broadcast_mul(&mask)?
-            .reshape((h, ch * l, l))?;
-        // z[b,t,c,h] = Σ_s T[h,c,t,s]·x[b,s,h] + D[c,h]·x[b,t,h]
-        let xh = x.permute((2, 1, 0))?.contiguous()?; // (H, L, B)
-        let z = toep
-            .matmul(&xh)? // (H, ch·L, B)
-            .reshape((h, ch, l, bsz))?
-            .permute((3, 2, 1, 0))?; // (B, L, ch, H)
+                                                     // z[b,t,c,h] = Σ_{s ≤ t} K[h,c,t−s]·x[b,s,h] (+ D below): the FFT causal convolution,
+                                                     // one signal per (h, c).
+        let xh = x.permute((0, 2, 1))?; // (B, H, L)
+        let u = if ch == 1 {
+            xh
+        } else {
+            xh.unsqueeze(2)?
+                .broadcast_as((bsz, h, ch, l))?
+                .reshape((bsz, h * ch, l))?
+        };
+        let z = causal_conv(&u, &k.reshape((h * ch, l))?)?
+            .reshape((bsz, h, ch, l))?
+            .permute((0, 3, 2, 1))?; // (B, L, ch, H)
         let z = (z + x.unsqueeze(2)?.broadcast_mul(&d)?)?;
         let z = gelu(&gelu(&z.reshape((bsz, l, ch * h))?)?)?;
         match lin {
@@ -457,6 +487,44 @@ impl TrainLayer for S4 {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// State: `[r]`, the real-form state `r = [Re u, Im u]` laid out (H, M, B) (lrnnx's
+    /// `lrnn_state` (B, H, M) complex holds `[u, conj u]`). With `Lk > 0` the state is fed
+    /// through `w = (I − Ā^{Lk})⁻¹ B̄` and read by `c̃` (the stored C̃), which gives the same
+    /// outputs as lrnnx's recovered `C` with `B̄`, since `(I − Ā^{Lk})⁻¹` commutes with `Ā`.
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let ([inv_dt, a_real, a_imag, b, c, d], p, lin) = self.weights()?;
+        let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b, p.as_ref())?;
+        let w = self.input_vectors(&a_bar, &b_bar)?;
+        let z = Tensor::zeros((self.d_model, 2 * self.n2, batch), d.dtype(), d.device())?;
+        let mut consts = vec![a_bar, w, Self::readout(&c)?, d];
+        if let Some((wl, bias)) = lin {
+            consts.extend([wl, bias]);
+        }
+        Ok(Cache::new("S4", batch, z.dtype(), vec![z], consts))
+    }
+
+    /// `r ← Ā r + w x_t`, `z = c̃ r + D x_t`, then the block tail (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step("S4", x_t, self.d_model, time_step, false)?;
+        let (a_bar, w, ct, d) = match &cache.consts[..] {
+            [a, w, ct, d, ..] => (a, w, ct, d),
+            _ => bail!("S4: malformed cache"),
+        };
+        let lin = cache.consts.get(4..6);
+        let bsz = x_t.dim(0)?;
+        let xh = x_t.t()?.unsqueeze(1)?; // (H, 1, B)
+        let r = (a_bar.matmul(&cache.state[0])? + w.broadcast_mul(&xh)?)?; // (H, M, B)
+        let z = ct.matmul(&r)?.permute((2, 1, 0))?; // (B, ch, H)
+        let z = (z + x_t.unsqueeze(1)?.broadcast_mul(d)?)?;
+        let z = gelu(&gelu(&z.reshape((bsz, self.channels * self.d_model))?)?)?;
+        let y = match lin {
+            Some([wl, bias]) => gelu(&z.matmul(&wl.t()?)?.broadcast_add(bias)?)?,
+            _ => z,
+        };
+        cache.state = vec![r];
+        Ok(y)
     }
 }
 

@@ -11,12 +11,12 @@
 //! checkpoint whose `discretization` is `"bilinear"` was trained with lrnnx's inverted rule,
 //! so it loads as [`Discretization::LrnnxInvertedBilinear`], as in the core's importer.
 
-use candle_core::{Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 use lrnnx_core::Discretization;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{str_arg, usize_arg, BuildError, TrainLayer};
+use crate::layer::{str_arg, usize_arg, BuildError, Cache, TrainLayer};
 use crate::ops::softplus;
 use crate::params::Params;
 use crate::scan::complex_scan;
@@ -122,7 +122,38 @@ impl TrainLayer for S5Lti {
     fn params(&self) -> &Params {
         &self.params
     }
+
+    /// State: `[Re h, Im h]`, each (B, N).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let [_, _, _, c, d] = self.weights()?;
+        let (a_bar, b_bar) = self.discretized()?;
+        let c = CTensor::unpack(&c)?;
+        let z = Tensor::zeros((batch, self.d_state), d.dtype(), d.device())?;
+        Ok(Cache::new(
+            STEP_NAME,
+            batch,
+            d.dtype(),
+            vec![z.clone(), z],
+            vec![a_bar.re, a_bar.im, b_bar.re, b_bar.im, c.re, c.im, d],
+        ))
+    }
+
+    /// `h ← Ā ⊙ h + B̄ x_t`, `y_t = Re(C h) + x_t D` (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step(STEP_NAME, x_t, self.d_model, time_step, false)?;
+        let [ar, ai, br, bi, cr, ci, d] = &cache.consts[..] else {
+            bail!("S5 (LTI): malformed cache");
+        };
+        let h = CTensor::new(cache.state[0].clone(), cache.state[1].clone());
+        let u = CTensor::new(x_t.matmul(&br.t()?)?, x_t.matmul(&bi.t()?)?);
+        let h = CTensor::new(ar.clone(), ai.clone()).mul(&h)?.add(&u)?;
+        let y = ((h.re.matmul(&cr.t()?)? - h.im.matmul(&ci.t()?)?)? + x_t.matmul(d)?)?;
+        cache.state = vec![h.re, h.im];
+        Ok(y)
+    }
 }
+
+const STEP_NAME: &str = "S5 (LTI)";
 
 #[cfg(test)]
 mod tests {

@@ -29,7 +29,7 @@ use candle_core::{bail, DType, Result, Tensor};
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::params::Params;
 use crate::scan::complex_scan;
 
@@ -151,6 +151,41 @@ impl S5Ltv {
     }
 }
 
+/// `z` rounded to `dtype`.
+fn narrow(dtype: DType, z: CTensor) -> Result<CTensor> {
+    Ok(CTensor::new(z.re.to_dtype(dtype)?, z.im.to_dtype(dtype)?))
+}
+
+impl S5Ltv {
+    /// `(ΔΛ, B̄)`: `ΔΛ` (P,) in f64, `B̄ = γ̄ ⊙ B̃` (P, H) rounded to `dtype`. The
+    /// discretization is computed in f64 and rounded once, as the core does: in f32 its rounding
+    /// would compound over long sequences through `Ā^t`.
+    fn discretized(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        log_dt: &Tensor,
+        dtype: DType,
+    ) -> Result<(CTensor, CTensor)> {
+        let wide = |t: &Tensor| t.to_dtype(DType::F64);
+        let lam = CTensor::unpack(&wide(a)?)?; // (P)
+        let dt = (wide(log_dt)?.exp()? * self.step_rescale)?; // (P)
+        let dl = lam.mul_real(&dt)?; // ΔΛ (P)
+        let gamma = match self.rule {
+            S5LtvRule::Zoh => cexpm1(&dl)?.div(&lam)?,
+            S5LtvRule::Bilinear => CTensor::from_real(&dt)?.div(&dl.affine(-0.5, 1.0)?)?,
+            S5LtvRule::Dirac => CTensor::from_real(&dt.ones_like()?)?,
+        };
+        let gamma = narrow(dtype, gamma)?;
+        let b_t = CTensor::unpack(b)?;
+        let b_bar = b_t.mul(&CTensor::new(
+            gamma.re.unsqueeze(1)?,
+            gamma.im.unsqueeze(1)?,
+        ))?;
+        Ok((dl, b_bar))
+    }
+}
+
 impl TrainLayer for S5Ltv {
     fn forward(&self, x: &Tensor, time_steps: Option<&Tensor>) -> Result<Tensor> {
         let [a, b, c, d, log_dt] = self.weights()?;
@@ -159,46 +194,30 @@ impl TrainLayer for S5Ltv {
             [bsz, len, hh] if *hh == h => (*bsz, *len),
             dims => bail!("input `x` has shape {dims:?}, expected (B, L, {h})"),
         };
-        // The discretization (Ā, γ̄) is computed in f64 and rounded once, as the core does: in
-        // f32 its rounding would compound over long sequences through Ā^t.
         let dtype = x.dtype();
-        let wide = |t: &Tensor| t.to_dtype(DType::F64);
-        let narrow = |z: CTensor| -> Result<CTensor> {
-            Ok(CTensor::new(z.re.to_dtype(dtype)?, z.im.to_dtype(dtype)?))
-        };
-        let lam = CTensor::unpack(&wide(&a)?)?; // (P)
-        let dt = (wide(&log_dt)?.exp()? * self.step_rescale)?; // (P)
-        let dl = lam.mul_real(&dt)?; // ΔΛ (P)
-        let gamma = match self.rule {
-            S5LtvRule::Zoh => cexpm1(&dl)?.div(&lam)?,
-            S5LtvRule::Bilinear => CTensor::from_real(&dt)?.div(&dl.affine(-0.5, 1.0)?)?,
-            S5LtvRule::Dirac => CTensor::from_real(&dt.ones_like()?)?,
-        };
-        let gamma = narrow(gamma)?;
-        // B̄ = γ̄ ⊙ B̃ (P, H); u = x B̄ᵀ: (B, L, H) × (H, P) → (B, L, P), complex.
-        let b_t = CTensor::unpack(&b)?;
-        let b_bar = b_t.mul(&CTensor::new(
-            gamma.re.unsqueeze(1)?,
-            gamma.im.unsqueeze(1)?,
-        ))?;
+        let (dl, b_bar) = self.discretized(&a, &b, &log_dt, dtype)?;
         let u = CTensor::new(
             x.broadcast_matmul(&b_bar.re.t()?)?,
             x.broadcast_matmul(&b_bar.im.t()?)?,
         );
-        let a_bar = narrow(match time_steps {
-            None => self.transition(&dl)?,
-            Some(tau) => {
-                if tau.dims() != [bsz, len] {
-                    bail!(
-                        "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
-                        tau.dims()
-                    );
+        let wide = |t: &Tensor| t.to_dtype(DType::F64);
+        let a_bar = narrow(
+            dtype,
+            match time_steps {
+                None => self.transition(&dl)?,
+                Some(tau) => {
+                    if tau.dims() != [bsz, len] {
+                        bail!(
+                            "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
+                            tau.dims()
+                        );
+                    }
+                    // ΔA·Λ = τ[b,t]·(ΔΛ)_p: (B, L, P).
+                    let tau = wide(&tau.unsqueeze(2)?)?;
+                    self.transition(&dl.mul_real(&tau)?)?
                 }
-                // ΔA·Λ = τ[b,t]·(ΔΛ)_p: (B, L, P).
-                let tau = wide(&tau.unsqueeze(2)?)?;
-                self.transition(&dl.mul_real(&tau)?)?
-            }
-        })?;
+            },
+        )?;
         let s = complex_scan(&a_bar, &u)?;
         // y = k·Re(s C̃ᵀ) + x ⊙ D
         let c_t = CTensor::unpack(&c)?; // (H, P)
@@ -212,6 +231,52 @@ impl TrainLayer for S5Ltv {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// State: `[Re s, Im s]`, each (B, P) (lrnnx's `ssm_state` (B, P) complex).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let [a, b, c, d, log_dt] = self.weights()?;
+        let dtype = d.dtype();
+        let (dl, b_bar) = self.discretized(&a, &b, &log_dt, dtype)?;
+        let a_bar = narrow(dtype, self.transition(&dl)?)?;
+        let c = CTensor::unpack(&c)?;
+        let z = Tensor::zeros((batch, self.d_state), dtype, d.device())?;
+        Ok(Cache::new(
+            "S5 (time-varying)",
+            batch,
+            dtype,
+            vec![z.clone(), z],
+            vec![
+                a_bar.re, a_bar.im, b_bar.re, b_bar.im, c.re, c.im, d, dl.re, dl.im,
+            ],
+        ))
+    }
+
+    /// `s ← Ā ⊙ s + B̄ x_t`, `y_t = k·Re(C̃ s) + D ⊙ x_t`; in event mode `Ā` from `τ·ΔΛ`
+    /// (module doc).
+    fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        let tau = cache.check_step("S5 (time-varying)", x_t, self.d_model, time_step, true)?;
+        let [ar, ai, br, bi, cr, ci, d, dlr, dli] = &cache.consts[..] else {
+            bail!("S5 (time-varying): malformed cache");
+        };
+        let a_bar = match tau {
+            None => CTensor::new(ar.clone(), ai.clone()),
+            Some(tau) => {
+                let dl = CTensor::new(dlr.clone(), dli.clone()); // (P,) f64
+                let tau = tau.to_dtype(DType::F64)?.unsqueeze(1)?; // (B, 1)
+                narrow(x_t.dtype(), self.transition(&dl.mul_real(&tau)?)?)?
+            }
+        };
+        let s = CTensor::new(cache.state[0].clone(), cache.state[1].clone());
+        let u = CTensor::new(x_t.matmul(&br.t()?)?, x_t.matmul(&bi.t()?)?);
+        let s = a_bar.mul(&s)?.add(&u)?;
+        let mut y = (s.re.matmul(&cr.t()?)? - s.im.matmul(&ci.t()?)?)?;
+        if self.conj_sym {
+            y = (y * 2.0)?;
+        }
+        let y = (y + x_t.broadcast_mul(d)?)?;
+        cache.state = vec![s.re, s.im];
+        Ok(y)
     }
 }
 

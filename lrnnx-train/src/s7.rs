@@ -32,7 +32,7 @@
 use candle_core::{Result, Tensor};
 use serde_json::Value;
 
-use crate::layer::{usize_arg, BuildError, TrainLayer};
+use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::params::Params;
 use crate::rglru::{check_input, linear, sigmoid};
 use crate::scan::real_scan;
@@ -129,6 +129,41 @@ impl TrainLayer for S7 {
 
     fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// State: `[s]` (B, N) (lrnnx's `lrnn_state`).
+    fn init_cache(&self, batch: usize) -> Result<Cache> {
+        let [_, base, _, _] = self.weights()?;
+        let s = Tensor::zeros((batch, self.d_state), base.dtype(), base.device())?;
+        Ok(Cache::new("S7", batch, base.dtype(), vec![s], vec![]))
+    }
+
+    /// One step of the module doc's equations.
+    fn step(&self, h_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
+        cache.check_step("S7", h_t, self.d_model, time_step, false)?;
+        let (h, n) = (self.d_model, self.d_state);
+        let bsz = h_t.dim(0)?;
+        let [in_w, base, xp_w, gate_w] = self.weights()?;
+        let x = linear(h_t, &in_w, None)?; // (B, H)
+        let p = linear(&x, &xp_w, None)?; // (B, M)
+        let a_t = p.narrow(1, 0, n)?.broadcast_add(&base)?;
+        let b = p.narrow(1, n, h * n)?.contiguous()?.reshape((bsz, h, n))?;
+        let c = p
+            .narrow(1, n + h * n, h * n)?
+            .contiguous()?
+            .reshape((bsz, h, n))?;
+        let d = p.narrow(1, n + 2 * h * n, h)?;
+        let e = p.narrow(1, n + 2 * h * n + h, n)?;
+        let a_bar = (a_t.sqr()? + 0.5)?.recip()?.affine(-1.0, 1.0)?;
+        // s[n] ← Ā[n]·s[n] + Σ_h b[h·N + n]·x[h] + e[n]
+        let bx = x.unsqueeze(1)?.matmul(&b)?.squeeze(1)?;
+        let s = ((a_bar * &cache.state[0])? + (bx + e)?)?;
+        // y[h] = Σ_n c[h·N + n]·s[n] + d[h]·x[h]
+        let y = (c.matmul(&s.unsqueeze(2)?)?.squeeze(2)? + (d * &x)?)?;
+        let gate = sigmoid(&linear(&y.gelu_erf()?, &gate_w, None)?)?;
+        let out = ((gate * y)? + h_t)?;
+        cache.state = vec![s];
+        Ok(out)
     }
 }
 
