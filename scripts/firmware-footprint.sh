@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Footprint and cost of the firmware example on both QEMU boards: flash and RAM from the ELF's
-# sections, peak stack (stack painting), instructions per sample for each stage (QEMU
-# `-icount shift=0` + SysTick), and the firmware's own check against the host's outputs.
+# sections, peak stack (stack painting), instructions per sample of each model, per stage and
+# per stage kind (QEMU `-icount shift=0` + SysTick), and the firmware's own check against the
+# host's outputs.
 #
-#   bash scripts/firmware-footprint.sh
+#   bash scripts/firmware-footprint.sh                      # untrained quickstart denoiser
+#   bash scripts/firmware-footprint.sh --model quickstart-out/denoiser.lrnx
 #
+# The budget (<= 6000 instructions/sample) applies to the denoiser (model DENOISER).
 # Needs qemu-system-arm, readelf (binutils) and the rustup targets thumbv7em-none-eabihf and
 # thumbv8m.main-none-eabihf. Exits non-zero when a build fails, the firmware reports a
 # mismatch, or the model does not fit the boards' memory.x (256 KB flash, 64 KB RAM).
@@ -16,7 +19,7 @@ for tool in qemu-system-arm readelf; do
 done
 
 # The model, the fixed input and the host's outputs (git-ignored, regenerated every time).
-cargo run --release --quiet --example firmware_model
+cargo run --release --quiet --example firmware_model -- "$@"
 
 fw=examples/firmware
 target_dir=target # relative to $fw; shared with tests/firmware.rs
@@ -51,8 +54,8 @@ for b in "${boards[@]}"; do
     done < <(readelf -S -W "$elf" | sed -n 's/^ *\[ *[0-9]*\] //p')
     # Symbols: the model's weights and the fixed test data (both in flash).
     read -r weights testdata < <(readelf -s -W "$elf" | awk '
-        $4 == "OBJECT" && $8 ~ /L[0-9]+_WEIGHTS/ { w += $3 }
-        $4 == "OBJECT" && $8 ~ /4data(5INPUT|8EXPECTED)/ { d += $3 }
+        $4 == "OBJECT" && $8 ~ /_S[0-9]+_WEIGHTS/ { w += $3 }
+        $4 == "OBJECT" && $8 ~ /4data[0-9]+[A-Z_]*(_INPUT|_EXPECTED)/ { d += $3 }
         END { print w + 0, d + 0 }')
 
     out=$(qemu-system-arm -cpu "$cpu" -machine "$machine" -nographic \
@@ -70,10 +73,25 @@ for b in "${boards[@]}"; do
     printf '%-42s %8d bytes (%.1f KB; of which model weights %d, fixed input + expected outputs %d)\n' \
         "flash (.vector_table .text .rodata .data)" "$flash" "$(awk -v b="$flash" 'BEGIN { print b / 1024 }')" "$weights" "$testdata"
     printf '%-42s %8d bytes (static %d + peak stack %d)\n' "RAM" "$ram" "$ram_static" "$stack"
-    echo "$out" | sed -n 's/^cost stage=[0-9]* kind=\([A-Za-z0-9_]*\) instructions_per_sample=\(.*\)/instructions per sample, \1: \2/p' |
-        awk -F': ' '{ printf "%-42s %8s\n", $1, $2 }'
-    total=$(echo "$out" | sed -n 's/^cost model instructions_per_sample=\([0-9.]*\).*/\1/p')
-    printf '%-42s %8s\n' "instructions per sample, model" "$total"
+    # Per model: every stage, then the sum per stage kind, then the whole model.
+    echo "$out" | awk '
+        /^cost model=.* stage=/ {
+            split($2, m, "="); split($4, k, "="); split($5, v, "=")
+            kind = k[2]; sub(/^Dense.*/, "Dense", kind); sub(/^Residual.*/, "Residual", kind)
+            sub(/^(Silu|Gelu|Tanh|Relu|Abs)$/, "Activation", kind); sub(/^GateEnd$/, "Gate", kind)
+            if (!((m[2], kind) in sum)) { order[m[2]] = order[m[2]] " " kind }
+            sum[m[2], kind] += v[2]; stages[m[2]] = stages[m[2]] " " k[2] "=" v[2]
+        }
+        /^cost model=.* total / {
+            split($2, m, "="); split($4, v, "="); split($5, h, "=")
+            printf "%-42s %8s   (SysTick hook %s per stage, subtracted)\n", \
+                "instructions per sample, " m[2], v[2], h[2]
+            n = split(order[m[2]], ks, " ")
+            for (i = 1; i <= n; i++)
+                printf "  %-40s %8.1f\n", "per kind, " ks[i], sum[m[2], ks[i]]
+            printf "  per stage:%s\n", stages[m[2]]
+        }'
+    total=$(echo "$out" | sed -n 's/^cost model=DENOISER total instructions_per_sample=\([0-9.]*\).*/\1/p')
     echo "$out" | grep '^calibration' | sed 's/^/(SysTick /; s/$/)/'
     over=()
     [ "$flash" -le "$budget_flash" ] || over+=("flash")

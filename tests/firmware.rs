@@ -14,6 +14,8 @@
 //! `LRNNX_REQUIRE_QEMU=1` (as in CI), where their absence is a failure.
 
 use std::path::{Path, PathBuf};
+
+use lrnnx::core::Layer as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -126,10 +128,11 @@ fn run(board: &Board, elf: &Path) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-/// The `y <t> <hex bits>...` lines: sample index and values.
-fn outputs(text: &str) -> Vec<(usize, Vec<f32>)> {
+/// The `y <model> <t> <hex bits>...` lines of `model`: sample index and values.
+fn outputs(text: &str, model: &str) -> Vec<(usize, Vec<f32>)> {
     text.lines()
         .filter_map(|l| l.strip_prefix("y "))
+        .filter_map(|l| l.strip_prefix(model)?.strip_prefix(' '))
         .map(|l| {
             let mut it = l.split_whitespace();
             let t = it.next().unwrap().parse().unwrap();
@@ -150,32 +153,47 @@ fn firmware_on_cortex_m4_and_m33_equals_the_host() {
         println!("skipped: {why}");
         return;
     }
-    // The model, input and host outputs, written where the firmware includes them.
-    let g = lrnnx::firmware::generate(&firmware_dir().join("src/generated")).unwrap();
-    let (samples, d) = (g.input.len() / g.model.d_input(), g.model.d_output());
+    // The models, inputs and host outputs, written where the firmware includes them.
+    let models = lrnnx::firmware::generate(&firmware_dir().join("src/generated"), None).unwrap();
+    let total: usize = models.iter().map(|m| m.expected.len()).sum();
     for board in &BOARDS {
         let (code, text) = run(board, &build(board.target, ""));
         assert_eq!(code, Some(0), "{}: exit status\n{text}", board.machine);
-        assert!(text.contains("ok samples="), "{}:\n{text}", board.machine);
-        let ys = outputs(&text);
-        assert_eq!(ys.len(), samples, "{}: output lines\n{text}", board.machine);
-        let (mut differ, mut max_abs) = (0, 0f32);
-        for (i, (t, y)) in ys.iter().enumerate() {
-            assert_eq!((*t, y.len()), (i, d), "{}: line {i}", board.machine);
-            for (a, b) in y.iter().zip(&g.expected[i * d..(i + 1) * d]) {
-                differ += (a.to_bits() != b.to_bits()) as usize;
-                max_abs = max_abs.max((a - b).abs());
+        assert!(text.contains("ok outputs="), "{}:\n{text}", board.machine);
+        for m in &models {
+            let (samples, d) = (m.samples(), m.network.d_output());
+            let ys = outputs(&text, &m.name);
+            assert_eq!(
+                ys.len(),
+                samples,
+                "{} {}: output lines",
+                board.machine,
+                m.name
+            );
+            let (mut differ, mut max_abs) = (0, 0f32);
+            for (i, (t, y)) in ys.iter().enumerate() {
+                assert_eq!(
+                    (*t, y.len()),
+                    (i, d),
+                    "{} {}: line {i}",
+                    board.machine,
+                    m.name
+                );
+                for (a, b) in y.iter().zip(&m.expected[i * d..(i + 1) * d]) {
+                    differ += (a.to_bits() != b.to_bits()) as usize;
+                    max_abs = max_abs.max((a - b).abs());
+                }
             }
+            println!(
+                "{} ({}) {}: {samples}x{d} outputs, {differ} differ from the host (max |diff| {max_abs:e})",
+                board.machine, board.cpu, m.name
+            );
+            assert_eq!(
+                differ, 0,
+                "{} {}: not bit-identical to the host",
+                board.machine, m.name
+            );
         }
-        println!(
-            "{} ({}): {samples}x{d} outputs, {differ} differ from the host (max |diff| {max_abs:e})",
-            board.machine, board.cpu
-        );
-        assert_eq!(
-            differ, 0,
-            "{}: not bit-identical to the host",
-            board.machine
-        );
         for line in text
             .lines()
             .filter(|l| l.starts_with("cost") || l.starts_with("stack"))
@@ -188,7 +206,7 @@ fn firmware_on_cortex_m4_and_m33_equals_the_host() {
     let (code, text) = run(b, &build(b.target, "inject-mismatch"));
     assert_eq!(code, Some(1), "injected mismatch: exit status\n{text}");
     assert!(
-        text.contains("1 of 2048 outputs differ from the host's"),
+        text.contains(&format!("1 of {total} outputs differ from the host's")),
         "{text}"
     );
 }

@@ -6,26 +6,116 @@
 /// `out[j] += Σ_i x[i] · mt[i·cols + j]` with `cols = out.len()`, i.e. `out += Mᵀ x` for a
 /// matrix `M` stored as `mt` with one row of `cols` entries per element of `x`.
 ///
-/// Register-blocked: a block of `BW` outputs (64, then 32, 16, 8, then single columns) stays
-/// in registers while every row streams past, in four interleaved partial sums (rows
-/// `i ≡ 0, 1, 2, 3 mod 4`) so that consecutive multiply-adds do not wait on each other; each
-/// output is loaded and stored once. Mismatched lengths truncate, never panic.
-#[inline]
+/// Every output is summed in the same order whatever the target: four partial sums over the
+/// rows `i ≡ 0, 1, 2, 3 (mod 4)` (rows past the last whole group of four go to the first),
+/// then `out[j] += (s₀ + s₁) + (s₂ + s₃)`. So results are bit-identical across targets
+/// (the firmware example checks a Cortex-M against the host bit for bit), while the blocking
+/// is chosen per target: a block of `BW` outputs stays in registers while every row streams
+/// past, each output loaded and stored once. On x86/aarch64 the blocks are 64, 32, 16, 8 then
+/// 4 outputs wide (wide vector registers, and the four independent sums hide the add
+/// latency); on 32-bit Arm (Cortex-M4F/M33: 32 scalar single-precision registers, no SIMD) 4
+/// outputs × 4 partial sums = 16 accumulators are what fits, so blocks are 4 wide, with the
+/// row length a compile-time constant for 8, 12, 16, 24, 32, 48 and 64 outputs (the four rows
+/// of a group then sit at immediate offsets: ~2.4 instructions per multiply-add on a
+/// Cortex-M4 instead of ~7). Columns left over go one at a time; a single output is a 4-way dot product.
+/// Mismatched lengths truncate, never panic. On 32-bit Arm it is never inlined (one copy keeps
+/// microcontroller flash small; the call costs a few instructions against the loop's
+/// hundreds).
+#[cfg_attr(not(target_arch = "arm"), inline)]
+#[cfg_attr(target_arch = "arm", inline(never))]
 pub fn gemv_t_acc(out: &mut [f32], mt: &[f32], x: &[f32]) {
-    let cols = out.len();
-    if cols == 0 {
+    if let [o] = out {
+        *o += dot(mt, x);
+        return;
+    }
+    if out.is_empty() {
         return;
     }
     let mut c0 = 0;
-    c0 = gemv_t_block::<64>(out, mt, x, c0);
-    c0 = gemv_t_block::<32>(out, mt, x, c0);
-    c0 = gemv_t_block::<16>(out, mt, x, c0);
-    c0 = gemv_t_block::<8>(out, mt, x, c0);
-    for (row, &xi) in mt.chunks_exact(cols).zip(x) {
-        for (o, &m) in out[c0..].iter_mut().zip(&row[c0..]) {
-            *o += xi * m;
+    #[cfg(not(target_arch = "arm"))]
+    {
+        c0 = gemv_t_block::<64>(out, mt, x, c0);
+        c0 = gemv_t_block::<32>(out, mt, x, c0);
+        c0 = gemv_t_block::<16>(out, mt, x, c0);
+        c0 = gemv_t_block::<8>(out, mt, x, c0);
+    }
+    #[cfg(not(target_arch = "arm"))]
+    {
+        c0 = gemv_t_block::<4>(out, mt, x, c0);
+    }
+    #[cfg(target_arch = "arm")]
+    {
+        c0 = match out.len() {
+            8 => gemv_t_fixed::<8>(out, mt, x),
+            12 => gemv_t_fixed::<12>(out, mt, x),
+            16 => gemv_t_fixed::<16>(out, mt, x),
+            24 => gemv_t_fixed::<24>(out, mt, x),
+            32 => gemv_t_fixed::<32>(out, mt, x),
+            48 => gemv_t_fixed::<48>(out, mt, x),
+            64 => gemv_t_fixed::<64>(out, mt, x),
+            _ => gemv_t_block::<4>(out, mt, x, c0),
+        };
+    }
+    gemv_t_block::<1>(out, mt, x, c0);
+}
+
+/// [`gemv_t_block`]`::<4>` for a row length `C` known at compile time, so that the four rows
+/// of a group sit at constant offsets (immediate addressing on 32-bit Arm).
+#[cfg(target_arch = "arm")]
+#[inline(never)]
+fn gemv_t_fixed<const C: usize>(out: &mut [f32], mt: &[f32], x: &[f32]) -> usize {
+    let mut c0 = 0;
+    while c0 + 4 <= C && c0 + 4 <= out.len() {
+        let mut a = [[0.0f32; 4]; 4];
+        for (r4, x4) in mt.chunks_exact(4 * C).zip(x.chunks_exact(4)) {
+            let row = |k: usize| -> [f32; 4] {
+                match r4.get(k * C + c0..k * C + c0 + 4) {
+                    Some(&[p, q, r, s]) => [p, q, r, s],
+                    _ => [0.0; 4],
+                }
+            };
+            let w = [row(0), row(1), row(2), row(3)];
+            for k in 0..4 {
+                for j in 0..4 {
+                    a[k][j] += x4[k] * w[k][j];
+                }
+            }
+        }
+        let done = x.len() / 4 * 4;
+        if let (true, Some(rows), Some(xs)) = (done < x.len(), mt.get(done * C..), x.get(done..)) {
+            for (r, &xi) in rows.chunks_exact(C).zip(xs) {
+                if let Some(&[p, q, r2, s]) = r.get(c0..c0 + 4) {
+                    for (acc, w) in a[0].iter_mut().zip([p, q, r2, s]) {
+                        *acc += xi * w;
+                    }
+                }
+            }
+        }
+        for (j, o) in out[c0..c0 + 4].iter_mut().enumerate() {
+            *o += (a[0][j] + a[1][j]) + (a[2][j] + a[3][j]);
+        }
+        c0 += 4;
+    }
+    c0
+}
+
+/// `(s₀ + s₁) + (s₂ + s₃)` with `s_k = Σ_{i ≡ k (mod 4)} m[i]·x[i]` (the rows past the last
+/// whole group of four added to `s₀`): [`gemv_t_acc`] for a single output, in its order.
+#[inline]
+fn dot(m: &[f32], x: &[f32]) -> f32 {
+    let n = m.len().min(x.len());
+    let (m4, x4) = (m[..n].chunks_exact(4), x[..n].chunks_exact(4));
+    let (m_rest, x_rest) = (m4.remainder(), x4.remainder());
+    let mut s = [0.0f32; 4];
+    for (m4, x4) in m4.zip(x4) {
+        for k in 0..4 {
+            s[k] += x4[k] * m4[k];
         }
     }
+    for (&mi, &xi) in m_rest.iter().zip(x_rest) {
+        s[0] += xi * mi;
+    }
+    (s[0] + s[1]) + (s[2] + s[3])
 }
 
 /// Columns `c0..` of [`gemv_t_acc`] in whole blocks of `BW`; returns the first column left.
@@ -141,6 +231,7 @@ pub fn transpose_into(dst: &mut [f32], m: &[f32], rows: usize, cols: usize) {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     #[test]
@@ -157,6 +248,41 @@ mod tests {
         let mut t = [0.0f32; 15];
         transpose_into(&mut t, &m, rows, cols);
         assert_eq!(t[2 * rows + 4], m[4 * cols + 2]);
+    }
+
+    /// Every output is summed in the documented order, bit for bit, whatever the width (so
+    /// that targets with other blockings, e.g. the Cortex-M firmware, agree with the host).
+    #[test]
+    fn summation_order_is_the_documented_one() {
+        for cols in [1usize, 2, 3, 4, 5, 8, 12, 16, 17, 32, 64, 65, 72, 130] {
+            for rows in [1usize, 2, 3, 4, 5, 7, 8, 16, 19] {
+                let m: std::vec::Vec<f32> = (0..rows * cols)
+                    .map(|i| ((i * 7919 % 1013) as f32 / 97.0 - 5.0) * 1.37)
+                    .collect();
+                let x: std::vec::Vec<f32> = (0..rows)
+                    .map(|i| ((i * 31 % 17) as f32 - 8.3) / 3.1)
+                    .collect();
+                let out0: std::vec::Vec<f32> = (0..cols).map(|j| j as f32 * 0.25 - 1.0).collect();
+                let mut got = out0.clone();
+                gemv_t_acc(&mut got, &m, &x);
+                let whole = rows / 4 * 4;
+                for j in 0..cols {
+                    let mut s = [0.0f32; 4];
+                    for i in 0..whole {
+                        s[i % 4] += x[i] * m[i * cols + j];
+                    }
+                    for i in whole..rows {
+                        s[0] += x[i] * m[i * cols + j];
+                    }
+                    let want = out0[j] + ((s[0] + s[1]) + (s[2] + s[3]));
+                    assert_eq!(
+                        got[j].to_bits(),
+                        want.to_bits(),
+                        "cols {cols} rows {rows} j {j}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -295,8 +295,36 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
             .saturating_add(self.max_width.saturating_mul(2))
     }
 
-    /// One sample through every stage; `dt` goes to event layers when given.
-    fn run(&self, state: &mut [f32], x: &[f32], dt: Option<f32>, y: &mut [f32]) {
+    /// [`Layer::step`] that also calls `observe(i)` just before stage `i` runs and
+    /// `observe(stages().len())` after the last one: a hook for measuring the cost of each
+    /// stage (the firmware example reads a cycle counter in it). Same checks and errors as
+    /// [`Layer::step`] (the state is left untouched on error); `observe` is not called then.
+    pub fn step_observed(
+        &self,
+        state: &mut [f32],
+        x: &[f32],
+        y: &mut [f32],
+        observe: impl FnMut(usize),
+    ) -> Result<()> {
+        check_len("state", self.total_state_len(), state.len())?;
+        check_len("input x", self.d_in, x.len())?;
+        check_len("output y", self.d_out, y.len())?;
+        crate::error::check_finite_input(x)?;
+        self.run(state, x, None, y, observe);
+        Ok(())
+    }
+
+    /// One sample through every stage; `dt` goes to event layers when given; `observe(i)`
+    /// before stage `i` and after the last.
+    #[inline(always)]
+    fn run(
+        &self,
+        state: &mut [f32],
+        x: &[f32],
+        dt: Option<f32>,
+        y: &mut [f32],
+        mut observe: impl FnMut(usize),
+    ) {
         if state.len() != self.total_state_len() || x.len() != self.d_in || y.len() != self.d_out {
             return; // unreachable through `step`; never index out of range
         }
@@ -309,7 +337,8 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
         let (mut layer_off, mut saved_off) = (0usize, 0usize);
         let mut open = [(0usize, 0usize); MAX_RESIDUAL_DEPTH];
         let mut depth = 0usize;
-        for stage in self.stages.as_ref() {
+        for (index, stage) in self.stages.as_ref().iter().enumerate() {
+            observe(index);
             match stage {
                 Stage::Dense(d) => {
                     let out = d.config.d_out;
@@ -368,6 +397,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                 }
             }
         }
+        observe(self.stages.as_ref().len());
         y.copy_from_slice(&cur[..self.d_out]);
     }
 }
@@ -388,7 +418,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Layer for Network<W, S> {
     /// Every stage in order; event layers step with a unit time step's meaning of their
     /// discretization (their plain `step`).
     fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
-        self.run(state, x, None, y);
+        self.run(state, x, None, y, |_| {});
     }
 }
 
@@ -396,7 +426,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> EventLayer for Network<W, S> {
     /// Every stage in order; event layers (S5 time-varying, Mamba) step with time step `dt`,
     /// the others ignore it.
     fn step_event_prechecked(&self, state: &mut [f32], x: &[f32], dt: f32, y: &mut [f32]) {
-        self.run(state, x, Some(dt), y);
+        self.run(state, x, Some(dt), y, |_| {});
     }
 }
 
@@ -511,12 +541,19 @@ mod tests {
         let net = Network::new(2, stages).unwrap();
         assert_eq!((net.d_input(), net.d_output()), (2, 2));
         let mut state = vec![0.0f32; net.state_len()];
+        let mut observed_state = state.clone();
         let mut lru_state = vec![0.0f32; lru.state_len()];
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
         for t in 0..50 {
             let x = [(t as f32 * 0.3).sin(), (t as f32 * 0.11).cos()];
             let mut y = [0.0f32; 2];
             net.step(&mut state, &x, &mut y).unwrap();
+            // The hook sees stages 0..=12 in order and changes nothing.
+            let (mut seen, mut y_obs) = (Vec::new(), [0.0f32; 2]);
+            net.step_observed(&mut observed_state, &x, &mut y_obs, |i| seen.push(i))
+                .unwrap();
+            assert_eq!(seen, (0..=12).collect::<Vec<_>>());
+            assert_eq!(y_obs, y);
             // Reference.
             let xd: Vec<f64> = x.iter().map(|v| *v as f64).collect();
             let h0 = dense_ref(&d0, &xd);
@@ -543,6 +580,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn step_observed_checks_like_step() {
+        let net = Network::new(2, vec![Stage::Dense(dense(2, 3, 1)), Stage::Glu]);
+        assert!(net.is_err(), "odd GLU input accepted");
+        let net = Network::new(2, vec![Stage::Dense(dense(2, 4, 1)), Stage::Glu]).unwrap();
+        let mut state = vec![0.0f32; net.state_len()];
+        let mut calls = 0;
+        let mut y = [0.0f32; 2];
+        for (x, st_len) in [
+            ([1.0, f32::NAN], state.len()),
+            ([1.0, 2.0], state.len() - 1),
+        ] {
+            let r = net.step_observed(&mut state[..st_len], &x, &mut y, |_| calls += 1);
+            assert!(r.is_err());
+        }
+        assert!(net
+            .step_observed(&mut state, &[1.0, 2.0], &mut [0.0; 3], |_| calls += 1)
+            .is_err());
+        assert_eq!(calls, 0);
+        net.step_observed(&mut state, &[1.0, 2.0], &mut y, |_| calls += 1)
+            .unwrap();
+        assert_eq!(calls, 3);
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! Text lines (parsed by the host test and the footprint script):
 //!
 //! ```text
-//! y <t> <hex f32 bits> ...                     one output sample
 //! calibration instructions=<n> ticks=<n>
-//! cost stage=<i> kind=<name> instructions_per_sample=<x.y>
-//! cost model instructions_per_sample=<x.y> loop_overhead=<x.y>
+//! y <model> <t> <hex f32 bits> ...                       one output sample
+//! cost model=<m> stage=<i> kind=<kind> instructions_per_sample=<x.y>
+//! cost model=<m> total instructions_per_sample=<x.y> hook=<x.y>
 //! stack peak_bytes=<n> region_bytes=<n>
-//! ok samples=<n> features=<n> (bit-identical to the host)
+//! ok outputs=<n> (bit-identical to the host)
 //! ```
 
 #[cfg(not(feature = "defmt"))]
@@ -54,12 +54,12 @@ mod imp {
         }
     }
 
-    pub fn output(t: usize, y: &[f32]) {
+    pub fn output(model: &str, t: usize, y: &[f32]) {
         let mut line = Line {
             buf: [0; 256],
             len: 0,
         };
-        let _ = write!(line, "y {}", t);
+        let _ = write!(line, "y {} {}", model, t);
         for v in y {
             if write!(line, " {:08x}", v.to_bits()).is_err() {
                 break;
@@ -78,20 +78,22 @@ mod imp {
         ));
     }
 
-    pub fn stage_cost(i: usize, kind: &str, tenths: i64) {
+    pub fn stage_cost(model: &str, i: usize, kind: &str, tenths: i64) {
         emit(format_args!(
-            "cost stage={} kind={} instructions_per_sample={}",
+            "cost model={} stage={} kind={} instructions_per_sample={}",
+            model,
             i,
             kind,
             Tenths(tenths)
         ));
     }
 
-    pub fn model_cost(tenths: i64, overhead_tenths: i64) {
+    pub fn model_cost(model: &str, tenths: i64, hook_tenths: i64) {
         emit(format_args!(
-            "cost model instructions_per_sample={} loop_overhead={}",
+            "cost model={} total instructions_per_sample={} hook={}",
+            model,
             Tenths(tenths),
-            Tenths(overhead_tenths)
+            Tenths(hook_tenths)
         ));
     }
 
@@ -102,23 +104,23 @@ mod imp {
         ));
     }
 
-    pub fn done(samples: usize, features: usize) {
+    pub fn done(outputs: usize) {
         emit(format_args!(
-            "ok samples={} features={} (bit-identical to the host)",
-            samples, features
+            "ok outputs={} (bit-identical to the host)",
+            outputs
         ));
     }
 }
 
 #[cfg(feature = "defmt")]
 mod imp {
-    pub fn output(t: usize, y: &[f32]) {
+    pub fn output(model: &str, t: usize, y: &[f32]) {
         let mut bits = [0u32; 64];
         let n = y.len().min(bits.len());
         for (b, v) in bits.iter_mut().zip(y) {
             *b = v.to_bits();
         }
-        defmt::println!("y {=usize} {=[?]:x}", t, &bits[..n]);
+        defmt::println!("y {=str} {=usize} {=[?]:x}", model, t, &bits[..n]);
     }
 
     pub fn calibration(instructions: u64, ticks: u32) {
@@ -129,20 +131,22 @@ mod imp {
         );
     }
 
-    pub fn stage_cost(i: usize, kind: &str, tenths: i64) {
+    pub fn stage_cost(model: &str, i: usize, kind: &str, tenths: i64) {
         defmt::println!(
-            "cost stage={=usize} kind={=str} instructions_per_sample={=i64} tenths",
+            "cost model={=str} stage={=usize} kind={=str} instructions_per_sample={=i64} tenths",
+            model,
             i,
             kind,
             tenths
         );
     }
 
-    pub fn model_cost(tenths: i64, overhead_tenths: i64) {
+    pub fn model_cost(model: &str, tenths: i64, hook_tenths: i64) {
         defmt::println!(
-            "cost model instructions_per_sample={=i64} tenths, loop_overhead={=i64} tenths",
+            "cost model={=str} total instructions_per_sample={=i64} tenths, hook={=i64} tenths",
+            model,
             tenths,
-            overhead_tenths
+            hook_tenths
         );
     }
 
@@ -154,12 +158,8 @@ mod imp {
         );
     }
 
-    pub fn done(samples: usize, features: usize) {
-        defmt::println!(
-            "ok samples={=usize} features={=usize} (bit-identical to the host)",
-            samples,
-            features
-        );
+    pub fn done(outputs: usize) {
+        defmt::println!("ok outputs={=usize} (bit-identical to the host)", outputs);
     }
 }
 

@@ -29,11 +29,22 @@ impl Timer {
     /// Ticks elapsed while running `f` (`f` must take fewer than 2^24 ticks: about 670 M
     /// instructions at 40 instructions a tick).
     pub fn time(&self, f: impl FnOnce()) -> u32 {
-        let start = SYST::get_current();
+        let start = now();
         f();
-        let end = SYST::get_current();
-        start.wrapping_sub(end) & MASK
+        elapsed(start, now())
     }
+}
+
+/// SysTick's current value (counts down).
+#[inline(always)]
+pub fn now() -> u32 {
+    SYST::get_current()
+}
+
+/// Ticks from the reading `start` to the later reading `end` (one wrap at most).
+#[inline(always)]
+pub fn elapsed(start: u32, end: u32) -> u32 {
+    start.wrapping_sub(end) & MASK
 }
 
 /// Runs exactly `2·n` instructions (`subs` + `bne` per iteration; `n ≥ 1`) plus the call.
