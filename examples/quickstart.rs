@@ -2,7 +2,7 @@
 //! and stream a held-out noisy clip through `lrnnx-stream` sample by sample.
 //!
 //! ```text
-//! cargo run --release --example quickstart                   # 900 steps, about 2 minutes on 2 cores
+//! cargo run --release --example quickstart                   # 2000 steps, about 2 minutes on 2 cores
 //! cargo run --release --example quickstart -- --steps 200    # shorter
 //! ```
 //!
@@ -77,7 +77,7 @@ fn parse_args() -> Result<Args, String> {
         state: 32,
         blocks: 1,
         seconds: 600,
-        steps: 900,
+        steps: 2000,
         batch: 8,
         crop: 2048,
         lr: 3e-3,
