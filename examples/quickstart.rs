@@ -31,12 +31,11 @@ use lrnnx::stream::wav::{self, Audio, WavFormat};
 use lrnnx::stream::Processor;
 use lrnnx::train::candle_core::{Device, Tensor};
 use lrnnx::train::denoiser::{
-    causal_denoiser, masking_denoiser, mix_at_snr, noise, snr_db, train_denoiser, DenoiserTraining,
-    NoiseKind,
+    causal_denoiser, masking_denoiser, mix_at_snr, noise, quickstart_lru_kwargs, snr_db,
+    train_denoiser, DenoiserTraining, NoiseKind, QUICKSTART_SIZES,
 };
 use lrnnx::train::init::Rng;
 use lrnnx::train::network::{Activation, Network};
-use serde_json::json;
 
 const SAMPLE_RATE: u32 = 16_000;
 
@@ -73,9 +72,9 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         threads: 2,
         mask: true,
-        width: 16,
-        state: 32,
-        blocks: 1,
+        width: QUICKSTART_SIZES.0,
+        state: QUICKSTART_SIZES.1,
+        blocks: QUICKSTART_SIZES.2,
         seconds: 600,
         steps: 2000,
         batch: 8,
@@ -147,7 +146,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let spec = build(
         "LRU",
-        &json!({"d_model": width, "d_state": state, "r_min": 0.9, "r_max": 0.9999}),
+        &quickstart_lru_kwargs(width, state),
         width,
         blocks,
         Activation::Silu,

@@ -101,7 +101,7 @@ pub fn quickstart_denoiser(
     use lrnnx_train::network::{Activation, Network as TrainNetwork};
     let spec = lrnnx_train::denoiser::masking_denoiser(
         "LRU",
-        &json!({"d_model": width, "d_state": d_state, "r_min": 0.9, "r_max": 0.9999}),
+        &lrnnx_train::denoiser::quickstart_lru_kwargs(width, d_state),
         width,
         blocks,
         Activation::Silu,
@@ -388,7 +388,8 @@ pub fn generate(
         }
         None => {
             // Through the blob, as a trained model would come.
-            let net = quickstart_denoiser(16, 32, 1, DENOISER_SEED)?;
+            let (w, n, b) = lrnnx_train::denoiser::QUICKSTART_SIZES;
+            let net = quickstart_denoiser(w, n, b, DENOISER_SEED)?;
             let f = read_network_blob(&network_to_blob(&net, 16_000.0)?)?;
             (f.network, f.sample_rate)
         }

@@ -217,6 +217,15 @@ pub fn causal_denoiser(
     spec
 }
 
+/// The quickstart denoiser's default sizes: (width, LRU d_state, mask blocks).
+pub const QUICKSTART_SIZES: (usize, usize, usize) = (16, 32, 1);
+
+/// The quickstart denoiser's LRU constructor arguments: `d_model = width`, `d_state = state`,
+/// decay radii initialized in `[0.9, 0.9999]` (long memory for envelope following).
+pub fn quickstart_lru_kwargs(width: usize, state: usize) -> serde_json::Value {
+    serde_json::json!({"d_model": width, "d_state": state, "r_min": 0.9, "r_max": 0.9999})
+}
+
 /// A causal masking denoiser: `blocks` analysis layers, each followed by a mask computed
 /// from the rectified band signals by a second layer (the envelope follower), then a dense
 /// synthesis:
