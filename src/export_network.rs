@@ -20,12 +20,17 @@
 //!               4 glu, 5 residual begin, 6 residual end, 7 gate end: no body
 //!               8 downsample  u32 factor, u32 pooling (0 concat, 1 mean, 2 last)
 //!               9 upsample    u32 factor, u32 unpooling (0 split, 1 hold)
+//!              10 norm        u32 kind (0 LayerNorm, 1 RMSNorm), u32 d, f32 eps, then the
+//!                             weights (w, then b for LayerNorm) as f32
 //! ```
 //!
 //! Reading never panics: a short, truncated, padded or corrupt file is refused with an
 //! [`ExportError::Blob`] that names the stage and byte offset.
 
-use lrnnx_core::{Activation, CoreLayer, Dense, DenseConfig, Network, Pooling, Stage, Unpooling};
+use lrnnx_core::{
+    Activation, CoreLayer, Dense, DenseConfig, Network, Norm, NormConfig, NormKind, Pooling, Stage,
+    Unpooling,
+};
 use lrnnx_train::network::{self as train_net, StageSpec};
 
 use crate::export::{export, parse_blob, to_blob, to_rust_source, ExportError};
@@ -40,6 +45,7 @@ pub const NETWORK_VERSION: u32 = 1;
 
 type Result<T> = std::result::Result<T, ExportError>;
 
+const NORM_KINDS: [NormKind; 2] = [NormKind::LayerNorm, NormKind::RmsNorm];
 const POOLINGS: [Pooling; 3] = [Pooling::Concat, Pooling::Mean, Pooling::Last];
 const UNPOOLINGS: [Unpooling; 2] = [Unpooling::Split, Unpooling::Hold];
 
@@ -103,6 +109,25 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
             }
             StageSpec::Activation(a) => Stage::Activation(activation_to_core(*a)),
             StageSpec::Glu => Stage::Glu,
+            StageSpec::Norm { kind, d, eps } => {
+                let (w, b) = net.norm_params(i).ok_or_else(missing)?;
+                let w = values(&w, &format!("stages.{i}.weight"))?;
+                let b = match b {
+                    Some(b) => Some(values(&b, &format!("stages.{i}.bias"))?),
+                    None => None,
+                };
+                let config = NormConfig {
+                    kind: *kind,
+                    d: *d,
+                    eps: *eps as f32,
+                };
+                Stage::Norm(Norm::from_torch(
+                    config,
+                    &w,
+                    b.as_deref(),
+                    vec![0.0; config.weights_len()],
+                )?)
+            }
             StageSpec::ResidualBegin => Stage::ResidualBegin,
             StageSpec::ResidualEnd => Stage::ResidualEnd,
             StageSpec::GateEnd => Stage::GateEnd,
@@ -163,6 +188,17 @@ pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
                 push_u32(&mut out, code as u32);
             }
             Stage::Glu => push_u32(&mut out, 4),
+            Stage::Norm(n) => {
+                let c = n.config();
+                push_u32(&mut out, 10);
+                let code = NORM_KINDS.iter().position(|k| *k == c.kind).unwrap_or(0);
+                push_u32(&mut out, code as u32);
+                push_u32(&mut out, u32_of(c.d, "norm d")?);
+                push_u32(&mut out, c.eps.to_bits());
+                for v in n.weights() {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
             Stage::ResidualBegin => push_u32(&mut out, 5),
             Stage::ResidualEnd => push_u32(&mut out, 6),
             Stage::GateEnd => push_u32(&mut out, 7),
@@ -318,6 +354,26 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
                         .ok_or_else(|| ctx(format!("unpooling code {code} is unknown")))?,
                 }
             }
+            10 => {
+                let code = c.u32("norm kind")?;
+                let kind = *NORM_KINDS
+                    .get(code as usize)
+                    .ok_or_else(|| ctx(format!("norm kind {code} is unknown")))?;
+                let d = c.u32("norm d")? as usize;
+                let eps = f32::from_bits(c.u32("norm eps")?);
+                let config = NormConfig { kind, d, eps };
+                let len = config
+                    .weights_len()
+                    .checked_mul(4)
+                    .filter(|_| d <= blob.len())
+                    .ok_or_else(|| ctx("norm sizes overflow".into()))?;
+                let bytes = c.bytes(len, &format!("stage {i} norm weights"))?;
+                let w: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Stage::Norm(Norm::from_weights(config, w).map_err(|e| ctx(e.to_string()))?)
+            }
             t => return Err(ctx(format!("stage tag {t} is unknown"))),
         });
     }
@@ -381,6 +437,29 @@ pub fn network_to_rust_source<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
                 )
             }
             Stage::Activation(a) => format!("lrnnx_core::Stage::Activation(lrnnx_core::Activation::{a:?})"),
+            Stage::Norm(n) => {
+                let c = n.config();
+                s.push_str(&format!(
+                    "/// Weights of stage {i} ({:?}, d = {}): w{}.\n\
+                     #[allow(clippy::approx_constant, clippy::excessive_precision)]\n\
+                     pub static {id}_WEIGHTS: [f32; {}] = [",
+                    c.kind,
+                    c.d,
+                    if c.kind == NormKind::LayerNorm { " then b" } else { "" },
+                    n.weights().len()
+                ));
+                for (k, v) in n.weights().iter().enumerate() {
+                    s.push_str(if k % 8 == 0 { "\n    " } else { " " });
+                    s.push_str(&format!("{v:?},"));
+                }
+                s.push_str("\n];\n\n");
+                format!(
+                    "lrnnx_core::Stage::Norm(lrnnx_core::Norm::from_weights(\
+                     lrnnx_core::NormConfig {{ kind: lrnnx_core::NormKind::{:?}, d: {}, eps: {:?} }}, \
+                     &{id}_WEIGHTS[..])?)",
+                    c.kind, c.d, c.eps
+                )
+            }
             Stage::Glu => "lrnnx_core::Stage::Glu".into(),
             Stage::ResidualBegin => "lrnnx_core::Stage::ResidualBegin".into(),
             Stage::ResidualEnd => "lrnnx_core::Stage::ResidualEnd".into(),
@@ -526,6 +605,11 @@ mod tests {
                 pooling: Pooling::Mean,
             },
             s5(4),
+            StageSpec::Norm {
+                kind: train_net::NormKind::LayerNorm,
+                d: 4,
+                eps: 1e-5,
+            },
             StageSpec::Upsample {
                 factor: 3,
                 unpooling: Unpooling::Hold,
@@ -541,6 +625,11 @@ mod tests {
                 unpooling: Unpooling::Split,
             },
             StageSpec::ResidualEnd,
+            StageSpec::Norm {
+                kind: train_net::NormKind::RmsNorm,
+                d: 2,
+                eps: 1e-5,
+            },
             StageSpec::Dense {
                 d_in: 2,
                 d_out: 1,
@@ -552,6 +641,14 @@ mod tests {
         assert_eq!(back, spec);
         let dev = Device::Cpu;
         let net = train_net::Network::new(&spec, 1, 11, &dev).unwrap();
+        // Norm weights away from their (1, 0) init, so that they are checked too.
+        for (name, var) in net.vars() {
+            if name.starts_with("stages.9.") || name.starts_with("stages.15.") {
+                let n = var.elem_count();
+                let v: Vec<f32> = (0..n).map(|k| 0.7 + 0.3 * k as f32).collect();
+                var.set(&Tensor::from_vec(v, n, &dev).unwrap()).unwrap();
+            }
+        }
         let len = 101;
         let xs: Vec<f32> = (0..len).map(|t| ((t * t) as f32 * 0.013).sin()).collect();
         let dts: Vec<f32> = (0..len)
@@ -571,6 +668,9 @@ mod tests {
         let blob = network_to_blob(&core, 0.0).unwrap();
         let back = read_network_blob(&blob).unwrap().network;
         assert_eq!(network_to_blob(&back, 0.0).unwrap(), blob);
+        let src = network_to_rust_source(&back, "MR", 0.0).unwrap();
+        assert!(src.contains("lrnnx_core::NormKind::LayerNorm, d: 4, eps: 1e-5"), "{src}");
+        assert!(src.contains("MR_S15_WEIGHTS: [f32; 2]"));
         let mut st = vec![0.0; back.state_len()];
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (t, ((x, dt), w)) in xs.iter().zip(&dts).zip(&want).enumerate() {

@@ -165,6 +165,7 @@ pub fn stage_kind<W: AsRef<[f32]>>(stage: &Stage<W>) -> String {
         Stage::Layer(l) => l.config().layer_name().to_string(),
         Stage::Activation(a) => format!("{a:?}"),
         Stage::Glu => "Glu".into(),
+        Stage::Norm(n) => format!("{:?}{}", n.config().kind, n.config().d),
         Stage::ResidualBegin => "ResidualBegin".into(),
         Stage::ResidualEnd => "ResidualEnd".into(),
         Stage::GateEnd => "GateEnd".into(),

@@ -8,6 +8,7 @@
 //! Layer         y = layer.step(x)            any [`CoreLayer`]; event layers get the time step
 //! Activation    y = f(x) elementwise         f ∈ {GELU (erf), SiLU, tanh, ReLU, |x|}
 //! Glu           y = a ⊙ σ(g),  x = [a | g]   (2n → n)
+//! Norm          y = LayerNorm(x) or RMSNorm(x) over the features ([`crate::norm`])
 //! ResidualBegin remembers x (nesting ≤ MAX_RESIDUAL_DEPTH)
 //! ResidualEnd   y = x + the x remembered by the matching ResidualBegin
 //! GateEnd       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
@@ -58,6 +59,7 @@ use core::marker::PhantomData;
 use crate::error::{check_finite_weights, check_len, Error, Result};
 use crate::layer::{EventLayer, Layer};
 use crate::linalg::{copy_prefix, gemv_t_acc};
+use crate::norm::Norm;
 use crate::{activation, fastmath, CoreLayer};
 
 /// Deepest nesting of residual connections a network may have.
@@ -238,6 +240,8 @@ pub enum Stage<W> {
     Activation(Activation),
     /// `a ⊙ σ(g)` over the halves `[a | g]`.
     Glu,
+    /// A per-sample LayerNorm / RMSNorm over the features.
+    Norm(Norm<W>),
     /// Opens a residual connection.
     ResidualBegin,
     /// Closes the innermost open residual connection.
@@ -282,6 +286,12 @@ fn stage_io<W: AsRef<[f32]>>(
             (l.d_output(), l.state_len())
         }
         Stage::Activation(_) | Stage::ResidualEnd | Stage::GateEnd => (width, 0),
+        Stage::Norm(n) => {
+            if n.config().d != width {
+                return Err("norm width differs from the incoming width");
+            }
+            (width, 0)
+        }
         Stage::Glu => {
             if !width.is_multiple_of(2) {
                 return Err("a GLU needs an even input width");
@@ -560,6 +570,10 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                 Stage::Activation(f) => {
                     let f = *f;
                     cur[..width].iter_mut().for_each(|v| *v = f.apply(*v));
+                }
+                Stage::Norm(n) => {
+                    n.apply(&cur[..width], &mut nxt[..out]);
+                    core::mem::swap(&mut cur, &mut nxt);
                 }
                 Stage::Glu => {
                     let (lin, gate) = cur[..width].split_at(out);
@@ -966,6 +980,30 @@ mod tests {
                     .iter()
                     .map(|x| x.iter().map(|v| f.apply(*v as f32) as f64).collect())
                     .collect(),
+                Stage::Norm(n) => {
+                    // f64, by the definitions (E[x²] − μ² is exact enough in f64 here).
+                    let c = n.config();
+                    let w = n.weights();
+                    seq.iter()
+                        .map(|x| {
+                            let d = x.len() as f64;
+                            let mean = x.iter().sum::<f64>() / d;
+                            let ms = x.iter().map(|v| v * v).sum::<f64>() / d;
+                            (0..x.len())
+                                .map(|k| match c.kind {
+                                    crate::NormKind::LayerNorm => {
+                                        (x[k] - mean) / (ms - mean * mean + c.eps as f64).sqrt()
+                                            * w[k] as f64
+                                            + w[x.len() + k] as f64
+                                    }
+                                    crate::NormKind::RmsNorm => {
+                                        x[k] / (ms + c.eps as f64).sqrt() * w[k] as f64
+                                    }
+                                })
+                                .collect()
+                        })
+                        .collect()
+                }
                 Stage::Glu => seq
                     .iter()
                     .map(|x| {
@@ -1046,6 +1084,14 @@ mod tests {
         Lru::from_weights(cfg, w).unwrap()
     }
 
+    fn norm(kind: crate::NormKind, d: usize, seed: u32) -> crate::Norm<Vec<f32>> {
+        let c = crate::NormConfig { kind, d, eps: 1e-5 };
+        let w: Vec<f32> = (0..c.weights_len())
+            .map(|k| 0.5 + (((k as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0)
+            .collect();
+        crate::Norm::from_weights(c, w).unwrap()
+    }
+
     fn run_steps(net: &Network<Vec<f32>, Vec<Stage<Vec<f32>>>>, xs: &[Vec<f64>]) -> Vec<Vec<f32>> {
         let mut state = vec![0.0f32; net.state_len()];
         xs.iter()
@@ -1079,6 +1125,7 @@ mod tests {
                 pooling: Pooling::Mean,
             },
             Stage::Layer(CoreLayer::Lru(lru(4, 2, 5))),
+            Stage::Norm(norm(crate::NormKind::LayerNorm, 4, 6)),
             Stage::Activation(Activation::Silu),
             Stage::Upsample {
                 factor: 2,
@@ -1086,6 +1133,7 @@ mod tests {
             },
             Stage::GateEnd,
             Stage::Dense(dense(4, 6, 3)),
+            Stage::Norm(norm(crate::NormKind::RmsNorm, 6, 7)),
             Stage::Upsample {
                 factor: 3,
                 unpooling: Unpooling::Split,

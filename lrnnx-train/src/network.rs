@@ -7,6 +7,7 @@
 //! Layer { class, kwargs }       y = layer(x)  (H → H)      `stages.{i}.<lrnnx key>`
 //! Activation(f)                 y = f(x) elementwise
 //! Glu                           y = a ⊙ σ(g),  x = [a | g] (2n → n)
+//! Norm { kind, d, eps }         y = LayerNorm(x)·w + b | RMSNorm(x)·w   `stages.{i}.weight` (d), `stages.{i}.bias` (d, LayerNorm)
 //! ResidualBegin                 remembers x
 //! ResidualEnd                   y = x + the x remembered by the matching ResidualBegin
 //! GateEnd                       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
@@ -37,7 +38,7 @@ use serde_json::{json, Value};
 
 use crate::init::{fresh, linear, Rng};
 use crate::layer::{BuildError, TrainLayer};
-pub use lrnnx_core::{Pooling, Unpooling};
+pub use lrnnx_core::{NormKind, Pooling, Unpooling};
 
 /// An elementwise function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,17 @@ pub enum StageSpec {
     Activation(Activation),
     /// `a ⊙ σ(g)` over the two halves `[a | g]` of the input.
     Glu,
+    /// A per-sample normalization over the features (`lrnnx_core::norm`'s equations):
+    /// LayerNorm `(x − μ)/√(σ² + ε)·w + b` or RMSNorm `x/√(mean(x²) + ε)·w`; `w` starts at
+    /// ones, `b` at zeros (PyTorch's init).
+    Norm {
+        /// LayerNorm or RMSNorm.
+        kind: NormKind,
+        /// Width (must equal the incoming width).
+        d: usize,
+        /// `ε` (PyTorch default 1e-5).
+        eps: f64,
+    },
     /// Opens a residual connection.
     ResidualBegin,
     /// Closes the innermost open residual connection: adds its input.
@@ -142,6 +154,14 @@ pub enum StageSpec {
     },
 }
 
+/// JSON name of a norm kind.
+fn norm_name(k: NormKind) -> &'static str {
+    match k {
+        NormKind::LayerNorm => "layer_norm",
+        NormKind::RmsNorm => "rms_norm",
+    }
+}
+
 /// JSON name of a pooling.
 fn pooling_name(p: Pooling) -> &'static str {
     match p {
@@ -161,7 +181,8 @@ fn unpooling_name(u: Unpooling) -> &'static str {
 
 /// The spec as JSON: a list of objects such as `{"dense": {"d_in": 1, "d_out": 16, "bias":
 /// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"activation": "gelu"}`,
-/// `"glu"`, `"residual_begin"`, `"residual_end"`, `{"downsample": {"factor": 4, "pooling":
+/// `"glu"`, `{"norm": {"kind": "layer_norm", "d": 16, "eps": 1e-5}}` (`layer_norm` |
+/// `rms_norm`), `"residual_begin"`, `"residual_end"`, `{"downsample": {"factor": 4, "pooling":
 /// "concat"}}` (`concat` | `mean` | `last`), `{"upsample": {"factor": 4, "unpooling": "split"}}`
 /// (`split` | `hold`).
 pub fn spec_to_json(spec: &[StageSpec]) -> Value {
@@ -176,6 +197,9 @@ pub fn spec_to_json(spec: &[StageSpec]) -> Value {
                 }
                 StageSpec::Activation(a) => json!({ "activation": a.name() }),
                 StageSpec::Glu => json!("glu"),
+                StageSpec::Norm { kind, d, eps } => {
+                    json!({"norm": {"kind": norm_name(*kind), "d": d, "eps": eps}})
+                }
                 StageSpec::ResidualBegin => json!("residual_begin"),
                 StageSpec::ResidualEnd => json!("residual_end"),
                 StageSpec::GateEnd => json!("gate_end"),
@@ -237,6 +261,26 @@ pub fn spec_from_json(v: &Value) -> std::result::Result<Vec<StageSpec>, BuildErr
                     .filter(|v| *v >= 1)
                     .ok_or_else(|| bad(i, &format!("{what} `factor`: expected an integer ≥ 1")))
             };
+            if let Some(n) = s.get("norm") {
+                let name = n.get("kind").and_then(Value::as_str).unwrap_or("");
+                let kind = [NormKind::LayerNorm, NormKind::RmsNorm]
+                    .into_iter()
+                    .find(|k| norm_name(*k) == name)
+                    .ok_or_else(|| bad(i, &format!("unknown norm kind `{name}`")))?;
+                let d = n
+                    .get("d")
+                    .and_then(Value::as_u64)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| bad(i, "norm `d`: expected an integer"))?;
+                let eps = match n.get("eps") {
+                    None => 1e-5,
+                    Some(e) => e
+                        .as_f64()
+                        .filter(|e| e.is_finite() && *e >= 0.0)
+                        .ok_or_else(|| bad(i, "norm `eps`: expected a finite number ≥ 0"))?,
+                };
+                return Ok(StageSpec::Norm { kind, d, eps });
+            }
             if let Some(d) = s.get("downsample") {
                 let name = d.get("pooling").and_then(Value::as_str).unwrap_or("");
                 let pooling = [Pooling::Concat, Pooling::Mean, Pooling::Last]
@@ -308,6 +352,14 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                 }
             }
             StageSpec::Activation(_) => {}
+            StageSpec::Norm { d, eps, .. } => {
+                if *d != width {
+                    return Err(bad(i, format!("norm d {d} != input width {width}")));
+                }
+                if !(eps.is_finite() && *eps >= 0.0) {
+                    return Err(bad(i, format!("norm eps {eps} is not finite and ≥ 0")));
+                }
+            }
             StageSpec::Glu => {
                 if !width.is_multiple_of(2) {
                     return Err(bad(i, format!("glu needs an even width, got {width}")));
@@ -432,6 +484,12 @@ enum Stage {
     Layer(Box<dyn TrainLayer>),
     Activation(Activation),
     Glu,
+    Norm {
+        kind: NormKind,
+        eps: f64,
+        weight: Var,
+        bias: Option<Var>,
+    },
     ResidualBegin,
     ResidualEnd,
     GateEnd,
@@ -459,6 +517,18 @@ impl Network {
         Network::with_layer_params(spec, d_in, seed, device, Vec::new())
     }
 
+    /// Like [`Network::new`] with every parameter in `dtype` (e.g. `F64` for finite-difference
+    /// checks); the same draws as `new`, rounded to `dtype`.
+    pub fn with_dtype(
+        spec: &[StageSpec],
+        d_in: usize,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Self, BuildError> {
+        Network::build(spec, d_in, seed, device, Vec::new(), dtype)
+    }
+
     /// Like [`Network::new`], but the layer stages listed in `given` (stage index, lrnnx
     /// parameters) are built from those parameters instead of a fresh initialization (e.g.
     /// imported lrnnx weights, or a class without a fresh initializer).
@@ -467,7 +537,18 @@ impl Network {
         d_in: usize,
         seed: u64,
         device: &Device,
+        given: Vec<(usize, crate::Params)>,
+    ) -> std::result::Result<Self, BuildError> {
+        Network::build(spec, d_in, seed, device, given, DType::F32)
+    }
+
+    fn build(
+        spec: &[StageSpec],
+        d_in: usize,
+        seed: u64,
+        device: &Device,
         mut given: Vec<(usize, crate::Params)>,
+        dtype: DType,
     ) -> std::result::Result<Self, BuildError> {
         let d_out = check_widths(spec, d_in)?;
         let mut rng = Rng::new(seed);
@@ -475,7 +556,7 @@ impl Network {
         for (i, s) in spec.iter().enumerate() {
             stages.push(match s {
                 StageSpec::Dense { d_in, d_out, bias } => {
-                    let (w, b) = linear(*d_in, *d_out, &mut rng, DType::F32, device)?;
+                    let (w, b) = linear(*d_in, *d_out, &mut rng, dtype, device)?;
                     Stage::Dense {
                         weight: Var::from_tensor(&w)?,
                         bias: if *bias {
@@ -491,11 +572,20 @@ impl Network {
                             let (_, params) = given.swap_remove(at);
                             Stage::Layer(crate::build(class, kwargs, params)?)
                         }
-                        None => Stage::Layer(fresh(class, kwargs, &mut rng, DType::F32, device)?),
+                        None => Stage::Layer(fresh(class, kwargs, &mut rng, dtype, device)?),
                     }
                 }
                 StageSpec::Activation(a) => Stage::Activation(*a),
                 StageSpec::Glu => Stage::Glu,
+                StageSpec::Norm { kind, d, eps } => Stage::Norm {
+                    kind: *kind,
+                    eps: *eps,
+                    weight: Var::ones(*d, dtype, device)?,
+                    bias: match kind {
+                        NormKind::LayerNorm => Some(Var::zeros(*d, dtype, device)?),
+                        NormKind::RmsNorm => None,
+                    },
+                },
                 StageSpec::ResidualBegin => Stage::ResidualBegin,
                 StageSpec::ResidualEnd => Stage::ResidualEnd,
                 StageSpec::GateEnd => Stage::GateEnd,
@@ -537,13 +627,19 @@ impl Network {
         self.d_out
     }
 
-    /// Every parameter with its name: `stages.{i}.weight`, `stages.{i}.bias`,
-    /// `stages.{i}.<lrnnx key>`.
+    /// Every parameter with its name: `stages.{i}.weight`, `stages.{i}.bias` (dense and norm
+    /// stages), `stages.{i}.<lrnnx key>`.
     pub fn vars(&self) -> Vec<(String, Var)> {
         let mut v = Vec::new();
         for (i, s) in self.stages.iter().enumerate() {
             match s {
                 Stage::Dense { weight, bias } => {
+                    v.push((format!("stages.{i}.weight"), weight.clone()));
+                    if let Some(b) = bias {
+                        v.push((format!("stages.{i}.bias"), b.clone()));
+                    }
+                }
+                Stage::Norm { weight, bias, .. } => {
                     v.push((format!("stages.{i}.weight"), weight.clone()));
                     if let Some(b) = bias {
                         v.push((format!("stages.{i}.bias"), b.clone()));
@@ -572,6 +668,17 @@ impl Network {
     pub fn dense_params(&self, i: usize) -> Option<(Tensor, Option<Tensor>)> {
         match self.stages.get(i) {
             Some(Stage::Dense { weight, bias }) => Some((
+                weight.as_tensor().clone(),
+                bias.as_ref().map(|b| b.as_tensor().clone()),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The weight `(d,)` and bias (LayerNorm) of norm stage `i`, `None` for other stages.
+    pub fn norm_params(&self, i: usize) -> Option<(Tensor, Option<Tensor>)> {
+        match self.stages.get(i) {
+            Some(Stage::Norm { weight, bias, .. }) => Some((
                 weight.as_tensor().clone(),
                 bias.as_ref().map(|b| b.as_tensor().clone()),
             )),
@@ -632,6 +739,12 @@ impl Network {
                     let g = h.narrow(2, n, n)?;
                     (a * sigmoid(&g)?)?
                 }
+                Stage::Norm {
+                    kind,
+                    eps,
+                    weight,
+                    bias,
+                } => norm(&h, *kind, *eps, weight.as_tensor(), bias.as_ref())?,
                 Stage::ResidualBegin => {
                     open.push(h.clone());
                     h
@@ -663,6 +776,26 @@ impl Network {
             h = h.narrow(1, 0, frames)?;
         }
         Ok(h)
+    }
+}
+
+/// LayerNorm / RMSNorm of `h` (B, L, d) over its last axis (the [`StageSpec::Norm`] equations).
+fn norm(h: &Tensor, kind: NormKind, eps: f64, weight: &Tensor, bias: Option<&Var>) -> Result<Tensor> {
+    let y = match kind {
+        NormKind::LayerNorm => {
+            let c = h.broadcast_sub(&h.mean_keepdim(2)?)?;
+            let inv = (c.sqr()?.mean_keepdim(2)? + eps)?.sqrt()?.recip()?;
+            c.broadcast_mul(&inv)?
+        }
+        NormKind::RmsNorm => {
+            let inv = (h.sqr()?.mean_keepdim(2)? + eps)?.sqrt()?.recip()?;
+            h.broadcast_mul(&inv)?
+        }
+    };
+    let y = y.broadcast_mul(weight)?;
+    match bias {
+        Some(b) => y.broadcast_add(b.as_tensor()),
+        None => Ok(y),
     }
 }
 
@@ -902,6 +1035,97 @@ mod tests {
             let y1 = run(&xs);
             assert_eq!(y0[..2 * t], y1[..2 * t], "output before step {t} changed");
             assert_ne!(y0[2 * t..], y1[2 * t..], "step {t} changed nothing");
+        }
+    }
+
+    /// Norm stages: JSON round trip, width checks, and the forward against LayerNorm / RMSNorm
+    /// computed by hand in f64 from the stage's (non-trivial) weights.
+    #[test]
+    fn norm_stages_match_hand_evaluation() {
+        let dev = Device::Cpu;
+        let spec = vec![
+            StageSpec::Dense {
+                d_in: 2,
+                d_out: 5,
+                bias: true,
+            },
+            StageSpec::Norm {
+                kind: NormKind::LayerNorm,
+                d: 5,
+                eps: 1e-5,
+            },
+            StageSpec::Norm {
+                kind: NormKind::RmsNorm,
+                d: 5,
+                eps: 1e-3,
+            },
+        ];
+        assert_eq!(spec_from_json(&spec_to_json(&spec)).unwrap(), spec);
+        assert_eq!(check_widths(&spec, 2).unwrap(), 5);
+        let mut wrong = spec.clone();
+        wrong[2] = StageSpec::Norm {
+            kind: NormKind::RmsNorm,
+            d: 4,
+            eps: 1e-5,
+        };
+        assert!(check_widths(&wrong, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("stage 2"));
+        assert!(spec_from_json(&json!([{"norm": {"kind": "batch", "d": 2}}])).is_err());
+        assert!(spec_from_json(&json!([{"norm": {"kind": "rms_norm", "d": 2, "eps": -1}}])).is_err());
+        let net = Network::new(&spec, 2, 3, &dev).unwrap();
+        let names: Vec<String> = net.vars().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            ["stages.0.weight", "stages.0.bias", "stages.1.weight", "stages.1.bias", "stages.2.weight"]
+        );
+        let vars = net.vars();
+        let set = |k: usize, v: Vec<f32>| {
+            let n = v.len();
+            vars[k].1.set(&Tensor::from_vec(v, n, &dev).unwrap()).unwrap()
+        };
+        set(2, vec![0.5, 1.5, -1.0, 2.0, 0.25]);
+        set(3, vec![0.1, -0.2, 0.3, 0.0, 1.0]);
+        set(4, vec![1.2, 0.8, -0.5, 1.0, 2.0]);
+        let xs: Vec<f32> = (0..2 * 4 * 2).map(|i| (i as f32 * 0.61).sin() * 3.0).collect();
+        let x = Tensor::from_vec(xs.clone(), (2, 4, 2), &dev).unwrap();
+        let y: Vec<f32> = net
+            .forward(&x, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let (w0, b0) = net.dense_params(0).unwrap();
+        let w0: Vec<Vec<f32>> = w0.to_vec2().unwrap();
+        let b0: Vec<f32> = b0.unwrap().to_vec1().unwrap();
+        let (g1, b1) = net.norm_params(1).unwrap();
+        let g1: Vec<f32> = g1.to_vec1().unwrap();
+        let b1: Vec<f32> = b1.unwrap().to_vec1().unwrap();
+        let (g2, none) = net.norm_params(2).unwrap();
+        assert!(none.is_none());
+        let g2: Vec<f32> = g2.to_vec1().unwrap();
+        for t in 0..8 {
+            let h: Vec<f64> = (0..5)
+                .map(|o| {
+                    b0[o] as f64
+                        + (0..2)
+                            .map(|i| w0[o][i] as f64 * xs[2 * t + i] as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let mean = h.iter().sum::<f64>() / 5.0;
+            let var = h.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 5.0;
+            let ln: Vec<f64> = (0..5)
+                .map(|k| (h[k] - mean) / (var + 1e-5).sqrt() * g1[k] as f64 + b1[k] as f64)
+                .collect();
+            let rms = (ln.iter().map(|v| v * v).sum::<f64>() / 5.0 + 1e-3).sqrt();
+            for k in 0..5 {
+                let want = ln[k] / rms * g2[k] as f64;
+                let got = y[5 * t + k] as f64;
+                assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "t={t} k={k}: {got} vs {want}");
+            }
         }
     }
 
