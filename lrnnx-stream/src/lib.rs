@@ -9,13 +9,17 @@
 //! * [`denormal`]: flush-to-zero around processing, and a state floor.
 //! * [`wav`]: WAV files in and out (mono or multichannel, 16-bit or float).
 //! * [`events`]: event-camera files (AEDAT 4.0, EVT 3.0) and the event pipeline.
+//! * [`classify`]: streaming classification of event sequences (a running pool of a low-rate
+//!   model's output frames).
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod classify;
 pub mod denormal;
 pub mod events;
 pub mod processor;
 pub mod wav;
 
+pub use classify::{FramePooling, StreamClassifier};
 pub use processor::{Processor, StreamError};

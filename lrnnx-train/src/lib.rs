@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod centaurus;
+pub mod classifier;
 pub mod checkpoint;
 pub mod complex;
 pub mod denoiser;
