@@ -54,11 +54,11 @@ fn parse() -> Result<Args, String> {
         epochs: None,
         seed: 0,
         d_model: 32,
-        d_state: 16,
+        d_state: 32,
         blocks: 3,
         factor: 2,
         head: HeadPooling::Mean,
-        lr: 5e-3,
+        lr: 1e-2,
         batch: 32,
         progress: true,
         out: None,
@@ -135,7 +135,7 @@ fn run() -> Result<(), String> {
     let raw = std::fs::read(&a.data).map_err(|e| format!("{}: {e}", a.data))?;
     let all = digit_events(&raw).map_err(|e| format!("{}: {e}", a.data))?;
     let (train_set, test_set) = split(&all)?;
-    let epochs = a.epochs.unwrap_or(if a.quick { 4 } else { 20 });
+    let epochs = a.epochs.unwrap_or(if a.quick { 10 } else { 40 });
     let threshold = if a.quick { 0.70 } else { 0.85 };
     let mut cfg = ClassifierConfig::event_s5(3, 10, a.d_model, a.d_state, a.blocks, a.factor);
     cfg.head = a.head;
