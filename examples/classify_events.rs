@@ -17,7 +17,8 @@
 //! The last line is `classify: train_acc=… test_acc=… stream_test_acc=… stream_vs_parallel=…`;
 //! the exit status is non-zero if the streamed logits differ from the parallel forward's by more
 //! than 1e-4·max|logit| (+1e-5), if any streamed prediction differs, or if the held-out accuracy
-//! is below the threshold (0.85 full, 0.70 with `--quick`; chance is 0.10).
+//! is below the threshold (0.90 full, 0.80 with `--quick`; chance is 0.10: the full run
+//! measured 0.950 / 0.919 / 0.933 with seeds 0 / 1 / 2, the quick run 0.872 / 0.903 / 0.883).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,8 +26,8 @@ use std::time::Instant;
 use lrnnx::export_network::{export_network, network_to_blob, read_network_blob};
 use lrnnx::stream::{FramePooling, StreamClassifier};
 use lrnnx::train::classifier::{
-    accuracy, all_logits, argmax, digit_events, train, ClassifierConfig, EventClassifier,
-    EventSet, HeadPooling,
+    accuracy, all_logits, argmax, digit_events, train, ClassifierConfig, EventClassifier, EventSet,
+    HeadPooling,
 };
 use lrnnx::train::trainer::TrainConfig;
 
@@ -136,7 +137,7 @@ fn run() -> Result<(), String> {
     let all = digit_events(&raw).map_err(|e| format!("{}: {e}", a.data))?;
     let (train_set, test_set) = split(&all)?;
     let epochs = a.epochs.unwrap_or(if a.quick { 10 } else { 40 });
-    let threshold = if a.quick { 0.70 } else { 0.85 };
+    let threshold = if a.quick { 0.80 } else { 0.90 };
     let mut cfg = ClassifierConfig::event_s5(3, 10, a.d_model, a.d_state, a.blocks, a.factor);
     cfg.head = a.head;
     let model = EventClassifier::new(cfg, a.seed).map_err(|e| e.to_string())?;
@@ -177,7 +178,11 @@ fn run() -> Result<(), String> {
     let parallel = all_logits(&model, &test_set, 256).map_err(|e| e.to_string())?;
     let right = |pred: &dyn Fn(usize) -> usize| {
         (0..test_set.len())
-            .filter(|&i| test_set.get(i).is_some_and(|(_, _, l)| pred(i) == l as usize))
+            .filter(|&i| {
+                test_set
+                    .get(i)
+                    .is_some_and(|(_, _, l)| pred(i) == l as usize)
+            })
             .count() as f64
             / test_set.len() as f64
     };

@@ -669,7 +669,10 @@ mod tests {
         let back = read_network_blob(&blob).unwrap().network;
         assert_eq!(network_to_blob(&back, 0.0).unwrap(), blob);
         let src = network_to_rust_source(&back, "MR", 0.0).unwrap();
-        assert!(src.contains("lrnnx_core::NormKind::LayerNorm, d: 4, eps: 1e-5"), "{src}");
+        assert!(
+            src.contains("lrnnx_core::NormKind::LayerNorm, d: 4, eps: 1e-5"),
+            "{src}"
+        );
         assert!(src.contains("MR_S15_WEIGHTS: [f32; 2]"));
         let mut st = vec![0.0; back.state_len()];
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -58,11 +58,7 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, y: &mut [f3
     // Centred on x₀ first: xᵢ − μ = (xᵢ − x₀) − mean(x − x₀), never rounding μ itself.
     let x0 = x[0];
     let m = x.iter().map(|v| v - x0).sum::<f32>() * inv_n;
-    let var = x
-        .iter()
-        .map(|v| (v - x0 - m) * (v - x0 - m))
-        .sum::<f32>()
-        * inv_n;
+    let var = x.iter().map(|v| (v - x0 - m) * (v - x0 - m)).sum::<f32>() * inv_n;
     let inv = 1.0 / libm::sqrtf(var + eps);
     for (((o, v), w), b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
         *o = (v - x0 - m) * inv * w + b;

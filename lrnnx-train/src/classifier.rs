@@ -337,7 +337,10 @@ impl EventSet {
         for &i in idx {
             match self.time_steps.get(i as usize) {
                 Some(t) => lengths.push(t.len()),
-                None => bail!("event set: index {i} out of range ({} sequences)", self.len()),
+                None => bail!(
+                    "event set: index {i} out of range ({} sequences)",
+                    self.len()
+                ),
             }
         }
         let l = lengths.iter().copied().max().unwrap_or(0);
@@ -564,15 +567,16 @@ mod tests {
             let (x, dt, lengths, _) = set.batch(&[0, 1, 2, 3]).unwrap();
             assert_eq!(x.dims(), [4, 11, 3]);
             assert_eq!(lengths, [5, 11, 2, 8]);
-            let together: Vec<Vec<f32>> =
-                m.logits(&x, &dt, &lengths).unwrap().to_vec2().unwrap();
+            let together: Vec<Vec<f32>> = m.logits(&x, &dt, &lengths).unwrap().to_vec2().unwrap();
             assert_eq!((together.len(), together[0].len()), (4, 3));
             for i in 0..4u32 {
                 let (x, dt, lengths, _) = set.batch(&[i]).unwrap();
-                let alone: Vec<Vec<f32>> =
-                    m.logits(&x, &dt, &lengths).unwrap().to_vec2().unwrap();
+                let alone: Vec<Vec<f32>> = m.logits(&x, &dt, &lengths).unwrap().to_vec2().unwrap();
                 for (a, b) in alone[0].iter().zip(&together[i as usize]) {
-                    assert!((a - b).abs() < 1e-5 * (1.0 + a.abs()), "{head:?} {i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() < 1e-5 * (1.0 + a.abs()),
+                        "{head:?} {i}: {a} vs {b}"
+                    );
                 }
             }
             let e = m.logits(&x, &dt, &[5, 11, 1, 8]).unwrap_err().to_string();
@@ -648,10 +652,8 @@ mod tests {
                 };
                 let h = 1e-6;
                 let fd = (at(h) - at(-h)) / (2.0 * h);
-                var.set(
-                    &Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap(),
-                )
-                .unwrap();
+                var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 assert!(
                     (fd - g[k]).abs() < 1e-6 + 1e-5 * fd.abs(),
                     "{name}[{k}]: autodiff {} vs finite differences {fd}",
@@ -679,7 +681,10 @@ mod tests {
         assert!(digit_events(&rec[..64]).is_err());
         let mut bad = rec.clone();
         bad[0] = 17;
-        assert!(digit_events(&bad).unwrap_err().to_string().contains("record 0"));
+        assert!(digit_events(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("record 0"));
         assert!(digit_events(&[0u8; 65]).is_err());
         assert!(EventSet::new(3, vec![vec![0.0; 3]], vec![vec![0.0]], vec![0]).is_err());
         assert!(EventSet::new(3, vec![vec![0.0; 2]], vec![vec![1.0]], vec![0]).is_err());
@@ -708,6 +713,10 @@ mod tests {
         };
         let (a, b) = (run(), run());
         assert_eq!(a.losses, b.losses);
-        assert!(a.epoch_losses.last().unwrap() < &a.epoch_losses[0], "{:?}", a.epoch_losses);
+        assert!(
+            a.epoch_losses.last().unwrap() < &a.epoch_losses[0],
+            "{:?}",
+            a.epoch_losses
+        );
     }
 }

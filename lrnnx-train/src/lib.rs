@@ -12,8 +12,8 @@
 #![deny(missing_docs)]
 
 pub mod centaurus;
-pub mod classifier;
 pub mod checkpoint;
+pub mod classifier;
 pub mod complex;
 pub mod denoiser;
 pub mod fftconv;

@@ -480,7 +480,10 @@ pub fn output_factor(spec: &[StageSpec]) -> usize {
 
 /// A built stage.
 enum Stage {
-    Dense { weight: Var, bias: Option<Var> },
+    Dense {
+        weight: Var,
+        bias: Option<Var>,
+    },
     Layer(Box<dyn TrainLayer>),
     Activation(Activation),
     Glu,
@@ -493,8 +496,14 @@ enum Stage {
     ResidualBegin,
     ResidualEnd,
     GateEnd,
-    Downsample { factor: usize, pooling: Pooling },
-    Upsample { factor: usize, unpooling: Unpooling },
+    Downsample {
+        factor: usize,
+        pooling: Pooling,
+    },
+    Upsample {
+        factor: usize,
+        unpooling: Unpooling,
+    },
 }
 
 /// A trainable network (module doc).
@@ -780,7 +789,13 @@ impl Network {
 }
 
 /// LayerNorm / RMSNorm of `h` (B, L, d) over its last axis (the [`StageSpec::Norm`] equations).
-fn norm(h: &Tensor, kind: NormKind, eps: f64, weight: &Tensor, bias: Option<&Var>) -> Result<Tensor> {
+fn norm(
+    h: &Tensor,
+    kind: NormKind,
+    eps: f64,
+    weight: &Tensor,
+    bias: Option<&Var>,
+) -> Result<Tensor> {
     let y = match kind {
         NormKind::LayerNorm => {
             let c = h.broadcast_sub(&h.mean_keepdim(2)?)?;
@@ -1073,22 +1088,35 @@ mod tests {
             .to_string()
             .contains("stage 2"));
         assert!(spec_from_json(&json!([{"norm": {"kind": "batch", "d": 2}}])).is_err());
-        assert!(spec_from_json(&json!([{"norm": {"kind": "rms_norm", "d": 2, "eps": -1}}])).is_err());
+        assert!(
+            spec_from_json(&json!([{"norm": {"kind": "rms_norm", "d": 2, "eps": -1}}])).is_err()
+        );
         let net = Network::new(&spec, 2, 3, &dev).unwrap();
         let names: Vec<String> = net.vars().into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,
-            ["stages.0.weight", "stages.0.bias", "stages.1.weight", "stages.1.bias", "stages.2.weight"]
+            [
+                "stages.0.weight",
+                "stages.0.bias",
+                "stages.1.weight",
+                "stages.1.bias",
+                "stages.2.weight"
+            ]
         );
         let vars = net.vars();
         let set = |k: usize, v: Vec<f32>| {
             let n = v.len();
-            vars[k].1.set(&Tensor::from_vec(v, n, &dev).unwrap()).unwrap()
+            vars[k]
+                .1
+                .set(&Tensor::from_vec(v, n, &dev).unwrap())
+                .unwrap()
         };
         set(2, vec![0.5, 1.5, -1.0, 2.0, 0.25]);
         set(3, vec![0.1, -0.2, 0.3, 0.0, 1.0]);
         set(4, vec![1.2, 0.8, -0.5, 1.0, 2.0]);
-        let xs: Vec<f32> = (0..2 * 4 * 2).map(|i| (i as f32 * 0.61).sin() * 3.0).collect();
+        let xs: Vec<f32> = (0..2 * 4 * 2)
+            .map(|i| (i as f32 * 0.61).sin() * 3.0)
+            .collect();
         let x = Tensor::from_vec(xs.clone(), (2, 4, 2), &dev).unwrap();
         let y: Vec<f32> = net
             .forward(&x, None)
@@ -1124,7 +1152,10 @@ mod tests {
             for k in 0..5 {
                 let want = ln[k] / rms * g2[k] as f64;
                 let got = y[5 * t + k] as f64;
-                assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "t={t} k={k}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                    "t={t} k={k}: {got} vs {want}"
+                );
             }
         }
     }
