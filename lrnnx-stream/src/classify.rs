@@ -12,7 +12,8 @@
 //! This is the training classifier's head (`⌊len/F⌋` complete frames, masked mean or last),
 //! computed incrementally: after the last event of a sequence the logits equal the parallel
 //! forward's. The mean is accumulated in `f64`. [`StreamClassifier::push_event`] allocates
-//! nothing (every buffer is made in [`StreamClassifier::new`]) and, like the processor, checks
+//! nothing (every buffer is made in
+//! [`StreamClassifier::with_factor`]) and, like the processor, checks
 //! the event before touching the state.
 
 use lrnnx_core::{EventLayer, Network, Stage};
