@@ -157,8 +157,8 @@ pub fn noisy_speech(
 }
 
 /// What a stage is, for the cost lines: `Dense<in>x<out>`, the layer's name (`Lru`, `S5Lti`,
-/// `Mamba`, ...), the activation (`Silu`, `Abs`, ...), `Glu`, `ResidualBegin`, `ResidualEnd`,
-/// `GateEnd`.
+/// `Mamba`, ...), the activation (`Silu`, `Abs`, ...), `Glu`, `LayerNorm<d>` / `RmsNorm<d>`,
+/// `ResidualBegin`, `ResidualEnd`, `GateEnd`, `Down<k><pooling>`, `Up<k><unpooling>`.
 pub fn stage_kind<W: AsRef<[f32]>>(stage: &Stage<W>) -> String {
     match stage {
         Stage::Dense(d) => format!("Dense{}x{}", d.config().d_in, d.config().d_out),
