@@ -96,6 +96,12 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
                 let params = net.layer_params(i).ok_or_else(missing)?;
                 Stage::Layer(export(class, kwargs, params)?)
             }
+            StageSpec::Bidirectional(b) => {
+                return Err(ExportError::NotCausal(format!(
+                    "network stage {i}: {}",
+                    crate::export::not_causal(&b.to_json())
+                )))
+            }
             StageSpec::Activation(a) => Stage::Activation(activation_to_core(*a)),
             StageSpec::Glu => Stage::Glu,
             StageSpec::ResidualBegin => Stage::ResidualBegin,

@@ -5,12 +5,16 @@
 //! ```text
 //! Dense { d_in, d_out, bias }   y = x Wᵀ + b               `stages.{i}.weight` (d_out, d_in), `stages.{i}.bias` (d_out)
 //! Layer { class, kwargs }       y = layer(x)  (H → H)      `stages.{i}.<lrnnx key>`
+//! Bidirectional(spec)           y = merge(f(x), R(b(R(x))))  (H → H)  `stages.{i}.fwd.<key>`, `.bwd.<key>`, `.proj.*`
 //! Activation(f)                 y = f(x) elementwise
 //! Glu                           y = a ⊙ σ(g),  x = [a | g] (2n → n)
 //! ResidualBegin                 remembers x
 //! ResidualEnd                   y = x + the x remembered by the matching ResidualBegin
 //! GateEnd                       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
 //! ```
+//!
+//! A bidirectional stage ([`crate::bidirectional`]) is not causal: it trains and evaluates on
+//! whole sequences, and the export to the core refuses it.
 //!
 //! Residual connections nest like brackets. The widths are checked when the network is built:
 //! every stage's input width is the previous stage's output width, a layer's `d_model` is the
@@ -21,6 +25,7 @@
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use serde_json::{json, Value};
 
+use crate::bidirectional::{BidirectionalSpec, CLASS as BIDIRECTIONAL};
 use crate::init::{fresh, linear, Rng};
 use crate::layer::{BuildError, TrainLayer};
 
@@ -101,6 +106,9 @@ pub enum StageSpec {
         /// Constructor arguments.
         kwargs: Value,
     },
+    /// A layer run forward and backward in time, merged ([`crate::bidirectional`]; not
+    /// causal).
+    Bidirectional(BidirectionalSpec),
     /// An elementwise function.
     Activation(Activation),
     /// `a ⊙ σ(g)` over the two halves `[a | g]` of the input.
@@ -114,8 +122,9 @@ pub enum StageSpec {
 }
 
 /// The spec as JSON: a list of objects such as `{"dense": {"d_in": 1, "d_out": 16, "bias":
-/// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"activation": "gelu"}`,
-/// `"glu"`, `"residual_begin"`, `"residual_end"`.
+/// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"bidirectional": {"layer":
+/// {"class": "LRU", "kwargs": {...}}, "merge": "sum", "shared": false}}`, `{"activation":
+/// "gelu"}`, `"glu"`, `"residual_begin"`, `"residual_end"`.
 pub fn spec_to_json(spec: &[StageSpec]) -> Value {
     Value::Array(
         spec.iter()
@@ -126,6 +135,7 @@ pub fn spec_to_json(spec: &[StageSpec]) -> Value {
                 StageSpec::Layer { class, kwargs } => {
                     json!({"layer": {"class": class, "kwargs": kwargs}})
                 }
+                StageSpec::Bidirectional(b) => json!({ "bidirectional": b.to_json() }),
                 StageSpec::Activation(a) => json!({ "activation": a.name() }),
                 StageSpec::Glu => json!("glu"),
                 StageSpec::ResidualBegin => json!("residual_begin"),
@@ -178,6 +188,11 @@ pub fn spec_from_json(v: &Value) -> std::result::Result<Vec<StageSpec>, BuildErr
                     kwargs,
                 });
             }
+            if let Some(b) = s.get("bidirectional") {
+                return BidirectionalSpec::from_json(b)
+                    .map(StageSpec::Bidirectional)
+                    .map_err(|e| bad(i, &e.to_string()));
+            }
             if let Some(a) = s.get("activation") {
                 let name = a.as_str().unwrap_or("");
                 return Activation::from_name(name)
@@ -217,6 +232,15 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                     return Err(bad(
                         i,
                         format!("layer d_model {h:?} != input width {width}"),
+                    ));
+                }
+            }
+            StageSpec::Bidirectional(b) => {
+                let h = b.d_model().map_err(|e| bad(i, e.to_string()))?;
+                if h != width {
+                    return Err(bad(
+                        i,
+                        format!("bidirectional layer d_model {h} != input width {width}"),
                     ));
                 }
             }
@@ -315,6 +339,22 @@ impl Network {
                         None => Stage::Layer(fresh(class, kwargs, &mut rng, DType::F32, device)?),
                     }
                 }
+                StageSpec::Bidirectional(b) => {
+                    let kwargs = b.to_json();
+                    match given.iter().position(|(k, _)| *k == i) {
+                        Some(at) => {
+                            let (_, params) = given.swap_remove(at);
+                            Stage::Layer(crate::build(BIDIRECTIONAL, &kwargs, params)?)
+                        }
+                        None => Stage::Layer(fresh(
+                            BIDIRECTIONAL,
+                            &kwargs,
+                            &mut rng,
+                            DType::F32,
+                            device,
+                        )?),
+                    }
+                }
                 StageSpec::Activation(a) => Stage::Activation(*a),
                 StageSpec::Glu => Stage::Glu,
                 StageSpec::ResidualBegin => Stage::ResidualBegin,
@@ -373,7 +413,8 @@ impl Network {
         v
     }
 
-    /// The parameters of layer stage `i` (lrnnx names), `None` for other stages.
+    /// The parameters of layer (or bidirectional) stage `i` (lrnnx names; `fwd.`, `bwd.`,
+    /// `proj.` in a bidirectional stage), `None` for other stages.
     pub fn layer_params(&self, i: usize) -> Option<&crate::Params> {
         match self.stages.get(i) {
             Some(Stage::Layer(l)) => Some(l.params()),
