@@ -674,26 +674,23 @@ mod tests {
             );
             for name in &names {
                 let var = &base.params().vars()[name];
-                let ga = flat(&grads.get(var.as_tensor()).unwrap());
+                let ga = flat(grads.get(var.as_tensor()).unwrap());
                 let v0 = flat(var.as_tensor());
-                let p0 = copy(None);
                 check(name, &ga, &|k, e| {
                     let mut v = v0.clone();
                     v[k] += e;
-                    let p = copy(Some((name, v)));
-                    let _ = &p0;
-                    value(&p, &xv, &tv)
+                    value(&copy(Some((name, v))), &xv, &tv)
                 });
             }
             let p0 = copy(None);
-            let gx = flat(&grads.get(x.as_tensor()).unwrap());
+            let gx = flat(grads.get(x.as_tensor()).unwrap());
             check("x", &gx, &|k, e| {
                 let mut v = xv.clone();
                 v[k] += e;
                 value(&p0, &v, &tv)
             });
             if event {
-                let gt = flat(&grads.get(tau.as_tensor()).unwrap());
+                let gt = flat(grads.get(tau.as_tensor()).unwrap());
                 check("time_steps", &gt, &|k, e| {
                     let mut v = tv.clone();
                     v[k] += e;
