@@ -18,12 +18,14 @@
 //!                             (crate::export's LRNXCORE layout)
 //!               3 activation  u32 code (0 GELU, 1 SiLU, 2 tanh, 3 ReLU, 4 |x|)
 //!               4 glu, 5 residual begin, 6 residual end, 7 gate end: no body
+//!               8 downsample  u32 factor, u32 pooling (0 concat, 1 mean, 2 last)
+//!               9 upsample    u32 factor, u32 unpooling (0 split, 1 hold)
 //! ```
 //!
 //! Reading never panics: a short, truncated, padded or corrupt file is refused with an
 //! [`ExportError::Blob`] that names the stage and byte offset.
 
-use lrnnx_core::{Activation, CoreLayer, Dense, DenseConfig, Network, Stage};
+use lrnnx_core::{Activation, CoreLayer, Dense, DenseConfig, Network, Pooling, Stage, Unpooling};
 use lrnnx_train::network::{self as train_net, StageSpec};
 
 use crate::export::{export, parse_blob, to_blob, to_rust_source, ExportError};
@@ -37,6 +39,9 @@ pub const NETWORK_MAGIC: [u8; 8] = *b"LRNXNETW";
 pub const NETWORK_VERSION: u32 = 1;
 
 type Result<T> = std::result::Result<T, ExportError>;
+
+const POOLINGS: [Pooling; 3] = [Pooling::Concat, Pooling::Mean, Pooling::Last];
+const UNPOOLINGS: [Unpooling; 2] = [Unpooling::Split, Unpooling::Hold];
 
 const ACTIVATIONS: [Activation; 5] = [
     Activation::Gelu,
@@ -107,6 +112,14 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
             StageSpec::ResidualBegin => Stage::ResidualBegin,
             StageSpec::ResidualEnd => Stage::ResidualEnd,
             StageSpec::GateEnd => Stage::GateEnd,
+            StageSpec::Downsample { factor, pooling } => Stage::Downsample {
+                factor: *factor,
+                pooling: *pooling,
+            },
+            StageSpec::Upsample { factor, unpooling } => Stage::Upsample {
+                factor: *factor,
+                unpooling: *unpooling,
+            },
         });
     }
     Ok(Network::new(net.d_in(), stages)?)
@@ -159,6 +172,18 @@ pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
             Stage::ResidualBegin => push_u32(&mut out, 5),
             Stage::ResidualEnd => push_u32(&mut out, 6),
             Stage::GateEnd => push_u32(&mut out, 7),
+            Stage::Downsample { factor, pooling } => {
+                push_u32(&mut out, 8);
+                push_u32(&mut out, u32_of(*factor, "downsample factor")?);
+                let code = POOLINGS.iter().position(|p| p == pooling).unwrap_or(0);
+                push_u32(&mut out, code as u32);
+            }
+            Stage::Upsample { factor, unpooling } => {
+                push_u32(&mut out, 9);
+                push_u32(&mut out, u32_of(*factor, "upsample factor")?);
+                let code = UNPOOLINGS.iter().position(|u| u == unpooling).unwrap_or(0);
+                push_u32(&mut out, code as u32);
+            }
         }
     }
     Ok(out)
@@ -279,6 +304,26 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
             5 => Stage::ResidualBegin,
             6 => Stage::ResidualEnd,
             7 => Stage::GateEnd,
+            8 => {
+                let factor = c.u32("downsample factor")? as usize;
+                let code = c.u32("pooling code")?;
+                Stage::Downsample {
+                    factor,
+                    pooling: *POOLINGS
+                        .get(code as usize)
+                        .ok_or_else(|| ctx(format!("pooling code {code} is unknown")))?,
+                }
+            }
+            9 => {
+                let factor = c.u32("upsample factor")? as usize;
+                let code = c.u32("unpooling code")?;
+                Stage::Upsample {
+                    factor,
+                    unpooling: *UNPOOLINGS
+                        .get(code as usize)
+                        .ok_or_else(|| ctx(format!("unpooling code {code} is unknown")))?,
+                }
+            }
             t => return Err(ctx(format!("stage tag {t} is unknown"))),
         });
     }
@@ -346,6 +391,12 @@ pub fn network_to_rust_source<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
             Stage::ResidualBegin => "lrnnx_core::Stage::ResidualBegin".into(),
             Stage::ResidualEnd => "lrnnx_core::Stage::ResidualEnd".into(),
             Stage::GateEnd => "lrnnx_core::Stage::GateEnd".into(),
+            Stage::Downsample { factor, pooling } => format!(
+                "lrnnx_core::Stage::Downsample {{ factor: {factor}, pooling: lrnnx_core::Pooling::{pooling:?} }}"
+            ),
+            Stage::Upsample { factor, unpooling } => format!(
+                "lrnnx_core::Stage::Upsample {{ factor: {factor}, unpooling: lrnnx_core::Unpooling::{unpooling:?} }}"
+            ),
         });
     }
     let n = exprs.len();
@@ -440,6 +491,126 @@ mod tests {
                 "t={t}: {} vs {w}",
                 y[0]
             );
+        }
+    }
+
+    /// A U-Net-like multi-rate network (strided-convolution encoder, nested mean/hold part,
+    /// transposed-convolution decoder, skip across) with event-driven S5 layers at two rates:
+    /// the exported network stepped event by event with irregular time steps equals the
+    /// training network's parallel forward (padding, block sums of the time steps and the
+    /// causal k − 1 delay included), at a length that is not a multiple of the frames; and the
+    /// blob round trip keeps the rate stages.
+    #[test]
+    fn multirate_event_network_steps_like_the_parallel_forward() {
+        use lrnnx_core::EventLayer;
+        use train_net::{Pooling, Unpooling};
+        let s5 = |h: usize| StageSpec::Layer {
+            class: "lrnnx.models.ltv.s5.S5".into(),
+            kwargs: json!({"d_model": h, "d_state": 4}),
+        };
+        let spec = vec![
+            StageSpec::Dense {
+                d_in: 1,
+                d_out: 2,
+                bias: true,
+            },
+            s5(2),
+            StageSpec::ResidualBegin,
+            StageSpec::Downsample {
+                factor: 4,
+                pooling: Pooling::Concat,
+            },
+            StageSpec::Dense {
+                d_in: 8,
+                d_out: 4,
+                bias: true,
+            },
+            s5(4),
+            StageSpec::ResidualBegin,
+            StageSpec::Downsample {
+                factor: 3,
+                pooling: Pooling::Mean,
+            },
+            s5(4),
+            StageSpec::Upsample {
+                factor: 3,
+                unpooling: Unpooling::Hold,
+            },
+            StageSpec::GateEnd,
+            StageSpec::Dense {
+                d_in: 4,
+                d_out: 8,
+                bias: true,
+            },
+            StageSpec::Upsample {
+                factor: 4,
+                unpooling: Unpooling::Split,
+            },
+            StageSpec::ResidualEnd,
+            StageSpec::Dense {
+                d_in: 2,
+                d_out: 1,
+                bias: true,
+            },
+        ];
+        assert_eq!(train_net::frame_multiple(&spec), 12);
+        let back = train_net::spec_from_json(&train_net::spec_to_json(&spec)).unwrap();
+        assert_eq!(back, spec);
+        let dev = Device::Cpu;
+        let net = train_net::Network::new(&spec, 1, 11, &dev).unwrap();
+        let len = 101;
+        let xs: Vec<f32> = (0..len).map(|t| ((t * t) as f32 * 0.013).sin()).collect();
+        let dts: Vec<f32> = (0..len)
+            .map(|t| 0.2 + 0.15 * ((t * 7 % 5) as f32))
+            .collect();
+        let x = Tensor::from_vec(xs.clone(), (1, len, 1), &dev).unwrap();
+        let ts = Tensor::from_vec(dts.clone(), (1, len), &dev).unwrap();
+        let want: Vec<f32> = net
+            .forward(&x, Some(&ts))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(want.len(), len);
+        let core = export_network(&net).unwrap();
+        let blob = network_to_blob(&core, 0.0).unwrap();
+        let back = read_network_blob(&blob).unwrap().network;
+        assert_eq!(network_to_blob(&back, 0.0).unwrap(), blob);
+        let mut st = vec![0.0; back.state_len()];
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (t, ((x, dt), w)) in xs.iter().zip(&dts).zip(&want).enumerate() {
+            let mut y = [0.0];
+            back.step_event(&mut st, &[*x], *dt, &mut y).unwrap();
+            assert!(
+                (y[0] - w).abs() <= 2e-5 * scale + 1e-6,
+                "t={t}: {} vs {w}",
+                y[0]
+            );
+        }
+        // The same network without its upsample and decoder: a low-rate output of ⌊L/4⌋ frames,
+        // each held by the stepped network until the next.
+        let open: Vec<StageSpec> = [&spec[..2], &spec[3..6]].concat();
+        let net = train_net::Network::new(&open, 1, 12, &dev).unwrap();
+        let frames: Vec<Vec<f32>> = net
+            .forward(&x, Some(&ts))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(frames.len(), len / 4);
+        let core = export_network(&net).unwrap();
+        assert_eq!(core.output_factor(), 4);
+        let mut st = vec![0.0; core.state_len()];
+        for (t, (x, dt)) in xs.iter().zip(&dts).enumerate() {
+            let mut y = [0.0; 4];
+            core.step_event(&mut st, &[*x], *dt, &mut y).unwrap();
+            if (t + 1) % 4 == 0 {
+                for (a, b) in y.iter().zip(&frames[(t + 1) / 4 - 1]) {
+                    assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "t={t}: {a} vs {b}");
+                }
+            }
         }
     }
 

@@ -168,6 +168,8 @@ pub fn stage_kind<W: AsRef<[f32]>>(stage: &Stage<W>) -> String {
         Stage::ResidualBegin => "ResidualBegin".into(),
         Stage::ResidualEnd => "ResidualEnd".into(),
         Stage::GateEnd => "GateEnd".into(),
+        Stage::Downsample { factor, pooling } => format!("Down{factor}{pooling:?}"),
+        Stage::Upsample { factor, unpooling } => format!("Up{factor}{unpooling:?}"),
     }
 }
 

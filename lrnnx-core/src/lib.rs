@@ -56,7 +56,7 @@ pub use error::{Dims, Error, Result};
 pub use layer::{run_event_sequence, run_sequence, EventLayer, Layer};
 pub use lru::{Lru, LruConfig};
 pub use mamba::{Mamba, MambaConfig};
-pub use network::{Activation, Dense, DenseConfig, Network, Stage};
+pub use network::{Activation, Dense, DenseConfig, Network, Pooling, Stage, Unpooling};
 pub use params::{ParamSource, Prefixed, SliceParams, TensorView};
 pub use rglru::{RgLru, RgLruConfig};
 pub use s4::{S4Config, S4};

@@ -817,6 +817,20 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("stage 0") && e.contains("d_model 4"), "{e}");
+        // With a rate change, the input is not padded: its length must be a multiple.
+        let rated = spec_from_json(&json!([
+            {"downsample": {"factor": 2, "pooling": "mean"}},
+            {"bidirectional": {"layer": {"class": "LRU", "kwargs": {"d_model": 1, "d_state": 2}}}}
+        ]))
+        .unwrap();
+        let net = Network::new(&rated, 1, 1, &Device::Cpu).unwrap();
+        let x = |l: usize| Tensor::zeros((1, l, 1), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(net.forward(&x(6), None).unwrap().dims(), [1, 3, 1]);
+        let e = net.forward(&x(5), None).err().unwrap().to_string();
+        assert!(
+            e.contains("bidirectional") && e.contains("multiple of 2"),
+            "{e}"
+        );
         for (bad, want) in [
             (json!({"bidirectional": {"merge": "sum"}}), "`layer`"),
             (
