@@ -102,6 +102,12 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
                 let params = net.layer_params(i).ok_or_else(missing)?;
                 Stage::Layer(export(class, kwargs, params)?)
             }
+            StageSpec::Bidirectional(b) => {
+                return Err(ExportError::NotCausal(format!(
+                    "network stage {i}: {}",
+                    crate::export::not_causal(&b.to_json())
+                )))
+            }
             StageSpec::Activation(a) => Stage::Activation(activation_to_core(*a)),
             StageSpec::Glu => Stage::Glu,
             StageSpec::ResidualBegin => Stage::ResidualBegin,
@@ -695,5 +701,34 @@ mod tests {
         assert!(src.contains("DEN_S1_WEIGHTS: [f32; 8]"));
         assert!(src.contains("lrnnx_core::Lru::from_weights(DEN_S3_CONFIG"));
         assert!(src.contains("[lrnnx_core::Stage<&'static [f32]>; 12]"));
+    }
+
+    /// A bidirectional stage, or a bidirectional layer exported alone, is refused with a
+    /// clear error (not causal), naming the stage.
+    #[test]
+    fn bidirectional_is_refused() {
+        let bi = json!({"layer": {"class": "LRU", "kwargs": {"d_model": 4, "d_state": 2}},
+                        "merge": "sum", "shared": false});
+        let mut stages = spec();
+        stages.insert(
+            2,
+            StageSpec::Bidirectional(
+                lrnnx_train::bidirectional::BidirectionalSpec::from_json(&bi).unwrap(),
+            ),
+        );
+        let net = train_net::Network::new(&stages, 1, 3, &Device::Cpu).unwrap();
+        let e = export_network(&net).err().unwrap();
+        assert!(matches!(e, ExportError::NotCausal(_)), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("stage 2") && msg.contains("not causal"),
+            "{msg}"
+        );
+        let params = net.layer_params(2).unwrap();
+        let e = export(lrnnx_train::bidirectional::CLASS, &bi, params)
+            .err()
+            .unwrap();
+        assert!(matches!(e, ExportError::NotCausal(_)), "{e}");
+        assert!(e.to_string().contains("(LRU)"), "{e}");
     }
 }
