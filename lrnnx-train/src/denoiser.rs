@@ -234,7 +234,7 @@ pub struct QuickstartSizes {
 pub const QUICKSTART_SIZES: QuickstartSizes = QuickstartSizes {
     frame: 32,
     channels: 64,
-    state: 64,
+    state: 32,
     blocks: 1,
 };
 

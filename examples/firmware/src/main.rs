@@ -162,6 +162,8 @@ fn main() -> ! {
 
     let mut mismatches = 0usize;
     let mut outputs = 0usize;
+    // One model per image (feature `demo`): each image's flash is its own model's footprint.
+    #[cfg(not(feature = "demo"))]
     {
         let net = match model::denoiser_network() {
             Ok(n) => n,
@@ -180,6 +182,7 @@ fn main() -> ! {
         );
         outputs += data::DENOISER_SAMPLES * net.d_output();
     }
+    #[cfg(feature = "demo")]
     {
         let net = match model::demo_network() {
             Ok(n) => n,
