@@ -2,7 +2,8 @@
 //! (mamba rule, softplus Δ with bias, D skip), with and without the z gate; prints the time as a
 //! fraction of the HBM roofline (compulsory bytes per (batch, position, channel) element:
 //! forward 12 B / 20 B with z, backward 20 B / 32 B with z) for a peak bandwidth given in TB/s
-//! as the first argument (default 3.35, H100 SXM). Run: `gpu_bench [peak_tb_s] [reps]`.
+//! as the first argument (default 3.35, H100 SXM). Run: `gpu_bench [peak_tb_s] [reps] [tiling]`
+//! (`tiling`: time only the tiling of that index, e.g. under a profiler).
 
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let peak: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.35);
     let reps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    // optional: time only the tiling of this index (for profiling one kernel variant)
+    let only: Option<usize> = args.get(3).and_then(|a| a.parse().ok());
     let (bs, l, e, n) = (8usize, 4096usize, 2048usize, 16usize);
     let mut ss = SelectiveScan::new(0).expect("context");
     let st = ss.stream().clone();
@@ -41,20 +44,21 @@ fn main() {
     let c = st.clone_htod(&rnd(bs * l * n, -1.0, 1.0)).unwrap();
     let d = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
     let db = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
-    // (states per thread, warps per block, backward sub-chunk, sub-chunks per checkpoint)
+    // (lanes per channel set, channels per thread, steps per thread, warps per block); keep in
+    // step with BENCH_TILINGS in tests/nvrtc_compile.rs
     let tilings = [
-        (4, 4, 4, 16),
-        (4, 4, 4, 32),
-        (4, 2, 4, 16),
-        (2, 4, 8, 8),
-        (8, 4, 2, 32),
-        (8, 2, 4, 16),
+        (16, 2, 4, 4),
+        (8, 2, 4, 4),
+        (8, 1, 8, 4),
+        (16, 1, 8, 4),
+        (32, 2, 4, 4),
+        (16, 2, 8, 4),
     ]
-    .map(|(states_per_thread, warps, sub, nsub)| Tiling {
-        states_per_thread,
+    .map(|(seg, channels_per_thread, items, warps)| Tiling {
+        seg,
+        channels_per_thread,
+        items,
         warps,
-        sub,
-        nsub,
     });
     for has_z in [false, true] {
         let spec = ScanSpec {
@@ -85,7 +89,10 @@ fn main() {
         let bytes = ble as f64 * if has_z { 20.0 + 32.0 } else { 12.0 + 20.0 };
         let roof_ms = bytes / (peak * 1e12) * 1e3;
         let mut best: Option<(f64, f64, f64, Tiling)> = None;
-        for t in tilings {
+        for (ti, t) in tilings.into_iter().enumerate() {
+            if only.is_some_and(|o| o != ti) {
+                continue;
+            }
             ss.tiling = t;
             // warm-up (compiles the variant)
             let f = ss.forward(&spec, &inp).unwrap();

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -155,13 +156,24 @@ impl SelectiveScan {
         let ptx = compile(v)?;
         let m = self.ctx.load_module(ptx).map_err(drv)?;
         let f = |n: &str| m.load_function(n).map_err(drv);
-        let module = Arc::new(Module {
+        let module = Module {
             fwd: f("ss_fwd")?,
             bwd: f("ss_bwd")?,
             red_bc: f("ss_reduce_bc")?,
             red_e: f("ss_reduce_e")?,
             _m: m.clone(),
-        });
+        };
+        // opt in to more than 48 KiB of dynamic shared memory where a variant needs it
+        let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        for (func, bytes) in [
+            (&module.fwd, v.fwd_shared_bytes()),
+            (&module.bwd, v.bwd_shared_bytes()),
+        ] {
+            if bytes > 48 * 1024 {
+                func.set_attribute(attr, bytes as i32).map_err(drv)?;
+            }
+        }
+        let module = Arc::new(module);
         map.insert(*v, module.clone());
         Ok(module)
     }
@@ -195,7 +207,7 @@ impl SelectiveScan {
         Ok(v)
     }
 
-    fn geometry(spec: &ScanSpec, v: &Variant) -> LaunchConfig {
+    fn geometry(spec: &ScanSpec, v: &Variant, shared: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
                 spec.channels.div_ceil(v.channels_per_block()) as u32,
@@ -203,7 +215,7 @@ impl SelectiveScan {
                 1,
             ),
             block_dim: (v.threads() as u32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: shared as u32,
         }
     }
 
@@ -240,7 +252,7 @@ impl SelectiveScan {
             .arg(&e)
             .arg(&g);
         // SAFETY: argument list matches `ss_fwd`; every buffer has the length checked above.
-        unsafe { lb.launch(Self::geometry(spec, &v)) }.map_err(drv)?;
+        unsafe { lb.launch(Self::geometry(spec, &v, v.fwd_shared_bytes())) }.map_err(drv)?;
         Ok(Forward {
             y,
             last_state: last,
@@ -287,11 +299,11 @@ impl SelectiveScan {
         } else {
             None
         };
-        let nseg = v.segments(spec.channels);
+        let nblk = spec.channels.div_ceil(v.channels_per_block());
         let mut pbc = if spec.bc_fixed {
             s.alloc_zeros::<f32>(1).map_err(drv)?
         } else {
-            out_buf(s, spec.batch * nseg * spec.len * 2 * n)?
+            out_buf(s, spec.batch * nblk * spec.len * 2 * n)?
         };
         let mut pe = out_buf(s, spec.batch * spec.channels * ne)?;
         let dm = &self.dummy;
@@ -326,7 +338,7 @@ impl SelectiveScan {
                 .arg(&e)
                 .arg(&g);
             // SAFETY: argument list matches `ss_bwd`; buffer lengths checked above.
-            unsafe { lb.launch(Self::geometry(spec, &v)) }.map_err(drv)?;
+            unsafe { lb.launch(Self::geometry(spec, &v, v.bwd_shared_bytes())) }.map_err(drv)?;
         }
         let (mut db, mut dc);
         if spec.bc_fixed {
@@ -336,7 +348,7 @@ impl SelectiveScan {
             let total = spec.batch * spec.len * spec.groups * n;
             db = out_buf(s, total)?;
             dc = out_buf(s, total)?;
-            let (bsz, nseg_i) = (spec.batch as i32, nseg as i32);
+            let (bsz, nblk_i) = (spec.batch as i32, nblk as i32);
             let mut lb = s.launch_builder(&m.red_bc);
             lb.arg(&pbc)
                 .arg(&mut db)
@@ -344,7 +356,7 @@ impl SelectiveScan {
                 .arg(&bsz)
                 .arg(&l)
                 .arg(&g)
-                .arg(&nseg_i);
+                .arg(&nblk_i);
             // SAFETY: argument list matches `ss_reduce_bc`.
             unsafe { lb.launch(LaunchConfig::for_num_elems(total as u32)) }.map_err(drv)?;
         }

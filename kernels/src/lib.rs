@@ -114,30 +114,31 @@ pub struct ScanSpec {
 
 /// Launch geometry of the kernels (compile-time in the kernel source).
 ///
-/// Each (batch, channel) is walked by `tpc` threads holding `N/tpc` states each (`tpc` the
-/// smallest power of two dividing `N` with `N/tpc ≤ states_per_thread`); a block is `warps`
-/// warps of `32/tpc` channels each. The forward keeps the state every `sub·nsub` steps; the
-/// backward re-runs a chunk keeping the state every `sub` steps and walks `sub` steps at a time
-/// backward with their states in registers.
+/// A block owns `channels_per_block()` consecutive channels of one batch row and walks the
+/// sequence in chunks of `seg·items` steps (the forward in order, the backward in reverse), the
+/// chunk's inputs staged in shared memory. A thread owns `channels_per_thread` channels and
+/// `items` consecutive steps of the chunk; the `seg` threads of a channel set scan their
+/// per-thread affine maps `h ↦ P·h + S` with warp shuffles, one state at a time. The forward
+/// stores the state at every chunk start for the backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tiling {
-    /// Most states held by one thread (1..=16).
-    pub states_per_thread: usize,
+    /// Threads (lanes) per channel set along time (power of two, 1..=32).
+    pub seg: usize,
+    /// Channels per thread (1..=4).
+    pub channels_per_thread: usize,
+    /// Consecutive steps per thread in a chunk (1..=16).
+    pub items: usize,
     /// Warps per block (power of two, 1..=16).
     pub warps: usize,
-    /// Steps per backward sub-chunk (power of two, 1..=32; raised to `tpc`).
-    pub sub: usize,
-    /// Sub-chunks per checkpoint chunk (1..=64).
-    pub nsub: usize,
 }
 
 impl Default for Tiling {
     fn default() -> Self {
         Tiling {
-            states_per_thread: 4,
+            seg: 16,
+            channels_per_thread: 2,
+            items: 4,
             warps: 4,
-            sub: 4,
-            nsub: 16,
         }
     }
 }
@@ -161,12 +162,8 @@ pub struct Variant {
     pub has_d: bool,
     /// See [`ScanSpec::has_z`].
     pub has_z: bool,
-    /// Threads per (batch, channel) (power of two dividing `N`).
-    pub tpc: usize,
-    /// Channels per `dB`/`dC` partial segment (power of two dividing the channels of a group;
-    /// at most the channels of a block).
-    pub segc: usize,
-    /// Launch geometry (with `sub ≥ tpc`).
+    /// Launch geometry (with time-varying `B`/`C`, `channels_per_block` divides the channels of
+    /// a group).
     pub tiling: Tiling,
 }
 
@@ -176,10 +173,10 @@ impl Variant {
         let b = |x: bool| u32::from(x);
         vec![
             format!("-DNSTATE={}", self.state),
-            format!("-DTPC={}", self.tpc),
+            format!("-DSEG={}", self.tiling.seg),
+            format!("-DKCH={}", self.tiling.channels_per_thread),
+            format!("-DITEMS={}", self.tiling.items),
             format!("-DNWARP={}", self.tiling.warps),
-            format!("-DSUB={}", self.tiling.sub),
-            format!("-DNSUB={}", self.tiling.nsub),
             format!("-DRULE={}", self.rule.code()),
             format!("-DHAS_Z={}", b(self.has_z)),
             format!("-DHAS_D={}", b(self.has_d)),
@@ -187,18 +184,22 @@ impl Variant {
             format!("-DSOFTPLUS={}", b(self.softplus)),
             format!("-DHAS_DTA={}", b(self.has_delta_a)),
             format!("-DBC_FIXED={}", b(self.bc_fixed)),
-            format!("-DSEGC={}", self.segc),
         ]
     }
 
-    /// Steps per chunk (the checkpoint interval of the forward).
+    /// Steps per chunk (`seg·items`; the checkpoint interval of the forward).
     pub fn chunk(&self) -> usize {
-        self.tiling.sub * self.tiling.nsub
+        self.tiling.seg * self.tiling.items
+    }
+
+    /// Channel sets per block (`32/seg` per warp).
+    fn sets(&self) -> usize {
+        32 / self.tiling.seg * self.tiling.warps
     }
 
     /// Channels per block.
     pub fn channels_per_block(&self) -> usize {
-        32 / self.tpc * self.tiling.warps
+        self.sets() * self.tiling.channels_per_thread
     }
 
     /// Threads per block.
@@ -206,30 +207,36 @@ impl Variant {
         32 * self.tiling.warps
     }
 
-    /// Number of `dB`/`dC` partial segments over `channels` (time-varying `B`/`C`).
-    pub fn segments(&self, channels: usize) -> usize {
-        channels / self.segc
+    /// Dynamic shared memory of the forward kernel in bytes.
+    pub fn fwd_shared_bytes(&self) -> usize {
+        let (cb, ts, n) = (self.channels_per_block(), self.chunk() + 4, self.state);
+        let tiles = 2 + usize::from(self.has_delta_a);
+        let bc = if self.bc_fixed { 0 } else { 2 * n * ts };
+        let per_channel = if self.bc_fixed { 4 } else { 2 } * cb * n;
+        4 * (tiles * cb * ts + bc + per_channel)
     }
 
-    /// Static shared memory of the backward kernel in bytes.
-    pub fn shared_bytes(&self) -> usize {
-        let spt = self.state / self.tpc;
-        let t = self.tiling;
-        let ck = 4 * t.nsub * spt * 32 * t.warps;
-        let cpw = 32 / self.tpc;
-        let r = if !self.bc_fixed && self.segc > cpw {
-            let vp = (2 * spt).div_ceil(cpw) * cpw;
-            4 * t.warps * t.sub * 32 * (vp / cpw)
-        } else {
+    /// Dynamic shared memory of the backward kernel in bytes.
+    pub fn bwd_shared_bytes(&self) -> usize {
+        let (cb, ts, n) = (self.channels_per_block(), self.chunk() + 4, self.state);
+        let tiles = 3 + usize::from(self.has_z) + usize::from(self.has_delta_a);
+        let bc = if self.bc_fixed {
             0
+        } else {
+            2 * n * ts + 4 * self.sets() * ts + self.chunk() * 2 * n
         };
-        ck + r
+        let carries = if self.bc_fixed { 8 } else { 4 } * cb * n;
+        4 * (tiles * cb * ts + bc + carries)
     }
 }
 
+/// Most dynamic shared memory per block the kernels may use (H100/H200 allow 227 KiB).
+pub const MAX_SHARED_BYTES: usize = 160 * 1024;
+
 impl ScanSpec {
-    /// Checks the sizes and picks the kernel variant for a tiling (halves `nsub` while the
-    /// backward's shared memory exceeds 40 KiB).
+    /// Checks the sizes and picks the kernel variant for a tiling. With time-varying `B`/`C` the
+    /// block's channels must lie in one group: warps, then channels per thread, are halved (and
+    /// the lanes per channel set doubled) until the channels per block divide the group size.
     pub fn check(&self, tiling: Tiling) -> Result<Variant, ScanError> {
         let err = |m: String| Err(ScanError(m));
         if self.batch == 0 || self.len == 0 || self.channels == 0 {
@@ -249,27 +256,13 @@ impl ScanSpec {
             ));
         }
         let pow2 = |x: usize, hi: usize| x.is_power_of_two() && x <= hi;
-        if !matches!(tiling.states_per_thread, 1..=16)
+        if !pow2(tiling.seg, 32)
+            || !matches!(tiling.channels_per_thread, 1..=4)
+            || !matches!(tiling.items, 1..=16)
             || !pow2(tiling.warps, 16)
-            || !pow2(tiling.sub, 32)
-            || !matches!(tiling.nsub, 1..=64)
         {
             return err(format!("unsupported tiling {tiling:?}"));
         }
-        let n = self.state;
-        let tpc = [1usize, 2, 4, 8, 16, 32]
-            .into_iter()
-            .find(|&t| n.is_multiple_of(t) && n / t <= tiling.states_per_thread)
-            .unwrap_or(1 << n.trailing_zeros().min(5));
-        let mut tiling = tiling;
-        tiling.sub = tiling.sub.max(tpc);
-        let per_group = self.channels / groups;
-        let cpb = 32 / tpc * tiling.warps;
-        let segc = if self.bc_fixed {
-            1
-        } else {
-            (1usize << per_group.trailing_zeros().min(10)).min(cpb)
-        };
         let mut v = Variant {
             state: self.state,
             rule: self.rule,
@@ -279,17 +272,26 @@ impl ScanSpec {
             softplus: self.softplus,
             has_d: self.has_d,
             has_z: self.has_z,
-            tpc,
-            segc,
             tiling,
         };
-        while v.tiling.nsub > 1 && v.shared_bytes() > 40 * 1024 {
-            v.tiling.nsub /= 2;
+        if !self.bc_fixed {
+            let per_group = self.channels / groups;
+            while !per_group.is_multiple_of(v.channels_per_block()) {
+                let t = &mut v.tiling;
+                if t.warps > 1 {
+                    t.warps /= 2;
+                } else if t.channels_per_thread > 1 {
+                    t.channels_per_thread -= 1;
+                } else {
+                    t.seg *= 2;
+                }
+            }
         }
-        if v.shared_bytes() > 48 * 1024 {
+        let bytes = v.fwd_shared_bytes().max(v.bwd_shared_bytes());
+        if bytes > MAX_SHARED_BYTES {
             return err(format!(
-                "tiling {tiling:?}: {} bytes of shared memory for state {n}",
-                v.shared_bytes()
+                "tiling {tiling:?}: {bytes} bytes of shared memory for state {}",
+                self.state
             ));
         }
         Ok(v)
@@ -338,29 +340,31 @@ mod tests {
     }
 
     #[test]
-    fn segments_follow_the_groups() {
-        // 8 channels in 2 groups, state 4: one thread per channel, segments of 4 channels
+    fn blocks_lie_inside_a_group() {
+        // 8 channels in 2 groups of 4: 2 channels per thread, 1 lane set -> 4 channels a block
         let v = spec().check(Tiling::default()).unwrap();
-        assert_eq!((v.tpc, v.segc, v.segments(8)), (1, 4, 2));
+        assert_eq!(v.channels_per_block(), 4);
+        assert_eq!(v.tiling.warps, 1);
         let mut s = spec();
         s.channels = 2048;
         s.groups = 1;
         s.state = 16;
         let v = s.check(Tiling::default()).unwrap();
-        // 4 threads of 4 states per channel, 8 channels a warp, 32 a block
-        assert_eq!((v.tpc, v.segc, v.segments(2048)), (4, 32, 64));
+        // 16 lanes per channel set, 2 sets a warp, 2 channels a thread, 4 warps: 16 channels
         assert_eq!(
             (v.channels_per_block(), v.threads(), v.chunk()),
-            (32, 128, 64)
+            (16, 128, 64)
         );
+        // 96 channels in 4 groups of 24: 8 channels a block
         s.channels = 96;
         s.groups = 4;
+        assert_eq!(s.check(Tiling::default()).unwrap().channels_per_block(), 8);
+        // groups of 5 channels: one channel a block
+        s.channels = 20;
         let v = s.check(Tiling::default()).unwrap();
-        assert_eq!((v.segc, v.segments(96)), (8, 12));
+        assert_eq!((v.channels_per_block(), v.tiling.seg), (1, 32));
         s.state = 64;
-        let v = s.check(Tiling::default()).unwrap();
-        assert_eq!((v.tpc, v.tiling.sub), (16, 16));
-        assert!(v.shared_bytes() <= 40 * 1024);
+        assert!(s.check(Tiling::default()).unwrap().bwd_shared_bytes() <= MAX_SHARED_BYTES);
     }
 
     #[test]
@@ -378,6 +382,12 @@ mod tests {
         assert!(spec()
             .check(Tiling {
                 warps: 3,
+                ..Tiling::default()
+            })
+            .is_err());
+        assert!(spec()
+            .check(Tiling {
+                items: 0,
                 ..Tiling::default()
             })
             .is_err());

@@ -6,6 +6,17 @@
 use lrnnx_kernels::cuda::{compile, nvrtc_available};
 use lrnnx_kernels::{Rule, ScanSpec, Tiling, SELECTIVE_SCAN_KERNELS};
 
+/// The tilings `examples/gpu_bench.rs` times: (lanes per channel set, channels per thread,
+/// steps per thread, warps per block).
+const BENCH_TILINGS: [(usize, usize, usize, usize); 6] = [
+    (16, 2, 4, 4),
+    (8, 2, 4, 4),
+    (8, 1, 8, 4),
+    (16, 1, 8, 4),
+    (32, 2, 4, 4),
+    (16, 2, 8, 4),
+];
+
 #[test]
 fn every_variant_compiles_for_sm90() {
     if !nvrtc_available() {
@@ -24,18 +35,12 @@ fn every_variant_compiles_for_sm90() {
     // the GPU tests' shapes (odd state, groups of 24 channels) and the bench's tilings
     cases.push((Rule::Zoh, 3, 5, 40, 1, Tiling::default()));
     cases.push((Rule::Bilinear, 4, 8, 96, 4, Tiling::default()));
-    for (spt, warps, sub, nsub) in [
-        (4, 4, 4, 32),
-        (4, 2, 4, 16),
-        (2, 4, 8, 8),
-        (8, 4, 2, 32),
-        (8, 2, 4, 16),
-    ] {
+    for (seg, channels_per_thread, items, warps) in BENCH_TILINGS {
         let t = Tiling {
-            states_per_thread: spt,
+            seg,
+            channels_per_thread,
+            items,
             warps,
-            sub,
-            nsub,
         };
         cases.push((Rule::Mamba, 0, 16, 2048, 1, t));
     }
