@@ -199,11 +199,13 @@ __device__ __forceinline__ void stage_ble(const float* __restrict__ X, float* s,
 #if NT % CB == 0
     const int c = threadIdx.x % CB, t = threadIdx.x / CB, e = e0 + c;
     const float* p = X + ((size_t)b * L + t0 + t) * E + e;
-    const size_t step = (size_t)(NT / CB) * E;
+    const int step = (NT / CB) * E;
+    const int nv = e < E ? L - t0 - t : 0;  // valid rows of this thread: r·(NT/CB) < nv
 #pragma unroll
     for (int r = 0; r < TCH * CB / NT; r++) {
-        const bool ok = t0 + t + r * (NT / CB) < L && e < E;
-        cp4(s + c * TS + t + r * (NT / CB), ok ? p + r * step : X, ok);
+        const bool ok = r * (NT / CB) < nv;
+        cp4(s + c * TS + t + r * (NT / CB), ok ? p : X, ok);
+        p += step;
     }
 #else
     for (int j = threadIdx.x; j < TCH * CB; j += NT) {
@@ -214,47 +216,24 @@ __device__ __forceinline__ void stage_ble(const float* __restrict__ X, float* s,
     }
 #endif
 }
-// Store s[c][t] into a (Bsz, L, E) tensor (valid steps and channels only); with HAS_Z and
-// `zg` non-null, multiplied by SiLU(zg) (the forward's output gate).
+// Store s[c][t] into a (Bsz, L, E) tensor (valid steps and channels only).
 __device__ __forceinline__ void unstage_ble(float* __restrict__ X, const float* s, int b, int t0,
-                                            int e0, int L, int E,
-                                            const float* __restrict__ zg) {
+                                            int e0, int L, int E) {
 #if NT % CB == 0
     const int c = threadIdx.x % CB, t = threadIdx.x / CB, e = e0 + c;
-    const size_t base = ((size_t)b * L + t0 + t) * E + e;
-    const size_t step = (size_t)(NT / CB) * E;
+    float* p = X + ((size_t)b * L + t0 + t) * E + e;
+    const int step = (NT / CB) * E;
+    const int nv = e < E ? L - t0 - t : 0;
 #pragma unroll
     for (int r = 0; r < TCH * CB / NT; r++) {
-        if (t0 + t + r * (NT / CB) < L && e < E) {
-            float v = s[c * TS + t + r * (NT / CB)];
-#if HAS_Z
-            if (zg != nullptr) {
-                const float zz = __ldg(zg + base + r * step);
-                v *= zz / (1.f + __expf(-zz));
-            }
-#else
-            (void)zg;
-#endif
-            X[base + r * step] = v;
-        }
+        if (r * (NT / CB) < nv) *p = s[c * TS + t + r * (NT / CB)];
+        p += step;
     }
 #else
     for (int j = threadIdx.x; j < TCH * CB; j += NT) {
         const int t = j / CB, c = j % CB;
         const int tt = t0 + t, e = e0 + c;
-        if (tt < L && e < E) {
-            const size_t idx = ((size_t)b * L + tt) * E + e;
-            float v = s[c * TS + t];
-#if HAS_Z
-            if (zg != nullptr) {
-                const float zz = __ldg(zg + idx);
-                v *= zz / (1.f + __expf(-zz));
-            }
-#else
-            (void)zg;
-#endif
-            X[idx] = v;
-        }
+        if (tt < L && e < E) X[((size_t)b * L + tt) * E + e] = s[c * TS + t];
     }
 #endif
 }
@@ -262,11 +241,24 @@ __device__ __forceinline__ void unstage_ble(float* __restrict__ X, const float* 
 __device__ __forceinline__ void stage_bc(const float* __restrict__ M, float* s, int b, int t0,
                                          int L, int G, int g) {
     const float* base = M + ((size_t)b * L * G + g) * NSTATE;
+#if NT % NSTATE == 0
+    // every thread keeps one state and strides over the steps
+    const int n = threadIdx.x % NSTATE, t = threadIdx.x / NSTATE;
+    const float* p = base + (size_t)(t0 + t) * G * NSTATE + n;
+    const int step = (NT / NSTATE) * G * NSTATE;
+#pragma unroll
+    for (int r = 0; r < TCH * NSTATE / NT; r++) {
+        const bool ok = t0 + t + r * (NT / NSTATE) < L;
+        cp4(s + n * TS + t + r * (NT / NSTATE), ok ? p : M, ok);
+        p += step;
+    }
+#else
     for (int j = threadIdx.x; j < TCH * NSTATE; j += NT) {
         const int t = j / NSTATE, n = j % NSTATE;
         const int tt = t0 + t;
         cp4(s + n * TS + t, tt < L ? base + (tt * G) * NSTATE + n : M, tt < L);
     }
+#endif
 }
 // Stage per-channel (E, N) rows of the block's channels into s[c][n] (zeros past E).
 __device__ __forceinline__ void stage_en(const float* __restrict__ M, float* s, int e0, int E) {
@@ -353,6 +345,9 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #if HAS_DTA
     float* sDA = nx; nx += CB * TS;       // [CB][TS]  deltaA
 #endif
+#if HAS_Z
+    float* sZ = nx; nx += CB * TS;        // [CB][TS]  z
+#endif
 #if !BC_FIXED
     float* sB = nx; nx += NSTATE * TS;    // [N][TS]
     float* sC = nx; nx += NSTATE * TS;
@@ -392,6 +387,9 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         stage_ble(dt, sD, b, t0, e0, L, E);
 #if HAS_DTA
         stage_ble(dta, sDA, b, t0, e0, L, E);
+#endif
+#if HAS_Z
+        stage_ble(z, sZ, b, t0, e0, L, E);
 #endif
 #if !BC_FIXED
         stage_bc(Bm, sB, b, t0, L, G, g);
@@ -494,12 +492,21 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         }
 #pragma unroll
         for (int k = 0; k < KCH; k++) {
+#if HAS_Z
+            float zz[ITEMS];
+            ld_items(sZ + (set * KCH + k) * TS + tl, zz);
+#endif
 #pragma unroll
-            for (int i = 0; i < ITEMS; i++) yy[k][i] = fmaf(Dd[k], uu[k][i], yy[k][i]);
+            for (int i = 0; i < ITEMS; i++) {
+                yy[k][i] = fmaf(Dd[k], uu[k][i], yy[k][i]);
+#if HAS_Z
+                yy[k][i] *= zz[i] / (1.f + __expf(-zz[i]));
+#endif
+            }
             st_items(sU + (set * KCH + k) * TS + tl, yy[k]);
         }
         __syncthreads();
-        unstage_ble(y, sU, b, t0, e0, L, E, z);
+        unstage_ble(y, sU, b, t0, e0, L, E);
     }
     __syncthreads();
     for (int j = tid; j < CB * NSTATE; j += NT) {
@@ -847,15 +854,15 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
         }
         __syncthreads();
-        unstage_ble(du, sU, b, t0, e0, L, E, nullptr);
-        unstage_ble(ddt, sR, b, t0, e0, L, E, nullptr);
+        unstage_ble(du, sU, b, t0, e0, L, E);
+        unstage_ble(ddt, sR, b, t0, e0, L, E);
 #if HAS_Z
-        unstage_ble(dz, sZ, b, t0, e0, L, E, nullptr);
+        unstage_ble(dz, sZ, b, t0, e0, L, E);
 #else
         (void)dz;
 #endif
 #if HAS_DTA
-        unstage_ble(ddta, sDA, b, t0, e0, L, E, nullptr);
+        unstage_ble(ddta, sDA, b, t0, e0, L, E);
 #else
         (void)ddta;
 #endif

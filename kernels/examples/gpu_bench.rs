@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use lrnnx_kernels::cuda::{gpu_available, Inputs, SelectiveScan};
-use lrnnx_kernels::{Rule, ScanSpec, Tiling};
+use lrnnx_kernels::{Rule, ScanSpec, Tiling, BENCH_TILINGS};
 
 fn main() {
     if !gpu_available() {
@@ -23,6 +23,7 @@ fn main() {
     let (bs, l, e, n) = (8usize, 4096usize, 2048usize, 16usize);
     let mut ss = SelectiveScan::new(0).expect("context");
     let st = ss.stream().clone();
+    keep_pool_memory(&st);
     let ble = bs * l * e;
     let mut seed = 7u64;
     let mut rnd = |k: usize, lo: f32, hi: f32| -> Vec<f32> {
@@ -44,22 +45,6 @@ fn main() {
     let c = st.clone_htod(&rnd(bs * l * n, -1.0, 1.0)).unwrap();
     let d = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
     let db = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
-    // (lanes per channel set, channels per thread, steps per thread, warps per block); keep in
-    // step with BENCH_TILINGS in tests/nvrtc_compile.rs
-    let tilings = [
-        (16, 2, 4, 4),
-        (8, 2, 4, 4),
-        (8, 1, 8, 4),
-        (16, 1, 8, 4),
-        (32, 2, 4, 4),
-        (16, 2, 8, 4),
-    ]
-    .map(|(seg, channels_per_thread, items, warps)| Tiling {
-        seg,
-        channels_per_thread,
-        items,
-        warps,
-    });
     for has_z in [false, true] {
         let spec = ScanSpec {
             batch: bs,
@@ -89,7 +74,7 @@ fn main() {
         let bytes = ble as f64 * if has_z { 20.0 + 32.0 } else { 12.0 + 20.0 };
         let roof_ms = bytes / (peak * 1e12) * 1e3;
         let mut best: Option<(f64, f64, f64, Tiling)> = None;
-        for (ti, t) in tilings.into_iter().enumerate() {
+        for (ti, t) in BENCH_TILINGS.into_iter().enumerate() {
             if only.is_some_and(|o| o != ti) {
                 continue;
             }
@@ -127,4 +112,24 @@ fn main() {
             100.0 * roof / tfb
         );
     }
+}
+
+/// Lets the device's default memory pool keep freed memory (release threshold = max), as
+/// PyTorch's and JAX's caching allocators do: otherwise every synchronize hands the outputs'
+/// memory back to the driver and each call pays for mapping it again.
+fn keep_pool_memory(st: &std::sync::Arc<cudarc::driver::CudaStream>) {
+    use cudarc::driver::sys;
+    let dev = st.context().cu_device();
+    let mut pool = std::ptr::null_mut();
+    let mut max = u64::MAX;
+    // SAFETY: plain driver calls on the current device with valid out-pointers.
+    let ok = unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut max as *mut u64 as *mut std::ffi::c_void,
+            ) == sys::CUresult::CUDA_SUCCESS
+    };
+    println!("memory pool release threshold set to max: {ok}");
 }

@@ -12,7 +12,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use crate::{ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
+use crate::{Pass, ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
 
 /// The GPU architecture the kernels are compiled for (H100/H200).
 pub const ARCH: &str = "sm_90";
@@ -32,11 +32,12 @@ pub fn gpu_available() -> bool {
     matches!(CudaContext::device_count(), Ok(n) if n > 0)
 }
 
-/// Compiles the selective scan source for `variant` to PTX for [`ARCH`].
-pub fn compile(variant: &Variant) -> Result<Ptx, ScanError> {
+/// Compiles the selective scan source for `variant`'s kernel `pass` to PTX for [`ARCH`] (the
+/// PTX holds every kernel of the source, compiled with that pass's geometry).
+pub fn compile(variant: &Variant, pass: Pass) -> Result<Ptx, ScanError> {
     let opts = CompileOptions {
         arch: Some(ARCH),
-        options: variant.defines(),
+        options: variant.defines(pass),
         name: Some("selective_scan.cu".into()),
         ..Default::default()
     };
@@ -108,7 +109,7 @@ pub struct Grads {
 }
 
 struct Module {
-    _m: Arc<CudaModule>,
+    _m: [Arc<CudaModule>; 2],
     fwd: CudaFunction,
     bwd: CudaFunction,
     red_bc: CudaFunction,
@@ -153,21 +154,23 @@ impl SelectiveScan {
         if let Some(m) = map.get(v) {
             return Ok(m.clone());
         }
-        let ptx = compile(v)?;
-        let m = self.ctx.load_module(ptx).map_err(drv)?;
-        let f = |n: &str| m.load_function(n).map_err(drv);
+        let load = |pass| -> Result<Arc<CudaModule>, ScanError> {
+            self.ctx.load_module(compile(v, pass)?).map_err(drv)
+        };
+        let (mf, mb) = (load(Pass::Forward)?, load(Pass::Backward)?);
+        let f = |m: &Arc<CudaModule>, n: &str| m.load_function(n).map_err(drv);
         let module = Module {
-            fwd: f("ss_fwd")?,
-            bwd: f("ss_bwd")?,
-            red_bc: f("ss_reduce_bc")?,
-            red_e: f("ss_reduce_e")?,
-            _m: m.clone(),
+            fwd: f(&mf, "ss_fwd")?,
+            bwd: f(&mb, "ss_bwd")?,
+            red_bc: f(&mb, "ss_reduce_bc")?,
+            red_e: f(&mb, "ss_reduce_e")?,
+            _m: [mf, mb],
         };
         // opt in to more than 48 KiB of dynamic shared memory where a variant needs it
         let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
         for (func, bytes) in [
-            (&module.fwd, v.fwd_shared_bytes()),
-            (&module.bwd, v.bwd_shared_bytes()),
+            (&module.fwd, v.shared_bytes(Pass::Forward)),
+            (&module.bwd, v.shared_bytes(Pass::Backward)),
         ] {
             if bytes > 48 * 1024 {
                 func.set_attribute(attr, bytes as i32).map_err(drv)?;
@@ -207,15 +210,15 @@ impl SelectiveScan {
         Ok(v)
     }
 
-    fn geometry(spec: &ScanSpec, v: &Variant, shared: usize) -> LaunchConfig {
+    fn geometry(spec: &ScanSpec, v: &Variant, pass: Pass) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
-                spec.channels.div_ceil(v.channels_per_block()) as u32,
+                spec.channels.div_ceil(v.channels_per_block(pass)) as u32,
                 spec.batch as u32,
                 1,
             ),
-            block_dim: (v.threads() as u32, 1, 1),
-            shared_mem_bytes: shared as u32,
+            block_dim: (v.threads(pass) as u32, 1, 1),
+            shared_mem_bytes: v.shared_bytes(pass) as u32,
         }
     }
 
@@ -252,7 +255,7 @@ impl SelectiveScan {
             .arg(&e)
             .arg(&g);
         // SAFETY: argument list matches `ss_fwd`; every buffer has the length checked above.
-        unsafe { lb.launch(Self::geometry(spec, &v, v.fwd_shared_bytes())) }.map_err(drv)?;
+        unsafe { lb.launch(Self::geometry(spec, &v, Pass::Forward)) }.map_err(drv)?;
         Ok(Forward {
             y,
             last_state: last,
@@ -299,7 +302,7 @@ impl SelectiveScan {
         } else {
             None
         };
-        let nblk = spec.channels.div_ceil(v.channels_per_block());
+        let nblk = spec.channels.div_ceil(v.channels_per_block(Pass::Backward));
         let mut pbc = if spec.bc_fixed {
             s.alloc_zeros::<f32>(1).map_err(drv)?
         } else {
@@ -338,7 +341,7 @@ impl SelectiveScan {
                 .arg(&e)
                 .arg(&g);
             // SAFETY: argument list matches `ss_bwd`; buffer lengths checked above.
-            unsafe { lb.launch(Self::geometry(spec, &v, v.bwd_shared_bytes())) }.map_err(drv)?;
+            unsafe { lb.launch(Self::geometry(spec, &v, Pass::Backward)) }.map_err(drv)?;
         }
         let (mut db, mut dc);
         if spec.bc_fixed {

@@ -114,33 +114,72 @@ pub struct ScanSpec {
 
 /// Launch geometry of the kernels (compile-time in the kernel source).
 ///
-/// A block owns `channels_per_block()` consecutive channels of one batch row and walks the
+/// A block owns `channels_per_block` consecutive channels of one batch row and walks the
 /// sequence in chunks of `seg·items` steps (the forward in order, the backward in reverse), the
 /// chunk's inputs staged in shared memory. A thread owns `channels_per_thread` channels and
 /// `items` consecutive steps of the chunk; the `seg` threads of a channel set scan their
 /// per-thread affine maps `h ↦ P·h + S` with warp shuffles, one state at a time. The forward
-/// stores the state at every chunk start for the backward.
+/// stores the state at every chunk start for the backward. The forward and the backward share
+/// `seg` and `items` (hence the chunk) and may differ in channels per thread and warps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tiling {
     /// Threads (lanes) per channel set along time (power of two, 1..=32).
     pub seg: usize,
-    /// Channels per thread (1..=4).
-    pub channels_per_thread: usize,
     /// Consecutive steps per thread in a chunk (1..=16).
     pub items: usize,
-    /// Warps per block (power of two, 1..=16).
+    /// Channels per thread in the forward (1..=4).
+    pub channels_per_thread: usize,
+    /// Warps per block in the forward (power of two, 1..=16).
     pub warps: usize,
+    /// Channels per thread in the backward (1..=4).
+    pub bwd_channels_per_thread: usize,
+    /// Warps per block in the backward (power of two, 1..=16).
+    pub bwd_warps: usize,
 }
 
 impl Default for Tiling {
     fn default() -> Self {
         Tiling {
-            seg: 16,
+            seg: 8,
+            items: 8,
             channels_per_thread: 2,
-            items: 4,
             warps: 4,
+            bwd_channels_per_thread: 1,
+            bwd_warps: 8,
         }
     }
+}
+
+/// The tilings `examples/gpu_bench.rs` times (and `tests/nvrtc_compile.rs` compiles), the
+/// default first.
+pub const BENCH_TILINGS: [Tiling; 6] = {
+    const fn t(seg: usize, items: usize, kf: usize, wf: usize, kb: usize, wb: usize) -> Tiling {
+        Tiling {
+            seg,
+            items,
+            channels_per_thread: kf,
+            warps: wf,
+            bwd_channels_per_thread: kb,
+            bwd_warps: wb,
+        }
+    }
+    [
+        t(8, 8, 2, 4, 1, 8),
+        t(8, 8, 2, 4, 1, 4),
+        t(8, 8, 1, 4, 2, 4),
+        t(16, 4, 2, 4, 1, 4),
+        t(4, 8, 2, 4, 1, 4),
+        t(4, 16, 1, 4, 1, 4),
+    ]
+};
+
+/// The kernel a geometry question is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// `ss_fwd`.
+    Forward,
+    /// `ss_bwd` (and the reductions after it).
+    Backward,
 }
 
 /// Everything that selects one compiled kernel variant.
@@ -168,15 +207,16 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// NVRTC `-D` options selecting this variant in [`SELECTIVE_SCAN_SRC`].
-    pub fn defines(&self) -> Vec<String> {
+    /// NVRTC `-D` options selecting this variant's kernel `pass` in [`SELECTIVE_SCAN_SRC`].
+    pub fn defines(&self, pass: Pass) -> Vec<String> {
         let b = |x: bool| u32::from(x);
+        let (k, w) = self.per_pass(pass);
         vec![
             format!("-DNSTATE={}", self.state),
             format!("-DSEG={}", self.tiling.seg),
-            format!("-DKCH={}", self.tiling.channels_per_thread),
+            format!("-DKCH={k}"),
             format!("-DITEMS={}", self.tiling.items),
-            format!("-DNWARP={}", self.tiling.warps),
+            format!("-DNWARP={w}"),
             format!("-DRULE={}", self.rule.code()),
             format!("-DHAS_Z={}", b(self.has_z)),
             format!("-DHAS_D={}", b(self.has_d)),
@@ -187,46 +227,57 @@ impl Variant {
         ]
     }
 
+    /// (channels per thread, warps per block) of a pass.
+    fn per_pass(&self, pass: Pass) -> (usize, usize) {
+        let t = &self.tiling;
+        match pass {
+            Pass::Forward => (t.channels_per_thread, t.warps),
+            Pass::Backward => (t.bwd_channels_per_thread, t.bwd_warps),
+        }
+    }
+
     /// Steps per chunk (`seg·items`; the checkpoint interval of the forward).
     pub fn chunk(&self) -> usize {
         self.tiling.seg * self.tiling.items
     }
 
     /// Channel sets per block (`32/seg` per warp).
-    fn sets(&self) -> usize {
-        32 / self.tiling.seg * self.tiling.warps
+    fn sets(&self, pass: Pass) -> usize {
+        32 / self.tiling.seg * self.per_pass(pass).1
     }
 
     /// Channels per block.
-    pub fn channels_per_block(&self) -> usize {
-        self.sets() * self.tiling.channels_per_thread
+    pub fn channels_per_block(&self, pass: Pass) -> usize {
+        self.sets(pass) * self.per_pass(pass).0
     }
 
     /// Threads per block.
-    pub fn threads(&self) -> usize {
-        32 * self.tiling.warps
+    pub fn threads(&self, pass: Pass) -> usize {
+        32 * self.per_pass(pass).1
     }
 
-    /// Dynamic shared memory of the forward kernel in bytes.
-    pub fn fwd_shared_bytes(&self) -> usize {
-        let (cb, ts, n) = (self.channels_per_block(), self.chunk() + 4, self.state);
-        let tiles = 2 + usize::from(self.has_delta_a);
-        let bc = if self.bc_fixed { 0 } else { 2 * n * ts };
-        let per_channel = if self.bc_fixed { 4 } else { 2 } * cb * n;
-        4 * (tiles * cb * ts + bc + per_channel)
-    }
-
-    /// Dynamic shared memory of the backward kernel in bytes.
-    pub fn bwd_shared_bytes(&self) -> usize {
-        let (cb, ts, n) = (self.channels_per_block(), self.chunk() + 4, self.state);
-        let tiles = 3 + usize::from(self.has_z) + usize::from(self.has_delta_a);
-        let bc = if self.bc_fixed {
-            0
-        } else {
-            2 * n * ts + 4 * self.sets() * ts + self.chunk() * 2 * n
+    /// Dynamic shared memory of a pass's kernel in bytes (the layout of the kernel source).
+    pub fn shared_bytes(&self, pass: Pass) -> usize {
+        let (cb, ts, n) = (self.channels_per_block(pass), self.chunk() + 4, self.state);
+        let floats = match pass {
+            Pass::Forward => {
+                let tiles = 2 + usize::from(self.has_delta_a) + usize::from(self.has_z);
+                let bc = if self.bc_fixed { 0 } else { 2 * n * ts };
+                let per_channel = if self.bc_fixed { 4 } else { 2 } * cb * n;
+                tiles * cb * ts + bc + per_channel
+            }
+            Pass::Backward => {
+                let tiles = 3 + usize::from(self.has_z) + usize::from(self.has_delta_a);
+                let bc = if self.bc_fixed {
+                    0
+                } else {
+                    2 * n * ts + 4 * self.sets(pass) * ts + self.chunk() * 2 * n
+                };
+                let carries = if self.bc_fixed { 8 } else { 4 } * cb * n;
+                tiles * cb * ts + bc + carries
+            }
         };
-        let carries = if self.bc_fixed { 8 } else { 4 } * cb * n;
-        4 * (tiles * cb * ts + bc + carries)
+        4 * floats
     }
 }
 
@@ -236,7 +287,9 @@ pub const MAX_SHARED_BYTES: usize = 160 * 1024;
 impl ScanSpec {
     /// Checks the sizes and picks the kernel variant for a tiling. With time-varying `B`/`C` the
     /// block's channels must lie in one group: warps, then channels per thread, are halved (and
-    /// the lanes per channel set doubled) until the channels per block divide the group size.
+    /// the lanes per channel set doubled) until the channels per block divide the group size;
+    /// then the steps per thread are halved while the shared memory exceeds
+    /// [`MAX_SHARED_BYTES`].
     pub fn check(&self, tiling: Tiling) -> Result<Variant, ScanError> {
         let err = |m: String| Err(ScanError(m));
         if self.batch == 0 || self.len == 0 || self.channels == 0 {
@@ -257,9 +310,11 @@ impl ScanSpec {
         }
         let pow2 = |x: usize, hi: usize| x.is_power_of_two() && x <= hi;
         if !pow2(tiling.seg, 32)
-            || !matches!(tiling.channels_per_thread, 1..=4)
             || !matches!(tiling.items, 1..=16)
+            || !matches!(tiling.channels_per_thread, 1..=4)
             || !pow2(tiling.warps, 16)
+            || !matches!(tiling.bwd_channels_per_thread, 1..=4)
+            || !pow2(tiling.bwd_warps, 16)
         {
             return err(format!("unsupported tiling {tiling:?}"));
         }
@@ -276,25 +331,37 @@ impl ScanSpec {
         };
         if !self.bc_fixed {
             let per_group = self.channels / groups;
-            while !per_group.is_multiple_of(v.channels_per_block()) {
-                let t = &mut v.tiling;
-                if t.warps > 1 {
-                    t.warps /= 2;
-                } else if t.channels_per_thread > 1 {
-                    t.channels_per_thread -= 1;
-                } else {
-                    t.seg *= 2;
+            for pass in [Pass::Forward, Pass::Backward] {
+                while !per_group.is_multiple_of(v.channels_per_block(pass)) {
+                    let t = &mut v.tiling;
+                    let (k, w) = match pass {
+                        Pass::Forward => (&mut t.channels_per_thread, &mut t.warps),
+                        Pass::Backward => (&mut t.bwd_channels_per_thread, &mut t.bwd_warps),
+                    };
+                    if *w > 1 {
+                        *w /= 2;
+                    } else if *k > 1 {
+                        *k -= 1;
+                    } else {
+                        t.seg *= 2;
+                    }
                 }
             }
         }
-        let bytes = v.fwd_shared_bytes().max(v.bwd_shared_bytes());
-        if bytes > MAX_SHARED_BYTES {
-            return err(format!(
-                "tiling {tiling:?}: {bytes} bytes of shared memory for state {}",
-                self.state
-            ));
+        // shorter chunks while the shared memory does not fit
+        loop {
+            let bytes = v.shared_bytes(Pass::Forward).max(v.shared_bytes(Pass::Backward));
+            if bytes <= MAX_SHARED_BYTES {
+                return Ok(v);
+            }
+            if v.tiling.items == 1 {
+                return err(format!(
+                    "tiling {tiling:?}: {bytes} bytes of shared memory for state {}",
+                    self.state
+                ));
+            }
+            v.tiling.items /= 2;
         }
-        Ok(v)
     }
 
     /// Expected element counts of the inputs, by name, for shape checks:
@@ -341,30 +408,35 @@ mod tests {
 
     #[test]
     fn blocks_lie_inside_a_group() {
-        // 8 channels in 2 groups of 4: 2 channels per thread, 1 lane set -> 4 channels a block
+        let f = Pass::Forward;
+        let bw = Pass::Backward;
+        // 8 channels in 2 groups of 4: 4 sets a warp (8 lanes each), 1 channel a thread
         let v = spec().check(Tiling::default()).unwrap();
-        assert_eq!(v.channels_per_block(), 4);
-        assert_eq!(v.tiling.warps, 1);
+        assert_eq!((v.channels_per_block(f), v.channels_per_block(bw)), (4, 4));
+        assert_eq!((v.tiling.warps, v.tiling.channels_per_thread), (1, 1));
         let mut s = spec();
         s.channels = 2048;
         s.groups = 1;
         s.state = 16;
         let v = s.check(Tiling::default()).unwrap();
-        // 16 lanes per channel set, 2 sets a warp, 2 channels a thread, 4 warps: 16 channels
+        // 8 lanes a set, 4 sets a warp: forward 4 warps of 2 channels a thread, backward 8
+        // warps of 1
         assert_eq!(
-            (v.channels_per_block(), v.threads(), v.chunk()),
-            (16, 128, 64)
+            (v.channels_per_block(f), v.channels_per_block(bw), v.threads(f), v.chunk()),
+            (32, 32, 128, 64)
         );
         // 96 channels in 4 groups of 24: 8 channels a block
         s.channels = 96;
         s.groups = 4;
-        assert_eq!(s.check(Tiling::default()).unwrap().channels_per_block(), 8);
-        // groups of 5 channels: one channel a block
+        let v = s.check(Tiling::default()).unwrap();
+        assert_eq!((v.channels_per_block(f), v.channels_per_block(bw)), (8, 8));
+        // groups of 5 channels: one channel a block, 32 lanes a set
         s.channels = 20;
         let v = s.check(Tiling::default()).unwrap();
-        assert_eq!((v.channels_per_block(), v.tiling.seg), (1, 32));
+        assert_eq!((v.channels_per_block(bw), v.tiling.seg), (1, 32));
         s.state = 64;
-        assert!(s.check(Tiling::default()).unwrap().bwd_shared_bytes() <= MAX_SHARED_BYTES);
+        let v = s.check(Tiling::default()).unwrap();
+        assert!(v.shared_bytes(bw) <= MAX_SHARED_BYTES);
     }
 
     #[test]

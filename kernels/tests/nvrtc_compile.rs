@@ -4,18 +4,7 @@
 #![cfg(feature = "cuda")]
 
 use lrnnx_kernels::cuda::{compile, nvrtc_available};
-use lrnnx_kernels::{Rule, ScanSpec, Tiling, SELECTIVE_SCAN_KERNELS};
-
-/// The tilings `examples/gpu_bench.rs` times: (lanes per channel set, channels per thread,
-/// steps per thread, warps per block).
-const BENCH_TILINGS: [(usize, usize, usize, usize); 6] = [
-    (16, 2, 4, 4),
-    (8, 2, 4, 4),
-    (8, 1, 8, 4),
-    (16, 1, 8, 4),
-    (32, 2, 4, 4),
-    (16, 2, 8, 4),
-];
+use lrnnx_kernels::{Pass, Rule, ScanSpec, Tiling, BENCH_TILINGS, SELECTIVE_SCAN_KERNELS};
 
 #[test]
 fn every_variant_compiles_for_sm90() {
@@ -35,13 +24,7 @@ fn every_variant_compiles_for_sm90() {
     // the GPU tests' shapes (odd state, groups of 24 channels) and the bench's tilings
     cases.push((Rule::Zoh, 3, 5, 40, 1, Tiling::default()));
     cases.push((Rule::Bilinear, 4, 8, 96, 4, Tiling::default()));
-    for (seg, channels_per_thread, items, warps) in BENCH_TILINGS {
-        let t = Tiling {
-            seg,
-            channels_per_thread,
-            items,
-            warps,
-        };
+    for t in BENCH_TILINGS {
         cases.push((Rule::Mamba, 0, 16, 2048, 1, t));
     }
     cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
@@ -62,13 +45,15 @@ fn every_variant_compiles_for_sm90() {
         };
         let v = spec.check(tiling).expect("valid spec");
         let t = std::time::Instant::now();
-        let ptx = compile(&v).unwrap_or_else(|e| panic!("{e}"));
-        let src = ptx.to_src();
-        for k in SELECTIVE_SCAN_KERNELS {
-            assert!(
-                src.contains(&format!(".entry {k}")),
-                "{k} missing in PTX of {v:?}"
-            );
+        for pass in [Pass::Forward, Pass::Backward] {
+            let ptx = compile(&v, pass).unwrap_or_else(|e| panic!("{e}"));
+            let src = ptx.to_src();
+            for k in SELECTIVE_SCAN_KERNELS {
+                assert!(
+                    src.contains(&format!(".entry {k}")),
+                    "{k} missing in PTX of {v:?}"
+                );
+            }
         }
         println!("compiled {v:?} in {:.1} s", t.elapsed().as_secs_f64());
         n += 1;
