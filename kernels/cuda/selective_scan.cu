@@ -73,6 +73,12 @@
 #ifndef BC_FIXED
 #define BC_FIXED 0
 #endif
+#ifndef COMPLEX
+#define COMPLEX 0
+#endif
+#if COMPLEX && BC_FIXED
+#error "complex A with time-invariant B/C is not supported"
+#endif
 
 #define CPW (32 / SEG)      // channel sets per warp
 #define CS (CPW * NWARP)    // channel sets per block
@@ -81,6 +87,8 @@
 #define TCH (SEG * ITEMS)   // steps per chunk
 #define TS (TCH + 4)        // shared row stride (floats; keeps float4 alignment)
 #define FULL 0xffffffffu
+#define NV (COMPLEX ? 2 : 1)  // floats per state value (re, im for complex A)
+#define NS (NSTATE * NV)      // floats per state vector
 
 #define R_MAMBA 0
 #define R_ZOH 1
@@ -240,31 +248,31 @@ __device__ __forceinline__ void unstage_ble(float* __restrict__ X, const float* 
 // Stage B_t or C_t of group g for the chunk into s[n][t].
 __device__ __forceinline__ void stage_bc(const float* __restrict__ M, float* s, int b, int t0,
                                          int L, int G, int g) {
-    const float* base = M + ((size_t)b * L * G + g) * NSTATE;
-#if NT % NSTATE == 0
+    const float* base = M + ((size_t)b * L * G + g) * NS;
+#if NT % NS == 0
     // every thread keeps one state and strides over the steps
-    const int n = threadIdx.x % NSTATE, t = threadIdx.x / NSTATE;
-    const float* p = base + (size_t)(t0 + t) * G * NSTATE + n;
-    const int step = (NT / NSTATE) * G * NSTATE;
+    const int n = threadIdx.x % NS, t = threadIdx.x / NS;
+    const float* p = base + (size_t)(t0 + t) * G * NS + n;
+    const int step = (NT / NS) * G * NS;
 #pragma unroll
-    for (int r = 0; r < TCH * NSTATE / NT; r++) {
-        const bool ok = t0 + t + r * (NT / NSTATE) < L;
-        cp4(s + n * TS + t + r * (NT / NSTATE), ok ? p : M, ok);
+    for (int r = 0; r < TCH * NS / NT; r++) {
+        const bool ok = t0 + t + r * (NT / NS) < L;
+        cp4(s + n * TS + t + r * (NT / NS), ok ? p : M, ok);
         p += step;
     }
 #else
-    for (int j = threadIdx.x; j < TCH * NSTATE; j += NT) {
-        const int t = j / NSTATE, n = j % NSTATE;
+    for (int j = threadIdx.x; j < TCH * NS; j += NT) {
+        const int t = j / NS, n = j % NS;
         const int tt = t0 + t;
-        cp4(s + n * TS + t, tt < L ? base + (tt * G) * NSTATE + n : M, tt < L);
+        cp4(s + n * TS + t, tt < L ? base + (tt * G) * NS + n : M, tt < L);
     }
 #endif
 }
 // Stage per-channel (E, N) rows of the block's channels into s[c][n] (zeros past E).
 __device__ __forceinline__ void stage_en(const float* __restrict__ M, float* s, int e0, int E) {
-    for (int j = threadIdx.x; j < CB * NSTATE; j += NT) {
-        const bool ok = e0 * NSTATE + j < E * NSTATE;
-        cp4(s + j, ok ? M + (size_t)e0 * NSTATE + j : M, ok);
+    for (int j = threadIdx.x; j < CB * NS; j += NT) {
+        const bool ok = e0 * NS + j < E * NS;
+        cp4(s + j, ok ? M + (size_t)e0 * NS + j : M, ok);
     }
 }
 
@@ -316,6 +324,123 @@ __device__ __forceinline__ float sum_seg(float v) {
     return v;
 }
 
+// ---- complex arithmetic (complex A) ----
+struct cf {
+    float r, i;
+};
+__device__ __forceinline__ cf cadd(cf a, cf b) { return {a.r + b.r, a.i + b.i}; }
+__device__ __forceinline__ cf cmul(cf a, cf b) { return {a.r * b.r - a.i * b.i, a.r * b.i + a.i * b.r}; }
+__device__ __forceinline__ cf cfma(cf a, cf b, cf c) {
+    return {fmaf(a.r, b.r, fmaf(-a.i, b.i, c.r)), fmaf(a.r, b.i, fmaf(a.i, b.r, c.i))};
+}
+__device__ __forceinline__ cf cscale(cf a, float s) { return {a.r * s, a.i * s}; }
+__device__ __forceinline__ cf cconj(cf a) { return {a.r, -a.i}; }
+__device__ __forceinline__ cf cdiv(cf a, cf b) {
+    const float d = b.r * b.r + b.i * b.i;
+    return {(a.r * b.r + a.i * b.i) / d, (a.i * b.r - a.r * b.i) / d};
+}
+__device__ __forceinline__ cf cexp(cf z) {
+    float sn, cs;
+    sincosf(z.i, &sn, &cs);
+    const float m = expf(z.r);
+    return {m * cs, m * sn};
+}
+// e^z − 1 without cancellation for small |z|
+__device__ __forceinline__ cf cexpm1(cf z) {
+    float sn, cs;
+    sincosf(z.i, &sn, &cs);
+    const float sh = sinf(0.5f * z.i);
+    return {fmaf(expm1f(z.r), cs, -2.f * sh * sh), expf(z.r) * sn};
+}
+// Ā(x·a) of the rule
+__device__ __forceinline__ cf cabar(float x, cf a) {
+    const cf v = cscale(a, x);
+#if RULE == R_BILINEAR
+    return cdiv(cf{1.f + 0.5f * v.r, 0.5f * v.i}, cf{1.f - 0.5f * v.r, -0.5f * v.i});
+#else
+    return cexp(v);
+#endif
+}
+// dĀ/dx·(1/a) factor: exp rules Ā; bilinear 1/(1 − v/2)²
+__device__ __forceinline__ cf cdabar(cf ab, float x, cf a) {
+#if RULE == R_BILINEAR
+    (void)ab;
+    const cf den = {1.f - 0.5f * x * a.r, -0.5f * x * a.i};
+    return cdiv(cf{1.f, 0.f}, cmul(den, den));
+#else
+    (void)x; (void)a;
+    return ab;
+#endif
+}
+// γ̄(Δ, a)
+__device__ __forceinline__ cf cgbar(float d, cf a) {
+#if RULE == R_MAMBA
+    (void)a;
+    return {d, 0.f};
+#elif RULE == R_ZOH
+    if (a.r == 0.f && a.i == 0.f) return {d, 0.f};
+    return cdiv(cexpm1(cscale(a, d)), a);
+#elif RULE == R_BILINEAR
+    return cdiv(cf{d, 0.f}, cf{1.f - 0.5f * d * a.r, -0.5f * d * a.i});
+#else
+    (void)d; (void)a;
+    return {1.f, 0.f};
+#endif
+}
+// (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
+__device__ __forceinline__ void cgbar_partials(float d, cf a, cf gb, cf& gd, cf& ga) {
+#if RULE == R_ZOH
+    gd = cadd(cmul(a, gb), cf{1.f, 0.f});  // e^{Δa}
+    if (a.r == 0.f && a.i == 0.f) ga = {0.5f * d * d, 0.f};
+    else ga = cdiv(cadd(cscale(gd, d), cscale(gb, -1.f)), a);
+#elif RULE == R_BILINEAR
+    (void)gb;
+    const cf den = {1.f - 0.5f * d * a.r, -0.5f * d * a.i};
+    gd = cdiv(cf{1.f, 0.f}, cmul(den, den));
+    ga = cscale(gd, 0.5f * d * d);
+#else
+    (void)d; (void)a; (void)gb;
+    gd = {0.f, 0.f}; ga = {0.f, 0.f};
+#endif
+}
+// scans of complex affine maps (see scan_up / scan_down)
+template <int K>
+__device__ __forceinline__ void cscan_up(int s, cf (&P)[K], cf (&S)[K], cf (&Pe)[K], cf (&Se)[K]) {
+#pragma unroll
+    for (int o = 1; o < SEG; o <<= 1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const cf pp = {__shfl_up_sync(FULL, P[k].r, o, SEG), __shfl_up_sync(FULL, P[k].i, o, SEG)};
+            const cf sp = {__shfl_up_sync(FULL, S[k].r, o, SEG), __shfl_up_sync(FULL, S[k].i, o, SEG)};
+            if (s >= o) { S[k] = cfma(P[k], sp, S[k]); P[k] = cmul(P[k], pp); }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        Pe[k] = {__shfl_up_sync(FULL, P[k].r, 1, SEG), __shfl_up_sync(FULL, P[k].i, 1, SEG)};
+        Se[k] = {__shfl_up_sync(FULL, S[k].r, 1, SEG), __shfl_up_sync(FULL, S[k].i, 1, SEG)};
+        if (s == 0) { Pe[k] = {1.f, 0.f}; Se[k] = {0.f, 0.f}; }
+    }
+}
+template <int K>
+__device__ __forceinline__ void cscan_down(int s, cf (&Q)[K], cf (&R)[K], cf (&Qe)[K], cf (&Re)[K]) {
+#pragma unroll
+    for (int o = 1; o < SEG; o <<= 1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const cf qr = {__shfl_down_sync(FULL, Q[k].r, o, SEG), __shfl_down_sync(FULL, Q[k].i, o, SEG)};
+            const cf rr = {__shfl_down_sync(FULL, R[k].r, o, SEG), __shfl_down_sync(FULL, R[k].i, o, SEG)};
+            if (s + o < SEG) { R[k] = cfma(Q[k], rr, R[k]); Q[k] = cmul(Q[k], qr); }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        Qe[k] = {__shfl_down_sync(FULL, Q[k].r, 1, SEG), __shfl_down_sync(FULL, Q[k].i, 1, SEG)};
+        Re[k] = {__shfl_down_sync(FULL, R[k].r, 1, SEG), __shfl_down_sync(FULL, R[k].i, 1, SEG)};
+        if (s == SEG - 1) { Qe[k] = {1.f, 0.f}; Re[k] = {0.f, 0.f}; }
+    }
+}
+
 // Per-item time steps from staged raw delta (and deltaA): Δ (zero past L: identity step).
 __device__ __forceinline__ float delta_of(float raw, float db, bool valid) {
     float d = raw;
@@ -349,14 +474,14 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     float* sZ = nx; nx += CB * TS;        // [CB][TS]  z
 #endif
 #if !BC_FIXED
-    float* sB = nx; nx += NSTATE * TS;    // [N][TS]
-    float* sC = nx; nx += NSTATE * TS;
+    float* sB = nx; nx += NS * TS;    // [N][TS]
+    float* sC = nx; nx += NS * TS;
 #endif
-    float* sA = nx; nx += CB * NSTATE;    // [CB][N]
-    float* sH = nx; nx += CB * NSTATE;    // [CB][N] state carried between chunks
+    float* sA = nx; nx += CB * NS;    // [CB][N]
+    float* sH = nx; nx += CB * NS;    // [CB][N] state carried between chunks
 #if BC_FIXED
-    float* sBf = nx; nx += CB * NSTATE;
-    float* sCf = nx; nx += CB * NSTATE;
+    float* sBf = nx; nx += CB * NS;
+    float* sCf = nx; nx += CB * NS;
 #endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int set = warp * CPW + lane / SEG, s = lane % SEG;
@@ -364,7 +489,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     const int g = BC_FIXED ? 0 : e0 / (E / G);
     (void)g;
     const int nck = (L + TCH - 1) / TCH;
-    for (int j = tid; j < CB * NSTATE; j += NT) sH[j] = 0.f;
+    for (int j = tid; j < CB * NS; j += NT) sH[j] = 0.f;
     stage_en(A, sA, e0, E);
 #if BC_FIXED
     stage_en(Bm, sBf, e0, E);
@@ -396,9 +521,9 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         stage_bc(Cm, sC, b, t0, L, G, g);
 #endif
         // the state at the chunk start, for the backward (coalesced along channels)
-        for (int j = tid; j < CB * NSTATE; j += NT) {
+        for (int j = tid; j < CB * NS; j += NT) {
             const int n = j / CB, c = j % CB;
-            if (e0 + c < E) hs[(((size_t)b * nck + ck) * NSTATE + n) * E + e0 + c] = sH[c * NSTATE + n];
+            if (e0 + c < E) hs[(((size_t)b * nck + ck) * NS + n) * E + e0 + c] = sH[c * NS + n];
         }
         cp_wait();
         __syncthreads();
@@ -429,6 +554,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                 yy[k][i] = 0.f;
             }
         }
+#if !COMPLEX
 #pragma unroll 1
         for (int n = 0; n < NSTATE; n++) {
             float Bv[ITEMS], Cv[ITEMS];
@@ -490,6 +616,56 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                 }
             }
         }
+#else
+        // complex A: h ∈ ℂ, y = 2·Re(Σ_n C_t[n] h_t[n]); B_t, C_t, A, h interleaved (re, im)
+#pragma unroll 1
+        for (int n = 0; n < NSTATE; n++) {
+            float Br[ITEMS], Bi[ITEMS], Cr[ITEMS], Ci[ITEMS];
+            ld_items(sB + (2 * n) * TS + tl, Br);
+            ld_items(sB + (2 * n + 1) * TS + tl, Bi);
+            ld_items(sC + (2 * n) * TS + tl, Cr);
+            ld_items(sC + (2 * n + 1) * TS + tl, Ci);
+            cf ab[KCH][ITEMS], bu[KCH][ITEMS], P[KCH], S[KCH], Pe[KCH], Se[KCH], hc[KCH];
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                const cf a = {sA[c * NS + 2 * n], sA[c * NS + 2 * n + 1]};
+                P[k] = {1.f, 0.f};
+                S[k] = {0.f, 0.f};
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    ab[k][i] = cabar(x, a);
+                    const cf gb = cgbar(dd[k][i], a);
+                    bu[k][i] = cscale(cmul(gb, cf{Br[i], Bi[i]}), uu[k][i]);
+                    S[k] = cfma(ab[k][i], S[k], bu[k][i]);
+                    P[k] = cmul(P[k], ab[k][i]);
+                }
+                hc[k] = {sH[c * NS + 2 * n], sH[c * NS + 2 * n + 1]};
+            }
+            cscan_up<KCH>(s, P, S, Pe, Se);
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                if (s == SEG - 1) {
+                    const cf hn = cfma(P[k], hc[k], S[k]);
+                    sH[c * NS + 2 * n] = hn.r;
+                    sH[c * NS + 2 * n + 1] = hn.i;
+                }
+                cf h = cfma(Pe[k], hc[k], Se[k]);
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+                    h = cfma(ab[k][i], h, bu[k][i]);
+                    yy[k][i] += 2.f * (Cr[i] * h.r - Ci[i] * h.i);
+                }
+            }
+        }
+#endif  // COMPLEX
 #pragma unroll
         for (int k = 0; k < KCH; k++) {
 #if HAS_Z
@@ -509,9 +685,9 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         unstage_ble(y, sU, b, t0, e0, L, E);
     }
     __syncthreads();
-    for (int j = tid; j < CB * NSTATE; j += NT) {
-        const int c = j / NSTATE;
-        if (e0 + c < E) last[((size_t)b * E + e0) * NSTATE + j] = sH[j];
+    for (int j = tid; j < CB * NS; j += NT) {
+        const int c = j / NS;
+        if (e0 + c < E) last[((size_t)b * E + e0) * NS + j] = sH[j];
     }
 }
 
@@ -556,20 +732,20 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     float* sDA = nx; nx += CB * TS;  // deltaA, then ddeltaA
 #endif
 #if !BC_FIXED
-    float* sB = nx; nx += NSTATE * TS;         // [N][TS]
-    float* sC = nx; nx += NSTATE * TS;
-    float* sP = nx; nx += 2 * CS * 2 * TS;     // [2][CS][2][TS] per-set dB/dC of one state
-    float* sAcc = nx; nx += TCH * 2 * NSTATE;  // [TCH][2N] block sums of the chunk
+    float* sB = nx; nx += NS * TS;         // [N][TS]
+    float* sC = nx; nx += NS * TS;
+    float* sP = nx; nx += 2 * CS * 2 * NV * TS;  // [2][CS][2·NV][TS] per-set dB/dC of one state
+    float* sAcc = nx; nx += TCH * 2 * NS;  // [TCH][2N] block sums of the chunk
 #endif
-    float* sA = nx; nx += CB * NSTATE;   // [CB][N]
-    float* sHc = nx; nx += CB * NSTATE;  // [CB][N] state at the chunk start (forward's hs)
-    float* sM = nx; nx += CB * NSTATE;   // [CB][N] adjoint carried from the later chunk
-    float* sGA = nx; nx += CB * NSTATE;  // [CB][N] dA sums
+    float* sA = nx; nx += CB * NS;   // [CB][N]
+    float* sHc = nx; nx += CB * NS;  // [CB][N] state at the chunk start (forward's hs)
+    float* sM = nx; nx += CB * NS;   // [CB][N] adjoint carried from the later chunk
+    float* sGA = nx; nx += CB * NS;  // [CB][N] dA sums
 #if BC_FIXED
-    float* sBf = nx; nx += CB * NSTATE;
-    float* sCf = nx; nx += CB * NSTATE;
-    float* sGB = nx; nx += CB * NSTATE;
-    float* sGC = nx; nx += CB * NSTATE;
+    float* sBf = nx; nx += CB * NS;
+    float* sCf = nx; nx += CB * NS;
+    float* sGB = nx; nx += CB * NS;
+    float* sGC = nx; nx += CB * NS;
 #endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int set = warp * CPW + lane / SEG, s = lane % SEG;
@@ -579,7 +755,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     const int nck = (L + TCH - 1) / TCH;
     const int nblk = gridDim.x;
     (void)nblk;
-    for (int j = tid; j < CB * NSTATE; j += NT) {
+    for (int j = tid; j < CB * NS; j += NT) {
         sM[j] = 0.f; sGA[j] = 0.f;
 #if BC_FIXED
         sGB[j] = 0.f; sGC[j] = 0.f;
@@ -618,11 +794,11 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         stage_bc(Bm, sB, b, t0, L, G, g);
         stage_bc(Cm, sC, b, t0, L, G, g);
 #endif
-        for (int j = tid; j < CB * NSTATE; j += NT) {
+        for (int j = tid; j < CB * NS; j += NT) {
             const int n = j / CB, c = j % CB;
             const bool ok = e0 + c < E;
-            cp4(sHc + c * NSTATE + n,
-                ok ? hs + (((size_t)b * nck + ck) * NSTATE + n) * E + e0 + c : hs, ok);
+            cp4(sHc + c * NS + n,
+                ok ? hs + (((size_t)b * nck + ck) * NS + n) * E + e0 + c : hs, ok);
         }
         cp_wait();
         __syncthreads();
@@ -668,6 +844,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                 gdu[k][i] = 0.f; gd[k][i] = 0.f;
             }
         }
+#if !COMPLEX
 #pragma unroll 1
         for (int n = 0; n < NSTATE; n++) {
             float Bv[ITEMS], Cv[ITEMS];
@@ -801,11 +978,136 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                     float acc = 0.f;
 #pragma unroll 4
                     for (int q = 0; q < CS; q++) acc += pp[(q * 2 + which) * TS + t];
-                    sAcc[t * 2 * NSTATE + which * NSTATE + n] = acc;
+                    sAcc[t * 2 * NS + which * NS + n] = acc;
                 }
             }
 #endif
         }
+#else
+        // complex A (see the forward): adjoints as ∂L/∂Re + i·∂L/∂Im; λ_t = 2·G_t·conj(C_t) +
+        // conj(Ā_{t+1})·λ_{t+1}
+#pragma unroll 1
+        for (int n = 0; n < NSTATE; n++) {
+            float Br[ITEMS], Bi[ITEMS], Cr[ITEMS], Ci[ITEMS];
+            ld_items(sB + (2 * n) * TS + tl, Br);
+            ld_items(sB + (2 * n + 1) * TS + tl, Bi);
+            ld_items(sC + (2 * n) * TS + tl, Cr);
+            ld_items(sC + (2 * n + 1) * TS + tl, Ci);
+            float vbr[ITEMS], vbi[ITEMS], vcr[ITEMS], vci[ITEMS];
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) { vbr[i] = 0.f; vbi[i] = 0.f; vcr[i] = 0.f; vci[i] = 0.f; }
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                const cf a = {sA[c * NS + 2 * n], sA[c * NS + 2 * n + 1]};
+                cf ab[ITEMS], gb[ITEMS], hh[ITEMS + 1];
+                cf P = {1.f, 0.f}, S = {0.f, 0.f};
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    ab[i] = cabar(x, a);
+                    gb[i] = cgbar(dd[k][i], a);
+                    S = cfma(ab[i], S, cscale(cmul(gb[i], cf{Br[i], Bi[i]}), uu[k][i]));
+                    P = cmul(P, ab[i]);
+                }
+                {
+                    cf P1[1] = {P}, S1[1] = {S}, Pe1[1], Se1[1];
+                    cscan_up<1>(s, P1, S1, Pe1, Se1);
+                    hh[0] = cfma(Pe1[0], cf{sHc[c * NS + 2 * n], sHc[c * NS + 2 * n + 1]}, Se1[0]);
+                }
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+                    hh[i + 1] = cfma(ab[i], hh[i], cscale(cmul(gb[i], cf{Br[i], Bi[i]}), uu[k][i]));
+#if HAS_Z
+                    yp[k][i] += 2.f * (Cr[i] * hh[i + 1].r - Ci[i] * hh[i + 1].i);
+#endif
+                }
+                // adjoint carried backward: m_t = conj(Ā_t)·(β_t + m_{t+1}), β_t = 2·G_t·conj(C_t)
+                cf R = {0.f, 0.f};
+#pragma unroll
+                for (int i = ITEMS - 1; i >= 0; i--) {
+                    const cf beta = {2.f * Gq[k][i] * Cr[i], -2.f * Gq[k][i] * Ci[i]};
+                    R = cmul(cconj(ab[i]), cadd(R, beta));
+                }
+                cf Q[1] = {cconj(P)}, R1[1] = {R}, Qe[1], Re[1];
+                const cf mc = {sM[c * NS + 2 * n], sM[c * NS + 2 * n + 1]};
+                cscan_down<1>(s, Q, R1, Qe, Re);
+                __syncwarp();
+                if (s == 0) {
+                    const cf mn = cfma(Q[0], mc, R1[0]);
+                    sM[c * NS + 2 * n] = mn.r;
+                    sM[c * NS + 2 * n + 1] = mn.i;
+                }
+                cf m = cfma(Qe[0], mc, Re[0]);
+                cf gA = {0.f, 0.f};
+#pragma unroll
+                for (int i = ITEMS - 1; i >= 0; i--) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    const cf beta = {2.f * Gq[k][i] * Cr[i], -2.f * Gq[k][i] * Ci[i]};
+                    const cf lam = cadd(beta, m);
+                    m = cmul(cconj(ab[i]), lam);
+                    const cf gx = cmul(cconj(cmul(cdabar(ab[i], x, a), hh[i])), lam);  // ∂L/∂x
+                    gA = cadd(gA, cscale(gx, x));
+                    const float gxa = gx.r * a.r + gx.i * a.i;  // Re(conj(a)·gx): ∂L/∂ΔA
+#if HAS_DTA
+                    gda[k][i] += gxa;
+#else
+                    gd[k][i] += gxa;
+#endif
+                    const cf B = {Br[i], Bi[i]};
+                    const cf gg = cscale(cmul(lam, cconj(B)), uu[k][i]);  // ∂L/∂γ̄
+                    const cf gbB = cmul(gb[i], B);
+                    gdu[k][i] += lam.r * gbB.r + lam.i * gbB.i;  // Re(λ·conj(γ̄B))
+#if RULE == R_MAMBA
+                    gd[k][i] += gg.r;
+#elif RULE == R_ZOH || RULE == R_BILINEAR
+                    {
+                        cf gbd, gba;
+                        cgbar_partials(dd[k][i], a, gb[i], gbd, gba);
+                        gd[k][i] += gg.r * gbd.r + gg.i * gbd.i;  // Re(gg·conj(∂γ̄/∂Δ))
+                        gA = cadd(gA, cmul(cconj(gba), gg));
+                    }
+#endif
+                    const cf vb = cscale(cmul(lam, cconj(gb[i])), uu[k][i]);
+                    vbr[i] += vb.r;
+                    vbi[i] += vb.i;
+                    vcr[i] += 2.f * Gq[k][i] * hh[i + 1].r;
+                    vci[i] -= 2.f * Gq[k][i] * hh[i + 1].i;
+                }
+                gA.r = sum_seg(gA.r);
+                gA.i = sum_seg(gA.i);
+                if (s == 0) {
+                    sGA[c * NS + 2 * n] += gA.r;
+                    sGA[c * NS + 2 * n + 1] += gA.i;
+                }
+            }
+            // dB/dC of this state: per-set sums, then the sets of the block in set order
+            {
+                float* pp = sP + (n & 1) * (CS * 4 * TS);
+                st_items(pp + (set * 4) * TS + tl, vbr);
+                st_items(pp + (set * 4 + 1) * TS + tl, vbi);
+                st_items(pp + (set * 4 + 2) * TS + tl, vcr);
+                st_items(pp + (set * 4 + 3) * TS + tl, vci);
+                __syncthreads();
+                for (int o = tid; o < 4 * TCH; o += NT) {
+                    const int which = o / TCH, t = o % TCH;
+                    float acc = 0.f;
+#pragma unroll 4
+                    for (int q = 0; q < CS; q++) acc += pp[(q * 4 + which) * TS + t];
+                    // which: 0 dB re, 1 dB im, 2 dC re, 3 dC im
+                    sAcc[t * 2 * NS + (which >> 1) * NS + 2 * n + (which & 1)] = acc;
+                }
+            }
+        }
+#endif  // COMPLEX
         // per-item outputs, written in place into the staged tiles
 #pragma unroll
         for (int k = 0; k < KCH; k++) {
@@ -868,8 +1170,8 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
 #if !BC_FIXED
         {
-            const int nt = min(TCH, L - t0) * 2 * NSTATE;
-            float* dst = pBC + (((size_t)b * nblk + blockIdx.x) * L + t0) * (2 * NSTATE);
+            const int nt = min(TCH, L - t0) * 2 * NS;
+            float* dst = pBC + (((size_t)b * nblk + blockIdx.x) * L + t0) * (2 * NS);
             for (int j = tid; j < nt; j += NT) dst[j] = sAcc[j];
         }
 #else
@@ -877,27 +1179,27 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
     }
     __syncthreads();
-    const int NE = 3 * NSTATE + 2;
+    const int NE = 3 * NS + 2;
 #pragma unroll
     for (int k = 0; k < KCH; k++) {
         const float sd = sum_seg(gD[k]), sdb = sum_seg(gDB[k]);
         if (s == 0 && act[k]) {
             float* p = pE + ((size_t)b * E + e0 + set * KCH + k) * NE;
-            p[3 * NSTATE] = sd;
-            p[3 * NSTATE + 1] = sdb;
+            p[3 * NS] = sd;
+            p[3 * NS + 1] = sdb;
         }
     }
-    for (int j = tid; j < CB * NSTATE; j += NT) {
-        const int c = j / NSTATE, n = j % NSTATE;
+    for (int j = tid; j < CB * NS; j += NT) {
+        const int c = j / NS, n = j % NS;
         if (e0 + c < E) {
             float* p = pE + ((size_t)b * E + e0 + c) * NE;
             p[n] = sGA[j];
 #if BC_FIXED
-            p[NSTATE + n] = sGB[j];
-            p[2 * NSTATE + n] = sGC[j];
+            p[NS + n] = sGB[j];
+            p[2 * NS + n] = sGC[j];
 #else
-            p[NSTATE + n] = 0.f;
-            p[2 * NSTATE + n] = 0.f;
+            p[NS + n] = 0.f;
+            p[2 * NS + n] = 0.f;
 #endif
         }
     }
@@ -910,18 +1212,18 @@ extern "C" __global__ void ss_reduce_bc(const float* __restrict__ pBC, float* __
                                         float* __restrict__ dC, int Bsz, int L, int G,
                                         int nblk) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const size_t total = (size_t)Bsz * L * G * NSTATE;
+    const size_t total = (size_t)Bsz * L * G * NS;
     if (i >= total) return;
-    const int n = i % NSTATE;
-    const int g = (i / NSTATE) % G;
-    const int t = (i / ((size_t)NSTATE * G)) % L;
-    const int b = i / ((size_t)NSTATE * G * L);
+    const int n = i % NS;
+    const int g = (i / NS) % G;
+    const int t = (i / ((size_t)NS * G)) % L;
+    const int b = i / ((size_t)NS * G * L);
     const int bpg = nblk / G;
     float sb = 0.f, sc = 0.f;
     for (int j = 0; j < bpg; j++) {
-        const size_t o = (((size_t)b * nblk + g * bpg + j) * L + t) * (2 * NSTATE);
+        const size_t o = (((size_t)b * nblk + g * bpg + j) * L + t) * (2 * NS);
         sb += pBC[o + n];
-        sc += pBC[o + NSTATE + n];
+        sc += pBC[o + NS + n];
     }
     dB[i] = sb;
     dC[i] = sc;
@@ -931,7 +1233,7 @@ extern "C" __global__ void ss_reduce_bc(const float* __restrict__ pBC, float* __
 // pE (Bsz, E, 3N + 2) -> out (E, 3N + 2)
 extern "C" __global__ void ss_reduce_e(const float* __restrict__ pE, float* __restrict__ out,
                                        int Bsz, int E) {
-    const int NE = 3 * NSTATE + 2;
+    const int NE = 3 * NS + 2;
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)E * NE) return;
     float acc = 0.f;

@@ -59,6 +59,7 @@ fn main() {
             softplus: true,
             has_d: true,
             has_z,
+            complex: false,
         };
         let inp = Inputs {
             u: &u,

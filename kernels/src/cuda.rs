@@ -229,8 +229,8 @@ impl SelectiveScan {
         let s = &self.stream;
         let nch = spec.len.div_ceil(v.chunk());
         let mut y = out_buf(s, spec.batch * spec.len * spec.channels)?;
-        let mut last = out_buf(s, spec.batch * spec.channels * spec.state)?;
-        let mut hs = out_buf(s, spec.batch * nch * spec.state * spec.channels)?;
+        let mut last = out_buf(s, spec.batch * spec.channels * spec.state_floats())?;
+        let mut hs = out_buf(s, spec.batch * nch * spec.state_floats() * spec.channels)?;
         let dm = &self.dummy;
         let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
         let (l, e, g) = (
@@ -280,7 +280,7 @@ impl SelectiveScan {
             )));
         }
         let nch = spec.len.div_ceil(v.chunk());
-        if fwd.checkpoints.len() != spec.batch * nch * spec.state * spec.channels {
+        if fwd.checkpoints.len() != spec.batch * nch * spec.state_floats() * spec.channels {
             return Err(ScanError(
                 "checkpoints do not match the spec (forward run with another spec or tiling)"
                     .into(),
@@ -288,7 +288,8 @@ impl SelectiveScan {
         }
         let m = self.module(&v)?;
         let s = &self.stream;
-        let n = spec.state;
+        // floats per state vector (re, im interleaved for complex A)
+        let n = spec.state_floats();
         let ne = 3 * n + 2;
         let mut du = out_buf(s, ble)?;
         let mut ddt = out_buf(s, ble)?;

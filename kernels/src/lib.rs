@@ -110,6 +110,10 @@ pub struct ScanSpec {
     pub has_d: bool,
     /// `z` gate `(batch, L, E)`: `y ← y·SiLU(z)`.
     pub has_z: bool,
+    /// Complex `A` (lrnnx's complex64 `A`): `A`, `B_t`, `C_t` and the state hold (re, im)
+    /// pairs interleaved (`A` `(E, N, 2)`, `B`/`C` `(batch, L, G, N, 2)`), and
+    /// `y = 2·Re(Σ_n C_t[n]·h_t[n]) + D·u`. Needs time-varying `B`/`C`.
+    pub complex: bool,
 }
 
 /// Launch geometry of the kernels (compile-time in the kernel source).
@@ -201,6 +205,8 @@ pub struct Variant {
     pub has_d: bool,
     /// See [`ScanSpec::has_z`].
     pub has_z: bool,
+    /// See [`ScanSpec::complex`].
+    pub complex: bool,
     /// Launch geometry (with time-varying `B`/`C`, `channels_per_block` divides the channels of
     /// a group).
     pub tiling: Tiling,
@@ -224,6 +230,7 @@ impl Variant {
             format!("-DSOFTPLUS={}", b(self.softplus)),
             format!("-DHAS_DTA={}", b(self.has_delta_a)),
             format!("-DBC_FIXED={}", b(self.bc_fixed)),
+            format!("-DCOMPLEX={}", b(self.complex)),
         ]
     }
 
@@ -258,7 +265,9 @@ impl Variant {
 
     /// Dynamic shared memory of a pass's kernel in bytes (the layout of the kernel source).
     pub fn shared_bytes(&self, pass: Pass) -> usize {
-        let (cb, ts, n) = (self.channels_per_block(pass), self.chunk() + 4, self.state);
+        let (cb, ts) = (self.channels_per_block(pass), self.chunk() + 4);
+        let nv = if self.complex { 2 } else { 1 };
+        let n = self.state * nv;
         let floats = match pass {
             Pass::Forward => {
                 let tiles = 2 + usize::from(self.has_delta_a) + usize::from(self.has_z);
@@ -271,7 +280,7 @@ impl Variant {
                 let bc = if self.bc_fixed {
                     0
                 } else {
-                    2 * n * ts + 4 * self.sets(pass) * ts + self.chunk() * 2 * n
+                    2 * n * ts + 4 * nv * self.sets(pass) * ts + self.chunk() * 2 * n
                 };
                 let carries = if self.bc_fixed { 8 } else { 4 } * cb * n;
                 tiles * cb * ts + bc + carries
@@ -318,6 +327,9 @@ impl ScanSpec {
         {
             return err(format!("unsupported tiling {tiling:?}"));
         }
+        if self.complex && self.bc_fixed {
+            return err("complex A needs time-varying B/C (bc_fixed is not supported)".into());
+        }
         let mut v = Variant {
             state: self.state,
             rule: self.rule,
@@ -327,6 +339,7 @@ impl ScanSpec {
             softplus: self.softplus,
             has_d: self.has_d,
             has_z: self.has_z,
+            complex: self.complex,
             tiling,
         };
         if !self.bc_fixed {
@@ -350,7 +363,9 @@ impl ScanSpec {
         }
         // shorter chunks while the shared memory does not fit
         loop {
-            let bytes = v.shared_bytes(Pass::Forward).max(v.shared_bytes(Pass::Backward));
+            let bytes = v
+                .shared_bytes(Pass::Forward)
+                .max(v.shared_bytes(Pass::Backward));
             if bytes <= MAX_SHARED_BYTES {
                 return Ok(v);
             }
@@ -364,19 +379,24 @@ impl ScanSpec {
         }
     }
 
+    /// Floats per state vector: `N`, or `2N` with complex `A`.
+    pub fn state_floats(&self) -> usize {
+        self.state * if self.complex { 2 } else { 1 }
+    }
+
     /// Expected element counts of the inputs, by name, for shape checks:
-    /// `u`, `delta`, `deltaA`, `z`: `B·L·E`; `A`: `E·N`; `B`, `C`: `B·L·G·N` or `E·N`;
-    /// `D`, `delta_bias`: `E`.
+    /// `u`, `delta`, `deltaA`, `z`: `B·L·E`; `A`: `E·N` (`E·N·2` complex); `B`, `C`: `B·L·G·N`
+    /// (`·2` complex) or `E·N`; `D`, `delta_bias`: `E`.
     pub fn expected_len(&self, name: &str) -> usize {
         let ble = self.batch * self.len * self.channels;
-        let en = self.channels * self.state;
+        let en = self.channels * self.state_floats();
         match name {
             "A" => en,
             "B" | "C" => {
                 if self.bc_fixed {
                     en
                 } else {
-                    self.batch * self.len * self.groups * self.state
+                    self.batch * self.len * self.groups * self.state_floats()
                 }
             }
             "D" | "delta_bias" => self.channels,
@@ -403,6 +423,7 @@ mod tests {
             softplus: true,
             has_d: true,
             has_z: true,
+            complex: false,
         }
     }
 
@@ -422,7 +443,12 @@ mod tests {
         // 8 lanes a set, 4 sets a warp: forward 4 warps of 2 channels a thread, backward 8
         // warps of 1
         assert_eq!(
-            (v.channels_per_block(f), v.channels_per_block(bw), v.threads(f), v.chunk()),
+            (
+                v.channels_per_block(f),
+                v.channels_per_block(bw),
+                v.threads(f),
+                v.chunk()
+            ),
             (32, 32, 128, 64)
         );
         // 96 channels in 4 groups of 24: 8 channels a block

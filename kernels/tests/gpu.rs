@@ -1,10 +1,11 @@
 //! GPU correctness of the selective scan kernels (needs a CUDA device; prints a skip reason and
 //! returns without one):
-//! - every real-`A` `op_selective_scan_*` lrnnx golden case: `out` at 1e-5 and every `grad.*`
+//! - every `op_selective_scan_*` lrnnx golden case (real and complex `A`): `out` at 1e-5 and every `grad.*`
 //!   at 1e-4 (max |diff| / max |ref|); the other `op_*` cases are listed as not covered;
 //! - random cases against a sequential f64 loop written here (forward at 1e-5) and central
 //!   finite differences of it along a random direction per input (gradients at 1e-4), lengths
 //!   up to 16384;
+//! - the same with complex `A` (every rule; golden `op_selective_scan_complex_*` cases too);
 //! - two backward runs give bitwise identical gradients.
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
@@ -47,8 +48,88 @@ struct Host {
     delta_bias: Option<Vec<f64>>,
 }
 
+/// Complex f64 `(re, im)`.
+#[derive(Clone, Copy)]
+struct C64(f64, f64);
+impl C64 {
+    fn mul(self, o: C64) -> C64 {
+        C64(self.0 * o.0 - self.1 * o.1, self.0 * o.1 + self.1 * o.0)
+    }
+    fn div(self, o: C64) -> C64 {
+        let d = o.0 * o.0 + o.1 * o.1;
+        C64(
+            (self.0 * o.0 + self.1 * o.1) / d,
+            (self.1 * o.0 - self.0 * o.1) / d,
+        )
+    }
+    fn exp(self) -> C64 {
+        let m = self.0.exp();
+        C64(m * self.1.cos(), m * self.1.sin())
+    }
+    fn scale(self, s: f64) -> C64 {
+        C64(self.0 * s, self.1 * s)
+    }
+}
+
+/// Sequential reference forward with complex `A` (f64), from spec §4.1: `h_t = Ā h_{t−1} +
+/// γ̄·B_t·u_t` in ℂ, `y = 2·Re(Σ_n C_t[n] h_t[n]) + D·u`, then the gate.
+fn reference_complex(s: &ScanSpec, x: &Host) -> Vec<f64> {
+    let (bs, l, e, n, g) = (s.batch, s.len, s.channels, s.state, s.groups);
+    let mut y = vec![0.0; bs * l * e];
+    for bi in 0..bs {
+        for ch in 0..e {
+            let grp = ch / (e / g);
+            let mut h = vec![C64(0.0, 0.0); n];
+            for t in 0..l {
+                let i = (bi * l + t) * e + ch;
+                let mut dl = x.delta[i] + x.delta_bias.as_ref().map_or(0.0, |v| v[ch]);
+                if s.softplus && dl <= 20.0 {
+                    dl = dl.exp().ln_1p();
+                }
+                let da = x.delta_a.as_ref().map_or(dl, |v| v[i]);
+                let mut acc = 0.0;
+                for k in 0..n {
+                    let a = C64(x.a[(ch * n + k) * 2], x.a[(ch * n + k) * 2 + 1]);
+                    let j = (((bi * l + t) * g + grp) * n + k) * 2;
+                    let (bv, cv) = (C64(x.b[j], x.b[j + 1]), C64(x.c[j], x.c[j + 1]));
+                    let one = C64(1.0, 0.0);
+                    let (abar, gbar) = match s.rule {
+                        Rule::Mamba => (a.scale(da).exp(), C64(dl, 0.0)),
+                        Rule::Zoh => {
+                            let em = a.scale(dl).exp();
+                            (a.scale(da).exp(), C64(em.0 - 1.0, em.1).div(a))
+                        }
+                        Rule::Bilinear => {
+                            let v = a.scale(da * 0.5);
+                            let w = a.scale(dl * 0.5);
+                            (
+                                C64(1.0 + v.0, v.1).div(C64(1.0 - v.0, -v.1)),
+                                C64(dl, 0.0).div(C64(1.0 - w.0, -w.1)),
+                            )
+                        }
+                        Rule::Dirac => (a.scale(da).exp(), one),
+                    };
+                    let bu = gbar.mul(bv).scale(x.u[i]);
+                    let hn = abar.mul(h[k]);
+                    h[k] = C64(hn.0 + bu.0, hn.1 + bu.1);
+                    acc += 2.0 * cv.mul(h[k]).0;
+                }
+                let mut out = acc + x.d.as_ref().map_or(0.0, |v| v[ch]) * x.u[i];
+                if let Some(z) = &x.z {
+                    out *= z[i] / (1.0 + (-z[i]).exp());
+                }
+                y[i] = out;
+            }
+        }
+    }
+    y
+}
+
 /// Sequential reference forward (f64), written directly from the equations of spec §4.1.
 fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
+    if s.complex {
+        return reference_complex(s, x);
+    }
     let (bs, l, e, n) = (s.batch, s.len, s.channels, s.state);
     let g = if s.bc_fixed { 1 } else { s.groups };
     let mut y = vec![0.0; bs * l * e];
@@ -130,7 +211,7 @@ fn gpu_run(
     let gr = ss.backward(s, &inp, &f, &gy).unwrap();
     let y = st.clone_dtoh(&f.y).unwrap();
     let down = |v: &cudarc::driver::CudaSlice<f32>| st.clone_dtoh(v).unwrap();
-    let n = s.state;
+    let n = s.state_floats();
     let ne = 3 * n + 2;
     let pc = &gr.per_channel;
     let col = |q: usize| {
@@ -248,7 +329,7 @@ fn golden_op_cases() {
         let complex = gd.cfg["complex_keys"]
             .as_array()
             .is_some_and(|a| !a.is_empty());
-        if !name.starts_with("op_selective_scan") || complex {
+        if !name.starts_with("op_selective_scan") {
             println!("{name}: not covered by the GPU kernels yet");
             continue;
         }
@@ -263,6 +344,7 @@ fn golden_op_cases() {
         let (bsz, d, l) = (ush[0], ush[1], ush[2]);
         let (ash, a) = get("A").unwrap();
         let n = ash[1];
+        let nv = if complex { 2 } else { 1 };
         let (bsh, bm) = get("B").unwrap();
         let (_, cm) = get("C").unwrap();
         let (bc_fixed, groups) = match bsh.len() {
@@ -270,7 +352,7 @@ fn golden_op_cases() {
             3 => (false, 1),
             _ => (false, bsh[1]),
         };
-        // B, C: (b, [G,] n, L) -> (b, L, G, n)
+        // B, C: (b, [G,] n, L·nv) -> (b, L, G, n, nv) (complex: (re, im) interleaved along L)
         let bc = |v: &[f64]| -> Vec<f64> {
             if bc_fixed {
                 return v.to_vec();
@@ -280,8 +362,10 @@ fn golden_op_cases() {
                 for gi in 0..groups {
                     for k in 0..n {
                         for t in 0..l {
-                            o[((bi * l + t) * groups + gi) * n + k] =
-                                v[((bi * groups + gi) * n + k) * l + t];
+                            for r in 0..nv {
+                                o[(((bi * l + t) * groups + gi) * n + k) * nv + r] =
+                                    v[((bi * groups + gi) * n + k) * l * nv + t * nv + r];
+                            }
                         }
                     }
                 }
@@ -313,6 +397,7 @@ fn golden_op_cases() {
             softplus: call.contains("delta_softplus=True"),
             has_d: x.d.is_some(),
             has_z: x.z.is_some(),
+            complex,
         };
         let g = t3("g").unwrap();
         let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
@@ -332,8 +417,10 @@ fn golden_op_cases() {
                         for gi in 0..groups {
                             for s in 0..n {
                                 for t in 0..l {
-                                    o[((bi * groups + gi) * n + s) * l + t] =
-                                        v[((bi * l + t) * groups + gi) * n + s];
+                                    for r in 0..nv {
+                                        o[((bi * groups + gi) * n + s) * l * nv + t * nv + r] =
+                                            v[(((bi * l + t) * groups + gi) * n + s) * nv + r];
+                                    }
                                 }
                             }
                         }
@@ -349,8 +436,8 @@ fn golden_op_cases() {
         checked += 1;
     }
     assert_eq!(
-        checked, 8,
-        "expected the 8 real selective-scan golden cases"
+        checked, 10,
+        "expected the 8 real and 2 complex selective-scan golden cases"
     );
 }
 
@@ -359,7 +446,7 @@ fn golden_op_cases() {
 fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
     let ble = s.batch * s.len * s.channels;
     let bcn = s.expected_len("B");
-    let en = s.channels * s.state;
+    let en = s.expected_len("A");
     Host {
         u: (0..ble).map(|_| rng.normal()).collect(),
         delta: if s.softplus {
@@ -368,7 +455,20 @@ fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
             rng.vec(ble, 0.001, 0.1)
         },
         delta_a: s.has_delta_a.then(|| rng.vec(ble, 0.001, 0.2)),
-        a: rng.vec(en, -3.0, -0.05),
+        a: if s.complex {
+            // (re, im) pairs: decaying real part, any imaginary part
+            (0..en)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        -0.05 - 2.95 * rng.next()
+                    } else {
+                        6.0 * rng.next() - 3.0
+                    }
+                })
+                .collect()
+        } else {
+            rng.vec(en, -3.0, -0.05)
+        },
         b: (0..bcn).map(|_| rng.normal()).collect(),
         c: (0..bcn).map(|_| rng.normal()).collect(),
         d: s.has_d
@@ -448,6 +548,7 @@ fn random_cases_against_sequential_f64() {
         softplus: true,
         has_d: true,
         has_z: true,
+        complex: false,
     };
     let mut seed = 1;
     for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
@@ -489,6 +590,50 @@ fn random_cases_against_sequential_f64() {
 }
 
 #[test]
+fn random_complex_cases_against_sequential_f64() {
+    let Some(ss) = device() else { return };
+    let base = ScanSpec {
+        batch: 2,
+        len: 300,
+        channels: 64,
+        state: 8,
+        groups: 1,
+        rule: Rule::Mamba,
+        bc_fixed: false,
+        has_delta_a: false,
+        has_delta_bias: true,
+        softplus: true,
+        has_d: true,
+        has_z: true,
+        complex: true,
+    };
+    let mut seed = 100;
+    for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
+        for variant in 0..2 {
+            let mut s = base;
+            s.rule = rule;
+            if variant == 1 {
+                s.has_delta_a = true;
+                s.has_z = false;
+                s.groups = 4;
+                s.channels = 96;
+                s.state = 5;
+                s.len = 1000;
+                s.softplus = false;
+                s.has_delta_bias = false;
+            }
+            check_random(&ss, s, seed);
+            seed += 1;
+        }
+    }
+    let mut s = base;
+    s.batch = 1;
+    s.len = 4097;
+    s.channels = 32;
+    check_random(&ss, s, seed);
+}
+
+#[test]
 fn backward_is_bitwise_deterministic() {
     let Some(ss) = device() else { return };
     let s = ScanSpec {
@@ -504,6 +649,7 @@ fn backward_is_bitwise_deterministic() {
         softplus: true,
         has_d: true,
         has_z: true,
+        complex: false,
     };
     let mut rng = Rng(99);
     let x = random_host(&s, &mut rng);
@@ -541,6 +687,7 @@ fn shape_errors_are_reported() {
         softplus: false,
         has_d: false,
         has_z: false,
+        complex: false,
     };
     let st = ss.stream();
     let t = |n: usize| st.alloc_zeros::<f32>(n).unwrap();

@@ -21,6 +21,12 @@ fn every_variant_compiles_for_sm90() {
             cases.push((rule, flags, 4, 8, 2, Tiling::default()));
         }
     }
+    // complex A: every rule, all flags but time-invariant B/C (unsupported)
+    for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
+        for flags in [8u32, 14] {
+            cases.push((rule, flags, 4, 8, 2, Tiling::default()));
+        }
+    }
     // the GPU tests' shapes (odd state, groups of 24 channels) and the bench's tilings
     cases.push((Rule::Zoh, 3, 5, 40, 1, Tiling::default()));
     cases.push((Rule::Bilinear, 4, 8, 96, 4, Tiling::default()));
@@ -42,6 +48,7 @@ fn every_variant_compiles_for_sm90() {
             softplus: flags & 4 == 0,
             has_d: flags & 4 == 0,
             has_z: flags & 2 == 0,
+            complex: flags & 8 != 0,
         };
         let v = spec.check(tiling).expect("valid spec");
         let t = std::time::Instant::now();
