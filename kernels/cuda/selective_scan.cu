@@ -94,6 +94,13 @@
 #define R_ZOH 1
 #define R_BILINEAR 2
 #define R_DIRAC 3
+#define R_RGLRU 4  // Ā = A^ΔA = e^{ΔA·ln A} (A the base in (0,1)), γ̄ = sqrt(1 − Ā²)
+#define R_S7 5     // Ā = 1 − 1/(ΔA² + 1/2) (A ignored), γ̄ = 1
+// rules whose Ā = 2^{x·al}: the product of a thread's Ā is one ex2
+#define EXP_RULE (RULE == R_MAMBA || RULE == R_ZOH || RULE == R_DIRAC || RULE == R_RGLRU)
+#if COMPLEX && (RULE == R_RGLRU || RULE == R_S7)
+#error "the rglru and s7 rules are real"
+#endif
 #define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ float ex2(float x) {
@@ -107,12 +114,23 @@ __device__ __forceinline__ float softplus_f(float x) {
 }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
-// Ā of x = ΔA·a; al = a·log2(e)
+// log2 of the exponent's base: Ā = 2^{x·al}
+__device__ __forceinline__ float alog2(float a) {
+#if RULE == R_RGLRU
+    return log2f(a);
+#else
+    return a * LOG2E;
+#endif
+}
+// Ā of x = ΔA (and a = A[n]); al = alog2(a)
 __device__ __forceinline__ float abar(float da, float a, float al) {
 #if RULE == R_BILINEAR
     (void)al;
     float v = fminf(fmaxf(da * a, -2e18f), 2e18f);
     return (1.f + 0.5f * v) / (1.f - 0.5f * v);
+#elif RULE == R_S7
+    (void)a; (void)al;
+    return 1.f - 1.f / fmaf(da, da, 0.5f);
 #else
     (void)a;
     return ex2(da * al);
@@ -566,7 +584,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #pragma unroll
             for (int k = 0; k < KCH; k++) {
                 const int c = set * KCH + k;
-                const float a = sA[c * NSTATE + n], al = a * LOG2E;
+                const float a = sA[c * NSTATE + n], al = alog2(a);
 #if BC_FIXED
 #pragma unroll
                 for (int i = 0; i < ITEMS; i++) Bv[i] = sBf[c * NSTATE + n];
@@ -583,17 +601,19 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                     ab[k][i] = abar(x, a, al);
 #if RULE == R_MAMBA
                     bu[k][i] = dd[k][i] * uu[k][i] * Bv[i];
-#elif RULE == R_DIRAC
+#elif RULE == R_DIRAC || RULE == R_S7
                     bu[k][i] = uu[k][i] * Bv[i];
+#elif RULE == R_RGLRU
+                    bu[k][i] = sqrtf(fmaxf(fmaf(-ab[k][i], ab[k][i], 1.f), 0.f)) * Bv[i] * uu[k][i];
 #else
                     bu[k][i] = gbar(dd[k][i], a) * Bv[i] * uu[k][i];
 #endif
                     S[k] = fmaf(ab[k][i], S[k], bu[k][i]);
-#if RULE == R_BILINEAR
+#if !EXP_RULE
                     P[k] *= ab[k][i];
 #endif
                 }
-#if RULE != R_BILINEAR
+#if EXP_RULE
                 P[k] = ex2(sx[k] * al);  // Π_i e^{x_i·a}
 #endif
                 hc[k] = sH[c * NSTATE + n];
@@ -858,7 +878,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #pragma unroll
             for (int k = 0; k < KCH; k++) {
                 const int c = set * KCH + k;
-                const float a = sA[c * NSTATE + n], al = a * LOG2E;
+                const float a = sA[c * NSTATE + n], al = alog2(a);
 #if BC_FIXED
 #pragma unroll
                 for (int i = 0; i < ITEMS; i++) { Bv[i] = sBf[c * NSTATE + n]; Cv[i] = sCf[c * NSTATE + n]; }
@@ -873,13 +893,17 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                     const float x = dd[k][i];
 #endif
                     ab[i] = abar(x, a, al);
+#if RULE == R_RGLRU
+                    gb[i] = sqrtf(fmaxf(fmaf(-ab[i], ab[i], 1.f), 0.f));
+#else
                     gb[i] = gbar(dd[k][i], a);
+#endif
                     S = fmaf(ab[i], S, gb[i] * Bv[i] * uu[k][i]);
-#if RULE == R_BILINEAR
+#if !EXP_RULE
                     P *= ab[i];
 #endif
                 }
-#if RULE != R_BILINEAR
+#if EXP_RULE
                 P = ex2(sx[k] * al);
 #endif
                 // the states before each step and after the last (one channel at a time keeps
@@ -919,18 +943,31 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
                     const float lam = fmaf(Gq[k][i], Cv[i], m);
                     m = ab[i] * lam;
-#if RULE == R_BILINEAR
-                    const float dx = lam * hh[i] * dabar(ab[i], x * a);  // ∂L/∂x
-#else
-                    const float dx = m * hh[i];
-#endif
-                    gA = fmaf(dx, x, gA);
-#if HAS_DTA
-                    gda[k][i] = fmaf(dx, a, gda[k][i]);
-#else
-                    gd[k][i] = fmaf(dx, a, gd[k][i]);
-#endif
                     const float lb = lam * Bv[i];
+                    // gx = ∂L/∂ΔA (through Ā and, for rglru, γ̄(Ā))
+#if RULE == R_BILINEAR
+                    const float dx = lam * hh[i] * dabar(ab[i], x * a);  // ∂L/∂(ΔA·a)
+                    gA = fmaf(dx, x, gA);
+                    const float gx = dx * a;
+#elif RULE == R_S7
+                    const float q = fmaf(x, x, 0.5f);
+                    const float gx = lam * hh[i] * (2.f * x / (q * q));
+#elif RULE == R_RGLRU
+                    // w = ΔA·ln A: dĀ/dw = Ā, dγ̄/dw = −Ā²/γ̄
+                    float dw = m * hh[i];
+                    if (gb[i] > 0.f) dw -= lb * uu[k][i] * ab[i] * ab[i] / gb[i];
+                    gA = fmaf(dw, x / a, gA);
+                    const float gx = dw * (al * 0.6931471805599453f);
+#else
+                    const float dx = m * hh[i];  // ∂L/∂(ΔA·a)
+                    gA = fmaf(dx, x, gA);
+                    const float gx = dx * a;
+#endif
+#if HAS_DTA
+                    gda[k][i] += gx;
+#else
+                    gd[k][i] += gx;
+#endif
                     gdu[k][i] = fmaf(lb, gb[i], gdu[k][i]);
 #if RULE == R_MAMBA
                     gd[k][i] = fmaf(lb, uu[k][i], gd[k][i]);

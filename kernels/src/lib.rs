@@ -22,10 +22,19 @@ use std::fmt;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod s7;
 
 /// The CUDA C source of the selective scan kernels (`ss_fwd`, `ss_bwd`, `ss_reduce_bc`,
 /// `ss_reduce_e`).
 pub const SELECTIVE_SCAN_SRC: &str = include_str!("../cuda/selective_scan.cu");
+
+/// The CUDA C source of the S7 projection kernels (spec §4.5) used around the s7-rule scan.
+pub const S7_PROJ_SRC: &str = include_str!("../cuda/s7_proj.cu");
+
+/// The S7 projection kernels' entry points, in [`S7_PROJ_SRC`].
+pub const S7_PROJ_KERNELS: [&str; 5] =
+    ["s7_in", "s7_out", "s7_out_bwd_x", "s7_in_bwd_u", "s7_outer"];
 
 /// The kernels' entry points, in the source [`SELECTIVE_SCAN_SRC`].
 pub const SELECTIVE_SCAN_KERNELS: [&str; 4] = ["ss_fwd", "ss_bwd", "ss_reduce_bc", "ss_reduce_e"];
@@ -36,7 +45,7 @@ pub const MAX_STATE: usize = 64;
 /// Discretization of the selective scan (`x = ΔA·A`, `w = Δ·A`):
 /// mamba `Ā = eˣ, γ̄ = Δ`; zoh `Ā = eˣ, γ̄ = expm1(w)/A` (`Δ` at `A = 0`);
 /// bilinear `Ā = (1 + x/2)/(1 − x/2)` (`x` clamped to ±2e18), `γ̄ = Δ/(1 − w/2)`;
-/// dirac `Ā = eˣ, γ̄ = 1`.
+/// dirac `Ā = eˣ, γ̄ = 1`; rglru `Ā = A^ΔA, γ̄ = sqrt(1 − Ā²)`; s7 `Ā = 1 − 1/(ΔA² + ½), γ̄ = 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// `Ā = exp(ΔA·A)`, `γ̄ = Δ` (lrnnx's default).
@@ -47,6 +56,12 @@ pub enum Rule {
     Bilinear,
     /// `Ā = exp(ΔA·A)`, `γ̄ = 1`.
     Dirac,
+    /// lrnnx's kernel-only RG-LRU rule: `Ā = A^ΔA` (`A` the base in (0, 1)), `γ̄ = sqrt(1 − Ā²)`
+    /// (spec §4.6 with `B = C = 1`). Real `A` only, no `deltaA`.
+    Rglru,
+    /// lrnnx's kernel-only S7 rule: `Ā = 1 − 1/(ΔA² + 1/2)` (`A` ignored), `γ̄ = 1` (spec §4.5).
+    /// Real `A` only, no `deltaA`.
+    S7,
 }
 
 impl Rule {
@@ -57,6 +72,8 @@ impl Rule {
             "zoh" => Some(Rule::Zoh),
             "bilinear" => Some(Rule::Bilinear),
             "dirac" => Some(Rule::Dirac),
+            "rglru" => Some(Rule::Rglru),
+            "s7" => Some(Rule::S7),
             _ => None,
         }
     }
@@ -67,6 +84,8 @@ impl Rule {
             Rule::Zoh => 1,
             Rule::Bilinear => 2,
             Rule::Dirac => 3,
+            Rule::Rglru => 4,
+            Rule::S7 => 5,
         }
     }
 }
@@ -329,6 +348,12 @@ impl ScanSpec {
         }
         if self.complex && self.bc_fixed {
             return err("complex A needs time-varying B/C (bc_fixed is not supported)".into());
+        }
+        if matches!(self.rule, Rule::Rglru | Rule::S7) && (self.complex || self.has_delta_a) {
+            return err(format!(
+                "rule {:?} takes real A and no deltaA (complex {}, deltaA {})",
+                self.rule, self.complex, self.has_delta_a
+            ));
         }
         let mut v = Variant {
             state: self.state,

@@ -6,6 +6,10 @@
 //!   finite differences of it along a random direction per input (gradients at 1e-4), lengths
 //!   up to 16384;
 //! - the same with complex `A` (every rule; golden `op_selective_scan_complex_*` cases too);
+//! - the rglru and s7 rules against the f64 loop and finite differences, and lrnnx's
+//!   `op_rglru_scan_*` golden cases;
+//! - the S7 scan with its projections (`lrnnx_kernels::s7`): the `op_s7_scan_*` golden cases
+//!   and random cases against an f64 loop with finite differences;
 //! - two backward runs give bitwise identical gradients.
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
@@ -15,6 +19,7 @@
 use std::collections::HashMap;
 
 use lrnnx_kernels::cuda::{gpu_available, Grads, Inputs, SelectiveScan};
+use lrnnx_kernels::s7::{S7Inputs, S7Scan, S7Spec};
 use lrnnx_kernels::{Rule, ScanSpec};
 
 struct Rng(u64);
@@ -108,6 +113,7 @@ fn reference_complex(s: &ScanSpec, x: &Host) -> Vec<f64> {
                             )
                         }
                         Rule::Dirac => (a.scale(da).exp(), one),
+                        Rule::Rglru | Rule::S7 => unreachable!("real rules"),
                     };
                     let bu = gbar.mul(bv).scale(x.u[i]);
                     let hn = abar.mul(h[k]);
@@ -162,6 +168,11 @@ fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
                             ((1.0 + v / 2.0) / (1.0 - v / 2.0), dl / (1.0 - dl * a / 2.0))
                         }
                         Rule::Dirac => (xa.exp(), 1.0),
+                        Rule::Rglru => {
+                            let ab = a.powf(da);
+                            (ab, (1.0 - ab * ab).sqrt())
+                        }
+                        Rule::S7 => (1.0 - 1.0 / (da * da + 0.5), 1.0),
                     };
                     h[k] = abar * h[k] + gbar * bv * x.u[i];
                     acc += cv * h[k];
@@ -330,7 +341,10 @@ fn golden_op_cases() {
             .as_array()
             .is_some_and(|a| !a.is_empty());
         if !name.starts_with("op_selective_scan") {
-            println!("{name}: not covered by the GPU kernels yet");
+            // op_rglru_scan_*: golden_rglru_cases; op_s7_scan_*: s7_golden_and_random
+            if !name.starts_with("op_rglru") && !name.starts_with("op_s7") {
+                println!("{name}: not covered by the GPU kernels yet");
+            }
             continue;
         }
         let call = gd.cfg["call"].as_str().unwrap().to_string();
@@ -451,6 +465,10 @@ fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
         u: (0..ble).map(|_| rng.normal()).collect(),
         delta: if s.softplus {
             rng.vec(ble, -4.0, 0.0)
+        } else if s.rule == Rule::S7 {
+            (0..ble).map(|_| rng.normal()).collect()
+        } else if s.rule == Rule::Rglru {
+            rng.vec(ble, 0.01, 2.0)
         } else {
             rng.vec(ble, 0.001, 0.1)
         },
@@ -466,6 +484,8 @@ fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
                     }
                 })
                 .collect()
+        } else if s.rule == Rule::Rglru {
+            rng.vec(en, 0.3, 0.99)
         } else {
             rng.vec(en, -3.0, -0.05)
         },
@@ -634,6 +654,107 @@ fn random_complex_cases_against_sequential_f64() {
 }
 
 #[test]
+fn random_rglru_and_s7_against_sequential_f64() {
+    let Some(ss) = device() else { return };
+    let base = ScanSpec {
+        batch: 2,
+        len: 500,
+        channels: 48,
+        state: 2,
+        groups: 1,
+        rule: Rule::Rglru,
+        bc_fixed: true,
+        has_delta_a: false,
+        has_delta_bias: false,
+        softplus: false,
+        has_d: false,
+        has_z: false,
+        complex: false,
+    };
+    let mut seed = 200;
+    for rule in [Rule::Rglru, Rule::S7] {
+        for variant in 0..2 {
+            let mut s = base;
+            s.rule = rule;
+            if variant == 1 {
+                // time-varying B/C, every optional input (rglru: softplus keeps Δ > 0, so that
+                // Ā < 1 and sqrt(1 − Ā²) is real)
+                s.bc_fixed = false;
+                s.softplus = rule == Rule::Rglru;
+                s.state = if rule == Rule::S7 { 1 } else { 4 };
+                s.has_d = true;
+                s.has_z = true;
+                s.has_delta_bias = true;
+                s.len = 2000;
+            }
+            check_random(&ss, s, seed);
+            seed += 1;
+        }
+    }
+}
+
+/// lrnnx's `rglru_scan_ref` golden cases (spec §4.6) through the selective scan with the rglru
+/// rule and `B = C = 1`: `out` at 1e-5, `grad.{u, delta, A}` at 1e-4.
+#[test]
+fn golden_rglru_cases() {
+    let Some(ss) = device() else { return };
+    let dir = std::env::var("LRNNX_GOLDEN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/lrnnx-golden").to_string()
+    });
+    let mut checked = 0;
+    for name in ["op_rglru_scan_dstate1", "op_rglru_scan_dstate2"] {
+        let gd = load(&std::path::Path::new(&dir).join(format!("{name}.safetensors")));
+        let get = |k: &str| gd.t[k].clone();
+        let (ush, u) = get("input.u");
+        let (bsz, d, l) = (ush[0], ush[1], ush[2]);
+        let (ash, a) = get("input.A");
+        let n = ash[1];
+        let x = Host {
+            u: bdl_to_bld(&u, bsz, d, l),
+            delta: bdl_to_bld(&get("input.delta").1, bsz, d, l),
+            delta_a: None,
+            a,
+            b: vec![1.0; d * n],
+            c: vec![1.0; d * n],
+            d: None,
+            z: None,
+            delta_bias: None,
+        };
+        let spec = ScanSpec {
+            batch: bsz,
+            len: l,
+            channels: d,
+            state: n,
+            groups: 1,
+            rule: Rule::Rglru,
+            bc_fixed: true,
+            has_delta_a: false,
+            has_delta_bias: false,
+            softplus: false,
+            has_d: false,
+            has_z: false,
+            complex: false,
+        };
+        let g = bdl_to_bld(&get("input.g").1, bsz, d, l);
+        let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
+        let ry = rel(&bld_to_bdl(&y, bsz, d, l), &gd.t["output.out"].1);
+        println!("{name}: out rel {ry:.2e}");
+        assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
+        for k in ["u", "delta", "A"] {
+            let got = match k {
+                "A" => grads[k].clone(),
+                _ => bld_to_bdl(&grads[k], bsz, d, l),
+            };
+            let r = rel(&got, &gd.t[&format!("grad.{k}")].1);
+            println!("{name}: grad.{k} rel {r:.2e}");
+            assert!(r <= 1e-4, "{name}: grad.{k} rel {r:e}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+}
+
+#[test]
 fn backward_is_bitwise_deterministic() {
     let Some(ss) = device() else { return };
     let s = ScanSpec {
@@ -705,4 +826,185 @@ fn shape_errors_are_reported() {
     };
     let e = ss.forward(&s, &inp).err().expect("shape error");
     assert!(e.0.contains("`delta`"), "{e}");
+}
+
+// ---------------------------------------------------------------- S7 (spec §4.5)
+
+/// Host tensors of one S7 problem (f64, time-major layout of `lrnnx_kernels::s7`).
+#[derive(Clone)]
+struct S7Host {
+    u: Vec<f64>,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    c: Vec<f64>,
+    bias: Option<Vec<f64>>,
+}
+
+fn s7_field<'a>(x: &'a mut S7Host, k: &str) -> &'a mut Vec<f64> {
+    match k {
+        "u" => &mut x.u,
+        "A" => &mut x.a,
+        "B" => &mut x.b,
+        "C" => &mut x.c,
+        _ => x.bias.as_mut().unwrap(),
+    }
+}
+
+/// Sequential S7 reference (f64) written from spec §4.5.
+fn s7_reference(sp: &S7Spec, x: &S7Host) -> Vec<f64> {
+    let (bs, l, hh, n) = (sp.batch, sp.len, sp.heads, sp.state);
+    let mut y = vec![0.0; bs * l * hh];
+    for bi in 0..bs {
+        let mut st = vec![0.0f64; n];
+        for t in 0..l {
+            let r = bi * l + t;
+            for k in 0..n {
+                let mut bu = x.bias.as_ref().map_or(0.0, |v| v[r * n + k]);
+                for h in 0..hh {
+                    bu += x.b[(r * n + k) * hh + h] * x.u[r * hh + h];
+                }
+                let at = x.a[r * n + k];
+                st[k] = (1.0 - 1.0 / (at * at + 0.5)) * st[k] + bu;
+            }
+            for h in 0..hh {
+                y[r * hh + h] = (0..n).map(|k| x.c[(r * hh + h) * n + k] * st[k]).sum();
+            }
+        }
+    }
+    y
+}
+
+fn s7_gpu(
+    s7: &S7Scan,
+    sp: &S7Spec,
+    x: &S7Host,
+    g: &[f64],
+) -> (Vec<f32>, HashMap<&'static str, Vec<f32>>) {
+    let st = s7.scan.stream();
+    let up = |v: &[f64]| st.clone_htod(&f32v(v)).unwrap();
+    let (u, a, b, c) = (up(&x.u), up(&x.a), up(&x.b), up(&x.c));
+    let bias = x.bias.as_deref().map(up);
+    let inp = S7Inputs {
+        u: &u,
+        a: &a,
+        b: &b,
+        c: &c,
+        bias: bias.as_ref(),
+    };
+    let f = s7.forward(sp, &inp).unwrap();
+    let gr = s7.backward(sp, &inp, &f, &up(g)).unwrap();
+    let down = |v: &cudarc::driver::CudaSlice<f32>| st.clone_dtoh(v).unwrap();
+    let mut m = HashMap::new();
+    m.insert("u", down(&gr.du));
+    m.insert("A", down(&gr.da));
+    m.insert("B", down(&gr.db));
+    m.insert("C", down(&gr.dc));
+    if let Some(v) = &gr.dbias {
+        m.insert("bias", down(v));
+    }
+    (down(&f.y), m)
+}
+
+/// lrnnx's `op_s7_scan_*` golden cases (out at 1e-5, gradients at 1e-4), then random cases
+/// against the f64 loop with finite differences of every gradient.
+#[test]
+fn s7_golden_and_random() {
+    if !gpu_available() {
+        println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
+        return;
+    }
+    let s7 = S7Scan::new(0).expect("CUDA context");
+    let dir = std::env::var("LRNNX_GOLDEN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/lrnnx-golden").to_string()
+    });
+    for name in ["op_s7_scan_bias", "op_s7_scan_nobias"] {
+        let gd = load(&std::path::Path::new(&dir).join(format!("{name}.safetensors")));
+        let (ush, u) = gd.t["input.u"].clone();
+        let (bsz, hh, l) = (ush[0], ush[1], ush[2]);
+        let n = gd.t["input.A"].0[1];
+        // (b, X, L) -> (b, L, X) with X the product of the middle axes
+        let tm = |k: &str, xdim: usize| gd.t.get(k).map(|v| bdl_to_bld(&v.1, bsz, xdim, l));
+        let x = S7Host {
+            u: bdl_to_bld(&u, bsz, hh, l),
+            a: tm("input.A", n).unwrap(),
+            b: tm("input.B", n * hh).unwrap(),
+            c: tm("input.C", hh * n).unwrap(),
+            bias: tm("input.bias", n),
+        };
+        let sp = S7Spec {
+            batch: bsz,
+            len: l,
+            heads: hh,
+            state: n,
+            has_bias: x.bias.is_some(),
+        };
+        let g = tm("input.g", hh).unwrap();
+        let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
+        let ry = rel(&bld_to_bdl(&y, bsz, hh, l), &gd.t["output.out"].1);
+        println!("{name}: out rel {ry:.2e}");
+        assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
+        for (k, v) in &grads {
+            let xdim = match *k {
+                "u" => hh,
+                "A" | "bias" => n,
+                _ => n * hh,
+            };
+            let r = rel(&bld_to_bdl(v, bsz, xdim, l), &gd.t[&format!("grad.{k}")].1);
+            println!("{name}: grad.{k} rel {r:.2e}");
+            assert!(r <= 1e-4, "{name}: grad.{k} rel {r:e}");
+        }
+    }
+    // random cases
+    let mut rng = Rng(300);
+    for (len, heads, state, has_bias) in [(200, 6, 4, true), (1500, 3, 5, false)] {
+        let sp = S7Spec {
+            batch: 2,
+            len,
+            heads,
+            state,
+            has_bias,
+        };
+        let rows = sp.batch * len;
+        let mut nv = |k: usize| (0..k).map(|_| rng.normal()).collect::<Vec<f64>>();
+        let x = S7Host {
+            u: nv(rows * heads),
+            a: nv(rows * state),
+            b: nv(rows * state * heads).iter().map(|v| 0.3 * v).collect(),
+            c: nv(rows * heads * state),
+            bias: has_bias.then(|| nv(rows * state)),
+        };
+        let g = nv(rows * heads);
+        let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
+        let ry = rel(&y, &s7_reference(&sp, &x));
+        println!("{sp:?}\n  forward rel {ry:.2e}");
+        assert!(ry <= 1e-5, "forward rel {ry:e}");
+        let loss = |x: &S7Host| -> f64 {
+            s7_reference(&sp, x)
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        for (k, gv) in &grads {
+            let v: Vec<f64> = (0..gv.len()).map(|_| rng.normal()).collect();
+            let eps = 1e-5;
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            for ((p, m), vi) in s7_field(&mut xp, k)
+                .iter_mut()
+                .zip(s7_field(&mut xm, k).iter_mut())
+                .zip(&v)
+            {
+                *p += eps * vi;
+                *m -= eps * vi;
+            }
+            let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps);
+            let dot: f64 = gv.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum();
+            let scale: f64 = gv.iter().zip(&v).map(|(a, b)| (*a as f64 * b).abs()).sum();
+            let r = (dot - fd).abs() / scale.max(1e-30);
+            println!(
+                "  grad.{k}: directional {dot:.6e} vs finite difference {fd:.6e}, rel {r:.2e}"
+            );
+            assert!(r <= 1e-4, "grad.{k} rel {r:e}");
+        }
+    }
 }

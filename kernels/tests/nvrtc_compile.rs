@@ -27,6 +27,12 @@ fn every_variant_compiles_for_sm90() {
             cases.push((rule, flags, 4, 8, 2, Tiling::default()));
         }
     }
+    // the rglru and s7 rules (real, fixed or time-varying B/C)
+    for rule in [Rule::Rglru, Rule::S7] {
+        for flags in [1u32, 4] {
+            cases.push((rule, flags, 2, 8, 2, Tiling::default()));
+        }
+    }
     // the GPU tests' shapes (odd state, groups of 24 channels) and the bench's tilings
     cases.push((Rule::Zoh, 3, 5, 40, 1, Tiling::default()));
     cases.push((Rule::Bilinear, 4, 8, 96, 4, Tiling::default()));
@@ -66,4 +72,23 @@ fn every_variant_compiles_for_sm90() {
         n += 1;
     }
     println!("compiled {n} variants for sm_90");
+}
+
+#[test]
+fn s7_projections_compile_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(lrnnx_kernels::cuda::ARCH),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(lrnnx_kernels::S7_PROJ_SRC, opts)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let src = ptx.to_src();
+    for k in lrnnx_kernels::S7_PROJ_KERNELS {
+        assert!(src.contains(&format!(".entry {k}")), "{k} missing in PTX");
+    }
+    println!("compiled the S7 projections for sm_90");
 }
