@@ -1,4 +1,4 @@
-// Selective scan (lrnnx spec §4.1, real A), forward and backward, fp32 state.
+// Selective scan (lrnnx spec §4.1; real or complex A), forward and backward, fp32 state.
 //
 // Layout (row-major):  u, delta, deltaA, z, y, du, ddelta, ddeltaA, dz : (Bsz, L, E)
 //                      A : (E, N)   D, delta_bias : (E)
@@ -13,6 +13,12 @@
 // Rules (RULE): 0 mamba Ā = e^x, γ̄ = Δ;  1 zoh Ā = e^x, γ̄ = expm1(ΔA)/A;
 //               2 bilinear Ā = (1 + x/2)/(1 − x/2) (x clamped to ±2e18), γ̄ = Δ/(1 − ΔA/2);
 //               3 dirac Ā = e^x, γ̄ = 1.            (x = ΔA_t·A[n]; γ̄ uses Δ_t·A[n])
+//               4 rglru Ā = A^ΔA (A the base), γ̄ = sqrt(1 − Ā²);  5 s7 Ā = 1 − 1/(ΔA² + ½), γ̄ = 1.
+//
+// COMPLEX (complex A, time-varying B/C only): A, B_t, C_t, h and the state buffers hold (re, im)
+// pairs interleaved (NS = 2N floats per state vector), y_t = 2·Re(Σ_n C_t[n] h_t[n]) + D u_t, and
+// the backward carries the adjoint λ_t = 2·G_t·conj(C_t) + conj(Ā_{t+1})·λ_{t+1} (gradients as
+// ∂L/∂Re + i·∂L/∂Im).
 //
 // Parallel structure (chunked scan). A block owns CB = CS·KCH consecutive channels of one batch
 // row and walks the sequence in chunks of TCH = SEG·ITEMS steps (forward: in order; backward:
@@ -25,7 +31,7 @@
 // state, accumulating y. The backward does the same for the state and then the reverse scan of the
 // adjoint m_t = Ā_t·(G_t·C_t + m_{t+1}) (λ_t = G_t C_t + m_{t+1}, G = ∂L/∂y_pre), with Ā, γ̄ of
 // the state in registers, so each (step, state) computes Ā once in the forward and once in the
-// backward. The forward stores the state at every chunk start (hs: (Bsz, ⌈L/TCH⌉, N, E)) for the
+// backward. The forward stores the state at every chunk start (hs: (Bsz, ⌈L/TCH⌉, NS, E)) for the
 // backward.
 //
 // Determinism: every reduction runs in a fixed order: the item order inside a thread, xor
@@ -34,7 +40,7 @@
 // channel sums over batch in batch order by ss_reduce_e. No atomics.
 //
 // Compile-time parameters (defines): NSTATE, SEG, KCH, ITEMS, NWARP, RULE, HAS_Z, HAS_D, HAS_DB,
-// SOFTPLUS, HAS_DTA, BC_FIXED. With time-varying B/C, CB divides the channels of a group (a block
+// SOFTPLUS, HAS_DTA, BC_FIXED, COMPLEX. With time-varying B/C, CB divides the channels of a group (a block
 // lies inside one group); with BC_FIXED the last block may hold channels ≥ E (inactive).
 
 #ifndef NSTATE
@@ -267,7 +273,7 @@ __device__ __forceinline__ void unstage_ble(float* __restrict__ X, const float* 
 __device__ __forceinline__ void stage_bc(const float* __restrict__ M, float* s, int b, int t0,
                                          int L, int G, int g) {
     const float* base = M + ((size_t)b * L * G + g) * NS;
-#if NT % NS == 0
+#if NT % NS == 0 && (TCH * NS) % NT == 0
     // every thread keeps one state and strides over the steps
     const int n = threadIdx.x % NS, t = threadIdx.x / NS;
     const float* p = base + (size_t)(t0 + t) * G * NS + n;
@@ -573,7 +579,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             }
         }
 #if !COMPLEX
-#pragma unroll 1
+#pragma unroll 2  // two states in flight (ILP)
         for (int n = 0; n < NSTATE; n++) {
             float Bv[ITEMS], Cv[ITEMS];
 #if !BC_FIXED
@@ -865,7 +871,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             }
         }
 #if !COMPLEX
-#pragma unroll 1
+#pragma unroll 2  // two states in flight (ILP)
         for (int n = 0; n < NSTATE; n++) {
             float Bv[ITEMS], Cv[ITEMS];
 #if !BC_FIXED

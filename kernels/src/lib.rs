@@ -1,22 +1,25 @@
-//! CUDA scan kernels for lrnnx: the selective scan (lrnnx spec §4.1, real `A`) forward and
-//! backward, as CUDA C compiled at run time with NVRTC (through cudarc, behind the `cuda`
-//! feature) and launched on plain device buffers.
+//! CUDA scan kernels for lrnnx: the selective scan (lrnnx spec §4.1; real or complex `A`; the
+//! mamba, zoh, bilinear, dirac rules and lrnnx's kernel-only rglru and s7 rules) forward and
+//! backward, and the S7 scan with its projections (spec §4.5, [`s7`] module), as CUDA C compiled at
+//! run time with NVRTC (through cudarc, behind the `cuda` feature) and launched on plain device
+//! buffers.
 //!
 //! Per channel `e`, state `n`, time `t` (layout `(batch, L, E)` for every per-element tensor):
 //!
 //! ```text
 //! Δ_t  = softplus?(delta_t + delta_bias[e])          ΔA_t = deltaA_t (raw) or Δ_t
 //! h_t[n] = Ā(ΔA_t·A[e,n])·h_{t−1}[n] + γ̄(Δ_t, A[e,n])·B_t[n]·u_t      (h_{−1} = 0)
-//! y_t  = (Σ_n C_t[n]·h_t[n] + D[e]·u_t) · SiLU(z_t)
+//! y_t  = (Σ_n C_t[n]·h_t[n] + D[e]·u_t) · SiLU(z_t)        (complex A: 2·Re(Σ_n C_t[n]·h_t[n]))
 //! ```
 //!
 //! with the discretizations of [`Rule`]. `B`, `C` are time-varying `(batch, L, G, N)` (channel
-//! `e` reads group `e / (E/G)`) or time-invariant `(E, N)`. The backward is deterministic: every
-//! reduction runs in a fixed order (no floating-point atomics), so two runs give bitwise equal
-//! gradients.
+//! `e` reads group `e / (E/G)`) or time-invariant `(E, N)`. The kernels run a chunked scan (see
+//! [`Tiling`]); the backward is deterministic: every reduction runs in a fixed order (no
+//! floating-point atomics), so two runs give bitwise equal gradients.
 //!
-//! Without the `cuda` feature the crate holds the kernel source, the configuration and its shape
-//! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` compiles and launches.
+//! Without the `cuda` feature the crate holds the kernel sources, the configuration and its shape
+//! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` and `s7::S7Scan` compile and
+//! launch.
 
 use std::fmt;
 
@@ -39,7 +42,8 @@ pub const S7_PROJ_KERNELS: [&str; 5] =
 /// The kernels' entry points, in the source [`SELECTIVE_SCAN_SRC`].
 pub const SELECTIVE_SCAN_KERNELS: [&str; 4] = ["ss_fwd", "ss_bwd", "ss_reduce_bc", "ss_reduce_e"];
 
-/// Largest state size the kernels are compiled for (all states of a channel live in registers).
+/// Largest state size the kernels accept (the states are walked one at a time; `N` sets the
+/// shared memory of `B_t`/`C_t` tiles).
 pub const MAX_STATE: usize = 64;
 
 /// Discretization of the selective scan (`x = ΔA·A`, `w = Δ·A`):
@@ -163,12 +167,12 @@ pub struct Tiling {
 impl Default for Tiling {
     fn default() -> Self {
         Tiling {
-            seg: 8,
+            seg: 4,
             items: 8,
             channels_per_thread: 2,
             warps: 4,
             bwd_channels_per_thread: 1,
-            bwd_warps: 8,
+            bwd_warps: 4,
         }
     }
 }
@@ -187,11 +191,11 @@ pub const BENCH_TILINGS: [Tiling; 6] = {
         }
     }
     [
+        t(4, 8, 2, 4, 1, 4),
         t(8, 8, 2, 4, 1, 8),
-        t(8, 8, 2, 4, 1, 4),
         t(8, 8, 1, 4, 2, 4),
         t(16, 4, 2, 4, 1, 4),
-        t(4, 8, 2, 4, 1, 4),
+        t(4, 8, 1, 4, 1, 8),
         t(4, 16, 1, 4, 1, 4),
     ]
 };
@@ -465,8 +469,7 @@ mod tests {
         s.groups = 1;
         s.state = 16;
         let v = s.check(Tiling::default()).unwrap();
-        // 8 lanes a set, 4 sets a warp: forward 4 warps of 2 channels a thread, backward 8
-        // warps of 1
+        // 4 lanes a set, 8 sets a warp, 4 warps: forward 2 channels a thread, backward 1
         assert_eq!(
             (
                 v.channels_per_block(f),
@@ -474,7 +477,7 @@ mod tests {
                 v.threads(f),
                 v.chunk()
             ),
-            (32, 32, 128, 64)
+            (64, 32, 128, 32)
         );
         // 96 channels in 4 groups of 24: 8 channels a block
         s.channels = 96;
