@@ -168,25 +168,6 @@ __device__ __forceinline__ float gbar(float d, float a) {
     return 1.f;
 #endif
 }
-// (γ̄, ∂γ̄/∂Δ, ∂γ̄/∂a)
-__device__ __forceinline__ void gbar_grad(float d, float a, float& g, float& gd, float& ga) {
-#if RULE == R_MAMBA
-    (void)a;
-    g = d; gd = 1.f; ga = 0.f;
-#elif RULE == R_ZOH
-    if (a == 0.f) { g = d; gd = 1.f; ga = 0.5f * d * d; }
-    else {
-        float em = expm1f(d * a);
-        g = em / a; gd = em + 1.f; ga = (d * (em + 1.f) - g) / a;
-    }
-#elif RULE == R_BILINEAR
-    float den = 1.f - 0.5f * d * a;
-    g = d / den; gd = 1.f / (den * den); ga = 0.5f * d * d * gd;
-#else
-    (void)d; (void)a;
-    g = 1.f; gd = 0.f; ga = 0.f;
-#endif
-}
 
 // ITEMS consecutive floats of a shared row (16-byte aligned when ITEMS % 4 == 0)
 __device__ __forceinline__ void ld_items(const float* p, float* out) {
