@@ -33,10 +33,14 @@ boards=(
     "thumbv8m.main-none-eabihf cortex-m33 mps2-an505 0x38000000"
 )
 
+# One image per model: DENOISER (default features; the budget applies to it) and DEMO.
 for b in "${boards[@]}"; do
+  for image in denoiser demo; do
     read -r target cpu machine ram_origin <<<"$b"
+    features=()
+    [ "$image" = demo ] && features=(--features demo)
     (cd "$fw" && env -u CARGO_TARGET_DIR cargo build --release --quiet --target "$target" \
-        --target-dir "$target_dir")
+        --target-dir "$target_dir" "${features[@]}")
     elf=$fw/$target_dir/$target/release/lrnnx-firmware
 
     # Sections: alloc sections below the RAM origin are flash; .data is in RAM and its initial
@@ -69,7 +73,7 @@ for b in "${boards[@]}"; do
     ram=$((ram_static + stack))
 
     echo
-    echo "== $machine ($cpu, $target)"
+    echo "== $machine ($cpu, $target), image $image"
     printf '%-42s %8d bytes (%.1f KB; of which model weights %d, fixed input + expected outputs %d)\n' \
         "flash (.vector_table .text .rodata .data)" "$flash" "$(awk -v b="$flash" 'BEGIN { print b / 1024 }')" "$weights" "$testdata"
     printf '%-42s %8d bytes (static %d + peak stack %d)\n' "RAM" "$ram" "$ram_static" "$stack"
@@ -91,8 +95,9 @@ for b in "${boards[@]}"; do
                 printf "  %-40s %8.1f\n", "per kind, " ks[i], sum[m[2], ks[i]]
             printf "  per stage:%s\n", stages[m[2]]
         }'
-    total=$(echo "$out" | sed -n 's/^cost model=DENOISER total instructions_per_sample=\([0-9.]*\).*/\1/p')
     echo "$out" | grep '^calibration' | sed 's/^/(SysTick /; s/$/)/'
+    [ "$image" = denoiser ] || continue
+    total=$(echo "$out" | sed -n 's/^cost model=DENOISER total instructions_per_sample=\([0-9.]*\).*/\1/p')
     over=()
     [ "$flash" -le "$budget_flash" ] || over+=("flash")
     [ "$ram" -le "$budget_ram" ] || over+=("RAM")
@@ -102,4 +107,5 @@ for b in "${boards[@]}"; do
     else
         echo "over the issue's target (256 KB flash, 64 KB RAM, <= $budget_instr instructions/sample) in: ${over[*]}"
     fi
+done
 done

@@ -3,16 +3,17 @@
 //! [`crate::export::export`]), as a file ([`network_to_blob`], read back by
 //! [`read_network_blob`]) and as Rust source for firmware ([`network_to_rust_source`]).
 //!
-//! Blob layout (version 1; little-endian 32-bit words, so every weight is 4-byte aligned):
+//! Blob layout (version 2; little-endian 32-bit words, so every weight is 4-byte aligned):
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic b"LRNXNETW"
-//!      8     4  u32 version (1)
+//!      8     4  u32 version (2; version 1 files, without the latency word, are read too)
 //!     12     4  u32 input width
 //!     16     4  f32 sample rate in Hz (0: not given)
-//!     20     4  u32 number of stages S
-//!     24        S stage records, each a u32 tag then its body:
+//!     20     4  u32 latency in steps: the output lags the input by this much (0 for v1)
+//!     24     4  u32 number of stages S
+//!     28        S stage records, each a u32 tag then its body:
 //!               1 dense       u32 d_in, u32 d_out, u32 bias (0/1), then the weights (Wᵀ, b) as f32
 //!               2 layer       u32 byte length n (a multiple of 4), then n bytes: a layer blob
 //!                             (crate::export's LRNXCORE layout)
@@ -41,7 +42,7 @@ pub type OwnedNetwork = Network<Vec<f32>, Vec<Stage<Vec<f32>>>>;
 /// The network blob's first 8 bytes.
 pub const NETWORK_MAGIC: [u8; 8] = *b"LRNXNETW";
 /// The network blob version written by [`network_to_blob`].
-pub const NETWORK_VERSION: u32 = 1;
+pub const NETWORK_VERSION: u32 = 2;
 
 type Result<T> = std::result::Result<T, ExportError>;
 
@@ -107,6 +108,12 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
                 let params = net.layer_params(i).ok_or_else(missing)?;
                 Stage::Layer(export(class, kwargs, params)?)
             }
+            StageSpec::Bidirectional(b) => {
+                return Err(ExportError::NotCausal(format!(
+                    "network stage {i}: {}",
+                    crate::export::not_causal(&b.to_json())
+                )))
+            }
             StageSpec::Activation(a) => Stage::Activation(activation_to_core(*a)),
             StageSpec::Glu => Stage::Glu,
             StageSpec::Norm { kind, d, eps } => {
@@ -152,10 +159,21 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| ExportError::Blob(format!("{what} {n} does not fit in a u32")))
 }
 
-/// The network as a blob (layout in the module doc); `sample_rate` in Hz (0: not given).
+/// The network as a blob (layout in the module doc); `sample_rate` in Hz (0: not given),
+/// latency 0.
 pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
     net: &Network<W, S>,
     sample_rate: f32,
+) -> Result<Vec<u8>> {
+    network_to_blob_with_latency(net, sample_rate, 0)
+}
+
+/// [`network_to_blob`] recording that the output lags the input by `latency` steps (a
+/// frame-based denoiser's `frame − 1`), so that a player can align it.
+pub fn network_to_blob_with_latency<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
+    net: &Network<W, S>,
+    sample_rate: f32,
+    latency: usize,
 ) -> Result<Vec<u8>> {
     use lrnnx_core::Layer;
     let mut out = Vec::new();
@@ -163,6 +181,7 @@ pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
     push_u32(&mut out, NETWORK_VERSION);
     push_u32(&mut out, u32_of(net.d_input(), "input width")?);
     push_u32(&mut out, sample_rate.to_bits());
+    push_u32(&mut out, u32_of(latency, "latency")?);
     push_u32(&mut out, u32_of(net.stages().len(), "stage count")?);
     for stage in net.stages() {
         match stage {
@@ -254,6 +273,8 @@ pub struct NetworkFile {
     pub network: OwnedNetwork,
     /// Sample rate in Hz (0: not given).
     pub sample_rate: f32,
+    /// Steps the output lags the input by (0 in version 1 files).
+    pub latency: usize,
 }
 
 /// Reads a network blob (module doc) back; every stage is checked by the core (lengths,
@@ -266,9 +287,9 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
         ));
     }
     let version = c.u32("version")?;
-    if version != NETWORK_VERSION {
+    if !(1..=NETWORK_VERSION).contains(&version) {
         return Err(ExportError::Blob(format!(
-            "network blob version {version}; this reader knows {NETWORK_VERSION}"
+            "network blob version {version}; this reader knows 1 to {NETWORK_VERSION}"
         )));
     }
     let d_in = c.u32("input width")? as usize;
@@ -278,6 +299,11 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
             "sample rate {sample_rate} is invalid"
         )));
     }
+    let latency = if version >= 2 {
+        c.u32("latency")? as usize
+    } else {
+        0
+    };
     let n = c.u32("stage count")? as usize;
     // Each stage takes at least 4 bytes: refuse absurd counts before reserving anything.
     if n > blob.len() / 4 {
@@ -386,6 +412,7 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
     Ok(NetworkFile {
         network: Network::new(d_in, stages)?,
         sample_rate,
+        latency,
     })
 }
 
@@ -745,9 +772,28 @@ mod tests {
             let _ = read_network_blob(&b);
         }
         let mut nan = blob.clone();
-        let w0 = 24 + 4 + 12; // first weight of stage 1 (dense), after stage 0's tag
+        let w0 = 28 + 4 + 12; // first weight of stage 1 (dense), after stage 0's tag
         nan[w0..w0 + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         assert!(read_network_blob(&nan).is_err());
+        // The latency word round-trips; a version 1 file (no latency word) reads as latency 0;
+        // an unknown version is refused.
+        let core = export_network(&net).unwrap();
+        let with = network_to_blob_with_latency(&core, 8000.0, 15).unwrap();
+        let f = read_network_blob(&with).unwrap();
+        assert_eq!((f.latency, f.sample_rate), (15, 8000.0));
+        let mut v1 = with.clone();
+        v1.drain(20..24);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let f = read_network_blob(&v1).unwrap();
+        assert_eq!((f.latency, f.sample_rate), (0, 8000.0));
+        assert_eq!(
+            network_to_blob(&f.network, 8000.0).unwrap()[28..],
+            with[28..]
+        );
+        let mut v3 = with;
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let e = read_network_blob(&v3).err().expect("version 3 accepted");
+        assert!(e.to_string().contains("version 3"), "{e}");
     }
 
     #[test]
@@ -758,5 +804,34 @@ mod tests {
         assert!(src.contains("DEN_S1_WEIGHTS: [f32; 8]"));
         assert!(src.contains("lrnnx_core::Lru::from_weights(DEN_S3_CONFIG"));
         assert!(src.contains("[lrnnx_core::Stage<&'static [f32]>; 12]"));
+    }
+
+    /// A bidirectional stage, or a bidirectional layer exported alone, is refused with a
+    /// clear error (not causal), naming the stage.
+    #[test]
+    fn bidirectional_is_refused() {
+        let bi = json!({"layer": {"class": "LRU", "kwargs": {"d_model": 4, "d_state": 2}},
+                        "merge": "sum", "shared": false});
+        let mut stages = spec();
+        stages.insert(
+            2,
+            StageSpec::Bidirectional(
+                lrnnx_train::bidirectional::BidirectionalSpec::from_json(&bi).unwrap(),
+            ),
+        );
+        let net = train_net::Network::new(&stages, 1, 3, &Device::Cpu).unwrap();
+        let e = export_network(&net).err().unwrap();
+        assert!(matches!(e, ExportError::NotCausal(_)), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("stage 2") && msg.contains("not causal"),
+            "{msg}"
+        );
+        let params = net.layer_params(2).unwrap();
+        let e = export(lrnnx_train::bidirectional::CLASS, &bi, params)
+            .err()
+            .unwrap();
+        assert!(matches!(e, ExportError::NotCausal(_)), "{e}");
+        assert!(e.to_string().contains("(LRU)"), "{e}");
     }
 }

@@ -155,12 +155,21 @@ fn firmware_on_cortex_m4_and_m33_equals_the_host() {
     }
     // The models, inputs and host outputs, written where the firmware includes them.
     let models = lrnnx::firmware::generate(&firmware_dir().join("src/generated"), None).unwrap();
-    let total: usize = models.iter().map(|m| m.expected.len()).sum();
-    for board in &BOARDS {
-        let (code, text) = run(board, &build(board.target, ""));
+    // One image per model: the default feature set holds DENOISER, `demo` holds DEMO.
+    let image_of = |name: &str| if name == "DEMO" { "demo" } else { "" };
+    let total: usize = models
+        .iter()
+        .filter(|m| image_of(&m.name).is_empty())
+        .map(|m| m.expected.len())
+        .sum();
+    for (board, features) in BOARDS
+        .iter()
+        .flat_map(|b| ["", "demo"].map(move |f| (b, f)))
+    {
+        let (code, text) = run(board, &build(board.target, features));
         assert_eq!(code, Some(0), "{}: exit status\n{text}", board.machine);
         assert!(text.contains("ok outputs="), "{}:\n{text}", board.machine);
-        for m in &models {
+        for m in models.iter().filter(|m| image_of(&m.name) == features) {
             let (samples, d) = (m.samples(), m.network.d_output());
             let ys = outputs(&text, &m.name);
             assert_eq!(

@@ -1,4 +1,4 @@
-// Selective scan (lrnnx spec §4.1, real A), forward and backward, fp32 state.
+// Selective scan (lrnnx spec §4.1; real or complex A), forward and backward, fp32 state.
 //
 // Layout (row-major):  u, delta, deltaA, z, y, du, ddelta, ddeltaA, dz : (Bsz, L, E)
 //                      A : (E, N)   D, delta_bias : (E)
@@ -13,45 +13,50 @@
 // Rules (RULE): 0 mamba Ā = e^x, γ̄ = Δ;  1 zoh Ā = e^x, γ̄ = expm1(ΔA)/A;
 //               2 bilinear Ā = (1 + x/2)/(1 − x/2) (x clamped to ±2e18), γ̄ = Δ/(1 − ΔA/2);
 //               3 dirac Ā = e^x, γ̄ = 1.            (x = ΔA_t·A[n]; γ̄ uses Δ_t·A[n])
+//               4 rglru Ā = A^ΔA (A the base), γ̄ = sqrt(1 − Ā²);  5 s7 Ā = 1 − 1/(ΔA² + ½), γ̄ = 1.
 //
-// Parallel structure: TPC threads per (batch, channel), each owning SPT = N/TPC states in
-// registers and walking the whole sequence in order (no inter-thread scan). A warp holds
-// CPW = 32/TPC consecutive channels (lane = channel_in_warp·TPC + q), a block NWARP warps, so
-// every load along channels is coalesced and there are Bsz·E·TPC threads in all. The per-step
-// scalars (u, Δ, z, ...) of TPC consecutive steps are loaded and computed once, by thread q for
-// step t0 + q, and handed to the other TPC − 1 threads of the channel with shuffles; y_t is the
-// sum of the TPC threads' partial dot products (xor shuffles).
+// COMPLEX (complex A, time-varying B/C only): A, B_t, C_t, h and the state buffers hold (re, im)
+// pairs interleaved (NS = 2N floats per state vector), y_t = 2·Re(Σ_n C_t[n] h_t[n]) + D u_t, and
+// the backward carries the adjoint λ_t = 2·G_t·conj(C_t) + conj(Ā_{t+1})·λ_{t+1} (gradients as
+// ∂L/∂Re + i·∂L/∂Im).
 //
-// The forward stores the state at every chunk start (every CK = SUB·NSUB steps; hs:
-// (Bsz, ⌈L/CK⌉, N, E)). The backward walks the chunks in reverse: from a chunk's checkpoint it
-// re-runs the chunk forward, keeping the state at every sub-chunk start (SUB steps) in shared
-// memory; then for each sub-chunk in reverse it re-runs its SUB steps keeping states and Ā in
-// registers and walks them backward with the adjoint λ_t = G_t C_t + Ā_{t+1} λ_{t+1}.
+// Parallel structure (chunked scan). A block owns CB = CS·KCH consecutive channels of one batch
+// row and walks the sequence in chunks of TCH = SEG·ITEMS steps (forward: in order; backward:
+// in reverse). A chunk's inputs are staged in shared memory with coalesced loads (rows of CB
+// channels), B_t/C_t once per block. Thread = (channel set, segment s): it owns KCH channels and
+// the ITEMS consecutive steps s·ITEMS.. of the chunk; the SEG threads of a channel set are SEG
+// consecutive lanes. For each state n in turn, every thread composes its ITEMS steps into one
+// affine map h ↦ P·h + S, the SEG lanes scan these maps with shuffles (log2 SEG levels), the
+// chunk's carried state (shared memory) enters, and each thread re-walks its steps from its start
+// state, accumulating y. The backward does the same for the state and then the reverse scan of the
+// adjoint m_t = Ā_t·(G_t·C_t + m_{t+1}) (λ_t = G_t C_t + m_{t+1}, G = ∂L/∂y_pre), with Ā, γ̄ of
+// the state in registers, so each (step, state) computes Ā once in the forward and once in the
+// backward. The forward stores the state at every chunk start (hs: (Bsz, ⌈L/TCH⌉, NS, E)) for the
+// backward.
 //
-// Determinism: every reduction is in a fixed order: xor shuffles over the TPC threads of a
-// channel, a fixed butterfly reduce-scatter over the channels of a warp (time-varying dB/dC),
-// per-warp partials summed in warp order in shared memory and per-segment partial buffers
-// summed in segment order by ss_reduce_bc; per-channel sums over time in each thread's step
-// order, over batch in index order by ss_reduce_e. No atomics.
+// Determinism: every reduction runs in a fixed order: the item order inside a thread, xor
+// butterflies over the SEG lanes of a channel, the channel sets of a block summed in set order in
+// shared memory (time-varying dB/dC), block partials summed in block order by ss_reduce_bc, per
+// channel sums over batch in batch order by ss_reduce_e. No atomics.
 //
-// Compile-time parameters (defines): NSTATE, TPC, NWARP, SUB, NSUB, RULE, HAS_Z, HAS_D, HAS_DB,
-// SOFTPLUS, HAS_DTA, BC_FIXED, SEGC (channels per dB/dC partial segment: a power of two dividing
-// E/G; either ≤ CPW or a multiple of CPW dividing CPW·NWARP).
+// Compile-time parameters (defines): NSTATE, SEG, KCH, ITEMS, NWARP, RULE, HAS_Z, HAS_D, HAS_DB,
+// SOFTPLUS, HAS_DTA, BC_FIXED, COMPLEX. With time-varying B/C, CB divides the channels of a group (a block
+// lies inside one group); with BC_FIXED the last block may hold channels ≥ E (inactive).
 
 #ifndef NSTATE
 #define NSTATE 16
 #endif
-#ifndef TPC
-#define TPC 4
+#ifndef SEG
+#define SEG 16
+#endif
+#ifndef KCH
+#define KCH 2
+#endif
+#ifndef ITEMS
+#define ITEMS 4
 #endif
 #ifndef NWARP
 #define NWARP 4
-#endif
-#ifndef SUB
-#define SUB 8
-#endif
-#ifndef NSUB
-#define NSUB 8
 #endif
 #ifndef RULE
 #define RULE 0
@@ -74,27 +79,34 @@
 #ifndef BC_FIXED
 #define BC_FIXED 0
 #endif
-#ifndef SEGC
-#define SEGC 1
+#ifndef COMPLEX
+#define COMPLEX 0
+#endif
+#if COMPLEX && BC_FIXED
+#error "complex A with time-invariant B/C is not supported"
 #endif
 
-#define SPT (NSTATE / TPC)
-#define CPW (32 / TPC)
-#define CPB (CPW * NWARP)
-#define NT (32 * NWARP)
-#define CK (SUB * NSUB)
-#define SPG (SUB / TPC)  // steps of a sub-chunk handled (scalars) by one thread
-// channels reduced inside a warp, values per lane before / after the reduce-scatter
-#define SEGL (SEGC < CPW ? SEGC : CPW)
-#define V2 (2 * SPT)
-#define VP (((V2 + SEGL - 1) / SEGL) * SEGL)
-#define PER (VP / SEGL)
-#define XWARP (SEGC > CPW)
+#define CPW (32 / SEG)      // channel sets per warp
+#define CS (CPW * NWARP)    // channel sets per block
+#define CB (CS * KCH)       // channels per block
+#define NT (32 * NWARP)     // threads per block
+#define TCH (SEG * ITEMS)   // steps per chunk
+#define TS (TCH + 4)        // shared row stride (floats; keeps float4 alignment)
+#define FULL 0xffffffffu
+#define NV (COMPLEX ? 2 : 1)  // floats per state value (re, im for complex A)
+#define NS (NSTATE * NV)      // floats per state vector
 
 #define R_MAMBA 0
 #define R_ZOH 1
 #define R_BILINEAR 2
 #define R_DIRAC 3
+#define R_RGLRU 4  // Ā = A^ΔA = e^{ΔA·ln A} (A the base in (0,1)), γ̄ = sqrt(1 − Ā²)
+#define R_S7 5     // Ā = 1 − 1/(ΔA² + 1/2) (A ignored), γ̄ = 1
+// rules whose Ā = 2^{x·al}: the product of a thread's Ā is one ex2
+#define EXP_RULE (RULE == R_MAMBA || RULE == R_ZOH || RULE == R_DIRAC || RULE == R_RGLRU)
+#if COMPLEX && (RULE == R_RGLRU || RULE == R_S7)
+#error "the rglru and s7 rules are real"
+#endif
 #define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ float ex2(float x) {
@@ -108,12 +120,23 @@ __device__ __forceinline__ float softplus_f(float x) {
 }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
-// Ā of x = ΔA·a; al = a·log2(e)
+// log2 of the exponent's base: Ā = 2^{x·al}
+__device__ __forceinline__ float alog2(float a) {
+#if RULE == R_RGLRU
+    return log2f(a);
+#else
+    return a * LOG2E;
+#endif
+}
+// Ā of x = ΔA (and a = A[n]); al = alog2(a)
 __device__ __forceinline__ float abar(float da, float a, float al) {
 #if RULE == R_BILINEAR
     (void)al;
     float v = fminf(fmaxf(da * a, -2e18f), 2e18f);
     return (1.f + 0.5f * v) / (1.f - 0.5f * v);
+#elif RULE == R_S7
+    (void)a; (void)al;
+    return 1.f - 1.f / fmaf(da, da, 0.5f);
 #else
     (void)a;
     return ex2(da * al);
@@ -122,6 +145,7 @@ __device__ __forceinline__ float abar(float da, float a, float al) {
 // dĀ/dx given Ā and x
 __device__ __forceinline__ float dabar(float ab, float x) {
 #if RULE == R_BILINEAR
+    (void)ab;
     if (x < -2e18f || x > 2e18f) return 0.f;
     float den = 1.f - 0.5f * x;
     return 1.f / (den * den);
@@ -144,236 +168,556 @@ __device__ __forceinline__ float gbar(float d, float a) {
     return 1.f;
 #endif
 }
-// (γ̄, ∂γ̄/∂Δ, ∂γ̄/∂a)
-__device__ __forceinline__ void gbar_grad(float d, float a, float& g, float& gd, float& ga) {
-#if RULE == R_MAMBA
-    (void)a;
-    g = d; gd = 1.f; ga = 0.f;
-#elif RULE == R_ZOH
-    if (a == 0.f) { g = d; gd = 1.f; ga = 0.5f * d * d; }
-    else {
-        float em = expm1f(d * a);
-        g = em / a; gd = em + 1.f; ga = (d * (em + 1.f) - g) / a;
-    }
-#elif RULE == R_BILINEAR
-    float den = 1.f - 0.5f * d * a;
-    g = d / den; gd = 1.f / (den * den); ga = 0.5f * d * d * gd;
-#else
-    (void)d; (void)a;
-    g = 1.f; gd = 0.f; ga = 0.f;
-#endif
-}
 
-// γ̄(Δ, a)·u·B with du = Δ·u (state-independent for the mamba and dirac rules)
-__device__ __forceinline__ float gbub(float d, float u, float du, float a, float bv) {
-#if RULE == R_MAMBA
-    (void)d; (void)u; (void)a;
-    return du * bv;
-#elif RULE == R_DIRAC
-    (void)d; (void)du; (void)a;
-    return u * bv;
-#else
-    (void)du;
-    return gbar(d, a) * bv * u;
-#endif
-}
-
-// This thread's SPT entries of a time-varying B_t or C_t (zeros past the end).
-__device__ __forceinline__ void load_bc(const float* __restrict__ M, int b, int t, int L, int G,
-                                        int g, int n0, float* out) {
-    if (t >= L) {
+// ITEMS consecutive floats of a shared row (16-byte aligned when ITEMS % 4 == 0)
+__device__ __forceinline__ void ld_items(const float* p, float* out) {
+#if ITEMS % 4 == 0
 #pragma unroll
-        for (int i = 0; i < SPT; i++) out[i] = 0.f;
-        return;
-    }
-    const float* p = M + (((size_t)b * L + t) * G + g) * NSTATE + n0;
-#if SPT % 4 == 0 && NSTATE % 4 == 0
-#pragma unroll
-    for (int i = 0; i < SPT; i += 4) {
-        float4 v = __ldg(reinterpret_cast<const float4*>(p + i));
+    for (int i = 0; i < ITEMS; i += 4) {
+        float4 v = *reinterpret_cast<const float4*>(p + i);
         out[i] = v.x; out[i + 1] = v.y; out[i + 2] = v.z; out[i + 3] = v.w;
     }
-#elif SPT % 2 == 0 && NSTATE % 2 == 0
-#pragma unroll
-    for (int i = 0; i < SPT; i += 2) {
-        float2 v = __ldg(reinterpret_cast<const float2*>(p + i));
-        out[i] = v.x; out[i + 1] = v.y;
-    }
 #else
 #pragma unroll
-    for (int i = 0; i < SPT; i++) out[i] = __ldg(p + i);
+    for (int i = 0; i < ITEMS; i++) out[i] = p[i];
+#endif
+}
+__device__ __forceinline__ void st_items(float* p, const float* v) {
+#if ITEMS % 4 == 0
+#pragma unroll
+    for (int i = 0; i < ITEMS; i += 4)
+        *reinterpret_cast<float4*>(p + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+#else
+#pragma unroll
+    for (int i = 0; i < ITEMS; i++) p[i] = v[i];
 #endif
 }
 
-// Per-step scalars of one (batch, step, channel): raw delta, Δ, ΔA, u.
-struct Step {
-    float u, raw, d, da;
-};
+// Asynchronous 4-byte copy global -> shared (zero-filled when !valid); all of a chunk's copies
+// are in flight together, then cp_wait() + __syncthreads().
+__device__ __forceinline__ void cp4(float* dst, const float* src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int sz = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(sz)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
 
-__device__ __forceinline__ Step load_step(const float* __restrict__ u, const float* __restrict__ dt,
-                                          const float* __restrict__ dta, float db, size_t idx,
-                                          bool valid) {
-    Step s;
-    if (!valid) { s.u = 0.f; s.raw = 0.f; s.d = 0.f; s.da = 0.f; return s; }
-    s.u = __ldg(u + idx);
-    float d = __ldg(dt + idx);
+// Stage a (Bsz, L, E) tile (steps t0.., channels e0..e0+CB-1) into s[c][t] (zeros outside).
+// When NT is a multiple of CB every thread keeps one channel and strides over the steps.
+__device__ __forceinline__ void stage_ble(const float* __restrict__ X, float* s, int b, int t0,
+                                          int e0, int L, int E) {
+#if NT % CB == 0
+    const int c = threadIdx.x % CB, t = threadIdx.x / CB, e = e0 + c;
+    const float* p = X + ((size_t)b * L + t0 + t) * E + e;
+    const int step = (NT / CB) * E;
+    const int nv = e < E ? L - t0 - t : 0;  // valid rows of this thread: r·(NT/CB) < nv
+#pragma unroll
+    for (int r = 0; r < TCH * CB / NT; r++) {
+        const bool ok = r * (NT / CB) < nv;
+        cp4(s + c * TS + t + r * (NT / CB), ok ? p : X, ok);
+        p += step;
+    }
+#else
+    for (int j = threadIdx.x; j < TCH * CB; j += NT) {
+        const int t = j / CB, c = j % CB;
+        const int tt = t0 + t, e = e0 + c;
+        const bool ok = tt < L && e < E;
+        cp4(s + c * TS + t, ok ? X + ((size_t)b * L + tt) * E + e : X, ok);
+    }
+#endif
+}
+// Store s[c][t] into a (Bsz, L, E) tensor (valid steps and channels only).
+__device__ __forceinline__ void unstage_ble(float* __restrict__ X, const float* s, int b, int t0,
+                                            int e0, int L, int E) {
+#if NT % CB == 0
+    const int c = threadIdx.x % CB, t = threadIdx.x / CB, e = e0 + c;
+    float* p = X + ((size_t)b * L + t0 + t) * E + e;
+    const int step = (NT / CB) * E;
+    const int nv = e < E ? L - t0 - t : 0;
+#pragma unroll
+    for (int r = 0; r < TCH * CB / NT; r++) {
+        if (r * (NT / CB) < nv) *p = s[c * TS + t + r * (NT / CB)];
+        p += step;
+    }
+#else
+    for (int j = threadIdx.x; j < TCH * CB; j += NT) {
+        const int t = j / CB, c = j % CB;
+        const int tt = t0 + t, e = e0 + c;
+        if (tt < L && e < E) X[((size_t)b * L + tt) * E + e] = s[c * TS + t];
+    }
+#endif
+}
+// Stage B_t or C_t of group g for the chunk into s[n][t].
+__device__ __forceinline__ void stage_bc(const float* __restrict__ M, float* s, int b, int t0,
+                                         int L, int G, int g) {
+    const float* base = M + ((size_t)b * L * G + g) * NS;
+#if NT % NS == 0 && (TCH * NS) % NT == 0
+    // every thread keeps one state and strides over the steps
+    const int n = threadIdx.x % NS, t = threadIdx.x / NS;
+    const float* p = base + (size_t)(t0 + t) * G * NS + n;
+    const int step = (NT / NS) * G * NS;
+#pragma unroll
+    for (int r = 0; r < TCH * NS / NT; r++) {
+        const bool ok = t0 + t + r * (NT / NS) < L;
+        cp4(s + n * TS + t + r * (NT / NS), ok ? p : M, ok);
+        p += step;
+    }
+#else
+    for (int j = threadIdx.x; j < TCH * NS; j += NT) {
+        const int t = j / NS, n = j % NS;
+        const int tt = t0 + t;
+        cp4(s + n * TS + t, tt < L ? base + (tt * G) * NS + n : M, tt < L);
+    }
+#endif
+}
+// Stage per-channel (E, N) rows of the block's channels into s[c][n] (zeros past E).
+__device__ __forceinline__ void stage_en(const float* __restrict__ M, float* s, int e0, int E) {
+    for (int j = threadIdx.x; j < CB * NS; j += NT) {
+        const bool ok = e0 * NS + j < E * NS;
+        cp4(s + j, ok ? M + (size_t)e0 * NS + j : M, ok);
+    }
+}
+
+// Inclusive scan over the SEG lanes of a channel set of the affine maps h ↦ P·h + S (lane order
+// = time order), then the exclusive map of each lane (identity for the first lane).
+template <int K>
+__device__ __forceinline__ void scan_up(int s, float (&P)[K], float (&S)[K], float (&Pe)[K],
+                                        float (&Se)[K]) {
+#pragma unroll
+    for (int o = 1; o < SEG; o <<= 1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const float pp = __shfl_up_sync(FULL, P[k], o, SEG);
+            const float sp = __shfl_up_sync(FULL, S[k], o, SEG);
+            if (s >= o) { S[k] = fmaf(P[k], sp, S[k]); P[k] *= pp; }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        Pe[k] = __shfl_up_sync(FULL, P[k], 1, SEG);
+        Se[k] = __shfl_up_sync(FULL, S[k], 1, SEG);
+        if (s == 0) { Pe[k] = 1.f; Se[k] = 0.f; }
+    }
+}
+// The same from the right (maps m ↦ Q·m + R applied from later to earlier lanes).
+template <int K>
+__device__ __forceinline__ void scan_down(int s, float (&Q)[K], float (&R)[K], float (&Qe)[K],
+                                          float (&Re)[K]) {
+#pragma unroll
+    for (int o = 1; o < SEG; o <<= 1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const float qr = __shfl_down_sync(FULL, Q[k], o, SEG);
+            const float rr = __shfl_down_sync(FULL, R[k], o, SEG);
+            if (s + o < SEG) { R[k] = fmaf(Q[k], rr, R[k]); Q[k] *= qr; }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        Qe[k] = __shfl_down_sync(FULL, Q[k], 1, SEG);
+        Re[k] = __shfl_down_sync(FULL, R[k], 1, SEG);
+        if (s == SEG - 1) { Qe[k] = 1.f; Re[k] = 0.f; }
+    }
+}
+// Sum over the SEG lanes of a channel set (xor butterfly: every lane gets the same bits).
+__device__ __forceinline__ float sum_seg(float v) {
+#pragma unroll
+    for (int o = SEG / 2; o >= 1; o >>= 1) v += __shfl_xor_sync(FULL, v, o, SEG);
+    return v;
+}
+
+// ---- complex arithmetic (complex A) ----
+struct cf {
+    float r, i;
+};
+__device__ __forceinline__ cf cadd(cf a, cf b) { return {a.r + b.r, a.i + b.i}; }
+__device__ __forceinline__ cf cmul(cf a, cf b) { return {a.r * b.r - a.i * b.i, a.r * b.i + a.i * b.r}; }
+__device__ __forceinline__ cf cfma(cf a, cf b, cf c) {
+    return {fmaf(a.r, b.r, fmaf(-a.i, b.i, c.r)), fmaf(a.r, b.i, fmaf(a.i, b.r, c.i))};
+}
+__device__ __forceinline__ cf cscale(cf a, float s) { return {a.r * s, a.i * s}; }
+__device__ __forceinline__ cf cconj(cf a) { return {a.r, -a.i}; }
+__device__ __forceinline__ cf cdiv(cf a, cf b) {
+    const float d = b.r * b.r + b.i * b.i;
+    return {(a.r * b.r + a.i * b.i) / d, (a.i * b.r - a.r * b.i) / d};
+}
+__device__ __forceinline__ cf cexp(cf z) {
+    float sn, cs;
+    sincosf(z.i, &sn, &cs);
+    const float m = expf(z.r);
+    return {m * cs, m * sn};
+}
+// e^z − 1 without cancellation for small |z|
+__device__ __forceinline__ cf cexpm1(cf z) {
+    float sn, cs;
+    sincosf(z.i, &sn, &cs);
+    const float sh = sinf(0.5f * z.i);
+    return {fmaf(expm1f(z.r), cs, -2.f * sh * sh), expf(z.r) * sn};
+}
+// Ā(x·a) of the rule
+__device__ __forceinline__ cf cabar(float x, cf a) {
+    const cf v = cscale(a, x);
+#if RULE == R_BILINEAR
+    return cdiv(cf{1.f + 0.5f * v.r, 0.5f * v.i}, cf{1.f - 0.5f * v.r, -0.5f * v.i});
+#else
+    return cexp(v);
+#endif
+}
+// dĀ/dx·(1/a) factor: exp rules Ā; bilinear 1/(1 − v/2)²
+__device__ __forceinline__ cf cdabar(cf ab, float x, cf a) {
+#if RULE == R_BILINEAR
+    (void)ab;
+    const cf den = {1.f - 0.5f * x * a.r, -0.5f * x * a.i};
+    return cdiv(cf{1.f, 0.f}, cmul(den, den));
+#else
+    (void)x; (void)a;
+    return ab;
+#endif
+}
+// γ̄(Δ, a)
+__device__ __forceinline__ cf cgbar(float d, cf a) {
+#if RULE == R_MAMBA
+    (void)a;
+    return {d, 0.f};
+#elif RULE == R_ZOH
+    if (a.r == 0.f && a.i == 0.f) return {d, 0.f};
+    return cdiv(cexpm1(cscale(a, d)), a);
+#elif RULE == R_BILINEAR
+    return cdiv(cf{d, 0.f}, cf{1.f - 0.5f * d * a.r, -0.5f * d * a.i});
+#else
+    (void)d; (void)a;
+    return {1.f, 0.f};
+#endif
+}
+// (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
+__device__ __forceinline__ void cgbar_partials(float d, cf a, cf gb, cf& gd, cf& ga) {
+#if RULE == R_ZOH
+    gd = cadd(cmul(a, gb), cf{1.f, 0.f});  // e^{Δa}
+    if (a.r == 0.f && a.i == 0.f) ga = {0.5f * d * d, 0.f};
+    else ga = cdiv(cadd(cscale(gd, d), cscale(gb, -1.f)), a);
+#elif RULE == R_BILINEAR
+    (void)gb;
+    const cf den = {1.f - 0.5f * d * a.r, -0.5f * d * a.i};
+    gd = cdiv(cf{1.f, 0.f}, cmul(den, den));
+    ga = cscale(gd, 0.5f * d * d);
+#else
+    (void)d; (void)a; (void)gb;
+    gd = {0.f, 0.f}; ga = {0.f, 0.f};
+#endif
+}
+// scans of complex affine maps (see scan_up / scan_down)
+template <int K>
+__device__ __forceinline__ void cscan_up(int s, cf (&P)[K], cf (&S)[K], cf (&Pe)[K], cf (&Se)[K]) {
+#pragma unroll
+    for (int o = 1; o < SEG; o <<= 1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const cf pp = {__shfl_up_sync(FULL, P[k].r, o, SEG), __shfl_up_sync(FULL, P[k].i, o, SEG)};
+            const cf sp = {__shfl_up_sync(FULL, S[k].r, o, SEG), __shfl_up_sync(FULL, S[k].i, o, SEG)};
+            if (s >= o) { S[k] = cfma(P[k], sp, S[k]); P[k] = cmul(P[k], pp); }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        Pe[k] = {__shfl_up_sync(FULL, P[k].r, 1, SEG), __shfl_up_sync(FULL, P[k].i, 1, SEG)};
+        Se[k] = {__shfl_up_sync(FULL, S[k].r, 1, SEG), __shfl_up_sync(FULL, S[k].i, 1, SEG)};
+        if (s == 0) { Pe[k] = {1.f, 0.f}; Se[k] = {0.f, 0.f}; }
+    }
+}
+template <int K>
+__device__ __forceinline__ void cscan_down(int s, cf (&Q)[K], cf (&R)[K], cf (&Qe)[K], cf (&Re)[K]) {
+#pragma unroll
+    for (int o = 1; o < SEG; o <<= 1) {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const cf qr = {__shfl_down_sync(FULL, Q[k].r, o, SEG), __shfl_down_sync(FULL, Q[k].i, o, SEG)};
+            const cf rr = {__shfl_down_sync(FULL, R[k].r, o, SEG), __shfl_down_sync(FULL, R[k].i, o, SEG)};
+            if (s + o < SEG) { R[k] = cfma(Q[k], rr, R[k]); Q[k] = cmul(Q[k], qr); }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        Qe[k] = {__shfl_down_sync(FULL, Q[k].r, 1, SEG), __shfl_down_sync(FULL, Q[k].i, 1, SEG)};
+        Re[k] = {__shfl_down_sync(FULL, R[k].r, 1, SEG), __shfl_down_sync(FULL, R[k].i, 1, SEG)};
+        if (s == SEG - 1) { Qe[k] = {1.f, 0.f}; Re[k] = {0.f, 0.f}; }
+    }
+}
+
+// Per-item time steps from staged raw delta (and deltaA): Δ (zero past L: identity step).
+__device__ __forceinline__ float delta_of(float raw, float db, bool valid) {
+    float d = raw;
 #if HAS_DB
     d += db;
 #else
     (void)db;
 #endif
-    s.raw = d;
 #if SOFTPLUS
     d = softplus_f(d);
 #endif
-    s.d = d;
-#if HAS_DTA
-    s.da = __ldg(dta + idx);
-#else
-    (void)dta;
-    s.da = d;
-#endif
-    return s;
-}
-
-// value of thread k (of the TPC threads of this channel)
-#define FROM(v, k) __shfl_sync(0xffffffffu, (v), (k), TPC)
-
-__device__ __forceinline__ float sum_tpc(float v) {
-#pragma unroll
-    for (int o = TPC / 2; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    return valid ? d : 0.f;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward.  grid (ceil(E / CPB), Bsz), block (NT).
+// Forward.  grid (⌈E / CB⌉, Bsz), block (NT), dynamic shared memory fwd_shared_bytes.
 extern "C" __global__ void __launch_bounds__(NT)
 ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* __restrict__ dta,
        const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
        const float* __restrict__ Dv, const float* __restrict__ z, const float* __restrict__ dbias,
        float* __restrict__ y, float* __restrict__ hs, float* __restrict__ last, int L, int E,
        int G) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int q = lane % TPC, cl = lane / TPC;
-    const int e = blockIdx.x * CPB + warp * CPW + cl;
-    const int b = blockIdx.y;
-    const bool act = e < E;
-    const int ec = act ? e : E - 1;
-    const int g = BC_FIXED ? 0 : ec / (E / G);
-    (void)g;
-    const int n0 = q * SPT;
-    const int nck = (L + CK - 1) / CK;
-
-    float Ar[SPT], Al[SPT], h[SPT];
-#pragma unroll
-    for (int i = 0; i < SPT; i++) {
-        Ar[i] = A[ec * NSTATE + n0 + i];
-        Al[i] = Ar[i] * LOG2E;
-        h[i] = 0.f;
-    }
-#if BC_FIXED
-    float Bf[SPT], Cf[SPT];
-#pragma unroll
-    for (int i = 0; i < SPT; i++) { Bf[i] = Bm[ec * NSTATE + n0 + i]; Cf[i] = Cm[ec * NSTATE + n0 + i]; }
-#endif
-    const float Dd = HAS_D ? Dv[ec] : 0.f;
-    const float db = HAS_DB ? dbias[ec] : 0.f;
-    (void)Dd;
-    const size_t rowb = (size_t)b * L;
-
-    // software pipeline: the scalars, B and C of the next TPC steps are loaded one group ahead
-    Step nx = load_step(u, dt, dta, db, (rowb + q) * E + ec, q < L);
-#if HAS_Z
-    float znx = q < L ? __ldg(z + (rowb + q) * E + ec) : 0.f;
-#endif
-#if !BC_FIXED
-    float Bn[TPC][SPT], Cn[TPC][SPT];
-#pragma unroll
-    for (int k = 0; k < TPC; k++) {
-        load_bc(Bm, b, k, L, G, g, n0, Bn[k]);
-        load_bc(Cm, b, k, L, G, g, n0, Cn[k]);
-    }
-#endif
-    for (int t0 = 0; t0 < L; t0 += TPC) {
-        if (t0 % CK == 0 && act) {
-#pragma unroll
-            for (int i = 0; i < SPT; i++)
-                hs[(((size_t)b * nck + t0 / CK) * NSTATE + n0 + i) * E + e] = h[i];
-        }
-        const Step cur = nx;
-#if HAS_Z
-        const float zq = znx;
-#endif
-#if !BC_FIXED
-        float Bc[TPC][SPT], Cc[TPC][SPT];
-#pragma unroll
-        for (int k = 0; k < TPC; k++)
-#pragma unroll
-            for (int i = 0; i < SPT; i++) { Bc[k][i] = Bn[k][i]; Cc[k][i] = Cn[k][i]; }
-#endif
-        {
-            const int tn = t0 + TPC + q;
-            nx = load_step(u, dt, dta, db, (rowb + tn) * E + ec, tn < L);
-#if HAS_Z
-            znx = tn < L ? __ldg(z + (rowb + tn) * E + ec) : 0.f;
-#endif
-#if !BC_FIXED
-#pragma unroll
-            for (int k = 0; k < TPC; k++) {
-                load_bc(Bm, b, t0 + TPC + k, L, G, g, n0, Bn[k]);
-                load_bc(Cm, b, t0 + TPC + k, L, G, g, n0, Cn[k]);
-            }
-#endif
-        }
-        float accq = 0.f;
-#pragma unroll
-        for (int k = 0; k < TPC; k++) {
-            const float uk = FROM(cur.u, k), dk = FROM(cur.d, k);
+    extern __shared__ float4 smem4[];
+    float* nx = reinterpret_cast<float*>(smem4);
+    float* sU = nx; nx += CB * TS;        // [CB][TS]  u, then y before the gate
+    float* sD = nx; nx += CB * TS;        // [CB][TS]  raw delta
 #if HAS_DTA
-            const float dak = FROM(cur.da, k);
-#else
-            const float dak = dk;
+    float* sDA = nx; nx += CB * TS;       // [CB][TS]  deltaA
 #endif
-            const float duk = dk * uk;
-#if BC_FIXED
-            const float* Bv = Bf;
-            const float* Cv = Cf;
-#else
-            const float* Bv = Bc[k];
-            const float* Cv = Cc[k];
-#endif
-            float acc = 0.f;
-#pragma unroll
-            for (int i = 0; i < SPT; i++) {
-                h[i] = abar(dak, Ar[i], Al[i]) * h[i] + gbub(dk, uk, duk, Ar[i], Bv[i]);
-                acc += Cv[i] * h[i];
-            }
-            acc = sum_tpc(acc);
-            if (q == k) accq = acc;
-        }
-        const int tq = t0 + q;
-        if (act && tq < L) {
-            const size_t idx = (rowb + tq) * E + e;
-            float out = accq + Dd * cur.u;
 #if HAS_Z
-            out *= zq / (1.f + expf(-zq));
-#else
-            (void)z;
+    float* sZ = nx; nx += CB * TS;        // [CB][TS]  z
 #endif
-            y[idx] = out;
-        }
-    }
-    if (act && last != nullptr) {
+#if !BC_FIXED
+    float* sB = nx; nx += NS * TS;    // [N][TS]
+    float* sC = nx; nx += NS * TS;
+#endif
+    float* sA = nx; nx += CB * NS;    // [CB][N]
+    float* sH = nx; nx += CB * NS;    // [CB][N] state carried between chunks
+#if BC_FIXED
+    float* sBf = nx; nx += CB * NS;
+    float* sCf = nx; nx += CB * NS;
+#endif
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int set = warp * CPW + lane / SEG, s = lane % SEG;
+    const int b = blockIdx.y, e0 = blockIdx.x * CB;
+    const int g = BC_FIXED ? 0 : e0 / (E / G);
+    (void)g;
+    const int nck = (L + TCH - 1) / TCH;
+    for (int j = tid; j < CB * NS; j += NT) sH[j] = 0.f;
+    stage_en(A, sA, e0, E);
+#if BC_FIXED
+    stage_en(Bm, sBf, e0, E);
+    stage_en(Cm, sCf, e0, E);
+#endif
+
+    float Dd[KCH], db[KCH];
 #pragma unroll
-        for (int i = 0; i < SPT; i++) last[((size_t)b * E + e) * NSTATE + n0 + i] = h[i];
+    for (int k = 0; k < KCH; k++) {
+        const int e = min(e0 + set * KCH + k, E - 1);
+        Dd[k] = HAS_D ? Dv[e] : 0.f;
+        db[k] = HAS_DB ? dbias[e] : 0.f;
+    }
+    (void)Dd;
+
+    for (int ck = 0; ck < nck; ck++) {
+        const int t0 = ck * TCH;
+        __syncthreads();
+        stage_ble(u, sU, b, t0, e0, L, E);
+        stage_ble(dt, sD, b, t0, e0, L, E);
+#if HAS_DTA
+        stage_ble(dta, sDA, b, t0, e0, L, E);
+#endif
+#if HAS_Z
+        stage_ble(z, sZ, b, t0, e0, L, E);
+#endif
+#if !BC_FIXED
+        stage_bc(Bm, sB, b, t0, L, G, g);
+        stage_bc(Cm, sC, b, t0, L, G, g);
+#endif
+        // the state at the chunk start, for the backward (coalesced along channels)
+        for (int j = tid; j < CB * NS; j += NT) {
+            const int n = j / CB, c = j % CB;
+            if (e0 + c < E) hs[(((size_t)b * nck + ck) * NS + n) * E + e0 + c] = sH[c * NS + n];
+        }
+        cp_wait();
+        __syncthreads();
+        const int tl = s * ITEMS;  // first step of this thread in the chunk
+        float uu[KCH][ITEMS], dd[KCH][ITEMS], yy[KCH][ITEMS], sx[KCH];
+#if HAS_DTA
+        float da[KCH][ITEMS];
+#endif
+#pragma unroll
+        for (int k = 0; k < KCH; k++) {
+            const int c = set * KCH + k;
+            ld_items(sU + c * TS + tl, uu[k]);
+            ld_items(sD + c * TS + tl, dd[k]);
+#if HAS_DTA
+            ld_items(sDA + c * TS + tl, da[k]);
+#endif
+            sx[k] = 0.f;
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) {
+                const bool valid = t0 + tl + i < L;
+                dd[k][i] = delta_of(dd[k][i], db[k], valid);
+#if HAS_DTA
+                if (!valid) da[k][i] = 0.f;
+                sx[k] += da[k][i];
+#else
+                sx[k] += dd[k][i];
+#endif
+                yy[k][i] = 0.f;
+            }
+        }
+#if !COMPLEX
+#pragma unroll 2  // two states in flight (ILP)
+        for (int n = 0; n < NSTATE; n++) {
+            float Bv[ITEMS], Cv[ITEMS];
+#if !BC_FIXED
+            ld_items(sB + n * TS + tl, Bv);
+            ld_items(sC + n * TS + tl, Cv);
+#endif
+            float ab[KCH][ITEMS], bu[KCH][ITEMS], P[KCH], S[KCH], Pe[KCH], Se[KCH], hc[KCH];
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                const float a = sA[c * NSTATE + n], al = alog2(a);
+#if BC_FIXED
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) Bv[i] = sBf[c * NSTATE + n];
+#endif
+                S[k] = 0.f;
+                P[k] = 1.f;
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    ab[k][i] = abar(x, a, al);
+#if RULE == R_MAMBA
+                    bu[k][i] = dd[k][i] * uu[k][i] * Bv[i];
+#elif RULE == R_DIRAC || RULE == R_S7
+                    bu[k][i] = uu[k][i] * Bv[i];
+#elif RULE == R_RGLRU
+                    bu[k][i] = sqrtf(fmaxf(fmaf(-ab[k][i], ab[k][i], 1.f), 0.f)) * Bv[i] * uu[k][i];
+#else
+                    bu[k][i] = gbar(dd[k][i], a) * Bv[i] * uu[k][i];
+#endif
+                    S[k] = fmaf(ab[k][i], S[k], bu[k][i]);
+#if !EXP_RULE
+                    P[k] *= ab[k][i];
+#endif
+                }
+#if EXP_RULE
+                P[k] = ex2(sx[k] * al);  // Π_i e^{x_i·a}
+#endif
+                hc[k] = sH[c * NSTATE + n];
+            }
+            scan_up<KCH>(s, P, S, Pe, Se);
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                if (s == SEG - 1) sH[c * NSTATE + n] = fmaf(P[k], hc[k], S[k]);
+#if BC_FIXED
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) Cv[i] = sCf[c * NSTATE + n];
+#endif
+                float h = fmaf(Pe[k], hc[k], Se[k]);
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+                    h = fmaf(ab[k][i], h, bu[k][i]);
+                    yy[k][i] = fmaf(Cv[i], h, yy[k][i]);
+                }
+            }
+        }
+#else
+        // complex A: h ∈ ℂ, y = 2·Re(Σ_n C_t[n] h_t[n]); B_t, C_t, A, h interleaved (re, im)
+#pragma unroll 1
+        for (int n = 0; n < NSTATE; n++) {
+            float Br[ITEMS], Bi[ITEMS], Cr[ITEMS], Ci[ITEMS];
+            ld_items(sB + (2 * n) * TS + tl, Br);
+            ld_items(sB + (2 * n + 1) * TS + tl, Bi);
+            ld_items(sC + (2 * n) * TS + tl, Cr);
+            ld_items(sC + (2 * n + 1) * TS + tl, Ci);
+            cf ab[KCH][ITEMS], bu[KCH][ITEMS], P[KCH], S[KCH], Pe[KCH], Se[KCH], hc[KCH];
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                const cf a = {sA[c * NS + 2 * n], sA[c * NS + 2 * n + 1]};
+                P[k] = {1.f, 0.f};
+                S[k] = {0.f, 0.f};
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    ab[k][i] = cabar(x, a);
+                    const cf gb = cgbar(dd[k][i], a);
+                    bu[k][i] = cscale(cmul(gb, cf{Br[i], Bi[i]}), uu[k][i]);
+                    S[k] = cfma(ab[k][i], S[k], bu[k][i]);
+                    P[k] = cmul(P[k], ab[k][i]);
+                }
+                hc[k] = {sH[c * NS + 2 * n], sH[c * NS + 2 * n + 1]};
+            }
+            cscan_up<KCH>(s, P, S, Pe, Se);
+            __syncwarp();
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                if (s == SEG - 1) {
+                    const cf hn = cfma(P[k], hc[k], S[k]);
+                    sH[c * NS + 2 * n] = hn.r;
+                    sH[c * NS + 2 * n + 1] = hn.i;
+                }
+                cf h = cfma(Pe[k], hc[k], Se[k]);
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+                    h = cfma(ab[k][i], h, bu[k][i]);
+                    yy[k][i] += 2.f * (Cr[i] * h.r - Ci[i] * h.i);
+                }
+            }
+        }
+#endif  // COMPLEX
+#pragma unroll
+        for (int k = 0; k < KCH; k++) {
+#if HAS_Z
+            float zz[ITEMS];
+            ld_items(sZ + (set * KCH + k) * TS + tl, zz);
+#endif
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) {
+                yy[k][i] = fmaf(Dd[k], uu[k][i], yy[k][i]);
+#if HAS_Z
+                yy[k][i] *= zz[i] / (1.f + __expf(-zz[i]));
+#endif
+            }
+            st_items(sU + (set * KCH + k) * TS + tl, yy[k]);
+        }
+        __syncthreads();
+        unstage_ble(y, sU, b, t0, e0, L, E);
+    }
+    __syncthreads();
+    for (int j = tid; j < CB * NS; j += NT) {
+        const int c = j / NS;
+        if (e0 + c < E) last[((size_t)b * E + e0) * NS + j] = sH[j];
     }
 }
 
+// (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
+__device__ __forceinline__ void gbar_partials(float d, float a, float gb, float& gd, float& ga) {
+#if RULE == R_ZOH
+    gd = fmaf(a, gb, 1.f);  // e^{Δa}
+    ga = a == 0.f ? 0.5f * d * d : (d * gd - gb) / a;
+#elif RULE == R_BILINEAR
+    (void)gb;
+    const float den = 1.f - 0.5f * d * a;
+    gd = 1.f / (den * den);
+    ga = 0.5f * d * d * gd;
+#else
+    (void)d; (void)a; (void)gb;
+    gd = 0.f; ga = 0.f;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
-// Backward.  Same grid/block as the forward. Writes du, ddelta (w.r.t. the raw delta),
-// ddeltaA (HAS_DTA), dz (HAS_Z), and partials:
-//   pBC  : time-varying dB/dC partial sums over one segment of SEGC channels:
-//          (Bsz, E/SEGC, L, 2N)
+// Backward.  Same grid/block as the forward, dynamic shared memory bwd_shared_bytes. Writes du,
+// ddelta (w.r.t. the raw delta), ddeltaA (HAS_DTA), dz (HAS_Z), and partials:
+//   pBC  : time-varying dB/dC summed over the CB channels of each block: (Bsz, ⌈E/CB⌉, L, 2N)
 //   pE   : per (batch, channel) sums over time: (Bsz, E, 3N + 2) =
 //          [dA (N) | dB fixed (N) | dC fixed (N) | dD | d(delta_bias)]
 extern "C" __global__ void __launch_bounds__(NT)
@@ -383,350 +727,527 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
        const float* __restrict__ dy, const float* __restrict__ hs, float* __restrict__ du,
        float* __restrict__ ddt, float* __restrict__ ddta, float* __restrict__ dz,
        float* __restrict__ pBC, float* __restrict__ pE, int L, int E, int G) {
-    const int tid = threadIdx.x;
-    const int lane = tid & 31, warp = tid >> 5;
-    const int q = lane % TPC, cl = lane / TPC;
-    const int e = blockIdx.x * CPB + warp * CPW + cl;
-    const int b = blockIdx.y;
-    const bool act = e < E;
-    const int ec = act ? e : E - 1;
-    const int g = BC_FIXED ? 0 : ec / (E / G);
-    (void)g;
-    const int n0 = q * SPT;
-    const int nck = (L + CK - 1) / CK;
-    const size_t rowb = (size_t)b * L;
-
-    __shared__ float sCk[NSUB][SPT][NT];  // state at each sub-chunk start
-#if !BC_FIXED && XWARP
-    __shared__ float sR[NWARP][SUB][32 * PER];
-#endif
-
-    float Ar[SPT], Al[SPT];
-#pragma unroll
-    for (int i = 0; i < SPT; i++) { Ar[i] = A[ec * NSTATE + n0 + i]; Al[i] = Ar[i] * LOG2E; }
-#if BC_FIXED
-    float Bf[SPT], Cf[SPT], gBf[SPT], gCf[SPT];
-#pragma unroll
-    for (int i = 0; i < SPT; i++) {
-        Bf[i] = Bm[ec * NSTATE + n0 + i]; Cf[i] = Cm[ec * NSTATE + n0 + i];
-        gBf[i] = 0.f; gCf[i] = 0.f;
-    }
-#endif
-    const float Dd = HAS_D ? Dv[ec] : 0.f;
-    const float db = HAS_DB ? dbias[ec] : 0.f;
-    (void)Dd;
-    float gA[SPT], m[SPT];  // m = Ā_{t+1} λ_{t+1}, carried backward
-#pragma unroll
-    for (int i = 0; i < SPT; i++) { gA[i] = 0.f; m[i] = 0.f; }
-    float gD = 0.f, gDB = 0.f;
-
-    for (int c = nck - 1; c >= 0; c--) {
-        // pass 1: the chunk forward from its checkpoint, keeping sub-chunk start states
-        {
-            float h[SPT];
-#pragma unroll
-            for (int i = 0; i < SPT; i++)
-                h[i] = hs[(((size_t)b * nck + c) * NSTATE + n0 + i) * E + ec];
-            for (int j = 0; j < NSUB; j++) {
-                const int t1 = c * CK + j * SUB;
-#pragma unroll
-                for (int i = 0; i < SPT; i++) sCk[j][i][tid] = h[i];
-                if (t1 >= L || j == NSUB - 1) continue;
-#pragma unroll
-                for (int r = 0; r < SPG; r++) {
-                    const int tq = t1 + r * TPC + q;
-                    const Step s = load_step(u, dt, dta, db, (rowb + tq) * E + ec, tq < L);
-#pragma unroll
-                    for (int k = 0; k < TPC; k++) {
-                        const float uk = FROM(s.u, k), dk = FROM(s.d, k); const float duk = dk * uk; (void)duk;
-#if HAS_DTA
-                        const float dak = FROM(s.da, k);
-#else
-                        const float dak = dk;
-#endif
-                        float Bv[SPT];
-#if BC_FIXED
-#pragma unroll
-                        for (int i = 0; i < SPT; i++) Bv[i] = Bf[i];
-#else
-                        load_bc(Bm, b, t1 + r * TPC + k, L, G, g, n0, Bv);
-#endif
-#pragma unroll
-                        for (int i = 0; i < SPT; i++)
-                            h[i] = abar(dak, Ar[i], Al[i]) * h[i] + gbub(dk, uk, duk, Ar[i], Bv[i]);
-                    }
-                }
-            }
-        }
-        // pass 2: sub-chunks in reverse
-        for (int j = NSUB - 1; j >= 0; j--) {
-            const int t1 = c * CK + j * SUB;
-            if (t1 >= L) continue;  // uniform over the block
-            Step s[SPG];
-            float Gq[SPG], dzq[SPG], yq[SPG], rdu[SPG], rgd[SPG], rgda[SPG];
-#pragma unroll
-            for (int r = 0; r < SPG; r++) {
-                const int tq = t1 + r * TPC + q;
-                const bool valid = tq < L;
-                const size_t idx = (rowb + tq) * E + ec;
-                s[r] = load_step(u, dt, dta, db, idx, valid);
-                const float gy = valid ? __ldg(dy + idx) : 0.f;
+    extern __shared__ float4 smem4[];
+    float* nx = reinterpret_cast<float*>(smem4);
+    float* sU = nx; nx += CB * TS;   // [CB][TS] u, then du
+    float* sR = nx; nx += CB * TS;   // raw delta, then ddelta
+    float* sY = nx; nx += CB * TS;   // dy
 #if HAS_Z
-                const float zz = valid ? __ldg(z + idx) : 0.f;
-                const float sg = 1.f / (1.f + expf(-zz));
-                Gq[r] = gy * zz * sg;
-                dzq[r] = gy * sg * (1.f + zz * (1.f - sg));  // d/dz (z σ(z)) · dy
-#else
-                Gq[r] = gy;
-                dzq[r] = 0.f;
+    float* sZ = nx; nx += CB * TS;   // z, then dz
 #endif
-                yq[r] = 0.f; rdu[r] = 0.f; rgd[r] = 0.f; rgda[r] = 0.f;
-            }
-            (void)z;
-            // recompute the SUB steps: states after each step and Ā
-            float h0[SPT], hh[SUB][SPT], ab[SUB][SPT];
-#pragma unroll
-            for (int i = 0; i < SPT; i++) h0[i] = sCk[j][i][tid];
-#pragma unroll
-            for (int k = 0; k < SUB; k++) {
-                const int r = k / TPC, kk = k % TPC;
-                const float uk = FROM(s[r].u, kk), dk = FROM(s[r].d, kk); const float duk = dk * uk; (void)duk;
 #if HAS_DTA
-                const float dak = FROM(s[r].da, kk);
-#else
-                const float dak = dk;
+    float* sDA = nx; nx += CB * TS;  // deltaA, then ddeltaA
 #endif
-                float Bv[SPT];
-#if BC_FIXED
-#pragma unroll
-                for (int i = 0; i < SPT; i++) Bv[i] = Bf[i];
-#else
-                load_bc(Bm, b, t1 + k, L, G, g, n0, Bv);
-#endif
-#pragma unroll
-                for (int i = 0; i < SPT; i++) {
-                    const float a = abar(dak, Ar[i], Al[i]);
-                    ab[k][i] = a;
-                    hh[k][i] = a * (k == 0 ? h0[i] : hh[k - 1][i]) + gbub(dk, uk, duk, Ar[i], Bv[i]);
-                }
-#if HAS_Z
-                {
-                    float Cv[SPT];
-#if BC_FIXED
-#pragma unroll
-                    for (int i = 0; i < SPT; i++) Cv[i] = Cf[i];
-#else
-                    load_bc(Cm, b, t1 + k, L, G, g, n0, Cv);
-#endif
-                    float acc = 0.f;
-#pragma unroll
-                    for (int i = 0; i < SPT; i++) acc += Cv[i] * hh[k][i];
-                    acc = sum_tpc(acc);
-                    if (q == kk) yq[r] = acc;
-                }
-#endif
-            }
-            // walk the SUB steps backward
-#pragma unroll
-            for (int k = SUB - 1; k >= 0; k--) {
-                const int r = k / TPC, kk = k % TPC;
-                const int t = t1 + k;
-                const float uk = FROM(s[r].u, kk), dk = FROM(s[r].d, kk); const float duk = dk * uk; (void)duk;
-                const float Gk = FROM(Gq[r], kk);
-#if HAS_DTA
-                const float dak = FROM(s[r].da, kk);
-#else
-                const float dak = dk;
-#endif
-                float Bv[SPT], Cv[SPT];
-#if BC_FIXED
-#pragma unroll
-                for (int i = 0; i < SPT; i++) { Bv[i] = Bf[i]; Cv[i] = Cf[i]; }
-#else
-                load_bc(Bm, b, t, L, G, g, n0, Bv);
-                load_bc(Cm, b, t, L, G, g, n0, Cv);
-#endif
-                float gdu = 0.f, gd = 0.f, gda = 0.f;
-                float v[VP];
-#pragma unroll
-                for (int i = 0; i < VP; i++) v[i] = 0.f;
-#pragma unroll
-                for (int i = 0; i < SPT; i++) {
-                    const float lam = Gk * Cv[i] + m[i];
-                    const float prev = k == 0 ? h0[i] : hh[k - 1][i];
-                    float gb, gbd, gba;
-                    gbar_grad(dk, Ar[i], gb, gbd, gba);
-                    const float dx = lam * prev * dabar(ab[k][i], dak * Ar[i]);  // ∂L/∂x
-                    const float dgb = lam * Bv[i] * uk;                          // ∂L/∂γ̄
-                    gda += dx * Ar[i];
-                    gA[i] += dx * dak + dgb * gba;
-                    gd += dgb * gbd;
-                    gdu += lam * gb * Bv[i];
-                    const float vb = lam * gb * uk;
-                    const float vc = Gk * hh[k][i];
-#if BC_FIXED
-                    gBf[i] += vb;
-                    gCf[i] += vc;
-#else
-                    v[i] = act ? vb : 0.f;
-                    v[SPT + i] = act ? vc : 0.f;
-#endif
-                    m[i] = ab[k][i] * lam;
-                }
-                gdu = sum_tpc(gdu);
-#if HAS_DTA
-                gd = sum_tpc(gd);
-                gda = sum_tpc(gda);
-#else
-                gd = sum_tpc(gd + gda);  // ∂/∂Δ through γ̄ and through Ā
-                gda = 0.f;
-#endif
-                if (q == kk) { rdu[r] = gdu; rgd[r] = gd; rgda[r] = gda; }
-                (void)v;
 #if !BC_FIXED
-                // reduce-scatter over the SEGL channels of a segment in a fixed butterfly order
-                {
-                    int len = VP;
-#pragma unroll
-                    for (int o = SEGL / 2; o >= 1; o >>= 1) {
-                        const int half = len / 2;
-                        const bool up = (cl & o) != 0;
-#pragma unroll
-                        for (int i = 0; i < VP / 2; i++) {
-                            if (i < half) {
-                                const float send = up ? v[i] : v[i + half];
-                                const float keep = up ? v[i + half] : v[i];
-                                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, o * TPC);
-                            }
-                        }
-                        len = half;
-                    }
-                }
-#if XWARP
-#pragma unroll
-                for (int i = 0; i < PER; i++) sR[warp][k][lane * PER + i] = v[i];
-#else
-                {
-                    const int nseg = E / SEGC;
-                    const int seg = ec / SEGC;
-                    if (act && t < L) {
-#pragma unroll
-                        for (int i = 0; i < PER; i++) {
-                            const int vi = (cl % SEGL) * PER + i;
-                            if (vi < V2) {
-                                const int col = vi < SPT ? n0 + vi : NSTATE + n0 + vi - SPT;
-                                pBC[(((size_t)b * nseg + seg) * L + t) * (2 * NSTATE) + col] = v[i];
-                            }
-                        }
-                    }
-                }
+    float* sB = nx; nx += NS * TS;         // [N][TS]
+    float* sC = nx; nx += NS * TS;
+    float* sP = nx; nx += 2 * CS * 2 * NV * TS;  // [2][CS][2·NV][TS] per-set dB/dC of one state
+    float* sAcc = nx; nx += TCH * 2 * NS;  // [TCH][2N] block sums of the chunk
 #endif
+    float* sA = nx; nx += CB * NS;   // [CB][N]
+    float* sHc = nx; nx += CB * NS;  // [CB][N] state at the chunk start (forward's hs)
+    float* sM = nx; nx += CB * NS;   // [CB][N] adjoint carried from the later chunk
+    float* sGA = nx; nx += CB * NS;  // [CB][N] dA sums
+#if BC_FIXED
+    float* sBf = nx; nx += CB * NS;
+    float* sCf = nx; nx += CB * NS;
+    float* sGB = nx; nx += CB * NS;
+    float* sGC = nx; nx += CB * NS;
 #endif
-            }
-            // outputs of this thread's steps
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int set = warp * CPW + lane / SEG, s = lane % SEG;
+    const int b = blockIdx.y, e0 = blockIdx.x * CB;
+    const int g = BC_FIXED ? 0 : e0 / (E / G);
+    (void)g;
+    const int nck = (L + TCH - 1) / TCH;
+    const int nblk = gridDim.x;
+    (void)nblk;
+    for (int j = tid; j < CB * NS; j += NT) {
+        sM[j] = 0.f; sGA[j] = 0.f;
+#if BC_FIXED
+        sGB[j] = 0.f; sGC[j] = 0.f;
+#endif
+    }
+    stage_en(A, sA, e0, E);
+#if BC_FIXED
+    stage_en(Bm, sBf, e0, E);
+    stage_en(Cm, sCf, e0, E);
+#endif
+    bool act[KCH];
+    float Dd[KCH], db[KCH], gD[KCH], gDB[KCH];
 #pragma unroll
-            for (int r = 0; r < SPG; r++) {
-                const int tq = t1 + r * TPC + q;
-                float draw = rgd[r];
-#if !HAS_DTA
-                draw += rgda[r];
+    for (int k = 0; k < KCH; k++) {
+        const int e = e0 + set * KCH + k;
+        act[k] = e < E;
+        Dd[k] = HAS_D ? Dv[min(e, E - 1)] : 0.f;
+        db[k] = HAS_DB ? dbias[min(e, E - 1)] : 0.f;
+        gD[k] = 0.f; gDB[k] = 0.f;
+    }
+    (void)Dd;
+
+    for (int ck = nck - 1; ck >= 0; ck--) {
+        const int t0 = ck * TCH;
+        __syncthreads();
+        stage_ble(u, sU, b, t0, e0, L, E);
+        stage_ble(dt, sR, b, t0, e0, L, E);
+        stage_ble(dy, sY, b, t0, e0, L, E);
+#if HAS_Z
+        stage_ble(z, sZ, b, t0, e0, L, E);
 #endif
-#if SOFTPLUS
-                draw *= s[r].raw > 20.f ? 1.f : sigmoid_f(s[r].raw);
-#endif
-                if (tq < L) {
-                    gD += Gq[r] * s[r].u;
-                    gDB += draw;
-                }
-                if (act && tq < L) {
-                    const size_t idx = (rowb + tq) * E + e;
-                    du[idx] = rdu[r] + Dd * Gq[r];
-                    ddt[idx] = draw;
 #if HAS_DTA
-                    ddta[idx] = rgda[r];
-#else
-                    (void)ddta;
+        stage_ble(dta, sDA, b, t0, e0, L, E);
+#endif
+#if !BC_FIXED
+        stage_bc(Bm, sB, b, t0, L, G, g);
+        stage_bc(Cm, sC, b, t0, L, G, g);
+#endif
+        for (int j = tid; j < CB * NS; j += NT) {
+            const int n = j / CB, c = j % CB;
+            const bool ok = e0 + c < E;
+            cp4(sHc + c * NS + n,
+                ok ? hs + (((size_t)b * nck + ck) * NS + n) * E + e0 + c : hs, ok);
+        }
+        cp_wait();
+        __syncthreads();
+        const int tl = s * ITEMS;
+        // per-item values: u, Δ, ΔA, G = ∂L/∂(pre-gate y), and accumulators
+        float uu[KCH][ITEMS], dd[KCH][ITEMS], Gq[KCH][ITEMS], sx[KCH];
+        float gdu[KCH][ITEMS], gd[KCH][ITEMS];
+#if HAS_DTA
+        float da[KCH][ITEMS], gda[KCH][ITEMS];
 #endif
 #if HAS_Z
-                    dz[idx] = dzq[r] * (yq[r] + Dd * s[r].u);
+        float yp[KCH][ITEMS];
+#endif
+#pragma unroll
+        for (int k = 0; k < KCH; k++) {
+            const int c = set * KCH + k;
+            ld_items(sU + c * TS + tl, uu[k]);
+            ld_items(sR + c * TS + tl, dd[k]);
+            ld_items(sY + c * TS + tl, Gq[k]);
+#if HAS_DTA
+            ld_items(sDA + c * TS + tl, da[k]);
+#endif
+#if HAS_Z
+            float zz[ITEMS];
+            ld_items(sZ + c * TS + tl, zz);
+#endif
+            sx[k] = 0.f;
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) {
+                const bool valid = t0 + tl + i < L;
+                dd[k][i] = delta_of(dd[k][i], db[k], valid);
+#if HAS_DTA
+                if (!valid) da[k][i] = 0.f;
+                gda[k][i] = 0.f;
+                sx[k] += da[k][i];
 #else
-                    (void)dz; (void)dzq; (void)yq;
+                sx[k] += dd[k][i];
 #endif
-                }
-            }
-#if !BC_FIXED && XWARP
-            // sum the warps of each segment in order; one output per (segment, step, slot)
-            __syncthreads();
-            {
-                constexpr int WPS = SEGC / CPW;  // warps per segment
-                constexpr int NSB = NWARP / WPS;  // segments per block
-                const int nseg = E / SEGC;
-                for (int o = tid; o < NSB * SUB * 32 * PER; o += NT) {
-                    const int slot = o % (32 * PER);
-                    const int k = (o / (32 * PER)) % SUB;
-                    const int sb = o / (32 * PER * SUB);
-                    const int seg = blockIdx.x * NSB + sb;
-                    const int t = t1 + k;
-                    const int ln = slot / PER, i = slot % PER;
-                    const int vi = (ln / TPC) * PER + i;
-                    if (seg < nseg && t < L && vi < V2) {
-                        float acc = 0.f;
-#pragma unroll
-                        for (int w = 0; w < WPS; w++) acc += sR[sb * WPS + w][k][slot];
-                        const int n0l = (ln % TPC) * SPT;
-                        const int col = vi < SPT ? n0l + vi : NSTATE + n0l + vi - SPT;
-                        pBC[(((size_t)b * nseg + seg) * L + t) * (2 * NSTATE) + col] = acc;
-                    }
-                }
-            }
-            __syncthreads();
+#if HAS_Z
+                Gq[k][i] *= zz[i] / (1.f + __expf(-zz[i]));
+                yp[k][i] = 0.f;
 #endif
+                gdu[k][i] = 0.f; gd[k][i] = 0.f;
+            }
         }
-        // (sCk is private to each thread: no barrier before the next chunk)
-    }
-    // per-(b, e) sums over time
-    gD = sum_tpc(gD);
-    gDB = sum_tpc(gDB);
-    if (act) {
-        const int NE = 3 * NSTATE + 2;
-        float* p = pE + ((size_t)b * E + e) * NE;
+#if !COMPLEX
+#pragma unroll 2  // two states in flight (ILP)
+        for (int n = 0; n < NSTATE; n++) {
+            float Bv[ITEMS], Cv[ITEMS];
+#if !BC_FIXED
+            ld_items(sB + n * TS + tl, Bv);
+            ld_items(sC + n * TS + tl, Cv);
+            float vb[ITEMS], vc[ITEMS];
 #pragma unroll
-        for (int i = 0; i < SPT; i++) {
-            p[n0 + i] = gA[i];
+            for (int i = 0; i < ITEMS; i++) { vb[i] = 0.f; vc[i] = 0.f; }
+#endif
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                const float a = sA[c * NSTATE + n], al = alog2(a);
 #if BC_FIXED
-            p[NSTATE + n0 + i] = gBf[i];
-            p[2 * NSTATE + n0 + i] = gCf[i];
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) { Bv[i] = sBf[c * NSTATE + n]; Cv[i] = sCf[c * NSTATE + n]; }
+#endif
+                float ab[ITEMS], gb[ITEMS], hh[ITEMS + 1];
+                float P = 1.f, S = 0.f;
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+#if HAS_DTA
+                    const float x = da[k][i];
 #else
-            p[NSTATE + n0 + i] = 0.f;
-            p[2 * NSTATE + n0 + i] = 0.f;
+                    const float x = dd[k][i];
+#endif
+                    ab[i] = abar(x, a, al);
+#if RULE == R_RGLRU
+                    gb[i] = sqrtf(fmaxf(fmaf(-ab[i], ab[i], 1.f), 0.f));
+#else
+                    gb[i] = gbar(dd[k][i], a);
+#endif
+                    S = fmaf(ab[i], S, gb[i] * Bv[i] * uu[k][i]);
+#if !EXP_RULE
+                    P *= ab[i];
+#endif
+                }
+#if EXP_RULE
+                P = ex2(sx[k] * al);
+#endif
+                // the states before each step and after the last (one channel at a time keeps
+                // the registers low)
+                {
+                    float P1[1] = {P}, S1[1] = {S}, Pe1[1], Se1[1];
+                    scan_up<1>(s, P1, S1, Pe1, Se1);
+                    hh[0] = fmaf(Pe1[0], sHc[c * NSTATE + n], Se1[0]);
+                }
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+                    hh[i + 1] = fmaf(ab[i], hh[i], gb[i] * Bv[i] * uu[k][i]);
+#if HAS_Z
+                    yp[k][i] = fmaf(Cv[i], hh[i + 1], yp[k][i]);
+#endif
+                }
+                // adjoint: m_t = Ā_t (G_t C_t + m_{t+1}), composed from the right
+                float R = 0.f;
+#pragma unroll
+                for (int i = ITEMS - 1; i >= 0; i--) R = ab[i] * fmaf(Gq[k][i], Cv[i], R);
+                float Q[1] = {P}, R1[1] = {R}, Qe[1], Re[1];
+                const float mc = sM[c * NSTATE + n];
+                scan_down<1>(s, Q, R1, Qe, Re);
+                __syncwarp();
+                if (s == 0) sM[c * NSTATE + n] = fmaf(Q[0], mc, R1[0]);
+                float m = fmaf(Qe[0], mc, Re[0]);
+                float gA = 0.f;
+#if BC_FIXED
+                float gbf = 0.f, gcf = 0.f;
+#endif
+#pragma unroll
+                for (int i = ITEMS - 1; i >= 0; i--) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    const float lam = fmaf(Gq[k][i], Cv[i], m);
+                    m = ab[i] * lam;
+                    const float lb = lam * Bv[i];
+                    // gx = ∂L/∂ΔA (through Ā and, for rglru, γ̄(Ā))
+#if RULE == R_BILINEAR
+                    const float dx = lam * hh[i] * dabar(ab[i], x * a);  // ∂L/∂(ΔA·a)
+                    gA = fmaf(dx, x, gA);
+                    const float gx = dx * a;
+#elif RULE == R_S7
+                    const float q = fmaf(x, x, 0.5f);
+                    const float gx = lam * hh[i] * (2.f * x / (q * q));
+#elif RULE == R_RGLRU
+                    // w = ΔA·ln A: dĀ/dw = Ā, dγ̄/dw = −Ā²/γ̄
+                    float dw = m * hh[i];
+                    if (gb[i] > 0.f) dw -= lb * uu[k][i] * ab[i] * ab[i] / gb[i];
+                    gA = fmaf(dw, x / a, gA);
+                    const float gx = dw * (al * 0.6931471805599453f);
+#else
+                    const float dx = m * hh[i];  // ∂L/∂(ΔA·a)
+                    gA = fmaf(dx, x, gA);
+                    const float gx = dx * a;
+#endif
+#if HAS_DTA
+                    gda[k][i] += gx;
+#else
+                    gd[k][i] += gx;
+#endif
+                    gdu[k][i] = fmaf(lb, gb[i], gdu[k][i]);
+#if RULE == R_MAMBA
+                    gd[k][i] = fmaf(lb, uu[k][i], gd[k][i]);
+#elif RULE == R_ZOH || RULE == R_BILINEAR
+                    {
+                        float gbd, gba;
+                        gbar_partials(dd[k][i], a, gb[i], gbd, gba);
+                        const float dgb = lb * uu[k][i];  // ∂L/∂γ̄
+                        gd[k][i] = fmaf(dgb, gbd, gd[k][i]);
+                        gA = fmaf(dgb, gba, gA);
+                    }
+#endif
+                    const float vbi = lam * gb[i] * uu[k][i];
+                    const float vci = Gq[k][i] * hh[i + 1];
+#if BC_FIXED
+                    gbf += vbi;
+                    gcf += vci;
+#else
+                    vb[i] += vbi;
+                    vc[i] += vci;
+#endif
+                }
+                gA = sum_seg(gA);
+#if BC_FIXED
+                gbf = sum_seg(gbf);
+                gcf = sum_seg(gcf);
+#endif
+                if (s == 0) {
+                    sGA[c * NSTATE + n] += gA;
+#if BC_FIXED
+                    sGB[c * NSTATE + n] += gbf;
+                    sGC[c * NSTATE + n] += gcf;
+#endif
+                }
+            }
+#if !BC_FIXED
+            // dB/dC of this state: per-set sums, then the sets of the block in set order
+            {
+                float* pp = sP + (n & 1) * (CS * 2 * TS);
+                st_items(pp + (set * 2) * TS + tl, vb);
+                st_items(pp + (set * 2 + 1) * TS + tl, vc);
+                __syncthreads();
+                for (int o = tid; o < 2 * TCH; o += NT) {
+                    const int which = o / TCH, t = o % TCH;
+                    float acc = 0.f;
+#pragma unroll 4
+                    for (int q = 0; q < CS; q++) acc += pp[(q * 2 + which) * TS + t];
+                    sAcc[t * 2 * NS + which * NS + n] = acc;
+                }
+            }
 #endif
         }
-        if (q == 0) {
-            p[3 * NSTATE] = gD;
-            p[3 * NSTATE + 1] = gDB;
+#else
+        // complex A (see the forward): adjoints as ∂L/∂Re + i·∂L/∂Im; λ_t = 2·G_t·conj(C_t) +
+        // conj(Ā_{t+1})·λ_{t+1}
+#pragma unroll 1
+        for (int n = 0; n < NSTATE; n++) {
+            float Br[ITEMS], Bi[ITEMS], Cr[ITEMS], Ci[ITEMS];
+            ld_items(sB + (2 * n) * TS + tl, Br);
+            ld_items(sB + (2 * n + 1) * TS + tl, Bi);
+            ld_items(sC + (2 * n) * TS + tl, Cr);
+            ld_items(sC + (2 * n + 1) * TS + tl, Ci);
+            float vbr[ITEMS], vbi[ITEMS], vcr[ITEMS], vci[ITEMS];
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) { vbr[i] = 0.f; vbi[i] = 0.f; vcr[i] = 0.f; vci[i] = 0.f; }
+#pragma unroll
+            for (int k = 0; k < KCH; k++) {
+                const int c = set * KCH + k;
+                const cf a = {sA[c * NS + 2 * n], sA[c * NS + 2 * n + 1]};
+                cf ab[ITEMS], gb[ITEMS], hh[ITEMS + 1];
+                cf P = {1.f, 0.f}, S = {0.f, 0.f};
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    ab[i] = cabar(x, a);
+                    gb[i] = cgbar(dd[k][i], a);
+                    S = cfma(ab[i], S, cscale(cmul(gb[i], cf{Br[i], Bi[i]}), uu[k][i]));
+                    P = cmul(P, ab[i]);
+                }
+                {
+                    cf P1[1] = {P}, S1[1] = {S}, Pe1[1], Se1[1];
+                    cscan_up<1>(s, P1, S1, Pe1, Se1);
+                    hh[0] = cfma(Pe1[0], cf{sHc[c * NS + 2 * n], sHc[c * NS + 2 * n + 1]}, Se1[0]);
+                }
+#pragma unroll
+                for (int i = 0; i < ITEMS; i++) {
+                    hh[i + 1] = cfma(ab[i], hh[i], cscale(cmul(gb[i], cf{Br[i], Bi[i]}), uu[k][i]));
+#if HAS_Z
+                    yp[k][i] += 2.f * (Cr[i] * hh[i + 1].r - Ci[i] * hh[i + 1].i);
+#endif
+                }
+                // adjoint carried backward: m_t = conj(Ā_t)·(β_t + m_{t+1}), β_t = 2·G_t·conj(C_t)
+                cf R = {0.f, 0.f};
+#pragma unroll
+                for (int i = ITEMS - 1; i >= 0; i--) {
+                    const cf beta = {2.f * Gq[k][i] * Cr[i], -2.f * Gq[k][i] * Ci[i]};
+                    R = cmul(cconj(ab[i]), cadd(R, beta));
+                }
+                cf Q[1] = {cconj(P)}, R1[1] = {R}, Qe[1], Re[1];
+                const cf mc = {sM[c * NS + 2 * n], sM[c * NS + 2 * n + 1]};
+                cscan_down<1>(s, Q, R1, Qe, Re);
+                __syncwarp();
+                if (s == 0) {
+                    const cf mn = cfma(Q[0], mc, R1[0]);
+                    sM[c * NS + 2 * n] = mn.r;
+                    sM[c * NS + 2 * n + 1] = mn.i;
+                }
+                cf m = cfma(Qe[0], mc, Re[0]);
+                cf gA = {0.f, 0.f};
+#pragma unroll
+                for (int i = ITEMS - 1; i >= 0; i--) {
+#if HAS_DTA
+                    const float x = da[k][i];
+#else
+                    const float x = dd[k][i];
+#endif
+                    const cf beta = {2.f * Gq[k][i] * Cr[i], -2.f * Gq[k][i] * Ci[i]};
+                    const cf lam = cadd(beta, m);
+                    m = cmul(cconj(ab[i]), lam);
+                    const cf gx = cmul(cconj(cmul(cdabar(ab[i], x, a), hh[i])), lam);  // ∂L/∂x
+                    gA = cadd(gA, cscale(gx, x));
+                    const float gxa = gx.r * a.r + gx.i * a.i;  // Re(conj(a)·gx): ∂L/∂ΔA
+#if HAS_DTA
+                    gda[k][i] += gxa;
+#else
+                    gd[k][i] += gxa;
+#endif
+                    const cf B = {Br[i], Bi[i]};
+                    const cf gg = cscale(cmul(lam, cconj(B)), uu[k][i]);  // ∂L/∂γ̄
+                    const cf gbB = cmul(gb[i], B);
+                    gdu[k][i] += lam.r * gbB.r + lam.i * gbB.i;  // Re(λ·conj(γ̄B))
+#if RULE == R_MAMBA
+                    gd[k][i] += gg.r;
+#elif RULE == R_ZOH || RULE == R_BILINEAR
+                    {
+                        cf gbd, gba;
+                        cgbar_partials(dd[k][i], a, gb[i], gbd, gba);
+                        gd[k][i] += gg.r * gbd.r + gg.i * gbd.i;  // Re(gg·conj(∂γ̄/∂Δ))
+                        gA = cadd(gA, cmul(cconj(gba), gg));
+                    }
+#endif
+                    const cf vb = cscale(cmul(lam, cconj(gb[i])), uu[k][i]);
+                    vbr[i] += vb.r;
+                    vbi[i] += vb.i;
+                    vcr[i] += 2.f * Gq[k][i] * hh[i + 1].r;
+                    vci[i] -= 2.f * Gq[k][i] * hh[i + 1].i;
+                }
+                gA.r = sum_seg(gA.r);
+                gA.i = sum_seg(gA.i);
+                if (s == 0) {
+                    sGA[c * NS + 2 * n] += gA.r;
+                    sGA[c * NS + 2 * n + 1] += gA.i;
+                }
+            }
+            // dB/dC of this state: per-set sums, then the sets of the block in set order
+            {
+                float* pp = sP + (n & 1) * (CS * 4 * TS);
+                st_items(pp + (set * 4) * TS + tl, vbr);
+                st_items(pp + (set * 4 + 1) * TS + tl, vbi);
+                st_items(pp + (set * 4 + 2) * TS + tl, vcr);
+                st_items(pp + (set * 4 + 3) * TS + tl, vci);
+                __syncthreads();
+                for (int o = tid; o < 4 * TCH; o += NT) {
+                    const int which = o / TCH, t = o % TCH;
+                    float acc = 0.f;
+#pragma unroll 4
+                    for (int q = 0; q < CS; q++) acc += pp[(q * 4 + which) * TS + t];
+                    // which: 0 dB re, 1 dB im, 2 dC re, 3 dC im
+                    sAcc[t * 2 * NS + (which >> 1) * NS + 2 * n + (which & 1)] = acc;
+                }
+            }
+        }
+#endif  // COMPLEX
+        // per-item outputs, written in place into the staged tiles
+#pragma unroll
+        for (int k = 0; k < KCH; k++) {
+            const int c = set * KCH + k;
+            float o1[ITEMS], o2[ITEMS], raw[ITEMS];
+            ld_items(sR + c * TS + tl, raw);
+#if HAS_Z
+            float zz[ITEMS], dyv[ITEMS], o3[ITEMS];
+            ld_items(sZ + c * TS + tl, zz);
+            ld_items(sY + c * TS + tl, dyv);
+#endif
+#pragma unroll
+            for (int i = 0; i < ITEMS; i++) {
+                const bool valid = t0 + tl + i < L;
+                float draw = gd[k][i];
+#if SOFTPLUS
+                {
+                    float r = raw[i];
+#if HAS_DB
+                    r += db[k];
+#endif
+                    draw *= r > 20.f ? 1.f : sigmoid_f(r);
+                }
+#endif
+                o1[i] = fmaf(Dd[k], Gq[k][i], gdu[k][i]);
+                o2[i] = draw;
+                if (valid) {
+                    gD[k] = fmaf(Gq[k][i], uu[k][i], gD[k]);
+                    gDB[k] += draw;
+                }
+#if HAS_Z
+                {
+                    const float sg = 1.f / (1.f + __expf(-zz[i]));
+                    const float dzf = dyv[i] * sg * (1.f + zz[i] * (1.f - sg));
+                    o3[i] = dzf * fmaf(Dd[k], uu[k][i], yp[k][i]);
+                }
+#endif
+            }
+            st_items(sU + c * TS + tl, o1);
+            st_items(sR + c * TS + tl, o2);
+#if HAS_Z
+            st_items(sZ + c * TS + tl, o3);
+#endif
+#if HAS_DTA
+            st_items(sDA + c * TS + tl, gda[k]);
+#endif
+        }
+        __syncthreads();
+        unstage_ble(du, sU, b, t0, e0, L, E);
+        unstage_ble(ddt, sR, b, t0, e0, L, E);
+#if HAS_Z
+        unstage_ble(dz, sZ, b, t0, e0, L, E);
+#else
+        (void)dz;
+#endif
+#if HAS_DTA
+        unstage_ble(ddta, sDA, b, t0, e0, L, E);
+#else
+        (void)ddta;
+#endif
+#if !BC_FIXED
+        {
+            const int nt = min(TCH, L - t0) * 2 * NS;
+            float* dst = pBC + (((size_t)b * nblk + blockIdx.x) * L + t0) * (2 * NS);
+            for (int j = tid; j < nt; j += NT) dst[j] = sAcc[j];
+        }
+#else
+        (void)pBC;
+#endif
+    }
+    __syncthreads();
+    const int NE = 3 * NS + 2;
+#pragma unroll
+    for (int k = 0; k < KCH; k++) {
+        const float sd = sum_seg(gD[k]), sdb = sum_seg(gDB[k]);
+        if (s == 0 && act[k]) {
+            float* p = pE + ((size_t)b * E + e0 + set * KCH + k) * NE;
+            p[3 * NS] = sd;
+            p[3 * NS + 1] = sdb;
+        }
+    }
+    for (int j = tid; j < CB * NS; j += NT) {
+        const int c = j / NS, n = j % NS;
+        if (e0 + c < E) {
+            float* p = pE + ((size_t)b * E + e0 + c) * NE;
+            p[n] = sGA[j];
+#if BC_FIXED
+            p[NS + n] = sGB[j];
+            p[2 * NS + n] = sGC[j];
+#else
+            p[NS + n] = 0.f;
+            p[2 * NS + n] = 0.f;
+#endif
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// dB, dC (time-varying) = Σ over the channel segments of each group, in segment order.
-// pBC (Bsz, nseg, L, 2N) -> dB, dC (Bsz, L, G, N).  One thread per output pair element.
+// dB, dC (time-varying) = Σ over the blocks of each group, in block order.
+// pBC (Bsz, nblk, L, 2N) -> dB, dC (Bsz, L, G, N).  One thread per output pair element.
 extern "C" __global__ void ss_reduce_bc(const float* __restrict__ pBC, float* __restrict__ dB,
                                         float* __restrict__ dC, int Bsz, int L, int G,
-                                        int nseg) {
+                                        int nblk) {
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const size_t total = (size_t)Bsz * L * G * NSTATE;
+    const size_t total = (size_t)Bsz * L * G * NS;
     if (i >= total) return;
-    const int n = i % NSTATE;
-    const int g = (i / NSTATE) % G;
-    const int t = (i / ((size_t)NSTATE * G)) % L;
-    const int b = i / ((size_t)NSTATE * G * L);
-    const int spg = nseg / G;
+    const int n = i % NS;
+    const int g = (i / NS) % G;
+    const int t = (i / ((size_t)NS * G)) % L;
+    const int b = i / ((size_t)NS * G * L);
+    const int bpg = nblk / G;
     float sb = 0.f, sc = 0.f;
-    for (int j = 0; j < spg; j++) {
-        const size_t o = (((size_t)b * nseg + g * spg + j) * L + t) * (2 * NSTATE);
+    for (int j = 0; j < bpg; j++) {
+        const size_t o = (((size_t)b * nblk + g * bpg + j) * L + t) * (2 * NS);
         sb += pBC[o + n];
-        sc += pBC[o + NSTATE + n];
+        sc += pBC[o + NS + n];
     }
     dB[i] = sb;
     dC[i] = sc;
@@ -736,7 +1257,7 @@ extern "C" __global__ void ss_reduce_bc(const float* __restrict__ pBC, float* __
 // pE (Bsz, E, 3N + 2) -> out (E, 3N + 2)
 extern "C" __global__ void ss_reduce_e(const float* __restrict__ pE, float* __restrict__ out,
                                        int Bsz, int E) {
-    const int NE = 3 * NSTATE + 2;
+    const int NE = 3 * NS + 2;
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)E * NE) return;
     float acc = 0.f;

@@ -2,12 +2,13 @@
 //! (mamba rule, softplus Δ with bias, D skip), with and without the z gate; prints the time as a
 //! fraction of the HBM roofline (compulsory bytes per (batch, position, channel) element:
 //! forward 12 B / 20 B with z, backward 20 B / 32 B with z) for a peak bandwidth given in TB/s
-//! as the first argument (default 3.35, H100 SXM). Run: `gpu_bench [peak_tb_s] [reps]`.
+//! as the first argument (default 3.35, H100 SXM). Run: `gpu_bench [peak_tb_s] [reps] [tiling]`
+//! (`tiling`: time only the tiling of that index, e.g. under a profiler).
 
 use std::time::Instant;
 
 use lrnnx_kernels::cuda::{gpu_available, Inputs, SelectiveScan};
-use lrnnx_kernels::{Rule, ScanSpec, Tiling};
+use lrnnx_kernels::{Rule, ScanSpec, Tiling, BENCH_TILINGS};
 
 fn main() {
     if !gpu_available() {
@@ -17,9 +18,12 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let peak: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3.35);
     let reps: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    // optional: time only the tiling of this index (for profiling one kernel variant)
+    let only: Option<usize> = args.get(3).and_then(|a| a.parse().ok());
     let (bs, l, e, n) = (8usize, 4096usize, 2048usize, 16usize);
     let mut ss = SelectiveScan::new(0).expect("context");
     let st = ss.stream().clone();
+    keep_pool_memory(&st);
     let ble = bs * l * e;
     let mut seed = 7u64;
     let mut rnd = |k: usize, lo: f32, hi: f32| -> Vec<f32> {
@@ -41,21 +45,6 @@ fn main() {
     let c = st.clone_htod(&rnd(bs * l * n, -1.0, 1.0)).unwrap();
     let d = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
     let db = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
-    // (states per thread, warps per block, backward sub-chunk, sub-chunks per checkpoint)
-    let tilings = [
-        (4, 4, 4, 16),
-        (4, 4, 4, 32),
-        (4, 2, 4, 16),
-        (2, 4, 8, 8),
-        (8, 4, 2, 32),
-        (8, 2, 4, 16),
-    ]
-    .map(|(states_per_thread, warps, sub, nsub)| Tiling {
-        states_per_thread,
-        warps,
-        sub,
-        nsub,
-    });
     for has_z in [false, true] {
         let spec = ScanSpec {
             batch: bs,
@@ -70,6 +59,7 @@ fn main() {
             softplus: true,
             has_d: true,
             has_z,
+            complex: false,
         };
         let inp = Inputs {
             u: &u,
@@ -85,7 +75,10 @@ fn main() {
         let bytes = ble as f64 * if has_z { 20.0 + 32.0 } else { 12.0 + 20.0 };
         let roof_ms = bytes / (peak * 1e12) * 1e3;
         let mut best: Option<(f64, f64, f64, Tiling)> = None;
-        for t in tilings {
+        for (ti, t) in BENCH_TILINGS.into_iter().enumerate() {
+            if only.is_some_and(|o| o != ti) {
+                continue;
+            }
             ss.tiling = t;
             // warm-up (compiles the variant)
             let f = ss.forward(&spec, &inp).unwrap();
@@ -120,4 +113,24 @@ fn main() {
             100.0 * roof / tfb
         );
     }
+}
+
+/// Lets the device's default memory pool keep freed memory (release threshold = max), as
+/// PyTorch's and JAX's caching allocators do: otherwise every synchronize hands the outputs'
+/// memory back to the driver and each call pays for mapping it again.
+fn keep_pool_memory(st: &std::sync::Arc<cudarc::driver::CudaStream>) {
+    use cudarc::driver::sys;
+    let dev = st.context().cu_device();
+    let mut pool = std::ptr::null_mut();
+    let mut max = u64::MAX;
+    // SAFETY: plain driver calls on the current device with valid out-pointers.
+    let ok = unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut max as *mut u64 as *mut std::ffi::c_void,
+            ) == sys::CUresult::CUDA_SUCCESS
+    };
+    println!("memory pool release threshold set to max: {ok}");
 }

@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use crate::{ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
+use crate::{Pass, ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
 
 /// The GPU architecture the kernels are compiled for (H100/H200).
 pub const ARCH: &str = "sm_90";
@@ -31,11 +32,12 @@ pub fn gpu_available() -> bool {
     matches!(CudaContext::device_count(), Ok(n) if n > 0)
 }
 
-/// Compiles the selective scan source for `variant` to PTX for [`ARCH`].
-pub fn compile(variant: &Variant) -> Result<Ptx, ScanError> {
+/// Compiles the selective scan source for `variant`'s kernel `pass` to PTX for [`ARCH`] (the
+/// PTX holds every kernel of the source, compiled with that pass's geometry).
+pub fn compile(variant: &Variant, pass: Pass) -> Result<Ptx, ScanError> {
     let opts = CompileOptions {
         arch: Some(ARCH),
-        options: variant.defines(),
+        options: variant.defines(pass),
         name: Some("selective_scan.cu".into()),
         ..Default::default()
     };
@@ -107,7 +109,7 @@ pub struct Grads {
 }
 
 struct Module {
-    _m: Arc<CudaModule>,
+    _m: [Arc<CudaModule>; 2],
     fwd: CudaFunction,
     bwd: CudaFunction,
     red_bc: CudaFunction,
@@ -152,16 +154,29 @@ impl SelectiveScan {
         if let Some(m) = map.get(v) {
             return Ok(m.clone());
         }
-        let ptx = compile(v)?;
-        let m = self.ctx.load_module(ptx).map_err(drv)?;
-        let f = |n: &str| m.load_function(n).map_err(drv);
-        let module = Arc::new(Module {
-            fwd: f("ss_fwd")?,
-            bwd: f("ss_bwd")?,
-            red_bc: f("ss_reduce_bc")?,
-            red_e: f("ss_reduce_e")?,
-            _m: m.clone(),
-        });
+        let load = |pass| -> Result<Arc<CudaModule>, ScanError> {
+            self.ctx.load_module(compile(v, pass)?).map_err(drv)
+        };
+        let (mf, mb) = (load(Pass::Forward)?, load(Pass::Backward)?);
+        let f = |m: &Arc<CudaModule>, n: &str| m.load_function(n).map_err(drv);
+        let module = Module {
+            fwd: f(&mf, "ss_fwd")?,
+            bwd: f(&mb, "ss_bwd")?,
+            red_bc: f(&mb, "ss_reduce_bc")?,
+            red_e: f(&mb, "ss_reduce_e")?,
+            _m: [mf, mb],
+        };
+        // opt in to more than 48 KiB of dynamic shared memory where a variant needs it
+        let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        for (func, bytes) in [
+            (&module.fwd, v.shared_bytes(Pass::Forward)),
+            (&module.bwd, v.shared_bytes(Pass::Backward)),
+        ] {
+            if bytes > 48 * 1024 {
+                func.set_attribute(attr, bytes as i32).map_err(drv)?;
+            }
+        }
+        let module = Arc::new(module);
         map.insert(*v, module.clone());
         Ok(module)
     }
@@ -195,15 +210,15 @@ impl SelectiveScan {
         Ok(v)
     }
 
-    fn geometry(spec: &ScanSpec, v: &Variant) -> LaunchConfig {
+    fn geometry(spec: &ScanSpec, v: &Variant, pass: Pass) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
-                spec.channels.div_ceil(v.channels_per_block()) as u32,
+                spec.channels.div_ceil(v.channels_per_block(pass)) as u32,
                 spec.batch as u32,
                 1,
             ),
-            block_dim: (v.threads() as u32, 1, 1),
-            shared_mem_bytes: 0,
+            block_dim: (v.threads(pass) as u32, 1, 1),
+            shared_mem_bytes: v.shared_bytes(pass) as u32,
         }
     }
 
@@ -214,8 +229,8 @@ impl SelectiveScan {
         let s = &self.stream;
         let nch = spec.len.div_ceil(v.chunk());
         let mut y = out_buf(s, spec.batch * spec.len * spec.channels)?;
-        let mut last = out_buf(s, spec.batch * spec.channels * spec.state)?;
-        let mut hs = out_buf(s, spec.batch * nch * spec.state * spec.channels)?;
+        let mut last = out_buf(s, spec.batch * spec.channels * spec.state_floats())?;
+        let mut hs = out_buf(s, spec.batch * nch * spec.state_floats() * spec.channels)?;
         let dm = &self.dummy;
         let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
         let (l, e, g) = (
@@ -240,7 +255,7 @@ impl SelectiveScan {
             .arg(&e)
             .arg(&g);
         // SAFETY: argument list matches `ss_fwd`; every buffer has the length checked above.
-        unsafe { lb.launch(Self::geometry(spec, &v)) }.map_err(drv)?;
+        unsafe { lb.launch(Self::geometry(spec, &v, Pass::Forward)) }.map_err(drv)?;
         Ok(Forward {
             y,
             last_state: last,
@@ -265,7 +280,7 @@ impl SelectiveScan {
             )));
         }
         let nch = spec.len.div_ceil(v.chunk());
-        if fwd.checkpoints.len() != spec.batch * nch * spec.state * spec.channels {
+        if fwd.checkpoints.len() != spec.batch * nch * spec.state_floats() * spec.channels {
             return Err(ScanError(
                 "checkpoints do not match the spec (forward run with another spec or tiling)"
                     .into(),
@@ -273,7 +288,8 @@ impl SelectiveScan {
         }
         let m = self.module(&v)?;
         let s = &self.stream;
-        let n = spec.state;
+        // floats per state vector (re, im interleaved for complex A)
+        let n = spec.state_floats();
         let ne = 3 * n + 2;
         let mut du = out_buf(s, ble)?;
         let mut ddt = out_buf(s, ble)?;
@@ -287,11 +303,11 @@ impl SelectiveScan {
         } else {
             None
         };
-        let nseg = v.segments(spec.channels);
+        let nblk = spec.channels.div_ceil(v.channels_per_block(Pass::Backward));
         let mut pbc = if spec.bc_fixed {
             s.alloc_zeros::<f32>(1).map_err(drv)?
         } else {
-            out_buf(s, spec.batch * nseg * spec.len * 2 * n)?
+            out_buf(s, spec.batch * nblk * spec.len * 2 * n)?
         };
         let mut pe = out_buf(s, spec.batch * spec.channels * ne)?;
         let dm = &self.dummy;
@@ -326,7 +342,7 @@ impl SelectiveScan {
                 .arg(&e)
                 .arg(&g);
             // SAFETY: argument list matches `ss_bwd`; buffer lengths checked above.
-            unsafe { lb.launch(Self::geometry(spec, &v)) }.map_err(drv)?;
+            unsafe { lb.launch(Self::geometry(spec, &v, Pass::Backward)) }.map_err(drv)?;
         }
         let (mut db, mut dc);
         if spec.bc_fixed {
@@ -336,7 +352,7 @@ impl SelectiveScan {
             let total = spec.batch * spec.len * spec.groups * n;
             db = out_buf(s, total)?;
             dc = out_buf(s, total)?;
-            let (bsz, nseg_i) = (spec.batch as i32, nseg as i32);
+            let (bsz, nblk_i) = (spec.batch as i32, nblk as i32);
             let mut lb = s.launch_builder(&m.red_bc);
             lb.arg(&pbc)
                 .arg(&mut db)
@@ -344,7 +360,7 @@ impl SelectiveScan {
                 .arg(&bsz)
                 .arg(&l)
                 .arg(&g)
-                .arg(&nseg_i);
+                .arg(&nblk_i);
             // SAFETY: argument list matches `ss_reduce_bc`.
             unsafe { lb.launch(LaunchConfig::for_num_elems(total as u32)) }.map_err(drv)?;
         }

@@ -1,42 +1,55 @@
-//! CUDA scan kernels for lrnnx: the selective scan (lrnnx spec §4.1, real `A`) forward and
-//! backward, as CUDA C compiled at run time with NVRTC (through cudarc, behind the `cuda`
-//! feature) and launched on plain device buffers.
+//! CUDA scan kernels for lrnnx: the selective scan (lrnnx spec §4.1; real or complex `A`; the
+//! mamba, zoh, bilinear, dirac rules and lrnnx's kernel-only rglru and s7 rules) forward and
+//! backward, and the S7 scan with its projections (spec §4.5, [`s7`] module), as CUDA C compiled at
+//! run time with NVRTC (through cudarc, behind the `cuda` feature) and launched on plain device
+//! buffers.
 //!
 //! Per channel `e`, state `n`, time `t` (layout `(batch, L, E)` for every per-element tensor):
 //!
 //! ```text
 //! Δ_t  = softplus?(delta_t + delta_bias[e])          ΔA_t = deltaA_t (raw) or Δ_t
 //! h_t[n] = Ā(ΔA_t·A[e,n])·h_{t−1}[n] + γ̄(Δ_t, A[e,n])·B_t[n]·u_t      (h_{−1} = 0)
-//! y_t  = (Σ_n C_t[n]·h_t[n] + D[e]·u_t) · SiLU(z_t)
+//! y_t  = (Σ_n C_t[n]·h_t[n] + D[e]·u_t) · SiLU(z_t)        (complex A: 2·Re(Σ_n C_t[n]·h_t[n]))
 //! ```
 //!
 //! with the discretizations of [`Rule`]. `B`, `C` are time-varying `(batch, L, G, N)` (channel
-//! `e` reads group `e / (E/G)`) or time-invariant `(E, N)`. The backward is deterministic: every
-//! reduction runs in a fixed order (no floating-point atomics), so two runs give bitwise equal
-//! gradients.
+//! `e` reads group `e / (E/G)`) or time-invariant `(E, N)`. The kernels run a chunked scan (see
+//! [`Tiling`]); the backward is deterministic: every reduction runs in a fixed order (no
+//! floating-point atomics), so two runs give bitwise equal gradients.
 //!
-//! Without the `cuda` feature the crate holds the kernel source, the configuration and its shape
-//! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` compiles and launches.
+//! Without the `cuda` feature the crate holds the kernel sources, the configuration and its shape
+//! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` and `s7::S7Scan` compile and
+//! launch.
 
 use std::fmt;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod s7;
 
 /// The CUDA C source of the selective scan kernels (`ss_fwd`, `ss_bwd`, `ss_reduce_bc`,
 /// `ss_reduce_e`).
 pub const SELECTIVE_SCAN_SRC: &str = include_str!("../cuda/selective_scan.cu");
 
+/// The CUDA C source of the S7 projection kernels (spec §4.5) used around the s7-rule scan.
+pub const S7_PROJ_SRC: &str = include_str!("../cuda/s7_proj.cu");
+
+/// The S7 projection kernels' entry points, in [`S7_PROJ_SRC`].
+pub const S7_PROJ_KERNELS: [&str; 5] =
+    ["s7_in", "s7_out", "s7_out_bwd_x", "s7_in_bwd_u", "s7_outer"];
+
 /// The kernels' entry points, in the source [`SELECTIVE_SCAN_SRC`].
 pub const SELECTIVE_SCAN_KERNELS: [&str; 4] = ["ss_fwd", "ss_bwd", "ss_reduce_bc", "ss_reduce_e"];
 
-/// Largest state size the kernels are compiled for (all states of a channel live in registers).
+/// Largest state size the kernels accept (the states are walked one at a time; `N` sets the
+/// shared memory of `B_t`/`C_t` tiles).
 pub const MAX_STATE: usize = 64;
 
 /// Discretization of the selective scan (`x = ΔA·A`, `w = Δ·A`):
 /// mamba `Ā = eˣ, γ̄ = Δ`; zoh `Ā = eˣ, γ̄ = expm1(w)/A` (`Δ` at `A = 0`);
 /// bilinear `Ā = (1 + x/2)/(1 − x/2)` (`x` clamped to ±2e18), `γ̄ = Δ/(1 − w/2)`;
-/// dirac `Ā = eˣ, γ̄ = 1`.
+/// dirac `Ā = eˣ, γ̄ = 1`; rglru `Ā = A^ΔA, γ̄ = sqrt(1 − Ā²)`; s7 `Ā = 1 − 1/(ΔA² + ½), γ̄ = 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
     /// `Ā = exp(ΔA·A)`, `γ̄ = Δ` (lrnnx's default).
@@ -47,6 +60,12 @@ pub enum Rule {
     Bilinear,
     /// `Ā = exp(ΔA·A)`, `γ̄ = 1`.
     Dirac,
+    /// lrnnx's kernel-only RG-LRU rule: `Ā = A^ΔA` (`A` the base in (0, 1)), `γ̄ = sqrt(1 − Ā²)`
+    /// (spec §4.6 with `B = C = 1`). Real `A` only, no `deltaA`.
+    Rglru,
+    /// lrnnx's kernel-only S7 rule: `Ā = 1 − 1/(ΔA² + 1/2)` (`A` ignored), `γ̄ = 1` (spec §4.5).
+    /// Real `A` only, no `deltaA`.
+    S7,
 }
 
 impl Rule {
@@ -57,6 +76,8 @@ impl Rule {
             "zoh" => Some(Rule::Zoh),
             "bilinear" => Some(Rule::Bilinear),
             "dirac" => Some(Rule::Dirac),
+            "rglru" => Some(Rule::Rglru),
+            "s7" => Some(Rule::S7),
             _ => None,
         }
     }
@@ -67,6 +88,8 @@ impl Rule {
             Rule::Zoh => 1,
             Rule::Bilinear => 2,
             Rule::Dirac => 3,
+            Rule::Rglru => 4,
+            Rule::S7 => 5,
         }
     }
 }
@@ -110,36 +133,80 @@ pub struct ScanSpec {
     pub has_d: bool,
     /// `z` gate `(batch, L, E)`: `y ← y·SiLU(z)`.
     pub has_z: bool,
+    /// Complex `A` (lrnnx's complex64 `A`): `A`, `B_t`, `C_t` and the state hold (re, im)
+    /// pairs interleaved (`A` `(E, N, 2)`, `B`/`C` `(batch, L, G, N, 2)`), and
+    /// `y = 2·Re(Σ_n C_t[n]·h_t[n]) + D·u`. Needs time-varying `B`/`C`.
+    pub complex: bool,
 }
 
 /// Launch geometry of the kernels (compile-time in the kernel source).
 ///
-/// Each (batch, channel) is walked by `tpc` threads holding `N/tpc` states each (`tpc` the
-/// smallest power of two dividing `N` with `N/tpc ≤ states_per_thread`); a block is `warps`
-/// warps of `32/tpc` channels each. The forward keeps the state every `sub·nsub` steps; the
-/// backward re-runs a chunk keeping the state every `sub` steps and walks `sub` steps at a time
-/// backward with their states in registers.
+/// A block owns `channels_per_block` consecutive channels of one batch row and walks the
+/// sequence in chunks of `seg·items` steps (the forward in order, the backward in reverse), the
+/// chunk's inputs staged in shared memory. A thread owns `channels_per_thread` channels and
+/// `items` consecutive steps of the chunk; the `seg` threads of a channel set scan their
+/// per-thread affine maps `h ↦ P·h + S` with warp shuffles, one state at a time. The forward
+/// stores the state at every chunk start for the backward. The forward and the backward share
+/// `seg` and `items` (hence the chunk) and may differ in channels per thread and warps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tiling {
-    /// Most states held by one thread (1..=16).
-    pub states_per_thread: usize,
-    /// Warps per block (power of two, 1..=16).
+    /// Threads (lanes) per channel set along time (power of two, 1..=32).
+    pub seg: usize,
+    /// Consecutive steps per thread in a chunk (1..=16).
+    pub items: usize,
+    /// Channels per thread in the forward (1..=4).
+    pub channels_per_thread: usize,
+    /// Warps per block in the forward (power of two, 1..=16).
     pub warps: usize,
-    /// Steps per backward sub-chunk (power of two, 1..=32; raised to `tpc`).
-    pub sub: usize,
-    /// Sub-chunks per checkpoint chunk (1..=64).
-    pub nsub: usize,
+    /// Channels per thread in the backward (1..=4).
+    pub bwd_channels_per_thread: usize,
+    /// Warps per block in the backward (power of two, 1..=16).
+    pub bwd_warps: usize,
 }
 
 impl Default for Tiling {
     fn default() -> Self {
         Tiling {
-            states_per_thread: 4,
+            seg: 4,
+            items: 8,
+            channels_per_thread: 2,
             warps: 4,
-            sub: 4,
-            nsub: 16,
+            bwd_channels_per_thread: 1,
+            bwd_warps: 4,
         }
     }
+}
+
+/// The tilings `examples/gpu_bench.rs` times (and `tests/nvrtc_compile.rs` compiles), the
+/// default first.
+pub const BENCH_TILINGS: [Tiling; 6] = {
+    const fn t(seg: usize, items: usize, kf: usize, wf: usize, kb: usize, wb: usize) -> Tiling {
+        Tiling {
+            seg,
+            items,
+            channels_per_thread: kf,
+            warps: wf,
+            bwd_channels_per_thread: kb,
+            bwd_warps: wb,
+        }
+    }
+    [
+        t(4, 8, 2, 4, 1, 4),
+        t(8, 8, 2, 4, 1, 8),
+        t(8, 8, 1, 4, 2, 4),
+        t(16, 4, 2, 4, 1, 4),
+        t(4, 8, 1, 4, 1, 8),
+        t(4, 16, 1, 4, 1, 4),
+    ]
+};
+
+/// The kernel a geometry question is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    /// `ss_fwd`.
+    Forward,
+    /// `ss_bwd` (and the reductions after it).
+    Backward,
 }
 
 /// Everything that selects one compiled kernel variant.
@@ -161,25 +228,24 @@ pub struct Variant {
     pub has_d: bool,
     /// See [`ScanSpec::has_z`].
     pub has_z: bool,
-    /// Threads per (batch, channel) (power of two dividing `N`).
-    pub tpc: usize,
-    /// Channels per `dB`/`dC` partial segment (power of two dividing the channels of a group;
-    /// at most the channels of a block).
-    pub segc: usize,
-    /// Launch geometry (with `sub ≥ tpc`).
+    /// See [`ScanSpec::complex`].
+    pub complex: bool,
+    /// Launch geometry (with time-varying `B`/`C`, `channels_per_block` divides the channels of
+    /// a group).
     pub tiling: Tiling,
 }
 
 impl Variant {
-    /// NVRTC `-D` options selecting this variant in [`SELECTIVE_SCAN_SRC`].
-    pub fn defines(&self) -> Vec<String> {
+    /// NVRTC `-D` options selecting this variant's kernel `pass` in [`SELECTIVE_SCAN_SRC`].
+    pub fn defines(&self, pass: Pass) -> Vec<String> {
         let b = |x: bool| u32::from(x);
+        let (k, w) = self.per_pass(pass);
         vec![
             format!("-DNSTATE={}", self.state),
-            format!("-DTPC={}", self.tpc),
-            format!("-DNWARP={}", self.tiling.warps),
-            format!("-DSUB={}", self.tiling.sub),
-            format!("-DNSUB={}", self.tiling.nsub),
+            format!("-DSEG={}", self.tiling.seg),
+            format!("-DKCH={k}"),
+            format!("-DITEMS={}", self.tiling.items),
+            format!("-DNWARP={w}"),
             format!("-DRULE={}", self.rule.code()),
             format!("-DHAS_Z={}", b(self.has_z)),
             format!("-DHAS_D={}", b(self.has_d)),
@@ -187,49 +253,75 @@ impl Variant {
             format!("-DSOFTPLUS={}", b(self.softplus)),
             format!("-DHAS_DTA={}", b(self.has_delta_a)),
             format!("-DBC_FIXED={}", b(self.bc_fixed)),
-            format!("-DSEGC={}", self.segc),
+            format!("-DCOMPLEX={}", b(self.complex)),
         ]
     }
 
-    /// Steps per chunk (the checkpoint interval of the forward).
+    /// (channels per thread, warps per block) of a pass.
+    fn per_pass(&self, pass: Pass) -> (usize, usize) {
+        let t = &self.tiling;
+        match pass {
+            Pass::Forward => (t.channels_per_thread, t.warps),
+            Pass::Backward => (t.bwd_channels_per_thread, t.bwd_warps),
+        }
+    }
+
+    /// Steps per chunk (`seg·items`; the checkpoint interval of the forward).
     pub fn chunk(&self) -> usize {
-        self.tiling.sub * self.tiling.nsub
+        self.tiling.seg * self.tiling.items
+    }
+
+    /// Channel sets per block (`32/seg` per warp).
+    fn sets(&self, pass: Pass) -> usize {
+        32 / self.tiling.seg * self.per_pass(pass).1
     }
 
     /// Channels per block.
-    pub fn channels_per_block(&self) -> usize {
-        32 / self.tpc * self.tiling.warps
+    pub fn channels_per_block(&self, pass: Pass) -> usize {
+        self.sets(pass) * self.per_pass(pass).0
     }
 
     /// Threads per block.
-    pub fn threads(&self) -> usize {
-        32 * self.tiling.warps
+    pub fn threads(&self, pass: Pass) -> usize {
+        32 * self.per_pass(pass).1
     }
 
-    /// Number of `dB`/`dC` partial segments over `channels` (time-varying `B`/`C`).
-    pub fn segments(&self, channels: usize) -> usize {
-        channels / self.segc
-    }
-
-    /// Static shared memory of the backward kernel in bytes.
-    pub fn shared_bytes(&self) -> usize {
-        let spt = self.state / self.tpc;
-        let t = self.tiling;
-        let ck = 4 * t.nsub * spt * 32 * t.warps;
-        let cpw = 32 / self.tpc;
-        let r = if !self.bc_fixed && self.segc > cpw {
-            let vp = (2 * spt).div_ceil(cpw) * cpw;
-            4 * t.warps * t.sub * 32 * (vp / cpw)
-        } else {
-            0
+    /// Dynamic shared memory of a pass's kernel in bytes (the layout of the kernel source).
+    pub fn shared_bytes(&self, pass: Pass) -> usize {
+        let (cb, ts) = (self.channels_per_block(pass), self.chunk() + 4);
+        let nv = if self.complex { 2 } else { 1 };
+        let n = self.state * nv;
+        let floats = match pass {
+            Pass::Forward => {
+                let tiles = 2 + usize::from(self.has_delta_a) + usize::from(self.has_z);
+                let bc = if self.bc_fixed { 0 } else { 2 * n * ts };
+                let per_channel = if self.bc_fixed { 4 } else { 2 } * cb * n;
+                tiles * cb * ts + bc + per_channel
+            }
+            Pass::Backward => {
+                let tiles = 3 + usize::from(self.has_z) + usize::from(self.has_delta_a);
+                let bc = if self.bc_fixed {
+                    0
+                } else {
+                    2 * n * ts + 4 * nv * self.sets(pass) * ts + self.chunk() * 2 * n
+                };
+                let carries = if self.bc_fixed { 8 } else { 4 } * cb * n;
+                tiles * cb * ts + bc + carries
+            }
         };
-        ck + r
+        4 * floats
     }
 }
 
+/// Most dynamic shared memory per block the kernels may use (H100/H200 allow 227 KiB).
+pub const MAX_SHARED_BYTES: usize = 160 * 1024;
+
 impl ScanSpec {
-    /// Checks the sizes and picks the kernel variant for a tiling (halves `nsub` while the
-    /// backward's shared memory exceeds 40 KiB).
+    /// Checks the sizes and picks the kernel variant for a tiling. With time-varying `B`/`C` the
+    /// block's channels must lie in one group: warps, then channels per thread, are halved (and
+    /// the lanes per channel set doubled) until the channels per block divide the group size;
+    /// then the steps per thread are halved while the shared memory exceeds
+    /// [`MAX_SHARED_BYTES`].
     pub fn check(&self, tiling: Tiling) -> Result<Variant, ScanError> {
         let err = |m: String| Err(ScanError(m));
         if self.batch == 0 || self.len == 0 || self.channels == 0 {
@@ -249,27 +341,24 @@ impl ScanSpec {
             ));
         }
         let pow2 = |x: usize, hi: usize| x.is_power_of_two() && x <= hi;
-        if !matches!(tiling.states_per_thread, 1..=16)
+        if !pow2(tiling.seg, 32)
+            || !matches!(tiling.items, 1..=16)
+            || !matches!(tiling.channels_per_thread, 1..=4)
             || !pow2(tiling.warps, 16)
-            || !pow2(tiling.sub, 32)
-            || !matches!(tiling.nsub, 1..=64)
+            || !matches!(tiling.bwd_channels_per_thread, 1..=4)
+            || !pow2(tiling.bwd_warps, 16)
         {
             return err(format!("unsupported tiling {tiling:?}"));
         }
-        let n = self.state;
-        let tpc = [1usize, 2, 4, 8, 16, 32]
-            .into_iter()
-            .find(|&t| n.is_multiple_of(t) && n / t <= tiling.states_per_thread)
-            .unwrap_or(1 << n.trailing_zeros().min(5));
-        let mut tiling = tiling;
-        tiling.sub = tiling.sub.max(tpc);
-        let per_group = self.channels / groups;
-        let cpb = 32 / tpc * tiling.warps;
-        let segc = if self.bc_fixed {
-            1
-        } else {
-            (1usize << per_group.trailing_zeros().min(10)).min(cpb)
-        };
+        if self.complex && self.bc_fixed {
+            return err("complex A needs time-varying B/C (bc_fixed is not supported)".into());
+        }
+        if matches!(self.rule, Rule::Rglru | Rule::S7) && (self.complex || self.has_delta_a) {
+            return err(format!(
+                "rule {:?} takes real A and no deltaA (complex {}, deltaA {})",
+                self.rule, self.complex, self.has_delta_a
+            ));
+        }
         let mut v = Variant {
             state: self.state,
             rule: self.rule,
@@ -279,35 +368,64 @@ impl ScanSpec {
             softplus: self.softplus,
             has_d: self.has_d,
             has_z: self.has_z,
-            tpc,
-            segc,
+            complex: self.complex,
             tiling,
         };
-        while v.tiling.nsub > 1 && v.shared_bytes() > 40 * 1024 {
-            v.tiling.nsub /= 2;
+        if !self.bc_fixed {
+            let per_group = self.channels / groups;
+            for pass in [Pass::Forward, Pass::Backward] {
+                while !per_group.is_multiple_of(v.channels_per_block(pass)) {
+                    let t = &mut v.tiling;
+                    let (k, w) = match pass {
+                        Pass::Forward => (&mut t.channels_per_thread, &mut t.warps),
+                        Pass::Backward => (&mut t.bwd_channels_per_thread, &mut t.bwd_warps),
+                    };
+                    if *w > 1 {
+                        *w /= 2;
+                    } else if *k > 1 {
+                        *k -= 1;
+                    } else {
+                        t.seg *= 2;
+                    }
+                }
+            }
         }
-        if v.shared_bytes() > 48 * 1024 {
-            return err(format!(
-                "tiling {tiling:?}: {} bytes of shared memory for state {n}",
-                v.shared_bytes()
-            ));
+        // shorter chunks while the shared memory does not fit
+        loop {
+            let bytes = v
+                .shared_bytes(Pass::Forward)
+                .max(v.shared_bytes(Pass::Backward));
+            if bytes <= MAX_SHARED_BYTES {
+                return Ok(v);
+            }
+            if v.tiling.items == 1 {
+                return err(format!(
+                    "tiling {tiling:?}: {bytes} bytes of shared memory for state {}",
+                    self.state
+                ));
+            }
+            v.tiling.items /= 2;
         }
-        Ok(v)
+    }
+
+    /// Floats per state vector: `N`, or `2N` with complex `A`.
+    pub fn state_floats(&self) -> usize {
+        self.state * if self.complex { 2 } else { 1 }
     }
 
     /// Expected element counts of the inputs, by name, for shape checks:
-    /// `u`, `delta`, `deltaA`, `z`: `B·L·E`; `A`: `E·N`; `B`, `C`: `B·L·G·N` or `E·N`;
-    /// `D`, `delta_bias`: `E`.
+    /// `u`, `delta`, `deltaA`, `z`: `B·L·E`; `A`: `E·N` (`E·N·2` complex); `B`, `C`: `B·L·G·N`
+    /// (`·2` complex) or `E·N`; `D`, `delta_bias`: `E`.
     pub fn expected_len(&self, name: &str) -> usize {
         let ble = self.batch * self.len * self.channels;
-        let en = self.channels * self.state;
+        let en = self.channels * self.state_floats();
         match name {
             "A" => en,
             "B" | "C" => {
                 if self.bc_fixed {
                     en
                 } else {
-                    self.batch * self.len * self.groups * self.state
+                    self.batch * self.len * self.groups * self.state_floats()
                 }
             }
             "D" | "delta_bias" => self.channels,
@@ -334,33 +452,45 @@ mod tests {
             softplus: true,
             has_d: true,
             has_z: true,
+            complex: false,
         }
     }
 
     #[test]
-    fn segments_follow_the_groups() {
-        // 8 channels in 2 groups, state 4: one thread per channel, segments of 4 channels
+    fn blocks_lie_inside_a_group() {
+        let f = Pass::Forward;
+        let bw = Pass::Backward;
+        // 8 channels in 2 groups of 4: 4 sets a warp (8 lanes each), 1 channel a thread
         let v = spec().check(Tiling::default()).unwrap();
-        assert_eq!((v.tpc, v.segc, v.segments(8)), (1, 4, 2));
+        assert_eq!((v.channels_per_block(f), v.channels_per_block(bw)), (4, 4));
+        assert_eq!((v.tiling.warps, v.tiling.channels_per_thread), (1, 1));
         let mut s = spec();
         s.channels = 2048;
         s.groups = 1;
         s.state = 16;
         let v = s.check(Tiling::default()).unwrap();
-        // 4 threads of 4 states per channel, 8 channels a warp, 32 a block
-        assert_eq!((v.tpc, v.segc, v.segments(2048)), (4, 32, 64));
+        // 4 lanes a set, 8 sets a warp, 4 warps: forward 2 channels a thread, backward 1
         assert_eq!(
-            (v.channels_per_block(), v.threads(), v.chunk()),
-            (32, 128, 64)
+            (
+                v.channels_per_block(f),
+                v.channels_per_block(bw),
+                v.threads(f),
+                v.chunk()
+            ),
+            (64, 32, 128, 32)
         );
+        // 96 channels in 4 groups of 24: 8 channels a block
         s.channels = 96;
         s.groups = 4;
         let v = s.check(Tiling::default()).unwrap();
-        assert_eq!((v.segc, v.segments(96)), (8, 12));
+        assert_eq!((v.channels_per_block(f), v.channels_per_block(bw)), (8, 8));
+        // groups of 5 channels: one channel a block, 32 lanes a set
+        s.channels = 20;
+        let v = s.check(Tiling::default()).unwrap();
+        assert_eq!((v.channels_per_block(bw), v.tiling.seg), (1, 32));
         s.state = 64;
         let v = s.check(Tiling::default()).unwrap();
-        assert_eq!((v.tpc, v.tiling.sub), (16, 16));
-        assert!(v.shared_bytes() <= 40 * 1024);
+        assert!(v.shared_bytes(bw) <= MAX_SHARED_BYTES);
     }
 
     #[test]
@@ -378,6 +508,12 @@ mod tests {
         assert!(spec()
             .check(Tiling {
                 warps: 3,
+                ..Tiling::default()
+            })
+            .is_err());
+        assert!(spec()
+            .check(Tiling {
+                items: 0,
                 ..Tiling::default()
             })
             .is_err());

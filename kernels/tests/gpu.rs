@@ -1,10 +1,15 @@
 //! GPU correctness of the selective scan kernels (needs a CUDA device; prints a skip reason and
 //! returns without one):
-//! - every real-`A` `op_selective_scan_*` lrnnx golden case: `out` at 1e-5 and every `grad.*`
+//! - every `op_selective_scan_*` lrnnx golden case (real and complex `A`): `out` at 1e-5 and every `grad.*`
 //!   at 1e-4 (max |diff| / max |ref|); the other `op_*` cases are listed as not covered;
 //! - random cases against a sequential f64 loop written here (forward at 1e-5) and central
 //!   finite differences of it along a random direction per input (gradients at 1e-4), lengths
 //!   up to 16384;
+//! - the same with complex `A` (every rule; golden `op_selective_scan_complex_*` cases too);
+//! - the rglru and s7 rules against the f64 loop and finite differences, and lrnnx's
+//!   `op_rglru_scan_*` golden cases;
+//! - the S7 scan with its projections (`lrnnx_kernels::s7`): the `op_s7_scan_*` golden cases
+//!   and random cases against an f64 loop with finite differences;
 //! - two backward runs give bitwise identical gradients.
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
@@ -14,6 +19,7 @@
 use std::collections::HashMap;
 
 use lrnnx_kernels::cuda::{gpu_available, Grads, Inputs, SelectiveScan};
+use lrnnx_kernels::s7::{S7Inputs, S7Scan, S7Spec};
 use lrnnx_kernels::{Rule, ScanSpec};
 
 struct Rng(u64);
@@ -47,8 +53,89 @@ struct Host {
     delta_bias: Option<Vec<f64>>,
 }
 
+/// Complex f64 `(re, im)`.
+#[derive(Clone, Copy)]
+struct C64(f64, f64);
+impl C64 {
+    fn mul(self, o: C64) -> C64 {
+        C64(self.0 * o.0 - self.1 * o.1, self.0 * o.1 + self.1 * o.0)
+    }
+    fn div(self, o: C64) -> C64 {
+        let d = o.0 * o.0 + o.1 * o.1;
+        C64(
+            (self.0 * o.0 + self.1 * o.1) / d,
+            (self.1 * o.0 - self.0 * o.1) / d,
+        )
+    }
+    fn exp(self) -> C64 {
+        let m = self.0.exp();
+        C64(m * self.1.cos(), m * self.1.sin())
+    }
+    fn scale(self, s: f64) -> C64 {
+        C64(self.0 * s, self.1 * s)
+    }
+}
+
+/// Sequential reference forward with complex `A` (f64), from spec §4.1: `h_t = Ā h_{t−1} +
+/// γ̄·B_t·u_t` in ℂ, `y = 2·Re(Σ_n C_t[n] h_t[n]) + D·u`, then the gate.
+fn reference_complex(s: &ScanSpec, x: &Host) -> Vec<f64> {
+    let (bs, l, e, n, g) = (s.batch, s.len, s.channels, s.state, s.groups);
+    let mut y = vec![0.0; bs * l * e];
+    for bi in 0..bs {
+        for ch in 0..e {
+            let grp = ch / (e / g);
+            let mut h = vec![C64(0.0, 0.0); n];
+            for t in 0..l {
+                let i = (bi * l + t) * e + ch;
+                let mut dl = x.delta[i] + x.delta_bias.as_ref().map_or(0.0, |v| v[ch]);
+                if s.softplus && dl <= 20.0 {
+                    dl = dl.exp().ln_1p();
+                }
+                let da = x.delta_a.as_ref().map_or(dl, |v| v[i]);
+                let mut acc = 0.0;
+                for k in 0..n {
+                    let a = C64(x.a[(ch * n + k) * 2], x.a[(ch * n + k) * 2 + 1]);
+                    let j = (((bi * l + t) * g + grp) * n + k) * 2;
+                    let (bv, cv) = (C64(x.b[j], x.b[j + 1]), C64(x.c[j], x.c[j + 1]));
+                    let one = C64(1.0, 0.0);
+                    let (abar, gbar) = match s.rule {
+                        Rule::Mamba => (a.scale(da).exp(), C64(dl, 0.0)),
+                        Rule::Zoh => {
+                            let em = a.scale(dl).exp();
+                            (a.scale(da).exp(), C64(em.0 - 1.0, em.1).div(a))
+                        }
+                        Rule::Bilinear => {
+                            let v = a.scale(da * 0.5);
+                            let w = a.scale(dl * 0.5);
+                            (
+                                C64(1.0 + v.0, v.1).div(C64(1.0 - v.0, -v.1)),
+                                C64(dl, 0.0).div(C64(1.0 - w.0, -w.1)),
+                            )
+                        }
+                        Rule::Dirac => (a.scale(da).exp(), one),
+                        Rule::Rglru | Rule::S7 => unreachable!("real rules"),
+                    };
+                    let bu = gbar.mul(bv).scale(x.u[i]);
+                    let hn = abar.mul(h[k]);
+                    h[k] = C64(hn.0 + bu.0, hn.1 + bu.1);
+                    acc += 2.0 * cv.mul(h[k]).0;
+                }
+                let mut out = acc + x.d.as_ref().map_or(0.0, |v| v[ch]) * x.u[i];
+                if let Some(z) = &x.z {
+                    out *= z[i] / (1.0 + (-z[i]).exp());
+                }
+                y[i] = out;
+            }
+        }
+    }
+    y
+}
+
 /// Sequential reference forward (f64), written directly from the equations of spec §4.1.
 fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
+    if s.complex {
+        return reference_complex(s, x);
+    }
     let (bs, l, e, n) = (s.batch, s.len, s.channels, s.state);
     let g = if s.bc_fixed { 1 } else { s.groups };
     let mut y = vec![0.0; bs * l * e];
@@ -81,6 +168,11 @@ fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
                             ((1.0 + v / 2.0) / (1.0 - v / 2.0), dl / (1.0 - dl * a / 2.0))
                         }
                         Rule::Dirac => (xa.exp(), 1.0),
+                        Rule::Rglru => {
+                            let ab = a.powf(da);
+                            (ab, (1.0 - ab * ab).sqrt())
+                        }
+                        Rule::S7 => (1.0 - 1.0 / (da * da + 0.5), 1.0),
                     };
                     h[k] = abar * h[k] + gbar * bv * x.u[i];
                     acc += cv * h[k];
@@ -130,7 +222,7 @@ fn gpu_run(
     let gr = ss.backward(s, &inp, &f, &gy).unwrap();
     let y = st.clone_dtoh(&f.y).unwrap();
     let down = |v: &cudarc::driver::CudaSlice<f32>| st.clone_dtoh(v).unwrap();
-    let n = s.state;
+    let n = s.state_floats();
     let ne = 3 * n + 2;
     let pc = &gr.per_channel;
     let col = |q: usize| {
@@ -248,8 +340,11 @@ fn golden_op_cases() {
         let complex = gd.cfg["complex_keys"]
             .as_array()
             .is_some_and(|a| !a.is_empty());
-        if !name.starts_with("op_selective_scan") || complex {
-            println!("{name}: not covered by the GPU kernels yet");
+        if !name.starts_with("op_selective_scan") {
+            // op_rglru_scan_*: golden_rglru_cases; op_s7_scan_*: s7_golden_and_random
+            if !name.starts_with("op_rglru") && !name.starts_with("op_s7") {
+                println!("{name}: not covered by the GPU kernels yet");
+            }
             continue;
         }
         let call = gd.cfg["call"].as_str().unwrap().to_string();
@@ -263,6 +358,7 @@ fn golden_op_cases() {
         let (bsz, d, l) = (ush[0], ush[1], ush[2]);
         let (ash, a) = get("A").unwrap();
         let n = ash[1];
+        let nv = if complex { 2 } else { 1 };
         let (bsh, bm) = get("B").unwrap();
         let (_, cm) = get("C").unwrap();
         let (bc_fixed, groups) = match bsh.len() {
@@ -270,7 +366,7 @@ fn golden_op_cases() {
             3 => (false, 1),
             _ => (false, bsh[1]),
         };
-        // B, C: (b, [G,] n, L) -> (b, L, G, n)
+        // B, C: (b, [G,] n, L·nv) -> (b, L, G, n, nv) (complex: (re, im) interleaved along L)
         let bc = |v: &[f64]| -> Vec<f64> {
             if bc_fixed {
                 return v.to_vec();
@@ -280,8 +376,10 @@ fn golden_op_cases() {
                 for gi in 0..groups {
                     for k in 0..n {
                         for t in 0..l {
-                            o[((bi * l + t) * groups + gi) * n + k] =
-                                v[((bi * groups + gi) * n + k) * l + t];
+                            for r in 0..nv {
+                                o[(((bi * l + t) * groups + gi) * n + k) * nv + r] =
+                                    v[((bi * groups + gi) * n + k) * l * nv + t * nv + r];
+                            }
                         }
                     }
                 }
@@ -313,6 +411,7 @@ fn golden_op_cases() {
             softplus: call.contains("delta_softplus=True"),
             has_d: x.d.is_some(),
             has_z: x.z.is_some(),
+            complex,
         };
         let g = t3("g").unwrap();
         let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
@@ -332,8 +431,10 @@ fn golden_op_cases() {
                         for gi in 0..groups {
                             for s in 0..n {
                                 for t in 0..l {
-                                    o[((bi * groups + gi) * n + s) * l + t] =
-                                        v[((bi * l + t) * groups + gi) * n + s];
+                                    for r in 0..nv {
+                                        o[((bi * groups + gi) * n + s) * l * nv + t * nv + r] =
+                                            v[(((bi * l + t) * groups + gi) * n + s) * nv + r];
+                                    }
                                 }
                             }
                         }
@@ -349,8 +450,8 @@ fn golden_op_cases() {
         checked += 1;
     }
     assert_eq!(
-        checked, 8,
-        "expected the 8 real selective-scan golden cases"
+        checked, 10,
+        "expected the 8 real and 2 complex selective-scan golden cases"
     );
 }
 
@@ -359,16 +460,35 @@ fn golden_op_cases() {
 fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
     let ble = s.batch * s.len * s.channels;
     let bcn = s.expected_len("B");
-    let en = s.channels * s.state;
+    let en = s.expected_len("A");
     Host {
         u: (0..ble).map(|_| rng.normal()).collect(),
         delta: if s.softplus {
             rng.vec(ble, -4.0, 0.0)
+        } else if s.rule == Rule::S7 {
+            (0..ble).map(|_| rng.normal()).collect()
+        } else if s.rule == Rule::Rglru {
+            rng.vec(ble, 0.01, 2.0)
         } else {
             rng.vec(ble, 0.001, 0.1)
         },
         delta_a: s.has_delta_a.then(|| rng.vec(ble, 0.001, 0.2)),
-        a: rng.vec(en, -3.0, -0.05),
+        a: if s.complex {
+            // (re, im) pairs: decaying real part, any imaginary part
+            (0..en)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        -0.05 - 2.95 * rng.next()
+                    } else {
+                        6.0 * rng.next() - 3.0
+                    }
+                })
+                .collect()
+        } else if s.rule == Rule::Rglru {
+            rng.vec(en, 0.3, 0.99)
+        } else {
+            rng.vec(en, -3.0, -0.05)
+        },
         b: (0..bcn).map(|_| rng.normal()).collect(),
         c: (0..bcn).map(|_| rng.normal()).collect(),
         d: s.has_d
@@ -448,6 +568,7 @@ fn random_cases_against_sequential_f64() {
         softplus: true,
         has_d: true,
         has_z: true,
+        complex: false,
     };
     let mut seed = 1;
     for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
@@ -489,6 +610,151 @@ fn random_cases_against_sequential_f64() {
 }
 
 #[test]
+fn random_complex_cases_against_sequential_f64() {
+    let Some(ss) = device() else { return };
+    let base = ScanSpec {
+        batch: 2,
+        len: 300,
+        channels: 64,
+        state: 8,
+        groups: 1,
+        rule: Rule::Mamba,
+        bc_fixed: false,
+        has_delta_a: false,
+        has_delta_bias: true,
+        softplus: true,
+        has_d: true,
+        has_z: true,
+        complex: true,
+    };
+    let mut seed = 100;
+    for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
+        for variant in 0..2 {
+            let mut s = base;
+            s.rule = rule;
+            if variant == 1 {
+                s.has_delta_a = true;
+                s.has_z = false;
+                s.groups = 4;
+                s.channels = 96;
+                s.state = 5;
+                s.len = 1000;
+                s.softplus = false;
+                s.has_delta_bias = false;
+            }
+            check_random(&ss, s, seed);
+            seed += 1;
+        }
+    }
+    let mut s = base;
+    s.batch = 1;
+    s.len = 4097;
+    s.channels = 32;
+    check_random(&ss, s, seed);
+}
+
+#[test]
+fn random_rglru_and_s7_against_sequential_f64() {
+    let Some(ss) = device() else { return };
+    let base = ScanSpec {
+        batch: 2,
+        len: 500,
+        channels: 48,
+        state: 2,
+        groups: 1,
+        rule: Rule::Rglru,
+        bc_fixed: true,
+        has_delta_a: false,
+        has_delta_bias: false,
+        softplus: false,
+        has_d: false,
+        has_z: false,
+        complex: false,
+    };
+    let mut seed = 200;
+    for rule in [Rule::Rglru, Rule::S7] {
+        for variant in 0..2 {
+            let mut s = base;
+            s.rule = rule;
+            if variant == 1 {
+                // time-varying B/C, every optional input (rglru: softplus keeps Δ > 0, so that
+                // Ā < 1 and sqrt(1 − Ā²) is real)
+                s.bc_fixed = false;
+                s.softplus = rule == Rule::Rglru;
+                s.state = if rule == Rule::S7 { 1 } else { 4 };
+                s.has_d = true;
+                s.has_z = true;
+                s.has_delta_bias = true;
+                s.len = 2000;
+            }
+            check_random(&ss, s, seed);
+            seed += 1;
+        }
+    }
+}
+
+/// lrnnx's `rglru_scan_ref` golden cases (spec §4.6) through the selective scan with the rglru
+/// rule and `B = C = 1`: `out` at 1e-5, `grad.{u, delta, A}` at 1e-4.
+#[test]
+fn golden_rglru_cases() {
+    let Some(ss) = device() else { return };
+    let dir = std::env::var("LRNNX_GOLDEN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/lrnnx-golden").to_string()
+    });
+    let mut checked = 0;
+    for name in ["op_rglru_scan_dstate1", "op_rglru_scan_dstate2"] {
+        let gd = load(&std::path::Path::new(&dir).join(format!("{name}.safetensors")));
+        let get = |k: &str| gd.t[k].clone();
+        let (ush, u) = get("input.u");
+        let (bsz, d, l) = (ush[0], ush[1], ush[2]);
+        let (ash, a) = get("input.A");
+        let n = ash[1];
+        let x = Host {
+            u: bdl_to_bld(&u, bsz, d, l),
+            delta: bdl_to_bld(&get("input.delta").1, bsz, d, l),
+            delta_a: None,
+            a,
+            b: vec![1.0; d * n],
+            c: vec![1.0; d * n],
+            d: None,
+            z: None,
+            delta_bias: None,
+        };
+        let spec = ScanSpec {
+            batch: bsz,
+            len: l,
+            channels: d,
+            state: n,
+            groups: 1,
+            rule: Rule::Rglru,
+            bc_fixed: true,
+            has_delta_a: false,
+            has_delta_bias: false,
+            softplus: false,
+            has_d: false,
+            has_z: false,
+            complex: false,
+        };
+        let g = bdl_to_bld(&get("input.g").1, bsz, d, l);
+        let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
+        let ry = rel(&bld_to_bdl(&y, bsz, d, l), &gd.t["output.out"].1);
+        println!("{name}: out rel {ry:.2e}");
+        assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
+        for k in ["u", "delta", "A"] {
+            let got = match k {
+                "A" => grads[k].clone(),
+                _ => bld_to_bdl(&grads[k], bsz, d, l),
+            };
+            let r = rel(&got, &gd.t[&format!("grad.{k}")].1);
+            println!("{name}: grad.{k} rel {r:.2e}");
+            assert!(r <= 1e-4, "{name}: grad.{k} rel {r:e}");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+}
+
+#[test]
 fn backward_is_bitwise_deterministic() {
     let Some(ss) = device() else { return };
     let s = ScanSpec {
@@ -504,6 +770,7 @@ fn backward_is_bitwise_deterministic() {
         softplus: true,
         has_d: true,
         has_z: true,
+        complex: false,
     };
     let mut rng = Rng(99);
     let x = random_host(&s, &mut rng);
@@ -541,6 +808,7 @@ fn shape_errors_are_reported() {
         softplus: false,
         has_d: false,
         has_z: false,
+        complex: false,
     };
     let st = ss.stream();
     let t = |n: usize| st.alloc_zeros::<f32>(n).unwrap();
@@ -558,4 +826,185 @@ fn shape_errors_are_reported() {
     };
     let e = ss.forward(&s, &inp).err().expect("shape error");
     assert!(e.0.contains("`delta`"), "{e}");
+}
+
+// ---------------------------------------------------------------- S7 (spec §4.5)
+
+/// Host tensors of one S7 problem (f64, time-major layout of `lrnnx_kernels::s7`).
+#[derive(Clone)]
+struct S7Host {
+    u: Vec<f64>,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    c: Vec<f64>,
+    bias: Option<Vec<f64>>,
+}
+
+fn s7_field<'a>(x: &'a mut S7Host, k: &str) -> &'a mut Vec<f64> {
+    match k {
+        "u" => &mut x.u,
+        "A" => &mut x.a,
+        "B" => &mut x.b,
+        "C" => &mut x.c,
+        _ => x.bias.as_mut().unwrap(),
+    }
+}
+
+/// Sequential S7 reference (f64) written from spec §4.5.
+fn s7_reference(sp: &S7Spec, x: &S7Host) -> Vec<f64> {
+    let (bs, l, hh, n) = (sp.batch, sp.len, sp.heads, sp.state);
+    let mut y = vec![0.0; bs * l * hh];
+    for bi in 0..bs {
+        let mut st = vec![0.0f64; n];
+        for t in 0..l {
+            let r = bi * l + t;
+            for k in 0..n {
+                let mut bu = x.bias.as_ref().map_or(0.0, |v| v[r * n + k]);
+                for h in 0..hh {
+                    bu += x.b[(r * n + k) * hh + h] * x.u[r * hh + h];
+                }
+                let at = x.a[r * n + k];
+                st[k] = (1.0 - 1.0 / (at * at + 0.5)) * st[k] + bu;
+            }
+            for h in 0..hh {
+                y[r * hh + h] = (0..n).map(|k| x.c[(r * hh + h) * n + k] * st[k]).sum();
+            }
+        }
+    }
+    y
+}
+
+fn s7_gpu(
+    s7: &S7Scan,
+    sp: &S7Spec,
+    x: &S7Host,
+    g: &[f64],
+) -> (Vec<f32>, HashMap<&'static str, Vec<f32>>) {
+    let st = s7.scan.stream();
+    let up = |v: &[f64]| st.clone_htod(&f32v(v)).unwrap();
+    let (u, a, b, c) = (up(&x.u), up(&x.a), up(&x.b), up(&x.c));
+    let bias = x.bias.as_deref().map(up);
+    let inp = S7Inputs {
+        u: &u,
+        a: &a,
+        b: &b,
+        c: &c,
+        bias: bias.as_ref(),
+    };
+    let f = s7.forward(sp, &inp).unwrap();
+    let gr = s7.backward(sp, &inp, &f, &up(g)).unwrap();
+    let down = |v: &cudarc::driver::CudaSlice<f32>| st.clone_dtoh(v).unwrap();
+    let mut m = HashMap::new();
+    m.insert("u", down(&gr.du));
+    m.insert("A", down(&gr.da));
+    m.insert("B", down(&gr.db));
+    m.insert("C", down(&gr.dc));
+    if let Some(v) = &gr.dbias {
+        m.insert("bias", down(v));
+    }
+    (down(&f.y), m)
+}
+
+/// lrnnx's `op_s7_scan_*` golden cases (out at 1e-5, gradients at 1e-4), then random cases
+/// against the f64 loop with finite differences of every gradient.
+#[test]
+fn s7_golden_and_random() {
+    if !gpu_available() {
+        println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
+        return;
+    }
+    let s7 = S7Scan::new(0).expect("CUDA context");
+    let dir = std::env::var("LRNNX_GOLDEN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/lrnnx-golden").to_string()
+    });
+    for name in ["op_s7_scan_bias", "op_s7_scan_nobias"] {
+        let gd = load(&std::path::Path::new(&dir).join(format!("{name}.safetensors")));
+        let (ush, u) = gd.t["input.u"].clone();
+        let (bsz, hh, l) = (ush[0], ush[1], ush[2]);
+        let n = gd.t["input.A"].0[1];
+        // (b, X, L) -> (b, L, X) with X the product of the middle axes
+        let tm = |k: &str, xdim: usize| gd.t.get(k).map(|v| bdl_to_bld(&v.1, bsz, xdim, l));
+        let x = S7Host {
+            u: bdl_to_bld(&u, bsz, hh, l),
+            a: tm("input.A", n).unwrap(),
+            b: tm("input.B", n * hh).unwrap(),
+            c: tm("input.C", hh * n).unwrap(),
+            bias: tm("input.bias", n),
+        };
+        let sp = S7Spec {
+            batch: bsz,
+            len: l,
+            heads: hh,
+            state: n,
+            has_bias: x.bias.is_some(),
+        };
+        let g = tm("input.g", hh).unwrap();
+        let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
+        let ry = rel(&bld_to_bdl(&y, bsz, hh, l), &gd.t["output.out"].1);
+        println!("{name}: out rel {ry:.2e}");
+        assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
+        for (k, v) in &grads {
+            let xdim = match *k {
+                "u" => hh,
+                "A" | "bias" => n,
+                _ => n * hh,
+            };
+            let r = rel(&bld_to_bdl(v, bsz, xdim, l), &gd.t[&format!("grad.{k}")].1);
+            println!("{name}: grad.{k} rel {r:.2e}");
+            assert!(r <= 1e-4, "{name}: grad.{k} rel {r:e}");
+        }
+    }
+    // random cases
+    let mut rng = Rng(300);
+    for (len, heads, state, has_bias) in [(200, 6, 4, true), (1500, 3, 5, false)] {
+        let sp = S7Spec {
+            batch: 2,
+            len,
+            heads,
+            state,
+            has_bias,
+        };
+        let rows = sp.batch * len;
+        let mut nv = |k: usize| (0..k).map(|_| rng.normal()).collect::<Vec<f64>>();
+        let x = S7Host {
+            u: nv(rows * heads),
+            a: nv(rows * state),
+            b: nv(rows * state * heads).iter().map(|v| 0.3 * v).collect(),
+            c: nv(rows * heads * state),
+            bias: has_bias.then(|| nv(rows * state)),
+        };
+        let g = nv(rows * heads);
+        let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
+        let ry = rel(&y, &s7_reference(&sp, &x));
+        println!("{sp:?}\n  forward rel {ry:.2e}");
+        assert!(ry <= 1e-5, "forward rel {ry:e}");
+        let loss = |x: &S7Host| -> f64 {
+            s7_reference(&sp, x)
+                .iter()
+                .zip(&g)
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        for (k, gv) in &grads {
+            let v: Vec<f64> = (0..gv.len()).map(|_| rng.normal()).collect();
+            let eps = 1e-5;
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            for ((p, m), vi) in s7_field(&mut xp, k)
+                .iter_mut()
+                .zip(s7_field(&mut xm, k).iter_mut())
+                .zip(&v)
+            {
+                *p += eps * vi;
+                *m -= eps * vi;
+            }
+            let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps);
+            let dot: f64 = gv.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum();
+            let scale: f64 = gv.iter().zip(&v).map(|(a, b)| (*a as f64 * b).abs()).sum();
+            let r = (dot - fd).abs() / scale.max(1e-30);
+            println!(
+                "  grad.{k}: directional {dot:.6e} vs finite difference {fd:.6e}, rel {r:.2e}"
+            );
+            assert!(r <= 1e-4, "grad.{k} rel {r:e}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 #![cfg(feature = "cuda")]
 
 use lrnnx_kernels::cuda::{compile, nvrtc_available};
-use lrnnx_kernels::{Rule, ScanSpec, Tiling, SELECTIVE_SCAN_KERNELS};
+use lrnnx_kernels::{Pass, Rule, ScanSpec, Tiling, BENCH_TILINGS, SELECTIVE_SCAN_KERNELS};
 
 #[test]
 fn every_variant_compiles_for_sm90() {
@@ -21,22 +21,22 @@ fn every_variant_compiles_for_sm90() {
             cases.push((rule, flags, 4, 8, 2, Tiling::default()));
         }
     }
+    // complex A: every rule, all flags but time-invariant B/C (unsupported)
+    for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
+        for flags in [8u32, 14] {
+            cases.push((rule, flags, 4, 8, 2, Tiling::default()));
+        }
+    }
+    // the rglru and s7 rules (real, fixed or time-varying B/C)
+    for rule in [Rule::Rglru, Rule::S7] {
+        for flags in [1u32, 4] {
+            cases.push((rule, flags, 2, 8, 2, Tiling::default()));
+        }
+    }
     // the GPU tests' shapes (odd state, groups of 24 channels) and the bench's tilings
     cases.push((Rule::Zoh, 3, 5, 40, 1, Tiling::default()));
     cases.push((Rule::Bilinear, 4, 8, 96, 4, Tiling::default()));
-    for (spt, warps, sub, nsub) in [
-        (4, 4, 4, 32),
-        (4, 2, 4, 16),
-        (2, 4, 8, 8),
-        (8, 4, 2, 32),
-        (8, 2, 4, 16),
-    ] {
-        let t = Tiling {
-            states_per_thread: spt,
-            warps,
-            sub,
-            nsub,
-        };
+    for t in BENCH_TILINGS {
         cases.push((Rule::Mamba, 0, 16, 2048, 1, t));
     }
     cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
@@ -54,19 +54,41 @@ fn every_variant_compiles_for_sm90() {
             softplus: flags & 4 == 0,
             has_d: flags & 4 == 0,
             has_z: flags & 2 == 0,
+            complex: flags & 8 != 0,
         };
         let v = spec.check(tiling).expect("valid spec");
         let t = std::time::Instant::now();
-        let ptx = compile(&v).unwrap_or_else(|e| panic!("{e}"));
-        let src = ptx.to_src();
-        for k in SELECTIVE_SCAN_KERNELS {
-            assert!(
-                src.contains(&format!(".entry {k}")),
-                "{k} missing in PTX of {v:?}"
-            );
+        for pass in [Pass::Forward, Pass::Backward] {
+            let ptx = compile(&v, pass).unwrap_or_else(|e| panic!("{e}"));
+            let src = ptx.to_src();
+            for k in SELECTIVE_SCAN_KERNELS {
+                assert!(
+                    src.contains(&format!(".entry {k}")),
+                    "{k} missing in PTX of {v:?}"
+                );
+            }
         }
         println!("compiled {v:?} in {:.1} s", t.elapsed().as_secs_f64());
         n += 1;
     }
     println!("compiled {n} variants for sm_90");
+}
+
+#[test]
+fn s7_projections_compile_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(lrnnx_kernels::cuda::ARCH),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(lrnnx_kernels::S7_PROJ_SRC, opts)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let src = ptx.to_src();
+    for k in lrnnx_kernels::S7_PROJ_KERNELS {
+        assert!(src.contains(&format!(".entry {k}")), "{k} missing in PTX");
+    }
+    println!("compiled the S7 projections for sm_90");
 }

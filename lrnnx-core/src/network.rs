@@ -68,6 +68,27 @@ pub const MAX_RESIDUAL_DEPTH: usize = 8;
 /// Deepest nesting of rate changes (downsamples inside downsamples) a network may have.
 pub const MAX_RATE_DEPTH: usize = 8;
 
+/// Most downsample stages a network may have (each keeps a precomputed skip, so that the
+/// steps between frames jump straight to the matching upsample).
+pub const MAX_DOWNSAMPLES: usize = 16;
+
+/// Where the steps between frames of a downsample go: the matching upsample's index, input
+/// width and state offset (`up == usize::MAX`: none, the output is held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Skip {
+    down: usize,
+    up: usize,
+    up_width: usize,
+    up_off: usize,
+}
+
+const NO_SKIP: Skip = Skip {
+    down: usize::MAX,
+    up: usize::MAX,
+    up_width: 0,
+    up_off: 0,
+};
+
 /// Sizes of a dense stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DenseConfig {
@@ -353,6 +374,8 @@ pub struct Network<W, S> {
     held_len: usize,
     /// Steps per output frame (product of the unmatched downsample factors).
     output_factor: usize,
+    /// Each downsample's skip, in stage order.
+    skips: [Skip; MAX_DOWNSAMPLES],
     _weights: PhantomData<W>,
 }
 
@@ -371,6 +394,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
         let mut stage_state_len = 0usize;
         let mut open = [Bracket::Rate(0); MAX_RESIDUAL_DEPTH + MAX_RATE_DEPTH];
         let (mut depth, mut residuals, mut rates) = (0usize, 0usize, 0usize);
+        let mut downsamples = 0usize;
         for (i, stage) in stages.as_ref().iter().enumerate() {
             let (out, state) = match stage_io(stage, width) {
                 Ok(io) => io,
@@ -403,6 +427,10 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                     if rates == MAX_RATE_DEPTH {
                         return bad(i, "rate changes nested too deeply");
                     }
+                    if downsamples == MAX_DOWNSAMPLES {
+                        return bad(i, "too many downsample stages");
+                    }
+                    downsamples += 1;
                     rates += 1;
                     open[depth] = Bracket::Rate(*factor);
                     depth += 1;
@@ -441,7 +469,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
             Bracket::Rate(k) => f.saturating_mul(*k),
             Bracket::Residual(_) => f,
         });
-        let net = Network {
+        let mut net = Network {
             stages,
             d_in,
             d_out: width,
@@ -449,8 +477,10 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
             stage_state_len,
             held_len: if depth > 0 { width } else { 0 },
             output_factor,
+            skips: [NO_SKIP; MAX_DOWNSAMPLES],
             _weights: PhantomData,
         };
+        net.skips = net.find_skips();
         crate::error::check_sizes(0, net.total_state_len())?;
         Ok(net)
     }
@@ -492,28 +522,45 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
         Ok(())
     }
 
-    /// From the downsample at `from` (whose output width is `width` and whose state ends at
-    /// `off`), walks the skipped low-rate stages to the matching upsample: returns its index,
-    /// input width and state offset, or `None` when the downsample has no upsample.
-    fn matching_upsample(
-        &self,
-        from: usize,
-        mut width: usize,
-        mut off: usize,
-    ) -> Option<(usize, usize, usize)> {
-        let mut depth = 0usize;
-        for (i, stage) in self.stages.as_ref().iter().enumerate().skip(from + 1) {
-            match stage {
-                Stage::Downsample { .. } => depth += 1,
-                Stage::Upsample { .. } if depth == 0 => return Some((i, width, off)),
-                Stage::Upsample { .. } => depth -= 1,
-                _ => {}
+    /// Every downsample's skip (stages already checked): for the downsample at `from` (output
+    /// width `width`, state ending at `off`), a walk over the low-rate stages to the matching
+    /// upsample, which gives that upsample's index, input width and state offset.
+    fn find_skips(&self) -> [Skip; MAX_DOWNSAMPLES] {
+        let stages = self.stages.as_ref();
+        let mut skips = [NO_SKIP; MAX_DOWNSAMPLES];
+        let (mut n, mut width, mut off) = (0usize, self.d_in, 0usize);
+        for (from, stage) in stages.iter().enumerate() {
+            let Ok((out, len)) = stage_io(stage, width) else {
+                break;
+            };
+            (width, off) = (out, off + len);
+            if !matches!(stage, Stage::Downsample { .. }) || n == MAX_DOWNSAMPLES {
+                continue;
             }
-            let (out, state) = stage_io(stage, width).ok()?;
-            width = out;
-            off += state;
+            let mut skip = Skip {
+                down: from,
+                ..NO_SKIP
+            };
+            let (mut w, mut o, mut depth) = (width, off, 0usize);
+            for (i, s) in stages.iter().enumerate().skip(from + 1) {
+                match s {
+                    Stage::Downsample { .. } => depth += 1,
+                    Stage::Upsample { .. } if depth == 0 => {
+                        (skip.up, skip.up_width, skip.up_off) = (i, w, o);
+                        break;
+                    }
+                    Stage::Upsample { .. } => depth -= 1,
+                    _ => {}
+                }
+                let Ok((out, len)) = stage_io(s, w) else {
+                    break;
+                };
+                (w, o) = (out, o + len);
+            }
+            skips[n] = skip;
+            n += 1;
         }
-        None
+        skips
     }
 
     /// One sample through every stage that runs at this step; `dt` goes to event layers when
@@ -643,12 +690,18 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                         meta[0] = (fill + 1) as f32;
                         meta[1] = dt_sum;
                         // Skip the low-rate part: the matching upsample emits from its frame.
-                        match self.matching_upsample(index - 1, out, off) {
-                            Some((up, up_width, up_off)) => {
-                                let Some(Stage::Upsample { unpooling, .. }) = stages.get(up) else {
+                        let skip = self
+                            .skips
+                            .iter()
+                            .find(|s| s.down == index - 1)
+                            .copied()
+                            .unwrap_or(NO_SKIP);
+                        match stages.get(skip.up) {
+                            Some(Stage::Upsample { unpooling, .. }) => {
+                                let (up, up_width, up_off) = (skip.up, skip.up_width, skip.up_off);
+                                let Some(frame) = per_stage.get(up_off..up_off + up_width) else {
                                     return;
                                 };
-                                let frame = &per_stage[up_off..up_off + up_width];
                                 let part = emit_part(*unpooling, k, fill + 1, frame);
                                 let w = part.len();
                                 nxt[..w].copy_from_slice(part);
@@ -658,7 +711,7 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                                 index = up + 1;
                                 continue;
                             }
-                            None => {
+                            _ => {
                                 y.copy_from_slice(held);
                                 return;
                             }

@@ -5,6 +5,7 @@
 //! ```text
 //! Dense { d_in, d_out, bias }   y = x Wᵀ + b               `stages.{i}.weight` (d_out, d_in), `stages.{i}.bias` (d_out)
 //! Layer { class, kwargs }       y = layer(x)  (H → H)      `stages.{i}.<lrnnx key>`
+//! Bidirectional(spec)           y = merge(f(x), R(b(R(x))))  (H → H)  `stages.{i}.fwd.<key>`, `.bwd.<key>`, `.proj.*`
 //! Activation(f)                 y = f(x) elementwise
 //! Glu                           y = a ⊙ σ(g),  x = [a | g] (2n → n)
 //! Norm { kind, d, eps }         y = LayerNorm(x)·w + b | RMSNorm(x)·w   `stages.{i}.weight` (d), `stages.{i}.bias` (d, LayerNorm)
@@ -14,6 +15,11 @@
 //! Downsample { factor: k, pooling }   frame_m = pool(x_{km}, …, x_{km+k−1})  (L → L/k)
 //! Upsample { factor: k, unpooling }   y_t = part ((t+1) mod k) of frame ⌊(t+1)/k⌋ − 1, 0 before
 //! ```
+//!
+//! A bidirectional stage ([`crate::bidirectional`]) is not causal: it trains and evaluates on
+//! whole sequences, and the export to the core refuses it. A network with a bidirectional
+//! stage is never padded (its backward direction would read the padding): its input length
+//! must be a multiple of [`frame_multiple`].
 //!
 //! Rate changes are the parallel form of `lrnnx_core::network`'s (its module doc, "Rates"):
 //! `Concat` pooling reshapes `(B, L, w)` to `(B, L/k, k·w)` (with a dense stage after it, a
@@ -36,6 +42,7 @@
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use serde_json::{json, Value};
 
+use crate::bidirectional::{BidirectionalSpec, CLASS as BIDIRECTIONAL};
 use crate::init::{fresh, linear, Rng};
 use crate::layer::{BuildError, TrainLayer};
 pub use lrnnx_core::{NormKind, Pooling, Unpooling};
@@ -117,6 +124,9 @@ pub enum StageSpec {
         /// Constructor arguments.
         kwargs: Value,
     },
+    /// A layer run forward and backward in time, merged ([`crate::bidirectional`]; not
+    /// causal).
+    Bidirectional(BidirectionalSpec),
     /// An elementwise function.
     Activation(Activation),
     /// `a ⊙ σ(g)` over the two halves `[a | g]` of the input.
@@ -180,11 +190,12 @@ fn unpooling_name(u: Unpooling) -> &'static str {
 }
 
 /// The spec as JSON: a list of objects such as `{"dense": {"d_in": 1, "d_out": 16, "bias":
-/// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"activation": "gelu"}`,
-/// `"glu"`, `{"norm": {"kind": "layer_norm", "d": 16, "eps": 1e-5}}` (`layer_norm` |
-/// `rms_norm`), `"residual_begin"`, `"residual_end"`, `{"downsample": {"factor": 4, "pooling":
-/// "concat"}}` (`concat` | `mean` | `last`), `{"upsample": {"factor": 4, "unpooling": "split"}}`
-/// (`split` | `hold`).
+/// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"bidirectional": {"layer":
+/// {"class": "LRU", "kwargs": {...}}, "merge": "sum", "shared": false}}`, `{"activation":
+/// "gelu"}`, `"glu"`, `{"norm": {"kind": "layer_norm", "d": 16, "eps": 1e-5}}` (`layer_norm` |
+/// `rms_norm`), `"residual_begin"`, `"residual_end"`, `{"downsample": {"factor": 4,
+/// "pooling": "concat"}}` (`concat` | `mean` | `last`), `{"upsample": {"factor": 4,
+/// "unpooling": "split"}}` (`split` | `hold`).
 pub fn spec_to_json(spec: &[StageSpec]) -> Value {
     Value::Array(
         spec.iter()
@@ -195,6 +206,7 @@ pub fn spec_to_json(spec: &[StageSpec]) -> Value {
                 StageSpec::Layer { class, kwargs } => {
                     json!({"layer": {"class": class, "kwargs": kwargs}})
                 }
+                StageSpec::Bidirectional(b) => json!({ "bidirectional": b.to_json() }),
                 StageSpec::Activation(a) => json!({ "activation": a.name() }),
                 StageSpec::Glu => json!("glu"),
                 StageSpec::Norm { kind, d, eps } => {
@@ -253,6 +265,11 @@ pub fn spec_from_json(v: &Value) -> std::result::Result<Vec<StageSpec>, BuildErr
                     class: class.to_owned(),
                     kwargs,
                 });
+            }
+            if let Some(b) = s.get("bidirectional") {
+                return BidirectionalSpec::from_json(b)
+                    .map(StageSpec::Bidirectional)
+                    .map_err(|e| bad(i, &e.to_string()));
             }
             let factor = |d: &Value, what: &str| {
                 d.get("factor")
@@ -348,6 +365,15 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                     return Err(bad(
                         i,
                         format!("layer d_model {h:?} != input width {width}"),
+                    ));
+                }
+            }
+            StageSpec::Bidirectional(b) => {
+                let h = b.d_model().map_err(|e| bad(i, e.to_string()))?;
+                if h != width {
+                    return Err(bad(
+                        i,
+                        format!("bidirectional layer d_model {h} != input width {width}"),
                     ));
                 }
             }
@@ -584,6 +610,22 @@ impl Network {
                         None => Stage::Layer(fresh(class, kwargs, &mut rng, dtype, device)?),
                     }
                 }
+                StageSpec::Bidirectional(b) => {
+                    let kwargs = b.to_json();
+                    match given.iter().position(|(k, _)| *k == i) {
+                        Some(at) => {
+                            let (_, params) = given.swap_remove(at);
+                            Stage::Layer(crate::build(BIDIRECTIONAL, &kwargs, params)?)
+                        }
+                        None => Stage::Layer(fresh(
+                            BIDIRECTIONAL,
+                            &kwargs,
+                            &mut rng,
+                            DType::F32,
+                            device,
+                        )?),
+                    }
+                }
                 StageSpec::Activation(a) => Stage::Activation(*a),
                 StageSpec::Glu => Stage::Glu,
                 StageSpec::Norm { kind, d, eps } => Stage::Norm {
@@ -665,7 +707,8 @@ impl Network {
         v
     }
 
-    /// The parameters of layer stage `i` (lrnnx names), `None` for other stages.
+    /// The parameters of layer (or bidirectional) stage `i` (lrnnx names; `fwd.`, `bwd.`,
+    /// `proj.` in a bidirectional stage), `None` for other stages.
     pub fn layer_params(&self, i: usize) -> Option<&crate::Params> {
         match self.stages.get(i) {
             Some(Stage::Layer(l)) => Some(l.params()),
@@ -716,6 +759,18 @@ impl Network {
         }
         let multiple = frame_multiple(&self.spec);
         let pad = (multiple - l % multiple) % multiple;
+        if pad > 0
+            && self
+                .spec
+                .iter()
+                .any(|s| matches!(s, StageSpec::Bidirectional(_)))
+        {
+            bail!(
+                "network input length {l} is not a multiple of {multiple}, the product of its \
+                 rate changes: a network with a bidirectional stage is not padded (the backward \
+                 direction would read the padding)"
+            );
+        }
         let mut h = if pad > 0 {
             x.pad_with_zeros(1, 0, pad)?
         } else {
