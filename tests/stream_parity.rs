@@ -141,3 +141,68 @@ fn processor_equals_parallel_forward_for_every_layer_kind() {
         }
     }
 }
+
+/// The multi-rate denoisers (the quickstart's frame codec and the U-Net, seeded, small sizes)
+/// streamed through the processor in irregular blocks (1, 7, 33, 256 samples, so blocks cut
+/// frames anywhere) equal the training network's parallel forward, and block processing
+/// equals sample-by-sample processing bit for bit.
+#[test]
+fn multirate_denoisers_stream_like_the_parallel_forward() {
+    use lrnnx::train::denoiser::{
+        quickstart_denoiser, quickstart_lru_kwargs, unet_denoiser, QuickstartSizes,
+    };
+    let codec = quickstart_denoiser(&QuickstartSizes {
+        frame: 8,
+        channels: 8,
+        state: 4,
+        blocks: 1,
+    })
+    .0;
+    let unet = unet_denoiser(&[4, 2], 4, &|w| quickstart_lru_kwargs(w, 4));
+    let len = 1500; // not a multiple of any frame size
+    let mut rng = Rng::new(5);
+    let xs: Vec<f32> = (0..len).map(|_| (0.5 * rng.normal()) as f32).collect();
+    for (name, spec) in [("codec", codec), ("unet", unet)] {
+        let net = Network::new(&spec, 1, 9, &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(xs.clone(), (1, len, 1), &Device::Cpu).unwrap();
+        let want: Vec<f32> = net
+            .forward(&x, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 1e-3, "{name}: output is trivially small");
+        let core = export_network(&net).unwrap();
+        let mut single = Processor::new(core.clone());
+        let by_sample: Vec<f32> = xs
+            .iter()
+            .map(|x| {
+                let mut y = [0.0f32];
+                single.process(&[*x], &mut y).unwrap();
+                y[0]
+            })
+            .collect();
+        let mut blocks = Processor::new(core);
+        let mut by_block = vec![0.0f32; len];
+        let (mut at, sizes) = (0usize, [1usize, 7, 33, 256]);
+        let mut k = 0;
+        while at < len {
+            let n = sizes[k % sizes.len()].min(len - at);
+            blocks
+                .process_block(&xs[at..at + n], &mut by_block[at..at + n])
+                .unwrap();
+            at += n;
+            k += 1;
+        }
+        assert_eq!(by_block, by_sample, "{name}: blocks differ from samples");
+        let worst = by_sample
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("{name}: max|y|={scale:.3e} max|diff|={worst:.3e}");
+        assert!(worst <= 1e-5 * scale + 1e-6, "{name}: {worst} vs {scale}");
+    }
+}
