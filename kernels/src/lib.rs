@@ -1,6 +1,6 @@
 //! CUDA scan kernels for lrnnx: the selective scan (lrnnx spec §4.1; real or complex `A`; the
 //! mamba, zoh, bilinear, dirac rules and lrnnx's kernel-only rglru and s7 rules) forward and
-//! backward, and the S7 scan with its projections (spec §4.5, [`s7`] module), as CUDA C compiled at
+//! backward, and the S7 scan with its projections (spec §4.5, module `s7` with the `cuda` feature), as CUDA C compiled at
 //! run time with NVRTC (through cudarc, behind the `cuda` feature) and launched on plain device
 //! buffers.
 //!
