@@ -1,0 +1,942 @@
+//! A language model stepped one token at a time: lrnnx's `LRNNLMHeadModel` (spec §14.1), the
+//! stepping twin of `lrnnx_train::lm::LanguageModel`, without allocation.
+//!
+//! With `E` (V, d) the embedding, `V` the padded vocabulary and `W` (V, d) the head (`W = E` when
+//! tied):
+//!
+//! ```text
+//! h = E[token],  r = 0
+//! block i:  r = h + r                        (r = h for the first block)
+//!           h = mixer_i(norm_i(r))
+//!           if the block has an MLP:  r = h + r;  h = mlp_i(norm2_i(r))
+//! logits = W · norm_f(h + r)
+//! RMSNorm:   y = x · (mean(x²) + ε)^{−½} ⊙ w         LayerNorm: y = (x − μ)/√(σ² + ε) ⊙ w + b
+//! GatedMLP:  [a, g] = fc1 · x (two halves of width n),  out = fc2 · (a ⊙ SiLU(g))
+//! ```
+//!
+//! A mixer is any [`CoreLayer`] with `d_model` inputs and outputs, or causal multi-head
+//! [`Attention`] with grouped key/value heads and a key/value cache of fixed capacity
+//! (`max_context` tokens) held in the state: stepping past it is [`Error::ContextFull`].
+//!
+//! Every matrix is stored transposed (one row per *input* element), so the step's inner loops
+//! are the contiguous axpys of [`crate::linalg::gemv_t_acc`]. The tied head is the exception: it
+//! reads the embedding's rows as dot products (one copy of `E` serves both).
+//!
+//! Weight buffers (each part has its own `W`, owned, borrowed or `static`):
+//!
+//! ```text
+//! LanguageModel   E (V rows of d), then Wᵀ (d rows of V) unless tied
+//! Norm            w (d), then b (d) for LayerNorm
+//! GatedMlp        fc1ᵀ (d rows of 2n: [a | g]), then fc2ᵀ (n rows of d)
+//! Attention       in_projᵀ (d rows of q·h_d + 2·kv·h_d), [in_proj bias], out_projᵀ (q·h_d rows of d), [out_proj bias]
+//! ```
+//!
+//! State (`f32`, zeros = an empty context; [`LanguageModel::state_len`]):
+//!
+//! ```text
+//! [ each block's mixer state, in block order | h (d) | r (d) | x (d) | y (d) | MLP (2·n_max) | logits (V) | sampling (V) ]
+//! ```
+//!
+//! An attention mixer's state is `[position (1) | Kᵀ (kv·h_d rows of max_context) | V (kv ×
+//! max_context rows of h_d) | work: qkv, context, scores (max_context)]`; the position is stored as
+//! an `f32` (exact up to 2²⁴ tokens). Everything after the mixer states is a working area that
+//! carries nothing between steps except the last logits.
+
+use crate::error::{check_finite_input, check_finite_weights, check_len, check_sizes, Error};
+use crate::error::{sum_of_products, Result};
+use crate::fastmath;
+use crate::linalg::{copy_prefix, gemv_t_acc, take, take_mut, transpose_into};
+use crate::CoreLayer;
+
+/// Which normalization a [`Norm`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `x · (mean(x²) + ε)^{−½} ⊙ w`.
+    Rms,
+    /// `(x − μ)/√(σ² + ε) ⊙ w + b` (biased variance).
+    Layer,
+}
+
+/// Sizes of a [`Norm`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormConfig {
+    /// Width `d`.
+    pub d_model: usize,
+    /// RMSNorm or LayerNorm.
+    pub kind: NormKind,
+    /// `ε`, finite and non-negative.
+    pub eps: f32,
+}
+
+impl NormConfig {
+    /// Number of weights: `d` (RMSNorm) or `2·d` (LayerNorm: `w`, then `b`).
+    pub const fn weights_len(&self) -> usize {
+        match self.kind {
+            NormKind::Rms => self.d_model,
+            NormKind::Layer => self.d_model.saturating_mul(2),
+        }
+    }
+}
+
+/// RMSNorm or LayerNorm over a weight buffer `[w | b]` (module doc).
+#[derive(Debug, Clone)]
+pub struct Norm<W> {
+    config: NormConfig,
+    weights: W,
+}
+
+/// `Σ x[i]·y[i]` with 16 partial sums (`s_k` over `i ≡ k mod 16`, the tail into `s₀`), added
+/// pairwise: a reduction order the compiler can keep in two 8-lane vectors.
+#[inline]
+fn dot16(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a16, b16) = (a[..n].chunks_exact(16), b[..n].chunks_exact(16));
+    let (ar, br) = (a16.remainder(), b16.remainder());
+    let mut s = [0.0f32; 16];
+    for (x, y) in a16.zip(b16) {
+        for k in 0..16 {
+            s[k] += x[k] * y[k];
+        }
+    }
+    for (x, y) in ar.iter().zip(br) {
+        s[0] += x * y;
+    }
+    sum16(&s)
+}
+
+/// `Σ x[i]` with 16 partial sums, as [`dot16`].
+#[inline]
+fn sum_lanes(a: &[f32]) -> f32 {
+    let a16 = a.chunks_exact(16);
+    let rest = a16.remainder();
+    let mut s = [0.0f32; 16];
+    for x in a16 {
+        for k in 0..16 {
+            s[k] += x[k];
+        }
+    }
+    for x in rest {
+        s[0] += x;
+    }
+    sum16(&s)
+}
+
+/// Pairwise sum of 16 lanes.
+#[inline(always)]
+fn sum16(s: &[f32; 16]) -> f32 {
+    let mut h = [0.0f32; 8];
+    for k in 0..8 {
+        h[k] = s[k] + s[k + 8];
+    }
+    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+}
+
+impl<W: AsRef<[f32]>> Norm<W> {
+    /// Views a weight buffer `[w | b]` (zero-copy); checks the sizes, `ε` and finiteness.
+    pub fn from_weights(config: NormConfig, weights: W) -> Result<Self> {
+        if config.d_model == 0 {
+            return Err(Error::InvalidConfig {
+                what: "norm d_model",
+                reason: "must be at least 1",
+            });
+        }
+        if !(config.eps.is_finite() && config.eps >= 0.0) {
+            return Err(Error::InvalidConfig {
+                what: "norm epsilon",
+                reason: "must be finite and non-negative",
+            });
+        }
+        check_len("norm weights", config.weights_len(), weights.as_ref().len())?;
+        check_finite_weights("norm weights", weights.as_ref())?;
+        Ok(Norm { config, weights })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NormConfig {
+        &self.config
+    }
+
+    /// The weights (`w`, then `b` for LayerNorm).
+    pub fn weights(&self) -> &[f32] {
+        self.weights.as_ref()
+    }
+
+    /// `y = x · (mean(x²) + ε)^{−½} ⊙ w` (RMSNorm) or `y = (x − μ)/√(σ² + ε) ⊙ w + b`
+    /// (LayerNorm, `σ² = mean((x − μ)²)`); mismatched lengths truncate.
+    #[inline]
+    pub fn apply(&self, x: &[f32], y: &mut [f32]) {
+        let d = self.config.d_model as f32;
+        let (w, b) = self.weights.as_ref().split_at(self.config.d_model.min(self.weights.as_ref().len()));
+        match self.config.kind {
+            NormKind::Rms => {
+                let inv = 1.0 / libm::sqrtf(dot16(x, x) / d + self.config.eps);
+                for ((o, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
+                    *o = xi * inv * wi;
+                }
+            }
+            NormKind::Layer => {
+                let mu = sum_lanes(x) / d;
+                for (o, &xi) in y.iter_mut().zip(x) {
+                    *o = xi - mu;
+                }
+                let n = x.len().min(y.len());
+                let var = dot16(&y[..n], &y[..n]) / d;
+                let inv = 1.0 / libm::sqrtf(var + self.config.eps);
+                for ((o, &wi), &bi) in y.iter_mut().zip(w).zip(b) {
+                    *o = *o * inv * wi + bi;
+                }
+            }
+        }
+    }
+}
+
+/// Sizes of a [`GatedMlp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlpConfig {
+    /// Input and output width `d`.
+    pub d_model: usize,
+    /// Hidden width `n` (lrnnx rounds `d_intermediate` up to a multiple of 128).
+    pub hidden: usize,
+}
+
+impl MlpConfig {
+    /// Number of weights: `d·2n + n·d`.
+    pub const fn weights_len(&self) -> usize {
+        sum_of_products(&[&[self.d_model, 2, self.hidden], &[self.hidden, self.d_model]])
+    }
+}
+
+/// lrnnx's `GatedMLP` without biases: `[a, g] = fc1 · x`, `out = fc2 · (a ⊙ SiLU(g))`.
+#[derive(Debug, Clone)]
+pub struct GatedMlp<W> {
+    config: MlpConfig,
+    weights: W,
+}
+
+impl<W: AsRef<[f32]>> GatedMlp<W> {
+    /// Views a weight buffer `[fc1ᵀ | fc2ᵀ]` (zero-copy); checks sizes and finiteness.
+    pub fn from_weights(config: MlpConfig, weights: W) -> Result<Self> {
+        if config.d_model == 0 || config.hidden == 0 {
+            return Err(Error::InvalidConfig {
+                what: "gated MLP",
+                reason: "d_model and hidden must be positive",
+            });
+        }
+        check_sizes(config.weights_len(), 0)?;
+        check_len("gated MLP weights", config.weights_len(), weights.as_ref().len())?;
+        check_finite_weights("gated MLP weights", weights.as_ref())?;
+        Ok(GatedMlp { config, weights })
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> &MlpConfig {
+        &self.config
+    }
+
+    /// The weights (`fc1ᵀ`, then `fc2ᵀ`).
+    pub fn weights(&self) -> &[f32] {
+        self.weights.as_ref()
+    }
+
+    /// `y = fc2 · (a ⊙ SiLU(g))` with `[a | g] = fc1 · x` written to `up` (`2n` values, a
+    /// working area); mismatched lengths truncate.
+    #[inline]
+    pub fn apply(&self, x: &[f32], up: &mut [f32], y: &mut [f32]) {
+        let (d, n) = (self.config.d_model, self.config.hidden);
+        let mut w = self.weights.as_ref();
+        let fc1 = take(&mut w, d * 2 * n);
+        let fc2 = take(&mut w, n * d);
+        up.iter_mut().for_each(|v| *v = 0.0);
+        gemv_t_acc(up, fc1, x);
+        let (a, g) = up.split_at_mut(n.min(up.len()));
+        for (ai, &gi) in a.iter_mut().zip(g.iter()) {
+            *ai *= fastmath::silu(gi);
+        }
+        y.iter_mut().for_each(|v| *v = 0.0);
+        gemv_t_acc(y, fc2, a);
+    }
+}
+
+impl<W: AsRef<[f32]> + AsMut<[f32]>> GatedMlp<W> {
+    /// Fills `weights` from PyTorch's layouts: `fc1` (2n, d) and `fc2` (d, n), row-major.
+    pub fn from_torch(config: MlpConfig, fc1: &[f32], fc2: &[f32], mut weights: W) -> Result<Self> {
+        let (d, n) = (config.d_model, config.hidden);
+        check_len("gated MLP fc1.weight", 2 * n * d, fc1.len())?;
+        check_len("gated MLP fc2.weight", d * n, fc2.len())?;
+        check_len("gated MLP weights", config.weights_len(), weights.as_ref().len())?;
+        let (w1, w2) = weights.as_mut().split_at_mut(d * 2 * n);
+        transpose_into(w1, fc1, 2 * n, d);
+        transpose_into(w2, fc2, d, n);
+        GatedMlp::from_weights(config, weights)
+    }
+}
+
+/// Sizes and options of an [`Attention`] mixer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionConfig {
+    /// Input and output width `d`.
+    pub d_model: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads; each serves `n_heads / n_kv_heads` consecutive query heads.
+    pub n_kv_heads: usize,
+    /// Width of one head `h_d`.
+    pub head_dim: usize,
+    /// Softmax scale `s` (lrnnx's default `1/√h_d`).
+    pub scale: f32,
+    /// Whether `in_proj` has a bias.
+    pub qkv_bias: bool,
+    /// Whether `out_proj` has a bias.
+    pub out_bias: bool,
+    /// Capacity of the key/value cache in tokens.
+    pub max_context: usize,
+}
+
+impl AttentionConfig {
+    /// Width of the input projection `h_d·(n_heads + 2·n_kv_heads)`.
+    pub const fn qkv_width(&self) -> usize {
+        sum_of_products(&[&[self.head_dim, self.n_heads], &[self.head_dim, 2, self.n_kv_heads]])
+    }
+
+    /// Number of weights (module doc).
+    pub const fn weights_len(&self) -> usize {
+        let qkv = self.qkv_width();
+        let q = self.n_heads.saturating_mul(self.head_dim);
+        sum_of_products(&[
+            &[self.d_model, qkv],
+            &[if self.qkv_bias { qkv } else { 0 }],
+            &[q, self.d_model],
+            &[if self.out_bias { self.d_model } else { 0 }],
+        ])
+    }
+
+    /// Number of state elements: `1 + 2·max_context·kv·h_d + qkv + n_heads·h_d + max_context`.
+    pub const fn state_len(&self) -> usize {
+        sum_of_products(&[
+            &[1],
+            &[2, self.max_context, self.n_kv_heads, self.head_dim],
+            &[self.qkv_width()],
+            &[self.n_heads, self.head_dim],
+            &[self.max_context],
+        ])
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |what, reason| Err(Error::InvalidConfig { what, reason });
+        if self.d_model == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 {
+            return bad("attention sizes", "d_model, heads and head_dim must be positive");
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad("attention n_kv_heads", "must divide n_heads");
+        }
+        if self.max_context == 0 || self.max_context > 1 << 24 {
+            return bad(
+                "attention max_context",
+                "must be between 1 and 2^24 (positions are stored as f32)",
+            );
+        }
+        if !self.scale.is_finite() {
+            return bad("attention scale", "must be finite");
+        }
+        check_sizes(self.weights_len(), self.state_len())
+    }
+}
+
+/// lrnnx's causal `MHA` (spec §13.4; no rotary embeddings, convolution or fused MLP) stepped
+/// with a key/value cache. For query head `j` (key/value head `g = j / (n_heads / kv)`) at
+/// position `t`:
+///
+/// ```text
+/// [q, k_t, v_t] = in_proj · x + b_in
+/// y = out_proj · [ctx_1 … ctx_{n_heads}] + b_out,   ctx_j = Σ_{s ≤ t} softmax_s(s·q_j·k_{s,g}) v_{s,g}
+/// ```
+#[derive(Debug, Clone)]
+pub struct Attention<W> {
+    config: AttentionConfig,
+    weights: W,
+}
+
+impl<W: AsRef<[f32]>> Attention<W> {
+    /// Views a weight buffer in the layout of the module doc (zero-copy); checks the
+    /// configuration, the length and finiteness.
+    pub fn from_weights(config: AttentionConfig, weights: W) -> Result<Self> {
+        config.validate()?;
+        check_len("attention weights", config.weights_len(), weights.as_ref().len())?;
+        check_finite_weights("attention weights", weights.as_ref())?;
+        Ok(Attention { config, weights })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.config
+    }
+
+    /// The weights in the stepping layout.
+    pub fn weights(&self) -> &[f32] {
+        self.weights.as_ref()
+    }
+
+    /// Number of tokens in the cache of `state`, or an error when the stored position is not a
+    /// whole number in `0..=max_context` (a corrupt state).
+    pub fn position(&self, state: &[f32]) -> Result<usize> {
+        let p = state.first().copied().unwrap_or(f32::NAN);
+        if p >= 0.0 && p <= self.config.max_context as f32 && libm::truncf(p) == p {
+            Ok(p as usize)
+        } else {
+            Err(Error::InvalidConfig {
+                what: "attention state",
+                reason: "the position counter is not a whole number in 0..=max_context (corrupt state)",
+            })
+        }
+    }
+
+    /// Checks that one more token fits: [`Error::ContextFull`] when the cache is full.
+    fn check_room(&self, state: &[f32], tokens: usize) -> Result<()> {
+        let p = self.position(state)?;
+        if p.saturating_add(tokens) > self.config.max_context {
+            Err(Error::ContextFull {
+                max_context: self.config.max_context,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// One token: like [`crate::Layer::step`] (lengths and finiteness checked, the state untouched on
+    /// error), and [`Error::ContextFull`] once `max_context` tokens are cached.
+    pub fn step(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) -> Result<()> {
+        check_len("state", self.config.state_len(), state.len())?;
+        check_len("input x", self.config.d_model, x.len())?;
+        check_len("output y", self.config.d_model, y.len())?;
+        check_finite_input(x)?;
+        self.check_room(state, 1)?;
+        self.step_prechecked(state, x, y);
+        Ok(())
+    }
+
+    /// The step once the lengths and the room are known to be right (does nothing otherwise;
+    /// never panics, never allocates).
+    pub fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
+        let c = self.config;
+        if state.len() != c.state_len() || x.len() != c.d_model || y.len() != c.d_model {
+            return;
+        }
+        let Ok(p) = self.position(state) else { return };
+        if p >= c.max_context {
+            return;
+        }
+        let (cap, hd, nkv) = (c.max_context, c.head_dim, c.n_kv_heads);
+        let (qw, kvw) = (c.n_heads * hd, nkv * hd);
+        let mut w = self.weights.as_ref();
+        let in_t = take(&mut w, c.d_model * c.qkv_width());
+        let b_in = take(&mut w, if c.qkv_bias { c.qkv_width() } else { 0 });
+        let out_t = take(&mut w, qw * c.d_model);
+        let b_out = w;
+        let (pos, mut rest) = state.split_at_mut(1);
+        let kt = take_mut(&mut rest, kvw * cap);
+        let vc = take_mut(&mut rest, kvw * cap);
+        let qkv = take_mut(&mut rest, c.qkv_width());
+        let ctx = take_mut(&mut rest, qw);
+        let scores = take_mut(&mut rest, cap);
+        // [q, k, v] = in_proj · x + b
+        if c.qkv_bias {
+            copy_prefix(qkv, b_in);
+        } else {
+            qkv.iter_mut().for_each(|v| *v = 0.0);
+        }
+        gemv_t_acc(qkv, in_t, x);
+        let (q, kv) = qkv.split_at_mut(qw);
+        let (k_new, v_new) = kv.split_at(kvw);
+        // Append: Kᵀ row (g, e) gets column p; V row (g, p) gets the head's values.
+        for (row, &k) in kt.chunks_exact_mut(cap).zip(k_new) {
+            row[p] = k;
+        }
+        for (g, vn) in v_new.chunks_exact(hd).enumerate() {
+            copy_prefix(&mut vc[(g * cap + p) * hd..(g * cap + p + 1) * hd], vn);
+        }
+        q.iter_mut().for_each(|v| *v *= c.scale);
+        let n = p + 1;
+        let group = c.n_heads / nkv;
+        let sc = &mut scores[..n];
+        for (j, (qh, ch)) in q.chunks_exact(hd).zip(ctx.chunks_exact_mut(hd)).enumerate() {
+            let g = j / group;
+            // scores_s = Σ_e q_e · Kᵀ[g, e][s]: axpys over the cached positions.
+            sc.iter_mut().for_each(|v| *v = 0.0);
+            for (&qe, row) in qh.iter().zip(kt[g * hd * cap..(g + 1) * hd * cap].chunks_exact(cap)) {
+                for (s, &k) in sc.iter_mut().zip(&row[..n]) {
+                    *s += qe * k;
+                }
+            }
+            let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            sc.iter_mut().for_each(|v| *v = fastmath::exp(*v - m));
+            let inv = 1.0 / sum_lanes(sc);
+            ch.iter_mut().for_each(|v| *v = 0.0);
+            for (&ps, vrow) in sc.iter().zip(vc[g * cap * hd..(g * cap + n) * hd].chunks_exact(hd)) {
+                let wgt = ps * inv;
+                for (o, &v) in ch.iter_mut().zip(vrow) {
+                    *o += wgt * v;
+                }
+            }
+        }
+        if c.out_bias {
+            copy_prefix(y, b_out);
+        } else {
+            y.iter_mut().for_each(|v| *v = 0.0);
+        }
+        gemv_t_acc(y, out_t, ctx);
+        pos[0] = n as f32;
+    }
+}
+
+impl<W: AsRef<[f32]> + AsMut<[f32]>> Attention<W> {
+    /// Fills `weights` from PyTorch's layouts: `in_proj.weight` (qkv, d), `in_proj.bias` (qkv),
+    /// `out_proj.weight` (d, n_heads·h_d), `out_proj.bias` (d); each bias given exactly when
+    /// the configuration has it.
+    pub fn from_torch(
+        config: AttentionConfig,
+        in_w: &[f32],
+        in_b: Option<&[f32]>,
+        out_w: &[f32],
+        out_b: Option<&[f32]>,
+        mut weights: W,
+    ) -> Result<Self> {
+        config.validate()?;
+        let (d, qkv, qw) = (config.d_model, config.qkv_width(), config.n_heads * config.head_dim);
+        check_len("attention in_proj.weight", qkv * d, in_w.len())?;
+        check_len("attention out_proj.weight", d * qw, out_w.len())?;
+        check_len("attention weights", config.weights_len(), weights.as_ref().len())?;
+        if in_b.is_some() != config.qkv_bias || out_b.is_some() != config.out_bias {
+            return Err(Error::InvalidConfig {
+                what: "attention biases",
+                reason: "a bias must be given exactly when the config has one",
+            });
+        }
+        let mut rest = weights.as_mut();
+        let t_in = take_mut(&mut rest, d * qkv);
+        transpose_into(t_in, in_w, qkv, d);
+        if let Some(b) = in_b {
+            check_len("attention in_proj.bias", qkv, b.len())?;
+            copy_prefix(take_mut(&mut rest, qkv), b);
+        }
+        transpose_into(take_mut(&mut rest, qw * d), out_w, d, qw);
+        if let Some(b) = out_b {
+            check_len("attention out_proj.bias", d, b.len())?;
+            copy_prefix(take_mut(&mut rest, d), b);
+        }
+        Attention::from_weights(config, weights)
+    }
+}
+
+/// A block's mixer.
+#[derive(Debug, Clone)]
+pub enum Mixer<W> {
+    /// Any core sequence layer (`d_model` in and out).
+    Layer(CoreLayer<W>),
+    /// Causal multi-head attention with a key/value cache.
+    Attention(Attention<W>),
+}
+
+impl<W: AsRef<[f32]>> Mixer<W> {
+    /// Number of state elements.
+    pub fn state_len(&self) -> usize {
+        match self {
+            Mixer::Layer(l) => l.state_len(),
+            Mixer::Attention(a) => a.config.state_len(),
+        }
+    }
+}
+
+/// One block: norm, mixer, and an optional `(norm2, MLP)`.
+#[derive(Debug, Clone)]
+pub struct LmBlock<W> {
+    /// The norm before the mixer.
+    pub norm: Norm<W>,
+    /// The mixer.
+    pub mixer: Mixer<W>,
+    /// The norm and gated MLP after the mixer, if the model has them.
+    pub mlp: Option<(Norm<W>, GatedMlp<W>)>,
+}
+
+/// Sizes of a [`LanguageModel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LmConfig {
+    /// Width `d`.
+    pub d_model: usize,
+    /// Vocabulary size before padding: tokens that [`LanguageModel::generate`] samples from.
+    pub vocab_size: usize,
+    /// Padded vocabulary `V` (rows of the embedding and the head; ids `0..V` are accepted).
+    pub padded_vocab: usize,
+    /// Whether the head is the embedding (no `Wᵀ` stored).
+    pub tied: bool,
+}
+
+impl LmConfig {
+    /// Number of weights of the model's own buffer: `V·d`, plus `d·V` for an untied head.
+    pub const fn weights_len(&self) -> usize {
+        let e = self.padded_vocab.saturating_mul(self.d_model);
+        if self.tied {
+            e
+        } else {
+            e.saturating_mul(2)
+        }
+    }
+}
+
+/// How [`LanguageModel::generate`] picks the next token from the logits of the unpadded
+/// vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (the lowest index among equal maxima).
+    Greedy,
+    /// A draw from `softmax(logits / temperature)` restricted to the `top_k` largest logits
+    /// (ties at the k-th value kept by lowest index; all tokens when `None`).
+    Temperature {
+        /// Positive and finite.
+        temperature: f32,
+        /// Keep this many most likely tokens (≥ 1).
+        top_k: Option<usize>,
+    },
+}
+
+/// A small seeded generator (SplitMix64, the same sequence as `lrnnx_train::init::Rng`).
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub const fn new(seed: u64) -> Self {
+        SplitMix64 { state: seed }
+    }
+
+    /// The next 64 bits: `s += 0x9E3779B97F4A7C15`, then SplitMix64's finalizer of `s`.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in the open interval (0, 1): `((bits >> 11) + ½) · 2⁻⁵³`.
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// Picks a token from `logits` (module-level [`Sampling`]); `scratch` holds at least
+/// `logits.len()` values. For [`Sampling::Temperature`], with the kept set `K` (the `top_k`
+/// largest logits) and `p_i ∝ exp((ℓ_i − max ℓ)/T)` over `K`: the smallest kept index `i`
+/// (in index order) whose cumulative probability exceeds one uniform draw of `rng`.
+pub fn pick(
+    sampling: Sampling,
+    logits: &[f32],
+    rng: &mut SplitMix64,
+    scratch: &mut [f32],
+) -> Result<usize> {
+    if logits.is_empty() {
+        return Err(Error::InvalidConfig {
+            what: "sampling",
+            reason: "the vocabulary is empty",
+        });
+    }
+    if let Some(index) = logits.iter().position(|l| l.is_nan()) {
+        return Err(Error::NonFiniteParameter {
+            name: "logits",
+            index,
+        });
+    }
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, &l)| if l > logits[b] { i } else { b });
+    let (temperature, top_k) = match sampling {
+        Sampling::Greedy => return Ok(argmax),
+        Sampling::Temperature { temperature, top_k } => (temperature, top_k),
+    };
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::InvalidConfig {
+            what: "sampling temperature",
+            reason: "must be positive and finite",
+        });
+    }
+    let v = logits.len();
+    let k = top_k.unwrap_or(v).min(v);
+    if k == 0 {
+        return Err(Error::InvalidConfig {
+            what: "sampling top_k",
+            reason: "must be at least 1",
+        });
+    }
+    check_len("sampling scratch", v, scratch.len().min(v))?;
+    let scratch = &mut scratch[..v];
+    // The k-th largest logit t: keep every ℓ > t, and the first (k − #{ℓ > t}) ties at t.
+    let (t, mut ties) = if k < v {
+        scratch.copy_from_slice(logits);
+        let (_, &mut t, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let above = logits.iter().filter(|&&l| l > t).count();
+        (t, k - above)
+    } else {
+        (f32::NEG_INFINITY, v)
+    };
+    let (m, inv_t) = (logits[argmax], 1.0 / temperature);
+    for (w, &l) in scratch.iter_mut().zip(logits) {
+        let keep = l > t || (l == t && ties > 0);
+        if l == t && ties > 0 {
+            ties -= 1;
+        }
+        *w = if keep || k == v {
+            fastmath::exp((l - m) * inv_t)
+        } else {
+            0.0
+        };
+    }
+    let total: f64 = scratch.iter().map(|&w| w as f64).sum();
+    let u = rng.uniform() * total;
+    let mut acc = 0.0f64;
+    let mut last = argmax;
+    for (i, &w) in scratch.iter().enumerate() {
+        if w > 0.0 {
+            acc += w as f64;
+            last = i;
+            if u < acc {
+                return Ok(i);
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// The language model (module doc) over its own weights `W` (embedding, untied head), a final
+/// norm and the blocks `B` (an array, a `Vec`, a slice of [`LmBlock`]s).
+#[derive(Debug, Clone)]
+pub struct LanguageModel<W, B> {
+    config: LmConfig,
+    weights: W,
+    norm_f: Norm<W>,
+    blocks: B,
+    mixer_state_len: usize,
+    mlp_len: usize,
+}
+
+impl<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>> LanguageModel<W, B> {
+    /// Checks that every part has width `d_model` (a mismatch is [`Error::NetworkStage`] with
+    /// the block index), the weights' length and finiteness.
+    pub fn new(config: LmConfig, weights: W, norm_f: Norm<W>, blocks: B) -> Result<Self> {
+        let d = config.d_model;
+        if d == 0 || config.vocab_size == 0 || config.padded_vocab < config.vocab_size {
+            return Err(Error::InvalidConfig {
+                what: "language model",
+                reason: "d_model and vocab_size must be positive, padded_vocab ≥ vocab_size",
+            });
+        }
+        check_sizes(config.weights_len(), 0)?;
+        check_len("language model weights", config.weights_len(), weights.as_ref().len())?;
+        check_finite_weights("language model weights", weights.as_ref())?;
+        let bad = |index, reason| Err(Error::NetworkStage { index, reason });
+        let (mut mixer_state_len, mut mlp_len) = (0usize, 0usize);
+        for (i, b) in blocks.as_ref().iter().enumerate() {
+            if b.norm.config.d_model != d {
+                return bad(i, "block norm width differs from d_model");
+            }
+            match &b.mixer {
+                Mixer::Layer(l) => {
+                    let l = l.as_layer();
+                    if l.d_input() != d || l.d_output() != d {
+                        return bad(i, "mixer input or output width differs from d_model");
+                    }
+                }
+                Mixer::Attention(a) => {
+                    if a.config.d_model != d {
+                        return bad(i, "attention width differs from d_model");
+                    }
+                }
+            }
+            if let Some((n2, mlp)) = &b.mlp {
+                if n2.config.d_model != d || mlp.config.d_model != d {
+                    return bad(i, "MLP or norm2 width differs from d_model");
+                }
+                mlp_len = mlp_len.max(2 * mlp.config.hidden);
+            }
+            mixer_state_len = mixer_state_len.saturating_add(b.mixer.state_len());
+        }
+        if norm_f.config.d_model != d {
+            return bad(blocks.as_ref().len(), "norm_f width differs from d_model");
+        }
+        let lm = LanguageModel {
+            config,
+            weights,
+            norm_f,
+            blocks,
+            mixer_state_len,
+            mlp_len,
+        };
+        check_sizes(0, lm.state_len())?;
+        Ok(lm)
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> &LmConfig {
+        &self.config
+    }
+
+    /// The model's own weights (`E`, then `Wᵀ` unless tied).
+    pub fn weights(&self) -> &[f32] {
+        self.weights.as_ref()
+    }
+
+    /// The final norm.
+    pub fn norm_f(&self) -> &Norm<W> {
+        &self.norm_f
+    }
+
+    /// The blocks.
+    pub fn blocks(&self) -> &[LmBlock<W>] {
+        self.blocks.as_ref()
+    }
+
+    /// Number of `f32` state elements (module doc); zeros = an empty context.
+    pub fn state_len(&self) -> usize {
+        let (d, v) = (self.config.d_model, self.config.padded_vocab);
+        sum_of_products(&[&[self.mixer_state_len], &[4, d], &[self.mlp_len], &[2, v]])
+    }
+
+    /// Checks `state`'s length and that every attention cache has room for `tokens` more.
+    fn check_state(&self, state: &[f32], tokens: usize) -> Result<()> {
+        check_len("state", self.state_len(), state.len())?;
+        let mut rest = state;
+        for b in self.blocks.as_ref() {
+            let st = take(&mut rest, b.mixer.state_len());
+            if let Mixer::Attention(a) = &b.mixer {
+                a.check_room(st, tokens)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_token(&self, token: usize) -> Result<()> {
+        if token < self.config.padded_vocab {
+            Ok(())
+        } else {
+            Err(Error::InvalidToken {
+                token,
+                vocab: self.config.padded_vocab,
+            })
+        }
+    }
+
+    /// One token: advances `state` and returns the logits (`V` values, inside `state`).
+    ///
+    /// Errors (the state is left untouched): a state of the wrong length or with a corrupt
+    /// attention position, a token id `≥ V` ([`Error::InvalidToken`]), an attention cache that
+    /// is full ([`Error::ContextFull`]). Never allocates, never panics.
+    pub fn step<'s>(&self, state: &'s mut [f32], token: usize) -> Result<&'s [f32]> {
+        self.check_token(token)?;
+        self.check_state(state, 1)?;
+        Ok(self.step_prechecked(state, token))
+    }
+
+    /// The step once `token` and `state` are checked.
+    fn step_prechecked<'s>(&self, state: &'s mut [f32], token: usize) -> &'s [f32] {
+        let (d, v) = (self.config.d_model, self.config.padded_vocab);
+        let (mixers, mut rest) = state.split_at_mut(self.mixer_state_len.min(state.len()));
+        let h = take_mut(&mut rest, d);
+        let r = take_mut(&mut rest, d);
+        let x = take_mut(&mut rest, d);
+        let y = take_mut(&mut rest, d);
+        let up = take_mut(&mut rest, self.mlp_len);
+        let logits = take_mut(&mut rest, v);
+        let emb = self.weights.as_ref();
+        copy_prefix(h, emb.get(token * d..(token + 1) * d).unwrap_or(&[]));
+        let mut mixers = mixers;
+        for (i, b) in self.blocks.as_ref().iter().enumerate() {
+            if i == 0 {
+                r.copy_from_slice(h);
+            } else {
+                r.iter_mut().zip(h.iter()).for_each(|(ri, hi)| *ri += hi);
+            }
+            b.norm.apply(r, x);
+            let st = take_mut(&mut mixers, b.mixer.state_len());
+            match &b.mixer {
+                Mixer::Layer(l) => l.as_layer().step_prechecked(st, x, h),
+                Mixer::Attention(a) => a.step_prechecked(st, x, h),
+            }
+            if let Some((n2, mlp)) = &b.mlp {
+                r.iter_mut().zip(h.iter()).for_each(|(ri, hi)| *ri += hi);
+                n2.apply(r, x);
+                mlp.apply(x, &mut up[..2 * mlp.config.hidden], h);
+            }
+        }
+        if !self.blocks.as_ref().is_empty() {
+            h.iter_mut().zip(r.iter()).for_each(|(hi, ri)| *hi += ri);
+        }
+        self.norm_f.apply(h, y);
+        if self.config.tied {
+            for (l, row) in logits.iter_mut().zip(emb.chunks_exact(d)) {
+                *l = dot16(row, y);
+            }
+        } else {
+            logits.iter_mut().for_each(|l| *l = 0.0);
+            gemv_t_acc(logits, emb.get(v * d..).unwrap_or(&[]), y);
+        }
+        logits
+    }
+
+    /// The logits of the last step (inside `state`; zeros before the first step).
+    pub fn logits<'s>(&self, state: &'s [f32]) -> &'s [f32] {
+        let v = self.config.padded_vocab;
+        let end = self.state_len().saturating_sub(v).min(state.len());
+        &state[end.saturating_sub(v)..end]
+    }
+
+    /// Autoregressive generation: steps every token of `prompt` (at least one) from `state`,
+    /// then `out.len()` times picks a token from the last logits (restricted to the unpadded
+    /// vocabulary) with `sampling` and `rng`, writes it to `out` and steps it (the last one is
+    /// not stepped). Every check is made before the state is touched: token ids, room in every
+    /// attention cache for `prompt.len() + out.len() − 1` tokens, sampling arguments.
+    pub fn generate(
+        &self,
+        state: &mut [f32],
+        prompt: &[usize],
+        sampling: Sampling,
+        rng: &mut SplitMix64,
+        out: &mut [usize],
+    ) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidConfig {
+                what: "prompt",
+                reason: "must hold at least one token",
+            });
+        }
+        for &t in prompt {
+            self.check_token(t)?;
+        }
+        let steps = prompt.len().saturating_add(out.len()).saturating_sub(1).max(prompt.len());
+        self.check_state(state, steps)?;
+        if let Sampling::Temperature { temperature, top_k } = sampling {
+            if !(temperature.is_finite() && temperature > 0.0) || top_k == Some(0) {
+                return Err(Error::InvalidConfig {
+                    what: "sampling",
+                    reason: "temperature must be positive and finite, top_k at least 1",
+                });
+            }
+        }
+        for &t in prompt {
+            self.step_prechecked(state, t);
+        }
+        let (vs, vp) = (self.config.vocab_size, self.config.padded_vocab);
+        let n = out.len();
+        for (i, o) in out.iter_mut().enumerate() {
+            let len = state.len();
+            let (front, scratch) = state.split_at_mut(len - vp);
+            let logits = &front[front.len() - vp..][..vs];
+            let tok = pick(sampling, logits, rng, scratch)?;
+            *o = tok;
+            if i + 1 < n {
+                self.step_prechecked(state, tok);
+            }
+        }
+        Ok(())
+    }
+}
