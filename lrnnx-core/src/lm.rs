@@ -940,3 +940,273 @@ impl<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>> LanguageModel<W, B> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::test_util::Rng;
+
+    fn rand_vec(rng: &mut Rng, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+        let mut v = vec![0.0f32; n];
+        rng.fill(&mut v, lo, hi);
+        v
+    }
+
+    #[test]
+    fn norms_match_their_closed_forms() {
+        let mut rng = Rng::new(1);
+        let d = 37;
+        let x = rand_vec(&mut rng, d, -2.0, 3.0);
+        let wb = rand_vec(&mut rng, 2 * d, -1.5, 1.5);
+        let eps = 1e-5f32;
+        let xs: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let rms = Norm::from_weights(
+            NormConfig {
+                d_model: d,
+                kind: NormKind::Rms,
+                eps,
+            },
+            &wb[..d],
+        )
+        .unwrap();
+        let mut y = vec![0.0f32; d];
+        rms.apply(&x, &mut y);
+        let ms = xs.iter().map(|v| v * v).sum::<f64>() / d as f64;
+        for i in 0..d {
+            let want = xs[i] / (ms + eps as f64).sqrt() * wb[i] as f64;
+            assert!((y[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()), "rms {i}");
+        }
+        let ln = Norm::from_weights(
+            NormConfig {
+                d_model: d,
+                kind: NormKind::Layer,
+                eps,
+            },
+            &wb[..],
+        )
+        .unwrap();
+        ln.apply(&x, &mut y);
+        let mu = xs.iter().sum::<f64>() / d as f64;
+        let var = xs.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / d as f64;
+        for i in 0..d {
+            let want = (xs[i] - mu) / (var + eps as f64).sqrt() * wb[i] as f64 + wb[d + i] as f64;
+            assert!((y[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()), "ln {i}");
+        }
+        let bad = NormConfig {
+            d_model: d,
+            kind: NormKind::Rms,
+            eps: f32::NAN,
+        };
+        assert!(Norm::from_weights(bad, &wb[..d]).is_err());
+    }
+
+    #[test]
+    fn gated_mlp_matches_a_naive_loop() {
+        let mut rng = Rng::new(2);
+        let (d, n) = (6, 5);
+        let fc1 = rand_vec(&mut rng, 2 * n * d, -1.0, 1.0); // (2n, d)
+        let fc2 = rand_vec(&mut rng, d * n, -1.0, 1.0); // (d, n)
+        let x = rand_vec(&mut rng, d, -1.0, 1.0);
+        let cfg = MlpConfig { d_model: d, hidden: n };
+        let mlp = GatedMlp::from_torch(cfg, &fc1, &fc2, vec![0.0; cfg.weights_len()]).unwrap();
+        let (mut up, mut y) = (vec![0.0f32; 2 * n], vec![0.0f32; d]);
+        mlp.apply(&x, &mut up, &mut y);
+        let lin = |r: usize| (0..d).map(|j| fc1[r * d + j] as f64 * x[j] as f64).sum::<f64>();
+        let hid: Vec<f64> = (0..n)
+            .map(|k| {
+                let g = lin(n + k);
+                lin(k) * g / (1.0 + (-g).exp())
+            })
+            .collect();
+        for o in 0..d {
+            let want: f64 = (0..n).map(|k| fc2[o * n + k] as f64 * hid[k]).sum();
+            assert!((y[o] as f64 - want).abs() < 1e-5, "{o}: {} vs {want}", y[o]);
+        }
+        assert!(GatedMlp::from_torch(cfg, &fc1[1..], &fc2, vec![0.0; cfg.weights_len()]).is_err());
+    }
+
+    /// Attention stepped over a sequence against causal softmax attention written as a plain
+    /// f64 loop over heads, queries and keys (4 query heads on 2 key/value heads).
+    #[test]
+    fn attention_matches_a_naive_causal_loop() {
+        let mut rng = Rng::new(3);
+        let (d, nh, nkv, hd, len) = (6, 4, 2, 3, 7);
+        for (qkv_bias, out_bias) in [(true, true), (false, false)] {
+            let cfg = AttentionConfig {
+                d_model: d,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                scale: 0.7,
+                qkv_bias,
+                out_bias,
+                max_context: len,
+            };
+            let qkv = cfg.qkv_width();
+            let w_in = rand_vec(&mut rng, qkv * d, -1.0, 1.0);
+            let b_in = rand_vec(&mut rng, qkv, -0.3, 0.3);
+            let w_out = rand_vec(&mut rng, d * nh * hd, -1.0, 1.0);
+            let b_out = rand_vec(&mut rng, d, -0.3, 0.3);
+            let xs = rand_vec(&mut rng, len * d, -1.5, 1.5);
+            let att = Attention::from_torch(
+                cfg,
+                &w_in,
+                qkv_bias.then_some(&b_in[..]),
+                &w_out,
+                out_bias.then_some(&b_out[..]),
+                vec![0.0; cfg.weights_len()],
+            )
+            .unwrap();
+            let proj: Vec<Vec<f64>> = (0..len)
+                .map(|t| {
+                    (0..qkv)
+                        .map(|c| {
+                            let b = if qkv_bias { b_in[c] as f64 } else { 0.0 };
+                            b + (0..d)
+                                .map(|j| w_in[c * d + j] as f64 * xs[t * d + j] as f64)
+                                .sum::<f64>()
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut state = vec![0.0f32; cfg.state_len()];
+            let mut y = vec![0.0f32; d];
+            for t in 0..len {
+                att.step(&mut state, &xs[t * d..(t + 1) * d], &mut y).unwrap();
+                let mut ctx = vec![0.0f64; nh * hd];
+                for h in 0..nh {
+                    let g = h / (nh / nkv);
+                    let q = &proj[t][h * hd..(h + 1) * hd];
+                    let sc: Vec<f64> = (0..=t)
+                        .map(|s| {
+                            let k = &proj[s][nh * hd + g * hd..nh * hd + (g + 1) * hd];
+                            0.7f32 as f64 * q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>()
+                        })
+                        .collect();
+                    let z: f64 = sc.iter().map(|v| v.exp()).sum();
+                    for (s, v) in sc.iter().enumerate() {
+                        let off = (nh + nkv) * hd + g * hd;
+                        for e in 0..hd {
+                            ctx[h * hd + e] += v.exp() / z * proj[s][off + e];
+                        }
+                    }
+                }
+                for o in 0..d {
+                    let b = if out_bias { b_out[o] as f64 } else { 0.0 };
+                    let want = b + (0..nh * hd)
+                        .map(|c| w_out[o * nh * hd + c] as f64 * ctx[c])
+                        .sum::<f64>();
+                    assert!(
+                        (y[o] as f64 - want).abs() < 2e-5 * (1.0 + want.abs()),
+                        "t {t} o {o}: {} vs {want}",
+                        y[o]
+                    );
+                }
+            }
+            // Full: an error, the state untouched.
+            let before = state.clone();
+            let e = att.step(&mut state, &xs[..d], &mut y).unwrap_err();
+            assert_eq!(e, Error::ContextFull { max_context: len });
+            assert_eq!(state, before);
+            // A non-finite input is refused before anything changes.
+            let mut fresh = vec![0.0f32; cfg.state_len()];
+            let mut x = xs[..d].to_vec();
+            x[2] = f32::NAN;
+            assert!(att.step(&mut fresh, &x, &mut y).is_err());
+            assert!(fresh.iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn bad_attention_configs_are_errors() {
+        let ok = AttentionConfig {
+            d_model: 8,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 2,
+            scale: 0.5,
+            qkv_bias: true,
+            out_bias: true,
+            max_context: 4,
+        };
+        let w = vec![0.0f32; ok.weights_len()];
+        assert!(Attention::from_weights(ok, &w[..]).is_ok());
+        for bad in [
+            AttentionConfig { n_kv_heads: 3, ..ok },
+            AttentionConfig { max_context: 0, ..ok },
+            AttentionConfig { head_dim: 0, ..ok },
+            AttentionConfig {
+                scale: f32::INFINITY,
+                ..ok
+            },
+            AttentionConfig {
+                max_context: usize::MAX,
+                ..ok
+            },
+        ] {
+            assert!(Attention::from_weights(bad, &w[..]).is_err(), "{bad:?}");
+        }
+        assert!(Attention::from_weights(ok, &w[1..]).is_err());
+    }
+
+    #[test]
+    fn sampling_frequencies_follow_the_truncated_softmax() {
+        let logits = [0.0f32, 1.0, -0.5, 0.3, 1.0, -2.0];
+        let mut scratch = [0.0f32; 6];
+        let mut rng = SplitMix64::new(42);
+        assert_eq!(pick(Sampling::Greedy, &logits, &mut rng, &mut scratch).unwrap(), 1);
+        let n = 40_000;
+        for (temp, top_k, kept) in [
+            (0.7f64, None, &[0usize, 1, 2, 3, 4, 5][..]),
+            (1.3, Some(3), &[1, 3, 4][..]),
+            // A tie at the k-th value keeps the lower index.
+            (1.0, Some(1), &[1][..]),
+        ] {
+            let s = Sampling::Temperature {
+                temperature: temp as f32,
+                top_k,
+            };
+            let z: f64 = kept.iter().map(|&i| (logits[i] as f64 / temp).exp()).sum();
+            let mut counts = [0usize; 6];
+            for _ in 0..n {
+                counts[pick(s, &logits, &mut rng, &mut scratch).unwrap()] += 1;
+            }
+            for i in 0..6 {
+                let p = if kept.contains(&i) {
+                    (logits[i] as f64 / temp).exp() / z
+                } else {
+                    0.0
+                };
+                let f = counts[i] as f64 / n as f64;
+                let sd = (p * (1.0 - p) / n as f64).sqrt();
+                assert!((f - p).abs() <= 5.0 * sd + 1e-12, "T {temp} k {top_k:?} token {i}: {f} vs {p}");
+            }
+        }
+        for bad in [
+            Sampling::Temperature {
+                temperature: 0.0,
+                top_k: None,
+            },
+            Sampling::Temperature {
+                temperature: 1.0,
+                top_k: Some(0),
+            },
+        ] {
+            assert!(pick(bad, &logits, &mut rng, &mut scratch).is_err());
+        }
+        assert!(pick(Sampling::Greedy, &[1.0, f32::NAN], &mut rng, &mut scratch).is_err());
+        assert!(pick(Sampling::Greedy, &[], &mut rng, &mut scratch).is_err());
+    }
+
+    /// SplitMix64's published first outputs for seed 0 (and `lrnnx_train::init::Rng`'s).
+    #[test]
+    fn splitmix_matches_its_reference_values() {
+        let mut r = SplitMix64::new(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
+}
