@@ -50,6 +50,60 @@ fn best_rate(reps: usize, tokens: usize, mut run: impl FnMut()) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Microseconds per call of `f`, best of 5 rounds of `n` calls.
+fn micros(n: usize, mut f: impl FnMut()) -> f64 {
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The cost of each part of one step at half the context: every block's mixer alone (an
+/// attention mixer with `CONTEXT / 2` cached tokens), and the whole step.
+fn parts(lm: &lrnnx::export_lm::OwnedLm) -> String {
+    use lrnnx::core::lm::Mixer;
+    let d = lm.config().d_model;
+    let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut y = vec![0.0f32; d];
+    let mut line = String::new();
+    for (i, b) in lm.blocks().iter().enumerate() {
+        let mut st = vec![0.0f32; b.mixer.state_len()];
+        let us = match &b.mixer {
+            Mixer::Layer(l) => micros(2000, || {
+                l.as_layer().step_prechecked(&mut st, &x, &mut y);
+                black_box(&y);
+            }),
+            Mixer::Attention(a) => {
+                for _ in 0..CONTEXT / 2 {
+                    a.step(&mut st, &x, &mut y).unwrap();
+                }
+                let saved = st.clone();
+                micros(2000, || {
+                    st[0] = saved[0]; // rewind the position: always CONTEXT/2 cached tokens
+                    a.step_prechecked(&mut st, &x, &mut y);
+                    black_box(&y);
+                })
+            }
+        };
+        line += &format!("block{i}={us:.1}us ");
+    }
+    let mut state = vec![0.0f32; lm.state_len()];
+    for t in 0..CONTEXT / 2 {
+        lm.step(&mut state, t % 256).unwrap();
+    }
+    let saved = state.clone();
+    let whole = micros(500, || {
+        state.copy_from_slice(&saved);
+        black_box(lm.step(&mut state, 65).unwrap());
+    });
+    line + &format!("step_at_half_context={whole:.1}us")
+}
+
 fn main() {
     // One thread for candle (its CPU kernels read RAYON_NUM_THREADS); the core never spawns.
     std::env::set_var("RAYON_NUM_THREADS", "1");
@@ -62,12 +116,19 @@ fn main() {
     ] {
         let m = model(mixers, d_state);
         let lm = export_lm(&m, CONTEXT).unwrap();
+        println!("parts {}+{}: {}", mixers[0], mixers[1], parts(&lm));
         let mut state = vec![0.0f32; lm.state_len()];
         let mut out = vec![0usize; CONTEXT - 1];
         let full = best_rate(reps, CONTEXT, || {
             state.iter_mut().for_each(|v| *v = 0.0);
-            lm.generate(&mut state, &[65], Sampling::Greedy, &mut SplitMix64::new(0), &mut out)
-                .unwrap();
+            lm.generate(
+                &mut state,
+                &[65],
+                Sampling::Greedy,
+                &mut SplitMix64::new(0),
+                &mut out,
+            )
+            .unwrap();
             black_box(&out);
         });
         let topk = best_rate(reps, CONTEXT, || {
@@ -83,15 +144,26 @@ fn main() {
         let mut short = vec![0usize; CANDLE_TOKENS];
         let core = best_rate(reps * 4, CANDLE_TOKENS + 1, || {
             state.iter_mut().for_each(|v| *v = 0.0);
-            lm.generate(&mut state, &[65], Sampling::Greedy, &mut SplitMix64::new(0), &mut short)
-                .unwrap();
+            lm.generate(
+                &mut state,
+                &[65],
+                Sampling::Greedy,
+                &mut SplitMix64::new(0),
+                &mut short,
+            )
+            .unwrap();
             black_box(&short);
         });
         let prompt = Tensor::new(&[[65u32]], &Device::Cpu).unwrap();
         let mut candle_out = Vec::new();
         let candle = best_rate(reps.min(3), CANDLE_TOKENS + 1, || {
             candle_out = m
-                .generate(&prompt, CANDLE_TOKENS, TrainSampling::Greedy, &mut Rng::new(0))
+                .generate(
+                    &prompt,
+                    CANDLE_TOKENS,
+                    TrainSampling::Greedy,
+                    &mut Rng::new(0),
+                )
                 .unwrap();
         });
         let same = candle_out[0]

@@ -33,8 +33,8 @@
 //! [`ExportError::Blob`] that names the field and byte offset.
 
 use lrnnx_core::lm::{
-    Attention, AttentionConfig, GatedMlp, LanguageModel, LmBlock, LmConfig as CoreLmConfig,
-    Mixer, MlpConfig, Norm, NormConfig, NormKind,
+    Attention, AttentionConfig, GatedMlp, LanguageModel, LmBlock, LmConfig as CoreLmConfig, Mixer,
+    MlpConfig, Norm, NormConfig, NormKind,
 };
 use lrnnx_core::{CoreLayer, ParamSource};
 use lrnnx_train::lm::{mixer_class, LanguageModel as TrainLm, LmConfig};
@@ -401,11 +401,13 @@ pub fn read_lm_blob(blob: &[u8]) -> Result<OwnedLm> {
     };
     let at = c.at;
     let weights = c.f32s(config.weights_len(), "model weights")?;
-    let core = |at: usize| move |e: lrnnx_core::Error| ExportError::Blob(format!("offset {at}: {e}"));
+    let core =
+        |at: usize| move |e: lrnnx_core::Error| ExportError::Blob(format!("offset {at}: {e}"));
     let read_norm = |c: &mut Cursor, what: &str| -> Result<Norm<Vec<f32>>> {
         let at = c.at;
         let w = c.f32s(norm_cfg.weights_len(), what)?;
-        Norm::from_weights(norm_cfg, w).map_err(|e| ExportError::Blob(format!("{what} at offset {at}: {e}")))
+        Norm::from_weights(norm_cfg, w)
+            .map_err(|e| ExportError::Blob(format!("{what} at offset {at}: {e}")))
     };
     let norm_f = read_norm(&mut c, "norm_f weights")?;
     // Each block takes at least 12 bytes: refuse absurd counts before reserving anything.

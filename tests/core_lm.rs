@@ -135,7 +135,13 @@ fn attention_cache_capacity_is_an_error_and_leaves_the_state() {
     let mut fresh = vec![0.0f32; lm.state_len()];
     let mut out = [0usize; 3];
     let e = lm
-        .generate(&mut fresh, &[1, 2], Sampling::Greedy, &mut SplitMix64::new(0), &mut out)
+        .generate(
+            &mut fresh,
+            &[1, 2],
+            Sampling::Greedy,
+            &mut SplitMix64::new(0),
+            &mut out,
+        )
         .unwrap_err();
     assert_eq!(e, Error::ContextFull { max_context: 3 });
     assert!(fresh.iter().all(|&v| v == 0.0));
@@ -159,7 +165,13 @@ fn bad_token_ids_and_state_lengths_are_errors() {
     lm.step(&mut state, 2).unwrap();
     let before = state.clone();
     let e = lm.step(&mut state, 16).unwrap_err();
-    assert_eq!(e, Error::InvalidToken { token: 16, vocab: 16 });
+    assert_eq!(
+        e,
+        Error::InvalidToken {
+            token: 16,
+            vocab: 16
+        }
+    );
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     assert_eq!(state, before);
     let mut short = vec![0.0f32; lm.state_len() - 1];
@@ -169,10 +181,22 @@ fn bad_token_ids_and_state_lengths_are_errors() {
     ));
     let mut out = [0usize; 2];
     assert!(lm
-        .generate(&mut state, &[1, 99], Sampling::Greedy, &mut SplitMix64::new(0), &mut out)
+        .generate(
+            &mut state,
+            &[1, 99],
+            Sampling::Greedy,
+            &mut SplitMix64::new(0),
+            &mut out
+        )
         .is_err());
     assert!(lm
-        .generate(&mut state, &[], Sampling::Greedy, &mut SplitMix64::new(0), &mut out)
+        .generate(
+            &mut state,
+            &[],
+            Sampling::Greedy,
+            &mut SplitMix64::new(0),
+            &mut out
+        )
         .is_err());
     let hot = Sampling::Temperature {
         temperature: 0.0,
@@ -189,18 +213,29 @@ fn truncated_and_corrupt_blobs_are_refused() {
     let m = random_model(&kwargs(["S5", "attn"], false, false, 20), 7);
     let blob = lm_to_blob(&export_lm(&m, 4).unwrap()).unwrap();
     for cut in (0..blob.len()).step_by(7).chain([blob.len() - 1]) {
-        let e = read_lm_blob(&blob[..cut]).err().expect("a truncated blob is refused");
+        let e = read_lm_blob(&blob[..cut])
+            .err()
+            .expect("a truncated blob is refused");
         assert!(e.to_string().contains("offset"), "cut {cut}: {e}");
     }
     let mut padded = blob.clone();
     padded.extend_from_slice(&[0; 4]);
-    assert!(read_lm_blob(&padded).unwrap_err().to_string().contains("after the last block"));
+    assert!(read_lm_blob(&padded)
+        .unwrap_err()
+        .to_string()
+        .contains("after the last block"));
     let mut magic = blob.clone();
     magic[0] = b'X';
-    assert!(read_lm_blob(&magic).unwrap_err().to_string().contains("magic"));
+    assert!(read_lm_blob(&magic)
+        .unwrap_err()
+        .to_string()
+        .contains("magic"));
     let mut version = blob.clone();
     version[8] = 9;
-    assert!(read_lm_blob(&version).unwrap_err().to_string().contains("version 9"));
+    assert!(read_lm_blob(&version)
+        .unwrap_err()
+        .to_string()
+        .contains("version 9"));
     let mut flag = blob.clone();
     flag[24] = 7; // the tied flag
     let e = read_lm_blob(&flag).unwrap_err().to_string();
@@ -229,8 +264,14 @@ fn greedy_generation_follows_the_forward() {
     let prompt = [3usize, 1, 4];
     let mut out = [0usize; 6];
     let mut state = vec![0.0f32; lm.state_len()];
-    lm.generate(&mut state, &prompt, Sampling::Greedy, &mut SplitMix64::new(0), &mut out)
-        .unwrap();
+    lm.generate(
+        &mut state,
+        &prompt,
+        Sampling::Greedy,
+        &mut SplitMix64::new(0),
+        &mut out,
+    )
+    .unwrap();
     let mut seq = prompt.to_vec();
     for &tok in &out {
         let last = forward_logits(&m, &seq).pop().unwrap();
@@ -244,7 +285,13 @@ fn greedy_generation_follows_the_forward() {
     };
     let mut again = [0usize; 6];
     let mut state = vec![0.0f32; lm.state_len()];
-    lm.generate(&mut state, &prompt, top1, &mut SplitMix64::new(9), &mut again)
-        .unwrap();
+    lm.generate(
+        &mut state,
+        &prompt,
+        top1,
+        &mut SplitMix64::new(9),
+        &mut again,
+    )
+    .unwrap();
     assert_eq!(again, out);
 }

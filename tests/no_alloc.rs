@@ -163,7 +163,8 @@ fn language_model_stepping_allocates_nothing() {
         temperature: 0.9,
         top_k: Some(5),
     };
-    lm.generate(&mut state, &[3], s, &mut rng, &mut out).unwrap();
+    lm.generate(&mut state, &[3], s, &mut rng, &mut out)
+        .unwrap();
     assert!(lm.step(&mut state, 99).is_err());
     assert!(lm
         .generate(&mut state, &[3], s, &mut rng, &mut [0usize; 40])

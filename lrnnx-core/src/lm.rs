@@ -85,50 +85,87 @@ pub struct Norm<W> {
     weights: W,
 }
 
-/// `Σ x[i]·y[i]` with 16 partial sums (`s_k` over `i ≡ k mod 16`, the tail into `s₀`), added
-/// pairwise: a reduction order the compiler can keep in two 8-lane vectors.
+/// `Σ a[i]·b[i]` with 8 partial sums `s_k` over `i ≡ k (mod 8)` (the tail past the last whole
+/// group of 8 into `s₀`), then `((s₀+s₄) + (s₂+s₆)) + ((s₁+s₅) + (s₃+s₇))`: one vector of
+/// accumulators.
 #[inline]
-fn dot16(a: &[f32], b: &[f32]) -> f32 {
+fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a16, b16) = (a[..n].chunks_exact(16), b[..n].chunks_exact(16));
-    let (ar, br) = (a16.remainder(), b16.remainder());
-    let mut s = [0.0f32; 16];
-    for (x, y) in a16.zip(b16) {
-        for k in 0..16 {
-            s[k] += x[k] * y[k];
-        }
-    }
-    for (x, y) in ar.iter().zip(br) {
-        s[0] += x * y;
-    }
-    sum16(&s)
+    let mut out = [0.0f32];
+    rows_dot::<1>(&mut out, &a[..n], &b[..n], n);
+    out[0]
 }
 
-/// `Σ x[i]` with 16 partial sums, as [`dot16`].
+/// `Σ a[i]`, summed in [`dot8`]'s order.
 #[inline]
-fn sum_lanes(a: &[f32]) -> f32 {
-    let a16 = a.chunks_exact(16);
-    let rest = a16.remainder();
-    let mut s = [0.0f32; 16];
-    for x in a16 {
-        for k in 0..16 {
-            s[k] += x[k];
+fn sum8(a: &[f32]) -> f32 {
+    let a8 = a.chunks_exact(8);
+    let rest = a8.remainder();
+    let mut s = [0.0f32; 8];
+    for x in a8 {
+        if let Ok(x) = <&[f32; 8]>::try_from(x) {
+            for k in 0..8 {
+                s[k] += x[k];
+            }
         }
     }
     for x in rest {
         s[0] += x;
     }
-    sum16(&s)
+    hsum8(&s)
 }
 
-/// Pairwise sum of 16 lanes.
+/// `((s₀+s₄) + (s₂+s₆)) + ((s₁+s₅) + (s₃+s₇))`.
 #[inline(always)]
-fn sum16(s: &[f32; 16]) -> f32 {
-    let mut h = [0.0f32; 8];
-    for k in 0..8 {
-        h[k] = s[k] + s[k + 8];
+fn hsum8(s: &[f32; 8]) -> f32 {
+    ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))
+}
+
+/// `out[r] = Σ_i m[r·d + i]·y[i]` for a row-major `m` (one row of `d` per output), every row
+/// summed as [`dot8`] (`y` must hold `d` values; otherwise `out` is zeroed). Rows go `R` at a time so that each 8-wide chunk of `y` serves `R` rows
+/// (with one row at a time, the horizontal sums dominate). Mismatched lengths truncate.
+#[inline]
+fn rows_dot<const R: usize>(out: &mut [f32], m: &[f32], y: &[f32], d: usize) {
+    if d == 0 || y.len() != d {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        return;
     }
-    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
+    let whole = d / 8 * 8;
+    let mut done = 0;
+    for (o, rows) in out.chunks_exact_mut(R).zip(m.chunks_exact(R * d)) {
+        let mut acc = [[0.0f32; 8]; R];
+        for (j, yc) in y.chunks_exact(8).enumerate() {
+            let Ok(yc) = <&[f32; 8]>::try_from(yc) else {
+                continue;
+            };
+            for r in 0..R {
+                if let Some(Ok(w)) = rows
+                    .get(r * d + 8 * j..r * d + 8 * j + 8)
+                    .map(<&[f32; 8]>::try_from)
+                {
+                    for k in 0..8 {
+                        acc[r][k] += w[k] * yc[k];
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            if let (Some(w), Some(t)) = (rows.get(r * d + whole..(r + 1) * d), y.get(whole..d)) {
+                for (wi, yi) in w.iter().zip(t) {
+                    acc[r][0] += wi * yi;
+                }
+            }
+            if let Some(o) = o.get_mut(r) {
+                *o = hsum8(&acc[r]);
+            }
+        }
+        done += R;
+    }
+    if R > 1 {
+        if let (Some(o), Some(rest)) = (out.get_mut(done..), m.get(done * d..)) {
+            rows_dot::<1>(o, rest, y, d);
+        }
+    }
 }
 
 impl<W: AsRef<[f32]>> Norm<W> {
@@ -166,21 +203,24 @@ impl<W: AsRef<[f32]>> Norm<W> {
     #[inline]
     pub fn apply(&self, x: &[f32], y: &mut [f32]) {
         let d = self.config.d_model as f32;
-        let (w, b) = self.weights.as_ref().split_at(self.config.d_model.min(self.weights.as_ref().len()));
+        let (w, b) = self
+            .weights
+            .as_ref()
+            .split_at(self.config.d_model.min(self.weights.as_ref().len()));
         match self.config.kind {
             NormKind::Rms => {
-                let inv = 1.0 / libm::sqrtf(dot16(x, x) / d + self.config.eps);
+                let inv = 1.0 / libm::sqrtf(dot8(x, x) / d + self.config.eps);
                 for ((o, &xi), &wi) in y.iter_mut().zip(x).zip(w) {
                     *o = xi * inv * wi;
                 }
             }
             NormKind::Layer => {
-                let mu = sum_lanes(x) / d;
+                let mu = sum8(x) / d;
                 for (o, &xi) in y.iter_mut().zip(x) {
                     *o = xi - mu;
                 }
                 let n = x.len().min(y.len());
-                let var = dot16(&y[..n], &y[..n]) / d;
+                let var = dot8(&y[..n], &y[..n]) / d;
                 let inv = 1.0 / libm::sqrtf(var + self.config.eps);
                 for ((o, &wi), &bi) in y.iter_mut().zip(w).zip(b) {
                     *o = *o * inv * wi + bi;
@@ -202,7 +242,10 @@ pub struct MlpConfig {
 impl MlpConfig {
     /// Number of weights: `d·2n + n·d`.
     pub const fn weights_len(&self) -> usize {
-        sum_of_products(&[&[self.d_model, 2, self.hidden], &[self.hidden, self.d_model]])
+        sum_of_products(&[
+            &[self.d_model, 2, self.hidden],
+            &[self.hidden, self.d_model],
+        ])
     }
 }
 
@@ -223,7 +266,11 @@ impl<W: AsRef<[f32]>> GatedMlp<W> {
             });
         }
         check_sizes(config.weights_len(), 0)?;
-        check_len("gated MLP weights", config.weights_len(), weights.as_ref().len())?;
+        check_len(
+            "gated MLP weights",
+            config.weights_len(),
+            weights.as_ref().len(),
+        )?;
         check_finite_weights("gated MLP weights", weights.as_ref())?;
         Ok(GatedMlp { config, weights })
     }
@@ -263,7 +310,11 @@ impl<W: AsRef<[f32]> + AsMut<[f32]>> GatedMlp<W> {
         let (d, n) = (config.d_model, config.hidden);
         check_len("gated MLP fc1.weight", 2 * n * d, fc1.len())?;
         check_len("gated MLP fc2.weight", d * n, fc2.len())?;
-        check_len("gated MLP weights", config.weights_len(), weights.as_ref().len())?;
+        check_len(
+            "gated MLP weights",
+            config.weights_len(),
+            weights.as_ref().len(),
+        )?;
         let (w1, w2) = weights.as_mut().split_at_mut(d * 2 * n);
         transpose_into(w1, fc1, 2 * n, d);
         transpose_into(w2, fc2, d, n);
@@ -295,7 +346,10 @@ pub struct AttentionConfig {
 impl AttentionConfig {
     /// Width of the input projection `h_d·(n_heads + 2·n_kv_heads)`.
     pub const fn qkv_width(&self) -> usize {
-        sum_of_products(&[&[self.head_dim, self.n_heads], &[self.head_dim, 2, self.n_kv_heads]])
+        sum_of_products(&[
+            &[self.head_dim, self.n_heads],
+            &[self.head_dim, 2, self.n_kv_heads],
+        ])
     }
 
     /// Number of weights (module doc).
@@ -324,7 +378,10 @@ impl AttentionConfig {
     fn validate(&self) -> Result<()> {
         let bad = |what, reason| Err(Error::InvalidConfig { what, reason });
         if self.d_model == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.head_dim == 0 {
-            return bad("attention sizes", "d_model, heads and head_dim must be positive");
+            return bad(
+                "attention sizes",
+                "d_model, heads and head_dim must be positive",
+            );
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("attention n_kv_heads", "must divide n_heads");
@@ -361,7 +418,11 @@ impl<W: AsRef<[f32]>> Attention<W> {
     /// configuration, the length and finiteness.
     pub fn from_weights(config: AttentionConfig, weights: W) -> Result<Self> {
         config.validate()?;
-        check_len("attention weights", config.weights_len(), weights.as_ref().len())?;
+        check_len(
+            "attention weights",
+            config.weights_len(),
+            weights.as_ref().len(),
+        )?;
         check_finite_weights("attention weights", weights.as_ref())?;
         Ok(Attention { config, weights })
     }
@@ -385,7 +446,8 @@ impl<W: AsRef<[f32]>> Attention<W> {
         } else {
             Err(Error::InvalidConfig {
                 what: "attention state",
-                reason: "the position counter is not a whole number in 0..=max_context (corrupt state)",
+                reason:
+                    "the position counter is not a whole number in 0..=max_context (corrupt state)",
             })
         }
     }
@@ -462,16 +524,22 @@ impl<W: AsRef<[f32]>> Attention<W> {
             let g = j / group;
             // scores_s = Σ_e q_e · Kᵀ[g, e][s]: axpys over the cached positions.
             sc.iter_mut().for_each(|v| *v = 0.0);
-            for (&qe, row) in qh.iter().zip(kt[g * hd * cap..(g + 1) * hd * cap].chunks_exact(cap)) {
+            for (&qe, row) in qh
+                .iter()
+                .zip(kt[g * hd * cap..(g + 1) * hd * cap].chunks_exact(cap))
+            {
                 for (s, &k) in sc.iter_mut().zip(&row[..n]) {
                     *s += qe * k;
                 }
             }
             let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             sc.iter_mut().for_each(|v| *v = fastmath::exp(*v - m));
-            let inv = 1.0 / sum_lanes(sc);
+            let inv = 1.0 / sum8(sc);
             ch.iter_mut().for_each(|v| *v = 0.0);
-            for (&ps, vrow) in sc.iter().zip(vc[g * cap * hd..(g * cap + n) * hd].chunks_exact(hd)) {
+            for (&ps, vrow) in sc
+                .iter()
+                .zip(vc[g * cap * hd..(g * cap + n) * hd].chunks_exact(hd))
+            {
                 let wgt = ps * inv;
                 for (o, &v) in ch.iter_mut().zip(vrow) {
                     *o += wgt * v;
@@ -501,10 +569,18 @@ impl<W: AsRef<[f32]> + AsMut<[f32]>> Attention<W> {
         mut weights: W,
     ) -> Result<Self> {
         config.validate()?;
-        let (d, qkv, qw) = (config.d_model, config.qkv_width(), config.n_heads * config.head_dim);
+        let (d, qkv, qw) = (
+            config.d_model,
+            config.qkv_width(),
+            config.n_heads * config.head_dim,
+        );
         check_len("attention in_proj.weight", qkv * d, in_w.len())?;
         check_len("attention out_proj.weight", d * qw, out_w.len())?;
-        check_len("attention weights", config.weights_len(), weights.as_ref().len())?;
+        check_len(
+            "attention weights",
+            config.weights_len(),
+            weights.as_ref().len(),
+        )?;
         if in_b.is_some() != config.qkv_bias || out_b.is_some() != config.out_bias {
             return Err(Error::InvalidConfig {
                 what: "attention biases",
@@ -732,7 +808,11 @@ impl<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>> LanguageModel<W, B> {
             });
         }
         check_sizes(config.weights_len(), 0)?;
-        check_len("language model weights", config.weights_len(), weights.as_ref().len())?;
+        check_len(
+            "language model weights",
+            config.weights_len(),
+            weights.as_ref().len(),
+        )?;
         check_finite_weights("language model weights", weights.as_ref())?;
         let bad = |index, reason| Err(Error::NetworkStage { index, reason });
         let (mut mixer_state_len, mut mlp_len) = (0usize, 0usize);
@@ -873,9 +953,7 @@ impl<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>> LanguageModel<W, B> {
         }
         self.norm_f.apply(h, y);
         if self.config.tied {
-            for (l, row) in logits.iter_mut().zip(emb.chunks_exact(d)) {
-                *l = dot16(row, y);
-            }
+            rows_dot::<4>(logits, emb, y, d);
         } else {
             logits.iter_mut().for_each(|l| *l = 0.0);
             gemv_t_acc(logits, emb.get(v * d..).unwrap_or(&[]), y);
@@ -912,7 +990,11 @@ impl<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>> LanguageModel<W, B> {
         for &t in prompt {
             self.check_token(t)?;
         }
-        let steps = prompt.len().saturating_add(out.len()).saturating_sub(1).max(prompt.len());
+        let steps = prompt
+            .len()
+            .saturating_add(out.len())
+            .saturating_sub(1)
+            .max(prompt.len());
         self.check_state(state, steps)?;
         if let Sampling::Temperature { temperature, top_k } = sampling {
             if !(temperature.is_finite() && temperature > 0.0) || top_k == Some(0) {
@@ -978,7 +1060,10 @@ mod tests {
         let ms = xs.iter().map(|v| v * v).sum::<f64>() / d as f64;
         for i in 0..d {
             let want = xs[i] / (ms + eps as f64).sqrt() * wb[i] as f64;
-            assert!((y[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()), "rms {i}");
+            assert!(
+                (y[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()),
+                "rms {i}"
+            );
         }
         let ln = Norm::from_weights(
             NormConfig {
@@ -994,7 +1079,10 @@ mod tests {
         let var = xs.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / d as f64;
         for i in 0..d {
             let want = (xs[i] - mu) / (var + eps as f64).sqrt() * wb[i] as f64 + wb[d + i] as f64;
-            assert!((y[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()), "ln {i}");
+            assert!(
+                (y[i] as f64 - want).abs() < 2e-6 * (1.0 + want.abs()),
+                "ln {i}"
+            );
         }
         let bad = NormConfig {
             d_model: d,
@@ -1011,11 +1099,18 @@ mod tests {
         let fc1 = rand_vec(&mut rng, 2 * n * d, -1.0, 1.0); // (2n, d)
         let fc2 = rand_vec(&mut rng, d * n, -1.0, 1.0); // (d, n)
         let x = rand_vec(&mut rng, d, -1.0, 1.0);
-        let cfg = MlpConfig { d_model: d, hidden: n };
+        let cfg = MlpConfig {
+            d_model: d,
+            hidden: n,
+        };
         let mlp = GatedMlp::from_torch(cfg, &fc1, &fc2, vec![0.0; cfg.weights_len()]).unwrap();
         let (mut up, mut y) = (vec![0.0f32; 2 * n], vec![0.0f32; d]);
         mlp.apply(&x, &mut up, &mut y);
-        let lin = |r: usize| (0..d).map(|j| fc1[r * d + j] as f64 * x[j] as f64).sum::<f64>();
+        let lin = |r: usize| {
+            (0..d)
+                .map(|j| fc1[r * d + j] as f64 * x[j] as f64)
+                .sum::<f64>()
+        };
         let hid: Vec<f64> = (0..n)
             .map(|k| {
                 let g = lin(n + k);
@@ -1076,7 +1171,8 @@ mod tests {
             let mut state = vec![0.0f32; cfg.state_len()];
             let mut y = vec![0.0f32; d];
             for t in 0..len {
-                att.step(&mut state, &xs[t * d..(t + 1) * d], &mut y).unwrap();
+                att.step(&mut state, &xs[t * d..(t + 1) * d], &mut y)
+                    .unwrap();
                 let mut ctx = vec![0.0f64; nh * hd];
                 for h in 0..nh {
                     let g = h / (nh / nkv);
@@ -1097,9 +1193,10 @@ mod tests {
                 }
                 for o in 0..d {
                     let b = if out_bias { b_out[o] as f64 } else { 0.0 };
-                    let want = b + (0..nh * hd)
-                        .map(|c| w_out[o * nh * hd + c] as f64 * ctx[c])
-                        .sum::<f64>();
+                    let want = b
+                        + (0..nh * hd)
+                            .map(|c| w_out[o * nh * hd + c] as f64 * ctx[c])
+                            .sum::<f64>();
                     assert!(
                         (y[o] as f64 - want).abs() < 2e-5 * (1.0 + want.abs()),
                         "t {t} o {o}: {} vs {want}",
@@ -1136,8 +1233,14 @@ mod tests {
         let w = vec![0.0f32; ok.weights_len()];
         assert!(Attention::from_weights(ok, &w[..]).is_ok());
         for bad in [
-            AttentionConfig { n_kv_heads: 3, ..ok },
-            AttentionConfig { max_context: 0, ..ok },
+            AttentionConfig {
+                n_kv_heads: 3,
+                ..ok
+            },
+            AttentionConfig {
+                max_context: 0,
+                ..ok
+            },
             AttentionConfig { head_dim: 0, ..ok },
             AttentionConfig {
                 scale: f32::INFINITY,
@@ -1158,7 +1261,10 @@ mod tests {
         let logits = [0.0f32, 1.0, -0.5, 0.3, 1.0, -2.0];
         let mut scratch = [0.0f32; 6];
         let mut rng = SplitMix64::new(42);
-        assert_eq!(pick(Sampling::Greedy, &logits, &mut rng, &mut scratch).unwrap(), 1);
+        assert_eq!(
+            pick(Sampling::Greedy, &logits, &mut rng, &mut scratch).unwrap(),
+            1
+        );
         let n = 40_000;
         for (temp, top_k, kept) in [
             (0.7f64, None, &[0usize, 1, 2, 3, 4, 5][..]),
@@ -1183,7 +1289,10 @@ mod tests {
                 };
                 let f = counts[i] as f64 / n as f64;
                 let sd = (p * (1.0 - p) / n as f64).sqrt();
-                assert!((f - p).abs() <= 5.0 * sd + 1e-12, "T {temp} k {top_k:?} token {i}: {f} vs {p}");
+                assert!(
+                    (f - p).abs() <= 5.0 * sd + 1e-12,
+                    "T {temp} k {top_k:?} token {i}: {f} vs {p}"
+                );
             }
         }
         for bad in [

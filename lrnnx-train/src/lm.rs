@@ -571,10 +571,17 @@ pub fn init_params(
     };
     let normal = |rng: &mut Rng, n: usize, sd: f64| (0..n).map(|_| sd * rng.normal()).collect();
     let uniform = |rng: &mut Rng, n: usize, bound: f64| {
-        (0..n).map(|_| bound * (2.0 * rng.uniform() - 1.0)).collect::<Vec<f64>>()
+        (0..n)
+            .map(|_| bound * (2.0 * rng.uniform() - 1.0))
+            .collect::<Vec<f64>>()
     };
     let depth = (cfg.n_layer.max(1) as f64).sqrt();
-    put(&mut p, "backbone.embedding.weight", normal(rng, v * d, 0.02), &[v, d])?;
+    put(
+        &mut p,
+        "backbone.embedding.weight",
+        normal(rng, v * d, 0.02),
+        &[v, d],
+    )?;
     if !cfg.tie_embeddings {
         put(&mut p, "lm_head.weight", normal(rng, v * d, 0.02), &[v, d])?;
     }
@@ -596,13 +603,33 @@ pub fn init_params(
             let qkv = hd * (n_heads + 2 * n_kv);
             let b_in = 1.0 / (d as f64).sqrt();
             let b_out = 1.0 / ((n_heads * hd) as f64).sqrt() / depth;
-            put(&mut p, &format!("{pre}.mixer.in_proj.weight"), uniform(rng, qkv * d, b_in), &[qkv, d])?;
+            put(
+                &mut p,
+                &format!("{pre}.mixer.in_proj.weight"),
+                uniform(rng, qkv * d, b_in),
+                &[qkv, d],
+            )?;
             if crate::s4d::bool_or(&kw, "qkv_proj_bias", true)? {
-                put(&mut p, &format!("{pre}.mixer.in_proj.bias"), vec![0.0; qkv], &[qkv])?;
+                put(
+                    &mut p,
+                    &format!("{pre}.mixer.in_proj.bias"),
+                    vec![0.0; qkv],
+                    &[qkv],
+                )?;
             }
-            put(&mut p, &format!("{pre}.mixer.out_proj.weight"), uniform(rng, d * n_heads * hd, b_out), &[d, n_heads * hd])?;
+            put(
+                &mut p,
+                &format!("{pre}.mixer.out_proj.weight"),
+                uniform(rng, d * n_heads * hd, b_out),
+                &[d, n_heads * hd],
+            )?;
             if crate::s4d::bool_or(&kw, "out_proj_bias", true)? {
-                put(&mut p, &format!("{pre}.mixer.out_proj.bias"), vec![0.0; d], &[d])?;
+                put(
+                    &mut p,
+                    &format!("{pre}.mixer.out_proj.bias"),
+                    vec![0.0; d],
+                    &[d],
+                )?;
             }
         } else {
             let mp = crate::init::init_params(class, &kw, rng, dtype, device)?;
@@ -613,8 +640,18 @@ pub fn init_params(
         if cfg.d_intermediate > 0 {
             let hid = cfg.mlp_hidden();
             norm(&mut p, &format!("{pre}.norm2"))?;
-            put(&mut p, &format!("{pre}.mlp.fc1.weight"), uniform(rng, 2 * hid * d, 1.0 / (d as f64).sqrt()), &[2 * hid, d])?;
-            put(&mut p, &format!("{pre}.mlp.fc2.weight"), uniform(rng, d * hid, 1.0 / (hid as f64).sqrt() / depth), &[d, hid])?;
+            put(
+                &mut p,
+                &format!("{pre}.mlp.fc1.weight"),
+                uniform(rng, 2 * hid * d, 1.0 / (d as f64).sqrt()),
+                &[2 * hid, d],
+            )?;
+            put(
+                &mut p,
+                &format!("{pre}.mlp.fc2.weight"),
+                uniform(rng, d * hid, 1.0 / (hid as f64).sqrt() / depth),
+                &[d, hid],
+            )?;
         }
     }
     norm(&mut p, "backbone.norm_f")?;

@@ -23,7 +23,11 @@ fn stepped_logits(case: &Case) -> Result<Vec<f32>, String> {
     let ids = case.tensor("input.input_ids").map_err(|e| e.to_string())?;
     let (b, l) = match ids.shape.as_slice() {
         [b, l] => (*b, *l),
-        s => return Err(format!("`input.input_ids` has shape {s:?}, expected (B, L)")),
+        s => {
+            return Err(format!(
+                "`input.input_ids` has shape {s:?}, expected (B, L)"
+            ))
+        }
     };
     let lm = lm_from_lrnnx(case.ctor_kwargs(), &params, l.max(1)).map_err(|e| e.to_string())?;
     let v = lm.config().padded_vocab;
@@ -34,7 +38,9 @@ fn stepped_logits(case: &Case) -> Result<Vec<f32>, String> {
             if !(id >= 0.0 && id.fract() == 0.0) {
                 return Err(format!("`input.input_ids` holds {id}, not a token id"));
             }
-            let logits = lm.step(&mut state, id as usize).map_err(|e| e.to_string())?;
+            let logits = lm
+                .step(&mut state, id as usize)
+                .map_err(|e| e.to_string())?;
             out.extend_from_slice(logits);
         }
     }
@@ -50,7 +56,12 @@ pub fn check(case: &Case) -> Vec<Line> {
     };
     let ours = match stepped_logits(case) {
         Ok(y) => y,
-        Err(e) => return vec![line("core", Outcome::Error(format!("case {}: {e}", case.name)))],
+        Err(e) => {
+            return vec![line(
+                "core",
+                Outcome::Error(format!("case {}: {e}", case.name)),
+            )]
+        }
     };
     let mut lines = Vec::new();
     for (implementation, key) in [
