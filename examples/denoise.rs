@@ -9,7 +9,9 @@
 //! channel of `IN.wav` is processed independently (its own state). The file's sample rate must
 //! be the model's: a different rate is refused with a clear error (resample first, e.g.
 //! `sox in.wav -r 16000 out.wav`). The output has the input's channels and rate, 16-bit PCM
-//! when the input was integer PCM, float otherwise.
+//! when the input was integer PCM, float otherwise; a model whose output lags by `latency`
+//! samples (the blob says) is fed `latency` zeros after the input and its first `latency`
+//! outputs are dropped, so the output lines up with the input.
 
 use std::time::Instant;
 
@@ -49,11 +51,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut channels = Vec::with_capacity(audio.channels.len());
     for ch in &audio.channels {
         let mut p = Processor::new(&file.network);
-        let mut out = vec![0.0f32; ch.len()];
+        let mut input = ch.clone();
+        input.resize(ch.len() + file.latency, 0.0);
+        let mut out = vec![0.0f32; input.len()];
         // Blocks of 256 samples, as an audio callback would deliver them.
-        for (x, y) in ch.chunks(256).zip(out.chunks_mut(256)) {
+        for (x, y) in input.chunks(256).zip(out.chunks_mut(256)) {
             p.process_block(x, y)?;
         }
+        out.drain(..file.latency);
         channels.push(out);
     }
     let secs = start.elapsed().as_secs_f64();

@@ -9,14 +9,18 @@
 //! Data: the twelve clean sentences in `tests/data/speech/` (16 kHz); `clean_11.wav` is held
 //! out. Training mixes crops of the others with synthetic white, pink, brown noise and
 //! mixtures at SNRs from −5 to 10 dB ([`lrnnx::train::denoiser`]), minimizing the negative SNR.
-//! The model ([`lrnnx::train::denoiser::masking_denoiser`]): an input projection to 16
-//! channels, an LRU (32 complex modes) as an analysis filterbank, a mask
-//! `σ(Dense(SiLU(LRU(|bands|))))` from a second LRU following the band envelopes, and a dense
-//! synthesis back to one channel. Evaluation: the held-out clip with mixture noise (fixed
+//! The model ([`lrnnx::train::denoiser::quickstart_denoiser`], `--arch codec`): frames of 16
+//! samples encoded to 32 channels by a learned basis (a strided convolution), a mask
+//! `σ(Dense(SiLU(LRU(|code|))))` from an LRU (32 complex modes) running at the frame rate
+//! (1 kHz), and a learned decoder back to 16 samples per frame; its output lags the input by
+//! 15 samples (0.94 ms), which the training loss, the SNR and `denoised.wav` account for.
+//! `--arch mask` (the earlier full-rate masking LRU denoiser), `residual`, and `unet` (the
+//! aTENNuate-style U-Net, [`lrnnx::train::denoiser::unet_denoiser`]) train the other
+//! architectures on the same data. Evaluation: the held-out clip with mixture noise (fixed
 //! seed) at 0 dB. The streamed output is checked against the training crate's parallel forward
 //! on the same clip. Writes `noisy.wav`, `denoised.wav` and the model (`denoiser.lrnx`, a
-//! network blob for the `denoise` example and the firmware) into `--out` (default
-//! `quickstart-out/`), and ends with one line:
+//! network blob with the sample rate and latency, for the `denoise` example and the firmware)
+//! into `--out` (default `quickstart-out/`), and ends with one line:
 //!
 //! `quickstart: snr_in=<dB> snr_out=<dB> improvement=<dB> stream_vs_parallel=<max abs err> realtime=<x>`
 //!
@@ -26,22 +30,51 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lrnnx::export_network::{export_network, network_to_blob};
+use lrnnx::export_network::{export_network, network_to_blob_with_latency};
 use lrnnx::stream::wav::{self, Audio, WavFormat};
 use lrnnx::stream::Processor;
 use lrnnx::train::candle_core::{Device, Tensor};
 use lrnnx::train::denoiser::{
-    causal_denoiser, masking_denoiser, mix_at_snr, noise, quickstart_lru_kwargs, snr_db,
-    train_denoiser, DenoiserTraining, NoiseKind, QUICKSTART_SIZES,
+    causal_denoiser, masking_denoiser, mix_at_snr, noise, quickstart_denoiser,
+    quickstart_lru_kwargs, snr_db, train_denoiser, unet_denoiser, DenoiserTraining, NoiseKind,
+    QuickstartSizes, QUICKSTART_SIZES,
 };
 use lrnnx::train::init::Rng;
 use lrnnx::train::network::{Activation, Network};
 
 const SAMPLE_RATE: u32 = 16_000;
 
+/// The denoiser architectures the quickstart can train.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arch {
+    /// `masking_denoiser`: full-rate LRU filterbank with LRU envelope masks.
+    Mask,
+    /// `causal_denoiser`: residual LRU blocks.
+    Residual,
+    /// `codec_denoiser`: frames of `--frame` samples, masked at the frame rate.
+    Codec,
+    /// `unet_denoiser`: aTENNuate-style U-Net, factors 4 and 4.
+    Unet,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::Mask => "masking",
+            Arch::Residual => "residual",
+            Arch::Codec => "frame-codec",
+            Arch::Unet => "U-Net",
+        }
+    }
+}
+
+/// Downsampling factors of the quickstart's U-Net (`--arch unet`).
+const UNET_FACTORS: [usize; 2] = [4, 4];
+
 struct Args {
     threads: usize,
-    mask: bool,
+    arch: Arch,
+    frame: usize,
     width: usize,
     state: usize,
     blocks: usize,
@@ -55,8 +88,8 @@ struct Args {
     progress: bool,
 }
 
-const USAGE: &str = "usage: quickstart [--steps N] [--seconds S] [--arch mask|residual] \
-[--width W] [--state N] [--blocks B] [--batch B] [--crop L] [--lr X] [--threads T] [--seed N] \
+const USAGE: &str = "usage: quickstart [--steps N] [--seconds S] \
+[--arch mask|residual|codec|unet] [--frame K] [--width W] [--state N] [--blocks B] [--batch B] [--crop L] [--lr X] [--threads T] [--seed N] \
 [--out DIR] [--no-progress]";
 
 /// Parses `flag`'s value.
@@ -71,10 +104,11 @@ where
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         threads: 2,
-        mask: true,
-        width: QUICKSTART_SIZES.0,
-        state: QUICKSTART_SIZES.1,
-        blocks: QUICKSTART_SIZES.2,
+        arch: Arch::Codec,
+        frame: QUICKSTART_SIZES.frame,
+        width: QUICKSTART_SIZES.channels,
+        state: QUICKSTART_SIZES.state,
+        blocks: QUICKSTART_SIZES.blocks,
         seconds: 600,
         steps: 2000,
         batch: 8,
@@ -99,11 +133,18 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = parse(f, it.next())?,
             "--seed" => a.seed = parse(f, it.next())?,
             "--out" => a.out = PathBuf::from(parse::<String>(f, it.next())?),
+            "--frame" => a.frame = parse(f, it.next())?,
             "--arch" => {
-                a.mask = match parse::<String>(f, it.next())?.as_str() {
-                    "mask" => true,
-                    "residual" => false,
-                    other => return Err(format!("--arch: `{other}` is not mask or residual")),
+                a.arch = match parse::<String>(f, it.next())?.as_str() {
+                    "mask" => Arch::Mask,
+                    "residual" => Arch::Residual,
+                    "codec" => Arch::Codec,
+                    "unet" => Arch::Unet,
+                    other => {
+                        return Err(format!(
+                            "--arch: `{other}` is not mask, residual, codec or unet"
+                        ))
+                    }
                 }
             }
             "--no-progress" => a.progress = false,
@@ -115,6 +156,13 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
+}
+
+/// SNR of `out` against `clean` when `out` lags by `latency` samples: output step
+/// `t + latency` against clean step `t`.
+fn aligned_snr(clean: &[f32], out: &[f32], latency: usize) -> f64 {
+    let n = clean.len().min(out.len()).saturating_sub(latency);
+    snr_db(&clean[..n], &out[latency..latency + n])
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -139,18 +187,27 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The model (module doc): LRU analysis layers with masks from LRU envelope followers,
     // or (`--arch residual`) residual LRU blocks with GLU gates around a skip connection.
     let (width, state, blocks) = (args.width, args.state, args.blocks);
-    let build = if args.mask {
-        masking_denoiser
-    } else {
-        causal_denoiser
+    let kwargs = quickstart_lru_kwargs(width, state);
+    let (spec, latency) = match args.arch {
+        Arch::Mask => (
+            masking_denoiser("LRU", &kwargs, width, blocks, Activation::Silu),
+            0,
+        ),
+        Arch::Residual => (
+            causal_denoiser("LRU", &kwargs, width, blocks, Activation::Silu),
+            0,
+        ),
+        Arch::Codec => quickstart_denoiser(&QuickstartSizes {
+            frame: args.frame,
+            channels: width,
+            state,
+            blocks,
+        }),
+        Arch::Unet => (
+            unet_denoiser(&UNET_FACTORS, width, &|w| quickstart_lru_kwargs(w, state)),
+            UNET_FACTORS[0] - 1,
+        ),
     };
-    let spec = build(
-        "LRU",
-        &quickstart_lru_kwargs(width, state),
-        width,
-        blocks,
-        Activation::Silu,
-    );
     let net = Network::new(&spec, 1, args.seed, &Device::Cpu)?;
     let n_params: usize = net.vars().iter().map(|(_, v)| v.elem_count()).sum();
     let cfg = DenoiserTraining {
@@ -162,12 +219,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         lr: args.lr,
         max_steps: args.steps,
         threads: args.threads,
+        latency,
         ..DenoiserTraining::default()
     };
     eprintln!(
         "training a {} LRU denoiser ({blocks} block(s), width {width}, state {state}, \
-         {n_params} parameters): {} steps of {} crops x {} samples on {} clips, {} thread(s) ...",
-        if args.mask { "masking" } else { "residual" },
+         {n_params} parameters, latency {latency} samples): {} steps of {} crops x {} samples \
+         on {} clips, {} thread(s) ...",
+        args.arch.name(),
         args.steps,
         args.batch,
         args.crop,
@@ -186,7 +245,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(
         args.out.join("denoiser.lrnx"),
-        network_to_blob(&core, SAMPLE_RATE as f32)?,
+        network_to_blob_with_latency(&core, SAMPLE_RATE as f32, latency)?,
     )?;
 
     // Held-out evaluation at 0 dB, every noise kind (the mixture is the headline).
@@ -207,7 +266,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "  held-out, {:>7} noise at 0 dB: {:+.2} dB -> {:+.2} dB",
             kind.name(),
             snr_db(&held_out, &noisy),
-            snr_db(&held_out, &out)
+            aligned_snr(&held_out, &out, latency)
         );
     }
     let n = noise(
@@ -250,12 +309,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         &mono(noisy.clone()),
         WavFormat::Pcm16,
     )?;
+    // Aligned with the input: the first `latency` outputs precede the signal.
+    let mut aligned = denoised[latency.min(denoised.len())..].to_vec();
+    aligned.resize(denoised.len(), 0.0);
     wav::write(
         args.out.join("denoised.wav"),
-        &mono(denoised.clone()),
+        &mono(aligned),
         WavFormat::Pcm16,
     )?;
-    let (snr_in, snr_out) = (snr_db(&held_out, &noisy), snr_db(&held_out, &denoised));
+    let (snr_in, snr_out) = (
+        snr_db(&held_out, &noisy),
+        aligned_snr(&held_out, &denoised, latency),
+    );
     eprintln!(
         "wrote {}/{{noisy.wav, denoised.wav, denoiser.lrnx}}",
         args.out.display()

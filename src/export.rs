@@ -69,6 +69,9 @@ pub enum ExportError {
     Blob(String),
     /// The Rust source cannot be generated (bad name, non-finite value).
     Source(String),
+    /// The layer is not causal (a bidirectional layer): the core steps one sample at a time
+    /// and cannot run it.
+    NotCausal(String),
 }
 
 impl fmt::Display for ExportError {
@@ -78,6 +81,7 @@ impl fmt::Display for ExportError {
             ExportError::Param { name, reason } => write!(f, "parameter `{name}`: {reason}"),
             ExportError::Blob(m) => write!(f, "blob: {m}"),
             ExportError::Source(m) => write!(f, "Rust source: {m}"),
+            ExportError::NotCausal(m) => write!(f, "{m}"),
         }
     }
 }
@@ -590,6 +594,19 @@ pub fn core_config(class: &str, kwargs: &Value) -> Result<CoreConfig> {
     })
 }
 
+/// Why a bidirectional layer with arguments `kwargs` cannot be exported.
+pub(crate) fn not_causal(kwargs: &Value) -> String {
+    let inner = kwargs
+        .get("layer")
+        .and_then(|l| l.get("class"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    format!(
+        "a bidirectional layer ({inner}) cannot be exported to the core: it is not causal (its \
+         output at time t depends on later inputs), and the core steps one sample at a time"
+    )
+}
+
 /// Trained parameters as an lrnnx-named [`ParamSource`] (f32 values and shapes).
 #[derive(Debug, Clone, Default)]
 pub struct TrainedParams {
@@ -627,7 +644,12 @@ impl ParamSource for TrainedParams {
 /// Exports a trained layer, given by its lrnnx class, constructor arguments and parameters
 /// (e.g. from an [`lrnnx_train::checkpoint::Checkpoint`], or `layer.params()`), to the core
 /// layer, discretized once.
+/// A bidirectional layer ([`lrnnx_train::bidirectional`]) is refused with
+/// [`ExportError::NotCausal`].
 pub fn export(class: &str, kwargs: &Value, params: &Params) -> Result<CoreLayer<Vec<f32>>> {
+    if class == lrnnx_train::bidirectional::CLASS {
+        return Err(ExportError::NotCausal(not_causal(kwargs)));
+    }
     let src = TrainedParams::new(params)?;
     // The importer validates arguments, shapes and values exactly as for an lrnnx checkpoint.
     build_core(class, kwargs, &src)?;

@@ -3,27 +3,30 @@
 //! [`crate::export::export`]), as a file ([`network_to_blob`], read back by
 //! [`read_network_blob`]) and as Rust source for firmware ([`network_to_rust_source`]).
 //!
-//! Blob layout (version 1; little-endian 32-bit words, so every weight is 4-byte aligned):
+//! Blob layout (version 2; little-endian 32-bit words, so every weight is 4-byte aligned):
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic b"LRNXNETW"
-//!      8     4  u32 version (1)
+//!      8     4  u32 version (2; version 1 files, without the latency word, are read too)
 //!     12     4  u32 input width
 //!     16     4  f32 sample rate in Hz (0: not given)
-//!     20     4  u32 number of stages S
-//!     24        S stage records, each a u32 tag then its body:
+//!     20     4  u32 latency in steps: the output lags the input by this much (0 for v1)
+//!     24     4  u32 number of stages S
+//!     28        S stage records, each a u32 tag then its body:
 //!               1 dense       u32 d_in, u32 d_out, u32 bias (0/1), then the weights (Wᵀ, b) as f32
 //!               2 layer       u32 byte length n (a multiple of 4), then n bytes: a layer blob
 //!                             (crate::export's LRNXCORE layout)
 //!               3 activation  u32 code (0 GELU, 1 SiLU, 2 tanh, 3 ReLU, 4 |x|)
 //!               4 glu, 5 residual begin, 6 residual end, 7 gate end: no body
+//!               8 downsample  u32 factor, u32 pooling (0 concat, 1 mean, 2 last)
+//!               9 upsample    u32 factor, u32 unpooling (0 split, 1 hold)
 //! ```
 //!
 //! Reading never panics: a short, truncated, padded or corrupt file is refused with an
 //! [`ExportError::Blob`] that names the stage and byte offset.
 
-use lrnnx_core::{Activation, CoreLayer, Dense, DenseConfig, Network, Stage};
+use lrnnx_core::{Activation, CoreLayer, Dense, DenseConfig, Network, Pooling, Stage, Unpooling};
 use lrnnx_train::network::{self as train_net, StageSpec};
 
 use crate::export::{export, parse_blob, to_blob, to_rust_source, ExportError};
@@ -34,9 +37,12 @@ pub type OwnedNetwork = Network<Vec<f32>, Vec<Stage<Vec<f32>>>>;
 /// The network blob's first 8 bytes.
 pub const NETWORK_MAGIC: [u8; 8] = *b"LRNXNETW";
 /// The network blob version written by [`network_to_blob`].
-pub const NETWORK_VERSION: u32 = 1;
+pub const NETWORK_VERSION: u32 = 2;
 
 type Result<T> = std::result::Result<T, ExportError>;
+
+const POOLINGS: [Pooling; 3] = [Pooling::Concat, Pooling::Mean, Pooling::Last];
+const UNPOOLINGS: [Unpooling; 2] = [Unpooling::Split, Unpooling::Hold];
 
 const ACTIVATIONS: [Activation; 5] = [
     Activation::Gelu,
@@ -96,11 +102,25 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
                 let params = net.layer_params(i).ok_or_else(missing)?;
                 Stage::Layer(export(class, kwargs, params)?)
             }
+            StageSpec::Bidirectional(b) => {
+                return Err(ExportError::NotCausal(format!(
+                    "network stage {i}: {}",
+                    crate::export::not_causal(&b.to_json())
+                )))
+            }
             StageSpec::Activation(a) => Stage::Activation(activation_to_core(*a)),
             StageSpec::Glu => Stage::Glu,
             StageSpec::ResidualBegin => Stage::ResidualBegin,
             StageSpec::ResidualEnd => Stage::ResidualEnd,
             StageSpec::GateEnd => Stage::GateEnd,
+            StageSpec::Downsample { factor, pooling } => Stage::Downsample {
+                factor: *factor,
+                pooling: *pooling,
+            },
+            StageSpec::Upsample { factor, unpooling } => Stage::Upsample {
+                factor: *factor,
+                unpooling: *unpooling,
+            },
         });
     }
     Ok(Network::new(net.d_in(), stages)?)
@@ -114,10 +134,21 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| ExportError::Blob(format!("{what} {n} does not fit in a u32")))
 }
 
-/// The network as a blob (layout in the module doc); `sample_rate` in Hz (0: not given).
+/// The network as a blob (layout in the module doc); `sample_rate` in Hz (0: not given),
+/// latency 0.
 pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
     net: &Network<W, S>,
     sample_rate: f32,
+) -> Result<Vec<u8>> {
+    network_to_blob_with_latency(net, sample_rate, 0)
+}
+
+/// [`network_to_blob`] recording that the output lags the input by `latency` steps (a
+/// frame-based denoiser's `frame − 1`), so that a player can align it.
+pub fn network_to_blob_with_latency<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
+    net: &Network<W, S>,
+    sample_rate: f32,
+    latency: usize,
 ) -> Result<Vec<u8>> {
     use lrnnx_core::Layer;
     let mut out = Vec::new();
@@ -125,6 +156,7 @@ pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
     push_u32(&mut out, NETWORK_VERSION);
     push_u32(&mut out, u32_of(net.d_input(), "input width")?);
     push_u32(&mut out, sample_rate.to_bits());
+    push_u32(&mut out, u32_of(latency, "latency")?);
     push_u32(&mut out, u32_of(net.stages().len(), "stage count")?);
     for stage in net.stages() {
         match stage {
@@ -153,6 +185,18 @@ pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
             Stage::ResidualBegin => push_u32(&mut out, 5),
             Stage::ResidualEnd => push_u32(&mut out, 6),
             Stage::GateEnd => push_u32(&mut out, 7),
+            Stage::Downsample { factor, pooling } => {
+                push_u32(&mut out, 8);
+                push_u32(&mut out, u32_of(*factor, "downsample factor")?);
+                let code = POOLINGS.iter().position(|p| p == pooling).unwrap_or(0);
+                push_u32(&mut out, code as u32);
+            }
+            Stage::Upsample { factor, unpooling } => {
+                push_u32(&mut out, 9);
+                push_u32(&mut out, u32_of(*factor, "upsample factor")?);
+                let code = UNPOOLINGS.iter().position(|u| u == unpooling).unwrap_or(0);
+                push_u32(&mut out, code as u32);
+            }
         }
     }
     Ok(out)
@@ -193,6 +237,8 @@ pub struct NetworkFile {
     pub network: OwnedNetwork,
     /// Sample rate in Hz (0: not given).
     pub sample_rate: f32,
+    /// Steps the output lags the input by (0 in version 1 files).
+    pub latency: usize,
 }
 
 /// Reads a network blob (module doc) back; every stage is checked by the core (lengths,
@@ -205,9 +251,9 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
         ));
     }
     let version = c.u32("version")?;
-    if version != NETWORK_VERSION {
+    if !(1..=NETWORK_VERSION).contains(&version) {
         return Err(ExportError::Blob(format!(
-            "network blob version {version}; this reader knows {NETWORK_VERSION}"
+            "network blob version {version}; this reader knows 1 to {NETWORK_VERSION}"
         )));
     }
     let d_in = c.u32("input width")? as usize;
@@ -217,6 +263,11 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
             "sample rate {sample_rate} is invalid"
         )));
     }
+    let latency = if version >= 2 {
+        c.u32("latency")? as usize
+    } else {
+        0
+    };
     let n = c.u32("stage count")? as usize;
     // Each stage takes at least 4 bytes: refuse absurd counts before reserving anything.
     if n > blob.len() / 4 {
@@ -273,6 +324,26 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
             5 => Stage::ResidualBegin,
             6 => Stage::ResidualEnd,
             7 => Stage::GateEnd,
+            8 => {
+                let factor = c.u32("downsample factor")? as usize;
+                let code = c.u32("pooling code")?;
+                Stage::Downsample {
+                    factor,
+                    pooling: *POOLINGS
+                        .get(code as usize)
+                        .ok_or_else(|| ctx(format!("pooling code {code} is unknown")))?,
+                }
+            }
+            9 => {
+                let factor = c.u32("upsample factor")? as usize;
+                let code = c.u32("unpooling code")?;
+                Stage::Upsample {
+                    factor,
+                    unpooling: *UNPOOLINGS
+                        .get(code as usize)
+                        .ok_or_else(|| ctx(format!("unpooling code {code} is unknown")))?,
+                }
+            }
             t => return Err(ctx(format!("stage tag {t} is unknown"))),
         });
     }
@@ -285,6 +356,7 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
     Ok(NetworkFile {
         network: Network::new(d_in, stages)?,
         sample_rate,
+        latency,
     })
 }
 
@@ -340,6 +412,12 @@ pub fn network_to_rust_source<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
             Stage::ResidualBegin => "lrnnx_core::Stage::ResidualBegin".into(),
             Stage::ResidualEnd => "lrnnx_core::Stage::ResidualEnd".into(),
             Stage::GateEnd => "lrnnx_core::Stage::GateEnd".into(),
+            Stage::Downsample { factor, pooling } => format!(
+                "lrnnx_core::Stage::Downsample {{ factor: {factor}, pooling: lrnnx_core::Pooling::{pooling:?} }}"
+            ),
+            Stage::Upsample { factor, unpooling } => format!(
+                "lrnnx_core::Stage::Upsample {{ factor: {factor}, unpooling: lrnnx_core::Unpooling::{unpooling:?} }}"
+            ),
         });
     }
     let n = exprs.len();
@@ -437,6 +515,126 @@ mod tests {
         }
     }
 
+    /// A U-Net-like multi-rate network (strided-convolution encoder, nested mean/hold part,
+    /// transposed-convolution decoder, skip across) with event-driven S5 layers at two rates:
+    /// the exported network stepped event by event with irregular time steps equals the
+    /// training network's parallel forward (padding, block sums of the time steps and the
+    /// causal k − 1 delay included), at a length that is not a multiple of the frames; and the
+    /// blob round trip keeps the rate stages.
+    #[test]
+    fn multirate_event_network_steps_like_the_parallel_forward() {
+        use lrnnx_core::EventLayer;
+        use train_net::{Pooling, Unpooling};
+        let s5 = |h: usize| StageSpec::Layer {
+            class: "lrnnx.models.ltv.s5.S5".into(),
+            kwargs: json!({"d_model": h, "d_state": 4}),
+        };
+        let spec = vec![
+            StageSpec::Dense {
+                d_in: 1,
+                d_out: 2,
+                bias: true,
+            },
+            s5(2),
+            StageSpec::ResidualBegin,
+            StageSpec::Downsample {
+                factor: 4,
+                pooling: Pooling::Concat,
+            },
+            StageSpec::Dense {
+                d_in: 8,
+                d_out: 4,
+                bias: true,
+            },
+            s5(4),
+            StageSpec::ResidualBegin,
+            StageSpec::Downsample {
+                factor: 3,
+                pooling: Pooling::Mean,
+            },
+            s5(4),
+            StageSpec::Upsample {
+                factor: 3,
+                unpooling: Unpooling::Hold,
+            },
+            StageSpec::GateEnd,
+            StageSpec::Dense {
+                d_in: 4,
+                d_out: 8,
+                bias: true,
+            },
+            StageSpec::Upsample {
+                factor: 4,
+                unpooling: Unpooling::Split,
+            },
+            StageSpec::ResidualEnd,
+            StageSpec::Dense {
+                d_in: 2,
+                d_out: 1,
+                bias: true,
+            },
+        ];
+        assert_eq!(train_net::frame_multiple(&spec), 12);
+        let back = train_net::spec_from_json(&train_net::spec_to_json(&spec)).unwrap();
+        assert_eq!(back, spec);
+        let dev = Device::Cpu;
+        let net = train_net::Network::new(&spec, 1, 11, &dev).unwrap();
+        let len = 101;
+        let xs: Vec<f32> = (0..len).map(|t| ((t * t) as f32 * 0.013).sin()).collect();
+        let dts: Vec<f32> = (0..len)
+            .map(|t| 0.2 + 0.15 * ((t * 7 % 5) as f32))
+            .collect();
+        let x = Tensor::from_vec(xs.clone(), (1, len, 1), &dev).unwrap();
+        let ts = Tensor::from_vec(dts.clone(), (1, len), &dev).unwrap();
+        let want: Vec<f32> = net
+            .forward(&x, Some(&ts))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(want.len(), len);
+        let core = export_network(&net).unwrap();
+        let blob = network_to_blob(&core, 0.0).unwrap();
+        let back = read_network_blob(&blob).unwrap().network;
+        assert_eq!(network_to_blob(&back, 0.0).unwrap(), blob);
+        let mut st = vec![0.0; back.state_len()];
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (t, ((x, dt), w)) in xs.iter().zip(&dts).zip(&want).enumerate() {
+            let mut y = [0.0];
+            back.step_event(&mut st, &[*x], *dt, &mut y).unwrap();
+            assert!(
+                (y[0] - w).abs() <= 2e-5 * scale + 1e-6,
+                "t={t}: {} vs {w}",
+                y[0]
+            );
+        }
+        // The same network without its upsample and decoder: a low-rate output of ⌊L/4⌋ frames,
+        // each held by the stepped network until the next.
+        let open: Vec<StageSpec> = [&spec[..2], &spec[3..6]].concat();
+        let net = train_net::Network::new(&open, 1, 12, &dev).unwrap();
+        let frames: Vec<Vec<f32>> = net
+            .forward(&x, Some(&ts))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(frames.len(), len / 4);
+        let core = export_network(&net).unwrap();
+        assert_eq!(core.output_factor(), 4);
+        let mut st = vec![0.0; core.state_len()];
+        for (t, (x, dt)) in xs.iter().zip(&dts).enumerate() {
+            let mut y = [0.0; 4];
+            core.step_event(&mut st, &[*x], *dt, &mut y).unwrap();
+            if (t + 1) % 4 == 0 {
+                for (a, b) in y.iter().zip(&frames[(t + 1) / 4 - 1]) {
+                    assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "t={t}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn corrupt_blobs_are_refused_with_offsets() {
         let net = train_net::Network::new(&spec(), 1, 3, &Device::Cpu).unwrap();
@@ -471,9 +669,28 @@ mod tests {
             let _ = read_network_blob(&b);
         }
         let mut nan = blob.clone();
-        let w0 = 24 + 4 + 12; // first weight of stage 1 (dense), after stage 0's tag
+        let w0 = 28 + 4 + 12; // first weight of stage 1 (dense), after stage 0's tag
         nan[w0..w0 + 4].copy_from_slice(&f32::NAN.to_le_bytes());
         assert!(read_network_blob(&nan).is_err());
+        // The latency word round-trips; a version 1 file (no latency word) reads as latency 0;
+        // an unknown version is refused.
+        let core = export_network(&net).unwrap();
+        let with = network_to_blob_with_latency(&core, 8000.0, 15).unwrap();
+        let f = read_network_blob(&with).unwrap();
+        assert_eq!((f.latency, f.sample_rate), (15, 8000.0));
+        let mut v1 = with.clone();
+        v1.drain(20..24);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let f = read_network_blob(&v1).unwrap();
+        assert_eq!((f.latency, f.sample_rate), (0, 8000.0));
+        assert_eq!(
+            network_to_blob(&f.network, 8000.0).unwrap()[28..],
+            with[28..]
+        );
+        let mut v3 = with;
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let e = read_network_blob(&v3).err().expect("version 3 accepted");
+        assert!(e.to_string().contains("version 3"), "{e}");
     }
 
     #[test]
@@ -484,5 +701,34 @@ mod tests {
         assert!(src.contains("DEN_S1_WEIGHTS: [f32; 8]"));
         assert!(src.contains("lrnnx_core::Lru::from_weights(DEN_S3_CONFIG"));
         assert!(src.contains("[lrnnx_core::Stage<&'static [f32]>; 12]"));
+    }
+
+    /// A bidirectional stage, or a bidirectional layer exported alone, is refused with a
+    /// clear error (not causal), naming the stage.
+    #[test]
+    fn bidirectional_is_refused() {
+        let bi = json!({"layer": {"class": "LRU", "kwargs": {"d_model": 4, "d_state": 2}},
+                        "merge": "sum", "shared": false});
+        let mut stages = spec();
+        stages.insert(
+            2,
+            StageSpec::Bidirectional(
+                lrnnx_train::bidirectional::BidirectionalSpec::from_json(&bi).unwrap(),
+            ),
+        );
+        let net = train_net::Network::new(&stages, 1, 3, &Device::Cpu).unwrap();
+        let e = export_network(&net).err().unwrap();
+        assert!(matches!(e, ExportError::NotCausal(_)), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("stage 2") && msg.contains("not causal"),
+            "{msg}"
+        );
+        let params = net.layer_params(2).unwrap();
+        let e = export(lrnnx_train::bidirectional::CLASS, &bi, params)
+            .err()
+            .unwrap();
+        assert!(matches!(e, ExportError::NotCausal(_)), "{e}");
+        assert!(e.to_string().contains("(LRU)"), "{e}");
     }
 }

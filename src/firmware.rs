@@ -89,23 +89,15 @@ pub fn demo_stack(seed: u64) -> Result<OwnedNetwork> {
 }
 
 /// The quickstart's default denoiser architecture
-/// ([`lrnnx_train::denoiser::masking_denoiser`] with LRU layers, `r ∈ [0.9, 0.9999]`,
-/// SiLU; `width`, `d_state`, `blocks`: 16, 32, 1 in the quickstart), initialized from `seed`
+/// ([`lrnnx_train::denoiser::quickstart_denoiser`]: the frame-codec denoiser with LRU layers;
+/// [`lrnnx_train::denoiser::QUICKSTART_SIZES`] in the quickstart), initialized from `seed`
 /// (untrained) and exported to the core.
 pub fn quickstart_denoiser(
-    width: usize,
-    d_state: usize,
-    blocks: usize,
+    sizes: &lrnnx_train::denoiser::QuickstartSizes,
     seed: u64,
 ) -> std::result::Result<OwnedNetwork, Box<dyn std::error::Error>> {
-    use lrnnx_train::network::{Activation, Network as TrainNetwork};
-    let spec = lrnnx_train::denoiser::masking_denoiser(
-        "LRU",
-        &lrnnx_train::denoiser::quickstart_lru_kwargs(width, d_state),
-        width,
-        blocks,
-        Activation::Silu,
-    );
+    use lrnnx_train::network::Network as TrainNetwork;
+    let (spec, _latency) = lrnnx_train::denoiser::quickstart_denoiser(sizes);
     let net = TrainNetwork::new(&spec, 1, seed, &Device::Cpu)?;
     Ok(export_network(&net)?)
 }
@@ -168,6 +160,8 @@ pub fn stage_kind<W: AsRef<[f32]>>(stage: &Stage<W>) -> String {
         Stage::ResidualBegin => "ResidualBegin".into(),
         Stage::ResidualEnd => "ResidualEnd".into(),
         Stage::GateEnd => "GateEnd".into(),
+        Stage::Downsample { factor, pooling } => format!("Down{factor}{pooling:?}"),
+        Stage::Upsample { factor, unpooling } => format!("Up{factor}{unpooling:?}"),
     }
 }
 
@@ -388,8 +382,7 @@ pub fn generate(
         }
         None => {
             // Through the blob, as a trained model would come.
-            let (w, n, b) = lrnnx_train::denoiser::QUICKSTART_SIZES;
-            let net = quickstart_denoiser(w, n, b, DENOISER_SEED)?;
+            let net = quickstart_denoiser(&lrnnx_train::denoiser::QUICKSTART_SIZES, DENOISER_SEED)?;
             let f = read_network_blob(&network_to_blob(&net, 16_000.0)?)?;
             (f.network, f.sample_rate)
         }
@@ -455,22 +448,37 @@ mod tests {
         assert_ne!(w(&demo_stack(4).unwrap()), w(&m.network));
     }
 
+    /// Small quickstart-shaped sizes for fast tests.
+    fn small(
+        frame: usize,
+        channels: usize,
+        state: usize,
+    ) -> lrnnx_train::denoiser::QuickstartSizes {
+        lrnnx_train::denoiser::QuickstartSizes {
+            frame,
+            channels,
+            state,
+            blocks: 1,
+        }
+    }
+
     #[test]
     fn denoiser_has_the_quickstart_stages_and_speech_is_noisy() {
-        let net = quickstart_denoiser(8, 4, 1, 0).unwrap();
+        let net = quickstart_denoiser(&small(8, 8, 4), 0).unwrap();
         let kinds: Vec<_> = net.stages().iter().map(stage_kind).collect();
         assert_eq!(
             kinds,
             [
-                "Dense1x8",
-                "Lru",
+                "Down8Concat",
+                "Dense8x8",
                 "ResidualBegin",
                 "Abs",
                 "Lru",
                 "Silu",
                 "Dense8x8",
                 "GateEnd",
-                "Dense8x1"
+                "Dense8x8",
+                "Up8Split"
             ]
         );
         let x = noisy_speech(64, DENOISER_OFFSET).unwrap();
@@ -482,7 +490,7 @@ mod tests {
 
     #[test]
     fn bad_models_and_data_are_errors() {
-        let net = quickstart_denoiser(4, 2, 1, 0).unwrap();
+        let net = quickstart_denoiser(&small(4, 4, 2), 0).unwrap();
         for name in ["", "lower", "1X", "A-B"] {
             assert!(FirmwareModel::new(name, net.clone(), 0.0, vec![0.5]).is_err());
         }
@@ -499,19 +507,19 @@ mod tests {
 
     #[test]
     fn sources_hold_the_contract() {
-        let net = quickstart_denoiser(4, 2, 1, 0).unwrap();
+        let net = quickstart_denoiser(&small(4, 4, 2), 0).unwrap();
         let m = FirmwareModel::new("DEN", net, 16000.0, vec![1.0, 0.1, -2.5]).unwrap();
         let src = model_source(std::slice::from_ref(&m)).unwrap();
         for item in [
-            "pub const MAX_STAGES: usize = 9;",
+            "pub const MAX_STAGES: usize = 10;",
             "pub fn den_network()",
             &format!(
                 "pub const DEN_STATE_LEN: usize = {};",
                 m.network.state_len()
             ),
             "pub const DEN_D_OUT: usize = 1;",
-            "pub const DEN_STAGES: usize = 9;",
-            "pub const DEN_STAGE_KINDS: [&str; DEN_STAGES] = [\"Dense1x4\", \"Lru\",",
+            "pub const DEN_STAGES: usize = 10;",
+            "pub const DEN_STAGE_KINDS: [&str; DEN_STAGES] = [\"Down4Concat\", \"Dense4x4\",",
         ] {
             assert!(src.contains(item), "{item} not in\n{src}");
         }

@@ -61,7 +61,7 @@ pub use lm::{
 };
 pub use lru::{Lru, LruConfig};
 pub use mamba::{Mamba, MambaConfig};
-pub use network::{Activation, Dense, DenseConfig, Network, Stage};
+pub use network::{Activation, Dense, DenseConfig, Network, Pooling, Stage, Unpooling};
 pub use params::{ParamSource, Prefixed, SliceParams, TensorView};
 pub use rglru::{RgLru, RgLruConfig};
 pub use s4::{S4Config, S4};

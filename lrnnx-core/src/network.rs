@@ -1,6 +1,7 @@
 //! A network of stages stepped sample by sample: dense projections, any core layer, pointwise
-//! functions, GLU gates and (nested) residual connections — the stepping twin of
-//! `lrnnx_train::network::Network`, which trains the same stages in parallel.
+//! functions, GLU gates, (nested) residual connections and rate changes (down/up-sampling) —
+//! the stepping twin of `lrnnx_train::network::Network`, which trains the same stages in
+//! parallel.
 //!
 //! ```text
 //! Dense         y = W x + b                  weights: Wᵀ (d_in rows of d_out), then b
@@ -10,17 +11,47 @@
 //! ResidualBegin remembers x (nesting ≤ MAX_RESIDUAL_DEPTH)
 //! ResidualEnd   y = x + the x remembered by the matching ResidualBegin
 //! GateEnd       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
+//! Downsample k  frame_m = pool(x_{km}, …, x_{km+k−1}), emitted at step t = km + k − 1
+//! Upsample k    y_t = part ((t + 1) mod k) of the newest frame (zeros before the first)
 //! ```
+//!
+//! ## Rates
+//!
+//! `Downsample { factor: k, pooling }` collects its inputs; at every k-th step (t = km + k − 1,
+//! counting from 0 at the start of the sequence) the frame of block m goes on to the following
+//! stages, which therefore run once per block: the "low rate". At the other steps those stages
+//! are skipped up to the matching `Upsample` (rate brackets nest like residual ones, at most
+//! [`MAX_RATE_DEPTH`] deep). [`Pooling`] says how a frame is made (concatenation, mean, last
+//! sample); with `Concat` and a dense stage after it this is a strided convolution with
+//! kernel = stride = k. Event layers in the low-rate part get the sum of the block's time steps.
+//!
+//! `Upsample { factor: k, unpooling }` turns each low-rate frame back into k steps:
+//! `Split` emits the frame's k parts `[f_0 | … | f_{k−1}]` one per step (with a dense stage before
+//! it: a transposed convolution, kernel = stride = k), `Hold` repeats the frame. The frame of
+//! block m is used from the step that completes it on:
+//!
+//! ```text
+//! y_t = part j of frame m   for t = km + k − 1 + j,  j = 0 … k − 1     (y_t = 0 for t < k − 1)
+//! ```
+//!
+//! a delay of k − 1 steps, the least that keeps the network causal (lrnnx's U-Net shifts by one
+//! step only, which lets an output see up to k − 2 future samples, spec §14.3). The training
+//! network computes exactly this in parallel. A `Downsample` without a matching `Upsample`
+//! makes the network's output low-rate: between frames the output holds the last frame's
+//! value ([`Network::output_factor`] says how many steps make one output frame).
 //!
 //! State layout (`f32`, zeros = start of a sequence):
 //!
 //! ```text
-//! [ each layer's state, in stage order | each ResidualBegin's saved vector | work A | work B ]
+//! [ each stage's state, in stage order | held output (low-rate networks only) | work A | work B ]
+//! layer: its state · ResidualBegin: the saved vector · Downsample: pool buffer, fill count,
+//! summed time step · Upsample: the newest frame
 //! ```
 //!
 //! The two work vectors (the widest stage's width each) carry nothing between steps. The
-//! stages are checked once, by [`Network::new`]: widths chain, a GLU input is even, residual
-//! brackets match and close. After that a step cannot fail, allocate or panic.
+//! stages are checked once, by [`Network::new`]: widths chain, a GLU input is even, residual and
+//! rate brackets match, nest and close (a residual connection cannot span a rate change). After
+//! that a step cannot fail, allocate or panic (a corrupted fill count is clamped).
 
 use core::marker::PhantomData;
 
@@ -31,6 +62,9 @@ use crate::{activation, fastmath, CoreLayer};
 
 /// Deepest nesting of residual connections a network may have.
 pub const MAX_RESIDUAL_DEPTH: usize = 8;
+
+/// Deepest nesting of rate changes (downsamples inside downsamples) a network may have.
+pub const MAX_RATE_DEPTH: usize = 8;
 
 /// Sizes of a dense stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +207,26 @@ impl Activation {
     }
 }
 
+/// How a [`Stage::Downsample`] makes one frame of `k` consecutive inputs `x_1 … x_k` (width `w`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// `[x_1 | x_2 | … | x_k]` (width `k·w`).
+    Concat,
+    /// `(x_1 + … + x_k)/k` (width `w`), summed in order.
+    Mean,
+    /// `x_k` (width `w`): plain decimation.
+    Last,
+}
+
+/// How a [`Stage::Upsample`] turns one frame into `k` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpooling {
+    /// Frame `[f_0 | … | f_{k−1}]` (width `k·w`) → `f_j` at its `j`-th step (width `w`).
+    Split,
+    /// Frame `f` → `f` at each of the `k` steps (zero-order hold).
+    Hold,
+}
+
 /// One stage of a [`Network`] (module doc).
 #[derive(Debug, Clone)]
 pub enum Stage<W> {
@@ -190,6 +244,90 @@ pub enum Stage<W> {
     ResidualEnd,
     /// Closes the innermost open residual connection multiplicatively: `r ⊙ σ(x)`.
     GateEnd,
+    /// Opens a low-rate part: one frame per `factor` steps (module doc, "Rates").
+    Downsample {
+        /// Steps per frame (≥ 1).
+        factor: usize,
+        /// How a frame is made.
+        pooling: Pooling,
+    },
+    /// Closes the innermost low-rate part: `factor` steps per frame, delayed by `factor − 1`.
+    Upsample {
+        /// Steps per frame (≥ 1; equal to the matching downsample's).
+        factor: usize,
+        /// How a frame is spread over the steps.
+        unpooling: Unpooling,
+    },
+}
+
+/// The output width and state length of `stage` given its input width `width`, or why the
+/// stage cannot take that width. Brackets are checked by [`Network::new`].
+fn stage_io<W: AsRef<[f32]>>(
+    stage: &Stage<W>,
+    width: usize,
+) -> core::result::Result<(usize, usize), &'static str> {
+    const OVERFLOW: &str = "frame size overflows";
+    Ok(match stage {
+        Stage::Dense(d) => {
+            if d.config.d_in != width {
+                return Err("dense input width differs from the incoming width");
+            }
+            (d.config.d_out, 0)
+        }
+        Stage::Layer(l) => {
+            let l = l.as_layer();
+            if l.d_input() != width {
+                return Err("layer input width differs from the incoming width");
+            }
+            (l.d_output(), l.state_len())
+        }
+        Stage::Activation(_) | Stage::ResidualEnd | Stage::GateEnd => (width, 0),
+        Stage::Glu => {
+            if !width.is_multiple_of(2) {
+                return Err("a GLU needs an even input width");
+            }
+            (width / 2, 0)
+        }
+        Stage::ResidualBegin => (width, width),
+        Stage::Downsample { factor, pooling } => {
+            if *factor == 0 {
+                return Err("a downsample factor must be at least 1");
+            }
+            match pooling {
+                Pooling::Concat => {
+                    let w = factor.checked_mul(width).ok_or(OVERFLOW)?;
+                    (w, w.checked_add(2).ok_or(OVERFLOW)?)
+                }
+                Pooling::Mean => (width, width.checked_add(2).ok_or(OVERFLOW)?),
+                Pooling::Last => (width, 2),
+            }
+        }
+        Stage::Upsample { factor, unpooling } => {
+            if *factor == 0 {
+                return Err("an upsample factor must be at least 1");
+            }
+            match unpooling {
+                Unpooling::Split => {
+                    if !width.is_multiple_of(*factor) {
+                        return Err(
+                            "a split upsample needs a width that is a multiple of its factor",
+                        );
+                    }
+                    (width / factor, width)
+                }
+                Unpooling::Hold => (width, width),
+            }
+        }
+    })
+}
+
+/// An open bracket while checking a network.
+#[derive(Clone, Copy)]
+enum Bracket {
+    /// A residual connection of this width.
+    Residual(usize),
+    /// A rate change of this factor.
+    Rate(usize),
 }
 
 /// A network of [`Stage`]s held in `S` (an array, a `Vec`, a slice) over weight buffers `W`.
@@ -199,14 +337,18 @@ pub struct Network<W, S> {
     d_in: usize,
     d_out: usize,
     max_width: usize,
-    layer_state_len: usize,
-    saved_len: usize,
+    /// Total state of the stages (before the held output and the work vectors).
+    stage_state_len: usize,
+    /// Length of the held output: `d_out` for a low-rate network, else 0.
+    held_len: usize,
+    /// Steps per output frame (product of the unmatched downsample factors).
+    output_factor: usize,
     _weights: PhantomData<W>,
 }
 
 impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
     /// A network taking `d_in` inputs through `stages`; checks the widths, the GLU inputs and
-    /// the residual brackets ([`Error::NetworkStage`] names the stage).
+    /// the residual and rate brackets ([`Error::NetworkStage`] names the stage).
     pub fn new(d_in: usize, stages: S) -> Result<Self> {
         let bad = |index, reason| Err(Error::NetworkStage { index, reason });
         if d_in == 0 {
@@ -216,68 +358,87 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
             });
         }
         let (mut width, mut max_width) = (d_in, d_in);
-        let (mut layer_state_len, mut saved_len) = (0usize, 0usize);
-        let mut open = [0usize; MAX_RESIDUAL_DEPTH];
-        let mut depth = 0;
+        let mut stage_state_len = 0usize;
+        let mut open = [Bracket::Rate(0); MAX_RESIDUAL_DEPTH + MAX_RATE_DEPTH];
+        let (mut depth, mut residuals, mut rates) = (0usize, 0usize, 0usize);
         for (i, stage) in stages.as_ref().iter().enumerate() {
+            let (out, state) = match stage_io(stage, width) {
+                Ok(io) => io,
+                Err(reason) => return bad(i, reason),
+            };
             match stage {
-                Stage::Dense(d) => {
-                    if d.config.d_in != width {
-                        return bad(i, "dense input width differs from the incoming width");
-                    }
-                    width = d.config.d_out;
-                }
-                Stage::Layer(l) => {
-                    let l = l.as_layer();
-                    if l.d_input() != width {
-                        return bad(i, "layer input width differs from the incoming width");
-                    }
-                    width = l.d_output();
-                    layer_state_len = layer_state_len.saturating_add(l.state_len());
-                }
-                Stage::Activation(_) => {}
-                Stage::Glu => {
-                    if !width.is_multiple_of(2) {
-                        return bad(i, "a GLU needs an even input width");
-                    }
-                    width /= 2;
-                }
                 Stage::ResidualBegin => {
-                    if depth == MAX_RESIDUAL_DEPTH {
+                    if residuals == MAX_RESIDUAL_DEPTH {
                         return bad(i, "residual connections nested too deeply");
                     }
-                    open[depth] = width;
+                    residuals += 1;
+                    open[depth] = Bracket::Residual(width);
                     depth += 1;
-                    saved_len = saved_len.saturating_add(width);
                 }
                 Stage::ResidualEnd | Stage::GateEnd => {
-                    if depth == 0 {
-                        return bad(i, "residual end without a residual begin");
+                    match depth.checked_sub(1).map(|d| open[d]) {
+                        None => return bad(i, "residual end without a residual begin"),
+                        Some(Bracket::Rate(_)) => {
+                            return bad(i, "a residual connection cannot span a rate change")
+                        }
+                        Some(Bracket::Residual(w)) if w != width => {
+                            return bad(i, "residual end adds a vector of another width")
+                        }
+                        Some(Bracket::Residual(_)) => {}
                     }
                     depth -= 1;
-                    if open[depth] != width {
-                        return bad(i, "residual end adds a vector of another width");
-                    }
+                    residuals -= 1;
                 }
+                Stage::Downsample { factor, .. } => {
+                    if rates == MAX_RATE_DEPTH {
+                        return bad(i, "rate changes nested too deeply");
+                    }
+                    rates += 1;
+                    open[depth] = Bracket::Rate(*factor);
+                    depth += 1;
+                }
+                Stage::Upsample { factor, .. } => {
+                    match depth.checked_sub(1).map(|d| open[d]) {
+                        None => return bad(i, "upsample without a downsample"),
+                        Some(Bracket::Residual(_)) => {
+                            return bad(i, "a residual connection cannot span a rate change")
+                        }
+                        Some(Bracket::Rate(k)) if k != *factor => {
+                            return bad(i, "upsample factor differs from its downsample's")
+                        }
+                        Some(Bracket::Rate(_)) => {}
+                    }
+                    depth -= 1;
+                    rates -= 1;
+                }
+                _ => {}
             }
+            width = out;
             if width == 0 {
                 return bad(i, "stage output width is 0");
             }
             max_width = max_width.max(width);
+            stage_state_len = stage_state_len.saturating_add(state);
         }
-        if depth != 0 {
+        if residuals != 0 {
             return bad(
                 stages.as_ref().len(),
                 "residual begin without a residual end",
             );
         }
+        // Only rate brackets are left open: the output is low-rate.
+        let output_factor = open[..depth].iter().fold(1usize, |f, b| match b {
+            Bracket::Rate(k) => f.saturating_mul(*k),
+            Bracket::Residual(_) => f,
+        });
         let net = Network {
             stages,
             d_in,
             d_out: width,
             max_width,
-            layer_state_len,
-            saved_len,
+            stage_state_len,
+            held_len: if depth > 0 { width } else { 0 },
+            output_factor,
             _weights: PhantomData,
         };
         crate::error::check_sizes(0, net.total_state_len())?;
@@ -289,15 +450,22 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
         self.stages.as_ref()
     }
 
+    /// Steps per output frame: 1 for a network whose every downsample has a matching upsample;
+    /// else the output is new at steps `t` with `(t + 1)` a multiple of this and held between.
+    pub fn output_factor(&self) -> usize {
+        self.output_factor
+    }
+
     fn total_state_len(&self) -> usize {
-        self.layer_state_len
-            .saturating_add(self.saved_len)
+        self.stage_state_len
+            .saturating_add(self.held_len)
             .saturating_add(self.max_width.saturating_mul(2))
     }
 
     /// [`Layer::step`] that also calls `observe(i)` just before stage `i` runs and
     /// `observe(stages().len())` after the last one: a hook for measuring the cost of each
-    /// stage (the firmware example reads a cycle counter in it). Same checks and errors as
+    /// stage (the firmware example reads a cycle counter in it). Stages skipped at this step
+    /// (low-rate parts between frames) are not observed. Same checks and errors as
     /// [`Layer::step`] (the state is left untouched on error); `observe` is not called then.
     pub fn step_observed(
         &self,
@@ -314,43 +482,71 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
         Ok(())
     }
 
-    /// One sample through every stage; `dt` goes to event layers when given; `observe(i)`
-    /// before stage `i` and after the last.
+    /// From the downsample at `from` (whose output width is `width` and whose state ends at
+    /// `off`), walks the skipped low-rate stages to the matching upsample: returns its index,
+    /// input width and state offset, or `None` when the downsample has no upsample.
+    fn matching_upsample(
+        &self,
+        from: usize,
+        mut width: usize,
+        mut off: usize,
+    ) -> Option<(usize, usize, usize)> {
+        let mut depth = 0usize;
+        for (i, stage) in self.stages.as_ref().iter().enumerate().skip(from + 1) {
+            match stage {
+                Stage::Downsample { .. } => depth += 1,
+                Stage::Upsample { .. } if depth == 0 => return Some((i, width, off)),
+                Stage::Upsample { .. } => depth -= 1,
+                _ => {}
+            }
+            let (out, state) = stage_io(stage, width).ok()?;
+            width = out;
+            off += state;
+        }
+        None
+    }
+
+    /// One sample through every stage that runs at this step; `dt` goes to event layers when
+    /// given; `observe(i)` before stage `i` and after the last.
     #[inline(always)]
     fn run(
         &self,
         state: &mut [f32],
         x: &[f32],
-        dt: Option<f32>,
+        mut dt: Option<f32>,
         y: &mut [f32],
         mut observe: impl FnMut(usize),
     ) {
         if state.len() != self.total_state_len() || x.len() != self.d_in || y.len() != self.d_out {
             return; // unreachable through `step`; never index out of range
         }
-        let (layers, rest) = state.split_at_mut(self.layer_state_len);
-        let (saved, work) = rest.split_at_mut(self.saved_len);
+        let (per_stage, rest) = state.split_at_mut(self.stage_state_len);
+        let (held, work) = rest.split_at_mut(self.held_len);
         let (a, b) = work.split_at_mut(self.max_width);
         let (mut cur, mut nxt) = (a, b);
         cur[..self.d_in].copy_from_slice(x);
         let mut width = self.d_in;
-        let (mut layer_off, mut saved_off) = (0usize, 0usize);
+        let mut off = 0usize;
         let mut open = [(0usize, 0usize); MAX_RESIDUAL_DEPTH];
         let mut depth = 0usize;
-        for (index, stage) in self.stages.as_ref().iter().enumerate() {
+        let mut outer_dt = [None; MAX_RATE_DEPTH];
+        let mut rate_depth = 0usize;
+        let stages = self.stages.as_ref();
+        let mut index = 0usize;
+        while let Some(stage) = stages.get(index) {
             observe(index);
+            let Ok((out, len)) = stage_io(stage, width) else {
+                return; // checked by `new`
+            };
+            let st = &mut per_stage[off..off + len];
+            off += len;
+            index += 1;
             match stage {
                 Stage::Dense(d) => {
-                    let out = d.config.d_out;
                     d.apply(&cur[..width], &mut nxt[..out]);
                     core::mem::swap(&mut cur, &mut nxt);
-                    width = out;
                 }
                 Stage::Layer(l) => {
-                    let n = l.state_len();
-                    let st = &mut layers[layer_off..layer_off + n];
-                    layer_off += n;
-                    let out = l.as_layer().d_output();
                     match (dt, l.as_event_layer()) {
                         (Some(dt), Some(e)) => {
                             e.step_event_prechecked(st, &cur[..width], dt, &mut nxt[..out])
@@ -360,45 +556,132 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                             .step_prechecked(st, &cur[..width], &mut nxt[..out]),
                     }
                     core::mem::swap(&mut cur, &mut nxt);
-                    width = out;
                 }
                 Stage::Activation(f) => {
                     let f = *f;
                     cur[..width].iter_mut().for_each(|v| *v = f.apply(*v));
                 }
                 Stage::Glu => {
-                    let n = width / 2;
-                    let (lin, gate) = cur[..width].split_at(n);
-                    for ((o, a), g) in nxt[..n].iter_mut().zip(lin).zip(gate) {
+                    let (lin, gate) = cur[..width].split_at(out);
+                    for ((o, a), g) in nxt[..out].iter_mut().zip(lin).zip(gate) {
                         *o = a * fastmath::sigmoid(*g);
                     }
                     core::mem::swap(&mut cur, &mut nxt);
-                    width = n;
                 }
                 Stage::ResidualBegin => {
-                    saved[saved_off..saved_off + width].copy_from_slice(&cur[..width]);
-                    open[depth] = (saved_off, width);
+                    st.copy_from_slice(&cur[..width]);
+                    open[depth] = (off - len, width);
                     depth += 1;
-                    saved_off += width;
                 }
-                Stage::ResidualEnd => {
+                Stage::ResidualEnd | Stage::GateEnd => {
                     depth -= 1;
-                    let (off, w) = open[depth];
-                    for (c, s) in cur[..w].iter_mut().zip(&saved[off..off + w]) {
-                        *c += s;
+                    let (at, w) = open[depth];
+                    let saved = &per_stage[at..at + w];
+                    if matches!(stage, Stage::ResidualEnd) {
+                        for (c, s) in cur[..w].iter_mut().zip(saved) {
+                            *c += s;
+                        }
+                    } else {
+                        for (c, s) in cur[..w].iter_mut().zip(saved) {
+                            *c = s * fastmath::sigmoid(*c);
+                        }
                     }
                 }
-                Stage::GateEnd => {
-                    depth -= 1;
-                    let (off, w) = open[depth];
-                    for (c, s) in cur[..w].iter_mut().zip(&saved[off..off + w]) {
-                        *c = s * fastmath::sigmoid(*c);
+                Stage::Downsample { factor, pooling } => {
+                    let k = *factor;
+                    let (buf, meta) = st.split_at_mut(len - 2);
+                    // The fill count is an integer below k stored as f32 (clamped if corrupted).
+                    let fill = (meta[0] as usize).min(k - 1);
+                    match pooling {
+                        Pooling::Concat => {
+                            buf[fill * width..(fill + 1) * width].copy_from_slice(&cur[..width])
+                        }
+                        Pooling::Mean => {
+                            for (s, v) in buf.iter_mut().zip(&cur[..width]) {
+                                *s += v;
+                            }
+                        }
+                        Pooling::Last => {}
                     }
+                    let dt_sum = meta[1] + dt.unwrap_or(0.0);
+                    if fill + 1 == k {
+                        match pooling {
+                            Pooling::Concat => nxt[..out].copy_from_slice(buf),
+                            Pooling::Mean => {
+                                let inv = 1.0 / k as f32;
+                                for (o, s) in nxt[..out].iter_mut().zip(buf.iter_mut()) {
+                                    *o = *s * inv;
+                                    *s = 0.0;
+                                }
+                            }
+                            Pooling::Last => nxt[..out].copy_from_slice(&cur[..width]),
+                        }
+                        if matches!(pooling, Pooling::Concat) {
+                            buf.iter_mut().for_each(|s| *s = 0.0);
+                        }
+                        meta[0] = 0.0;
+                        meta[1] = 0.0;
+                        core::mem::swap(&mut cur, &mut nxt);
+                        outer_dt[rate_depth] = dt;
+                        rate_depth += 1;
+                        dt = dt.map(|_| dt_sum);
+                    } else {
+                        meta[0] = (fill + 1) as f32;
+                        meta[1] = dt_sum;
+                        // Skip the low-rate part: the matching upsample emits from its frame.
+                        match self.matching_upsample(index - 1, out, off) {
+                            Some((up, up_width, up_off)) => {
+                                let Some(Stage::Upsample { unpooling, .. }) = stages.get(up) else {
+                                    return;
+                                };
+                                let frame = &per_stage[up_off..up_off + up_width];
+                                let part = emit_part(*unpooling, k, fill + 1, frame);
+                                let w = part.len();
+                                nxt[..w].copy_from_slice(part);
+                                core::mem::swap(&mut cur, &mut nxt);
+                                width = w;
+                                off = up_off + up_width;
+                                index = up + 1;
+                                continue;
+                            }
+                            None => {
+                                y.copy_from_slice(held);
+                                return;
+                            }
+                        }
+                    }
+                }
+                Stage::Upsample { factor, unpooling } => {
+                    // Reached in order: a new frame from the low-rate part.
+                    st.copy_from_slice(&cur[..width]);
+                    let part = emit_part(*unpooling, *factor, 0, st);
+                    nxt[..out].copy_from_slice(part);
+                    core::mem::swap(&mut cur, &mut nxt);
+                    rate_depth -= 1;
+                    dt = outer_dt[rate_depth];
                 }
             }
+            width = out;
         }
-        observe(self.stages.as_ref().len());
+        observe(stages.len());
         y.copy_from_slice(&cur[..self.d_out]);
+        if self.held_len == self.d_out {
+            held.copy_from_slice(&cur[..self.d_out]);
+        }
+    }
+}
+
+/// The part of `frame` an upsample emits at phase `j` (`0 ≤ j < k`; `j = k` counts as 0):
+/// `Split` → the `j`-th of `k` equal parts, `Hold` → the whole frame.
+#[inline(always)]
+fn emit_part(unpooling: Unpooling, k: usize, j: usize, frame: &[f32]) -> &[f32] {
+    match unpooling {
+        Unpooling::Split => {
+            let w = frame.len() / k;
+            let j = j % k;
+            &frame[j * w..(j + 1) * w]
+        }
+        Unpooling::Hold => frame,
     }
 }
 
@@ -642,5 +925,276 @@ mod tests {
         assert!(net.step(&mut st, &[1.0], &mut [0.0; 4]).is_err());
         assert!(net.step(&mut st, &[f32::NAN, 1.0], &mut [0.0; 4]).is_err());
         assert!(net.step(&mut st[1..], &[1.0, 1.0], &mut [0.0; 4]).is_err());
+    }
+
+    /// The network evaluated sequence-wise ("parallel form") in f64: every stage maps a whole
+    /// sequence; a downsample keeps the complete blocks' frames, an upsample flattens the parts,
+    /// prepends `k − 1` zero steps and cuts to the outer length; layers step their own state.
+    fn sequence_reference(
+        stages: &[Stage<Vec<f32>>],
+        xs: &[Vec<f64>],
+        dts: Option<&[f64]>,
+    ) -> Vec<Vec<f64>> {
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mut seq: Vec<Vec<f64>> = xs.to_vec();
+        let mut dt: Option<Vec<f64>> = dts.map(|d| d.to_vec());
+        let mut saved: Vec<Vec<Vec<f64>>> = Vec::new();
+        let mut outer: Vec<(usize, Option<Vec<f64>>)> = Vec::new();
+        let mut width = xs[0].len();
+        for stage in stages {
+            let out_width = stage_io(stage, width).unwrap().0;
+            width = out_width;
+            seq = match stage {
+                Stage::Dense(d) => seq.iter().map(|x| dense_ref(d, x)).collect(),
+                Stage::Layer(l) => {
+                    let mut st = vec![0.0f32; l.as_layer().state_len()];
+                    let mut out = Vec::new();
+                    for (t, x) in seq.iter().enumerate() {
+                        let xf: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+                        let mut y = vec![0.0f32; l.as_layer().d_output()];
+                        match (&dt, l.as_event_layer()) {
+                            (Some(d), Some(e)) => {
+                                e.step_event(&mut st, &xf, d[t] as f32, &mut y).unwrap()
+                            }
+                            _ => l.as_layer().step(&mut st, &xf, &mut y).unwrap(),
+                        }
+                        out.push(y.iter().map(|v| *v as f64).collect());
+                    }
+                    out
+                }
+                Stage::Activation(f) => seq
+                    .iter()
+                    .map(|x| x.iter().map(|v| f.apply(*v as f32) as f64).collect())
+                    .collect(),
+                Stage::Glu => seq
+                    .iter()
+                    .map(|x| {
+                        let n = x.len() / 2;
+                        (0..n).map(|k| x[k] * sig(x[n + k])).collect()
+                    })
+                    .collect(),
+                Stage::ResidualBegin => {
+                    saved.push(seq.clone());
+                    seq
+                }
+                Stage::ResidualEnd => {
+                    let r = saved.pop().unwrap();
+                    seq.iter()
+                        .zip(&r)
+                        .map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + b).collect())
+                        .collect()
+                }
+                Stage::GateEnd => {
+                    let r = saved.pop().unwrap();
+                    seq.iter()
+                        .zip(&r)
+                        .map(|(a, b)| a.iter().zip(b).map(|(a, b)| b * sig(*a)).collect())
+                        .collect()
+                }
+                Stage::Downsample { factor: k, pooling } => {
+                    let blocks: Vec<&[Vec<f64>]> = seq.chunks_exact(*k).collect();
+                    outer.push((seq.len(), dt.clone()));
+                    dt = dt.map(|d| d.chunks_exact(*k).map(|c| c.iter().sum()).collect());
+                    blocks
+                        .iter()
+                        .map(|b| match pooling {
+                            Pooling::Concat => b.concat(),
+                            Pooling::Mean => (0..b[0].len())
+                                .map(|c| b.iter().map(|x| x[c]).sum::<f64>() / *k as f64)
+                                .collect(),
+                            Pooling::Last => b[*k - 1].clone(),
+                        })
+                        .collect()
+                }
+                Stage::Upsample {
+                    factor: k,
+                    unpooling,
+                } => {
+                    let (n, d) = outer.pop().unwrap();
+                    dt = d;
+                    let width = out_width;
+                    let mut flat = vec![vec![0.0; width]; k - 1];
+                    for f in &seq {
+                        for j in 0..*k {
+                            flat.push(match unpooling {
+                                Unpooling::Split => f[j * width..(j + 1) * width].to_vec(),
+                                Unpooling::Hold => f.clone(),
+                            });
+                        }
+                    }
+                    flat.resize(n, vec![0.0; width]);
+                    flat.truncate(n);
+                    flat
+                }
+            };
+        }
+        seq
+    }
+
+    fn lru(d: usize, n: usize, seed: usize) -> Lru<Vec<f32>> {
+        let cfg = LruConfig {
+            d_model: d,
+            d_state: n,
+        };
+        let mut w = vec![0.0f32; cfg.weights_len()];
+        for (k, v) in w.iter_mut().enumerate() {
+            *v = (((k + seed) * 37 % 17) as f32 - 8.0) / 20.0;
+        }
+        for v in w.iter_mut().take(2 * n) {
+            *v *= 0.9;
+        }
+        Lru::from_weights(cfg, w).unwrap()
+    }
+
+    fn run_steps(net: &Network<Vec<f32>, Vec<Stage<Vec<f32>>>>, xs: &[Vec<f64>]) -> Vec<Vec<f32>> {
+        let mut state = vec![0.0f32; net.state_len()];
+        xs.iter()
+            .map(|x| {
+                let xf: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+                let mut y = vec![0.0f32; net.d_output()];
+                net.step(&mut state, &xf, &mut y).unwrap();
+                y
+            })
+            .collect()
+    }
+
+    /// A U-Net-like network with nested rate changes (concat/split outside, mean/hold inside),
+    /// a strided-convolution encoder and a residual skip across the low-rate part, stepped
+    /// sample by sample, equals its sequence-wise parallel form, for lengths that are and are
+    /// not multiples of the frame sizes.
+    #[test]
+    fn multirate_step_equals_sequence_form() {
+        let stages = vec![
+            Stage::Dense(dense(1, 2, 1)),
+            Stage::ResidualBegin,
+            Stage::Downsample {
+                factor: 3,
+                pooling: Pooling::Concat,
+            },
+            Stage::Dense(dense(6, 4, 2)),
+            Stage::Layer(CoreLayer::Lru(lru(4, 3, 1))),
+            Stage::ResidualBegin,
+            Stage::Downsample {
+                factor: 2,
+                pooling: Pooling::Mean,
+            },
+            Stage::Layer(CoreLayer::Lru(lru(4, 2, 5))),
+            Stage::Activation(Activation::Silu),
+            Stage::Upsample {
+                factor: 2,
+                unpooling: Unpooling::Hold,
+            },
+            Stage::GateEnd,
+            Stage::Dense(dense(4, 6, 3)),
+            Stage::Upsample {
+                factor: 3,
+                unpooling: Unpooling::Split,
+            },
+            Stage::ResidualEnd,
+            Stage::Dense(dense(2, 1, 4)),
+        ];
+        let net = Network::new(1, stages.clone()).unwrap();
+        assert_eq!(net.output_factor(), 1);
+        for n in [1usize, 5, 6, 23, 60] {
+            let xs: Vec<Vec<f64>> = (0..n)
+                .map(|t| vec![((t as f64) * 0.7).sin() + 0.3 * ((t * t) as f64 * 0.01).cos()])
+                .collect();
+            let got = run_steps(&net, &xs);
+            let want = sequence_reference(&stages, &xs, None);
+            assert_eq!(want.len(), n);
+            for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                let err = (g[0] as f64 - w[0]).abs();
+                assert!(
+                    err < 2e-5 * (1.0 + w[0].abs()),
+                    "n={n} t={t}: {} vs {}",
+                    g[0],
+                    w[0]
+                );
+            }
+        }
+    }
+
+    /// A low-rate output (a downsample never closed) holds each frame's value until the next;
+    /// `Last` pooling decimates; zeros before the first frame.
+    #[test]
+    fn open_downsample_holds_frames() {
+        let stages = vec![
+            Stage::Dense(dense(2, 3, 7)),
+            Stage::Downsample {
+                factor: 4,
+                pooling: Pooling::Last,
+            },
+            Stage::Layer(CoreLayer::Lru(lru(3, 2, 3))),
+            Stage::Downsample {
+                factor: 2,
+                pooling: Pooling::Mean,
+            },
+            Stage::Dense(dense(3, 2, 8)),
+        ];
+        let net = Network::new(2, stages.clone()).unwrap();
+        assert_eq!(net.output_factor(), 8);
+        let n = 37;
+        let xs: Vec<Vec<f64>> = (0..n)
+            .map(|t| vec![(t as f64 * 0.3).sin(), (t as f64 * 0.17).cos()])
+            .collect();
+        let got = run_steps(&net, &xs);
+        let frames = sequence_reference(&stages, &xs, None);
+        assert_eq!(frames.len(), n / 8);
+        for (t, g) in got.iter().enumerate() {
+            let want = match (t + 1) / 8 {
+                0 => vec![0.0; 2],
+                m => frames[m - 1].clone(),
+            };
+            for (a, b) in g.iter().zip(&want) {
+                assert!((*a as f64 - b).abs() < 2e-5 * (1.0 + b.abs()), "t={t}");
+            }
+        }
+    }
+
+    /// Bracket errors name the stage; a corrupted fill count neither panics nor leaves the range.
+    #[test]
+    fn rate_brackets_are_checked() {
+        let down = |factor| Stage::<Vec<f32>>::Downsample {
+            factor,
+            pooling: Pooling::Concat,
+        };
+        let up = |factor| Stage::<Vec<f32>>::Upsample {
+            factor,
+            unpooling: Unpooling::Split,
+        };
+        let e = Network::new(2, vec![up(2)]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 0, .. }), "{e:?}");
+        let e = Network::new(2, vec![down(2), up(3)]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 1, .. }), "{e:?}");
+        let e = Network::new(2, vec![down(0)]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 0, .. }), "{e:?}");
+        let e =
+            Network::new(2, vec![Stage::ResidualBegin, down(2), Stage::ResidualEnd]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 2, .. }), "{e:?}");
+        let e = Network::new(2, vec![down(2), Stage::ResidualBegin, up(2)]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 2, .. }), "{e:?}");
+        // Split needs a width that the factor divides: 3 = 1·3 split by 2.
+        let e = Network::new(
+            1,
+            vec![
+                Stage::Downsample {
+                    factor: 2,
+                    pooling: Pooling::Mean,
+                },
+                Stage::Dense(dense(1, 3, 1)),
+                up(2),
+            ],
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 2, .. }), "{e:?}");
+        let deep: Vec<Stage<Vec<f32>>> = (0..MAX_RATE_DEPTH + 1).map(|_| down(1)).collect();
+        assert!(Network::new(1, deep).is_err());
+        // A garbage state (fill count NaN / huge) is clamped, never out of range.
+        let net = Network::new(1, vec![Stage::Dense(dense(1, 2, 1)), down(3), up(3)]).unwrap();
+        for garbage in [f32::NAN, 1e30, -5.0, 2.5] {
+            let mut st = vec![garbage; net.state_len()];
+            let mut y = [0.0f32; 2];
+            net.step(&mut st, &[1.0], &mut y).unwrap();
+        }
     }
 }

@@ -314,8 +314,22 @@ fn is_s4(class: &str) -> bool {
 
 /// Whether `key` is an lrnnx key that the layer of `class` may not read but that is kept
 /// (Mamba's `dtA_proj.weight`; S4's `layer.kernel.l_kernel` buffer, when the layer does not
-/// read it.)
-fn kept_unused(class: &str, key: &str) -> bool {
+/// read it; the same keys of a bidirectional layer's directions, under `fwd.` / `bwd.`.)
+fn kept_unused(class: &str, kwargs: &Value, key: &str) -> bool {
+    if class == crate::bidirectional::CLASS {
+        let inner = kwargs.get("layer");
+        let inner_class = inner.and_then(|l| l.get("class")).and_then(Value::as_str);
+        let inner_kwargs = inner.and_then(|l| l.get("kwargs")).unwrap_or(&Value::Null);
+        let shared = kwargs.get("shared").and_then(Value::as_bool) == Some(true);
+        let name = key.strip_prefix(crate::bidirectional::FWD).or_else(|| {
+            key.strip_prefix(crate::bidirectional::BWD)
+                .filter(|_| !shared)
+        });
+        return match (inner_class, name) {
+            (Some(c), Some(name)) => kept_unused(c, inner_kwargs, name),
+            _ => false,
+        };
+    }
     (matches!(class, "lrnnx.models.ltv.mamba.Mamba" | "Mamba") && key == "dtA_proj.weight")
         || (is_s4(class) && key == L_KERNEL)
 }
@@ -328,7 +342,7 @@ const L_KERNEL: &str = "layer.kernel.l_kernel";
 fn check_exact(class: &str, kwargs: &Value, params: &Params) -> Result<()> {
     build(class, kwargs, params.clone())?;
     for name in params.vars().keys() {
-        if kept_unused(class, name) {
+        if kept_unused(class, kwargs, name) {
             continue;
         }
         let mut without = Params::new();

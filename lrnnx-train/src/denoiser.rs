@@ -217,8 +217,36 @@ pub fn causal_denoiser(
     spec
 }
 
-/// The quickstart denoiser's default sizes: (width, LRU d_state, mask blocks).
-pub const QUICKSTART_SIZES: (usize, usize, usize) = (16, 32, 1);
+/// Sizes of the quickstart's denoiser ([`quickstart_denoiser`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuickstartSizes {
+    /// Samples per frame (the output lags the input by `frame − 1`).
+    pub frame: usize,
+    /// Channels of the frame code (the LRUs' `d_model`).
+    pub channels: usize,
+    /// LRU `d_state`.
+    pub state: usize,
+    /// LRU blocks in the mask path.
+    pub blocks: usize,
+}
+
+/// The quickstart denoiser's default sizes.
+pub const QUICKSTART_SIZES: QuickstartSizes = QuickstartSizes {
+    frame: 32,
+    channels: 64,
+    state: 64,
+    blocks: 1,
+};
+
+/// The quickstart's denoiser: [`codec_denoiser`] with `sizes` and
+/// [`quickstart_lru_kwargs`]; returns the spec and its latency (`frame − 1` samples).
+pub fn quickstart_denoiser(sizes: &QuickstartSizes) -> (Vec<StageSpec>, usize) {
+    let kwargs = quickstart_lru_kwargs(sizes.channels, sizes.state);
+    (
+        codec_denoiser(sizes.frame, sizes.channels, &kwargs, sizes.blocks),
+        sizes.frame.saturating_sub(1),
+    )
+}
 
 /// The quickstart denoiser's LRU constructor arguments: `d_model = width`, `d_state = state`,
 /// decay radii initialized in `[0.9, 0.9999]` (long memory for envelope following).
@@ -273,6 +301,160 @@ pub fn masking_denoiser(
     spec
 }
 
+/// A frame-codec masking denoiser that runs at `1/frame` of the sample rate (Conv-TasNet-like
+/// with kernel = stride = `frame`, causal):
+///
+/// ```text
+/// e_m  = W_enc [x_{km} … x_{km+k−1}] + b            frames of k samples → C channels
+/// g_m  = σ(Dense(SiLU(LRU(… |e_m| …))))              mask from `blocks` LRUs over |e|
+/// ŝ    = split(W_dec (e_m ⊙ g_m) + b)                 C → k samples, one per step
+/// ```
+///
+/// Its output lags the input by `frame − 1` samples (the frame is decoded from the step that
+/// completes it on): train and evaluate it with that [`DenoiserTraining::latency`].
+pub fn codec_denoiser(
+    frame: usize,
+    channels: usize,
+    lru_kwargs: &serde_json::Value,
+    blocks: usize,
+) -> Vec<StageSpec> {
+    let mut spec = vec![
+        StageSpec::Downsample {
+            factor: frame,
+            pooling: crate::network::Pooling::Concat,
+        },
+        StageSpec::Dense {
+            d_in: frame,
+            d_out: channels,
+            bias: true,
+        },
+        StageSpec::ResidualBegin,
+        StageSpec::Activation(Activation::Abs),
+    ];
+    for _ in 0..blocks {
+        spec.extend([
+            StageSpec::Layer {
+                class: "LRU".into(),
+                kwargs: lru_kwargs.clone(),
+            },
+            StageSpec::Activation(Activation::Silu),
+        ]);
+    }
+    spec.extend([
+        StageSpec::Dense {
+            d_in: channels,
+            d_out: channels,
+            bias: true,
+        },
+        StageSpec::GateEnd,
+        StageSpec::Dense {
+            d_in: channels,
+            d_out: frame,
+            bias: true,
+        },
+        StageSpec::Upsample {
+            factor: frame,
+            unpooling: crate::network::Unpooling::Split,
+        },
+    ]);
+    spec
+}
+
+/// A causal U-Net denoiser in the aTENNuate style (spec §14.3, with lrnnx's one-step causal
+/// shift replaced by the correct `factor − 1`): each level is a strided convolution (a
+/// `Concat` downsample and a dense stage, kernel = stride = `factors[i]`) doubling the
+/// channels, LRU + SiLU blocks, and a transposed convolution back (dense + `Split` upsample)
+/// added to the level's skip; `channels[0]` channels at the top level, `2^i·channels[0]` below.
+///
+/// ```text
+/// x → down(r_0) → C_0 ─┬─ LRU,SiLU → down(r_1) → C_1 … bottleneck: 2 × (LRU,SiLU) … up ─┐
+///                      └──────────────────────────── + ───────────────────────────────┘
+///                      → LRU,SiLU → dense C_0 → r_0 samples → split
+/// ```
+///
+/// The output lags the input by `factors[0] − 1` samples. `lru_kwargs(width)` gives each
+/// LRU's constructor arguments.
+pub fn unet_denoiser(
+    factors: &[usize],
+    channels: usize,
+    lru_kwargs: &dyn Fn(usize) -> serde_json::Value,
+) -> Vec<StageSpec> {
+    use crate::network::{Pooling, Unpooling};
+    let lru = |w: usize| {
+        [
+            StageSpec::Layer {
+                class: "LRU".into(),
+                kwargs: lru_kwargs(w),
+            },
+            StageSpec::Activation(Activation::Silu),
+        ]
+    };
+    let Some((&r0, inner)) = factors.split_first() else {
+        return Vec::new();
+    };
+    let mut spec = vec![
+        StageSpec::Downsample {
+            factor: r0,
+            pooling: Pooling::Concat,
+        },
+        StageSpec::Dense {
+            d_in: r0,
+            d_out: channels,
+            bias: true,
+        },
+    ];
+    let mut width = channels;
+    for &r in inner {
+        spec.push(StageSpec::ResidualBegin);
+        spec.extend(lru(width));
+        spec.extend([
+            StageSpec::Downsample {
+                factor: r,
+                pooling: Pooling::Concat,
+            },
+            StageSpec::Dense {
+                d_in: r * width,
+                d_out: 2 * width,
+                bias: true,
+            },
+        ]);
+        width *= 2;
+    }
+    spec.extend(lru(width));
+    spec.extend(lru(width));
+    for &r in inner.iter().rev() {
+        spec.extend([
+            StageSpec::Dense {
+                d_in: width,
+                d_out: r * width / 2,
+                bias: true,
+            },
+            StageSpec::Upsample {
+                factor: r,
+                unpooling: Unpooling::Split,
+            },
+            StageSpec::ResidualEnd,
+        ]);
+        width /= 2;
+        spec.extend(lru(width));
+    }
+    if inner.is_empty() {
+        spec.extend(lru(width));
+    }
+    spec.extend([
+        StageSpec::Dense {
+            d_in: width,
+            d_out: r0,
+            bias: true,
+        },
+        StageSpec::Upsample {
+            factor: r0,
+            unpooling: Unpooling::Split,
+        },
+    ]);
+    spec
+}
+
 /// How to train a denoiser.
 #[derive(Debug, Clone)]
 pub struct DenoiserTraining {
@@ -298,6 +480,9 @@ pub struct DenoiserTraining {
     pub max_grad_norm: f64,
     /// Seed of the data draws.
     pub seed: u64,
+    /// Samples the output lags the input by (a frame-based network's `frame − 1`): the loss
+    /// compares output step `t + latency` with clean step `t`.
+    pub latency: usize,
     /// Draw a progress bar with the loss.
     pub progress: bool,
     /// Threads computing gradients in parallel, each on `batch_size / threads` crops (data
@@ -320,6 +505,7 @@ impl Default for DenoiserTraining {
             warmup_steps: 30,
             max_grad_norm: 1.0,
             seed: 0,
+            latency: 0,
             progress: false,
             threads: 1,
         }
@@ -439,7 +625,14 @@ pub fn train_denoiser(
                         scope.spawn(move || {
                             let x = noisy.narrow(0, j * part, part)?;
                             let y = clean.narrow(0, j * part, part)?;
-                            let loss = neg_snr_loss(&net.forward(&x, None)?, &y)?;
+                            let out = net.forward(&x, None)?;
+                            let loss = match cfg.latency {
+                                0 => neg_snr_loss(&out, &y)?,
+                                d => {
+                                    let n = out.dim(1)?.saturating_sub(d);
+                                    neg_snr_loss(&out.narrow(1, d, n)?, &y.narrow(1, 0, n)?)?
+                                }
+                            };
                             let grads = loss.backward()?;
                             Ok((loss.to_scalar::<f32>()?, grads))
                         })

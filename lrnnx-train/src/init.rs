@@ -1105,6 +1105,9 @@ pub fn init_params(
             }
             Ok(s7(h, n, rng, dtype, device)?)
         }
+        crate::bidirectional::CLASS => {
+            crate::bidirectional::init_params(kwargs, rng, dtype, device)
+        }
         other => Err(BuildError::UnsupportedClass(format!(
             "{other} (no fresh initializer)"
         ))),

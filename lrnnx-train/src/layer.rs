@@ -229,6 +229,9 @@ pub fn build(
             Ok(Box::new(crate::rglru::RgLru::from_lrnnx(kwargs, params)?))
         }
         "lrnnx.models.ltv.s7.S7" | "S7" => Ok(Box::new(crate::s7::S7::from_lrnnx(kwargs, params)?)),
+        crate::bidirectional::CLASS => Ok(Box::new(
+            crate::bidirectional::Bidirectional::from_lrnnx(kwargs, params)?,
+        )),
         other => Err(BuildError::UnsupportedClass(other.to_owned())),
     }
 }

@@ -9,8 +9,10 @@
 //! * [`fftconv`]: causal convolution by FFT (S4's kernel), forward and backward.
 //! * [`layer`]: the [`TrainLayer`] interface and [`build`] from lrnnx's class name; one module
 //!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
+//! * [`bidirectional`]: any layer run forward and backward in time, merged (not causal).
 #![deny(missing_docs)]
 
+pub mod bidirectional;
 pub mod centaurus;
 pub mod checkpoint;
 pub mod complex;

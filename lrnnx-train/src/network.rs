@@ -5,14 +5,34 @@
 //! ```text
 //! Dense { d_in, d_out, bias }   y = x Wᵀ + b               `stages.{i}.weight` (d_out, d_in), `stages.{i}.bias` (d_out)
 //! Layer { class, kwargs }       y = layer(x)  (H → H)      `stages.{i}.<lrnnx key>`
+//! Bidirectional(spec)           y = merge(f(x), R(b(R(x))))  (H → H)  `stages.{i}.fwd.<key>`, `.bwd.<key>`, `.proj.*`
 //! Activation(f)                 y = f(x) elementwise
 //! Glu                           y = a ⊙ σ(g),  x = [a | g] (2n → n)
 //! ResidualBegin                 remembers x
 //! ResidualEnd                   y = x + the x remembered by the matching ResidualBegin
 //! GateEnd                       y = r ⊙ σ(x), r the x remembered by the matching ResidualBegin (a mask)
+//! Downsample { factor: k, pooling }   frame_m = pool(x_{km}, …, x_{km+k−1})  (L → L/k)
+//! Upsample { factor: k, unpooling }   y_t = part ((t+1) mod k) of frame ⌊(t+1)/k⌋ − 1, 0 before
 //! ```
 //!
-//! Residual connections nest like brackets. The widths are checked when the network is built:
+//! A bidirectional stage ([`crate::bidirectional`]) is not causal: it trains and evaluates on
+//! whole sequences, and the export to the core refuses it. A network with a bidirectional
+//! stage is never padded (its backward direction would read the padding): its input length
+//! must be a multiple of [`frame_multiple`].
+//!
+//! Rate changes are the parallel form of `lrnnx_core::network`'s (its module doc, "Rates"):
+//! `Concat` pooling reshapes `(B, L, w)` to `(B, L/k, k·w)` (with a dense stage after it, a
+//! strided convolution, kernel = stride = k), `Mean` averages each block (sum · 1/k), `Last`
+//! keeps its last step; `Split` unpooling reshapes `(B, n, k·w)` to `(B, n·k, w)`, `Hold`
+//! repeats each frame k times, and both shift the result right by `k − 1` steps (zeros in
+//! front), the least delay that keeps the network causal — so stepping the exported network
+//! sample by sample gives the same numbers. Event layers in a low-rate part get each block's
+//! summed time steps. The forward pads the input at the end to a multiple of
+//! [`frame_multiple`] (zeros; time step 1 — causal stages never look at it) and cuts the
+//! output back; a `Downsample` left open makes the output low-rate: `⌊L/F⌋` frames, `F` the
+//! product of the open factors.
+//!
+//! Residual connections nest like brackets (rate changes too; a residual cannot span one). The widths are checked when the network is built:
 //! every stage's input width is the previous stage's output width, a layer's `d_model` is the
 //! width, a `Glu` input is even, and a `ResidualEnd` closes a bracket of the same width.
 //! The spec is plain JSON ([`spec_to_json`], [`spec_from_json`]), so a network can be
@@ -21,8 +41,10 @@
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
 use serde_json::{json, Value};
 
+use crate::bidirectional::{BidirectionalSpec, CLASS as BIDIRECTIONAL};
 use crate::init::{fresh, linear, Rng};
 use crate::layer::{BuildError, TrainLayer};
+pub use lrnnx_core::{Pooling, Unpooling};
 
 /// An elementwise function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +123,9 @@ pub enum StageSpec {
         /// Constructor arguments.
         kwargs: Value,
     },
+    /// A layer run forward and backward in time, merged ([`crate::bidirectional`]; not
+    /// causal).
+    Bidirectional(BidirectionalSpec),
     /// An elementwise function.
     Activation(Activation),
     /// `a ⊙ σ(g)` over the two halves `[a | g]` of the input.
@@ -111,11 +136,45 @@ pub enum StageSpec {
     ResidualEnd,
     /// Closes the innermost open residual connection multiplicatively: `r ⊙ σ(x)`.
     GateEnd,
+    /// Opens a low-rate part: one frame per `factor` steps.
+    Downsample {
+        /// Steps per frame (≥ 1).
+        factor: usize,
+        /// How a frame is made.
+        pooling: Pooling,
+    },
+    /// Closes the innermost low-rate part (same `factor` as its downsample).
+    Upsample {
+        /// Steps per frame.
+        factor: usize,
+        /// How a frame is spread over the steps.
+        unpooling: Unpooling,
+    },
+}
+
+/// JSON name of a pooling.
+fn pooling_name(p: Pooling) -> &'static str {
+    match p {
+        Pooling::Concat => "concat",
+        Pooling::Mean => "mean",
+        Pooling::Last => "last",
+    }
+}
+
+/// JSON name of an unpooling.
+fn unpooling_name(u: Unpooling) -> &'static str {
+    match u {
+        Unpooling::Split => "split",
+        Unpooling::Hold => "hold",
+    }
 }
 
 /// The spec as JSON: a list of objects such as `{"dense": {"d_in": 1, "d_out": 16, "bias":
-/// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"activation": "gelu"}`,
-/// `"glu"`, `"residual_begin"`, `"residual_end"`.
+/// true}}`, `{"layer": {"class": "LRU", "kwargs": {...}}}`, `{"bidirectional": {"layer":
+/// {"class": "LRU", "kwargs": {...}}, "merge": "sum", "shared": false}}`, `{"activation":
+/// "gelu"}`, `"glu"`, `"residual_begin"`, `"residual_end"`, `{"downsample": {"factor": 4,
+/// "pooling": "concat"}}` (`concat` | `mean` | `last`), `{"upsample": {"factor": 4,
+/// "unpooling": "split"}}` (`split` | `hold`).
 pub fn spec_to_json(spec: &[StageSpec]) -> Value {
     Value::Array(
         spec.iter()
@@ -126,11 +185,16 @@ pub fn spec_to_json(spec: &[StageSpec]) -> Value {
                 StageSpec::Layer { class, kwargs } => {
                     json!({"layer": {"class": class, "kwargs": kwargs}})
                 }
+                StageSpec::Bidirectional(b) => json!({ "bidirectional": b.to_json() }),
                 StageSpec::Activation(a) => json!({ "activation": a.name() }),
                 StageSpec::Glu => json!("glu"),
                 StageSpec::ResidualBegin => json!("residual_begin"),
                 StageSpec::ResidualEnd => json!("residual_end"),
                 StageSpec::GateEnd => json!("gate_end"),
+                StageSpec::Downsample { factor, pooling } => json!({"downsample": {
+                    "factor": factor, "pooling": pooling_name(*pooling)}}),
+                StageSpec::Upsample { factor, unpooling } => json!({"upsample": {
+                    "factor": factor, "unpooling": unpooling_name(*unpooling)}}),
             })
             .collect(),
     )
@@ -178,6 +242,40 @@ pub fn spec_from_json(v: &Value) -> std::result::Result<Vec<StageSpec>, BuildErr
                     kwargs,
                 });
             }
+            if let Some(b) = s.get("bidirectional") {
+                return BidirectionalSpec::from_json(b)
+                    .map(StageSpec::Bidirectional)
+                    .map_err(|e| bad(i, &e.to_string()));
+            }
+            let factor = |d: &Value, what: &str| {
+                d.get("factor")
+                    .and_then(Value::as_u64)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| bad(i, &format!("{what} `factor`: expected an integer ≥ 1")))
+            };
+            if let Some(d) = s.get("downsample") {
+                let name = d.get("pooling").and_then(Value::as_str).unwrap_or("");
+                let pooling = [Pooling::Concat, Pooling::Mean, Pooling::Last]
+                    .into_iter()
+                    .find(|p| pooling_name(*p) == name)
+                    .ok_or_else(|| bad(i, &format!("unknown pooling `{name}`")))?;
+                return Ok(StageSpec::Downsample {
+                    factor: factor(d, "downsample")?,
+                    pooling,
+                });
+            }
+            if let Some(d) = s.get("upsample") {
+                let name = d.get("unpooling").and_then(Value::as_str).unwrap_or("");
+                let unpooling = [Unpooling::Split, Unpooling::Hold]
+                    .into_iter()
+                    .find(|p| unpooling_name(*p) == name)
+                    .ok_or_else(|| bad(i, &format!("unknown unpooling `{name}`")))?;
+                return Ok(StageSpec::Upsample {
+                    factor: factor(d, "upsample")?,
+                    unpooling,
+                });
+            }
             if let Some(a) = s.get("activation") {
                 let name = a.as_str().unwrap_or("");
                 return Activation::from_name(name)
@@ -189,15 +287,21 @@ pub fn spec_from_json(v: &Value) -> std::result::Result<Vec<StageSpec>, BuildErr
         .collect()
 }
 
+/// An open bracket while checking a spec.
+enum Open {
+    Residual(usize),
+    Rate(usize),
+}
+
 /// Checks the widths through `spec` starting from `d_in` (module doc); returns the output
-/// width. `layer_width` gives a layer stage's `d_model`.
+/// width. A layer's `d_model` must be the incoming width.
 pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usize, BuildError> {
     let bad = |i: usize, what: String| BuildError::Kwarg(format!("network stage {i}: {what}"));
     if d_in == 0 {
         return Err(BuildError::Kwarg("network input width is 0".into()));
     }
     let mut width = d_in;
-    let mut open: Vec<usize> = Vec::new();
+    let mut open: Vec<Open> = Vec::new();
     for (i, s) in spec.iter().enumerate() {
         match s {
             StageSpec::Dense {
@@ -220,6 +324,15 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                     ));
                 }
             }
+            StageSpec::Bidirectional(b) => {
+                let h = b.d_model().map_err(|e| bad(i, e.to_string()))?;
+                if h != width {
+                    return Err(bad(
+                        i,
+                        format!("bidirectional layer d_model {h} != input width {width}"),
+                    ));
+                }
+            }
             StageSpec::Activation(_) => {}
             StageSpec::Glu => {
                 if !width.is_multiple_of(2) {
@@ -227,26 +340,116 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                 }
                 width /= 2;
             }
-            StageSpec::ResidualBegin => open.push(width),
+            StageSpec::ResidualBegin => open.push(Open::Residual(width)),
             StageSpec::ResidualEnd | StageSpec::GateEnd => match open.pop() {
                 None => return Err(bad(i, "residual_end without residual_begin".into())),
-                Some(w) if w != width => {
+                Some(Open::Rate(_)) => {
+                    return Err(bad(
+                        i,
+                        "a residual connection cannot span a rate change".into(),
+                    ))
+                }
+                Some(Open::Residual(w)) if w != width => {
                     return Err(bad(
                         i,
                         format!("residual of width {w} added to width {width}"),
                     ))
                 }
-                Some(_) => {}
+                Some(Open::Residual(_)) => {}
             },
+            StageSpec::Downsample { factor, pooling } => {
+                if *factor == 0 {
+                    return Err(bad(i, "downsample factor is 0".into()));
+                }
+                if *pooling == Pooling::Concat {
+                    width = width
+                        .checked_mul(*factor)
+                        .ok_or_else(|| bad(i, "frame width overflows".into()))?;
+                }
+                open.push(Open::Rate(*factor));
+            }
+            StageSpec::Upsample { factor, unpooling } => {
+                match open.pop() {
+                    None => return Err(bad(i, "upsample without downsample".into())),
+                    Some(Open::Residual(_)) => {
+                        return Err(bad(
+                            i,
+                            "a residual connection cannot span a rate change".into(),
+                        ))
+                    }
+                    Some(Open::Rate(k)) if k != *factor => {
+                        return Err(bad(
+                            i,
+                            format!("upsample factor {factor} != downsample factor {k}"),
+                        ))
+                    }
+                    Some(Open::Rate(_)) => {}
+                }
+                if *unpooling == Unpooling::Split {
+                    if !width.is_multiple_of(*factor) {
+                        return Err(bad(
+                            i,
+                            format!("split upsample by {factor} of width {width}"),
+                        ));
+                    }
+                    width /= factor;
+                }
+            }
         }
     }
-    if !open.is_empty() {
+    let residuals = open
+        .iter()
+        .filter(|o| matches!(o, Open::Residual(_)))
+        .count();
+    if residuals > 0 {
         return Err(BuildError::Kwarg(format!(
-            "network: {} residual_begin without residual_end",
-            open.len()
+            "network: {residuals} residual_begin without residual_end"
         )));
     }
     Ok(width)
+}
+
+/// The length every parallel forward is padded to a multiple of: the least common multiple of
+/// the products of the nested downsample factors (1 without rate changes).
+pub fn frame_multiple(spec: &[StageSpec]) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let (mut stack, mut lcm) = (vec![1usize], 1usize);
+    for s in spec {
+        match s {
+            StageSpec::Downsample { factor, .. } => {
+                let rate = stack.last().copied().unwrap_or(1).saturating_mul(*factor);
+                lcm = (lcm / gcd(lcm, rate)).saturating_mul(rate);
+                stack.push(rate);
+            }
+            StageSpec::Upsample { .. } if stack.len() > 1 => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    lcm
+}
+
+/// The product of the downsample factors left open at the end of `spec` (1 when every
+/// downsample has its upsample): steps per output frame.
+pub fn output_factor(spec: &[StageSpec]) -> usize {
+    let mut stack: Vec<usize> = Vec::new();
+    for s in spec {
+        match s {
+            StageSpec::Downsample { factor, .. } => stack.push(*factor),
+            StageSpec::Upsample { .. } => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.iter().product()
 }
 
 /// A built stage.
@@ -258,6 +461,8 @@ enum Stage {
     ResidualBegin,
     ResidualEnd,
     GateEnd,
+    Downsample { factor: usize, pooling: Pooling },
+    Upsample { factor: usize, unpooling: Unpooling },
 }
 
 /// A trainable network (module doc).
@@ -315,11 +520,35 @@ impl Network {
                         None => Stage::Layer(fresh(class, kwargs, &mut rng, DType::F32, device)?),
                     }
                 }
+                StageSpec::Bidirectional(b) => {
+                    let kwargs = b.to_json();
+                    match given.iter().position(|(k, _)| *k == i) {
+                        Some(at) => {
+                            let (_, params) = given.swap_remove(at);
+                            Stage::Layer(crate::build(BIDIRECTIONAL, &kwargs, params)?)
+                        }
+                        None => Stage::Layer(fresh(
+                            BIDIRECTIONAL,
+                            &kwargs,
+                            &mut rng,
+                            DType::F32,
+                            device,
+                        )?),
+                    }
+                }
                 StageSpec::Activation(a) => Stage::Activation(*a),
                 StageSpec::Glu => Stage::Glu,
                 StageSpec::ResidualBegin => Stage::ResidualBegin,
                 StageSpec::ResidualEnd => Stage::ResidualEnd,
                 StageSpec::GateEnd => Stage::GateEnd,
+                StageSpec::Downsample { factor, pooling } => Stage::Downsample {
+                    factor: *factor,
+                    pooling: *pooling,
+                },
+                StageSpec::Upsample { factor, unpooling } => Stage::Upsample {
+                    factor: *factor,
+                    unpooling: *unpooling,
+                },
             });
         }
         if let Some((i, _)) = given.first() {
@@ -373,7 +602,8 @@ impl Network {
         v
     }
 
-    /// The parameters of layer stage `i` (lrnnx names), `None` for other stages.
+    /// The parameters of layer (or bidirectional) stage `i` (lrnnx names; `fwd.`, `bwd.`,
+    /// `proj.` in a bidirectional stage), `None` for other stages.
     pub fn layer_params(&self, i: usize) -> Option<&crate::Params> {
         match self.stages.get(i) {
             Some(Stage::Layer(l)) => Some(l.params()),
@@ -392,18 +622,54 @@ impl Network {
         }
     }
 
-    /// The parallel forward over `x` (B, L, d_in) → (B, L, d_out); `time_steps` (B, L) are
-    /// passed to every layer (event-driven layers need them, the others ignore them).
+    /// The parallel forward over `x` (B, L, d_in) → (B, L, d_out) (`⌊L/F⌋` frames for a
+    /// low-rate output, module doc); `time_steps` (B, L) are passed to every layer
+    /// (event-driven layers need them, the others ignore them).
     pub fn forward(&self, x: &Tensor, time_steps: Option<&Tensor>) -> Result<Tensor> {
-        match x.dims() {
-            [_, _, d] if *d == self.d_in => {}
+        let (b, l) = match x.dims() {
+            [b, l, d] if *d == self.d_in => (*b, *l),
             d => bail!(
                 "network input has shape {d:?}, expected (batch, length, {})",
                 self.d_in
             ),
+        };
+        if let Some(ts) = time_steps {
+            if ts.dims() != [b, l] {
+                bail!(
+                    "network time steps have shape {:?}, expected ({b}, {l})",
+                    ts.dims()
+                );
+            }
         }
-        let mut h = x.clone();
+        let multiple = frame_multiple(&self.spec);
+        let pad = (multiple - l % multiple) % multiple;
+        if pad > 0
+            && self
+                .spec
+                .iter()
+                .any(|s| matches!(s, StageSpec::Bidirectional(_)))
+        {
+            bail!(
+                "network input length {l} is not a multiple of {multiple}, the product of its \
+                 rate changes: a network with a bidirectional stage is not padded (the backward \
+                 direction would read the padding)"
+            );
+        }
+        let mut h = if pad > 0 {
+            x.pad_with_zeros(1, 0, pad)?
+        } else {
+            x.clone()
+        };
+        let mut dt = match time_steps {
+            Some(ts) if pad > 0 => Some(Tensor::cat(
+                &[ts, &Tensor::ones((b, pad), ts.dtype(), ts.device())?],
+                1,
+            )?),
+            Some(ts) => Some(ts.clone()),
+            None => None,
+        };
         let mut open: Vec<Tensor> = Vec::new();
+        let mut outer_dt: Vec<Option<Tensor>> = Vec::new();
         for s in &self.stages {
             h = match s {
                 Stage::Dense { weight, bias } => {
@@ -413,7 +679,7 @@ impl Network {
                         None => y,
                     }
                 }
-                Stage::Layer(l) => l.forward(&h, time_steps)?,
+                Stage::Layer(l) => l.forward(&h, dt.as_ref())?,
                 Stage::Activation(a) => a.apply(&h)?,
                 Stage::Glu => {
                     let n = h.dim(2)? / 2;
@@ -433,10 +699,59 @@ impl Network {
                     Some(r) => (r * sigmoid(&h)?)?,
                     None => bail!("network: gate_end without residual_begin"),
                 },
+                Stage::Downsample { factor, pooling } => {
+                    let (k, (b, n, w)) = (*factor, h.dims3()?);
+                    outer_dt.push(dt.clone());
+                    if let Some(d) = &dt {
+                        dt = Some(d.reshape((b, n / k, k))?.sum(2)?);
+                    }
+                    downsample(&h, k, *pooling, (b, n, w))?
+                }
+                Stage::Upsample { factor, unpooling } => {
+                    dt = outer_dt.pop().flatten();
+                    upsample(&h, *factor, *unpooling)?
+                }
             };
+        }
+        let frames = l / output_factor(&self.spec);
+        if h.dim(1)? != frames {
+            h = h.narrow(1, 0, frames)?;
         }
         Ok(h)
     }
+}
+
+/// `Downsample`'s parallel form on `h` (B, n, w), `n` a multiple of `k` (module doc).
+fn downsample(
+    h: &Tensor,
+    k: usize,
+    pooling: Pooling,
+    (b, n, w): (usize, usize, usize),
+) -> Result<Tensor> {
+    let h = h.contiguous()?;
+    match pooling {
+        Pooling::Concat => h.reshape((b, n / k, k * w)),
+        Pooling::Mean => h.reshape((b, n / k, k, w))?.sum(2)? * (1.0 / k as f64),
+        Pooling::Last => h.reshape((b, n / k, k, w))?.narrow(2, k - 1, 1)?.squeeze(2),
+    }
+}
+
+/// `Upsample`'s parallel form on frames `h` (B, n, ·): spread over `n·k` steps, then delayed by
+/// `k − 1` steps (zeros in front).
+fn upsample(h: &Tensor, k: usize, unpooling: Unpooling) -> Result<Tensor> {
+    let (b, n, w) = h.dims3()?;
+    let steps = match unpooling {
+        Unpooling::Split => h.contiguous()?.reshape((b, n * k, w / k))?,
+        Unpooling::Hold => h
+            .unsqueeze(2)?
+            .broadcast_as((b, n, k, w))?
+            .contiguous()?
+            .reshape((b, n * k, w))?,
+    };
+    if k == 1 {
+        return Ok(steps);
+    }
+    steps.pad_with_zeros(1, k - 1, 0)?.narrow(1, 0, n * k)
 }
 
 #[cfg(test)]
@@ -570,6 +885,78 @@ mod tests {
                     out[k]
                 );
             }
+        }
+    }
+
+    /// Rate brackets: widths through concat/split, factor and nesting errors, the padding
+    /// multiple, and that the parallel forward is causal (an input change at step t changes no
+    /// output before t, even across the low-rate part and its padding).
+    #[test]
+    fn rate_stages_check_and_stay_causal() {
+        let down = |factor, pooling| StageSpec::Downsample { factor, pooling };
+        let up = |factor, unpooling| StageSpec::Upsample { factor, unpooling };
+        let spec = vec![
+            StageSpec::Dense {
+                d_in: 1,
+                d_out: 2,
+                bias: true,
+            },
+            StageSpec::ResidualBegin,
+            down(2, Pooling::Concat),
+            down(3, Pooling::Mean),
+            StageSpec::Dense {
+                d_in: 4,
+                d_out: 4,
+                bias: true,
+            },
+            up(3, Unpooling::Hold),
+            up(2, Unpooling::Split),
+            StageSpec::ResidualEnd,
+        ];
+        assert_eq!(check_widths(&spec, 1).unwrap(), 2);
+        assert_eq!(frame_multiple(&spec), 6);
+        assert_eq!(spec_from_json(&spec_to_json(&spec)).unwrap(), spec);
+        let mut wrong = spec.clone();
+        wrong[5] = up(2, Unpooling::Hold);
+        assert!(check_widths(&wrong, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("stage 5"));
+        let spans = vec![
+            StageSpec::ResidualBegin,
+            down(2, Pooling::Last),
+            StageSpec::ResidualEnd,
+        ];
+        assert!(check_widths(&spans, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("stage 2"));
+        assert!(check_widths(&[up(2, Unpooling::Hold)], 1).is_err());
+        assert!(
+            spec_from_json(&json!([{"downsample": {"factor": 0, "pooling": "mean"}}])).is_err()
+        );
+        assert!(spec_from_json(&json!([{"upsample": {"factor": 2, "unpooling": "x"}}])).is_err());
+        let dev = Device::Cpu;
+        let net = Network::new(&spec, 1, 5, &dev).unwrap();
+        let len = 17;
+        let base: Vec<f32> = (0..len).map(|t| (t as f32 * 0.4).sin()).collect();
+        let run = |xs: &[f32]| -> Vec<f32> {
+            let x = Tensor::from_vec(xs.to_vec(), (1, len, 1), &dev).unwrap();
+            net.forward(&x, None)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let y0 = run(&base);
+        assert_eq!(y0.len(), 2 * len);
+        for t in [0usize, 5, 11, 16] {
+            let mut xs = base.clone();
+            xs[t] += 1.0;
+            let y1 = run(&xs);
+            assert_eq!(y0[..2 * t], y1[..2 * t], "output before step {t} changed");
+            assert_ne!(y0[2 * t..], y1[2 * t..], "step {t} changed nothing");
         }
     }
 

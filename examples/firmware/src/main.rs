@@ -106,14 +106,24 @@ fn run_model<S: AsRef<[Stage<&'static [f32]>]>, const DI: usize, const DO: usize
     core::hint::black_box((&state, &y));
     state.fill(0.0);
     let mut stage_ticks = [0u32; MAX_STAGES];
+    // Windows observed per stage: low-rate stages run on some samples only, and skipped ones
+    // are not observed (a window then runs from the stage before the skip to the next observed).
+    let mut stage_windows = [0u32; MAX_STAGES];
+    let mut hook_calls = 0i64;
     let hooked = timer.time(|| {
         for x in input {
             let mut last = 0u32;
+            let mut prev: Option<usize> = None;
             let r = net.step_observed(state, x, &mut y, |i| {
                 let now = timer::now();
-                if let Some(t) = i.checked_sub(1).and_then(|p| stage_ticks.get_mut(p)) {
-                    *t = t.wrapping_add(timer::elapsed(last, now));
+                if let Some(p) = prev {
+                    if let (Some(t), Some(w)) = (stage_ticks.get_mut(p), stage_windows.get_mut(p)) {
+                        *t = t.wrapping_add(timer::elapsed(last, now));
+                        *w += 1;
+                    }
                 }
+                prev = Some(i);
+                hook_calls += 1;
                 last = now;
             });
             if let Err(e) = r {
@@ -122,25 +132,18 @@ fn run_model<S: AsRef<[Stage<&'static [f32]>]>, const DI: usize, const DO: usize
         }
     });
     core::hint::black_box((&state, &y));
-    let stages = kinds.len().min(MAX_STAGES);
     let samples = input.len();
-    // Hook cost per call: the hooked pass ran `stages + 1` calls a sample more than the plain.
-    let hook_calls = (samples * (stages + 1)) as i64;
     let hook = (hooked as i64 - plain as i64).max(0);
-    for (i, (kind, t)) in kinds.iter().zip(&stage_ticks).enumerate() {
-        // Each stage's window holds one hook call.
-        let own = *t as i64 * hook_calls - hook * samples as i64;
-        report::stage_cost(
-            name,
-            i,
-            kind,
-            scale.tenths(own, samples) / hook_calls.max(1),
-        );
+    let calls = hook_calls.max(1);
+    for (i, ((kind, t), w)) in kinds.iter().zip(&stage_ticks).zip(&stage_windows).enumerate() {
+        // Each window holds one hook call: subtract `hook / calls` per window.
+        let own = *t as i64 * calls - hook * *w as i64;
+        report::stage_cost(name, i, kind, scale.tenths(own, samples) / calls);
     }
     report::model_cost(
         name,
         scale.tenths(plain as i64, samples),
-        scale.tenths(hook, samples) / (stages as i64 + 1),
+        scale.tenths(hook, samples) * samples as i64 / calls,
     );
     mismatches
 }
