@@ -213,9 +213,7 @@ fn truncated_and_corrupt_blobs_are_refused() {
     let m = random_model(&kwargs(["S5", "attn"], false, false, 20), 7);
     let blob = lm_to_blob(&export_lm(&m, 4).unwrap()).unwrap();
     for cut in (0..blob.len()).step_by(7).chain([blob.len() - 1]) {
-        let e = read_lm_blob(&blob[..cut])
-            .err()
-            .expect("a truncated blob is refused");
+        let e = read_lm_blob(&blob[..cut]).expect_err("a truncated blob is refused");
         assert!(e.to_string().contains("offset"), "cut {cut}: {e}");
     }
     let mut padded = blob.clone();
