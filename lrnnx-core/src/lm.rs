@@ -38,7 +38,7 @@
 //! ```
 //!
 //! An attention mixer's state is `[position (1) | Kᵀ (kv·h_d rows of max_context) | V (kv ×
-//! max_context rows of h_d) | work: qkv, context, scores (max_context)]`; the position is stored as
+//! max_context rows of h_d) | work: qkv, context, scores (n_heads × max_context)]`; the position is stored as
 //! an `f32` (exact up to 2²⁴ tokens). Everything after the mixer states is a working area that
 //! carries nothing between steps except the last logits.
 
@@ -367,14 +367,14 @@ impl AttentionConfig {
         ])
     }
 
-    /// Number of state elements: `1 + 2·max_context·kv·h_d + qkv + n_heads·h_d + max_context`.
+    /// Number of state elements: `1 + 2·max_context·kv·h_d + qkv + n_heads·h_d + n_heads·max_context`.
     pub const fn state_len(&self) -> usize {
         sum_of_products(&[
             &[1],
             &[2, self.max_context, self.n_kv_heads, self.head_dim],
             &[self.qkv_width()],
             &[self.n_heads, self.head_dim],
-            &[self.max_context],
+            &[self.n_heads, self.max_context],
         ])
     }
 
@@ -502,7 +502,7 @@ impl<W: AsRef<[f32]>> Attention<W> {
         let vc = take_mut(&mut rest, kvw * cap);
         let qkv = take_mut(&mut rest, c.qkv_width());
         let ctx = take_mut(&mut rest, qw);
-        let scores = take_mut(&mut rest, cap);
+        let scores = take_mut(&mut rest, c.n_heads * cap);
         // [q, k, v] = in_proj · x + b
         if c.qkv_bias {
             copy_prefix(qkv, b_in);
@@ -521,31 +521,47 @@ impl<W: AsRef<[f32]>> Attention<W> {
         }
         q.iter_mut().for_each(|v| *v *= c.scale);
         let n = p + 1;
+        // The query heads of one key/value head go together, so that each cached key and
+        // value is read once per group.
         let group = c.n_heads / nkv;
-        let sc = &mut scores[..n];
-        for (j, (qh, ch)) in q.chunks_exact(hd).zip(ctx.chunks_exact_mut(hd)).enumerate() {
-            let g = j / group;
-            // scores_s = Σ_e q_e · Kᵀ[g, e][s]: axpys over the cached positions.
-            sc.iter_mut().for_each(|v| *v = 0.0);
-            for (&qe, row) in qh
-                .iter()
-                .zip(kt[g * hd * cap..(g + 1) * hd * cap].chunks_exact(cap))
+        for (g, ((qg, cg), sg)) in q
+            .chunks_exact(group * hd)
+            .zip(ctx.chunks_exact_mut(group * hd))
+            .zip(scores.chunks_exact_mut(group * cap))
+            .enumerate()
+        {
+            // scores[j][s] = Σ_e q_{j,e} · Kᵀ[g, e][s]: axpys over the cached positions.
+            sg.iter_mut().for_each(|v| *v = 0.0);
+            for (e, krow) in kt[g * hd * cap..(g + 1) * hd * cap]
+                .chunks_exact(cap)
+                .enumerate()
             {
-                for (s, &k) in sc.iter_mut().zip(&row[..n]) {
-                    *s += qe * k;
+                let krow = &krow[..n];
+                for (qh, srow) in qg.chunks_exact(hd).zip(sg.chunks_exact_mut(cap)) {
+                    let qe = qh[e];
+                    for (s, &k) in srow[..n].iter_mut().zip(krow) {
+                        *s += qe * k;
+                    }
                 }
             }
-            let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            sc.iter_mut().for_each(|v| *v = fastmath::exp(*v - m));
-            let inv = 1.0 / sum8(sc);
-            ch.iter_mut().for_each(|v| *v = 0.0);
-            for (&ps, vrow) in sc
-                .iter()
-                .zip(vc[g * cap * hd..(g * cap + n) * hd].chunks_exact(hd))
+            for srow in sg.chunks_exact_mut(cap) {
+                let sc = &mut srow[..n];
+                let m = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                sc.iter_mut().for_each(|v| *v = fastmath::exp(*v - m));
+                let inv = 1.0 / sum8(sc);
+                sc.iter_mut().for_each(|v| *v *= inv);
+            }
+            // ctx_j = Σ_s p[j][s] · V[g, s].
+            cg.iter_mut().for_each(|v| *v = 0.0);
+            for (s, vrow) in vc[g * cap * hd..(g * cap + n) * hd]
+                .chunks_exact(hd)
+                .enumerate()
             {
-                let wgt = ps * inv;
-                for (o, &v) in ch.iter_mut().zip(vrow) {
-                    *o += wgt * v;
+                for (j, ch) in cg.chunks_exact_mut(hd).enumerate() {
+                    let w = sg[j * cap + s];
+                    for (o, &v) in ch.iter_mut().zip(vrow) {
+                        *o += w * v;
+                    }
                 }
             }
         }
