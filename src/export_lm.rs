@@ -195,7 +195,11 @@ pub fn lm_from_params(config: &LmConfig, params: &Params, max_context: usize) ->
         let (class, kw) = mixer_class(config, ty).map_err(|e| ExportError::Blob(e.to_string()))?;
         let mixer = if ty == "attn" {
             let ac = attention_config(&kw, d, max_context).map_err(ctx)?;
-            let (qkv, qw) = (ac.qkv_width(), ac.n_heads * ac.head_dim);
+            let qw = ac
+                .n_heads
+                .checked_mul(ac.head_dim)
+                .ok_or_else(|| ctx(ExportError::Blob("num_heads · head_dim overflows".into())))?;
+            let qkv = ac.qkv_width();
             let in_w = tensor(&src, &format!("{p}.mixer.in_proj.weight"), &[qkv, d])?;
             let in_b = match ac.qkv_bias {
                 true => Some(tensor(&src, &format!("{p}.mixer.in_proj.bias"), &[qkv])?),

@@ -293,3 +293,43 @@ fn greedy_generation_follows_the_forward() {
     .unwrap();
     assert_eq!(again, out);
 }
+
+/// Building from lrnnx's arguments and state dict names what is wrong: a missing or mis-shaped
+/// tensor, a non-causal attention, a tied head that differs from the embedding.
+#[test]
+fn import_errors_name_the_problem() {
+    use lrnnx::export_lm::lm_from_lrnnx;
+    let kw = kwargs(["Mamba", "attn"], true, true, 20);
+    let m = random_model(&kw, 9);
+    let mut full = Params::new();
+    for (k, v) in m.vars() {
+        full.insert(&k, v.as_tensor()).unwrap();
+    }
+    assert!(lm_from_lrnnx(&kw, &full, 8).is_ok());
+    for (drop, want) in [
+        ("backbone.layers.1.mixer.in_proj.weight", "in_proj.weight"),
+        ("backbone.layers.0.mlp.fc2.weight", "fc2.weight"),
+        ("backbone.norm_f.weight", "norm_f.weight"),
+        ("backbone.layers.0.mixer.A_log", "A_log"),
+    ] {
+        let mut p = Params::new();
+        for (k, v) in full.vars() {
+            if k != drop {
+                p.insert(k, v.as_tensor()).unwrap();
+            }
+        }
+        let e = lm_from_lrnnx(&kw, &p, 8).unwrap_err().to_string();
+        assert!(e.contains(want), "{drop}: {e}");
+    }
+    let mut bad_head = full.clone();
+    let emb = full.vars()["backbone.embedding.weight"].as_tensor().clone();
+    bad_head
+        .insert("lm_head.weight", &(emb * 2.0).unwrap())
+        .unwrap();
+    let e = lm_from_lrnnx(&kw, &bad_head, 8).unwrap_err().to_string();
+    assert!(e.contains("lm_head.weight"), "{e}");
+    let mut acausal = kw.clone();
+    acausal["mixer_kwargs"]["attn"]["causal"] = json!(false);
+    let e = lm_from_lrnnx(&acausal, &full, 8).unwrap_err().to_string();
+    assert!(e.contains("causal"), "{e}");
+}
