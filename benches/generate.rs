@@ -10,7 +10,11 @@
 //! Prints per model: `generate <mixers> core_full=<tok/s> core=<tok/s> candle=<tok/s>
 //! speedup=<x>`, where `core_full` fills the whole 512-token context (one prompt token, 511
 //! generated: attention reads a growing cache) and `core` / `candle` generate the same first
-//! `CANDLE_TOKENS` tokens greedily (the speedup is their ratio). Best of several repetitions.
+//! `CANDLE_TOKENS` tokens greedily (the speedup is their ratio). Best of 15 repetitions (60 for the
+//! short core runs, 5 for candle); `--quick` for 2.
+//!
+//! A `parts` line per model gives the cost of each block's mixer alone (attention with 256
+//! cached tokens) and of a whole step at half the context.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -118,7 +122,8 @@ fn main() {
     // One thread for candle (its CPU kernels read RAYON_NUM_THREADS); the core never spawns.
     std::env::set_var("RAYON_NUM_THREADS", "1");
     let quick = std::env::args().any(|a| a == "--quick");
-    let reps = if quick { 2 } else { 5 };
+    // Many short repetitions: on a shared machine the best one is the uncontended speed.
+    let reps = if quick { 2 } else { 15 };
     for (mixers, d_state) in [
         (["Mamba", "attn"], 16),
         (["LRU", "Mamba"], 16),
@@ -166,7 +171,7 @@ fn main() {
         });
         let prompt = Tensor::new(&[[65u32]], &Device::Cpu).unwrap();
         let mut candle_out = Vec::new();
-        let candle = best_rate(reps.min(3), CANDLE_TOKENS + 1, || {
+        let candle = best_rate(reps.min(5), CANDLE_TOKENS + 1, || {
             candle_out = m
                 .generate(
                     &prompt,
