@@ -10,6 +10,7 @@
 //! * [`import`]: builds core layers from lrnnx (PyTorch) state dicts by class name.
 //! * [`golden`]: loads lrnnx reference cases and checks implementations against them.
 //! * [`export`]: trained layers to the core's stepping layout, as a blob or as Rust source.
+//! * [`export_lm`]: the language model in the core (from a trained model or lrnnx weights), as a blob.
 //! * [`firmware`]: the model of the Cortex-M firmware example, as generated Rust source.
 
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub use lrnnx_stream as stream;
 pub use lrnnx_train as train;
 
 pub mod export;
+pub mod export_lm;
 pub mod export_network;
 pub mod firmware;
 pub mod golden;

@@ -129,3 +129,45 @@ fn stream_processing_allocates_nothing() {
     p.reset();
     assert_eq!(allocations(), before, "stream processing allocated");
 }
+
+/// The core language model's `step` and `generate` (greedy and top-k sampling) allocate
+/// nothing, on a model with a Mamba block, an attention block (key/value cache), gated MLPs and
+/// LayerNorm; the refused steps (full cache, bad token) allocate nothing either.
+#[test]
+fn language_model_stepping_allocates_nothing() {
+    use lrnnx::core::lm::{Sampling, SplitMix64};
+    use lrnnx::export_lm::export_lm;
+    use lrnnx::train::candle_core::{DType, Device};
+    use lrnnx::train::init::Rng;
+    use lrnnx::train::lm::{init_params, LanguageModel};
+    use serde_json::json;
+
+    let kw = json!({
+        "d_model": 16, "d_state": 4, "n_layer": 2, "vocab_size": 30, "d_intermediate": 40,
+        "mixer_types": ["Mamba", "attn"], "rms_norm": false, "tie_embeddings": false,
+        "fused_add_norm": false,
+        "mixer_kwargs": {"attn": {"num_heads": 4, "num_heads_kv": 2, "causal": true}},
+    });
+    let params = init_params(&kw, &mut Rng::new(3), DType::F32, &Device::Cpu).unwrap();
+    let lm = export_lm(&LanguageModel::from_lrnnx(&kw, params).unwrap(), 64).unwrap();
+    let mut state = vec![0.0f32; lm.state_len()];
+    let mut out = [0usize; 20];
+    let mut rng = SplitMix64::new(1);
+    let before = allocations();
+    for t in 0..10 {
+        lm.step(&mut state, t).unwrap();
+    }
+    lm.generate(&mut state, &[1, 2], Sampling::Greedy, &mut rng, &mut out)
+        .unwrap();
+    let s = Sampling::Temperature {
+        temperature: 0.9,
+        top_k: Some(5),
+    };
+    lm.generate(&mut state, &[3], s, &mut rng, &mut out)
+        .unwrap();
+    assert!(lm.step(&mut state, 99).is_err());
+    assert!(lm
+        .generate(&mut state, &[3], s, &mut rng, &mut [0usize; 40])
+        .is_err());
+    assert_eq!(allocations(), before, "language model stepping allocated");
+}

@@ -116,6 +116,18 @@ pub enum Error {
         /// Why it is invalid.
         reason: &'static str,
     },
+    /// A token id outside the model's (padded) vocabulary; the state was left untouched.
+    InvalidToken {
+        /// The token id given.
+        token: usize,
+        /// The vocabulary size (ids `0..vocab` are valid).
+        vocab: usize,
+    },
+    /// An attention key/value cache is full (`max_context` tokens); the state was left untouched.
+    ContextFull {
+        /// The cache's capacity in tokens.
+        max_context: usize,
+    },
     /// A network's stages do not fit together (widths, GLU input, residual brackets).
     NetworkStage {
         /// Index of the offending stage (the number of stages for an unclosed bracket).
@@ -162,6 +174,15 @@ impl fmt::Display for Error {
                 write!(f, "{what} is singular for channel {channel}")
             }
             Error::InvalidConfig { what, reason } => write!(f, "invalid {what}: {reason}"),
+            Error::InvalidToken { token, vocab } => write!(
+                f,
+                "token id {token} is outside the vocabulary 0..{vocab}; the state was not changed"
+            ),
+            Error::ContextFull { max_context } => write!(
+                f,
+                "the attention cache is full ({max_context} tokens, the model's max_context); \
+                 the state was not changed"
+            ),
             Error::NetworkStage { index, reason } => {
                 write!(f, "network stage {index}: {reason}")
             }

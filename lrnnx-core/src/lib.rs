@@ -34,6 +34,7 @@ pub mod fastmath;
 pub mod fastmath_trig;
 pub mod layer;
 pub mod linalg;
+pub mod lm;
 pub mod lru;
 pub mod mamba;
 pub mod network;
@@ -55,6 +56,10 @@ pub use centaurus::{Centaurus, CentaurusConfig, CentaurusMode};
 pub use discretize::Discretization;
 pub use error::{Dims, Error, Result};
 pub use layer::{run_event_sequence, run_sequence, EventLayer, Layer};
+pub use lm::{
+    Attention, AttentionConfig, GatedMlp, LanguageModel, LmBlock, LmConfig, Mixer, MlpConfig,
+    Sampling, SplitMix64,
+};
 pub use lru::{Lru, LruConfig};
 pub use mamba::{Mamba, MambaConfig};
 pub use network::{Activation, Dense, DenseConfig, Network, Pooling, Stage, Unpooling};

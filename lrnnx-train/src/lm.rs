@@ -550,6 +550,114 @@ impl Sampling {
     }
 }
 
+/// Fresh parameters for `LRNNLMHeadModel(**kwargs)` under lrnnx's state-dict names, with
+/// lrnnx's distributions (spec §14.1), not its random stream: embedding `N(0, 0.02²)`; every
+/// mixer from [`crate::init::init_params`]; attention `in_proj` (and the MLP's `fc1`) uniform in
+/// `±1/√fan_in`; `out_proj.weight` and `fc2.weight` uniform in `±1/√fan_in` divided by
+/// `√n_layer`; biases zero; norm weights one, biases zero; the head tied or, untied, drawn like
+/// the embedding.
+pub fn init_params(
+    kwargs: &Value,
+    rng: &mut Rng,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> std::result::Result<Params, BuildError> {
+    let cfg = LmConfig::from_lrnnx(kwargs)?;
+    let (d, v) = (cfg.d_model, cfg.padded_vocab());
+    let mut p = Params::new();
+    let put = |p: &mut Params, name: &str, vals: Vec<f64>, shape: &[usize]| -> Result<()> {
+        let t = Tensor::from_vec(vals, shape, device)?.to_dtype(dtype)?;
+        p.insert(name, &t)
+    };
+    let normal = |rng: &mut Rng, n: usize, sd: f64| (0..n).map(|_| sd * rng.normal()).collect();
+    let uniform = |rng: &mut Rng, n: usize, bound: f64| {
+        (0..n)
+            .map(|_| bound * (2.0 * rng.uniform() - 1.0))
+            .collect::<Vec<f64>>()
+    };
+    let depth = (cfg.n_layer.max(1) as f64).sqrt();
+    put(
+        &mut p,
+        "backbone.embedding.weight",
+        normal(rng, v * d, 0.02),
+        &[v, d],
+    )?;
+    if !cfg.tie_embeddings {
+        put(&mut p, "lm_head.weight", normal(rng, v * d, 0.02), &[v, d])?;
+    }
+    let norm = |p: &mut Params, prefix: &str| -> Result<()> {
+        put(p, &format!("{prefix}.weight"), vec![1.0; d], &[d])?;
+        if !cfg.rms_norm {
+            put(p, &format!("{prefix}.bias"), vec![0.0; d], &[d])?;
+        }
+        Ok(())
+    };
+    for (i, ty) in cfg.mixer_types.iter().enumerate() {
+        let pre = format!("backbone.layers.{i}");
+        norm(&mut p, &format!("{pre}.norm"))?;
+        let (class, kw) = mixer_class(&cfg, ty)?;
+        if ty == "attn" {
+            let n_heads = usize_arg(&kw, "num_heads")?;
+            let n_kv = crate::s4d::usize_or(&kw, "num_heads_kv", n_heads)?;
+            let hd = crate::s4d::usize_or(&kw, "head_dim", d / n_heads.max(1))?;
+            let qkv = hd * (n_heads + 2 * n_kv);
+            let b_in = 1.0 / (d as f64).sqrt();
+            let b_out = 1.0 / ((n_heads * hd) as f64).sqrt() / depth;
+            put(
+                &mut p,
+                &format!("{pre}.mixer.in_proj.weight"),
+                uniform(rng, qkv * d, b_in),
+                &[qkv, d],
+            )?;
+            if crate::s4d::bool_or(&kw, "qkv_proj_bias", true)? {
+                put(
+                    &mut p,
+                    &format!("{pre}.mixer.in_proj.bias"),
+                    vec![0.0; qkv],
+                    &[qkv],
+                )?;
+            }
+            put(
+                &mut p,
+                &format!("{pre}.mixer.out_proj.weight"),
+                uniform(rng, d * n_heads * hd, b_out),
+                &[d, n_heads * hd],
+            )?;
+            if crate::s4d::bool_or(&kw, "out_proj_bias", true)? {
+                put(
+                    &mut p,
+                    &format!("{pre}.mixer.out_proj.bias"),
+                    vec![0.0; d],
+                    &[d],
+                )?;
+            }
+        } else {
+            let mp = crate::init::init_params(class, &kw, rng, dtype, device)?;
+            for (k, var) in mp.vars() {
+                p.insert(&format!("{pre}.mixer.{k}"), var.as_tensor())?;
+            }
+        }
+        if cfg.d_intermediate > 0 {
+            let hid = cfg.mlp_hidden();
+            norm(&mut p, &format!("{pre}.norm2"))?;
+            put(
+                &mut p,
+                &format!("{pre}.mlp.fc1.weight"),
+                uniform(rng, 2 * hid * d, 1.0 / (d as f64).sqrt()),
+                &[2 * hid, d],
+            )?;
+            put(
+                &mut p,
+                &format!("{pre}.mlp.fc2.weight"),
+                uniform(rng, d * hid, 1.0 / (hid as f64).sqrt() / depth),
+                &[d, hid],
+            )?;
+        }
+    }
+    norm(&mut p, "backbone.norm_f")?;
+    Ok(p)
+}
+
 /// lrnnx's `LRNNLMHeadModel` (module docs) for training and generation.
 pub struct LanguageModel {
     config: LmConfig,

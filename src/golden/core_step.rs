@@ -95,6 +95,9 @@ pub fn check(case: &Case) -> Vec<Line> {
     if case.kind() == "op" {
         return super::core_ops::check(case);
     }
+    if case.kind() == "lm" {
+        return super::core_lm::check(case);
+    }
     if case.kind() != "module" {
         return vec![line(
             "core",

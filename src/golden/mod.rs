@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::safetensors_io::{ReadError, Tensor, TensorFile};
 
+mod core_lm;
 mod core_ops;
 mod core_step;
 mod train;
