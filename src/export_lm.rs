@@ -37,6 +37,8 @@ use lrnnx_core::lm::{
     MlpConfig,
 };
 use lrnnx_core::{CoreLayer, Norm, NormConfig, NormKind, ParamSource};
+
+use crate::blob::{push_f32s, push_u32, u32_of, Cursor};
 use lrnnx_train::lm::{mixer_class, LanguageModel as TrainLm, LmConfig};
 use lrnnx_train::Params;
 use serde_json::Value;
@@ -250,20 +252,6 @@ pub fn lm_from_params(config: &LmConfig, params: &Params, max_context: usize) ->
     )?)
 }
 
-fn push_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn push_f32s(out: &mut Vec<u8>, v: &[f32]) {
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-}
-
-fn u32_of(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| ExportError::Blob(format!("{what} {n} does not fit in a u32")))
-}
-
 /// The model as a blob (layout in the module doc).
 pub fn lm_to_blob<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>>(
     lm: &LanguageModel<W, B>,
@@ -317,59 +305,10 @@ pub fn lm_to_blob<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>>(
 }
 
 /// A cursor over the blob's words that reports where it ran out.
-struct Cursor<'b> {
-    blob: &'b [u8],
-    at: usize,
-}
-
-impl<'b> Cursor<'b> {
-    fn bytes(&mut self, n: usize, what: &str) -> Result<&'b [u8]> {
-        match self.at.checked_add(n).filter(|e| *e <= self.blob.len()) {
-            Some(end) => {
-                let s = &self.blob[self.at..end];
-                self.at = end;
-                Ok(s)
-            }
-            None => Err(ExportError::Blob(format!(
-                "{what}: needs {n} bytes at offset {}, the file has {} (truncated)",
-                self.at,
-                self.blob.len()
-            ))),
-        }
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        let b = self.bytes(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn flag(&mut self, what: &str) -> Result<bool> {
-        let at = self.at;
-        match self.u32(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            v => Err(ExportError::Blob(format!(
-                "{what} at offset {at} is {v}, not 0 or 1"
-            ))),
-        }
-    }
-
-    /// `n` f32 values; `n` is checked against the bytes left before anything is reserved.
-    fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>> {
-        let len = n
-            .checked_mul(4)
-            .ok_or_else(|| ExportError::Blob(format!("{what}: {n} values overflow")))?;
-        let b = self.bytes(len, what)?;
-        Ok(b.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
-    }
-}
-
 /// Reads a language-model blob (module doc) back; every part is checked by the core (sizes,
 /// finiteness, widths), and errors name the field and byte offset.
 pub fn read_lm_blob(blob: &[u8]) -> Result<OwnedLm> {
-    let mut c = Cursor { blob, at: 0 };
+    let mut c = Cursor::new(blob);
     if c.bytes(8, "magic")? != LM_MAGIC {
         return Err(ExportError::Blob(
             "wrong magic (not an lrnnx language-model blob)".into(),

@@ -34,6 +34,7 @@ use lrnnx_core::{
 };
 use lrnnx_train::network::{self as train_net, StageSpec};
 
+use crate::blob::{push_u32, u32_of, Cursor};
 use crate::export::{export, parse_blob, to_blob, to_rust_source, ExportError};
 
 /// A core network that owns its weights.
@@ -151,14 +152,6 @@ pub fn export_network(net: &train_net::Network) -> Result<OwnedNetwork> {
     Ok(Network::new(net.d_in(), stages)?)
 }
 
-fn push_u32(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-fn u32_of(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| ExportError::Blob(format!("{what} {n} does not fit in a u32")))
-}
-
 /// The network as a blob (layout in the module doc); `sample_rate` in Hz (0: not given),
 /// latency 0.
 pub fn network_to_blob<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
@@ -238,35 +231,6 @@ pub fn network_to_blob_with_latency<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
     Ok(out)
 }
 
-/// A cursor over the blob's words that reports where it ran out.
-struct Cursor<'b> {
-    blob: &'b [u8],
-    at: usize,
-}
-
-impl<'b> Cursor<'b> {
-    fn bytes(&mut self, n: usize, what: &str) -> Result<&'b [u8]> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.blob.len());
-        match end {
-            Some(end) => {
-                let s = &self.blob[self.at..end];
-                self.at = end;
-                Ok(s)
-            }
-            None => Err(ExportError::Blob(format!(
-                "{what}: needs {n} bytes at offset {}, the file has {} (truncated)",
-                self.at,
-                self.blob.len()
-            ))),
-        }
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        let b = self.bytes(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-}
-
 /// A network read from a blob, with the sample rate it was trained at (0: not given).
 pub struct NetworkFile {
     /// The network, owning its weights.
@@ -280,7 +244,7 @@ pub struct NetworkFile {
 /// Reads a network blob (module doc) back; every stage is checked by the core (lengths,
 /// finiteness, widths, residual brackets).
 pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
-    let mut c = Cursor { blob, at: 0 };
+    let mut c = Cursor::new(blob);
     if c.bytes(8, "magic")? != NETWORK_MAGIC {
         return Err(ExportError::Blob(
             "wrong magic (not an lrnnx network blob)".into(),

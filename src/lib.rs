@@ -19,6 +19,7 @@ pub use lrnnx_core as core;
 pub use lrnnx_stream as stream;
 pub use lrnnx_train as train;
 
+mod blob;
 pub mod export;
 pub mod export_lm;
 pub mod export_network;
