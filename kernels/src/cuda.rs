@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
@@ -17,15 +18,25 @@ use crate::{Pass, ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
 /// The GPU architecture the kernels are compiled for (H100/H200).
 pub const ARCH: &str = "sm_90";
 
-/// Whether `libnvrtc` can be loaded (cudarc panics on first use otherwise).
+/// Whether `libnvrtc` can be loaded (cudarc panics on first use otherwise). With the `linked`
+/// feature the libraries are linked at build time (a binary without them does not start), so
+/// this is `true`.
 pub fn nvrtc_available() -> bool {
+    #[cfg(feature = "linked")]
+    {
+        true
+    }
     // SAFETY: only tries to dlopen the library by its usual names.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    #[cfg(not(feature = "linked"))]
+    unsafe {
+        cudarc::nvrtc::sys::is_culib_present()
+    }
 }
 
 /// Whether `libcuda` loads and reports at least one device.
 pub fn gpu_available() -> bool {
     // SAFETY: only tries to dlopen the driver library by its usual names.
+    #[cfg(not(feature = "linked"))]
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return false;
     }
@@ -79,6 +90,46 @@ pub struct Inputs<'a> {
     pub delta_bias: Option<&'a CudaSlice<f32>>,
 }
 
+impl<'a> Inputs<'a> {
+    /// The same inputs as views.
+    pub fn views(&self) -> InputViews<'a> {
+        InputViews {
+            u: self.u.as_view(),
+            delta: self.delta.as_view(),
+            delta_a: self.delta_a.map(|t| t.as_view()),
+            a: self.a.as_view(),
+            b: self.b.as_view(),
+            c: self.c.as_view(),
+            d: self.d.map(|t| t.as_view()),
+            z: self.z.map(|t| t.as_view()),
+            delta_bias: self.delta_bias.map(|t| t.as_view()),
+        }
+    }
+}
+
+/// Device inputs as views: like [`Inputs`], but each tensor may be a sub-range of a larger
+/// buffer (e.g. `u`, `delta`, `deltaA` stacked in one allocation by a caller such as candle).
+pub struct InputViews<'a> {
+    /// `(batch, L, E)`.
+    pub u: CudaView<'a, f32>,
+    /// `(batch, L, E)` (before bias and softplus).
+    pub delta: CudaView<'a, f32>,
+    /// `(batch, L, E)`, with `has_delta_a`.
+    pub delta_a: Option<CudaView<'a, f32>>,
+    /// `(E, N)`.
+    pub a: CudaView<'a, f32>,
+    /// `(batch, L, G, N)` or `(E, N)`.
+    pub b: CudaView<'a, f32>,
+    /// `(batch, L, G, N)` or `(E, N)`.
+    pub c: CudaView<'a, f32>,
+    /// `(E)`, with `has_d`.
+    pub d: Option<CudaView<'a, f32>>,
+    /// `(batch, L, E)`, with `has_z`.
+    pub z: Option<CudaView<'a, f32>>,
+    /// `(E)`, with `has_delta_bias`.
+    pub delta_bias: Option<CudaView<'a, f32>>,
+}
+
 /// Results of the forward.
 pub struct Forward {
     /// `y` `(batch, L, E)`.
@@ -108,6 +159,25 @@ pub struct Grads {
     pub per_channel: Vec<f32>,
 }
 
+/// Gradients from [`SelectiveScan::backward_device`], all left on the device (no host copy,
+/// no synchronization): as [`Grads`], with `per_channel` a device buffer `(E, 3N + 2)`.
+pub struct DeviceGrads {
+    /// `∂/∂u` `(batch, L, E)`.
+    pub du: CudaSlice<f32>,
+    /// `∂/∂delta` (raw, before bias/softplus) `(batch, L, E)`.
+    pub ddelta: CudaSlice<f32>,
+    /// `∂/∂deltaA` `(batch, L, E)`.
+    pub ddelta_a: Option<CudaSlice<f32>>,
+    /// `∂/∂z` `(batch, L, E)`.
+    pub dz: Option<CudaSlice<f32>>,
+    /// `∂/∂B` `(batch, L, G, N)` (time-varying `B` only).
+    pub db: CudaSlice<f32>,
+    /// `∂/∂C` `(batch, L, G, N)`.
+    pub dc: CudaSlice<f32>,
+    /// Per-channel sums `(E, 3N + 2)`: `[∂A (N) | ∂B fixed (N) | ∂C fixed (N) | ∂D | ∂delta_bias]`.
+    pub per_channel: CudaSlice<f32>,
+}
+
 struct Module {
     _m: [Arc<CudaModule>; 2],
     fwd: CudaFunction,
@@ -131,6 +201,20 @@ impl SelectiveScan {
     pub fn new(ordinal: usize) -> Result<Self, ScanError> {
         let ctx = CudaContext::new(ordinal).map_err(drv)?;
         let stream = ctx.default_stream();
+        let dummy = stream.alloc_zeros::<f32>(1).map_err(drv)?;
+        Ok(SelectiveScan {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+            dummy,
+            tiling: Tiling::default(),
+        })
+    }
+
+    /// Launches on `stream` (e.g. candle's `CudaDevice::cuda_stream()`), in its context, so the
+    /// kernels are ordered with the other work of that stream and allocate from it.
+    pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self, ScanError> {
+        let ctx = stream.context().clone();
         let dummy = stream.alloc_zeros::<f32>(1).map_err(drv)?;
         Ok(SelectiveScan {
             ctx,
@@ -181,9 +265,9 @@ impl SelectiveScan {
         Ok(module)
     }
 
-    fn check_inputs(&self, spec: &ScanSpec, x: &Inputs) -> Result<Variant, ScanError> {
+    fn check_inputs(&self, spec: &ScanSpec, x: &InputViews) -> Result<Variant, ScanError> {
         let v = spec.check(self.tiling)?;
-        let need = |name: &str, t: Option<&CudaSlice<f32>>, flag: bool| -> Result<(), ScanError> {
+        let need = |name: &str, t: Option<&CudaView<f32>>, flag: bool| -> Result<(), ScanError> {
             match (t, flag) {
                 (Some(t), true) if t.len() == spec.expected_len(name) => Ok(()),
                 (Some(t), true) => Err(ScanError(format!(
@@ -198,15 +282,15 @@ impl SelectiveScan {
                 (None, true) => Err(ScanError(format!("tensor `{name}` is missing"))),
             }
         };
-        need("u", Some(x.u), true)?;
-        need("delta", Some(x.delta), true)?;
-        need("deltaA", x.delta_a, spec.has_delta_a)?;
-        need("A", Some(x.a), true)?;
-        need("B", Some(x.b), true)?;
-        need("C", Some(x.c), true)?;
-        need("D", x.d, spec.has_d)?;
-        need("z", x.z, spec.has_z)?;
-        need("delta_bias", x.delta_bias, spec.has_delta_bias)?;
+        need("u", Some(&x.u), true)?;
+        need("delta", Some(&x.delta), true)?;
+        need("deltaA", x.delta_a.as_ref(), spec.has_delta_a)?;
+        need("A", Some(&x.a), true)?;
+        need("B", Some(&x.b), true)?;
+        need("C", Some(&x.c), true)?;
+        need("D", x.d.as_ref(), spec.has_d)?;
+        need("z", x.z.as_ref(), spec.has_z)?;
+        need("delta_bias", x.delta_bias.as_ref(), spec.has_delta_bias)?;
         Ok(v)
     }
 
@@ -223,7 +307,12 @@ impl SelectiveScan {
     }
 
     /// Forward: `y`, the last state and the chunk checkpoints.
-    pub fn forward<'a>(&'a self, spec: &ScanSpec, x: &Inputs<'a>) -> Result<Forward, ScanError> {
+    pub fn forward(&self, spec: &ScanSpec, x: &Inputs) -> Result<Forward, ScanError> {
+        self.forward_views(spec, &x.views())
+    }
+
+    /// [`forward`](Self::forward) on views.
+    pub fn forward_views(&self, spec: &ScanSpec, x: &InputViews) -> Result<Forward, ScanError> {
         let v = self.check_inputs(spec, x)?;
         let m = self.module(&v)?;
         let s = &self.stream;
@@ -231,23 +320,28 @@ impl SelectiveScan {
         let mut y = out_buf(s, spec.batch * spec.len * spec.channels)?;
         let mut last = out_buf(s, spec.batch * spec.channels * spec.state_floats())?;
         let mut hs = out_buf(s, spec.batch * nch * spec.state_floats() * spec.channels)?;
-        let dm = &self.dummy;
-        let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
+        let dm = self.dummy.as_view();
+        let (xda, xd, xz, xdb) = (
+            x.delta_a.as_ref().unwrap_or(&dm),
+            x.d.as_ref().unwrap_or(&dm),
+            x.z.as_ref().unwrap_or(&dm),
+            x.delta_bias.as_ref().unwrap_or(&dm),
+        );
         let (l, e, g) = (
             spec.len as i32,
             spec.channels as i32,
             spec.groups.max(1) as i32,
         );
         let mut lb = s.launch_builder(&m.fwd);
-        lb.arg(x.u)
-            .arg(x.delta)
-            .arg(o(x.delta_a))
-            .arg(x.a)
-            .arg(x.b)
-            .arg(x.c)
-            .arg(o(x.d))
-            .arg(o(x.z))
-            .arg(o(x.delta_bias))
+        lb.arg(&x.u)
+            .arg(&x.delta)
+            .arg(xda)
+            .arg(&x.a)
+            .arg(&x.b)
+            .arg(&x.c)
+            .arg(xd)
+            .arg(xz)
+            .arg(xdb)
             .arg(&mut y)
             .arg(&mut hs)
             .arg(&mut last)
@@ -264,13 +358,54 @@ impl SelectiveScan {
     }
 
     /// Backward from the upstream gradient `dy` `(batch, L, E)` and the forward's checkpoints.
-    pub fn backward<'a>(
-        &'a self,
+    pub fn backward(
+        &self,
         spec: &ScanSpec,
-        x: &Inputs<'a>,
+        x: &Inputs,
         fwd: &Forward,
         dy: &CudaSlice<f32>,
     ) -> Result<Grads, ScanError> {
+        let g =
+            self.backward_device(spec, &x.views(), &fwd.checkpoints.as_view(), &dy.as_view())?;
+        let s = &self.stream;
+        let n = spec.state_floats();
+        let ne = 3 * n + 2;
+        let per_channel = s.clone_dtoh(&g.per_channel).map_err(drv)?;
+        let (mut db, mut dc) = (g.db, g.dc);
+        if spec.bc_fixed {
+            let mut hb = vec![0f32; spec.channels * n];
+            let mut hc = vec![0f32; spec.channels * n];
+            for ch in 0..spec.channels {
+                for k in 0..n {
+                    hb[ch * n + k] = per_channel[ch * ne + n + k];
+                    hc[ch * n + k] = per_channel[ch * ne + 2 * n + k];
+                }
+            }
+            db = s.clone_htod(&hb).map_err(drv)?;
+            dc = s.clone_htod(&hc).map_err(drv)?;
+        }
+        Ok(Grads {
+            du: g.du,
+            ddelta: g.ddelta,
+            ddelta_a: g.ddelta_a,
+            dz: g.dz,
+            db,
+            dc,
+            per_channel,
+        })
+    }
+
+    /// The backward on views, every result left on the device and nothing synchronized:
+    /// `checkpoints` are [`Forward::checkpoints`] of a forward with the same spec and tiling.
+    /// With `bc_fixed`, `db`/`dc` are zero and the gradients of `B`/`C` are the per-channel
+    /// columns `N..2N` and `2N..3N`.
+    pub fn backward_device(
+        &self,
+        spec: &ScanSpec,
+        x: &InputViews,
+        checkpoints: &CudaView<f32>,
+        dy: &CudaView<f32>,
+    ) -> Result<DeviceGrads, ScanError> {
         let v = self.check_inputs(spec, x)?;
         let ble = spec.batch * spec.len * spec.channels;
         if dy.len() != ble {
@@ -280,7 +415,7 @@ impl SelectiveScan {
             )));
         }
         let nch = spec.len.div_ceil(v.chunk());
-        if fwd.checkpoints.len() != spec.batch * nch * spec.state_floats() * spec.channels {
+        if checkpoints.len() != spec.batch * nch * spec.state_floats() * spec.channels {
             return Err(ScanError(
                 "checkpoints do not match the spec (forward run with another spec or tiling)"
                     .into(),
@@ -310,8 +445,13 @@ impl SelectiveScan {
             out_buf(s, spec.batch * nblk * spec.len * 2 * n)?
         };
         let mut pe = out_buf(s, spec.batch * spec.channels * ne)?;
-        let dm = &self.dummy;
-        let o = |t: Option<&'a CudaSlice<f32>>| -> &'a CudaSlice<f32> { t.unwrap_or(dm) };
+        let dm = self.dummy.as_view();
+        let (xda, xd, xz, xdb) = (
+            x.delta_a.as_ref().unwrap_or(&dm),
+            x.d.as_ref().unwrap_or(&dm),
+            x.z.as_ref().unwrap_or(&dm),
+            x.delta_bias.as_ref().unwrap_or(&dm),
+        );
         let (l, e, g) = (
             spec.len as i32,
             spec.channels as i32,
@@ -321,17 +461,17 @@ impl SelectiveScan {
         let mut d2 = s.alloc_zeros::<f32>(1).map_err(drv)?;
         {
             let mut lb = s.launch_builder(&m.bwd);
-            lb.arg(x.u)
-                .arg(x.delta)
-                .arg(o(x.delta_a))
-                .arg(x.a)
-                .arg(x.b)
-                .arg(x.c)
-                .arg(o(x.d))
-                .arg(o(x.z))
-                .arg(o(x.delta_bias))
+            lb.arg(&x.u)
+                .arg(&x.delta)
+                .arg(xda)
+                .arg(&x.a)
+                .arg(&x.b)
+                .arg(&x.c)
+                .arg(xd)
+                .arg(xz)
+                .arg(xdb)
                 .arg(dy)
-                .arg(&fwd.checkpoints)
+                .arg(checkpoints)
                 .arg(&mut du)
                 .arg(&mut ddt)
                 .arg(ddta.as_mut().unwrap_or(&mut d1))
@@ -373,27 +513,14 @@ impl SelectiveScan {
             unsafe { lb.launch(LaunchConfig::for_num_elems((spec.channels * ne) as u32)) }
                 .map_err(drv)?;
         }
-        let per_channel = s.clone_dtoh(&pc).map_err(drv)?;
-        if spec.bc_fixed {
-            let mut hb = vec![0f32; spec.channels * n];
-            let mut hc = vec![0f32; spec.channels * n];
-            for ch in 0..spec.channels {
-                for k in 0..n {
-                    hb[ch * n + k] = per_channel[ch * ne + n + k];
-                    hc[ch * n + k] = per_channel[ch * ne + 2 * n + k];
-                }
-            }
-            db = s.clone_htod(&hb).map_err(drv)?;
-            dc = s.clone_htod(&hc).map_err(drv)?;
-        }
-        Ok(Grads {
+        Ok(DeviceGrads {
             du,
             ddelta: ddt,
             ddelta_a: ddta,
             dz,
             db,
             dc,
-            per_channel,
+            per_channel: pc,
         })
     }
 }

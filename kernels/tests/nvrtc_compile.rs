@@ -92,3 +92,21 @@ fn s7_projections_compile_for_sm90() {
     }
     println!("compiled the S7 projections for sm_90");
 }
+
+#[test]
+fn linear_scan_variants_compile_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    for complex in [false, true] {
+        for shared in [false, true] {
+            let ptx = lrnnx_kernels::linear::compile(complex, shared)
+                .unwrap()
+                .to_src();
+            for k in ["ls_fwd", "ls_bwd"] {
+                assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+            }
+        }
+    }
+}

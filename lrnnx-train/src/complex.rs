@@ -88,16 +88,19 @@ impl CTensor {
 
     /// Matrix product with a real matrix on the right: `(re·m) + i(im·m)`.
     pub fn matmul_real(&self, m: &Tensor) -> Result<CTensor> {
+        let mo = |t: &Tensor| crate::ops::matmul_operand(t);
         Ok(CTensor {
-            re: self.re.broadcast_matmul(m)?,
-            im: self.im.broadcast_matmul(m)?,
+            re: mo(&self.re)?.broadcast_matmul(m)?,
+            im: mo(&self.im)?.broadcast_matmul(m)?,
         })
     }
 
     /// Matrix product of two complex tensors.
     pub fn matmul(&self, m: &CTensor) -> Result<CTensor> {
-        let re = (self.re.broadcast_matmul(&m.re)? - self.im.broadcast_matmul(&m.im)?)?;
-        let im = (self.re.broadcast_matmul(&m.im)? + self.im.broadcast_matmul(&m.re)?)?;
+        let mo = |t: &Tensor| crate::ops::matmul_operand(t);
+        let (sr, si, mr, mi) = (mo(&self.re)?, mo(&self.im)?, mo(&m.re)?, mo(&m.im)?);
+        let re = (sr.broadcast_matmul(&mr)? - si.broadcast_matmul(&mi)?)?;
+        let im = (sr.broadcast_matmul(&mi)? + si.broadcast_matmul(&mr)?)?;
         Ok(CTensor { re, im })
     }
 
@@ -109,9 +112,11 @@ impl CTensor {
     /// Unpacks a real tensor with a trailing dimension of 2.
     pub fn unpack(t: &Tensor) -> Result<CTensor> {
         let last = t.rank() - 1;
+        // on CUDA the halves are copied out (candle's CUDA matmul refuses stride-2 operands)
+        let half = |i| crate::ops::matmul_operand(&t.narrow(last, i, 1)?.squeeze(last)?);
         Ok(CTensor {
-            re: t.narrow(last, 0, 1)?.squeeze(last)?,
-            im: t.narrow(last, 1, 1)?.squeeze(last)?,
+            re: half(0)?,
+            im: half(1)?,
         })
     }
 }

@@ -9,6 +9,8 @@
 //! * [`fftconv`]: causal convolution by FFT (S4's kernel), forward and backward.
 //! * [`layer`]: the [`TrainLayer`] interface and [`build`] from lrnnx's class name; one module
 //!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
+//! * With the `cuda` feature, the fused selective scan (Mamba) runs on candle's CUDA device
+//!   through `lrnnx-kernels` (f32).
 //! * [`bidirectional`]: any layer run forward and backward in time, merged (not causal).
 #![deny(missing_docs)]
 
@@ -19,6 +21,8 @@ pub mod classifier;
 pub mod complex;
 pub mod denoiser;
 pub mod fftconv;
+#[cfg(feature = "cuda")]
+mod gpu;
 pub mod init;
 pub mod layer;
 pub mod lm;

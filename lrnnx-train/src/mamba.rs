@@ -268,7 +268,7 @@ impl TrainLayer for Mamba {
 
         // [δ_r; B; C] = x_proj(x_c); Δ = softplus(dt_proj(δ_r) + b_dt)
         let x_dbl = xc.broadcast_matmul(&w.x_w.t()?)?; // (B, L, R+2N)
-        let dt_raw = x_dbl.narrow(2, 0, r)?;
+        let dt_raw = crate::ops::matmul_operand(&x_dbl.narrow(2, 0, r)?)?;
         let b_t = x_dbl.narrow(2, r, n)?; // (B, L, N)
         let c_t = x_dbl.narrow(2, r + n, n)?;
         let delta = softplus(

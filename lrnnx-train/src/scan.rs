@@ -16,7 +16,9 @@
 //! ```
 //!
 //! The work is O(B·L·N) each way, sequential over L and vectorized over N. The forward and
-//! backward run on the CPU in the tensor's dtype (f32 or f64); the CUDA path is separate work.
+//! backward run on the CPU in the tensor's dtype (f32 or f64), and on a CUDA device (feature
+//! `cuda`, f32) through `lrnnx_kernels::linear` on candle's stream (one thread per (batch row,
+//! state), sequential in time).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
@@ -242,6 +244,19 @@ impl CustomOp2 for LinearScan {
         Ok((out, l2.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = self.check(l1.shape(), l2.shape())?;
+        let h = crate::gpu::linear_forward((self.complex, self.shared), s1, l1, s2, l2, d)?;
+        Ok((h, l2.shape().clone()))
+    }
+
     fn bwd(
         &self,
         a: &Tensor,
@@ -250,6 +265,11 @@ impl CustomOp2 for LinearScan {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = self.check(a.shape(), h.shape())?;
+        #[cfg(feature = "cuda")]
+        if a.device().is_cuda() {
+            let (ga, gu) = crate::gpu::linear_backward((self.complex, self.shared), [a, h, g], d)?;
+            return Ok((Some(ga), Some(gu)));
+        }
         let (ga, gu) = match a.dtype() {
             candle_core::DType::F32 => {
                 let (ga, gu) = self.backward::<f32>(a, h, g, d)?;

@@ -43,7 +43,12 @@
 //! (`(K+1)·E·N` values) and runs the reverse recursion over them. Work O(B·L·E·N) both ways
 //! (the backward ≈ 3 forwards), extra memory O(√L·E·N), independent of `B`.
 //!
-//! CPU only, f32 (with the core's branch-free `exp`/`expm1`, which vectorize) or f64 (std).
+//! On the CPU: f32 (with the core's branch-free `exp`/`expm1`, which vectorize) or f64 (std).
+//! On a CUDA device (feature `cuda`): f32, through `lrnnx-kernels`' chunked selective scan on
+//! candle's stream ([`crate::gpu`]); the operands are then stacked instead of concatenated,
+//! `[u; Δ; ΔA]` `(3, B, L, E)` and `[B_t; C_t]` `(2, B, L, N)`, so each kernel input is a
+//! contiguous range, and the backward reuses the forward's chunk checkpoints (the state every
+//! 32 steps) instead of the `√L` segments above.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
@@ -394,17 +399,44 @@ fn data<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-/// The fused op on `([u | Δ | ΔA] (B, L, 3E), A (E, N), [B_t | C_t] (B, L, 2N))`.
+/// The fused op on `([u | Δ | ΔA] (B, L, 3E), A (E, N), [B_t | C_t] (B, L, 2N))`, or with
+/// `stacked` (CUDA) on `([u; Δ; ΔA] (3, B, L, E), A, [B_t; C_t] (2, B, L, N))`.
 struct SelectiveScan {
     rule: MambaRule,
+    stacked: bool,
+    /// The CUDA forward's chunk checkpoints, for the backward.
+    #[cfg(feature = "cuda")]
+    ckpt: std::sync::Mutex<Option<candle_core::cuda::cudarc::driver::CudaSlice<f32>>>,
 }
 
 impl SelectiveScan {
+    fn new(rule: MambaRule, stacked: bool) -> Self {
+        SelectiveScan {
+            rule,
+            stacked,
+            #[cfg(feature = "cuda")]
+            ckpt: std::sync::Mutex::new(None),
+        }
+    }
+
     fn dims(&self, ch: &Shape, a: &Shape, bc: &Shape) -> Result<Dims> {
         let (e, n) = match a.dims() {
             [e, n] => (*e, *n),
             d => bail!("selective scan: `A` has shape {d:?}, expected (E, N)"),
         };
+        if self.stacked {
+            let (b, l) = match ch.dims() {
+                [3, b, l, c] if *c == e => (*b, *l),
+                d => bail!("selective scan: `[u; Δ; ΔA]` has shape {d:?}, expected (3, B, L, {e})"),
+            };
+            if bc.dims() != [2, b, l, n] {
+                bail!(
+                    "selective scan: `[B; C]` has shape {:?}, expected (2, {b}, {l}, {n})",
+                    bc.dims()
+                );
+            }
+            return Ok((b, l, e, n));
+        }
         let (b, l) = match ch.dims() {
             [b, l, c] if *c == 3 * e => (*b, *l),
             d => bail!("selective scan: `[u | Δ | ΔA]` has shape {d:?}, expected (B, L, 3·{e})"),
@@ -488,6 +520,9 @@ impl CustomOp3 for SelectiveScan {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if self.stacked {
+            bail!("selective scan: stacked operands are for the CUDA path");
+        }
         let d = self.dims(l1.shape(), l2.shape(), l3.shape())?;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x1), CpuStorage::F32(x2), CpuStorage::F32(x3)) => {
@@ -501,6 +536,27 @@ impl CustomOp3 for SelectiveScan {
         Ok((out, Shape::from((d.0, d.1, d.2))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        if !self.stacked {
+            bail!("selective scan: the CUDA path takes stacked operands");
+        }
+        let d = self.dims(l1.shape(), l2.shape(), l3.shape())?;
+        let (y, ckpt) = crate::gpu::selective_forward(self.rule, s1, l1, s2, l2, s3, l3, d)?;
+        if let Ok(mut c) = self.ckpt.lock() {
+            *c = Some(ckpt);
+        }
+        Ok((y, Shape::from((d.0, d.1, d.2))))
+    }
+
     fn bwd(
         &self,
         ch: &Tensor,
@@ -510,6 +566,20 @@ impl CustomOp3 for SelectiveScan {
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = self.dims(ch.shape(), a.shape(), bc.shape())?;
+        if self.stacked {
+            #[cfg(feature = "cuda")]
+            {
+                let ckpt = self
+                    .ckpt
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("selective scan: lock poisoned".into()))?;
+                let (dch, da, dbc) =
+                    crate::gpu::selective_backward(self.rule, [ch, a, bc, gy], d, ckpt.as_ref())?;
+                return Ok((Some(dch), Some(da), Some(dbc)));
+            }
+            #[cfg(not(feature = "cuda"))]
+            bail!("selective scan: stacked operands need the `cuda` feature");
+        }
         let (dch, da, dbc) = match ch.dtype() {
             DType::F32 => self.run_bwd::<f32>(ch, a, bc, gy, d)?,
             DType::F64 => self.run_bwd::<f64>(ch, a, bc, gy, d)?,
@@ -521,8 +591,9 @@ impl CustomOp3 for SelectiveScan {
 
 /// Mamba's selective scan, fused (module doc): `y (B, L, E)` with `y_t[e] = Σ_n C_t[n]·h_t[e,n]`
 /// from `u`, `Δ`, `ΔA` `(B, L, E)`, `A` `(E, N)`, `B_t`, `C_t` `(B, L, N)` under `rule`; all of
-/// one dtype (f32 or f64), on the CPU. Gradients flow to all six (through the packing
-/// concatenations; pass the same tensor as `delta` and `delta_a` and its gradient is the sum).
+/// one dtype (f32 or f64) on the CPU, f32 on a CUDA device (feature `cuda`). Gradients flow to
+/// all six (through the packing concatenations; pass the same tensor as `delta` and `delta_a`
+/// and its gradient is the sum).
 pub fn selective_scan(
     u: &Tensor,
     delta: &Tensor,
@@ -557,9 +628,14 @@ pub fn selective_scan(
             );
         }
     }
+    if u.device().is_cuda() {
+        let ch = Tensor::stack(&[u, delta, delta_a], 0)?;
+        let bc = Tensor::stack(&[b_t, c_t], 0)?;
+        return ch.apply_op3(&a.contiguous()?, &bc, SelectiveScan::new(rule, true));
+    }
     let ch = Tensor::cat(&[u, delta, delta_a], 2)?;
     let bc = Tensor::cat(&[b_t, c_t], 2)?;
-    ch.apply_op3(&a.contiguous()?, &bc, SelectiveScan { rule })
+    ch.apply_op3(&a.contiguous()?, &bc, SelectiveScan::new(rule, false))
 }
 
 #[cfg(test)]

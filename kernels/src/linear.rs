@@ -1,0 +1,214 @@
+//! The diagonal linear recurrence of `lrnnx-train`'s `scan` module on the GPU:
+//!
+//! ```text
+//! h_t = a_t ⊙ h_{t−1} + u_t                  (h_{−1} = 0; over axis 1 of (batch, L, N[, 2]))
+//! λ_t = g_t + conj(a_{t+1}) ⊙ λ_{t+1}        (λ_{L−1} = g_{L−1})
+//! ∂u_t = λ_t        ∂a_t = λ_t ⊙ conj(h_{t−1})   (∂a_0 = 0)
+//! ```
+//!
+//! real or complex (interleaved (re, im) pairs), with `a` full-size or one shared `(N[, 2])`
+//! row (its gradient then summed over time, per batch row). One thread per (batch row, state),
+//! sequential in time: simple and coalesced, not a parallel scan (the S5 / LRU / Centaurus
+//! states are few, so the work is latency-bound at short batch·N).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+use crate::cuda::ARCH;
+use crate::ScanError;
+
+/// The CUDA C source of the linear scan kernels (`ls_fwd`, `ls_bwd`).
+pub const LINEAR_SCAN_SRC: &str = include_str!("../cuda/linear_scan.cu");
+
+fn drv(e: cudarc::driver::DriverError) -> ScanError {
+    ScanError(format!("CUDA driver: {e:?}"))
+}
+
+/// Sizes and options of one linear scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinearSpec {
+    /// Batch size.
+    pub batch: usize,
+    /// Sequence length `L`.
+    pub len: usize,
+    /// States `N` (complex: pairs).
+    pub state: usize,
+    /// Complex values as interleaved (re, im).
+    pub complex: bool,
+    /// `a` is one `(N[, 2])` row used at every `(b, t)`.
+    pub shared: bool,
+}
+
+impl LinearSpec {
+    fn floats(&self) -> usize {
+        self.state * if self.complex { 2 } else { 1 }
+    }
+
+    /// Elements of `u`, `h`, `g`: `batch·L·N` (`·2` complex).
+    pub fn full_len(&self) -> usize {
+        self.batch * self.len * self.floats()
+    }
+
+    /// Elements of `a`: the full size, or one row when shared.
+    pub fn a_len(&self) -> usize {
+        if self.shared {
+            self.floats()
+        } else {
+            self.full_len()
+        }
+    }
+
+    /// Elements of `∂a` from [`LinearScan::backward`]: the full size, or `batch` rows when
+    /// shared.
+    pub fn da_len(&self) -> usize {
+        if self.shared {
+            self.batch * self.floats()
+        } else {
+            self.full_len()
+        }
+    }
+
+    fn check(&self, a: usize, u: usize) -> Result<(), ScanError> {
+        if self.batch == 0 || self.len == 0 || self.state == 0 {
+            return Err(ScanError(format!("linear scan: empty problem {self:?}")));
+        }
+        if self.batch * self.state > i32::MAX as usize || self.len > i32::MAX as usize {
+            return Err(ScanError(format!("linear scan: too large {self:?}")));
+        }
+        if a != self.a_len() {
+            return Err(ScanError(format!(
+                "linear scan: tensor `a` has {a} elements, expected {}",
+                self.a_len()
+            )));
+        }
+        if u != self.full_len() {
+            return Err(ScanError(format!(
+                "linear scan: tensor `u` has {u} elements, expected {}",
+                self.full_len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn launch(&self) -> LaunchConfig {
+        LaunchConfig::for_num_elems((self.batch * self.state) as u32)
+    }
+}
+
+/// Compiles the linear scan source (real or complex, full or shared `a`) to PTX for [`ARCH`].
+pub fn compile(complex: bool, shared: bool) -> Result<Ptx, ScanError> {
+    let opts = CompileOptions {
+        arch: Some(ARCH),
+        options: vec![
+            format!("-DCOMPLEX={}", u32::from(complex)),
+            format!("-DSHARED={}", u32::from(shared)),
+        ],
+        name: Some("linear_scan.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(LINEAR_SCAN_SRC, opts)
+        .map_err(|e| ScanError(format!("NVRTC compile of the linear scan failed: {e:?}")))
+}
+
+struct Module {
+    _m: Arc<CudaModule>,
+    fwd: CudaFunction,
+    bwd: CudaFunction,
+}
+
+/// The linear scan kernels on one stream; compiled variants cached for its lifetime.
+pub struct LinearScan {
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<(bool, bool), Arc<Module>>>,
+}
+
+impl LinearScan {
+    /// Launches on `stream` (e.g. candle's device stream).
+    pub fn with_stream(stream: Arc<CudaStream>) -> Self {
+        LinearScan {
+            stream,
+            modules: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn module(&self, spec: &LinearSpec) -> Result<Arc<Module>, ScanError> {
+        let key = (spec.complex, spec.shared);
+        let mut map = self
+            .modules
+            .lock()
+            .map_err(|_| ScanError("linear scan: module cache poisoned".into()))?;
+        if let Some(m) = map.get(&key) {
+            return Ok(m.clone());
+        }
+        let ptx = compile(spec.complex, spec.shared)?;
+        let m = self.stream.context().load_module(ptx).map_err(drv)?;
+        let module = Arc::new(Module {
+            fwd: m.load_function("ls_fwd").map_err(drv)?,
+            bwd: m.load_function("ls_bwd").map_err(drv)?,
+            _m: m,
+        });
+        map.insert(key, module.clone());
+        Ok(module)
+    }
+
+    /// `h` (the shape of `u`) from `a` and `u`.
+    pub fn forward(
+        &self,
+        spec: &LinearSpec,
+        a: &CudaView<f32>,
+        u: &CudaView<f32>,
+    ) -> Result<CudaSlice<f32>, ScanError> {
+        spec.check(a.len(), u.len())?;
+        let m = self.module(spec)?;
+        // SAFETY: any bit pattern is a valid f32; the kernel writes every element.
+        let mut h = unsafe { self.stream.alloc::<f32>(spec.full_len()) }.map_err(drv)?;
+        let (b, l, n) = (spec.batch as i32, spec.len as i32, spec.state as i32);
+        let mut lb = self.stream.launch_builder(&m.fwd);
+        lb.arg(a).arg(u).arg(&mut h).arg(&b).arg(&l).arg(&n);
+        // SAFETY: the arguments match `ls_fwd`; lengths checked above.
+        unsafe { lb.launch(spec.launch()) }.map_err(drv)?;
+        Ok(h)
+    }
+
+    /// `(∂a, ∂u)` from `a`, the forward's `h` and the upstream gradient `g`; with a shared `a`,
+    /// `∂a` is `(batch, N[, 2])` (sum over the batch left to the caller).
+    pub fn backward(
+        &self,
+        spec: &LinearSpec,
+        a: &CudaView<f32>,
+        h: &CudaView<f32>,
+        g: &CudaView<f32>,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f32>), ScanError> {
+        spec.check(a.len(), h.len())?;
+        if g.len() != spec.full_len() {
+            return Err(ScanError(format!(
+                "linear scan: tensor `g` has {} elements, expected {}",
+                g.len(),
+                spec.full_len()
+            )));
+        }
+        let m = self.module(spec)?;
+        // SAFETY: as in `forward`; the kernel writes every element of both.
+        let mut du = unsafe { self.stream.alloc::<f32>(spec.full_len()) }.map_err(drv)?;
+        // SAFETY: as above.
+        let mut da = unsafe { self.stream.alloc::<f32>(spec.da_len()) }.map_err(drv)?;
+        let (b, l, n) = (spec.batch as i32, spec.len as i32, spec.state as i32);
+        let mut lb = self.stream.launch_builder(&m.bwd);
+        lb.arg(a)
+            .arg(h)
+            .arg(g)
+            .arg(&mut du)
+            .arg(&mut da)
+            .arg(&b)
+            .arg(&l)
+            .arg(&n);
+        // SAFETY: the arguments match `ls_bwd`; lengths checked above.
+        unsafe { lb.launch(spec.launch()) }.map_err(drv)?;
+        Ok((da, du))
+    }
+}
