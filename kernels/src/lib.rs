@@ -17,7 +17,7 @@
 //! [`Tiling`]); the backward is deterministic: every reduction runs in a fixed order (no
 //! floating-point atomics), so two runs give bitwise equal gradients.
 //!
-//! The [`linear`] module (feature `cuda`) runs the diagonal linear recurrence
+//! The `linear` module (feature `cuda`) runs the diagonal linear recurrence
 //! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward.
 //!
 //! Without the `cuda` feature the crate holds the kernel sources, the configuration and its shape

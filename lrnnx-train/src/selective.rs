@@ -45,7 +45,7 @@
 //!
 //! On the CPU: f32 (with the core's branch-free `exp`/`expm1`, which vectorize) or f64 (std).
 //! On a CUDA device (feature `cuda`): f32, through `lrnnx-kernels`' chunked selective scan on
-//! candle's stream ([`crate::gpu`]); the operands are then stacked instead of concatenated,
+//! candle's stream (module `gpu`, feature `cuda`); the operands are then stacked instead of concatenated,
 //! `[u; Δ; ΔA]` `(3, B, L, E)` and `[B_t; C_t]` `(2, B, L, N)`, so each kernel input is a
 //! contiguous range, and the backward reuses the forward's chunk checkpoints (the state every
 //! 32 steps) instead of the `√L` segments above.
