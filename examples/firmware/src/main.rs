@@ -135,7 +135,12 @@ fn run_model<S: AsRef<[Stage<&'static [f32]>]>, const DI: usize, const DO: usize
     let samples = input.len();
     let hook = (hooked as i64 - plain as i64).max(0);
     let calls = hook_calls.max(1);
-    for (i, ((kind, t), w)) in kinds.iter().zip(&stage_ticks).zip(&stage_windows).enumerate() {
+    for (i, ((kind, t), w)) in kinds
+        .iter()
+        .zip(&stage_ticks)
+        .zip(&stage_windows)
+        .enumerate()
+    {
         // Each window holds one hook call: subtract `hook / calls` per window.
         let own = *t as i64 * calls - hook * *w as i64;
         report::stage_cost(name, i, kind, scale.tenths(own, samples) / calls);
