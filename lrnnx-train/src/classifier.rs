@@ -36,14 +36,9 @@
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 use serde_json::Value;
 
-use crate::init::Rng;
 use crate::layer::BuildError;
 use crate::network::{output_factor, Activation, Network, NormKind, Pooling, StageSpec};
-use crate::optim::{clip_grad_norm, AdamW, WarmupCosine};
-use crate::trainer::{cross_entropy, TrainConfig, TrainReport};
-
-/// Sub-stream of the seed used for shuffling (the network draws from the seed itself).
-const SHUFFLE_STREAM: u64 = 2;
+use crate::trainer::{cross_entropy, train_minibatches, TrainConfig, TrainReport};
 
 /// How the head pools the frames of a sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,67 +364,10 @@ pub fn train(model: &EventClassifier, data: &EventSet, cfg: &TrainConfig) -> Res
     if data.is_empty() || cfg.batch_size == 0 {
         bail!("training needs a non-empty event set and a positive batch size");
     }
-    let vars = model.net.vars();
-    let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
-    for (name, var) in &vars {
-        if var.rank() < 2 {
-            opt.set_weight_decay(name, 0.0);
-        }
-    }
-    let total = data.len().div_ceil(cfg.batch_size) * cfg.epochs;
-    let schedule = WarmupCosine {
-        peak_lr: cfg.lr,
-        min_lr: cfg.min_lr,
-        warmup_steps: cfg.warmup_steps.min(total),
-        total_steps: total,
-    };
-    let bar = if cfg.progress {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps, epoch {prefix} loss {msg} (eta {eta})",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let mut rng = Rng::new(cfg.seed).fork(SHUFFLE_STREAM);
-    let mut order: Vec<u32> = (0..data.len() as u32).collect();
-    let mut report = TrainReport {
-        losses: Vec::with_capacity(total),
-        epoch_losses: Vec::with_capacity(cfg.epochs),
-        steps: 0,
-    };
-    for epoch in 0..cfg.epochs {
-        rng.shuffle(&mut order);
-        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-        let mut epoch_sum = 0.0f64;
-        for idx in order.chunks(cfg.batch_size) {
-            let (x, dt, lengths, labels) = data.batch(idx)?;
-            let loss = cross_entropy(&model.logits(&x, &dt, &lengths)?, &labels)?;
-            let mut grads = loss.backward()?;
-            if let Some(max_norm) = cfg.max_grad_norm {
-                clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), max_norm)?;
-            }
-            opt.step(&grads, schedule.lr(report.steps))?;
-            let l = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !l.is_finite() {
-                bar.abandon();
-                bail!("loss is {l} at step {}", report.steps);
-            }
-            report.losses.push(l);
-            report.steps += 1;
-            epoch_sum += l as f64 * idx.len() as f64;
-            bar.set_message(format!("{l:.4}"));
-            bar.inc(1);
-        }
-        report
-            .epoch_losses
-            .push((epoch_sum / data.len() as f64) as f32);
-    }
-    bar.finish();
-    Ok(report)
+    train_minibatches(model.net.vars(), data.len(), cfg, |idx| {
+        let (x, dt, lengths, labels) = data.batch(idx)?;
+        cross_entropy(&model.logits(&x, &dt, &lengths)?, &labels)
+    })
 }
 
 /// The logits of every sequence of `data` (in order), evaluated `batch_size` at a time.

@@ -272,14 +272,33 @@ pub fn train(model: &SeqClassifier, data: &Dataset, cfg: &TrainConfig) -> Result
     if data.is_empty() || cfg.batch_size == 0 {
         bail!("training needs a non-empty dataset and a positive batch size");
     }
-    let vars = model.vars();
+    train_minibatches(model.vars(), data.len(), cfg, |idx| {
+        let (x, labels) = data.batch(idx)?;
+        cross_entropy(&model.logits(&x)?, &labels)
+    })
+}
+
+/// The training loop shared by the classifiers: `cfg.epochs` passes over `n_items` items in
+/// shuffled mini-batches of `cfg.batch_size` (shuffle stream forked from `cfg.seed`), each
+/// step minimizing `loss_of(batch indices)` over `vars` with AdamW (no weight decay on
+/// parameters of rank < 2), global gradient-norm clipping and warmup + cosine decay. Stops with
+/// an error at a non-finite loss.
+pub fn train_minibatches(
+    vars: Vec<(String, candle_core::Var)>,
+    n_items: usize,
+    cfg: &TrainConfig,
+    mut loss_of: impl FnMut(&[u32]) -> Result<Tensor>,
+) -> Result<TrainReport> {
+    if n_items == 0 || cfg.batch_size == 0 {
+        bail!("training needs items and a positive batch size");
+    }
     let mut opt = AdamW::new(vars.clone(), cfg.adamw)?;
     for (name, var) in &vars {
         if var.rank() < 2 {
             opt.set_weight_decay(name, 0.0);
         }
     }
-    let steps_per_epoch = data.len().div_ceil(cfg.batch_size);
+    let steps_per_epoch = n_items.div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let schedule = WarmupCosine {
         peak_lr: cfg.lr,
@@ -299,7 +318,7 @@ pub fn train(model: &SeqClassifier, data: &Dataset, cfg: &TrainConfig) -> Result
         ProgressBar::hidden()
     };
     let mut shuffle_rng = Rng::new(cfg.seed).fork(SHUFFLE_STREAM);
-    let mut order: Vec<u32> = (0..data.len() as u32).collect();
+    let mut order: Vec<u32> = (0..n_items as u32).collect();
     let mut report = TrainReport {
         losses: Vec::with_capacity(total),
         epoch_losses: Vec::with_capacity(cfg.epochs),
@@ -310,14 +329,13 @@ pub fn train(model: &SeqClassifier, data: &Dataset, cfg: &TrainConfig) -> Result
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
         let mut epoch_sum = 0.0f64;
         for idx in order.chunks(cfg.batch_size) {
-            let (x, labels) = data.batch(idx)?;
-            let loss = cross_entropy(&model.logits(&x)?, &labels)?;
+            let loss = loss_of(idx)?;
             let mut grads = loss.backward()?;
             if let Some(max_norm) = cfg.max_grad_norm {
                 clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), max_norm)?;
             }
             opt.step(&grads, schedule.lr(report.steps))?;
-            let l = loss.to_scalar::<f32>()?;
+            let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
             if !l.is_finite() {
                 bar.abandon();
                 bail!("loss is {l} at step {}", report.steps);
@@ -330,7 +348,7 @@ pub fn train(model: &SeqClassifier, data: &Dataset, cfg: &TrainConfig) -> Result
         }
         report
             .epoch_losses
-            .push((epoch_sum / data.len() as f64) as f32);
+            .push((epoch_sum / n_items as f64) as f32);
     }
     bar.finish();
     Ok(report)
