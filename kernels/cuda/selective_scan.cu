@@ -40,7 +40,8 @@
 // channel sums over batch in batch order by ss_reduce_e. No atomics.
 //
 // Compile-time parameters (defines): NSTATE, SEG, KCH, ITEMS, NWARP, RULE, HAS_Z, HAS_D, HAS_DB,
-// SOFTPLUS, HAS_DTA, BC_FIXED, COMPLEX. With time-varying B/C, CB divides the channels of a group (a block
+// SOFTPLUS, HAS_DTA, BC_FIXED, COMPLEX. SEQ=1 replaces the chunked ss_fwd / ss_bwd by the
+// sequential-mode kernels of selective_seq.cu (appended to this source; see there). With time-varying B/C, CB divides the channels of a group (a block
 // lies inside one group); with BC_FIXED the last block may hold channels ≥ E (inactive).
 
 #ifndef NSTATE
@@ -81,6 +82,9 @@
 #endif
 #ifndef COMPLEX
 #define COMPLEX 0
+#endif
+#ifndef SEQ
+#define SEQ 0
 #endif
 #if COMPLEX && BC_FIXED
 #error "complex A with time-invariant B/C is not supported"
@@ -460,6 +464,23 @@ __device__ __forceinline__ float delta_of(float raw, float db, bool valid) {
     return valid ? d : 0.f;
 }
 
+// (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
+__device__ __forceinline__ void gbar_partials(float d, float a, float gb, float& gd, float& ga) {
+#if RULE == R_ZOH
+    gd = fmaf(a, gb, 1.f);  // e^{Δa}
+    ga = a == 0.f ? 0.5f * d * d : (d * gd - gb) / a;
+#elif RULE == R_BILINEAR
+    (void)gb;
+    const float den = 1.f - 0.5f * d * a;
+    gd = 1.f / (den * den);
+    ga = 0.5f * d * d * gd;
+#else
+    (void)d; (void)a; (void)gb;
+    gd = 0.f; ga = 0.f;
+#endif
+}
+
+#if !SEQ  // the chunked kernels (SEQ=1: selective_seq.cu, appended, defines ss_fwd / ss_bwd)
 // ---------------------------------------------------------------------------------------------
 // Forward.  grid (⌈E / CB⌉, Bsz), block (NT), dynamic shared memory fwd_shared_bytes.
 extern "C" __global__ void __launch_bounds__(NT)
@@ -696,22 +717,6 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         const int c = j / NS;
         if (e0 + c < E) last[((size_t)b * E + e0) * NS + j] = sH[j];
     }
-}
-
-// (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
-__device__ __forceinline__ void gbar_partials(float d, float a, float gb, float& gd, float& ga) {
-#if RULE == R_ZOH
-    gd = fmaf(a, gb, 1.f);  // e^{Δa}
-    ga = a == 0.f ? 0.5f * d * d : (d * gd - gb) / a;
-#elif RULE == R_BILINEAR
-    (void)gb;
-    const float den = 1.f - 0.5f * d * a;
-    gd = 1.f / (den * den);
-    ga = 0.5f * d * d * gd;
-#else
-    (void)d; (void)a; (void)gb;
-    gd = 0.f; ga = 0.f;
-#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1228,6 +1233,8 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         }
     }
 }
+
+#endif  // !SEQ
 
 // ---------------------------------------------------------------------------------------------
 // dB, dC (time-varying) = Σ over the blocks of each group, in block order.

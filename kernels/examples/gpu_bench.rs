@@ -99,6 +99,14 @@ fn main() {
                 tf = tf.min((t1 - t0).as_secs_f64() * 1e3);
                 tfb = tfb.min((t2 - t0).as_secs_f64() * 1e3);
             }
+            let (v, [(rf, lf), (rb, lb)]) = ss.kernel_info(&spec).unwrap();
+            println!(
+                "  {} kernels: fwd {rf} registers/thread ({lf} B spilled), bwd {rb} ({lb} B), \
+                 chunk {}, {} channels a block",
+                if v.seq { "sequential" } else { "chunked" },
+                v.chunk(),
+                v.channels_per_block(lrnnx_kernels::Pass::Backward)
+            );
             println!(
                 "z={has_z} tiling {t:?}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms ({:.1}% of roofline {roof_ms:.3} ms)",
                 100.0 * roof_ms / tfb

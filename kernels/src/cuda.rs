@@ -13,7 +13,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
-use crate::{Pass, ScanError, ScanSpec, Tiling, Variant, SELECTIVE_SCAN_SRC};
+use crate::{Pass, ScanError, ScanSpec, Tiling, Variant};
 
 /// The GPU architecture the kernels are compiled for (H100/H200).
 pub const ARCH: &str = "sm_90";
@@ -43,8 +43,9 @@ pub fn gpu_available() -> bool {
     matches!(CudaContext::device_count(), Ok(n) if n > 0)
 }
 
-/// Compiles the selective scan source for `variant`'s kernel `pass` to PTX for [`ARCH`] (the
-/// PTX holds every kernel of the source, compiled with that pass's geometry).
+/// Compiles the selective scan source of `variant` ([`Variant::source`]) for its kernel `pass`
+/// to PTX for [`ARCH`] (the PTX holds every kernel of the source, compiled with that pass's
+/// geometry).
 pub fn compile(variant: &Variant, pass: Pass) -> Result<Ptx, ScanError> {
     let opts = CompileOptions {
         arch: Some(ARCH),
@@ -52,7 +53,7 @@ pub fn compile(variant: &Variant, pass: Pass) -> Result<Ptx, ScanError> {
         name: Some("selective_scan.cu".into()),
         ..Default::default()
     };
-    compile_ptx_with_opts(SELECTIVE_SCAN_SRC, opts)
+    compile_ptx_with_opts(variant.source(), opts)
         .map_err(|e| ScanError(format!("NVRTC compile of {variant:?} failed: {e:?}")))
 }
 
@@ -263,6 +264,25 @@ impl SelectiveScan {
         let module = Arc::new(module);
         map.insert(*v, module.clone());
         Ok(module)
+    }
+
+    /// The variant `spec` selects with the current tiling, and its compiled kernels' registers
+    /// per thread and local (spilled) bytes per thread, forward then backward (for benchmarks
+    /// and profiling).
+    pub fn kernel_info(&self, spec: &ScanSpec) -> Result<(Variant, [(i32, i32); 2]), ScanError> {
+        let v = spec.check(self.tiling)?;
+        let m = self.module(&v)?;
+        let info = |f: &CudaFunction| -> Result<(i32, i32), ScanError> {
+            use CUfunction_attribute::{
+                CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, CU_FUNC_ATTRIBUTE_NUM_REGS,
+            };
+            Ok((
+                f.get_attribute(CU_FUNC_ATTRIBUTE_NUM_REGS).map_err(drv)?,
+                f.get_attribute(CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)
+                    .map_err(drv)?,
+            ))
+        };
+        Ok((v, [info(&m.fwd)?, info(&m.bwd)?]))
     }
 
     fn check_inputs(&self, spec: &ScanSpec, x: &InputViews) -> Result<Variant, ScanError> {

@@ -37,6 +37,10 @@ pub mod s7;
 /// `ss_reduce_e`).
 pub const SELECTIVE_SCAN_SRC: &str = include_str!("../cuda/selective_scan.cu");
 
+/// The CUDA C source of the sequential-mode `ss_fwd` / `ss_bwd` (see [`ScanMode`]), compiled
+/// appended to [`SELECTIVE_SCAN_SRC`] with `SEQ=1`.
+pub const SELECTIVE_SEQ_SRC: &str = include_str!("../cuda/selective_seq.cu");
+
 /// The CUDA C source of the S7 projection kernels (spec §4.5) used around the s7-rule scan.
 pub const S7_PROJ_SRC: &str = include_str!("../cuda/s7_proj.cu");
 
@@ -153,6 +157,11 @@ pub struct ScanSpec {
 /// per-thread affine maps `h ↦ P·h + S` with warp shuffles, one state at a time. The forward
 /// stores the state at every chunk start for the backward. The forward and the backward share
 /// `seg` and `items` (hence the chunk) and may differ in channels per thread and warps.
+///
+/// The sequential mode ([`ScanMode`]) has its own geometry: `seq_split` threads per channel
+/// (each holding `N / seq_split` states in registers), `seq_warps` warps per block, chunks of
+/// `seq_chunk` steps (the checkpoint interval) re-walked by the backward in sub-chunks of
+/// `seq_sub` steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tiling {
     /// Threads (lanes) per channel set along time (power of two, 1..=32).
@@ -167,7 +176,44 @@ pub struct Tiling {
     pub bwd_channels_per_thread: usize,
     /// Warps per block in the backward (power of two, 1..=16).
     pub bwd_warps: usize,
+    /// Which kernels run: chunked, sequential, or chosen from the problem ([`ScanMode::Auto`]).
+    pub mode: ScanMode,
+    /// Sequential mode: threads per channel (1 or 2).
+    pub seq_split: usize,
+    /// Sequential mode: warps per block (power of two, 1..=8).
+    pub seq_warps: usize,
+    /// Sequential mode: steps per chunk (a multiple of `seq_sub`, 8..=64).
+    pub seq_chunk: usize,
+    /// Sequential mode: steps per backward sub-chunk (2, 4 or 8).
+    pub seq_sub: usize,
 }
+
+/// Which selective-scan kernels run.
+///
+/// * `Chunked`: a block walks chunks of steps with several lanes per channel scanning affine
+///   maps over time (parallel in time within a chunk): any problem, and the fastest when there
+///   are few channels (`batch · E` well below the GPU's ~8k resident warps' lanes).
+/// * `Sequential`: a thread (or two) per channel walks time in order with the channel's states
+///   in registers: no scan operators, about a third of the chunked kernels' instructions per
+///   (step, state); needs real `A`, time-varying `B`/`C`, `N ≤ 16` and enough channels to fill
+///   the GPU.
+/// * `Auto`: `Sequential` where it applies and `batch · E ≥` [`AUTO_SEQ_MIN_CHANNELS`],
+///   otherwise `Chunked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScanMode {
+    /// Chosen per problem (see the type's documentation).
+    Auto,
+    /// Always the chunked kernels.
+    Chunked,
+    /// The sequential kernels (an error where they do not apply).
+    Sequential,
+}
+
+/// Least `batch · channels` for which [`ScanMode::Auto`] picks the sequential kernels.
+pub const AUTO_SEQ_MIN_CHANNELS: usize = 8192;
+
+/// Largest dynamic shared memory of the sequential kernels (H100/H200 allow 227 KiB a block).
+pub const SEQ_MAX_SHARED_BYTES: usize = 224 * 1024;
 
 impl Default for Tiling {
     fn default() -> Self {
@@ -178,13 +224,18 @@ impl Default for Tiling {
             warps: 4,
             bwd_channels_per_thread: 1,
             bwd_warps: 4,
+            mode: ScanMode::Auto,
+            seq_split: 2,
+            seq_warps: 8,
+            seq_chunk: 32,
+            seq_sub: 4,
         }
     }
 }
 
 /// The tilings `examples/gpu_bench.rs` times (and `tests/nvrtc_compile.rs` compiles), the
 /// default first.
-pub const BENCH_TILINGS: [Tiling; 6] = {
+pub const BENCH_TILINGS: [Tiling; 8] = {
     const fn t(seg: usize, items: usize, kf: usize, wf: usize, kb: usize, wb: usize) -> Tiling {
         Tiling {
             seg,
@@ -193,15 +244,32 @@ pub const BENCH_TILINGS: [Tiling; 6] = {
             warps: wf,
             bwd_channels_per_thread: kb,
             bwd_warps: wb,
+            mode: ScanMode::Chunked,
+            seq_split: 2,
+            seq_warps: 8,
+            seq_chunk: 32,
+            seq_sub: 4,
+        }
+    }
+    const fn q(split: usize, warps: usize, chunk: usize, sub: usize) -> Tiling {
+        Tiling {
+            mode: ScanMode::Sequential,
+            seq_split: split,
+            seq_warps: warps,
+            seq_chunk: chunk,
+            seq_sub: sub,
+            ..t(4, 8, 2, 4, 1, 4)
         }
     }
     [
+        q(2, 8, 32, 4),
+        q(1, 4, 32, 4),
+        q(2, 4, 32, 4),
+        q(2, 8, 16, 4),
+        q(2, 8, 32, 8),
+        q(1, 8, 32, 2),
         t(4, 8, 2, 4, 1, 4),
         t(8, 8, 2, 4, 1, 8),
-        t(8, 8, 1, 4, 2, 4),
-        t(16, 4, 2, 4, 1, 4),
-        t(4, 8, 1, 4, 1, 8),
-        t(4, 16, 1, 4, 1, 4),
     ]
 };
 
@@ -238,6 +306,8 @@ pub struct Variant {
     /// Launch geometry (with time-varying `B`/`C`, `channels_per_block` divides the channels of
     /// a group).
     pub tiling: Tiling,
+    /// The sequential kernels ([`ScanMode::Sequential`], resolved by [`ScanSpec::check`]).
+    pub seq: bool,
 }
 
 impl Variant {
@@ -259,7 +329,22 @@ impl Variant {
             format!("-DHAS_DTA={}", b(self.has_delta_a)),
             format!("-DBC_FIXED={}", b(self.bc_fixed)),
             format!("-DCOMPLEX={}", b(self.complex)),
+            format!("-DSEQ={}", b(self.seq)),
+            format!("-DSPLIT={}", self.tiling.seq_split),
+            format!("-DSWARP={}", self.tiling.seq_warps),
+            format!("-DST={}", self.tiling.seq_chunk),
+            format!("-DSS={}", self.tiling.seq_sub),
         ]
+    }
+
+    /// The CUDA source of this variant: [`SELECTIVE_SCAN_SRC`], followed by
+    /// [`SELECTIVE_SEQ_SRC`] in the sequential mode.
+    pub fn source(&self) -> String {
+        if self.seq {
+            format!("{SELECTIVE_SCAN_SRC}\n{SELECTIVE_SEQ_SRC}")
+        } else {
+            SELECTIVE_SCAN_SRC.to_string()
+        }
     }
 
     /// (channels per thread, warps per block) of a pass.
@@ -273,7 +358,11 @@ impl Variant {
 
     /// Steps per chunk (`seg·items`; the checkpoint interval of the forward).
     pub fn chunk(&self) -> usize {
-        self.tiling.seg * self.tiling.items
+        if self.seq {
+            self.tiling.seq_chunk
+        } else {
+            self.tiling.seg * self.tiling.items
+        }
     }
 
     /// Channel sets per block (`32/seg` per warp).
@@ -283,16 +372,44 @@ impl Variant {
 
     /// Channels per block.
     pub fn channels_per_block(&self, pass: Pass) -> usize {
-        self.sets(pass) * self.per_pass(pass).0
+        if self.seq {
+            32 * self.tiling.seq_warps / self.tiling.seq_split
+        } else {
+            self.sets(pass) * self.per_pass(pass).0
+        }
     }
 
     /// Threads per block.
     pub fn threads(&self, pass: Pass) -> usize {
-        32 * self.per_pass(pass).1
+        if self.seq {
+            32 * self.tiling.seq_warps
+        } else {
+            32 * self.per_pass(pass).1
+        }
     }
 
     /// Dynamic shared memory of a pass's kernel in bytes (the layout of the kernel source).
     pub fn shared_bytes(&self, pass: Pass) -> usize {
+        if self.seq {
+            // double-buffered [chunk][channels] tiles and B/C rows; the backward adds the
+            // sub-chunk start states [chunk / sub][N / split][threads]
+            let (st, cb) = (self.tiling.seq_chunk, self.channels_per_block(pass));
+            let extra = usize::from(self.has_delta_a) + usize::from(self.has_z);
+            let tiles = match pass {
+                Pass::Forward => 2 + extra,
+                Pass::Backward => 3 + extra,
+            };
+            let buf = tiles * st * cb + 2 * st * self.state;
+            let sub = match pass {
+                Pass::Forward => 0,
+                Pass::Backward => {
+                    st / self.tiling.seq_sub
+                        * (self.state / self.tiling.seq_split)
+                        * self.threads(pass)
+                }
+            };
+            return 4 * (2 * buf + sub);
+        }
         let (cb, ts) = (self.channels_per_block(pass), self.chunk() + 4);
         let nv = if self.complex { 2 } else { 1 };
         let n = self.state * nv;
@@ -375,7 +492,17 @@ impl ScanSpec {
             has_z: self.has_z,
             complex: self.complex,
             tiling,
+            seq: false,
         };
+        if tiling.mode != ScanMode::Chunked {
+            let wanted = tiling.mode == ScanMode::Sequential
+                || self.batch * self.channels >= AUTO_SEQ_MIN_CHANNELS;
+            match self.sequential(v) {
+                Ok(sv) if wanted => return Ok(sv),
+                Err(e) if tiling.mode == ScanMode::Sequential => return Err(e),
+                _ => {}
+            }
+        }
         if !self.bc_fixed {
             let per_group = self.channels / groups;
             for pass in [Pass::Forward, Pass::Backward] {
@@ -411,6 +538,50 @@ impl ScanSpec {
             }
             v.tiling.items /= 2;
         }
+    }
+
+    /// The sequential-mode variant of `v` (see [`ScanMode`]), or why it does not apply.
+    fn sequential(&self, mut v: Variant) -> Result<Variant, ScanError> {
+        let t = &mut v.tiling;
+        let err = |m: String| Err(ScanError(format!("sequential mode: {m}")));
+        if self.complex || self.bc_fixed {
+            return err("needs real A and time-varying B/C".into());
+        }
+        if self.state > 16 {
+            return err(format!("needs N <= 16 (N = {})", self.state));
+        }
+        if !matches!(t.seq_split, 1 | 2)
+            || !(t.seq_warps.is_power_of_two() && t.seq_warps <= 8)
+            || !matches!(t.seq_sub, 2 | 4 | 8)
+            || !(8..=64).contains(&t.seq_chunk)
+            || !t.seq_chunk.is_multiple_of(t.seq_sub)
+        {
+            return err(format!("unsupported tiling {t:?}"));
+        }
+        if !self.state.is_multiple_of(t.seq_split) {
+            t.seq_split = 1;
+        }
+        let per_group = self.channels / self.groups;
+        let warp_channels = 32 / t.seq_split;
+        if !per_group.is_multiple_of(warp_channels) {
+            return err(format!(
+                "the channels of a group ({per_group}) must be a multiple of {warp_channels}"
+            ));
+        }
+        while !per_group.is_multiple_of(warp_channels * t.seq_warps) {
+            t.seq_warps /= 2;
+        }
+        v.seq = true;
+        while v.shared_bytes(Pass::Backward) > SEQ_MAX_SHARED_BYTES {
+            if v.tiling.seq_chunk / 2 < v.tiling.seq_sub || v.tiling.seq_chunk % 2 != 0 {
+                return err(format!(
+                    "{} bytes of shared memory",
+                    v.shared_bytes(Pass::Backward)
+                ));
+            }
+            v.tiling.seq_chunk /= 2;
+        }
+        Ok(v)
     }
 
     /// Floats per state vector: `N`, or `2N` with complex `A`.

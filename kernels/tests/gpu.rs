@@ -10,7 +10,10 @@
 //!   `op_rglru_scan_*` golden cases;
 //! - the S7 scan with its projections (`lrnnx_kernels::s7`): the `op_s7_scan_*` golden cases
 //!   and random cases against an f64 loop with finite differences;
-//! - two backward runs give bitwise identical gradients.
+//! - the sequential mode (`ScanMode::Sequential`): every rule against the f64 loop with finite
+//!   differences (tails, odd state sizes, groups, lengths up to 16384), and against the chunked
+//!   kernels at a large size;
+//! - two backward runs give bitwise identical gradients (both modes).
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
 #![cfg(feature = "cuda")]
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 
 use lrnnx_kernels::cuda::{gpu_available, Grads, Inputs, SelectiveScan};
 use lrnnx_kernels::s7::{S7Inputs, S7Scan, S7Spec};
-use lrnnx_kernels::{Rule, ScanSpec};
+use lrnnx_kernels::{Rule, ScanMode, ScanSpec};
 
 struct Rng(u64);
 impl Rng {
@@ -610,6 +613,119 @@ fn random_cases_against_sequential_f64() {
 }
 
 #[test]
+fn sequential_mode_against_sequential_f64() {
+    let Some(mut ss) = device() else { return };
+    ss.tiling.mode = ScanMode::Sequential;
+    let base = ScanSpec {
+        batch: 2,
+        len: 301,
+        channels: 64,
+        state: 16,
+        groups: 1,
+        rule: Rule::Mamba,
+        bc_fixed: false,
+        has_delta_a: false,
+        has_delta_bias: true,
+        softplus: true,
+        has_d: true,
+        has_z: true,
+        complex: false,
+    };
+    let mut seed = 500;
+    for rule in [
+        Rule::Mamba,
+        Rule::Zoh,
+        Rule::Bilinear,
+        Rule::Dirac,
+        Rule::Rglru,
+        Rule::S7,
+    ] {
+        for variant in 0..3 {
+            let mut s = base;
+            s.rule = rule;
+            match variant {
+                // ΔA (not for rglru / s7), no z; odd state: one thread a channel, padded
+                // butterfly; two groups of 32 channels; a length that ends mid sub-chunk
+                1 => {
+                    s.has_delta_a = !matches!(rule, Rule::Rglru | Rule::S7);
+                    s.has_z = false;
+                    s.state = 5;
+                    s.groups = 2;
+                    s.len = 77;
+                }
+                // three groups, no softplus / bias / D (rglru keeps softplus: Ā < 1), N = 8
+                2 => {
+                    s.groups = 3;
+                    s.channels = 96;
+                    s.softplus = rule == Rule::Rglru;
+                    s.has_delta_bias = false;
+                    s.has_d = false;
+                    s.state = 8;
+                    s.len = 1000;
+                }
+                _ => {}
+            }
+            let v = s.check(ss.tiling).expect("sequential mode applies");
+            assert!(v.seq, "{s:?} did not select the sequential kernels");
+            check_random(&ss, s, seed);
+            seed += 1;
+        }
+    }
+    for len in [4097, 16384] {
+        let mut s = base;
+        s.batch = 1;
+        s.len = len;
+        s.channels = 32;
+        check_random(&ss, s, seed);
+        seed += 1;
+    }
+}
+
+/// The sequential and chunked kernels on one large problem (the chunked ones are checked
+/// against the f64 loop above): outputs and gradients agree to float rounding.
+#[test]
+fn sequential_mode_matches_chunked_mode_at_scale() {
+    let Some(mut ss) = device() else { return };
+    let s = ScanSpec {
+        batch: 2,
+        len: 4096,
+        channels: 1024,
+        state: 16,
+        groups: 1,
+        rule: Rule::Mamba,
+        bc_fixed: false,
+        has_delta_a: false,
+        has_delta_bias: true,
+        softplus: true,
+        has_d: true,
+        has_z: true,
+        complex: false,
+    };
+    let mut rng = Rng(77);
+    let x = random_host(&s, &mut rng);
+    let g: Vec<f64> = (0..s.batch * s.len * s.channels)
+        .map(|_| rng.normal())
+        .collect();
+    ss.tiling.mode = ScanMode::Chunked;
+    let (y1, g1, _) = gpu_run(&ss, &s, &x, &g);
+    ss.tiling.mode = ScanMode::Sequential;
+    assert!(s.check(ss.tiling).unwrap().seq);
+    let (y2, g2, _) = gpu_run(&ss, &s, &x, &g);
+    let r = |a: &[f32], b: &[f32]| {
+        let m = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        a.iter().zip(b).fold(0f32, |d, (p, q)| d.max((p - q).abs())) / m
+    };
+    let ry = r(&y1, &y2);
+    println!("sequential vs chunked at {s:?}: y rel {ry:.2e}");
+    assert!(ry <= 1e-5);
+    for (k, v) in &g1 {
+        let rg = r(v, &g2[k]);
+        println!("  grad.{k} rel {rg:.2e}");
+        assert!(rg <= 1e-4, "grad.{k} rel {rg:e}");
+    }
+}
+
+#[test]
 fn random_complex_cases_against_sequential_f64() {
     let Some(ss) = device() else { return };
     let base = ScanSpec {
@@ -777,19 +893,23 @@ fn backward_is_bitwise_deterministic() {
     let g: Vec<f64> = (0..s.batch * s.len * s.channels)
         .map(|_| rng.normal())
         .collect();
-    let (_, g1, _) = gpu_run(&ss, &s, &x, &g);
-    let (_, g2, _) = gpu_run(&ss, &s, &x, &g);
-    for (k, v) in &g1 {
-        let w = &g2[k];
-        assert!(
-            v.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "grad.{k} differs between two runs"
+    let mut ss = ss;
+    for mode in [ScanMode::Chunked, ScanMode::Sequential] {
+        ss.tiling.mode = mode;
+        let (_, g1, _) = gpu_run(&ss, &s, &x, &g);
+        let (_, g2, _) = gpu_run(&ss, &s, &x, &g);
+        for (k, v) in &g1 {
+            let w = &g2[k];
+            assert!(
+                v.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{mode:?}: grad.{k} differs between two runs"
+            );
+        }
+        println!(
+            "{mode:?}: two backward runs bitwise identical ({} gradients)",
+            g1.len()
         );
     }
-    println!(
-        "two backward runs: bitwise identical ({} gradients)",
-        g1.len()
-    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 #![cfg(feature = "cuda")]
 
 use lrnnx_kernels::cuda::{compile, nvrtc_available};
-use lrnnx_kernels::{Pass, Rule, ScanSpec, Tiling, BENCH_TILINGS, SELECTIVE_SCAN_KERNELS};
+use lrnnx_kernels::{
+    Pass, Rule, ScanMode, ScanSpec, Tiling, BENCH_TILINGS, SELECTIVE_SCAN_KERNELS,
+};
 
 #[test]
 fn every_variant_compiles_for_sm90() {
@@ -40,6 +42,28 @@ fn every_variant_compiles_for_sm90() {
         cases.push((Rule::Mamba, 0, 16, 2048, 1, t));
     }
     cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
+    // the sequential mode: every rule, with and without the optional inputs, and the shapes
+    // that change its geometry (odd state: one thread a channel, padded butterfly; groups)
+    let seq = Tiling {
+        mode: ScanMode::Sequential,
+        ..Tiling::default()
+    };
+    for rule in [
+        Rule::Mamba,
+        Rule::Zoh,
+        Rule::Bilinear,
+        Rule::Dirac,
+        Rule::Rglru,
+        Rule::S7,
+    ] {
+        cases.push((rule, 0, 16, 256, 1, seq));
+        cases.push((rule, 4, 16, 256, 1, seq));
+        if !matches!(rule, Rule::Rglru | Rule::S7) {
+            cases.push((rule, 2, 16, 256, 1, seq));
+        }
+    }
+    cases.push((Rule::Mamba, 0, 5, 64, 2, seq));
+    cases.push((Rule::Zoh, 2, 8, 96, 3, seq));
     for (rule, flags, state, channels, groups, tiling) in cases {
         let spec = ScanSpec {
             batch: 2,

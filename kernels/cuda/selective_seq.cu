@@ -1,0 +1,620 @@
+// Selective scan, sequential mode: real A, time-varying B/C, N ≤ 16 (compiled after
+// selective_scan.cu with SEQ=1, which then defines only its shared helpers and the reductions).
+// Same equations, layouts, entry points and outputs as the chunked kernels (see there).
+//
+// Parallel structure. There are Bsz·E·N independent recurrences; when Bsz·E alone fills the GPU
+// (≥ ~8k channels) the cheapest schedule walks time sequentially: a thread owns one channel and
+// NPT = N/SPLIT of its states (SPLIT = 1 or 2 threads per channel, adjacent lanes) in registers,
+// so each (step, state) costs one ex2 and three FMA-pipe instructions in the forward and no scan
+// operators at all. A block holds SCB = 32·SWARP/SPLIT consecutive channels of one batch row and
+// walks the sequence in chunks of ST steps, each chunk's rows (u, Δ, ΔA, z, dy: [ST][SCB];
+// B_t, C_t: [ST][N]) staged in shared memory by cp.async one chunk ahead (double buffer).
+//
+// Forward: per step, h[n] = Ā·h[n] + γ̄·B_t[n]·u_t and y = Σ C_t[n]·h[n] (+ the other lane's
+// half), D skip and z gate, y stored by the channel's first lane; the state at every chunk start
+// goes to hs (Bsz, ⌈L/ST⌉, N, E) for the backward.
+// Backward, chunks in reverse: from the chunk's checkpoint, pass A re-walks the chunk and keeps
+// the state at every sub-chunk start (SS steps) in shared memory; then, sub-chunks in reverse,
+// pass B re-walks SS steps keeping Ā_t and h_t in registers, and the reverse walk runs the
+// adjoint m_t = Ā_t·(G_t·C_t[n] + m_{t+1}) with the gradients of the chunked kernel. The dB/dC
+// terms of a step (2·NPT values per lane) are summed over the warp's channels by an xor
+// butterfly that leaves one sum per lane (lane = v·SPLIT + part holds value v), parked in the
+// step's staged u/dy entries of the warp's own channels (read already), then summed over the
+// block's warps in warp order into the (Bsz, nblk, L, 2N) partials of ss_reduce_bc; per-channel
+// sums go to the (Bsz, E, 3N + 2) partials of ss_reduce_e. Deterministic: fixed order throughout.
+//
+// Defines: SPLIT (1, 2), SWARP (warps per block), ST (steps per chunk), SS (steps per sub-chunk,
+// divides ST), plus the rule / flag defines of selective_scan.cu. Requires !COMPLEX, !BC_FIXED,
+// NSTATE ≤ 16 (the butterfly pads to 32/SPLIT values), NSTATE % SPLIT == 0, and the channels of a
+// block inside one group.
+
+#if COMPLEX || BC_FIXED
+#error "the sequential mode takes real A and time-varying B/C"
+#endif
+#ifndef SPLIT
+#define SPLIT 2
+#endif
+#ifndef SWARP
+#define SWARP 8
+#endif
+#ifndef ST
+#define ST 32
+#endif
+#ifndef SS
+#define SS 4
+#endif
+#if NSTATE > 16 || NSTATE % SPLIT != 0 || ST % SS != 0
+#error "unsupported sequential-mode geometry"
+#endif
+
+#define SNT (32 * SWARP)       // threads per block
+#define SCB (SNT / SPLIT)      // channels per block
+#define NPT (NSTATE / SPLIT)   // states per thread
+#define VL (32 / SPLIT)        // values per lane entering the dB/dC butterfly (≥ 2·NPT)
+#define NSUB (ST / SS)         // sub-chunks per chunk
+#define VEC4 (NPT % 4 == 0)    // B_t/C_t slices load as float4
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Asynchronous 16-byte copy global -> shared (zero-filled when !valid), L2 only.
+__device__ __forceinline__ void cp16(float* dst, const float* src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    const int sz = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(sz)
+                 : "memory");
+}
+
+// Rows t0..t0+ST−1 of channels e0..e0+SCB−1 of a (Bsz, L, E) tensor into s[t][c] (zeros past L):
+// 16-byte copies when the rows are 16-byte aligned (E % 4 == 0 and X aligned), else 4-byte.
+__device__ __forceinline__ void seq_stage(const float* __restrict__ X, float* s, int b, int t0,
+                                          int e0, int L, int E) {
+    constexpr int Q = SCB / 4;  // quads per row
+    if (SCB % 4 == 0 && SNT % Q == 0 && ST % (SNT / Q) == 0 && (E & 3) == 0 &&
+        ((size_t)X & 15) == 0) {
+        constexpr int RPI = SNT / Q;  // rows per pass
+        const int t = threadIdx.x / Q, c = 4 * (threadIdx.x % Q);
+        const float* src = X + ((size_t)b * L + t0 + t) * E + e0 + c;
+        float* dst = s + t * SCB + c;
+#pragma unroll
+        for (int r = 0; r < ST / RPI; r++) {
+            const bool ok = t0 + t + r * RPI < L;
+            cp16(dst + r * RPI * SCB, ok ? src + (size_t)r * RPI * E : X, ok);
+        }
+    } else {
+#pragma unroll 4
+        for (int j = threadIdx.x; j < ST * SCB; j += SNT) {
+            const int t = j / SCB, c = j % SCB;
+            const bool ok = t0 + t < L;
+            cp4(s + j, ok ? X + ((size_t)b * L + t0 + t) * E + e0 + c : X, ok);
+        }
+    }
+}
+// B_t or C_t rows of group g into s[t][n] (zeros past L).
+__device__ __forceinline__ void seq_stage_bc(const float* __restrict__ M, float* s, int b, int t0,
+                                             int L, int G, int g) {
+    for (int j = threadIdx.x; j < ST * NSTATE; j += SNT) {
+        const int t = j / NSTATE, n = j % NSTATE;
+        const bool ok = t0 + t < L;
+        cp4(s + j, ok ? M + (((size_t)b * L + t0 + t) * G + g) * NSTATE + n : M, ok);
+    }
+}
+// This thread's NPT consecutive floats of a staged B/C row.
+__device__ __forceinline__ void seq_ld(const float* p, float (&v)[NPT]) {
+#if VEC4
+#pragma unroll
+    for (int j = 0; j < NPT; j += 4) {
+        const float4 q = *reinterpret_cast<const float4*>(p + j);
+        v[j] = q.x; v[j + 1] = q.y; v[j + 2] = q.z; v[j + 3] = q.w;
+    }
+#else
+#pragma unroll
+    for (int j = 0; j < NPT; j++) v[j] = p[j];
+#endif
+}
+// γ̄_n·u_t for state j: mamba Δ·u, dirac / s7 u, rglru sqrt(1 − Ā²)·u, zoh / bilinear γ̄(Δ, a)·u
+__device__ __forceinline__ float seq_gu(float d, float uu, float du, float a, float ab) {
+#if RULE == R_MAMBA
+    (void)d; (void)uu; (void)a; (void)ab;
+    return du;
+#elif RULE == R_DIRAC || RULE == R_S7
+    (void)d; (void)du; (void)a; (void)ab;
+    return uu;
+#elif RULE == R_RGLRU
+    (void)d; (void)du; (void)a;
+    return sqrtf(fmaxf(fmaf(-ab, ab, 1.f), 0.f)) * uu;
+#else
+    (void)du; (void)ab;
+    return gbar(d, a) * uu;
+#endif
+}
+// The same γ̄ alone (backward)
+__device__ __forceinline__ float seq_gb(float d, float a, float ab) {
+#if RULE == R_RGLRU
+    (void)d; (void)a;
+    return sqrtf(fmaxf(fmaf(-ab, ab, 1.f), 0.f));
+#else
+    (void)ab;
+    return gbar(d, a);
+#endif
+}
+
+// K consecutive steps t.. of the forward. Everything but the state chain h ← Ā·h + γ̄·B·u is
+// independent across the K steps (time steps, Ā, inputs), so the K steps are written out for
+// the compiler to overlap their latencies (one warp's steps otherwise wait on each other).
+#ifndef FK
+#define FK 4
+#endif
+template <int K>
+__device__ __forceinline__ void seq_fwd_group(float (&h)[NPT], const float (&a)[NPT],
+                                              const float (&al)[NPT], float Dd, float db,
+                                              const float* sU, const float* sD, const float* sDA,
+                                              const float* sZ, const float* sB, const float* sC,
+                                              int t, int c, int p, float* yo, int E) {
+    (void)sDA; (void)sZ; (void)Dd;
+    float uu[K], d[K], x[K], acc[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        uu[k] = sU[(t + k) * SCB + c];
+        d[k] = delta_of(sD[(t + k) * SCB + c], db, true);
+#if HAS_DTA
+        x[k] = sDA[(t + k) * SCB + c];
+#else
+        x[k] = d[k];
+#endif
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        float Bv[NPT], Cv[NPT];
+        seq_ld(sB + (t + k) * NSTATE + p * NPT, Bv);
+        seq_ld(sC + (t + k) * NSTATE + p * NPT, Cv);
+        const float du = d[k] * uu[k];
+        (void)du;
+        float a0 = 0.f, a1 = 0.f;  // two partial sums: half the dependent chain
+#pragma unroll
+        for (int j = 0; j < NPT; j++) {
+            const float ab = abar(x[k], a[j], al[j]);
+            h[j] = fmaf(ab, h[j], Bv[j] * seq_gu(d[k], uu[k], du, a[j], ab));
+            if (j & 1) a1 = fmaf(Cv[j], h[j], a1);
+            else a0 = fmaf(Cv[j], h[j], a0);
+        }
+        acc[k] = a0 + a1;
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+#if SPLIT == 2
+        acc[k] += __shfl_xor_sync(FULL, acc[k], 1);
+#endif
+        if (p == 0) {
+            float yv = fmaf(Dd, uu[k], acc[k]);
+#if HAS_Z
+            const float zz = sZ[(t + k) * SCB + c];
+            yv *= zz / (1.f + __expf(-zz));
+#endif
+            yo[(size_t)(t + k) * E] = yv;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.  grid (E / SCB, Bsz), block (SNT), dynamic shared memory (see Variant::shared_bytes).
+extern "C" __global__ void __launch_bounds__(SNT)
+ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* __restrict__ dta,
+       const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
+       const float* __restrict__ Dv, const float* __restrict__ z, const float* __restrict__ dbias,
+       float* __restrict__ y, float* __restrict__ hs, float* __restrict__ last, int L, int E,
+       int G) {
+    extern __shared__ float4 smem4[];
+    // per buffer: u, Δ, [ΔA], [z] rows [ST][SCB]; B, C rows [ST][N]
+    constexpr int TILES = 2 + HAS_DTA + HAS_Z;
+    constexpr int BUF = TILES * ST * SCB + 2 * ST * NSTATE;
+    float* base = reinterpret_cast<float*>(smem4);
+    const int tid = threadIdx.x, c = tid / SPLIT, p = tid % SPLIT;
+    const int b = blockIdx.y, e0 = blockIdx.x * SCB, e = e0 + c;
+    const int g = e0 / (E / G);
+    const int nck = (L + ST - 1) / ST;
+    (void)dta; (void)z; (void)Dv; (void)dbias;
+
+    float a[NPT], al[NPT], h[NPT];
+#pragma unroll
+    for (int j = 0; j < NPT; j++) {
+        a[j] = A[(size_t)e * NSTATE + p * NPT + j];
+        al[j] = alog2(a[j]);
+        h[j] = 0.f;
+    }
+    const float Dd = HAS_D ? Dv[e] : 0.f, db = HAS_DB ? dbias[e] : 0.f;
+    (void)Dd;
+
+    auto stage = [&](int ck) {
+        float* s = base + (ck & 1) * BUF;
+        const int t0 = ck * ST;
+        seq_stage(u, s, b, t0, e0, L, E);
+        seq_stage(dt, s + ST * SCB, b, t0, e0, L, E);
+#if HAS_DTA
+        seq_stage(dta, s + 2 * ST * SCB, b, t0, e0, L, E);
+#endif
+#if HAS_Z
+        seq_stage(z, s + (2 + HAS_DTA) * ST * SCB, b, t0, e0, L, E);
+#endif
+        seq_stage_bc(Bm, s + TILES * ST * SCB, b, t0, L, G, g);
+        seq_stage_bc(Cm, s + TILES * ST * SCB + ST * NSTATE, b, t0, L, G, g);
+        cp_commit();
+    };
+    stage(0);
+    for (int ck = 0; ck < nck; ck++) {
+        if (ck + 1 < nck) {
+            stage(ck + 1);
+            cp_wait_1();
+        } else {
+            cp_wait_0();
+        }
+        __syncthreads();
+        const float* s = base + (ck & 1) * BUF;
+        const float* sU = s;
+        const float* sD = s + ST * SCB;
+        const float* sDA = s + 2 * ST * SCB;
+        const float* sZ = s + (2 + HAS_DTA) * ST * SCB;
+        const float* sB = s + TILES * ST * SCB;
+        const float* sC = sB + ST * NSTATE;
+        (void)sDA; (void)sZ;
+        const int t0 = ck * ST, nt = min(ST, L - t0);
+#pragma unroll
+        for (int j = 0; j < NPT; j++)
+            hs[(((size_t)b * nck + ck) * NSTATE + p * NPT + j) * E + e] = h[j];
+        float* yo = y + ((size_t)b * L + t0) * E + e;
+        int t = 0;
+        for (; t + FK <= nt; t += FK)
+            seq_fwd_group<FK>(h, a, al, Dd, db, sU, sD, sDA, sZ, sB, sC, t, c, p, yo, E);
+        for (; t < nt; t++)
+            seq_fwd_group<1>(h, a, al, Dd, db, sU, sD, sDA, sZ, sB, sC, t, c, p, yo, E);
+        __syncthreads();  // the buffer is restaged two chunks on
+    }
+#pragma unroll
+    for (int j = 0; j < NPT; j++) last[((size_t)b * E + e) * NSTATE + p * NPT + j] = h[j];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.  grid (E / SCB, Bsz), block (SNT).  Outputs as the chunked ss_bwd.
+struct SeqConst {
+    float a[NPT], al[NPT];
+    float Dd, db;
+};
+
+// Where lane `ln` of warp `w` parks its butterfly sum of chunk step t: the staged u entries of
+// the warp's own channels, then its dy entries (both read before the butterfly runs).
+__device__ __forceinline__ float* seq_slot(float* sU, float* sY, int t, int w, int ln) {
+    constexpr int WC = 32 / SPLIT;  // channels per warp
+    return ln < WC ? sU + t * SCB + w * WC + ln : sY + t * SCB + w * WC + ln - WC;
+}
+
+// One sub-chunk of SS steps (chunk-local steps ts..ts+SS−1, of which the first nv are valid):
+// pass B from the state h0 before it, then the reverse walk.  m, gA carried across sub-chunks;
+// gD, gDB per-thread sums; each step's butterfly sums are parked with seq_slot.
+template <bool TAIL>
+__device__ __forceinline__ void seq_sub_chunk(
+    const SeqConst& K, const float (&h0)[NPT], float (&m)[NPT], float (&gA)[NPT], float& gD,
+    float& gDB, float* sU, const float* sD, const float* sDA, float* sY, const float* sZ,
+    const float* sB, const float* sC, int warp, int ts, int nv, int c, int p, int lane,
+    size_t obase, int E, float* __restrict__ du, float* __restrict__ ddt,
+    float* __restrict__ ddta, float* __restrict__ dz) {
+    (void)sDA; (void)sZ; (void)ddta; (void)dz; (void)nv;
+    float uu[SS], dd[SS], xx[SS], Gq[SS], raw[SS];
+#if HAS_Z
+    float zz[SS], dyv[SS];
+#endif
+#pragma unroll
+    for (int i = 0; i < SS; i++) {
+        const int t = ts + i;
+        const bool valid = !TAIL || i < nv;
+        uu[i] = sU[t * SCB + c];
+        raw[i] = sD[t * SCB + c];
+        dd[i] = delta_of(raw[i], K.db, valid);
+#if HAS_DTA
+        xx[i] = valid ? sDA[t * SCB + c] : 0.f;
+#else
+        xx[i] = dd[i];
+#endif
+        Gq[i] = sY[t * SCB + c];
+#if HAS_Z
+        zz[i] = sZ[t * SCB + c];
+        dyv[i] = Gq[i];
+        Gq[i] *= zz[i] / (1.f + __expf(-zz[i]));
+#endif
+    }
+    // pass B: Ā_t and h_t of the sub-chunk in registers
+    float ab[SS][NPT], hh[SS + 1][NPT];
+#pragma unroll
+    for (int j = 0; j < NPT; j++) hh[0][j] = h0[j];
+#pragma unroll
+    for (int i = 0; i < SS; i++) {
+        float Bv[NPT];
+        seq_ld(sB + (ts + i) * NSTATE + p * NPT, Bv);
+        const float dui = dd[i] * uu[i];
+        (void)dui;
+#pragma unroll
+        for (int j = 0; j < NPT; j++) {
+            float abv = abar(xx[i], K.a[j], K.al[j]);
+            if (TAIL && i >= nv) abv = 1.f;  // past L: identity step (B, u staged as zeros)
+            ab[i][j] = abv;
+            hh[i + 1][j] = fmaf(abv, hh[i][j], Bv[j] * seq_gu(dd[i], uu[i], dui, K.a[j], abv));
+        }
+    }
+    // reverse walk
+#pragma unroll
+    for (int i = SS - 1; i >= 0; i--) {
+        const bool valid = !TAIL || i < nv;
+        float Bv[NPT], Cv[NPT];
+        seq_ld(sB + (ts + i) * NSTATE + p * NPT, Bv);
+        seq_ld(sC + (ts + i) * NSTATE + p * NPT, Cv);
+        float vals[VL];
+#pragma unroll
+        for (int v = 2 * NPT; v < VL; v++) vals[v] = 0.f;
+        float sgx = 0.f, sgd = 0.f, sgdu = 0.f;
+#if HAS_Z
+        float syp = 0.f;
+#endif
+        const float x = xx[i], d = dd[i], ui = uu[i], G = Gq[i];
+        (void)d;
+#if RULE == R_MAMBA
+        float slb = 0.f;  // Σ_n λ_n·B_n (γ̄ = Δ for every state)
+        const float dui = d * ui;
+#endif
+#pragma unroll
+        for (int j = 0; j < NPT; j++) {
+            const float a = K.a[j], abv = ab[i][j], hp = hh[i][j], hn = hh[i + 1][j];
+            const float lam = fmaf(G, Cv[j], m[j]);
+            const float mj = abv * lam;
+            m[j] = mj;
+#if HAS_Z
+            syp = fmaf(Cv[j], hn, syp);
+#endif
+#if RULE == R_MAMBA
+            const float dx = mj * hp;  // ∂L/∂(ΔA·a)
+            gA[j] = fmaf(dx, x, gA[j]);
+            sgx = fmaf(dx, a, sgx);
+            slb = fmaf(lam, Bv[j], slb);
+            vals[j] = lam * dui;
+#else
+            const float lb = lam * Bv[j];
+            const float gb = seq_gb(d, a, abv);
+#if RULE == R_BILINEAR
+            const float dx = lam * hp * dabar(abv, x * a);
+            gA[j] = fmaf(dx, x, gA[j]);
+            sgx = fmaf(dx, a, sgx);
+#elif RULE == R_S7
+            const float q = fmaf(x, x, 0.5f);
+            sgx = fmaf(lam * hp, 2.f * x / (q * q), sgx);
+#elif RULE == R_RGLRU
+            float dw = mj * hp;
+            if (gb > 0.f) dw -= lb * ui * abv * abv / gb;
+            gA[j] = fmaf(dw, x / a, gA[j]);
+            sgx = fmaf(dw, K.al[j] * 0.6931471805599453f, sgx);
+#else
+            const float dx = mj * hp;
+            gA[j] = fmaf(dx, x, gA[j]);
+            sgx = fmaf(dx, a, sgx);
+#endif
+            sgdu = fmaf(lb, gb, sgdu);
+#if RULE == R_ZOH || RULE == R_BILINEAR
+            {
+                float gbd, gba;
+                gbar_partials(d, a, gb, gbd, gba);
+                const float dgb = lb * ui;
+                sgd = fmaf(dgb, gbd, sgd);
+                gA[j] = fmaf(dgb, gba, gA[j]);
+            }
+#endif
+            vals[j] = lam * gb * ui;
+#endif
+            vals[NPT + j] = G * hn;
+        }
+#if RULE == R_MAMBA
+        sgdu = slb * d;
+        sgd = slb * ui;
+#endif
+        // dB/dC: xor butterfly over the warp's channels; lane ends with value index lane / SPLIT
+        {
+            int cnt = VL;
+#pragma unroll
+            for (int o = 16; o >= SPLIT; o >>= 1) {
+                const bool up = lane & o;
+                cnt >>= 1;
+#pragma unroll
+                for (int v = 0; v < VL / 2; v++) {
+                    if (v < cnt) {
+                        const float send = up ? vals[v] : vals[v + cnt];
+                        const float keep = up ? vals[v + cnt] : vals[v];
+                        vals[v] = keep + __shfl_xor_sync(FULL, send, o);
+                    }
+                }
+            }
+            *seq_slot(sU, sY, ts + i, warp, lane) = vals[0];
+        }
+#if SPLIT == 2
+        sgx += __shfl_xor_sync(FULL, sgx, 1);
+        sgd += __shfl_xor_sync(FULL, sgd, 1);
+        sgdu += __shfl_xor_sync(FULL, sgdu, 1);
+#if HAS_Z
+        syp += __shfl_xor_sync(FULL, syp, 1);
+#endif
+#endif
+        if (valid) {
+            // ∂L/∂Δ (through γ̄ and, without ΔA, through Ā), then through softplus and bias
+            float gd = sgd;
+#if !HAS_DTA
+            gd += sgx;
+#endif
+            float draw = gd;
+#if SOFTPLUS
+            {
+                float r = raw[i];
+#if HAS_DB
+                r += K.db;
+#endif
+                draw *= r > 20.f ? 1.f : sigmoid_f(r);
+            }
+#endif
+            gD = fmaf(G, ui, gD);
+            gDB += draw;
+            if (p == 0) {
+                const size_t o = obase + (size_t)(ts + i) * E;
+                du[o] = fmaf(K.Dd, G, sgdu);
+                ddt[o] = draw;
+#if HAS_DTA
+                ddta[o] = sgx;
+#endif
+#if HAS_Z
+                {
+                    const float zv = zz[i];
+                    const float sg = 1.f / (1.f + __expf(-zv));
+                    dz[o] = dyv[i] * sg * (1.f + zv * (1.f - sg)) * fmaf(K.Dd, ui, syp);
+                }
+#endif
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SNT)
+ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* __restrict__ dta,
+       const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
+       const float* __restrict__ Dv, const float* __restrict__ z, const float* __restrict__ dbias,
+       const float* __restrict__ dy, const float* __restrict__ hs, float* __restrict__ du,
+       float* __restrict__ ddt, float* __restrict__ ddta, float* __restrict__ dz,
+       float* __restrict__ pBC, float* __restrict__ pE, int L, int E, int G) {
+    extern __shared__ float4 smem4[];
+    // per buffer: u, Δ, dy, [ΔA], [z] rows [ST][SCB]; B, C rows [ST][N]; then the sub-chunk
+    // start states [NSUB][NPT][SNT]
+    constexpr int TILES = 3 + HAS_DTA + HAS_Z;
+    constexpr int BUF = TILES * ST * SCB + 2 * ST * NSTATE;
+    float* base = reinterpret_cast<float*>(smem4);
+    float* sSub = base + 2 * BUF;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int c = tid / SPLIT, p = tid % SPLIT;
+    const int b = blockIdx.y, e0 = blockIdx.x * SCB, e = e0 + c;
+    const int g = e0 / (E / G);
+    const int nck = (L + ST - 1) / ST;
+    const int nblk = gridDim.x;
+    (void)dta; (void)z; (void)Dv; (void)dbias;
+
+    SeqConst K;
+#pragma unroll
+    for (int j = 0; j < NPT; j++) {
+        K.a[j] = A[(size_t)e * NSTATE + p * NPT + j];
+        K.al[j] = alog2(K.a[j]);
+    }
+    K.Dd = HAS_D ? Dv[e] : 0.f;
+    K.db = HAS_DB ? dbias[e] : 0.f;
+    float m[NPT], gA[NPT], gD = 0.f, gDB = 0.f;
+#pragma unroll
+    for (int j = 0; j < NPT; j++) { m[j] = 0.f; gA[j] = 0.f; }
+
+    auto stage = [&](int ck) {
+        float* s = base + (ck & 1) * BUF;
+        const int t0 = ck * ST;
+        seq_stage(u, s, b, t0, e0, L, E);
+        seq_stage(dt, s + ST * SCB, b, t0, e0, L, E);
+        seq_stage(dy, s + 2 * ST * SCB, b, t0, e0, L, E);
+#if HAS_DTA
+        seq_stage(dta, s + 3 * ST * SCB, b, t0, e0, L, E);
+#endif
+#if HAS_Z
+        seq_stage(z, s + (3 + HAS_DTA) * ST * SCB, b, t0, e0, L, E);
+#endif
+        seq_stage_bc(Bm, s + TILES * ST * SCB, b, t0, L, G, g);
+        seq_stage_bc(Cm, s + TILES * ST * SCB + ST * NSTATE, b, t0, L, G, g);
+        cp_commit();
+    };
+    stage(nck - 1);
+    for (int ck = nck - 1; ck >= 0; ck--) {
+        if (ck > 0) {
+            stage(ck - 1);
+            cp_wait_1();
+        } else {
+            cp_wait_0();
+        }
+        __syncthreads();
+        float* s = base + (ck & 1) * BUF;
+        float* sU = s;
+        const float* sD = s + ST * SCB;
+        float* sY = s + 2 * ST * SCB;
+        const float* sDA = s + 3 * ST * SCB;
+        const float* sZ = s + (3 + HAS_DTA) * ST * SCB;
+        const float* sB = s + TILES * ST * SCB;
+        const float* sC = sB + ST * NSTATE;
+        const int t0 = ck * ST, nt = min(ST, L - t0);
+        const int nsub = (nt + SS - 1) / SS;
+        // pass A: the state at every sub-chunk start
+        float h[NPT];
+#pragma unroll
+        for (int j = 0; j < NPT; j++) h[j] = hs[(((size_t)b * nck + ck) * NSTATE + p * NPT + j) * E + e];
+        for (int k = 0; k < nsub; k++) {
+#pragma unroll
+            for (int j = 0; j < NPT; j++) sSub[(k * NPT + j) * SNT + tid] = h[j];
+            if (k + 1 == nsub) break;
+#pragma unroll
+            for (int i = 0; i < SS; i++) {
+                const int t = k * SS + i;
+                const float uu = sU[t * SCB + c];
+                const float d = delta_of(sD[t * SCB + c], K.db, true);
+#if HAS_DTA
+                const float x = sDA[t * SCB + c];
+#else
+                const float x = d;
+#endif
+                const float dui = d * uu;
+                (void)dui;
+                float Bv[NPT];
+                seq_ld(sB + t * NSTATE + p * NPT, Bv);
+#pragma unroll
+                for (int j = 0; j < NPT; j++) {
+                    const float abv = abar(x, K.a[j], K.al[j]);
+                    h[j] = fmaf(abv, h[j], Bv[j] * seq_gu(d, uu, dui, K.a[j], abv));
+                }
+            }
+        }
+        // pass B and the reverse walk, sub-chunks in reverse
+        const size_t obase = ((size_t)b * L + t0) * E + e;
+        for (int k = nsub - 1; k >= 0; k--) {
+            float h0[NPT];
+#pragma unroll
+            for (int j = 0; j < NPT; j++) h0[j] = sSub[(k * NPT + j) * SNT + tid];
+            const int nv = nt - k * SS;
+            if (nv >= SS)
+                seq_sub_chunk<false>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, warp,
+                                     k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
+            else
+                seq_sub_chunk<true>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, warp,
+                                    k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
+        }
+        __syncthreads();
+        // dB/dC of the chunk: the warps' sums in warp order -> pBC (Bsz, nblk, L, 2N)
+        float* dst = pBC + (((size_t)b * nblk + blockIdx.x) * L + t0) * (2 * NSTATE);
+        for (int o = tid; o < nt * 2 * NSTATE; o += SNT) {
+            const int t = o / (2 * NSTATE), v2 = o % (2 * NSTATE);
+            const int n = v2 % NSTATE, which = v2 / NSTATE;  // 0 dB, 1 dC
+            const int v = which * NPT + n % NPT, pp = n / NPT;
+            const int ln = v * SPLIT + pp;
+            float acc = 0.f;
+#pragma unroll
+            for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, t, w, ln);
+            dst[o] = acc;
+        }
+        __syncthreads();  // this buffer is restaged by the next iteration
+    }
+    // per-channel sums: [∂A (N) | 0 (N) | 0 (N) | ∂D | ∂delta_bias]
+    const int NE = 3 * NSTATE + 2;
+    float* pe = pE + ((size_t)b * E + e) * NE;
+#pragma unroll
+    for (int j = 0; j < NPT; j++) {
+        const int n = p * NPT + j;
+        pe[n] = gA[j];
+        pe[NSTATE + n] = 0.f;
+        pe[2 * NSTATE + n] = 0.f;
+    }
+    if (p == 0) {
+        pe[3 * NSTATE] = gD;
+        pe[3 * NSTATE + 1] = gDB;
+    }
+}
