@@ -137,7 +137,10 @@ impl SimplifiedSpec {
                 self.batch, self.len, self.channels
             )));
         }
-        if self.len > (i32::MAX as usize) / 2 || self.channels > (i32::MAX as usize) / 2 || self.batch > 65535 {
+        if self.len > (i32::MAX as usize) / 2
+            || self.channels > (i32::MAX as usize) / 2
+            || self.batch > 65535
+        {
             return Err(err(format!(
                 "too large: batch {} (at most 65535), len {} and channels {} (at most 2^30 each)",
                 self.batch, self.len, self.channels
@@ -179,11 +182,7 @@ impl SimplifiedSpec {
 
     fn launch(&self, v: &SimplifiedVariant) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (
-                self.channels.div_ceil(LANES) as u32,
-                self.batch as u32,
-                1,
-            ),
+            grid_dim: (self.channels.div_ceil(LANES) as u32, self.batch as u32, 1),
             block_dim: (v.threads() as u32, 1, 1),
             shared_mem_bytes: 0,
         }
@@ -414,8 +413,7 @@ impl SimplifiedScan {
             let mut lb = s.launch_builder(&m.reduce);
             lb.arg(&part).arg(&mut da).arg(&bsz).arg(&n);
             // SAFETY: the arguments match `sr_reduce`; `part` holds batch·2P floats.
-            unsafe { lb.launch(LaunchConfig::for_num_elems(spec.a_len() as u32)) }
-                .map_err(drv)?;
+            unsafe { lb.launch(LaunchConfig::for_num_elems(spec.a_len() as u32)) }.map_err(drv)?;
         }
         Ok(SimplifiedGrads {
             dbu,
@@ -445,7 +443,10 @@ mod tests {
         // 256 blocks: 16 warps of 8 steps
         assert_eq!(
             SimplifiedTiling::auto(&spec()),
-            SimplifiedTiling { warps: 16, items: 8 }
+            SimplifiedTiling {
+                warps: 16,
+                items: 8
+            }
         );
         // a short sequence keeps the chunk near its length
         let s = SimplifiedSpec { len: 20, ..spec() };
