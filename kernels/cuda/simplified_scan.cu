@@ -32,7 +32,9 @@
 // Determinism: dA is summed per thread over its steps and chunks in order, over the warps of a
 // block in warp order, and over the batch in batch order (sr_reduce); no atomics.
 //
-// Compile-time parameters (defines): RULE (1 zoh, 2 bilinear, 3 dirac), HAS_DTA, NWARP, ITEMS.
+// Compile-time parameters (defines): RULE (1 zoh, 2 bilinear, 3 dirac), HAS_DTA; the forward's
+// NWARP, ITEMS, PREFETCH and the backward's BWD_NWARP, BWD_ITEMS, BWD_PREFETCH (PREFETCH: a
+// thread issues the loads of its next chunk before working on the current one).
 
 #ifndef RULE
 #define RULE 1
@@ -46,6 +48,18 @@
 #ifndef ITEMS
 #define ITEMS 8
 #endif
+#ifndef PREFETCH
+#define PREFETCH 0
+#endif
+#ifndef BWD_NWARP
+#define BWD_NWARP NWARP
+#endif
+#ifndef BWD_ITEMS
+#define BWD_ITEMS ITEMS
+#endif
+#ifndef BWD_PREFETCH
+#define BWD_PREFETCH PREFETCH
+#endif
 
 #define R_ZOH 1
 #define R_BILINEAR 2
@@ -54,8 +68,6 @@
 #error "the simplified scan takes the zoh, bilinear and dirac rules"
 #endif
 
-#define NT (32 * NWARP)      // threads per block
-#define TCH (NWARP * ITEMS)  // steps per chunk
 
 struct cf {
     float r, i;
@@ -96,12 +108,13 @@ __device__ __forceinline__ cf cexp(cf z) {
     const float m = expf(z.r);
     return cmk(m * cs, m * sn);
 }
-// e^z − 1 without cancellation for small |z|
+// e^z − 1 without cancellation for small |z|: with s, c = sin, cos(Im z / 2),
+// e^z − 1 = expm1(Re z)·cos(Im z) − 2s² + i·e^{Re z}·sin(Im z), cos = 1 − 2s², sin = 2sc
 __device__ __forceinline__ cf cexpm1(cf z) {
-    float sn, cs;
-    sincosf(z.i, &sn, &cs);
-    const float sh = sinf(0.5f * z.i);
-    return cmk(fmaf(expm1f(z.r), cs, -2.f * sh * sh), expf(z.r) * sn);
+    float s, c;
+    sincosf(0.5f * z.i, &s, &c);
+    const float em = expm1f(z.r), s2 = 2.f * s * s;
+    return cmk(fmaf(em, 1.f - s2, -s2), (em + 1.f) * 2.f * s * c);
 }
 
 __device__ __forceinline__ float2 ld2(const float* p) {
@@ -151,47 +164,71 @@ __device__ __forceinline__ void disc(float dl, float da, const Chan& c, cf& ab, 
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
-    sr_fwd(const float* __restrict__ bu, const float* __restrict__ delta,
-           const float* __restrict__ delta_a, const float* __restrict__ A, float* __restrict__ x,
-           int L, int P) {
-    __shared__ cf shp[NWARP][32], shs[NWARP][32];
+// Forward inputs of one thread's steps of a chunk.
+template <int IT>
+struct FwdIn {
+    float2 u[IT];
+    float dl[IT];
+#if HAS_DTA
+    float dta[IT];
+#endif
+};
+template <int IT>
+__device__ __forceinline__ void load_fwd(FwdIn<IT>& in, const float* __restrict__ bu,
+                                         const float* __restrict__ delta,
+                                         const float* __restrict__ delta_a, size_t row0, int tb,
+                                         int L, int P, int p, bool on) {
     (void)delta_a;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+        const int t = tb + i;
+        const bool ok = on && t >= 0 && t < L;
+        const size_t e = (row0 + t) * P + p;
+        in.u[i] = ok ? ld2(bu + 2 * e) : make_float2(0.f, 0.f);
+        in.dl[i] = ok ? delta[e] : 0.f;
+#if HAS_DTA
+        in.dta[i] = ok ? delta_a[e] : 0.f;
+#endif
+    }
+}
+
+template <int NW, int IT, int PF>
+__device__ __forceinline__ void fwd_impl(const float* __restrict__ bu,
+                                         const float* __restrict__ delta,
+                                         const float* __restrict__ delta_a,
+                                         const float* __restrict__ A, float* __restrict__ x, int L,
+                                         int P) {
+    constexpr int TCH = NW * IT;
+    __shared__ cf shp[NW][32], shs[NW][32];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int b = blockIdx.y, p = blockIdx.x * 32 + lane;
     const bool on = p < P;
     const Chan c = chan(A, p, on);
     const size_t row0 = (size_t)b * L;
     cf carry = cmk(0.f, 0.f);
+    FwdIn<IT> nxt;
+    if (PF) load_fwd<IT>(nxt, bu, delta, delta_a, row0, w * IT, L, P, p, on);
     for (int t0 = 0; t0 < L; t0 += TCH) {
-        const int tb = t0 + w * ITEMS;
-        float2 u[ITEMS];
-        float dl[ITEMS];
-#if HAS_DTA
-        float dta[ITEMS];
-#endif
-#pragma unroll
-        for (int i = 0; i < ITEMS; i++) {
-            const bool ok = on && tb + i < L;
-            const size_t e = (row0 + tb + i) * P + p;
-            u[i] = ok ? ld2(bu + 2 * e) : make_float2(0.f, 0.f);
-            dl[i] = ok ? delta[e] : 0.f;
-#if HAS_DTA
-            dta[i] = ok ? delta_a[e] : 0.f;
-#endif
+        const int tb = t0 + w * IT;
+        FwdIn<IT> in;
+        if (PF) {
+            in = nxt;
+            load_fwd<IT>(nxt, bu, delta, delta_a, row0, tb + TCH, L, P, p, on);
+        } else {
+            load_fwd<IT>(in, bu, delta, delta_a, row0, tb, L, P, p, on);
         }
-        cf ab[ITEMS], bb[ITEMS];
+        cf ab[IT], bb[IT];
         cf pm = cmk(1.f, 0.f), sm = cmk(0.f, 0.f);
 #pragma unroll
-        for (int i = 0; i < ITEMS; i++) {
+        for (int i = 0; i < IT; i++) {
             if (on && tb + i < L) {
                 cf gb;
 #if HAS_DTA
-                disc(dl[i], dta[i], c, ab[i], gb);
+                disc(in.dl[i], in.dta[i], c, ab[i], gb);
 #else
-                disc(dl[i], dl[i], c, ab[i], gb);
+                disc(in.dl[i], in.dl[i], c, ab[i], gb);
 #endif
-                bb[i] = cmul(gb, cmk(u[i].x, u[i].y));
+                bb[i] = cmul(gb, cmk(in.u[i].x, in.u[i].y));
             } else {
                 ab[i] = cmk(1.f, 0.f);
                 bb[i] = cmk(0.f, 0.f);
@@ -206,19 +243,26 @@ extern "C" __global__ void __launch_bounds__(NT)
         // the next chunk's carry (the same operations, hence the same bits, in every warp)
         cf h = carry, hs = carry;
 #pragma unroll
-        for (int k = 0; k < NWARP; k++) {
+        for (int k = 0; k < NW; k++) {
             if (k == w) hs = h;
             h = cfma(shp[k][lane], h, shs[k][lane]);
         }
         carry = h;
         h = hs;
 #pragma unroll
-        for (int i = 0; i < ITEMS; i++) {
+        for (int i = 0; i < IT; i++) {
             h = cfma(ab[i], h, bb[i]);
             if (on && tb + i < L) st2(x + 2 * ((row0 + tb + i) * P + p), h);
         }
         __syncthreads();
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * NWARP)
+    sr_fwd(const float* __restrict__ bu, const float* __restrict__ delta,
+           const float* __restrict__ delta_a, const float* __restrict__ A, float* __restrict__ x,
+           int L, int P) {
+    fwd_impl<NWARP, ITEMS, PREFETCH>(bu, delta, delta_a, A, x, L, P);
 }
 
 // (z·e^z − (e^z − 1))/z² = Σ_{k≥2} (k−1)/k!·z^{k−2}: ∂γ̄/∂A of zoh is Δ²·phi(Δ·A); used for
@@ -233,14 +277,49 @@ __device__ __forceinline__ cf phi_series(cf z) {
     return s;
 }
 
-extern "C" __global__ void __launch_bounds__(NT)
-    sr_bwd(const float* __restrict__ bu, const float* __restrict__ delta,
-           const float* __restrict__ delta_a, const float* __restrict__ A,
-           const float* __restrict__ x, const float* __restrict__ dx, float* __restrict__ dbu,
-           float* __restrict__ ddelta, float* __restrict__ ddelta_a, float* __restrict__ da_part,
-           int L, int P) {
-    __shared__ cf shq[NWARP][32], shr[NWARP][32];
+// Backward inputs of one thread's steps of a chunk (xp: the states one step earlier).
+template <int IT>
+struct BwdIn {
+    float2 u[IT], g[IT], xp[IT];
+    float dl[IT];
+#if HAS_DTA
+    float dta[IT];
+#endif
+};
+template <int IT>
+__device__ __forceinline__ void load_bwd(BwdIn<IT>& in, const float* __restrict__ bu,
+                                         const float* __restrict__ delta,
+                                         const float* __restrict__ delta_a,
+                                         const float* __restrict__ x,
+                                         const float* __restrict__ dx, size_t row0, int tb, int L,
+                                         int P, int p, bool on) {
     (void)delta_a;
+#pragma unroll
+    for (int i = 0; i < IT; i++) {
+        const int t = tb + i;
+        const bool ok = on && t >= 0 && t < L;
+        const size_t e = (row0 + t) * P + p;
+        in.u[i] = ok ? ld2(bu + 2 * e) : make_float2(0.f, 0.f);
+        in.g[i] = ok ? ld2(dx + 2 * e) : make_float2(0.f, 0.f);
+        in.xp[i] = ok && t > 0 ? ld2(x + 2 * (e - P)) : make_float2(0.f, 0.f);
+        in.dl[i] = ok ? delta[e] : 0.f;
+#if HAS_DTA
+        in.dta[i] = ok ? delta_a[e] : 0.f;
+#endif
+    }
+}
+
+template <int NW, int IT, int PF>
+__device__ __forceinline__ void bwd_impl(const float* __restrict__ bu,
+                                         const float* __restrict__ delta,
+                                         const float* __restrict__ delta_a,
+                                         const float* __restrict__ A,
+                                         const float* __restrict__ x,
+                                         const float* __restrict__ dx, float* __restrict__ dbu,
+                                         float* __restrict__ ddelta, float* __restrict__ ddelta_a,
+                                         float* __restrict__ da_part, int L, int P) {
+    constexpr int TCH = NW * IT;
+    __shared__ cf shq[NW][32], shr[NW][32];
     (void)ddelta_a;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int b = blockIdx.y, p = blockIdx.x * 32 + lane;
@@ -250,34 +329,25 @@ extern "C" __global__ void __launch_bounds__(NT)
     cf carry = cmk(0.f, 0.f);  // μ entering the chunk from the later side
     cf dacc = cmk(0.f, 0.f);
     const int nch = (L + TCH - 1) / TCH;
+    BwdIn<IT> nxt;
+    if (PF) load_bwd<IT>(nxt, bu, delta, delta_a, x, dx, row0, (nch - 1) * TCH + w * IT, L, P, p, on);
     for (int ci = nch - 1; ci >= 0; ci--) {
-        const int tb = ci * TCH + w * ITEMS;
-        float2 u[ITEMS], g[ITEMS], xp[ITEMS];
-        float dl[ITEMS];
-#if HAS_DTA
-        float dta[ITEMS];
-#endif
-#pragma unroll
-        for (int i = 0; i < ITEMS; i++) {
-            const int t = tb + i;
-            const bool ok = on && t < L;
-            const size_t e = (row0 + t) * P + p;
-            u[i] = ok ? ld2(bu + 2 * e) : make_float2(0.f, 0.f);
-            g[i] = ok ? ld2(dx + 2 * e) : make_float2(0.f, 0.f);
-            xp[i] = ok && t > 0 ? ld2(x + 2 * (e - P)) : make_float2(0.f, 0.f);
-            dl[i] = ok ? delta[e] : 0.f;
-#if HAS_DTA
-            dta[i] = ok ? delta_a[e] : 0.f;
-#endif
+        const int tb = ci * TCH + w * IT;
+        BwdIn<IT> in;
+        if (PF) {
+            in = nxt;
+            load_bwd<IT>(nxt, bu, delta, delta_a, x, dx, row0, tb - TCH, L, P, p, on);
+        } else {
+            load_bwd<IT>(in, bu, delta, delta_a, x, dx, row0, tb, L, P, p, on);
         }
-        cf ab[ITEMS], gb[ITEMS];
+        cf ab[IT], gb[IT];
 #pragma unroll
-        for (int i = 0; i < ITEMS; i++) {
+        for (int i = 0; i < IT; i++) {
             if (on && tb + i < L) {
 #if HAS_DTA
-                disc(dl[i], dta[i], c, ab[i], gb[i]);
+                disc(in.dl[i], in.dta[i], c, ab[i], gb[i]);
 #else
-                disc(dl[i], dl[i], c, ab[i], gb[i]);
+                disc(in.dl[i], in.dl[i], c, ab[i], gb[i]);
 #endif
             } else {
                 ab[i] = cmk(1.f, 0.f);
@@ -287,8 +357,8 @@ extern "C" __global__ void __launch_bounds__(NT)
         // this thread's map μ ↦ Q·μ + R (μ from the later side), composed in reverse
         cf q = cmk(1.f, 0.f), r = cmk(0.f, 0.f);
 #pragma unroll
-        for (int i = ITEMS - 1; i >= 0; i--) {
-            r = cmulc(ab[i], cadd(r, cmk(g[i].x, g[i].y)));
+        for (int i = IT - 1; i >= 0; i--) {
+            r = cmulc(ab[i], cadd(r, cmk(in.g[i].x, in.g[i].y)));
             q = cmulc(ab[i], q);
         }
         shq[w][lane] = q;
@@ -296,25 +366,26 @@ extern "C" __global__ void __launch_bounds__(NT)
         __syncthreads();
         cf m = carry, ms = carry;
 #pragma unroll
-        for (int k = NWARP - 1; k >= 0; k--) {
+        for (int k = NW - 1; k >= 0; k--) {
             if (k == w) ms = m;
             m = cfma(shq[k][lane], m, shr[k][lane]);
         }
         carry = m;
         m = ms;
 #pragma unroll
-        for (int i = ITEMS - 1; i >= 0; i--) {
+        for (int i = IT - 1; i >= 0; i--) {
             const int t = tb + i;
             if (!(on && t < L)) continue;
             const size_t e = (row0 + t) * P + p;
-            const cf lam = cadd(cmk(g[i].x, g[i].y), m);
+            const float dli = in.dl[i];
+            const cf lam = cadd(cmk(in.g[i].x, in.g[i].y), m);
             m = cmulc(ab[i], lam);
             st2(dbu + 2 * e, cmulc(gb[i], lam));
-            const cf gab = cmulc(cmk(xp[i].x, xp[i].y), lam);  // λ·conj(x_{t−1})
+            const cf gab = cmulc(cmk(in.xp[i].x, in.xp[i].y), lam);  // λ·conj(x_{t−1})
 #if HAS_DTA
-            const float da = dta[i];
+            const float da = in.dta[i];
 #else
-            const float da = dl[i];
+            const float da = dli;
 #endif
             // f' = dĀ/d(ΔA·A)
 #if RULE == R_BILINEAR
@@ -327,11 +398,11 @@ extern "C" __global__ void __launch_bounds__(NT)
             dacc = cfmac(cscale(fp, da), gab, dacc);
             float dd = 0.f;
 #if RULE != R_DIRAC
-            const cf gg = cmulc(cmk(u[i].x, u[i].y), lam);  // λ·conj(bu)
-            cf gd, ga;                                       // ∂γ̄/∂Δ, ∂γ̄/∂A
+            const cf gg = cmulc(cmk(in.u[i].x, in.u[i].y), lam);  // λ·conj(bu)
+            cf gd, ga;                                             // ∂γ̄/∂Δ, ∂γ̄/∂A
 #if RULE == R_BILINEAR
 #if HAS_DTA
-            const cf inv = crecip(cmk(fmaf(-0.5f * dl[i], c.a.r, 1.f), -0.5f * dl[i] * c.a.i));
+            const cf inv = crecip(cmk(fmaf(-0.5f * dli, c.a.r, 1.f), -0.5f * dli * c.a.i));
 #else
             const cf inv = inva;
 #endif
@@ -339,11 +410,11 @@ extern "C" __global__ void __launch_bounds__(NT)
             ga = cscale(cmul(gb[i], gb[i]), 0.5f);
 #else
             gd = cfma(gb[i], c.a, cmk(1.f, 0.f));  // e^{Δ·A}
-            const cf z = cscale(c.a, dl[i]);
+            const cf z = cscale(c.a, dli);
             if (fmaf(z.r, z.r, z.i * z.i) < 0.01f)
-                ga = cscale(phi_series(z), dl[i] * dl[i]);
+                ga = cscale(phi_series(z), dli * dli);
             else
-                ga = cmul(csub(cscale(gd, dl[i]), gb[i]), c.ia);
+                ga = cmul(csub(cscale(gd, dli), gb[i]), c.ia);
 #endif
             dd = cdot(gg, gd);
             dacc = cfmac(ga, gg, dacc);
@@ -363,9 +434,19 @@ extern "C" __global__ void __launch_bounds__(NT)
     if (w == 0 && on) {
         cf s = shq[0][lane];
 #pragma unroll
-        for (int k = 1; k < NWARP; k++) s = cadd(s, shq[k][lane]);
+        for (int k = 1; k < NW; k++) s = cadd(s, shq[k][lane]);
         st2(da_part + 2 * ((size_t)b * P + p), s);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(32 * BWD_NWARP)
+    sr_bwd(const float* __restrict__ bu, const float* __restrict__ delta,
+           const float* __restrict__ delta_a, const float* __restrict__ A,
+           const float* __restrict__ x, const float* __restrict__ dx, float* __restrict__ dbu,
+           float* __restrict__ ddelta, float* __restrict__ ddelta_a, float* __restrict__ da_part,
+           int L, int P) {
+    bwd_impl<BWD_NWARP, BWD_ITEMS, BWD_PREFETCH>(bu, delta, delta_a, A, x, dx, dbu, ddelta,
+                                                 ddelta_a, da_part, L, P);
 }
 
 // dA (n = 2P floats) = Σ_b da_part[b] in batch order.

@@ -67,35 +67,51 @@ pub struct SimplifiedSpec {
     pub has_delta_a: bool,
 }
 
-/// Launch geometry. A block owns 32 consecutive channels (one per lane) of one batch row and
-/// walks the sequence in chunks of `warps·items` steps; warp `w` owns the `items` consecutive
-/// steps `w·items..` of a chunk (so each warp access is one contiguous row of channels), composes
-/// them into one affine map per channel, the `warps` maps are folded in order through shared
-/// memory from the chunk's carried state, and each thread re-walks its steps.
+/// Launch geometry of each pass. A block owns 32 consecutive channels (one per lane) of one
+/// batch row and walks the sequence in chunks of `warps·items` steps; warp `w` owns the `items`
+/// consecutive steps `w·items..` of a chunk (so each warp access is one contiguous row of
+/// channels), composes them into one affine map per channel, the `warps` maps are folded in order
+/// through shared memory from the chunk's carried state, and each thread re-walks its steps. With
+/// `prefetch` a thread issues the loads of its next chunk before working on the current one. The
+/// forward and the backward are independent (the backward reads the forward's states), so each
+/// has its own geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SimplifiedTiling {
-    /// Warps per block = time segments per chunk (1..=32).
+    /// Forward: warps per block = time segments per chunk (1..=32).
     pub warps: usize,
-    /// Consecutive steps per thread (1..=16).
+    /// Forward: consecutive steps per thread (1..=16).
     pub items: usize,
+    /// Forward: load the next chunk while working on the current one.
+    pub prefetch: bool,
+    /// Backward: warps per block (1..=32).
+    pub bwd_warps: usize,
+    /// Backward: consecutive steps per thread (1..=16).
+    pub bwd_items: usize,
+    /// Backward: load the next chunk while working on the current one.
+    pub bwd_prefetch: bool,
 }
 
 impl SimplifiedTiling {
-    /// The default geometry for a problem: 8 steps a thread; warps (a power of two, 2..=16)
-    /// grown until about 4096 warps are in flight, but not beyond the length.
+    /// The default geometry for a problem: forward 8 steps a thread, backward 4, both
+    /// prefetching; warps (a power of two, 2..=16) grown until about 4096 warps are in flight,
+    /// but not beyond the length.
     pub fn auto(spec: &SimplifiedSpec) -> SimplifiedTiling {
-        let items = 8;
         let blocks = spec.batch * spec.channels.div_ceil(LANES);
-        let mut warps = 2;
-        while warps < 16 && blocks * warps < 4096 && warps * items < spec.len {
-            warps *= 2;
+        let warps = |items: usize| {
+            let mut w = 2;
+            while w < 16 && blocks * w < 4096 && w * items < spec.len {
+                w *= 2;
+            }
+            w
+        };
+        SimplifiedTiling {
+            warps: warps(8),
+            items: 8,
+            prefetch: true,
+            bwd_warps: warps(4),
+            bwd_items: 4,
+            bwd_prefetch: true,
         }
-        SimplifiedTiling { warps, items }
-    }
-
-    /// Steps per chunk.
-    pub fn chunk(&self) -> usize {
-        self.warps * self.items
     }
 }
 
@@ -113,17 +129,17 @@ pub struct SimplifiedVariant {
 impl SimplifiedVariant {
     /// NVRTC `-D` options selecting this variant in [`SIMPLIFIED_SCAN_SRC`].
     pub fn defines(&self) -> Vec<String> {
+        let t = &self.tiling;
         vec![
             format!("-DRULE={}", self.rule.code()),
             format!("-DHAS_DTA={}", u32::from(self.has_delta_a)),
-            format!("-DNWARP={}", self.tiling.warps),
-            format!("-DITEMS={}", self.tiling.items),
+            format!("-DNWARP={}", t.warps),
+            format!("-DITEMS={}", t.items),
+            format!("-DPREFETCH={}", u32::from(t.prefetch)),
+            format!("-DBWD_NWARP={}", t.bwd_warps),
+            format!("-DBWD_ITEMS={}", t.bwd_items),
+            format!("-DBWD_PREFETCH={}", u32::from(t.bwd_prefetch)),
         ]
-    }
-
-    /// Threads per block.
-    pub fn threads(&self) -> usize {
-        LANES * self.tiling.warps
     }
 }
 
@@ -153,7 +169,8 @@ impl SimplifiedSpec {
             )));
         }
         let tiling = tiling.unwrap_or_else(|| SimplifiedTiling::auto(self));
-        if !(1..=32).contains(&tiling.warps) || !(1..=16).contains(&tiling.items) {
+        let ok = |w: usize, i: usize| (1..=32).contains(&w) && (1..=16).contains(&i);
+        if !ok(tiling.warps, tiling.items) || !ok(tiling.bwd_warps, tiling.bwd_items) {
             return Err(err(format!(
                 "unsupported tiling {tiling:?} (warps 1..=32, items 1..=16)"
             )));
@@ -180,10 +197,10 @@ impl SimplifiedSpec {
         2 * self.channels
     }
 
-    fn launch(&self, v: &SimplifiedVariant) -> LaunchConfig {
+    fn launch(&self, warps: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (self.channels.div_ceil(LANES) as u32, self.batch as u32, 1),
-            block_dim: (v.threads() as u32, 1, 1),
+            block_dim: ((LANES * warps) as u32, 1, 1),
             shared_mem_bytes: 0,
         }
     }
@@ -359,7 +376,7 @@ impl SimplifiedScan {
             .arg(&l)
             .arg(&p);
         // SAFETY: the arguments match `sr_fwd`; every length was checked above.
-        unsafe { lb.launch(spec.launch(&v)) }.map_err(drv)?;
+        unsafe { lb.launch(spec.launch(v.tiling.warps)) }.map_err(drv)?;
         Ok(out)
     }
 
@@ -406,7 +423,7 @@ impl SimplifiedScan {
                 .arg(&l)
                 .arg(&p);
             // SAFETY: the arguments match `sr_bwd`; every length was checked above.
-            unsafe { lb.launch(spec.launch(&v)) }.map_err(drv)?;
+            unsafe { lb.launch(spec.launch(v.tiling.bwd_warps)) }.map_err(drv)?;
         }
         {
             let (bsz, n) = (spec.batch as i32, spec.a_len() as i32);
@@ -440,14 +457,9 @@ mod tests {
 
     #[test]
     fn auto_tiling_fills_the_gpu_within_the_length() {
-        // 256 blocks: 16 warps of 8 steps
-        assert_eq!(
-            SimplifiedTiling::auto(&spec()),
-            SimplifiedTiling {
-                warps: 16,
-                items: 8
-            }
-        );
+        // 256 blocks: 16 warps
+        let t = SimplifiedTiling::auto(&spec());
+        assert_eq!((t.warps, t.items, t.bwd_warps, t.bwd_items), (16, 8, 16, 4));
         // a short sequence keeps the chunk near its length
         let s = SimplifiedSpec { len: 20, ..spec() };
         assert_eq!(SimplifiedTiling::auto(&s).warps, 4);
@@ -472,8 +484,8 @@ mod tests {
         let e = SimplifiedSpec { len: 0, ..spec() }.check(None).unwrap_err();
         assert!(e.0.contains("empty"), "{e}");
         let t = SimplifiedTiling {
-            warps: 33,
-            items: 8,
+            bwd_warps: 33,
+            ..SimplifiedTiling::auto(&spec())
         };
         assert!(spec().check(Some(t)).unwrap_err().0.contains("tiling"));
         let big = SimplifiedSpec {

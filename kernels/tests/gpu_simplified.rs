@@ -455,13 +455,20 @@ fn random_cases_against_sequential_f64() {
     let Some(mut ss) = device() else { return };
     let (mut wf, mut wg, mut n) = (0.0f64, 0.0f64, 0);
     let shapes = [(2, 300, 40), (1, 16384, 33), (3, 1000, 70), (1, 7, 5)];
+    let t = |warps, items, prefetch, bwd_warps, bwd_items, bwd_prefetch| {
+        Some(SimplifiedTiling {
+            warps,
+            items,
+            prefetch,
+            bwd_warps,
+            bwd_items,
+            bwd_prefetch,
+        })
+    };
     let tilings = [
         None,
-        Some(SimplifiedTiling { warps: 3, items: 5 }),
-        Some(SimplifiedTiling {
-            warps: 16,
-            items: 16,
-        }),
+        t(3, 5, true, 5, 3, false),
+        t(16, 16, false, 32, 8, true),
     ];
     let mut seed = 1;
     for rule in SIMPLIFIED_RULES {
@@ -579,6 +586,7 @@ fn shape_errors_are_reported() {
 fn timing_batch8_len4096_p1024() {
     use lrnnx_kernels::linear::{LinearScan, LinearSpec};
     let Some(mut ss) = device() else { return };
+    keep_pool_memory(ss.stream());
     let s = SimplifiedSpec {
         batch: 8,
         len: 4096,
@@ -613,13 +621,9 @@ fn timing_batch8_len4096_p1024() {
     // compulsory traffic: forward Bu, delta in, x out (20 B an element); backward Bu, delta,
     // x, dx in, dBu, ddelta out (40 B)
     let gb = 60.0 * s.real_len() as f64 / 1e9;
-    let mut tilings = vec![None];
-    for (warps, items) in [(4, 8), (8, 8), (16, 8), (32, 8), (8, 16), (16, 4), (32, 4)] {
-        tilings.push(Some(SimplifiedTiling { warps, items }));
-    }
-    let mut rows = Vec::new();
-    for t in tilings {
-        ss.tiling = t;
+    let auto = SimplifiedTiling::auto(&s);
+    let (af, afb) = {
+        ss.tiling = None;
         let tf = best(&mut || {
             ss.forward(&s, &inp).unwrap();
         });
@@ -627,13 +631,62 @@ fn timing_batch8_len4096_p1024() {
             let x = ss.forward(&s, &inp).unwrap();
             ss.backward(&s, &inp, &x.as_view(), &g.as_view()).unwrap();
         });
-        let shown = t.unwrap_or_else(|| SimplifiedTiling::auto(&s));
         println!(
-            "simplified scan tiling {shown:?}{}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms ({:.0} GB/s over {gb:.2} GB)",
-            if t.is_none() { " (auto)" } else { "" },
-            gb / tfb
+            "simplified scan auto tiling {auto:?}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms \
+             ({:.0} GB/s over {gb:.2} GB)",
+            gb / (tfb * 1e-3)
         );
-        rows.push((tf, tfb, t.is_none()));
+        (tf, tfb)
+    };
+    // each pass's geometries (forward alone; backward alone on the auto forward's states)
+    let x = ss.forward(&s, &inp).unwrap();
+    for warps in [4, 8, 16, 32] {
+        for items in [2, 4, 8] {
+            for prefetch in [false, true] {
+                ss.tiling = Some(SimplifiedTiling {
+                    warps,
+                    items,
+                    prefetch,
+                    bwd_warps: warps,
+                    bwd_items: items,
+                    bwd_prefetch: prefetch,
+                });
+                let tf = best(&mut || {
+                    ss.forward(&s, &inp).unwrap();
+                });
+                let tb = best(&mut || {
+                    ss.backward(&s, &inp, &x.as_view(), &g.as_view()).unwrap();
+                });
+                println!(
+                    "  warps {warps:2} items {items} prefetch {prefetch:5}: fwd {tf:.3} ms, bwd {tb:.3} ms"
+                );
+            }
+        }
+    }
+    ss.tiling = None;
+    // every rule, with and without deltaA, at the automatic tiling
+    for rule in SIMPLIFIED_RULES {
+        for has_delta_a in [false, true] {
+            let s = SimplifiedSpec {
+                rule,
+                has_delta_a,
+                ..s
+            };
+            let inp = SimplifiedInputs {
+                bu: bu.as_view(),
+                delta: dl.as_view(),
+                delta_a: has_delta_a.then(|| dl.as_view()),
+                a: a.as_view(),
+            };
+            let tf = best(&mut || {
+                ss.forward(&s, &inp).unwrap();
+            });
+            let tfb = best(&mut || {
+                let x = ss.forward(&s, &inp).unwrap();
+                ss.backward(&s, &inp, &x.as_view(), &g.as_view()).unwrap();
+            });
+            println!("  {rule:?} deltaA={has_delta_a}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms");
+        }
     }
     // baseline: lrnnx-kernels' sequential complex linear scan (one thread per (batch, state))
     // on the same sizes, given Ā and γ̄·Bu precomputed
@@ -654,11 +707,30 @@ fn timing_batch8_len4096_p1024() {
         lin.backward(&ls, &la.as_view(), &hh.as_view(), &g.as_view())
             .unwrap();
     });
-    let (af, afb, _) = rows.iter().find(|r| r.2).copied().unwrap();
     println!(
         "RESULT simplified scan b8 L4096 P1024 zoh (auto tiling): fwd {af:.3} ms, fwd+bwd {afb:.3} ms; \
          sequential linear scan fwd {lf:.3} ms, fwd+bwd {lfb:.3} ms ({:.1}x, {:.1}x)",
         lf / af,
         lfb / afb
     );
+}
+
+/// Lets the device's default memory pool keep freed memory (release threshold = max), as
+/// PyTorch's and JAX's caching allocators do: otherwise every synchronize hands the outputs'
+/// memory back to the driver and each call pays for mapping it again.
+fn keep_pool_memory(st: &std::sync::Arc<cudarc::driver::CudaStream>) {
+    use cudarc::driver::sys;
+    let dev = st.context().cu_device();
+    let mut pool = std::ptr::null_mut();
+    let mut max = u64::MAX;
+    // SAFETY: plain driver calls on the current device with valid out-pointers.
+    let ok = unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut max as *mut u64 as *mut std::ffi::c_void,
+            ) == sys::CUresult::CUDA_SUCCESS
+    };
+    println!("memory pool release threshold set to max: {ok}");
 }

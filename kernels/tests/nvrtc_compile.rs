@@ -129,8 +129,18 @@ fn simplified_scan_variants_compile_for_sm90() {
             cases.push((rule, has_delta_a, None));
         }
     }
-    for (warps, items) in [(4, 8), (8, 8), (8, 16), (16, 4), (32, 16), (3, 5), (1, 1)] {
-        cases.push((Rule::Zoh, false, Some(SimplifiedTiling { warps, items })));
+    for (warps, items, prefetch) in [(4, 8, false), (32, 4, true), (8, 16, true), (3, 5, true)] {
+        for rule in [Rule::Zoh, Rule::Bilinear] {
+            let t = SimplifiedTiling {
+                warps,
+                items,
+                prefetch,
+                bwd_warps: warps,
+                bwd_items: items.min(8),
+                bwd_prefetch: !prefetch,
+            };
+            cases.push((rule, true, Some(t)));
+        }
     }
     let mut n = 0;
     for (rule, has_delta_a, tiling) in cases {
