@@ -29,8 +29,9 @@
 // Ā, γ̄, and runs the reverse scan of the adjoint with maps μ ↦ conj(Ā)·(dx + μ) in the same
 // structure.
 //
-// Determinism: dA is summed per thread over its steps and chunks in order, over the warps of a
-// block in warp order, and over the batch in batch order (sr_reduce); no atomics.
+// Determinism: dA is summed per thread over its steps in order and over its chunks in order
+// (Kahan-compensated), over the warps of a block in warp order, and over the batch in batch order
+// (sr_reduce); no atomics.
 //
 // Compile-time parameters (defines): RULE (1 zoh, 2 bilinear, 3 dirac), HAS_DTA; the forward's
 // NWARP, ITEMS, PREFETCH and the backward's BWD_NWARP, BWD_ITEMS, BWD_PREFETCH (PREFETCH: a
@@ -327,7 +328,7 @@ __device__ __forceinline__ void bwd_impl(const float* __restrict__ bu,
     const Chan c = chan(A, p, on);
     const size_t row0 = (size_t)b * L;
     cf carry = cmk(0.f, 0.f);  // μ entering the chunk from the later side
-    cf dacc = cmk(0.f, 0.f);
+    cf dacc = cmk(0.f, 0.f), dcomp = cmk(0.f, 0.f);  // dA: compensated sum of chunk sums
     const int nch = (L + TCH - 1) / TCH;
     BwdIn<IT> nxt;
     if (PF) load_bwd<IT>(nxt, bu, delta, delta_a, x, dx, row0, (nch - 1) * TCH + w * IT, L, P, p, on);
@@ -372,6 +373,7 @@ __device__ __forceinline__ void bwd_impl(const float* __restrict__ bu,
         }
         carry = m;
         m = ms;
+        cf dch = cmk(0.f, 0.f);  // this chunk's dA terms
 #pragma unroll
         for (int i = IT - 1; i >= 0; i--) {
             const int t = tb + i;
@@ -395,7 +397,7 @@ __device__ __forceinline__ void bwd_impl(const float* __restrict__ bu,
             const cf fp = ab[i];
 #endif
             float dd_a = cdot(gab, cmul(fp, c.a));  // ∂L/∂ΔA
-            dacc = cfmac(cscale(fp, da), gab, dacc);
+            dch = cfmac(cscale(fp, da), gab, dch);
             float dd = 0.f;
 #if RULE != R_DIRAC
             const cf gg = cmulc(cmk(in.u[i].x, in.u[i].y), lam);  // λ·conj(bu)
@@ -417,7 +419,7 @@ __device__ __forceinline__ void bwd_impl(const float* __restrict__ bu,
                 ga = cmul(csub(cscale(gd, dli), gb[i]), c.ia);
 #endif
             dd = cdot(gg, gd);
-            dacc = cfmac(ga, gg, dacc);
+            dch = cfmac(ga, gg, dch);
 #endif
 #if HAS_DTA
             ddelta[e] = dd;
@@ -426,6 +428,11 @@ __device__ __forceinline__ void bwd_impl(const float* __restrict__ bu,
             ddelta[e] = dd + dd_a;
 #endif
         }
+        // Kahan: dacc + dch with the rounding error kept in dcomp
+        const cf y = csub(dch, dcomp);
+        const cf tsum = cadd(dacc, y);
+        dcomp = csub(csub(tsum, dacc), y);
+        dacc = tsum;
         __syncthreads();
     }
     // this block's dA: the warps' sums in warp order

@@ -13,7 +13,7 @@
 #![cfg(feature = "cuda")]
 #![allow(clippy::needless_range_loop)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cudarc::driver::CudaSlice;
 use lrnnx_kernels::cuda::gpu_available;
@@ -147,7 +147,7 @@ fn gpu_run(
     s: &SimplifiedSpec,
     h: &Host,
     dx: &[C64],
-) -> (Vec<f64>, HashMap<&'static str, Vec<f64>>) {
+) -> (Vec<f64>, BTreeMap<&'static str, Vec<f64>>) {
     let st = ss.stream();
     let up = |v: &[f64]| st.clone_htod(&f32v(v)).unwrap();
     let down = |v: &CudaSlice<f32>| -> Vec<f64> {
@@ -168,7 +168,7 @@ fn gpu_run(
     let x = ss.forward(s, &inp).unwrap();
     let g = up(&flat(dx));
     let gr = ss.backward(s, &inp, &x.as_view(), &g.as_view()).unwrap();
-    let mut m = HashMap::new();
+    let mut m = BTreeMap::new();
     m.insert("Bu", down(&gr.dbu));
     m.insert("delta", down(&gr.ddelta));
     if let Some(v) = &gr.ddelta_a {
