@@ -20,6 +20,9 @@
 //! The `linear` module (feature `cuda`) runs the diagonal linear recurrence
 //! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward.
 //!
+//! The `simplified` module (feature `cuda`) runs the S5 simplified scan (spec §4.3: complex
+//! `x_t = Ā_t ⊙ x_{t−1} + γ̄_t ⊙ Bu_t` over `P` channels) forward and backward.
+//!
 //! Without the `cuda` feature the crate holds the kernel sources, the configuration and its shape
 //! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` and `s7::S7Scan` compile and
 //! launch.
@@ -32,6 +35,8 @@ pub mod cuda;
 pub mod linear;
 #[cfg(feature = "cuda")]
 pub mod s7;
+#[cfg(feature = "cuda")]
+pub mod simplified;
 
 /// The CUDA C source of the selective scan kernels (`ss_fwd`, `ss_bwd`, `ss_reduce_bc`,
 /// `ss_reduce_e`).

@@ -134,3 +134,56 @@ fn linear_scan_variants_compile_for_sm90() {
         }
     }
 }
+
+#[test]
+fn simplified_scan_variants_compile_for_sm90() {
+    use lrnnx_kernels::simplified::{
+        compile, SimplifiedSpec, SimplifiedTiling, SIMPLIFIED_RULES, SIMPLIFIED_SCAN_KERNELS,
+    };
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    // every rule with and without deltaA (one module holds the forward, the backward and the
+    // dA reduction), at the automatic tiling of a large problem; then the other tilings the GPU
+    // test times, and odd ones
+    let mut cases = Vec::new();
+    for rule in SIMPLIFIED_RULES {
+        for has_delta_a in [false, true] {
+            cases.push((rule, has_delta_a, None));
+        }
+    }
+    for (warps, items, prefetch) in [(4, 8, false), (32, 4, true), (8, 16, true), (3, 5, true)] {
+        for rule in [Rule::Zoh, Rule::Bilinear] {
+            let t = SimplifiedTiling {
+                warps,
+                items,
+                prefetch,
+                bwd_warps: warps,
+                bwd_items: items.min(8),
+                bwd_prefetch: !prefetch,
+            };
+            cases.push((rule, true, Some(t)));
+        }
+    }
+    let mut n = 0;
+    for (rule, has_delta_a, tiling) in cases {
+        let spec = SimplifiedSpec {
+            batch: 8,
+            len: 4096,
+            channels: 1024,
+            rule,
+            has_delta_a,
+        };
+        let v = spec.check(tiling).expect("valid spec");
+        let src = compile(&v).unwrap_or_else(|e| panic!("{e}")).to_src();
+        for k in SIMPLIFIED_SCAN_KERNELS {
+            assert!(
+                src.contains(&format!(".entry {k}")),
+                "{k} missing in PTX of {v:?}"
+            );
+        }
+        n += 1;
+    }
+    println!("compiled {n} simplified scan variants for sm_90");
+}
