@@ -3,7 +3,7 @@
 // Same equations, layouts, entry points and outputs as the chunked kernels (see there).
 //
 // Parallel structure. There are Bsz·E·N independent recurrences; when Bsz·E alone fills the GPU
-// (≥ ~8k channels) the cheapest schedule walks time sequentially: a thread owns one channel and
+// (thousands of channels) time can be walked sequentially: a thread owns one channel and
 // NPT = N/SPLIT of its states (SPLIT = 1 or 2 threads per channel, adjacent lanes) in registers,
 // so each (step, state) costs one ex2 and three FMA-pipe instructions in the forward and no scan
 // operators at all. A block holds SCB = 32·SWARP/SPLIT consecutive channels of one batch row and
