@@ -18,7 +18,8 @@
 //! floating-point atomics), so two runs give bitwise equal gradients.
 //!
 //! The `linear` module (feature `cuda`) runs the diagonal linear recurrence
-//! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward.
+//! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward; the `conv` module (feature
+//! `cuda`) the per-channel causal convolution of S4 / S4D and its two gradients.
 //!
 //! Without the `cuda` feature the crate holds the kernel sources, the configuration and its shape
 //! checks ([`ScanSpec::check`]); with it, `cuda::SelectiveScan` and `s7::S7Scan` compile and
@@ -26,6 +27,8 @@
 
 use std::fmt;
 
+#[cfg(feature = "cuda")]
+pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "cuda")]
