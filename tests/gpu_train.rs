@@ -611,7 +611,7 @@ fn random_causal_convs_cuda_match_cpu() {
     // f64 is refused on CUDA with a clear error
     let u = Tensor::zeros((1, 2, 8), DType::F64, &gpu).unwrap();
     let k = Tensor::zeros((2, 3), DType::F64, &gpu).unwrap();
-    let e = causal_conv(&u, &k).err().expect("f64 on CUDA must be refused");
+    let e = causal_conv(&u, &k).expect_err("f64 on CUDA must be refused");
     println!("f64 on CUDA: {e}");
     assert!(e.to_string().contains("f32"), "{e}");
     assert!(failed.is_empty(), "failed: {failed:?}");

@@ -205,7 +205,13 @@ impl CausalConv {
         );
         let f = if adjoint { &m.dx } else { &m.fwd };
         let mut lb = self.stream.launch_builder(f);
-        lb.arg(x).arg(k).arg(&mut y).arg(&c).arg(&l).arg(&kk).arg(&t);
+        lb.arg(x)
+            .arg(k)
+            .arg(&mut y)
+            .arg(&c)
+            .arg(&l)
+            .arg(&kk)
+            .arg(&t);
         // SAFETY: the arguments match `cc_fwd` / `cc_dx`; lengths checked above.
         unsafe { lb.launch(blocks(spec.batch * spec.channels * tiles)) }.map_err(drv)?;
         Ok(y)

@@ -440,7 +440,7 @@ impl S4 {
             }
         }
         let v = matmul_operand(&v.narrow(2, 0, block)?)?; // (H, M, T)
-                                        // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
+                                                          // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
         let mut r = Self::readout(c)?; // (H, ch, M)
         if blocks > 1 {
             let mut step = mat_pow(a_bar, block)?; // Ā^{T·2^k}
