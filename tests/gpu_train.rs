@@ -7,7 +7,13 @@
 //! * the 8 Mamba module cases (ordinary and STREAM mode) and the module cases of the layers on
 //!   the linear scan (S5 time-varying, LRU, RG-LRU, S7, Centaurus) built on the GPU: `y`,
 //!   every parameter gradient, `x` and the event time steps, at the same tolerances;
+//! * every module case of the golden set built on the GPU (`MODULE_CASES`: Mamba, S5
+//!   time-varying and LTI, LRU, RG-LRU, S7, Centaurus, S4, S4D), the language-model case and
+//!   every op case (grouped / fixed-`B`,`C` / complex selective scans, simplified, RG-LRU and
+//!   S7 scans) through the golden checker's `train` implementation on the GPU;
 //! * random linear scans (real / complex, full / shared decay), CUDA against the CPU op;
+//! * random causal convolutions (S4 / S4D) and S4 / S4D layers at L = 2048, CUDA against the
+//!   CPU;
 //! * random cases, CUDA against the CPU op (itself checked against f64 loops and finite
 //!   differences in `lrnnx-train`): forward 1e-5, gradients 1e-4 relative, lengths up to 16384.
 //!
@@ -148,11 +154,31 @@ fn golden_selective_scan_ops_on_cuda() {
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
 
-/// Module cases run on the GPU: every Mamba case (the selective scan) and the layers built on
-/// the linear scan (S5 time-varying incl. event mode, LRU, RG-LRU, S7, Centaurus). S5 LTI is
-/// not here yet: its read-out multiplies by a stride-2 view of the packed `C`, which candle's
-/// CUDA matmul refuses.
+/// Every module case of the golden set (the `kind = module` cases the CPU golden tests check;
+/// `every_module_case_is_listed` keeps this list complete), built on the GPU: Mamba (the
+/// selective scan), the layers on the linear scan (S5 time-varying incl. event mode, LRU,
+/// RG-LRU, S7, Centaurus in every mode), S5 LTI, and S4 / S4D (the causal convolution kernel;
+/// S4's small solves on the host).
 const MODULE_CASES: &[&str] = &[
+    "s4",
+    "s4d_zoh",
+    "s4d_bilinear",
+    "s5_lti_zoh",
+    "s5_lti_bilinear",
+    "s5_lti_dirac",
+    "s5_lti_no_discretization",
+    "lru",
+    "centaurus_neck",
+    "centaurus_pointwise",
+    "centaurus_dws",
+    "centaurus_full",
+    "s5_ltv_zoh",
+    "s5_ltv_bilinear",
+    "s5_ltv_dirac",
+    "s5_ltv_zoh_event",
+    "s5_ltv_bilinear_event",
+    "s5_ltv_dirac_event",
+    "s5_ltv_zoh_conjsym",
     "mamba_mamba",
     "mamba_zoh",
     "mamba_bilinear",
@@ -161,16 +187,67 @@ const MODULE_CASES: &[&str] = &[
     "mamba_zoh_event",
     "mamba_bilinear_event",
     "mamba_dirac_event",
-    "s5_ltv_zoh",
-    "s5_ltv_zoh_event",
-    "s5_ltv_bilinear_event",
-    "s5_ltv_dirac",
-    "lru",
     "rglru",
     "s7",
-    "centaurus_neck",
-    "centaurus_dws",
 ];
+
+/// The golden set's cases of one kind (`module`, `lm`, `op`), by file stem.
+fn cases_of_kind(kind: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in lrnnx::golden::case_files(golden_dir()).unwrap() {
+        let case = Case::load(&f).unwrap();
+        if case.kind() == kind {
+            out.push(f.file_stem().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// `MODULE_CASES` is every module case of the golden set (runs without a GPU too).
+#[test]
+fn every_module_case_is_listed() {
+    let mut want = cases_of_kind("module");
+    let mut have: Vec<String> = MODULE_CASES.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    have.sort();
+    assert_eq!(have, want);
+}
+
+/// The language-model case and every op case (`op_selective_scan_*` incl. grouped, fixed
+/// `B`/`C` and complex `A`; `op_simplified_scan_*`, `op_rglru_scan_*`, `op_s7_scan_*`) through
+/// the golden checker's `train` implementation with every tensor on the GPU: the ops written
+/// with candle ops around the training crate's linear scan (on CUDA: `linear_scan.cu`), the LM
+/// (embedding, Mamba and LRU mixers, MLP, head) forward, token-by-token step and every
+/// gradient. Each line at 1e-5 (outputs) / 1e-4 (gradients) of the reference's largest value.
+#[test]
+fn golden_lm_and_op_cases_on_cuda() {
+    let Some(dev) = gpu() else { return };
+    let mut failed = Vec::new();
+    let mut cases = cases_of_kind("lm");
+    cases.extend(cases_of_kind("op"));
+    assert!(cases.len() >= 19, "{cases:?}");
+    for file in cases {
+        let case = Case::load(golden_dir().join(format!("{file}.safetensors"))).unwrap();
+        let lines = lrnnx::golden::check_train_on(&case, &dev);
+        let mut compared = 0;
+        for line in &lines {
+            match line.reason() {
+                Some(r) => println!("{line} (cuda): {r}"),
+                None => println!("{line} (cuda)"),
+            }
+            if line.failed() {
+                failed.push(format!("{line}"));
+            }
+            if matches!(line.outcome, lrnnx::golden::Outcome::Compared(_)) {
+                compared += 1;
+            }
+        }
+        if compared < 2 {
+            failed.push(format!("{file}: only {compared} comparisons"));
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
 
 #[test]
 fn golden_modules_on_cuda() {
@@ -467,6 +544,122 @@ fn mamba_layer_cuda_matches_cpu_at_length_4096() {
         let tol = if k == "y" { 1e-5 } else { 1e-4 };
         if !check(&format!("Mamba L{l} {k}"), g, w, tol) {
             failed.push(k.clone());
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// The causal convolution of S4 / S4D (`lrnnx-kernels`' direct sums) against the CPU op in
+/// f64 (FFTs; itself checked against the direct sum and finite differences in `fftconv`):
+/// `y` within 1e-5, `∂u` and `∂k` within 1e-4 of the reference's largest value; lengths up
+/// to 16384, kernels shorter than, equal to and longer than the signal.
+#[test]
+fn random_causal_convs_cuda_match_cpu() {
+    use lrnnx_train::fftconv::causal_conv;
+    let Some(gpu) = gpu() else { return };
+    // (B, C, L, K)
+    let cases = [
+        (1, 1, 1, 1),
+        (2, 3, 7, 7),
+        (3, 2, 50, 9),
+        (2, 4, 13, 30),
+        (1, 2, 300, 300),
+        (2, 3, 1000, 1000),
+        (1, 3, 5000, 257),
+        (1, 4, 4097, 4097),
+        (2, 2, 16384, 100),
+        (2, 8, 16384, 16384),
+    ];
+    let mut failed = Vec::new();
+    for (ci, &(b, c, l, k)) in cases.iter().enumerate() {
+        let seed = 1000 + ci as u64 * 3;
+        let u = rand(b * c * l, seed, -1.0, 1.0);
+        let kk = rand(c * k, seed + 1, -1.0, 1.0);
+        let w = rand(b * c * l, seed + 2, -1.0, 1.0);
+        let run = |dev: &Device, dtype: DType| {
+            let t = |v: &[f32], s: &[usize]| {
+                Tensor::from_vec(v.to_vec(), s, dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let uv = Var::from_tensor(&t(&u, &[b, c, l])).unwrap();
+            let kv = Var::from_tensor(&t(&kk, &[c, k])).unwrap();
+            let y = causal_conv(uv.as_tensor(), kv.as_tensor()).unwrap();
+            let grads = (&y * t(&w, &[b, c, l]))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let f = |x: &Tensor| flat(&x.to_dtype(DType::F32).unwrap());
+            vec![
+                f(&y),
+                f(grads.get(uv.as_tensor()).unwrap()),
+                f(grads.get(kv.as_tensor()).unwrap()),
+            ]
+        };
+        let (got, want) = (run(&gpu, DType::F32), run(&Device::Cpu, DType::F64));
+        for ((g, wv), nm) in got.iter().zip(&want).zip(["y", "∂u", "∂k"]) {
+            let tol = if nm == "y" { 1e-5 } else { 1e-4 };
+            let what = format!("conv B{b} C{c} L{l} K{k} {nm}");
+            if !check(&what, g, wv, tol) {
+                failed.push(what);
+            }
+        }
+    }
+    // f64 is refused on CUDA with a clear error
+    let u = Tensor::zeros((1, 2, 8), DType::F64, &gpu).unwrap();
+    let k = Tensor::zeros((2, 3), DType::F64, &gpu).unwrap();
+    let e = causal_conv(&u, &k).expect_err("f64 on CUDA must be refused");
+    println!("f64 on CUDA: {e}");
+    assert!(e.to_string().contains("f32"), "{e}");
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// S4 and S4D layers (the golden cases' weights) at longer sequences, CUDA against the CPU:
+/// `y` within 1e-5, every gradient within 1e-4 relative.
+#[test]
+fn s4_layers_cuda_match_cpu_at_length_2048() {
+    let Some(gpu) = gpu() else { return };
+    let mut failed = Vec::new();
+    for file in ["s4", "s4d_zoh", "s4d_bilinear"] {
+        let case = Case::load(golden_dir().join(format!("{file}.safetensors"))).unwrap();
+        let h = *case.tensor("input.x").unwrap().shape.last().unwrap();
+        let (b, l) = (2usize, 2048usize);
+        let x = rand(b * l * h, 77, -1.0, 1.0);
+        let g = rand(b * l * h, 78, -1.0, 1.0);
+        let run = |dev: &Device| {
+            let mut params = Params::new();
+            for (key, t) in &case.file.tensors {
+                if let Some(p) = key.strip_prefix("param.") {
+                    let v = Tensor::from_vec(t.data.clone(), t.shape.as_slice(), dev).unwrap();
+                    params.insert(p, &v).unwrap();
+                }
+            }
+            let layer = build(case.class(), case.ctor_kwargs(), params).unwrap();
+            let xv =
+                Var::from_tensor(&Tensor::from_vec(x.clone(), (b, l, h), dev).unwrap()).unwrap();
+            let y = layer.forward(xv.as_tensor(), None).unwrap();
+            let gt = Tensor::from_vec(g.clone(), (b, l, h), dev).unwrap();
+            let grads = (&y * &gt).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut out = vec![("y".to_string(), flat(&y))];
+            out.push(("x".into(), flat(grads.get(xv.as_tensor()).unwrap())));
+            for (k, v) in layer.params().vars() {
+                if let Some(gr) = grads.get(v.as_tensor()) {
+                    out.push((k.clone(), flat(gr)));
+                }
+            }
+            out
+        };
+        let (got, want) = (run(&gpu), run(&Device::Cpu));
+        assert_eq!(got.len(), want.len());
+        for ((k, gv), (_, wv)) in got.iter().zip(&want) {
+            let tol = if k == "y" { 1e-5 } else { 1e-4 };
+            let what = format!("{file} L{l} {k}");
+            if !check(&what, gv, wv, tol) {
+                failed.push(what);
+            }
         }
     }
     assert!(failed.is_empty(), "failed: {failed:?}");

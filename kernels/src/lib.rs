@@ -18,7 +18,8 @@
 //! floating-point atomics), so two runs give bitwise equal gradients.
 //!
 //! The `linear` module (feature `cuda`) runs the diagonal linear recurrence
-//! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward.
+//! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward; the `conv` module (feature
+//! `cuda`) the per-channel causal convolution of S4 / S4D and its two gradients.
 //!
 //! The `simplified` module (feature `cuda`) runs the S5 simplified scan (spec §4.3: complex
 //! `x_t = Ā_t ⊙ x_{t−1} + γ̄_t ⊙ Bu_t` over `P` channels) forward and backward.
@@ -29,6 +30,8 @@
 
 use std::fmt;
 
+#[cfg(feature = "cuda")]
+pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "cuda")]

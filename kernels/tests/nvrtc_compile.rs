@@ -187,3 +187,15 @@ fn simplified_scan_variants_compile_for_sm90() {
     }
     println!("compiled {n} simplified scan variants for sm_90");
 }
+
+#[test]
+fn causal_conv_compiles_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    let ptx = lrnnx_kernels::conv::compile().unwrap().to_src();
+    for k in lrnnx_kernels::conv::CAUSAL_CONV_KERNELS {
+        assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+    }
+}

@@ -19,6 +19,10 @@
 //! `B̂[f] = (Z[f] − conj Z[−f])/(2i)`), and two real results one inverse FFT (the spectra of
 //! real signals are Hermitian, so `IFFT(P + i·Q) = p + i·q`): channels go through in pairs.
 //! FFTs by `rustfft`, in the precision of the tensors (f32 or f64), on one thread.
+//!
+//! On a CUDA device (feature `cuda`) the same op runs `lrnnx-kernels`' direct causal
+//! convolution (module `gpu`): the three sums above evaluated term by term in shared-memory
+//! tiles, O(B·C·L·min(K, L)) work, deterministic; f32 only (f64 is refused with an error).
 
 use std::sync::Arc;
 
@@ -231,6 +235,19 @@ impl CustomOp2 for Conv {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let d = dims(l1, l2, "")?;
+        let y = crate::gpu::conv_correlate(self.conj_k, s1, l1, s2, l2, d)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         u: &Tensor,
@@ -285,10 +302,31 @@ impl CustomOp2 for KernelGrad {
         };
         Ok((out, Shape::from((c, self.kl))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (b, c, l) = l1.shape().dims3()?;
+        if l2.shape().dims() != [b, c, l] {
+            bail!(
+                "causal_conv backward: gradient {:?} vs input {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let dk = crate::gpu::conv_kernel_grad(s1, l1, s2, l2, (b, c, l, self.kl))?;
+        Ok((dk, Shape::from((c, self.kl))))
+    }
 }
 
 /// The causal convolution `y[b,c,t] = Σ_{j ≤ t, j < K} k[c,j]·u[b,c,t−j]` of `u` (B, C, L) with
-/// per-channel kernels `k` (C, K) (module doc), differentiable in both; f32 or f64, CPU.
+/// per-channel kernels `k` (C, K) (module doc), differentiable in both; f32 or f64 on the CPU,
+/// f32 on a CUDA device (feature `cuda`).
 pub fn causal_conv(u: &Tensor, k: &Tensor) -> Result<Tensor> {
     u.contiguous()?
         .apply_op2(&k.contiguous()?, Conv { conj_k: false })

@@ -10,6 +10,9 @@
 //! [`crate::scan`]'s linear recurrence runs `lrnnx_kernels::linear` on the operands as they are
 //! (`a`, `u` `(B, L, N[, 2])`, or a shared `a` row).
 //!
+//! [`crate::fftconv`]'s causal convolution (S4 / S4D) runs `lrnnx_kernels::conv` (direct,
+//! shared-memory tiled sums) for its forward and both gradients.
+//!
 //! The kernels compute in f32 only: f64 tensors on a CUDA device are refused with an error.
 
 use std::collections::HashMap;
@@ -20,6 +23,7 @@ use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda::DeviceId;
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Storage, Tensor};
+use lrnnx_kernels::conv::{CausalConv, ConvSpec};
 use lrnnx_kernels::cuda::{InputViews, SelectiveScan as Kernel};
 use lrnnx_kernels::linear::{LinearScan as LinearKernel, LinearSpec};
 use lrnnx_kernels::{Rule, ScanError, ScanSpec};
@@ -305,4 +309,82 @@ pub(crate) fn linear_backward(
         wrap(da, dev, a.dims())
     };
     Ok((da, wrap(du, dev, h.dims())))
+}
+
+/// The causal-convolution kernels of one candle CUDA device, launching on its stream.
+fn conv_kernel(dev: &CudaDevice) -> Result<Arc<CausalConv>> {
+    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<CausalConv>>>> = OnceLock::new();
+    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("causal_conv: kernel cache poisoned".into()))?;
+    Ok(map
+        .entry(dev.id())
+        .or_insert_with(|| Arc::new(CausalConv::with_stream(dev.cuda_stream())))
+        .clone())
+}
+
+/// The contiguous f32 range of a CUDA storage for the convolution op (f64 refused).
+fn conv_view<'a>(s: &'a CudaStorage, l: &Layout, name: &str) -> Result<CudaView<'a, f32>> {
+    let slice = match s.as_cuda_slice::<f32>() {
+        Ok(x) => x,
+        Err(_) => bail!(
+            "causal_conv: `{name}` is {:?} on CUDA; the CUDA kernel takes f32 only",
+            s.dtype()
+        ),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => bail!("causal_conv: `{name}` must be contiguous"),
+    }
+}
+
+fn conv_spec((batch, channels, len, taps): (usize, usize, usize, usize)) -> ConvSpec {
+    ConvSpec {
+        batch,
+        channels,
+        len,
+        taps,
+    }
+}
+
+/// The causal convolution `y = u ∗ k` (`adjoint = false`, `s1` = `u`) or its input gradient
+/// `∂u` (`adjoint = true`, `s1` = the upstream gradient), `(B, C, L)`, with `k` `(C, K)`.
+pub(crate) fn conv_correlate(
+    adjoint: bool,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    dims: (usize, usize, usize, usize),
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let spec = conv_spec(dims);
+    let name = if adjoint { "∂y" } else { "u" };
+    let (x, k) = (conv_view(s1, l1, name)?, conv_view(s2, l2, "k")?);
+    let k_op = conv_kernel(dev)?;
+    let y = if adjoint {
+        k_op.grad_input(&spec, &x, &k)
+    } else {
+        k_op.forward(&spec, &x, &k)
+    }
+    .map_err(err)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// The kernel gradient `∂k` `(C, K)` of the causal convolution from the upstream gradient
+/// (`s1`) and the input `u` (`s2`), both `(B, C, L)`.
+pub(crate) fn conv_kernel_grad(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    dims: (usize, usize, usize, usize),
+) -> Result<CudaStorage> {
+    let dev = &s1.device;
+    let (g, u) = (conv_view(s1, l1, "∂y")?, conv_view(s2, l2, "u")?);
+    let dk = conv_kernel(dev)?
+        .grad_kernel(&conv_spec(dims), &g, &u)
+        .map_err(err)?;
+    Ok(CudaStorage::wrap_cuda_slice(dk, dev.clone()))
 }

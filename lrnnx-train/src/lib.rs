@@ -9,8 +9,9 @@
 //! * [`fftconv`]: causal convolution by FFT (S4's kernel), forward and backward.
 //! * [`layer`]: the [`TrainLayer`] interface and [`build`] from lrnnx's class name; one module
 //!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
-//! * With the `cuda` feature, the fused selective scan (Mamba) runs on candle's CUDA device
-//!   through `lrnnx-kernels` (f32).
+//! * With the `cuda` feature, every layer trains on candle's CUDA device (f32): the fused
+//!   selective scan (Mamba), the linear scan and the causal convolution (S4 / S4D) run
+//!   `lrnnx-kernels`' CUDA kernels.
 //! * [`bidirectional`]: any layer run forward and backward in time, merged (not causal).
 #![deny(missing_docs)]
 

@@ -853,8 +853,10 @@ impl LanguageModel {
     fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let mut shape = ids.dims().to_vec();
         shape.push(self.config.d_model);
+        // contiguous ids: candle's CUDA index_select reads the ids as if contiguous, whatever
+        // their strides (a token column `ids[:, t]` would read the wrong ids)
         self.embedding
-            .index_select(&ids.flatten_all()?, 0)?
+            .index_select(&ids.flatten_all()?.contiguous()?, 0)?
             .reshape(shape)
     }
 

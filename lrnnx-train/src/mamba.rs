@@ -351,9 +351,9 @@ impl TrainLayer for Mamba {
         let x_dbl = xc.matmul(&x_w.t()?)?; // (B, R+2N)
         let b_t = x_dbl.narrow(1, r, n)?.unsqueeze(1)?; // (B, 1, N)
         let c_t = x_dbl.narrow(1, r + n, n)?.unsqueeze(2)?; // (B, N, 1)
+                                                            // narrowed columns are strided: copied out on CUDA for its matmul
         let delta = softplus(
-            &x_dbl
-                .narrow(1, 0, r)?
+            &crate::ops::matmul_operand(&x_dbl.narrow(1, 0, r)?)?
                 .matmul(&dt_w.t()?)?
                 .broadcast_add(dt_b)?,
         )?; // (B, E)

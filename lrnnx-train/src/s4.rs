@@ -51,6 +51,10 @@
 //! [`causal_conv`] (hand-written backward): O(B·ch·H·L log L) work, O(B·ch·H·L) memory. The
 //! number of candle ops is O(log L), not O(L).
 //!
+//! On a CUDA device (feature `cuda`, f32): the convolution runs `lrnnx-kernels`' direct causal
+//! convolution, the small solves run on the host (copied there and back), everything else is
+//! candle's CUDA ops.
+//!
 //! ## Parameters and arguments
 //!
 //! Parameters (lrnnx names): `inv_dt` (H,1) or (H,N2), `A_real` (S,N2), `A_imag` (S,N2),
@@ -77,6 +81,7 @@ use crate::complex::CTensor;
 use crate::fftconv::causal_conv;
 use crate::layer::{BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
+use crate::ops::matmul_operand;
 use crate::params::Params;
 use crate::s4d::{
     block_args, bool_or, gelu, output_linear, transform, transform_or, usize_or, BlockArgs,
@@ -240,6 +245,24 @@ impl CustomOp2 for Solve {
         Ok((out, l2.shape().clone()))
     }
 
+    /// On CUDA the op is solved on the host: both operands are copied to the CPU, solved by
+    /// `cpu_fwd` (f64 Gauss–Jordan) and the result copied back. The systems are
+    /// tiny (H of M×M with M = d_state, solved a few times per step, not per time step), so a
+    /// GPU kernel would save little; the copies synchronize candle's stream.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::{BackendDevice, BackendStorage};
+        let (c1, c2) = (s1.to_cpu_storage()?, s2.to_cpu_storage()?);
+        let (x, shape) = self.cpu_fwd(&c1, l1, &c2, l2)?;
+        Ok((s1.device().storage_from_cpu_storage(&x)?, shape))
+    }
+
     fn bwd(
         &self,
         a: &Tensor,
@@ -255,7 +278,8 @@ impl CustomOp2 for Solve {
 }
 
 /// `A⁻¹ B` for a batch of square `A` (N, M, M) and `B` (N, M, K) (f32 or f64; solved in f64 with
-/// partial pivoting), differentiable in both. Errors on a singular `A`.
+/// partial pivoting), differentiable in both. Errors on a singular `A`. On a CUDA device
+/// (feature `cuda`) the solve runs on the host (copied there and back; see `cuda_fwd`).
 pub fn solve(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, Solve)
 }
@@ -368,7 +392,11 @@ impl S4 {
         let bv = tile(&Tensor::cat(&[&b.re, &b.im], 1)?, 0, h)?; // (H, M)
         let rhs_b = (bv * &dt)?.unsqueeze(2)?;
         let sol = solve(&lhs, &Tensor::cat(&[&rhs_a, &rhs_b], 2)?)?;
-        Ok((sol.narrow(2, 0, m)?, sol.narrow(2, m, 1)?))
+        // narrowed columns are strided: copied out on CUDA for its matmul
+        Ok((
+            matmul_operand(&sol.narrow(2, 0, m)?)?,
+            matmul_operand(&sol.narrow(2, m, 1)?)?,
+        ))
     }
 
     /// The input vectors `w_h` (H, M, 1): `(I − Ā^{Lk})⁻¹ B̄` when `Lk > 0`, else `B̄`
@@ -411,8 +439,8 @@ impl S4 {
                 pw = pw.matmul(&pw)?;
             }
         }
-        let v = v.narrow(2, 0, block)?; // (H, M, T)
-                                        // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
+        let v = matmul_operand(&v.narrow(2, 0, block)?)?; // (H, M, T)
+                                                          // R = [c̃; c̃Ā^T; c̃Ā^{2T}; …] (rows ordered (block, channel)) by doubling.
         let mut r = Self::readout(c)?; // (H, ch, M)
         if blocks > 1 {
             let mut step = mat_pow(a_bar, block)?; // Ā^{T·2^k}

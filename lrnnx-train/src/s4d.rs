@@ -434,7 +434,11 @@ impl S4d {
                 pw = pw.mul(&pw)?;
             }
         }
-        let v = CTensor::new(v.re.narrow(2, 0, block)?, v.im.narrow(2, 0, block)?);
+        // narrowed columns are strided: copied out on CUDA for its matmul
+        let v = CTensor::new(
+            crate::ops::matmul_operand(&v.re.narrow(2, 0, block)?)?,
+            crate::ops::matmul_operand(&v.im.narrow(2, 0, block)?)?,
+        );
         // R[h,(i,c),n] = C[c,h,n]·B̄[h,n]·Ā^{iT}
         let cb = c.mul(b_bar)?; // (ch, H, N2)
         let mut r = CTensor::new(

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::complex::CTensor;
 use crate::layer::{str_arg, usize_arg, BuildError, Cache, TrainLayer};
-use crate::ops::softplus;
+use crate::ops::{matmul_operand, softplus};
 use crate::params::Params;
 use crate::scan::complex_scan;
 
@@ -113,8 +113,9 @@ impl TrainLayer for S5Lti {
         );
         let h = complex_scan(&a_bar, &u)?;
         // y = Re(h Cᵀ) + x D
-        let c_re = c.narrow(2, 0, 1)?.squeeze(2)?;
-        let c_im = c.narrow(2, 1, 1)?.squeeze(2)?;
+        // the halves of the packed C are stride-2 views: copied out on CUDA for its matmul
+        let c_re = matmul_operand(&c.narrow(2, 0, 1)?.squeeze(2)?)?;
+        let c_im = matmul_operand(&c.narrow(2, 1, 1)?.squeeze(2)?)?;
         let y = (h.re.broadcast_matmul(&c_re.t()?)? - h.im.broadcast_matmul(&c_im.t()?)?)?;
         y + x.broadcast_matmul(&d)?
     }

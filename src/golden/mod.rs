@@ -284,6 +284,12 @@ pub fn implementations() -> Vec<Implementation> {
     ]
 }
 
+/// The `train` implementation's report lines for one case with every tensor on `device`
+/// (e.g. a CUDA device with the `cuda` feature; [`implementations`] runs it on the CPU).
+pub fn check_train_on(case: &Case, device: &lrnnx_train::candle_core::Device) -> Vec<Line> {
+    train::check_on(case, device)
+}
+
 /// The `*.safetensors` files of `dir`, sorted by name.
 pub fn case_files(dir: impl AsRef<Path>) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?

@@ -20,22 +20,28 @@ use lrnnx_train::{build, BuildError, Params};
 use super::{compare, compare_with, Case, Line, Outcome, GRAD_REL_TOL};
 use crate::safetensors_io::Tensor as FileTensor;
 
-fn to_candle(t: &FileTensor) -> Result<Tensor, String> {
-    Tensor::from_vec(t.data.clone(), t.shape.as_slice(), &Device::Cpu).map_err(|e| e.to_string())
+fn to_candle(t: &FileTensor, dev: &Device) -> Result<Tensor, String> {
+    Tensor::from_vec(t.data.clone(), t.shape.as_slice(), dev).map_err(|e| e.to_string())
 }
 
-/// The `train` implementation's report lines for one case.
+/// The `train` implementation's report lines for one case (on the CPU).
 pub fn check(case: &Case) -> Vec<Line> {
+    check_on(case, &Device::Cpu)
+}
+
+/// The `train` implementation's report lines for one case, every tensor on `dev` (the GPU tests
+/// run it on a CUDA device).
+pub fn check_on(case: &Case, dev: &Device) -> Vec<Line> {
     let line = |implementation: String, outcome: Outcome| Line {
         case: case.name.clone(),
         implementation,
         outcome,
     };
     if case.kind() == "op" {
-        return super::train_ops::check(case);
+        return super::train_ops::check_on(case, dev);
     }
     if case.kind() == "lm" {
-        return match run_lm(case) {
+        return match run_lm(case, dev) {
             Ok(lines) => lines
                 .into_iter()
                 .map(|(name, outcome)| line(name, outcome))
@@ -52,7 +58,7 @@ pub fn check(case: &Case) -> Vec<Line> {
             )),
         )];
     }
-    match run(case) {
+    match run(case, dev) {
         Ok(lines) => lines
             .into_iter()
             .map(|(name, outcome)| line(name, outcome))
@@ -61,13 +67,13 @@ pub fn check(case: &Case) -> Vec<Line> {
     }
 }
 
-fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
+fn run(case: &Case, dev: &Device) -> Result<Vec<(String, Outcome)>, Outcome> {
     let err = |e: String| Outcome::Error(format!("case {}: {e}", case.name));
     let mut params = Params::new();
     for (key, t) in &case.file.tensors {
         if let Some(name) = key.strip_prefix("param.") {
             params
-                .insert(name, &to_candle(t).map_err(err)?)
+                .insert(name, &to_candle(t, dev).map_err(err)?)
                 .map_err(|e| err(e.to_string()))?;
         }
     }
@@ -79,11 +85,11 @@ fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
         Err(e) => return Err(err(e.to_string())),
     };
     let tensor = |k: &str| case.tensor(k).map_err(|e| err(e.to_string()));
-    let x = Var::from_tensor(&to_candle(tensor("input.x")?).map_err(err)?)
+    let x = Var::from_tensor(&to_candle(tensor("input.x")?, dev).map_err(err)?)
         .map_err(|e| err(e.to_string()))?;
     let taus = if case.event_mode() {
         Some(
-            Var::from_tensor(&to_candle(tensor("input.integration_timesteps")?).map_err(err)?)
+            Var::from_tensor(&to_candle(tensor("input.integration_timesteps")?, dev).map_err(err)?)
                 .map_err(|e| err(e.to_string()))?,
         )
     } else {
@@ -101,7 +107,7 @@ fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
         "train:y".to_string(),
         Outcome::Compared(compare(&flat(&y)?, &tensor("output.y")?.data)),
     )];
-    let g = to_candle(tensor("input.g")?).map_err(err)?;
+    let g = to_candle(tensor("input.g")?, dev).map_err(err)?;
     let grads = (&y * &g)
         .and_then(|p| p.sum_all())
         .and_then(|l| l.backward())
@@ -140,13 +146,13 @@ fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
     Ok(lines)
 }
 
-fn run_lm(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
+fn run_lm(case: &Case, dev: &Device) -> Result<Vec<(String, Outcome)>, Outcome> {
     let err = |e: String| Outcome::Error(format!("case {}: {e}", case.name));
     let mut params = Params::new();
     for (key, t) in &case.file.tensors {
         if let Some(name) = key.strip_prefix("param.") {
             params
-                .insert(name, &to_candle(t).map_err(err)?)
+                .insert(name, &to_candle(t, dev).map_err(err)?)
                 .map_err(|e| err(e.to_string()))?;
         }
     }
@@ -178,7 +184,7 @@ fn run_lm(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
             }
         })
         .collect::<Result<_, _>>()?;
-    let ids = Tensor::from_vec(ids, (b, l), &Device::Cpu).map_err(|e| err(e.to_string()))?;
+    let ids = Tensor::from_vec(ids, (b, l), dev).map_err(|e| err(e.to_string()))?;
     let flat = |t: &Tensor| -> Result<Vec<f32>, Outcome> {
         t.flatten_all()
             .and_then(|t| t.to_dtype(DType::F32))
@@ -206,7 +212,7 @@ fn run_lm(case: &Case) -> Result<Vec<(String, Outcome)>, Outcome> {
             Outcome::Compared(compare(&flat(&stepped)?, &reference.data)),
         ));
     }
-    let g = to_candle(tensor("input.g")?).map_err(err)?;
+    let g = to_candle(tensor("input.g")?, dev).map_err(err)?;
     let grads = (&logits * &g)
         .and_then(|p| p.sum_all())
         .and_then(|l| l.backward())

@@ -81,14 +81,14 @@ fn cexpm1(z: &CTensor) -> CResult<CTensor> {
     Ok(CTensor::new(re, im))
 }
 
-/// The `train` implementation's report lines for one op case.
-pub fn check(case: &Case) -> Vec<Line> {
+/// The `train` implementation's report lines for one op case, every tensor on `dev`.
+pub fn check_on(case: &Case, dev: &Device) -> Vec<Line> {
     let line = |implementation: String, outcome: Outcome| Line {
         case: case.name.clone(),
         implementation,
         outcome,
     };
-    match run(case) {
+    match run(case, dev) {
         Ok(lines) => lines
             .into_iter()
             .map(|(name, outcome)| line(name, outcome))
@@ -101,14 +101,14 @@ pub fn check(case: &Case) -> Vec<Line> {
     }
 }
 
-fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Fail> {
+fn run(case: &Case, dev: &Device) -> Result<Vec<(String, Outcome)>, Fail> {
     let op = case.class().to_owned();
     let op_arg = |k: &str| case.config.get("op_args").and_then(|a| a.get(k));
     let mut args = Args::new();
     for (key, t) in &case.file.tensors {
         if let Some(name) = key.strip_prefix("input.") {
             if name != "g" {
-                let v = Tensor::from_vec(t.data.clone(), t.shape.as_slice(), &Device::Cpu)?;
+                let v = Tensor::from_vec(t.data.clone(), t.shape.as_slice(), dev)?;
                 args.insert(name.to_owned(), Var::from_tensor(&v)?);
             }
         }
@@ -141,7 +141,7 @@ fn run(case: &Case) -> Result<Vec<(String, Outcome)>, Fail> {
         Outcome::Compared(compare(&flat(&out)?, &reference("output.out")?.data)),
     )];
     let g = reference("input.g")?;
-    let g = Tensor::from_vec(g.data.clone(), g.shape.as_slice(), &Device::Cpu)?;
+    let g = Tensor::from_vec(g.data.clone(), g.shape.as_slice(), dev)?;
     if g.dims() != out.dims() {
         return Err(Fail::Error(format!(
             "out has shape {:?}, input.g {:?}",
