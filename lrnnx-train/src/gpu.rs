@@ -54,18 +54,19 @@ pub(crate) fn selective_kernel(dev: &CudaDevice) -> Result<Arc<Kernel>> {
     Ok(k)
 }
 
-/// The contiguous f32 range of a CUDA storage that a layout covers.
-fn view<'a>(s: &'a CudaStorage, l: &Layout, name: &str) -> Result<CudaView<'a, f32>> {
+/// The contiguous f32 range of a CUDA storage that a layout covers (input `name` of `op`; f64
+/// and strided inputs are refused with an error naming both).
+fn view<'a>(op: &str, s: &'a CudaStorage, l: &Layout, name: &str) -> Result<CudaView<'a, f32>> {
     let slice = match s.as_cuda_slice::<f32>() {
         Ok(x) => x,
         Err(_) => bail!(
-            "selective scan: `{name}` is {:?} on CUDA; the CUDA kernels take f32 only",
+            "{op}: `{name}` is {:?} on CUDA; the CUDA kernels take f32 only",
             s.dtype()
         ),
     };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
-        None => bail!("selective scan: `{name}` must be contiguous"),
+        None => bail!("{op}: `{name}` must be contiguous"),
     }
 }
 
@@ -135,9 +136,9 @@ pub(crate) fn selective_forward(
     let dev = &s1.device;
     let k = selective_kernel(dev)?;
     let (ch, a, bc) = (
-        view(s1, l1, "[u; Δ; ΔA]")?,
-        view(s2, l2, "A")?,
-        view(s3, l3, "[B_t; C_t]")?,
+        view("selective scan", s1, l1, "[u; Δ; ΔA]")?,
+        view("selective scan", s2, l2, "A")?,
+        view("selective scan", s3, l3, "[B_t; C_t]")?,
     );
     let f = k
         .forward_views(&spec(r, dims), &inputs(&ch, &a, &bc, dims))
@@ -188,10 +189,10 @@ pub(crate) fn selective_backward(
     let dev = &c1.device;
     let k = selective_kernel(dev)?;
     let (vch, va, vbc, vgy) = (
-        view(c1, l1, "[u; Δ; ΔA]")?,
-        view(c2, l2, "A")?,
-        view(c3, l3, "[B_t; C_t]")?,
-        view(c4, l4, "∂y")?,
+        view("selective scan", c1, l1, "[u; Δ; ΔA]")?,
+        view("selective scan", c2, l2, "A")?,
+        view("selective scan", c3, l3, "[B_t; C_t]")?,
+        view("selective scan", c4, l4, "∂y")?,
     );
     let sp = spec(r, dims);
     let x = inputs(&vch, &va, &vbc, dims);
@@ -265,7 +266,11 @@ pub(crate) fn linear_forward(
         shared,
     };
     let h = linear_kernel(dev)?
-        .forward(&spec, &view(s1, l1, "a")?, &view(s2, l2, "u")?)
+        .forward(
+            &spec,
+            &view("linear scan", s1, l1, "a")?,
+            &view("linear scan", s2, l2, "u")?,
+        )
         .map_err(err)?;
     Ok(CudaStorage::wrap_cuda_slice(h, dev.clone()))
 }
@@ -296,9 +301,9 @@ pub(crate) fn linear_backward(
     let (da, du) = linear_kernel(dev)?
         .backward(
             &spec,
-            &view(c1, l1, "a")?,
-            &view(c2, l2, "h")?,
-            &view(c3, l3, "∂h")?,
+            &view("linear scan", c1, l1, "a")?,
+            &view("linear scan", c2, l2, "h")?,
+            &view("linear scan", c3, l3, "∂h")?,
         )
         .map_err(err)?;
     let row = state * if complex { 2 } else { 1 };
@@ -324,21 +329,6 @@ fn conv_kernel(dev: &CudaDevice) -> Result<Arc<CausalConv>> {
         .clone())
 }
 
-/// The contiguous f32 range of a CUDA storage for the convolution op (f64 refused).
-fn conv_view<'a>(s: &'a CudaStorage, l: &Layout, name: &str) -> Result<CudaView<'a, f32>> {
-    let slice = match s.as_cuda_slice::<f32>() {
-        Ok(x) => x,
-        Err(_) => bail!(
-            "causal_conv: `{name}` is {:?} on CUDA; the CUDA kernel takes f32 only",
-            s.dtype()
-        ),
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => bail!("causal_conv: `{name}` must be contiguous"),
-    }
-}
-
 fn conv_spec((batch, channels, len, taps): (usize, usize, usize, usize)) -> ConvSpec {
     ConvSpec {
         batch,
@@ -361,7 +351,10 @@ pub(crate) fn conv_correlate(
     let dev = &s1.device;
     let spec = conv_spec(dims);
     let name = if adjoint { "∂y" } else { "u" };
-    let (x, k) = (conv_view(s1, l1, name)?, conv_view(s2, l2, "k")?);
+    let (x, k) = (
+        view("causal_conv", s1, l1, name)?,
+        view("causal_conv", s2, l2, "k")?,
+    );
     let k_op = conv_kernel(dev)?;
     let y = if adjoint {
         k_op.grad_input(&spec, &x, &k)
@@ -382,7 +375,10 @@ pub(crate) fn conv_kernel_grad(
     dims: (usize, usize, usize, usize),
 ) -> Result<CudaStorage> {
     let dev = &s1.device;
-    let (g, u) = (conv_view(s1, l1, "∂y")?, conv_view(s2, l2, "u")?);
+    let (g, u) = (
+        view("causal_conv", s1, l1, "∂y")?,
+        view("causal_conv", s2, l2, "u")?,
+    );
     let dk = conv_kernel(dev)?
         .grad_kernel(&conv_spec(dims), &g, &u)
         .map_err(err)?;
