@@ -4,7 +4,7 @@
 //
 // Parallel structure. There are Bsz·E·N independent recurrences; when Bsz·E alone fills the GPU
 // (thousands of channels) time can be walked sequentially: a thread owns one channel and
-// NPT = N/SPLIT of its states (SPLIT = 1 or 2 threads per channel, adjacent lanes) in registers,
+// NPT = N/SPLIT of its states (SPLIT = 1, 2 or 4 threads per channel, adjacent lanes) in registers,
 // so each (step, state) costs one ex2 and three FMA-pipe instructions in the forward and no scan
 // operators at all. A block holds SCB = 32·SWARP/SPLIT consecutive channels of one batch row and
 // walks the sequence in chunks of ST steps, each chunk's rows (u, Δ, ΔA, z, dy: [ST][SCB];
@@ -19,11 +19,12 @@
 // adjoint m_t = Ā_t·(G_t·C_t[n] + m_{t+1}) with the gradients of the chunked kernel. The dB/dC
 // terms of a step (2·NPT values per lane) are summed over the warp's channels by an xor
 // butterfly that leaves one sum per lane (lane = v·SPLIT + part holds value v), parked in the
-// step's staged u/dy entries of the warp's own channels (read already), then summed over the
+// step's staged u/dy entries of the warp's own channels (read already; with SPLIT = 4 a warp's
+// 8 channels give too few entries, so a [ST][SWARP][32] park area follows), then summed over the
 // block's warps in warp order into the (Bsz, nblk, L, 2N) partials of ss_reduce_bc; per-channel
 // sums go to the (Bsz, E, 3N + 2) partials of ss_reduce_e. Deterministic: fixed order throughout.
 //
-// Defines: SPLIT (1, 2), SWARP (warps per block), ST (steps per chunk), SS (steps per sub-chunk,
+// Defines: SPLIT (1, 2, 4), SWARP (warps per block), ST (steps per chunk), SS (steps per sub-chunk,
 // divides ST), plus the rule / flag defines of selective_scan.cu. Requires !COMPLEX, !BC_FIXED,
 // NSTATE ≤ 16 (the butterfly pads to 32/SPLIT values), NSTATE % SPLIT == 0, and the channels of a
 // block inside one group.
@@ -43,16 +44,28 @@
 #ifndef SS
 #define SS 4
 #endif
-#if NSTATE > 16 || NSTATE % SPLIT != 0 || ST % SS != 0
+#if NSTATE > 16 || NSTATE % SPLIT != 0 || ST % SS != 0 || (SPLIT & (SPLIT - 1)) || SPLIT > 4
 #error "unsupported sequential-mode geometry"
 #endif
 
 #define SNT (32 * SWARP)       // threads per block
+// Backward blocks per SM the registers must allow (caps them at 64K / (SNT · this))
+#ifndef SEQ_BWD_BLOCKS
+#define SEQ_BWD_BLOCKS (SPLIT == 4 ? 2 : 1)
+#endif
 #define SCB (SNT / SPLIT)      // channels per block
 #define NPT (NSTATE / SPLIT)   // states per thread
 #define VL (32 / SPLIT)        // values per lane entering the dB/dC butterfly (≥ 2·NPT)
 #define NSUB (ST / SS)         // sub-chunks per chunk
 #define VEC4 (NPT % 4 == 0)    // B_t/C_t slices load as float4
+#define PARK (SPLIT == 4)      // the butterfly sums need their own park area
+
+// x summed over the SPLIT lanes of a channel (every lane gets the sum)
+__device__ __forceinline__ float split_sum(float x) {
+#pragma unroll
+    for (int o = 1; o < SPLIT; o <<= 1) x += __shfl_xor_sync(FULL, x, o);
+    return x;
+}
 
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
@@ -66,13 +79,19 @@ __device__ __forceinline__ void cp16(float* dst, const float* src, bool valid) {
                  : "memory");
 }
 
+// Whether seq_stage copies the rows of X in 16-byte quads (E % 4 == 0 and X 16-byte aligned).
+__device__ __forceinline__ bool seq_quads(const float* X, int E) {
+    constexpr int Q = SCB / 4;
+    return SCB % 4 == 0 && SNT % Q == 0 && ST % (SNT / Q) == 0 && (E & 3) == 0 &&
+           ((size_t)X & 15) == 0;
+}
+
 // Rows t0..t0+ST−1 of channels e0..e0+SCB−1 of a (Bsz, L, E) tensor into s[t][c] (zeros past L):
 // 16-byte copies when the rows are 16-byte aligned (E % 4 == 0 and X aligned), else 4-byte.
 __device__ __forceinline__ void seq_stage(const float* __restrict__ X, float* s, int b, int t0,
                                           int e0, int L, int E) {
     constexpr int Q = SCB / 4;  // quads per row
-    if (SCB % 4 == 0 && SNT % Q == 0 && ST % (SNT / Q) == 0 && (E & 3) == 0 &&
-        ((size_t)X & 15) == 0) {
+    if (seq_quads(X, E)) {
         constexpr int RPI = SNT / Q;  // rows per pass
         const int t = threadIdx.x / Q, c = 4 * (threadIdx.x % Q);
         const float* src = X + ((size_t)b * L + t0 + t) * E + e0 + c;
@@ -91,6 +110,77 @@ __device__ __forceinline__ void seq_stage(const float* __restrict__ X, float* s,
         }
     }
 }
+// Δ of one staged raw time step: softplus(raw + bias) (or raw + bias); with a softplus, *sg
+// gets ∂Δ/∂raw = σ(raw + bias) (1 past the cutoff 20, as softplus_f).
+__device__ __forceinline__ float seq_delta(float raw, float db, float* sg) {
+    float r = raw;
+#if HAS_DB
+    r += db;
+#else
+    (void)db;
+#endif
+#if SOFTPLUS
+    if (r > 20.f) {
+        *sg = 1.f;
+        return r;
+    }
+    const float e = expf(r);
+    *sg = __fdividef(e, 1.f + e);
+    return log1pf(e);
+#else
+    *sg = 1.f;
+    return r;
+#endif
+}
+
+// The staged raw time steps of chunk rows t0.. (tile sD, staged from X by seq_stage) turned into
+// Δ in place, 0 past L, and with sS (non-null) the softplus derivatives into sS. Each thread
+// converts exactly the elements it staged itself, right after waiting for its own copies, so the
+// barrier that publishes the chunk covers this too; each (step, channel) is converted once
+// per block instead of once per lane of its channel.
+__device__ __forceinline__ void seq_delta_tile(float* sD, float* sS, const float* __restrict__ X,
+                                               const float* __restrict__ dbias, int t0, int e0,
+                                               int L, int E) {
+    (void)dbias;
+    auto bias = [&](int c) {
+#if HAS_DB
+        return dbias[e0 + c];
+#else
+        (void)c;
+        return 0.f;
+#endif
+    };
+    if (seq_quads(X, E)) {
+        constexpr int Q = SCB / 4, RPI = SNT / Q;
+        const int t = threadIdx.x / Q, c = 4 * (threadIdx.x % Q);
+        const float b0 = bias(c), b1 = bias(c + 1), b2 = bias(c + 2), b3 = bias(c + 3);
+#pragma unroll
+        for (int r = 0; r < ST / RPI; r++) {
+            const int tt = t + r * RPI;
+            float4* p = reinterpret_cast<float4*>(sD + tt * SCB + c);
+            float4 v = *p, g;
+            if (t0 + tt < L) {
+                v.x = seq_delta(v.x, b0, &g.x);
+                v.y = seq_delta(v.y, b1, &g.y);
+                v.z = seq_delta(v.z, b2, &g.z);
+                v.w = seq_delta(v.w, b3, &g.w);
+            } else {
+                v = make_float4(0.f, 0.f, 0.f, 0.f);
+                g = v;
+            }
+            *p = v;
+            if (sS) *reinterpret_cast<float4*>(sS + tt * SCB + c) = g;
+        }
+    } else {
+        for (int j = threadIdx.x; j < ST * SCB; j += SNT) {
+            const int t = j / SCB, c = j % SCB;
+            float g = 0.f;
+            sD[j] = t0 + t < L ? seq_delta(sD[j], bias(c), &g) : 0.f;
+            if (sS) sS[j] = g;
+        }
+    }
+}
+
 // B_t or C_t rows of group g into s[t][n] (zeros past L).
 __device__ __forceinline__ void seq_stage_bc(const float* __restrict__ M, float* s, int b, int t0,
                                              int L, int G, int g) {
@@ -152,12 +242,12 @@ __device__ __forceinline__ void seq_fwd_group(float (&h)[NPT], const float (&a)[
                                               const float* sU, const float* sD, const float* sDA,
                                               const float* sZ, const float* sB, const float* sC,
                                               int t, int c, int p, float* yo, int E) {
-    (void)sDA; (void)sZ; (void)Dd;
+    (void)sDA; (void)sZ; (void)Dd; (void)db;
     float uu[K], d[K], x[K], acc[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
         uu[k] = sU[(t + k) * SCB + c];
-        d[k] = delta_of(sD[(t + k) * SCB + c], db, true);
+        d[k] = sD[(t + k) * SCB + c];  // Δ (seq_delta_tile)
 #if HAS_DTA
         x[k] = sDA[(t + k) * SCB + c];
 #else
@@ -183,14 +273,12 @@ __device__ __forceinline__ void seq_fwd_group(float (&h)[NPT], const float (&a)[
     }
 #pragma unroll
     for (int k = 0; k < K; k++) {
-#if SPLIT == 2
-        acc[k] += __shfl_xor_sync(FULL, acc[k], 1);
-#endif
+        acc[k] = split_sum(acc[k]);
         if (p == 0) {
             float yv = fmaf(Dd, uu[k], acc[k]);
 #if HAS_Z
             const float zz = sZ[(t + k) * SCB + c];
-            yv *= zz / (1.f + __expf(-zz));
+            yv *= __fdividef(zz, 1.f + __expf(-zz));
 #endif
             yo[(size_t)(t + k) * E] = yv;
         }
@@ -249,6 +337,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         } else {
             cp_wait_0();
         }
+        seq_delta_tile(base + (ck & 1) * BUF + ST * SCB, nullptr, dt, dbias, ck * ST, e0, L, E);
         __syncthreads();
         const float* s = base + (ck & 1) * BUF;
         const float* sU = s;
@@ -282,10 +371,17 @@ struct SeqConst {
 };
 
 // Where lane `ln` of warp `w` parks its butterfly sum of chunk step t: the staged u entries of
-// the warp's own channels, then its dy entries (both read before the butterfly runs).
-__device__ __forceinline__ float* seq_slot(float* sU, float* sY, int t, int w, int ln) {
+// the warp's own channels, then its dy entries (both read before the butterfly runs); with
+// SPLIT = 4 the park area sP [ST][SWARP][32].
+__device__ __forceinline__ float* seq_slot(float* sU, float* sY, float* sP, int t, int w, int ln) {
+#if PARK
+    (void)sU; (void)sY;
+    return sP + (t * SWARP + w) * 32 + ln;
+#else
+    (void)sP;
     constexpr int WC = 32 / SPLIT;  // channels per warp
     return ln < WC ? sU + t * SCB + w * WC + ln : sY + t * SCB + w * WC + ln - WC;
+#endif
 }
 
 // One sub-chunk of SS steps (chunk-local steps ts..ts+SS−1, of which the first nv are valid):
@@ -295,11 +391,12 @@ template <bool TAIL>
 __device__ __forceinline__ void seq_sub_chunk(
     const SeqConst& K, const float (&h0)[NPT], float (&m)[NPT], float (&gA)[NPT], float& gD,
     float& gDB, float* sU, const float* sD, const float* sDA, float* sY, const float* sZ,
-    const float* sB, const float* sC, int warp, int ts, int nv, int c, int p, int lane,
+    const float* sB, const float* sC, const float* sS, float* sP, int warp, int ts, int nv, int c,
+    int p, int lane,
     size_t obase, int E, float* __restrict__ du, float* __restrict__ ddt,
     float* __restrict__ ddta, float* __restrict__ dz) {
-    (void)sDA; (void)sZ; (void)ddta; (void)dz; (void)nv;
-    float uu[SS], dd[SS], xx[SS], Gq[SS], raw[SS];
+    (void)sDA; (void)sZ; (void)sS; (void)ddta; (void)dz; (void)nv;
+    float uu[SS], dd[SS], xx[SS], Gq[SS];
 #if HAS_Z
     float zz[SS], dyv[SS];
 #endif
@@ -308,8 +405,7 @@ __device__ __forceinline__ void seq_sub_chunk(
         const int t = ts + i;
         const bool valid = !TAIL || i < nv;
         uu[i] = sU[t * SCB + c];
-        raw[i] = sD[t * SCB + c];
-        dd[i] = delta_of(raw[i], K.db, valid);
+        dd[i] = sD[t * SCB + c];  // Δ, 0 past L (seq_delta_tile)
 #if HAS_DTA
         xx[i] = valid ? sDA[t * SCB + c] : 0.f;
 #else
@@ -319,7 +415,7 @@ __device__ __forceinline__ void seq_sub_chunk(
 #if HAS_Z
         zz[i] = sZ[t * SCB + c];
         dyv[i] = Gq[i];
-        Gq[i] *= zz[i] / (1.f + __expf(-zz[i]));
+        Gq[i] *= __fdividef(zz[i], 1.f + __expf(-zz[i]));
 #endif
     }
     // pass B: Ā_t and h_t of the sub-chunk in registers
@@ -409,10 +505,6 @@ __device__ __forceinline__ void seq_sub_chunk(
 #endif
             vals[NPT + j] = G * hn;
         }
-#if RULE == R_MAMBA
-        sgdu = slb * d;
-        sgd = slb * ui;
-#endif
         // dB/dC: xor butterfly over the warp's channels; lane ends with value index lane / SPLIT
         {
             int cnt = VL;
@@ -429,15 +521,19 @@ __device__ __forceinline__ void seq_sub_chunk(
                     }
                 }
             }
-            *seq_slot(sU, sY, ts + i, warp, lane) = vals[0];
+            *seq_slot(sU, sY, sP, ts + i, warp, lane) = vals[0];
         }
-#if SPLIT == 2
-        sgx += __shfl_xor_sync(FULL, sgx, 1);
-        sgd += __shfl_xor_sync(FULL, sgd, 1);
-        sgdu += __shfl_xor_sync(FULL, sgdu, 1);
-#if HAS_Z
-        syp += __shfl_xor_sync(FULL, syp, 1);
+        sgx = split_sum(sgx);
+#if RULE == R_MAMBA
+        slb = split_sum(slb);
+        sgdu = slb * d;
+        sgd = slb * ui;
+#else
+        sgd = split_sum(sgd);
+        sgdu = split_sum(sgdu);
 #endif
+#if HAS_Z
+        syp = split_sum(syp);
 #endif
         if (valid) {
             // ∂L/∂Δ (through γ̄ and, without ΔA, through Ā), then through softplus and bias
@@ -447,13 +543,7 @@ __device__ __forceinline__ void seq_sub_chunk(
 #endif
             float draw = gd;
 #if SOFTPLUS
-            {
-                float r = raw[i];
-#if HAS_DB
-                r += K.db;
-#endif
-                draw *= r > 20.f ? 1.f : sigmoid_f(r);
-            }
+            draw *= sS[(ts + i) * SCB + c];  // σ(raw + bias) (seq_delta_tile)
 #endif
             gD = fmaf(G, ui, gD);
             gDB += draw;
@@ -467,7 +557,7 @@ __device__ __forceinline__ void seq_sub_chunk(
 #if HAS_Z
                 {
                     const float zv = zz[i];
-                    const float sg = 1.f / (1.f + __expf(-zv));
+                    const float sg = __fdividef(1.f, 1.f + __expf(-zv));
                     dz[o] = dyv[i] * sg * (1.f + zv * (1.f - sg)) * fmaf(K.Dd, ui, syp);
                 }
 #endif
@@ -476,7 +566,7 @@ __device__ __forceinline__ void seq_sub_chunk(
     }
 }
 
-extern "C" __global__ void __launch_bounds__(SNT)
+extern "C" __global__ void __launch_bounds__(SNT, SEQ_BWD_BLOCKS)
 ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* __restrict__ dta,
        const float* __restrict__ A, const float* __restrict__ Bm, const float* __restrict__ Cm,
        const float* __restrict__ Dv, const float* __restrict__ z, const float* __restrict__ dbias,
@@ -485,11 +575,14 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
        float* __restrict__ pBC, float* __restrict__ pE, int L, int E, int G) {
     extern __shared__ float4 smem4[];
     // per buffer: u, Δ, dy, [ΔA], [z] rows [ST][SCB]; B, C rows [ST][N]; then the sub-chunk
-    // start states [NSUB][NPT][SNT]
+    // start states [NSUB][NPT][SNT]; with SPLIT = 4 the park area [ST][SWARP][32]; with a
+    // softplus the derivatives σ(raw + bias) [ST][SCB] of the current chunk
     constexpr int TILES = 3 + HAS_DTA + HAS_Z;
     constexpr int BUF = TILES * ST * SCB + 2 * ST * NSTATE;
     float* base = reinterpret_cast<float*>(smem4);
     float* sSub = base + 2 * BUF;
+    float* sP = sSub + NSUB * NPT * SNT;
+    float* sSig = SOFTPLUS ? sP + (PARK ? ST * SWARP * 32 : 0) : nullptr;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int c = tid / SPLIT, p = tid % SPLIT;
     const int b = blockIdx.y, e0 = blockIdx.x * SCB, e = e0 + c;
@@ -534,6 +627,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         } else {
             cp_wait_0();
         }
+        seq_delta_tile(base + (ck & 1) * BUF + ST * SCB, sSig, dt, dbias, ck * ST, e0, L, E);
         __syncthreads();
         float* s = base + (ck & 1) * BUF;
         float* sU = s;
@@ -557,7 +651,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             for (int i = 0; i < SS; i++) {
                 const int t = k * SS + i;
                 const float uu = sU[t * SCB + c];
-                const float d = delta_of(sD[t * SCB + c], K.db, true);
+                const float d = sD[t * SCB + c];  // Δ (seq_delta_tile)
 #if HAS_DTA
                 const float x = sDA[t * SCB + c];
 #else
@@ -582,11 +676,11 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             for (int j = 0; j < NPT; j++) h0[j] = sSub[(k * NPT + j) * SNT + tid];
             const int nv = nt - k * SS;
             if (nv >= SS)
-                seq_sub_chunk<false>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, warp,
-                                     k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
+                seq_sub_chunk<false>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, sSig, sP,
+                                     warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
             else
-                seq_sub_chunk<true>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, warp,
-                                    k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
+                seq_sub_chunk<true>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, sSig, sP,
+                                    warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
         }
         __syncthreads();
         // dB/dC of the chunk: the warps' sums in warp order -> pBC (Bsz, nblk, L, 2N)
@@ -598,7 +692,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             const int ln = v * SPLIT + pp;
             float acc = 0.f;
 #pragma unroll
-            for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, t, w, ln);
+            for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
             dst[o] = acc;
         }
         __syncthreads();  // this buffer is restaged by the next iteration

@@ -186,7 +186,7 @@ pub struct Tiling {
     pub bwd_warps: usize,
     /// Which kernels run ([`ScanMode::Chunked`] by default).
     pub mode: ScanMode,
-    /// Sequential mode: threads per channel (1 or 2).
+    /// Sequential mode: threads per channel (1, 2 or 4).
     pub seq_split: usize,
     /// Sequential mode: warps per block (power of two, 1..=8).
     pub seq_warps: usize,
@@ -264,11 +264,11 @@ pub const BENCH_TILINGS: [Tiling; 8] = {
     }
     [
         q(2, 8, 32, 4),
-        q(1, 4, 32, 4),
-        q(2, 4, 32, 4),
-        q(2, 8, 16, 4),
+        q(4, 8, 32, 4),
+        q(4, 8, 32, 2),
+        q(4, 8, 16, 4),
         q(2, 8, 32, 8),
-        q(1, 8, 32, 2),
+        q(1, 4, 32, 4),
         t(4, 8, 2, 4, 1, 4),
         t(8, 8, 2, 4, 1, 8),
     ]
@@ -393,7 +393,9 @@ impl Variant {
     pub fn shared_bytes(&self, pass: Pass) -> usize {
         if self.seq {
             // double-buffered [chunk][channels] tiles and B/C rows; the backward adds the
-            // sub-chunk start states [chunk / sub][N / split][threads]
+            // sub-chunk start states [chunk / sub][N / split][threads], with four threads a
+            // channel a park area [chunk][warps][32], with a softplus its derivatives
+            // [chunk][channels]
             let (st, cb) = (self.tiling.seq_chunk, self.channels_per_block(pass));
             let extra = usize::from(self.has_delta_a) + usize::from(self.has_z);
             let tiles = match pass {
@@ -404,9 +406,17 @@ impl Variant {
             let sub = match pass {
                 Pass::Forward => 0,
                 Pass::Backward => {
+                    let park = if self.tiling.seq_split == 4 {
+                        st * self.tiling.seq_warps * 32
+                    } else {
+                        0
+                    };
+                    let sigma = if self.softplus { st * cb } else { 0 };
                     st / self.tiling.seq_sub
                         * (self.state / self.tiling.seq_split)
                         * self.threads(pass)
+                        + park
+                        + sigma
                 }
             };
             return 4 * (2 * buf + sub);
@@ -545,7 +555,7 @@ impl ScanSpec {
         if self.state > 16 {
             return err(format!("needs N <= 16 (N = {})", self.state));
         }
-        let supported = matches!(t.seq_split, 1 | 2)
+        let supported = matches!(t.seq_split, 1 | 2 | 4)
             && t.seq_warps.is_power_of_two()
             && t.seq_warps <= 8
             && matches!(t.seq_sub, 2 | 4 | 8)

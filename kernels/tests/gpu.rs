@@ -632,14 +632,20 @@ fn sequential_mode_against_sequential_f64() {
         complex: false,
     };
     let mut seed = 500;
-    for rule in [
-        Rule::Mamba,
-        Rule::Zoh,
-        Rule::Bilinear,
-        Rule::Dirac,
-        Rule::Rglru,
-        Rule::S7,
-    ] {
+    // two and four threads a channel (the butterfly sums parked in the staged tiles or in
+    // their own area); odd N falls back to one
+    for (split, rule) in [2, 4].into_iter().flat_map(|split| {
+        [
+            Rule::Mamba,
+            Rule::Zoh,
+            Rule::Bilinear,
+            Rule::Dirac,
+            Rule::Rglru,
+            Rule::S7,
+        ]
+        .map(|rule| (split, rule))
+    }) {
+        ss.tiling.seq_split = split;
         for variant in 0..3 {
             let mut s = base;
             s.rule = rule;
@@ -671,6 +677,7 @@ fn sequential_mode_against_sequential_f64() {
             seed += 1;
         }
     }
+    ss.tiling.seq_split = 2;
     for len in [4097, 16384] {
         let mut s = base;
         s.batch = 1;
@@ -709,19 +716,22 @@ fn sequential_mode_matches_chunked_mode_at_scale() {
     ss.tiling.mode = ScanMode::Chunked;
     let (y1, g1, _) = gpu_run(&ss, &s, &x, &g);
     ss.tiling.mode = ScanMode::Sequential;
-    assert!(s.check(ss.tiling).unwrap().seq);
-    let (y2, g2, _) = gpu_run(&ss, &s, &x, &g);
     let r = |a: &[f32], b: &[f32]| {
         let m = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
         a.iter().zip(b).fold(0f32, |d, (p, q)| d.max((p - q).abs())) / m
     };
-    let ry = r(&y1, &y2);
-    println!("sequential vs chunked at {s:?}: y rel {ry:.2e}");
-    assert!(ry <= 1e-5);
-    for (k, v) in &g1 {
-        let rg = r(v, &g2[k]);
-        println!("  grad.{k} rel {rg:.2e}");
-        assert!(rg <= 1e-4, "grad.{k} rel {rg:e}");
+    for split in [2, 4] {
+        ss.tiling.seq_split = split;
+        assert!(s.check(ss.tiling).unwrap().seq);
+        let (y2, g2, _) = gpu_run(&ss, &s, &x, &g);
+        let ry = r(&y1, &y2);
+        println!("sequential ({split} lanes a channel) vs chunked at {s:?}: y rel {ry:.2e}");
+        assert!(ry <= 1e-5);
+        for (k, v) in &g1 {
+            let rg = r(v, &g2[k]);
+            println!("  grad.{k} rel {rg:.2e}");
+            assert!(rg <= 1e-4, "grad.{k} rel {rg:e}");
+        }
     }
 }
 
@@ -894,19 +904,24 @@ fn backward_is_bitwise_deterministic() {
         .map(|_| rng.normal())
         .collect();
     let mut ss = ss;
-    for mode in [ScanMode::Chunked, ScanMode::Sequential] {
+    for (mode, split) in [
+        (ScanMode::Chunked, 2),
+        (ScanMode::Sequential, 2),
+        (ScanMode::Sequential, 4),
+    ] {
         ss.tiling.mode = mode;
+        ss.tiling.seq_split = split;
         let (_, g1, _) = gpu_run(&ss, &s, &x, &g);
         let (_, g2, _) = gpu_run(&ss, &s, &x, &g);
         for (k, v) in &g1 {
             let w = &g2[k];
             assert!(
                 v.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{mode:?}: grad.{k} differs between two runs"
+                "{mode:?} (split {split}): grad.{k} differs between two runs"
             );
         }
         println!(
-            "{mode:?}: two backward runs bitwise identical ({} gradients)",
+            "{mode:?} (split {split}): two backward runs bitwise identical ({} gradients)",
             g1.len()
         );
     }
