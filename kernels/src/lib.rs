@@ -198,45 +198,62 @@ pub struct Tiling {
 
 /// Which selective-scan kernels run.
 ///
-/// * `Chunked` (the default): a block walks chunks of steps with several lanes per channel
-///   scanning affine maps over time (parallel in time within a chunk): any problem.
-/// * `Sequential`: a thread (or two) per channel walks time in order with the channel's states
+/// * `Auto` (the default): `Sequential` where it applies and was measured faster — the mamba
+///   rule without `deltaA`, even `N ≤ 16`, groups of a multiple of 16 channels and at least
+///   [`AUTO_SEQUENTIAL_CHANNELS`] channels over the batch (`batch · E`) — else `Chunked`.
+/// * `Chunked`: a block walks chunks of steps with several lanes per channel scanning affine
+///   maps over time (parallel in time within a chunk): any problem.
+/// * `Sequential`: a few threads per channel walk time in order with the channel's states
 ///   in registers (no scan operators); needs real `A`, time-varying `B`/`C`, `N ≤ 16`, groups of
 ///   a multiple of 16 (32 with odd `N`) channels, and `batch · E` in the thousands to fill the
-///   GPU. At batch 8 × L 4096 × E 2048 × N 16 on an H100 it measures about as fast as the
-///   chunked kernels without `z` and slower with `z` (README, GPU), so it is opt-in.
+///   GPU. At batch 8 × L 4096 × E 2048 × N 16 on an H100 it is about 1.3× faster than the
+///   chunked kernels in fwd+bwd, with and without `z` (README, GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScanMode {
+    /// Sequential where it applies and pays off, else chunked.
+    Auto,
     /// The chunked kernels.
     Chunked,
     /// The sequential kernels (an error where they do not apply).
     Sequential,
 }
 
+/// [`ScanMode::Auto`] picks the sequential kernels from this many channels over the batch
+/// (`batch · E`) on: with fewer, the sequential mode's one-block-per-128-channels grid leaves an
+/// H100's 132 SMs partly idle while the chunked kernels also spread time over lanes.
+pub const AUTO_SEQUENTIAL_CHANNELS: usize = 16384;
+
 /// Largest dynamic shared memory of the sequential kernels (H100/H200 allow 227 KiB a block).
 pub const SEQ_MAX_SHARED_BYTES: usize = 224 * 1024;
 
+impl Tiling {
+    /// The default geometry: [`ScanMode::Auto`]; chunked: 4 lanes × 8 steps per channel set,
+    /// forward 2 channels a thread and 4 warps, backward 1 and 4; sequential: 2 threads a
+    /// channel, 8 warps, chunks of 32 steps, backward sub-chunks of 8 (the fastest measured).
+    pub const DEFAULT: Tiling = Tiling {
+        seg: 4,
+        items: 8,
+        channels_per_thread: 2,
+        warps: 4,
+        bwd_channels_per_thread: 1,
+        bwd_warps: 4,
+        mode: ScanMode::Auto,
+        seq_split: 2,
+        seq_warps: 8,
+        seq_chunk: 32,
+        seq_sub: 8,
+    };
+}
+
 impl Default for Tiling {
     fn default() -> Self {
-        Tiling {
-            seg: 4,
-            items: 8,
-            channels_per_thread: 2,
-            warps: 4,
-            bwd_channels_per_thread: 1,
-            bwd_warps: 4,
-            mode: ScanMode::Chunked,
-            seq_split: 2,
-            seq_warps: 8,
-            seq_chunk: 32,
-            seq_sub: 4,
-        }
+        Tiling::DEFAULT
     }
 }
 
 /// The tilings `examples/gpu_bench.rs` times (and `tests/nvrtc_compile.rs` compiles), the
 /// default first.
-pub const BENCH_TILINGS: [Tiling; 8] = {
+pub const BENCH_TILINGS: [Tiling; 7] = {
     const fn t(seg: usize, items: usize, kf: usize, wf: usize, kb: usize, wb: usize) -> Tiling {
         Tiling {
             seg,
@@ -246,10 +263,7 @@ pub const BENCH_TILINGS: [Tiling; 8] = {
             bwd_channels_per_thread: kb,
             bwd_warps: wb,
             mode: ScanMode::Chunked,
-            seq_split: 2,
-            seq_warps: 8,
-            seq_chunk: 32,
-            seq_sub: 4,
+            ..Tiling::DEFAULT
         }
     }
     const fn q(split: usize, warps: usize, chunk: usize, sub: usize) -> Tiling {
@@ -259,15 +273,14 @@ pub const BENCH_TILINGS: [Tiling; 8] = {
             seq_warps: warps,
             seq_chunk: chunk,
             seq_sub: sub,
-            ..t(4, 8, 2, 4, 1, 4)
+            ..Tiling::DEFAULT
         }
     }
     [
+        Tiling::DEFAULT,
         q(2, 8, 32, 4),
-        q(4, 8, 32, 4),
-        q(4, 8, 32, 2),
         q(4, 8, 16, 4),
-        q(2, 8, 32, 8),
+        q(4, 8, 32, 4),
         q(1, 4, 32, 4),
         t(4, 8, 2, 4, 1, 4),
         t(8, 8, 2, 4, 1, 8),
@@ -505,8 +518,14 @@ impl ScanSpec {
             tiling,
             seq: false,
         };
-        if tiling.mode == ScanMode::Sequential {
-            return self.sequential(v);
+        match tiling.mode {
+            ScanMode::Sequential => return self.sequential(v),
+            ScanMode::Auto if self.auto_sequential() => {
+                if let Ok(seq) = self.sequential(v) {
+                    return Ok(seq);
+                }
+            }
+            _ => {}
         }
         if !self.bc_fixed {
             let per_group = self.channels / groups;
@@ -543,6 +562,17 @@ impl ScanSpec {
             }
             v.tiling.items /= 2;
         }
+    }
+
+    /// Whether [`ScanMode::Auto`] takes the sequential kernels (the measured case: see there).
+    fn auto_sequential(&self) -> bool {
+        self.rule == Rule::Mamba
+            && !self.has_delta_a
+            && !self.complex
+            && !self.bc_fixed
+            && self.state <= 16
+            && self.state.is_multiple_of(2)
+            && self.batch.saturating_mul(self.channels) >= AUTO_SEQUENTIAL_CHANNELS
     }
 
     /// The sequential-mode variant of `v` (see [`ScanMode`]), or why it does not apply.
@@ -695,9 +725,13 @@ mod tests {
             (128, 256, 32)
         );
         assert!(v.shared_bytes(bw) <= SEQ_MAX_SHARED_BYTES);
-        // ΔA and z together: the chunk halves to fit the shared memory
+        // ΔA and z together: 216 KiB with sub-chunks of 8 (4 start states a thread); with
+        // sub-chunks of 4 (8 start states) 232 KiB: the chunk halves to fit
         s.has_delta_a = true;
         let v = s.check(seq).unwrap();
+        assert_eq!((v.chunk(), v.shared_bytes(bw)), (32, 216 * 1024));
+        let sub4 = Tiling { seq_sub: 4, ..seq };
+        let v = s.check(sub4).unwrap();
         assert_eq!(v.chunk(), 16);
         assert!(v.shared_bytes(bw) <= SEQ_MAX_SHARED_BYTES);
         // odd state: one thread a channel; 64 channels in 2 groups: blocks of 32 channels
@@ -723,6 +757,62 @@ mod tests {
         let mut c = s;
         c.bc_fixed = true;
         assert!(c.check(seq).is_err());
+    }
+
+    #[test]
+    fn auto_mode_takes_the_sequential_kernels_only_where_measured_faster() {
+        assert_eq!(Tiling::default(), BENCH_TILINGS[0]);
+        assert_eq!(Tiling::default().mode, ScanMode::Auto);
+        let bw = Pass::Backward;
+        // the bench's problem: batch 8 × E 2048, mamba, N 16 -> sequential, 2 lanes, sub 8
+        let mut s = spec();
+        (s.batch, s.channels, s.groups, s.state, s.rule) = (8, 2048, 1, 16, Rule::Mamba);
+        (s.has_delta_a, s.bc_fixed, s.complex) = (false, false, false);
+        let v = s.check(Tiling::default()).unwrap();
+        assert!(v.seq);
+        assert_eq!(
+            (
+                v.tiling.seq_split,
+                v.tiling.seq_sub,
+                v.channels_per_block(bw)
+            ),
+            (2, 8, 128)
+        );
+        // the same with Sequential asked for explicitly: the same geometry
+        let explicit = Tiling {
+            mode: ScanMode::Sequential,
+            ..Tiling::default()
+        };
+        assert_eq!(
+            s.check(explicit).unwrap().shared_bytes(bw),
+            v.shared_bytes(bw)
+        );
+        // at the threshold and just below it
+        s.batch = AUTO_SEQUENTIAL_CHANNELS / s.channels;
+        assert!(s.check(Tiling::default()).unwrap().seq);
+        s.batch -= 1;
+        assert!(!s.check(Tiling::default()).unwrap().seq);
+        s.batch = 8;
+        // unmeasured or unsupported cases stay chunked
+        for change in 0..6 {
+            let mut c = s;
+            match change {
+                0 => c.rule = Rule::Zoh,
+                1 => c.has_delta_a = true,
+                2 => c.state = 15,
+                3 => c.state = 32,
+                4 => (c.batch, c.channels, c.groups) = (16, 2040, 85), // 24 channels a group
+                _ => c.complex = true,
+            }
+            let v = c.check(Tiling::default()).unwrap();
+            assert!(!v.seq, "case {change}: {c:?}");
+        }
+        // an explicit Chunked never turns sequential
+        let chunked = Tiling {
+            mode: ScanMode::Chunked,
+            ..Tiling::default()
+        };
+        assert!(!s.check(chunked).unwrap().seq);
     }
 
     #[test]

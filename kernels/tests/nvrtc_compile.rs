@@ -66,7 +66,7 @@ fn every_variant_compiles_for_sm90() {
     cases.push((Rule::Zoh, 2, 8, 96, 3, seq));
     for (rule, flags, state, channels, groups, tiling) in cases {
         let spec = ScanSpec {
-            batch: 2,
+            batch: 8, // the bench's batch: ScanMode::Auto resolves as there
             len: 100,
             channels,
             state,
