@@ -119,8 +119,10 @@ __device__ __forceinline__ float ex2(float x) {
     return r;
 }
 
+// softplus(x) = log(1 + e^x), taken as x above SOFTPLUS_CUT (as torch's threshold 20)
+#define SOFTPLUS_CUT 20.f
 __device__ __forceinline__ float softplus_f(float x) {
-    return x > 20.f ? x : log1pf(expf(x));
+    return x > SOFTPLUS_CUT ? x : log1pf(expf(x));
 }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 

@@ -10,8 +10,9 @@
 // walks the sequence in chunks of ST steps, each chunk's rows (u, Δ, ΔA, z, dy: [ST][SCB];
 // B_t, C_t: [ST][N]) staged in shared memory by cp.async one chunk ahead (double buffer).
 //
-// Forward: per step, h[n] = Ā·h[n] + γ̄·B_t[n]·u_t and y = Σ C_t[n]·h[n] (+ the other lane's
-// half), D skip and z gate, y stored by the channel's first lane; the state at every chunk start
+// Forward: per step, h[n] = Ā·h[n] + γ̄·B_t[n]·u_t and y = Σ C_t[n]·h[n] (the thread's states,
+// summed over the channel's SPLIT lanes), D skip and z gate, y stored by the channel's first
+// lane; the state at every chunk start
 // goes to hs (Bsz, ⌈L/ST⌉, N, E) for the backward.
 // Backward, chunks in reverse: from the chunk's checkpoint, pass A re-walks the chunk and keeps
 // the state at every sub-chunk start (SS steps) in shared memory; then, sub-chunks in reverse,
@@ -49,9 +50,10 @@
 #endif
 
 #define SNT (32 * SWARP)       // threads per block
-// Backward blocks per SM the registers must allow (caps them at 64K / (SNT · this))
+// Backward blocks per SM the registers must allow (caps them at 64K / (SNT · this)); set by
+// Variant::defines to 2 where two blocks' shared memory fits an SM (4 lanes a channel)
 #ifndef SEQ_BWD_BLOCKS
-#define SEQ_BWD_BLOCKS (SPLIT == 4 ? 2 : 1)
+#define SEQ_BWD_BLOCKS 1
 #endif
 #define SCB (SNT / SPLIT)      // channels per block
 #define NPT (NSTATE / SPLIT)   // states per thread
@@ -111,7 +113,7 @@ __device__ __forceinline__ void seq_stage(const float* __restrict__ X, float* s,
     }
 }
 // Δ of one staged raw time step: softplus(raw + bias) (or raw + bias); with a softplus, *sg
-// gets ∂Δ/∂raw = σ(raw + bias) (1 past the cutoff 20, as softplus_f).
+// gets ∂Δ/∂raw = σ(raw + bias) (1 past SOFTPLUS_CUT, as softplus_f).
 __device__ __forceinline__ float seq_delta(float raw, float db, float* sg) {
     float r = raw;
 #if HAS_DB
@@ -120,7 +122,7 @@ __device__ __forceinline__ float seq_delta(float raw, float db, float* sg) {
     (void)db;
 #endif
 #if SOFTPLUS
-    if (r > 20.f) {
+    if (r > SOFTPLUS_CUT) {
         *sg = 1.f;
         return r;
     }
@@ -238,11 +240,11 @@ __device__ __forceinline__ float seq_gb(float d, float a, float ab) {
 #endif
 template <int K>
 __device__ __forceinline__ void seq_fwd_group(float (&h)[NPT], const float (&a)[NPT],
-                                              const float (&al)[NPT], float Dd, float db,
+                                              const float (&al)[NPT], float Dd,
                                               const float* sU, const float* sD, const float* sDA,
                                               const float* sZ, const float* sB, const float* sC,
                                               int t, int c, int p, float* yo, int E) {
-    (void)sDA; (void)sZ; (void)Dd; (void)db;
+    (void)sDA; (void)sZ; (void)Dd;
     float uu[K], d[K], x[K], acc[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -311,7 +313,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         al[j] = alog2(a[j]);
         h[j] = 0.f;
     }
-    const float Dd = HAS_D ? Dv[e] : 0.f, db = HAS_DB ? dbias[e] : 0.f;
+    const float Dd = HAS_D ? Dv[e] : 0.f;
     (void)Dd;
 
     auto stage = [&](int ck) {
@@ -354,9 +356,9 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         float* yo = y + ((size_t)b * L + t0) * E + e;
         int t = 0;
         for (; t + FK <= nt; t += FK)
-            seq_fwd_group<FK>(h, a, al, Dd, db, sU, sD, sDA, sZ, sB, sC, t, c, p, yo, E);
+            seq_fwd_group<FK>(h, a, al, Dd, sU, sD, sDA, sZ, sB, sC, t, c, p, yo, E);
         for (; t < nt; t++)
-            seq_fwd_group<1>(h, a, al, Dd, db, sU, sD, sDA, sZ, sB, sC, t, c, p, yo, E);
+            seq_fwd_group<1>(h, a, al, Dd, sU, sD, sDA, sZ, sB, sC, t, c, p, yo, E);
         __syncthreads();  // the buffer is restaged two chunks on
     }
 #pragma unroll
@@ -367,7 +369,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 // Backward.  grid (E / SCB, Bsz), block (SNT).  Outputs as the chunked ss_bwd.
 struct SeqConst {
     float a[NPT], al[NPT];
-    float Dd, db;
+    float Dd;
 };
 
 // Where lane `ln` of warp `w` parks its butterfly sum of chunk step t: the staged u entries of
@@ -598,7 +600,6 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         K.al[j] = alog2(K.a[j]);
     }
     K.Dd = HAS_D ? Dv[e] : 0.f;
-    K.db = HAS_DB ? dbias[e] : 0.f;
     float m[NPT], gA[NPT], gD = 0.f, gDB = 0.f;
 #pragma unroll
     for (int j = 0; j < NPT; j++) { m[j] = 0.f; gA[j] = 0.f; }

@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
-use lrnnx_kernels::cuda::{gpu_available, Inputs, SelectiveScan};
-use lrnnx_kernels::{Rule, ScanSpec, Tiling, BENCH_TILINGS};
+use lrnnx_kernels::cuda::{gpu_available, keep_pool_memory, Inputs, SelectiveScan};
+use lrnnx_kernels::{ScanSpec, Tiling, BENCH_TILINGS};
 
 fn main() {
     if !gpu_available() {
@@ -23,7 +23,10 @@ fn main() {
     let (bs, l, e, n) = (8usize, 4096usize, 2048usize, 16usize);
     let mut ss = SelectiveScan::new(0).expect("context");
     let st = ss.stream().clone();
-    keep_pool_memory(&st);
+    println!(
+        "memory pool release threshold set to max: {}",
+        keep_pool_memory(&st)
+    );
     let ble = bs * l * e;
     let mut seed = 7u64;
     let mut rnd = |k: usize, lo: f32, hi: f32| -> Vec<f32> {
@@ -47,19 +50,8 @@ fn main() {
     let db = st.clone_htod(&rnd(e, -1.0, 1.0)).unwrap();
     for has_z in [false, true] {
         let spec = ScanSpec {
-            batch: bs,
-            len: l,
-            channels: e,
-            state: n,
-            groups: 1,
-            rule: Rule::Mamba,
-            bc_fixed: false,
-            has_delta_a: false,
-            has_delta_bias: true,
-            softplus: true,
-            has_d: true,
             has_z,
-            complex: false,
+            ..ScanSpec::mamba(bs, l, e, n)
         };
         let inp = Inputs {
             u: &u,
@@ -102,10 +94,21 @@ fn main() {
             let (v, [(rf, lf), (rb, lb)]) = ss.kernel_info(&spec).unwrap();
             println!(
                 "  {} kernels: fwd {rf} registers/thread ({lf} B spilled), bwd {rb} ({lb} B), \
-                 chunk {}, {} channels a block",
+                 chunk {}, {} channels a block{}",
                 if v.seq { "sequential" } else { "chunked" },
                 v.chunk(),
-                v.channels_per_block(lrnnx_kernels::Pass::Backward)
+                v.channels_per_block(lrnnx_kernels::Pass::Backward),
+                if v.seq {
+                    let g = &v.tiling;
+                    format!(
+                        ", {} lanes a channel, sub-chunks of {}, {} backward block(s) an SM",
+                        g.seq_split,
+                        g.seq_sub,
+                        v.seq_bwd_blocks()
+                    )
+                } else {
+                    String::new()
+                }
             );
             println!(
                 "z={has_z} tiling {t:?}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms ({:.1}% of roofline {roof_ms:.3} ms)",
@@ -121,24 +124,4 @@ fn main() {
             100.0 * roof / tfb
         );
     }
-}
-
-/// Lets the device's default memory pool keep freed memory (release threshold = max), as
-/// PyTorch's and JAX's caching allocators do: otherwise every synchronize hands the outputs'
-/// memory back to the driver and each call pays for mapping it again.
-fn keep_pool_memory(st: &std::sync::Arc<cudarc::driver::CudaStream>) {
-    use cudarc::driver::sys;
-    let dev = st.context().cu_device();
-    let mut pool = std::ptr::null_mut();
-    let mut max = u64::MAX;
-    // SAFETY: plain driver calls on the current device with valid out-pointers.
-    let ok = unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
-            && sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                &mut max as *mut u64 as *mut std::ffi::c_void,
-            ) == sys::CUresult::CUDA_SUCCESS
-    };
-    println!("memory pool release threshold set to max: {ok}");
 }

@@ -43,6 +43,28 @@ pub fn gpu_available() -> bool {
     matches!(CudaContext::device_count(), Ok(n) if n > 0)
 }
 
+/// Lets the default memory pool of `stream`'s device keep freed memory (release threshold =
+/// max), as PyTorch's and JAX's caching allocators do: otherwise every synchronize hands the
+/// freed outputs' memory back to the driver and the next call pays for mapping it again
+/// (about 0.5 ms of a 1 ms forward at batch 8 × L 4096 × E 2048). Returns whether the driver
+/// took the setting.
+pub fn keep_pool_memory(stream: &CudaStream) -> bool {
+    use cudarc::driver::sys;
+    let dev = stream.context().cu_device();
+    let mut pool = std::ptr::null_mut();
+    let mut max = u64::MAX;
+    // SAFETY: plain driver calls on the stream's device with valid out-pointers; the attribute
+    // value is a u64 as CU_MEMPOOL_ATTR_RELEASE_THRESHOLD requires.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut max as *mut u64 as *mut std::ffi::c_void,
+            ) == sys::CUresult::CUDA_SUCCESS
+    }
+}
+
 /// Compiles the selective scan source of `variant` ([`Variant::source`]) for its kernel `pass`
 /// to PTX for [`ARCH`] (the PTX holds every kernel of the source, compiled with that pass's
 /// geometry).

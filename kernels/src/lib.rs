@@ -184,7 +184,7 @@ pub struct Tiling {
     pub bwd_channels_per_thread: usize,
     /// Warps per block in the backward (power of two, 1..=16).
     pub bwd_warps: usize,
-    /// Which kernels run ([`ScanMode::Chunked`] by default).
+    /// Which kernels run ([`ScanMode::Auto`] by default).
     pub mode: ScanMode,
     /// Sequential mode: threads per channel (1, 2 or 4).
     pub seq_split: usize,
@@ -199,14 +199,16 @@ pub struct Tiling {
 /// Which selective-scan kernels run.
 ///
 /// * `Auto` (the default): `Sequential` where it applies and was measured faster — the mamba
-///   rule without `deltaA`, even `N ≤ 16`, groups of a multiple of 16 channels and at least
-///   [`AUTO_SEQUENTIAL_CHANNELS`] channels over the batch (`batch · E`) — else `Chunked`.
+///   rule without `deltaA`, even `N ≤ 16`, groups of a multiple of 128 channels (whole blocks)
+///   and at least [`AUTO_SEQUENTIAL_CHANNELS`] channels over the batch (`batch · E`) — with the
+///   measured geometry [`Tiling::auto_sequential`] (the `seq_*` fields are for `Sequential`);
+///   else `Chunked`.
 /// * `Chunked`: a block walks chunks of steps with several lanes per channel scanning affine
 ///   maps over time (parallel in time within a chunk): any problem.
 /// * `Sequential`: a few threads per channel walk time in order with the channel's states
 ///   in registers (no scan operators); needs real `A`, time-varying `B`/`C`, `N ≤ 16`, groups of
-///   a multiple of 16 (32 with odd `N`) channels, and `batch · E` in the thousands to fill the
-///   GPU. At batch 8 × L 4096 × E 2048 × N 16 on an H100 it is about 1.3× faster than the
+///   a multiple of `32 / seq_split` channels (`seq_split` halved until it divides `N`), and
+///   `batch · E` in the thousands to fill the GPU. At batch 8 × L 4096 × E 2048 × N 16 on an H100 it is about 1.3× faster than the
 ///   chunked kernels in fwd+bwd, with and without `z` (README, GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScanMode {
@@ -226,10 +228,15 @@ pub const AUTO_SEQUENTIAL_CHANNELS: usize = 16384;
 /// Largest dynamic shared memory of the sequential kernels (H100/H200 allow 227 KiB a block).
 pub const SEQ_MAX_SHARED_BYTES: usize = 224 * 1024;
 
+/// Shared memory of one SM of an H100/H200 (of which 1 KiB per resident block is reserved):
+/// whether two sequential backward blocks fit one SM.
+pub const SM_SHARED_BYTES: usize = 228 * 1024;
+
 impl Tiling {
     /// The default geometry: [`ScanMode::Auto`]; chunked: 4 lanes × 8 steps per channel set,
-    /// forward 2 channels a thread and 4 warps, backward 1 and 4; sequential: 2 threads a
-    /// channel, 8 warps, chunks of 32 steps, backward sub-chunks of 8 (the fastest measured).
+    /// forward 2 channels a thread and 4 warps, backward 1 and 4; sequential (when asked for):
+    /// 2 threads a channel, 8 warps, chunks of 32 steps, backward sub-chunks of 4 (no register
+    /// spills for any rule).
     pub const DEFAULT: Tiling = Tiling {
         seg: 4,
         items: 8,
@@ -241,8 +248,21 @@ impl Tiling {
         seq_split: 2,
         seq_warps: 8,
         seq_chunk: 32,
-        seq_sub: 8,
+        seq_sub: 4,
     };
+
+    /// The sequential geometry [`ScanMode::Auto`] runs (the fastest measured at batch 8 ×
+    /// L 4096 × E 2048 × N 16, mamba rule, on an H100): 2 threads a channel, 8 warps, chunks of
+    /// 32 steps, backward sub-chunks of 8.
+    pub const fn auto_sequential(self) -> Tiling {
+        Tiling {
+            seq_split: 2,
+            seq_warps: 8,
+            seq_chunk: 32,
+            seq_sub: 8,
+            ..self
+        }
+    }
 }
 
 impl Default for Tiling {
@@ -348,7 +368,19 @@ impl Variant {
             format!("-DSWARP={}", self.tiling.seq_warps),
             format!("-DST={}", self.tiling.seq_chunk),
             format!("-DSS={}", self.tiling.seq_sub),
+            format!("-DSEQ_BWD_BLOCKS={}", self.seq_bwd_blocks()),
         ]
+    }
+
+    /// Sequential backward blocks an SM should hold (the registers are capped to allow them):
+    /// 2 with 4 threads a channel where two blocks' shared memory fits an SM, else 1.
+    pub fn seq_bwd_blocks(&self) -> usize {
+        let two_fit = 2 * (self.shared_bytes(Pass::Backward) + 1024) <= SM_SHARED_BYTES;
+        if self.seq && self.tiling.seq_split == 4 && two_fit {
+            2
+        } else {
+            1
+        }
     }
 
     /// The CUDA source of this variant: [`SELECTIVE_SCAN_SRC`], followed by
@@ -463,6 +495,27 @@ impl Variant {
 pub const MAX_SHARED_BYTES: usize = 160 * 1024;
 
 impl ScanSpec {
+    /// The scan of a Mamba block (lrnnx's `selective_scan_fn` as `Mamba` calls it): mamba rule,
+    /// real `A`, ungrouped time-varying `B`/`C`, `Δ = softplus(delta + bias)`, `D` skip and `z`
+    /// gate; change fields with struct update syntax (`ScanSpec { has_z: false, ..spec }`).
+    pub const fn mamba(batch: usize, len: usize, channels: usize, state: usize) -> ScanSpec {
+        ScanSpec {
+            batch,
+            len,
+            channels,
+            state,
+            groups: 1,
+            rule: Rule::Mamba,
+            bc_fixed: false,
+            has_delta_a: false,
+            has_delta_bias: true,
+            softplus: true,
+            has_d: true,
+            has_z: true,
+            complex: false,
+        }
+    }
+
     /// Checks the sizes and picks the kernel variant for a tiling. With time-varying `B`/`C` the
     /// block's channels must lie in one group: warps, then channels per thread, are halved (and
     /// the lanes per channel set doubled) until the channels per block divide the group size;
@@ -521,7 +574,11 @@ impl ScanSpec {
         match tiling.mode {
             ScanMode::Sequential => return self.sequential(v),
             ScanMode::Auto if self.auto_sequential() => {
-                if let Ok(seq) = self.sequential(v) {
+                let auto = Variant {
+                    tiling: tiling.auto_sequential(),
+                    ..v
+                };
+                if let Ok(seq) = self.sequential(auto) {
                     return Ok(seq);
                 }
             }
@@ -572,6 +629,7 @@ impl ScanSpec {
             && !self.bc_fixed
             && self.state <= 16
             && self.state.is_multiple_of(2)
+            && (self.channels / self.groups.max(1)).is_multiple_of(128)
             && self.batch.saturating_mul(self.channels) >= AUTO_SEQUENTIAL_CHANNELS
     }
 
@@ -594,8 +652,8 @@ impl ScanSpec {
         if !supported {
             return err(format!("unsupported tiling {t:?}"));
         }
-        if !self.state.is_multiple_of(t.seq_split) {
-            t.seq_split = 1;
+        while !self.state.is_multiple_of(t.seq_split) {
+            t.seq_split /= 2;
         }
         let per_group = self.channels / self.groups;
         let warp_channels = 32 / t.seq_split;
@@ -670,17 +728,21 @@ mod tests {
 
     #[test]
     fn blocks_lie_inside_a_group() {
+        const CHUNKED: Tiling = Tiling {
+            mode: ScanMode::Chunked,
+            ..Tiling::DEFAULT
+        };
         let f = Pass::Forward;
         let bw = Pass::Backward;
         // 8 channels in 2 groups of 4: 4 sets a warp (8 lanes each), 1 channel a thread
-        let v = spec().check(Tiling::default()).unwrap();
+        let v = spec().check(CHUNKED).unwrap();
         assert_eq!((v.channels_per_block(f), v.channels_per_block(bw)), (4, 4));
         assert_eq!((v.tiling.warps, v.tiling.channels_per_thread), (1, 1));
         let mut s = spec();
         s.channels = 2048;
         s.groups = 1;
         s.state = 16;
-        let v = s.check(Tiling::default()).unwrap();
+        let v = s.check(CHUNKED).unwrap();
         // 4 lanes a set, 8 sets a warp, 4 warps: forward 2 channels a thread, backward 1
         assert_eq!(
             (
@@ -694,14 +756,14 @@ mod tests {
         // 96 channels in 4 groups of 24: 8 channels a block
         s.channels = 96;
         s.groups = 4;
-        let v = s.check(Tiling::default()).unwrap();
+        let v = s.check(CHUNKED).unwrap();
         assert_eq!((v.channels_per_block(f), v.channels_per_block(bw)), (8, 8));
         // groups of 5 channels: one channel a block, 32 lanes a set
         s.channels = 20;
-        let v = s.check(Tiling::default()).unwrap();
+        let v = s.check(CHUNKED).unwrap();
         assert_eq!((v.channels_per_block(bw), v.tiling.seg), (1, 32));
         s.state = 64;
-        let v = s.check(Tiling::default()).unwrap();
+        let v = s.check(CHUNKED).unwrap();
         assert!(v.shared_bytes(bw) <= MAX_SHARED_BYTES);
     }
 
@@ -725,15 +787,29 @@ mod tests {
             (128, 256, 32)
         );
         assert!(v.shared_bytes(bw) <= SEQ_MAX_SHARED_BYTES);
-        // ΔA and z together: 216 KiB with sub-chunks of 8 (4 start states a thread); with
-        // sub-chunks of 4 (8 start states) 232 KiB: the chunk halves to fit
+        assert_eq!((v.tiling.seq_sub, v.seq_bwd_blocks()), (4, 1));
+        // ΔA and z together: with sub-chunks of 4 (8 start states a thread) 248 KiB at chunk
+        // 32, so the chunk halves to fit; with sub-chunks of 8 (4 start states) 216 KiB
         s.has_delta_a = true;
         let v = s.check(seq).unwrap();
-        assert_eq!((v.chunk(), v.shared_bytes(bw)), (32, 216 * 1024));
-        let sub4 = Tiling { seq_sub: 4, ..seq };
-        let v = s.check(sub4).unwrap();
         assert_eq!(v.chunk(), 16);
         assert!(v.shared_bytes(bw) <= SEQ_MAX_SHARED_BYTES);
+        let sub8 = Tiling { seq_sub: 8, ..seq };
+        let v = s.check(sub8).unwrap();
+        assert_eq!((v.chunk(), v.shared_bytes(bw)), (32, 216 * 1024));
+        // 4 lanes a channel (64 channels a block): two backward blocks an SM where their
+        // shared memory fits (72 KiB at chunks of 16), one where it does not (128 KiB at 32)
+        s.has_delta_a = false;
+        let split4 = |chunk, sub| Tiling {
+            seq_split: 4,
+            seq_chunk: chunk,
+            seq_sub: sub,
+            ..seq
+        };
+        let v = s.check(split4(16, 4)).unwrap();
+        assert_eq!((v.shared_bytes(bw), v.seq_bwd_blocks()), (72 * 1024, 2));
+        let v = s.check(split4(32, 8)).unwrap();
+        assert_eq!((v.shared_bytes(bw), v.seq_bwd_blocks()), (128 * 1024, 1));
         // odd state: one thread a channel; 64 channels in 2 groups: blocks of 32 channels
         let mut s = spec();
         s.channels = 64;
@@ -741,7 +817,15 @@ mod tests {
         s.state = 5;
         let v = s.check(seq).unwrap();
         assert_eq!((v.tiling.seq_split, v.channels_per_block(bw)), (1, 32));
-        // the default (chunked) is unchanged
+        // N = 6 with 4 lanes asked for: 2 lanes a channel (16 channels a warp)
+        let v = ScanSpec { state: 6, ..s }
+            .check(Tiling {
+                seq_split: 4,
+                ..seq
+            })
+            .unwrap();
+        assert_eq!((v.tiling.seq_split, v.channels_per_block(bw)), (2, 32));
+        // Auto keeps this small problem on the chunked kernels
         assert!(!s.check(Tiling::default()).unwrap().seq);
         // refusals name the reason
         let mut c = s;
@@ -761,13 +845,10 @@ mod tests {
 
     #[test]
     fn auto_mode_takes_the_sequential_kernels_only_where_measured_faster() {
-        assert_eq!(Tiling::default(), BENCH_TILINGS[0]);
         assert_eq!(Tiling::default().mode, ScanMode::Auto);
         let bw = Pass::Backward;
         // the bench's problem: batch 8 × E 2048, mamba, N 16 -> sequential, 2 lanes, sub 8
-        let mut s = spec();
-        (s.batch, s.channels, s.groups, s.state, s.rule) = (8, 2048, 1, 16, Rule::Mamba);
-        (s.has_delta_a, s.bc_fixed, s.complex) = (false, false, false);
+        let mut s = ScanSpec::mamba(8, 64, 2048, 16);
         let v = s.check(Tiling::default()).unwrap();
         assert!(v.seq);
         assert_eq!(
@@ -778,15 +859,21 @@ mod tests {
             ),
             (2, 8, 128)
         );
-        // the same with Sequential asked for explicitly: the same geometry
+        // Sequential asked for with Auto's geometry resolves the same way
         let explicit = Tiling {
             mode: ScanMode::Sequential,
-            ..Tiling::default()
+            ..Tiling::default().auto_sequential()
         };
+        let e = s.check(explicit).unwrap();
+        assert!(e.seq);
         assert_eq!(
-            s.check(explicit).unwrap().shared_bytes(bw),
-            v.shared_bytes(bw)
+            Tiling {
+                mode: ScanMode::Auto,
+                ..e.tiling
+            },
+            v.tiling
         );
+        assert_eq!(e.shared_bytes(bw), v.shared_bytes(bw));
         // at the threshold and just below it
         s.batch = AUTO_SEQUENTIAL_CHANNELS / s.channels;
         assert!(s.check(Tiling::default()).unwrap().seq);
@@ -794,7 +881,7 @@ mod tests {
         assert!(!s.check(Tiling::default()).unwrap().seq);
         s.batch = 8;
         // unmeasured or unsupported cases stay chunked
-        for change in 0..6 {
+        for change in 0..7 {
             let mut c = s;
             match change {
                 0 => c.rule = Rule::Zoh,
@@ -802,6 +889,7 @@ mod tests {
                 2 => c.state = 15,
                 3 => c.state = 32,
                 4 => (c.batch, c.channels, c.groups) = (16, 2040, 85), // 24 channels a group
+                5 => (c.channels, c.groups) = (2048, 32), // 64 channels a group: half blocks
                 _ => c.complex = true,
             }
             let v = c.check(Tiling::default()).unwrap();

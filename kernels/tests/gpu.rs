@@ -21,26 +21,12 @@
 
 use std::collections::HashMap;
 
+mod common;
+use common::{f32v, load, rel, to_bdl, to_bld, Rng, C64};
+
 use lrnnx_kernels::cuda::{gpu_available, Grads, Inputs, SelectiveScan};
 use lrnnx_kernels::s7::{S7Inputs, S7Scan, S7Spec};
 use lrnnx_kernels::{Rule, ScanMode, ScanSpec};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (a, b) = (self.next().max(1e-300), self.next());
-        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
 
 /// Host tensors of one problem (f64, kernel layout).
 #[derive(Clone)]
@@ -54,29 +40,6 @@ struct Host {
     d: Option<Vec<f64>>,
     z: Option<Vec<f64>>,
     delta_bias: Option<Vec<f64>>,
-}
-
-/// Complex f64 `(re, im)`.
-#[derive(Clone, Copy)]
-struct C64(f64, f64);
-impl C64 {
-    fn mul(self, o: C64) -> C64 {
-        C64(self.0 * o.0 - self.1 * o.1, self.0 * o.1 + self.1 * o.0)
-    }
-    fn div(self, o: C64) -> C64 {
-        let d = o.0 * o.0 + o.1 * o.1;
-        C64(
-            (self.0 * o.0 + self.1 * o.1) / d,
-            (self.1 * o.0 - self.0 * o.1) / d,
-        )
-    }
-    fn exp(self) -> C64 {
-        let m = self.0.exp();
-        C64(m * self.1.cos(), m * self.1.sin())
-    }
-    fn scale(self, s: f64) -> C64 {
-        C64(self.0 * s, self.1 * s)
-    }
 }
 
 /// Sequential reference forward with complex `A` (f64), from spec §4.1: `h_t = Ā h_{t−1} +
@@ -191,10 +154,6 @@ fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
     y
 }
 
-fn f32v(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
-
 /// Runs forward + backward on the GPU; returns (y, grads by input name).
 fn gpu_run(
     ss: &SelectiveScan,
@@ -259,15 +218,6 @@ fn gpu_run(
     (y, m, gr)
 }
 
-fn rel(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let mx = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter()
-        .zip(want)
-        .fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()))
-        / mx
-}
-
 fn device() -> Option<SelectiveScan> {
     if !gpu_available() {
         println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
@@ -277,52 +227,6 @@ fn device() -> Option<SelectiveScan> {
 }
 
 // ---------------------------------------------------------------- golden cases
-
-struct Golden {
-    t: HashMap<String, (Vec<usize>, Vec<f64>)>,
-    cfg: serde_json::Value,
-}
-
-fn load(path: &std::path::Path) -> Golden {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut t = HashMap::new();
-    for (k, v) in st.tensors() {
-        let data: Vec<f64> = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect();
-        t.insert(k.to_string(), (v.shape().to_vec(), data));
-    }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let cfg = serde_json::from_str(&meta.metadata().as_ref().unwrap()["config"]).unwrap();
-    Golden { t, cfg }
-}
-
-/// (b, d, L) -> (b, L, d) and back.
-fn bdl_to_bld(v: &[f64], b: usize, d: usize, l: usize) -> Vec<f64> {
-    let mut o = vec![0.0; v.len()];
-    for bi in 0..b {
-        for di in 0..d {
-            for t in 0..l {
-                o[(bi * l + t) * d + di] = v[(bi * d + di) * l + t];
-            }
-        }
-    }
-    o
-}
-fn bld_to_bdl(v: &[f32], b: usize, d: usize, l: usize) -> Vec<f32> {
-    let mut o = vec![0.0; v.len()];
-    for bi in 0..b {
-        for di in 0..d {
-            for t in 0..l {
-                o[(bi * d + di) * l + t] = v[(bi * l + t) * d + di];
-            }
-        }
-    }
-    o
-}
 
 #[test]
 fn golden_op_cases() {
@@ -389,9 +293,9 @@ fn golden_op_cases() {
             }
             o
         };
-        let t3 = |k: &str| get(k).map(|(_, v)| bdl_to_bld(&v, bsz, d, l));
+        let t3 = |k: &str| get(k).map(|(_, v)| to_bld(&v, bsz, d, l));
         let x = Host {
-            u: bdl_to_bld(&u, bsz, d, l),
+            u: to_bld(&u, bsz, d, l),
             delta: t3("delta").unwrap(),
             delta_a: t3("deltaA"),
             a,
@@ -419,7 +323,7 @@ fn golden_op_cases() {
         let g = t3("g").unwrap();
         let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
         let want = &gd.t["output.out"].1;
-        let ry = rel(&bld_to_bdl(&y, bsz, d, l), want);
+        let ry = rel(&to_bdl(&y, bsz, d, l), want);
         println!("{name}: out rel {ry:.2e}");
         assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
         for (k, v) in &grads {
@@ -427,7 +331,7 @@ fn golden_op_cases() {
                 panic!("{name}: no grad.{k}")
             };
             let got: Vec<f32> = match *k {
-                "u" | "delta" | "deltaA" | "z" => bld_to_bdl(v, bsz, d, l),
+                "u" | "delta" | "deltaA" | "z" => to_bdl(v, bsz, d, l),
                 "B" | "C" if !bc_fixed => {
                     let mut o = vec![0.0; v.len()];
                     for bi in 0..bsz {
@@ -558,21 +462,7 @@ fn check_random(ss: &SelectiveScan, s: ScanSpec, seed: u64) {
 #[test]
 fn random_cases_against_sequential_f64() {
     let Some(ss) = device() else { return };
-    let base = ScanSpec {
-        batch: 2,
-        len: 300,
-        channels: 64,
-        state: 16,
-        groups: 1,
-        rule: Rule::Mamba,
-        bc_fixed: false,
-        has_delta_a: false,
-        has_delta_bias: true,
-        softplus: true,
-        has_d: true,
-        has_z: true,
-        complex: false,
-    };
+    let base = ScanSpec::mamba(2, 300, 64, 16);
     let mut seed = 1;
     for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
         for variant in 0..3 {
@@ -616,21 +506,7 @@ fn random_cases_against_sequential_f64() {
 fn sequential_mode_against_sequential_f64() {
     let Some(mut ss) = device() else { return };
     ss.tiling.mode = ScanMode::Sequential;
-    let base = ScanSpec {
-        batch: 2,
-        len: 301,
-        channels: 64,
-        state: 16,
-        groups: 1,
-        rule: Rule::Mamba,
-        bc_fixed: false,
-        has_delta_a: false,
-        has_delta_bias: true,
-        softplus: true,
-        has_d: true,
-        has_z: true,
-        complex: false,
-    };
+    let base = ScanSpec::mamba(2, 301, 64, 16);
     let mut seed = 500;
     // two and four threads a channel (the butterfly sums parked in the staged tiles or in
     // their own area); odd N falls back to one
@@ -646,19 +522,27 @@ fn sequential_mode_against_sequential_f64() {
         .map(|rule| (split, rule))
     }) {
         ss.tiling.seq_split = split;
-        for variant in 0..3 {
+        for variant in 0..4 {
             let mut s = base;
             s.rule = rule;
+            // sub-chunks of 8 (Auto's) and of 4 (the default of an explicit Sequential);
+            // chunks of 8 steps in variant 3 (with 4 lanes a channel the tiles then stage
+            // 4 bytes at a time)
+            ss.tiling.seq_sub = if variant == 1 { 4 } else { 8 };
+            ss.tiling.seq_chunk = if variant == 3 { 8 } else { 32 };
             match variant {
-                // ΔA (not for rglru / s7), no z; odd state: one thread a channel, padded
-                // butterfly; two groups of 32 channels; a length that ends mid sub-chunk
+                // ΔA (not for rglru / s7), no z; two groups of 32 channels; a length that ends
+                // mid sub-chunk; odd state (one thread a channel, padded butterfly) with two
+                // lanes a channel, N = 8 with four
                 1 => {
                     s.has_delta_a = !matches!(rule, Rule::Rglru | Rule::S7);
                     s.has_z = false;
-                    s.state = 5;
+                    s.state = if split == 4 { 8 } else { 5 };
                     s.groups = 2;
                     s.len = 77;
                 }
+                // short chunks, a length that ends mid chunk
+                3 => s.len = 203,
                 // three groups, no softplus / bias / D (rglru keeps softplus: Ā < 1), N = 8
                 2 => {
                     s.groups = 3;
@@ -673,11 +557,14 @@ fn sequential_mode_against_sequential_f64() {
             }
             let v = s.check(ss.tiling).expect("sequential mode applies");
             assert!(v.seq, "{s:?} did not select the sequential kernels");
+            if s.state.is_multiple_of(split) {
+                assert_eq!(v.tiling.seq_split, split, "{s:?}");
+            }
             check_random(&ss, s, seed);
             seed += 1;
         }
     }
-    ss.tiling.seq_split = 2;
+    (ss.tiling.seq_split, ss.tiling.seq_sub, ss.tiling.seq_chunk) = (2, 8, 32);
     for len in [4097, 16384] {
         let mut s = base;
         s.batch = 1;
@@ -689,25 +576,12 @@ fn sequential_mode_against_sequential_f64() {
 }
 
 /// The sequential and chunked kernels on one large problem (the chunked ones are checked
-/// against the f64 loop above): outputs and gradients agree to float rounding.
+/// against the f64 loop above): outputs and gradients agree to float rounding. 16 × 1024
+/// channels: `ScanMode::Auto` takes the sequential kernels with its own geometry.
 #[test]
 fn sequential_mode_matches_chunked_mode_at_scale() {
     let Some(mut ss) = device() else { return };
-    let s = ScanSpec {
-        batch: 2,
-        len: 4096,
-        channels: 1024,
-        state: 16,
-        groups: 1,
-        rule: Rule::Mamba,
-        bc_fixed: false,
-        has_delta_a: false,
-        has_delta_bias: true,
-        softplus: true,
-        has_d: true,
-        has_z: true,
-        complex: false,
-    };
+    let s = ScanSpec::mamba(16, 4096, 1024, 16);
     let mut rng = Rng(77);
     let x = random_host(&s, &mut rng);
     let g: Vec<f64> = (0..s.batch * s.len * s.channels)
@@ -715,17 +589,26 @@ fn sequential_mode_matches_chunked_mode_at_scale() {
         .collect();
     ss.tiling.mode = ScanMode::Chunked;
     let (y1, g1, _) = gpu_run(&ss, &s, &x, &g);
-    ss.tiling.mode = ScanMode::Sequential;
     let r = |a: &[f32], b: &[f32]| {
         let m = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
         a.iter().zip(b).fold(0f32, |d, (p, q)| d.max((p - q).abs())) / m
     };
-    for split in [2, 4] {
-        ss.tiling.seq_split = split;
-        assert!(s.check(ss.tiling).unwrap().seq);
+    for (mode, split) in [
+        (ScanMode::Sequential, 2),
+        (ScanMode::Sequential, 4),
+        (ScanMode::Auto, 2),
+    ] {
+        (ss.tiling.mode, ss.tiling.seq_split) = (mode, split);
+        let v = s.check(ss.tiling).unwrap();
+        assert!(v.seq);
         let (y2, g2, _) = gpu_run(&ss, &s, &x, &g);
         let ry = r(&y1, &y2);
-        println!("sequential ({split} lanes a channel) vs chunked at {s:?}: y rel {ry:.2e}");
+        let t = &v.tiling;
+        println!(
+            "{mode:?}: sequential ({} lanes a channel, sub-chunks of {}) vs chunked at {s:?}: \
+             y rel {ry:.2e}",
+            t.seq_split, t.seq_sub
+        );
         assert!(ry <= 1e-5);
         for (k, v) in &g1 {
             let rg = r(v, &g2[k]);
@@ -739,19 +622,8 @@ fn sequential_mode_matches_chunked_mode_at_scale() {
 fn random_complex_cases_against_sequential_f64() {
     let Some(ss) = device() else { return };
     let base = ScanSpec {
-        batch: 2,
-        len: 300,
-        channels: 64,
-        state: 8,
-        groups: 1,
-        rule: Rule::Mamba,
-        bc_fixed: false,
-        has_delta_a: false,
-        has_delta_bias: true,
-        softplus: true,
-        has_d: true,
-        has_z: true,
         complex: true,
+        ..ScanSpec::mamba(2, 300, 64, 8)
     };
     let mut seed = 100;
     for rule in [Rule::Mamba, Rule::Zoh, Rule::Bilinear, Rule::Dirac] {
@@ -836,8 +708,8 @@ fn golden_rglru_cases() {
         let (ash, a) = get("input.A");
         let n = ash[1];
         let x = Host {
-            u: bdl_to_bld(&u, bsz, d, l),
-            delta: bdl_to_bld(&get("input.delta").1, bsz, d, l),
+            u: to_bld(&u, bsz, d, l),
+            delta: to_bld(&get("input.delta").1, bsz, d, l),
             delta_a: None,
             a,
             b: vec![1.0; d * n],
@@ -861,15 +733,15 @@ fn golden_rglru_cases() {
             has_z: false,
             complex: false,
         };
-        let g = bdl_to_bld(&get("input.g").1, bsz, d, l);
+        let g = to_bld(&get("input.g").1, bsz, d, l);
         let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
-        let ry = rel(&bld_to_bdl(&y, bsz, d, l), &gd.t["output.out"].1);
+        let ry = rel(&to_bdl(&y, bsz, d, l), &gd.t["output.out"].1);
         println!("{name}: out rel {ry:.2e}");
         assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
         for k in ["u", "delta", "A"] {
             let got = match k {
                 "A" => grads[k].clone(),
-                _ => bld_to_bdl(&grads[k], bsz, d, l),
+                _ => to_bdl(&grads[k], bsz, d, l),
             };
             let r = rel(&got, &gd.t[&format!("grad.{k}")].1);
             println!("{name}: grad.{k} rel {r:.2e}");
@@ -883,21 +755,7 @@ fn golden_rglru_cases() {
 #[test]
 fn backward_is_bitwise_deterministic() {
     let Some(ss) = device() else { return };
-    let s = ScanSpec {
-        batch: 4,
-        len: 2048,
-        channels: 512,
-        state: 16,
-        groups: 1,
-        rule: Rule::Mamba,
-        bc_fixed: false,
-        has_delta_a: false,
-        has_delta_bias: true,
-        softplus: true,
-        has_d: true,
-        has_z: true,
-        complex: false,
-    };
+    let s = ScanSpec::mamba(4, 2048, 512, 16);
     let mut rng = Rng(99);
     let x = random_host(&s, &mut rng);
     let g: Vec<f64> = (0..s.batch * s.len * s.channels)
@@ -1058,9 +916,9 @@ fn s7_golden_and_random() {
         let (bsz, hh, l) = (ush[0], ush[1], ush[2]);
         let n = gd.t["input.A"].0[1];
         // (b, X, L) -> (b, L, X) with X the product of the middle axes
-        let tm = |k: &str, xdim: usize| gd.t.get(k).map(|v| bdl_to_bld(&v.1, bsz, xdim, l));
+        let tm = |k: &str, xdim: usize| gd.t.get(k).map(|v| to_bld(&v.1, bsz, xdim, l));
         let x = S7Host {
-            u: bdl_to_bld(&u, bsz, hh, l),
+            u: to_bld(&u, bsz, hh, l),
             a: tm("input.A", n).unwrap(),
             b: tm("input.B", n * hh).unwrap(),
             c: tm("input.C", hh * n).unwrap(),
@@ -1075,7 +933,7 @@ fn s7_golden_and_random() {
         };
         let g = tm("input.g", hh).unwrap();
         let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
-        let ry = rel(&bld_to_bdl(&y, bsz, hh, l), &gd.t["output.out"].1);
+        let ry = rel(&to_bdl(&y, bsz, hh, l), &gd.t["output.out"].1);
         println!("{name}: out rel {ry:.2e}");
         assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
         for (k, v) in &grads {
@@ -1084,7 +942,7 @@ fn s7_golden_and_random() {
                 "A" | "bias" => n,
                 _ => n * hh,
             };
-            let r = rel(&bld_to_bdl(v, bsz, xdim, l), &gd.t[&format!("grad.{k}")].1);
+            let r = rel(&to_bdl(v, bsz, xdim, l), &gd.t[&format!("grad.{k}")].1);
             println!("{name}: grad.{k} rel {r:.2e}");
             assert!(r <= 1e-4, "{name}: grad.{k} rel {r:e}");
         }

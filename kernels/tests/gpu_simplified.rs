@@ -13,59 +13,17 @@
 #![cfg(feature = "cuda")]
 #![allow(clippy::needless_range_loop)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+mod common;
+use common::{f32v, load, rel, to_bdl, to_bld, Rng, C64};
 
 use cudarc::driver::CudaSlice;
-use lrnnx_kernels::cuda::gpu_available;
+use lrnnx_kernels::cuda::{gpu_available, keep_pool_memory};
 use lrnnx_kernels::simplified::{
     SimplifiedInputs, SimplifiedScan, SimplifiedSpec, SimplifiedTiling, SIMPLIFIED_RULES,
 };
 use lrnnx_kernels::Rule;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (a, b) = (self.next().max(1e-300), self.next());
-        (-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| lo + (hi - lo) * self.next()).collect()
-    }
-}
-
-/// Complex f64 `(re, im)`.
-#[derive(Clone, Copy, Debug)]
-struct C64(f64, f64);
-impl C64 {
-    const ZERO: C64 = C64(0.0, 0.0);
-    const ONE: C64 = C64(1.0, 0.0);
-    fn add(self, o: C64) -> C64 {
-        C64(self.0 + o.0, self.1 + o.1)
-    }
-    fn mul(self, o: C64) -> C64 {
-        C64(self.0 * o.0 - self.1 * o.1, self.0 * o.1 + self.1 * o.0)
-    }
-    fn conj(self) -> C64 {
-        C64(self.0, -self.1)
-    }
-    fn div(self, o: C64) -> C64 {
-        let d = o.0 * o.0 + o.1 * o.1;
-        self.mul(o.conj()).scale(1.0 / d)
-    }
-    fn exp(self) -> C64 {
-        let m = self.0.exp();
-        C64(m * self.1.cos(), m * self.1.sin())
-    }
-    fn scale(self, s: f64) -> C64 {
-        C64(self.0 * s, self.1 * s)
-    }
-}
 
 /// Interleaved (re, im) floats -> complex.
 fn cplx(v: &[f64]) -> Vec<C64> {
@@ -126,20 +84,6 @@ fn reference(s: &SimplifiedSpec, h: &Host) -> Vec<C64> {
     x
 }
 
-fn f32v(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
-}
-
-/// max |got − want| / max |want|.
-fn rel(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let mx = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter()
-        .zip(want)
-        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()))
-        / mx
-}
-
 /// Forward and backward on the GPU: the states `x` (interleaved) and the gradients by input
 /// name (`Bu`, `A` interleaved).
 fn gpu_run(
@@ -188,52 +132,6 @@ fn device() -> Option<SimplifiedScan> {
 
 // ---------------------------------------------------------------- golden cases
 
-struct Golden {
-    t: HashMap<String, (Vec<usize>, Vec<f64>)>,
-    cfg: serde_json::Value,
-}
-
-fn load(path: &std::path::Path) -> Golden {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut t = HashMap::new();
-    for (k, v) in st.tensors() {
-        let data: Vec<f64> = v
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect();
-        t.insert(k.to_string(), (v.shape().to_vec(), data));
-    }
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let cfg = serde_json::from_str(&meta.metadata().as_ref().unwrap()["config"]).unwrap();
-    Golden { t, cfg }
-}
-
-/// `(b, P, L)` -> `(b, L, P)` and back.
-fn bpl_to_blp(v: &[f64], b: usize, p: usize, l: usize) -> Vec<f64> {
-    let mut o = vec![0.0; v.len()];
-    for bi in 0..b {
-        for pi in 0..p {
-            for t in 0..l {
-                o[(bi * l + t) * p + pi] = v[(bi * p + pi) * l + t];
-            }
-        }
-    }
-    o
-}
-fn blp_to_bpl(v: &[f64], b: usize, p: usize, l: usize) -> Vec<f64> {
-    let mut o = vec![0.0; v.len()];
-    for bi in 0..b {
-        for pi in 0..p {
-            for t in 0..l {
-                o[(bi * p + pi) * l + t] = v[(bi * l + t) * p + pi];
-            }
-        }
-    }
-    o
-}
-
 #[test]
 fn golden_simplified_scan_cases() {
     let Some(ss) = device() else { return };
@@ -279,8 +177,8 @@ fn golden_simplified_scan_cases() {
         }
         let host = Host {
             bu,
-            delta: bpl_to_blp(&get("input.delta").1, bs, np, l),
-            delta_a: has_da.then(|| bpl_to_blp(&get("input.deltaA").1, bs, np, l)),
+            delta: to_bld(&get("input.delta").1, bs, np, l),
+            delta_a: has_da.then(|| to_bld(&get("input.deltaA").1, bs, np, l)),
             a,
         };
         let g = cplx(&get("input.g").1); // (b, H, L)
@@ -346,10 +244,10 @@ fn golden_simplified_scan_cases() {
             ("grad.B", flat(&gb)),
             ("grad.C", flat(&gcm)),
             ("grad.A", grads["A"].clone()),
-            ("grad.delta", blp_to_bpl(&grads["delta"], bs, np, l)),
+            ("grad.delta", to_bdl(&grads["delta"], bs, np, l)),
         ];
         if has_da {
-            got.push(("grad.deltaA", blp_to_bpl(&grads["deltaA"], bs, np, l)));
+            got.push(("grad.deltaA", to_bdl(&grads["deltaA"], bs, np, l)));
         }
         let want_keys = gc.t.keys().filter(|k| k.starts_with("grad.")).count();
         assert_eq!(want_keys, got.len(), "{case}: gradient keys");
@@ -586,7 +484,10 @@ fn shape_errors_are_reported() {
 fn timing_batch8_len4096_p1024() {
     use lrnnx_kernels::linear::{LinearScan, LinearSpec};
     let Some(mut ss) = device() else { return };
-    keep_pool_memory(ss.stream());
+    println!(
+        "memory pool release threshold set to max: {}",
+        keep_pool_memory(ss.stream())
+    );
     let s = SimplifiedSpec {
         batch: 8,
         len: 4096,
@@ -713,24 +614,4 @@ fn timing_batch8_len4096_p1024() {
         lf / af,
         lfb / afb
     );
-}
-
-/// Lets the device's default memory pool keep freed memory (release threshold = max), as
-/// PyTorch's and JAX's caching allocators do: otherwise every synchronize hands the outputs'
-/// memory back to the driver and each call pays for mapping it again.
-fn keep_pool_memory(st: &std::sync::Arc<cudarc::driver::CudaStream>) {
-    use cudarc::driver::sys;
-    let dev = st.context().cu_device();
-    let mut pool = std::ptr::null_mut();
-    let mut max = u64::MAX;
-    // SAFETY: plain driver calls on the current device with valid out-pointers.
-    let ok = unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS
-            && sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                &mut max as *mut u64 as *mut std::ffi::c_void,
-            ) == sys::CUresult::CUDA_SUCCESS
-    };
-    println!("memory pool release threshold set to max: {ok}");
 }

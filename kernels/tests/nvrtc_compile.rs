@@ -42,8 +42,9 @@ fn every_variant_compiles_for_sm90() {
         cases.push((Rule::Mamba, 0, 16, 2048, 1, t));
     }
     cases.push((Rule::Zoh, 2, 64, 64, 1, Tiling::default()));
-    // the sequential mode: every rule, with and without the optional inputs, and the shapes
-    // that change its geometry (odd state: one thread a channel, padded butterfly; groups)
+    // the sequential mode: every rule, with and without the optional inputs, sub-chunks of 4
+    // and 8, 2 and 4 lanes a channel, and the shapes that change its geometry (odd state: one
+    // thread a channel, padded butterfly; groups)
     let seq = Tiling {
         mode: ScanMode::Sequential,
         ..Tiling::default()
@@ -57,7 +58,18 @@ fn every_variant_compiles_for_sm90() {
         Rule::S7,
     ] {
         cases.push((rule, 0, 16, 256, 1, seq));
-        cases.push((rule, 4, 16, 256, 1, seq));
+        cases.push((rule, 4, 16, 256, 1, Tiling { seq_sub: 8, ..seq }));
+        cases.push((
+            rule,
+            0,
+            16,
+            256,
+            1,
+            Tiling {
+                seq_split: 4,
+                ..seq
+            },
+        ));
         if !matches!(rule, Rule::Rglru | Rule::S7) {
             cases.push((rule, 2, 16, 256, 1, seq));
         }
