@@ -208,8 +208,9 @@ pub struct Tiling {
 /// * `Sequential`: a few threads per channel walk time in order with the channel's states
 ///   in registers (no scan operators); needs real `A`, time-varying `B`/`C`, `N ≤ 16`, groups of
 ///   a multiple of `32 / seq_split` channels (`seq_split` halved until it divides `N`), and
-///   `batch · E` in the thousands to fill the GPU. At batch 8 × L 4096 × E 2048 × N 16 on an H100 it is about 1.3× faster than the
-///   chunked kernels in fwd+bwd, with and without `z` (README, GPU).
+///   `batch · E` in the thousands to fill the GPU. At batch 8 × L 4096 × E 2048 × N 16 on an
+///   H100, with Auto's geometry (sub-chunks of 8), it is 1.30× (no `z`) and 1.26× (`z`) faster
+///   than the chunked kernels in fwd+bwd; with sub-chunks of 4, 1.25× and 1.18× (README, GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScanMode {
     /// Sequential where it applies and pays off, else chunked.

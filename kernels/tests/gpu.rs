@@ -533,18 +533,20 @@ fn sequential_mode_against_sequential_f64() {
             match variant {
                 // ΔA (not for rglru / s7), no z; two groups of 32 channels; a length that ends
                 // mid sub-chunk; odd state (one thread a channel, padded butterfly) with two
-                // lanes a channel, N = 8 with four
+                // lanes a channel asked for, N = 6 (two lanes of 3 states) with four
                 1 => {
                     s.has_delta_a = !matches!(rule, Rule::Rglru | Rule::S7);
                     s.has_z = false;
-                    s.state = if split == 4 { 8 } else { 5 };
+                    s.state = if split == 4 { 6 } else { 5 };
                     s.groups = 2;
                     s.len = 77;
                 }
                 // short chunks, a length that ends mid chunk
                 3 => s.len = 203,
-                // three groups, no softplus / bias / D (rglru keeps softplus: Ā < 1), N = 8
+                // three groups, no softplus / bias / D (rglru keeps softplus: Ā < 1), N = 8;
+                // with four lanes a channel also ΔA (not for rglru / s7)
                 2 => {
+                    s.has_delta_a = split == 4 && !matches!(rule, Rule::Rglru | Rule::S7);
                     s.groups = 3;
                     s.channels = 96;
                     s.softplus = rule == Rule::Rglru;
@@ -577,11 +579,12 @@ fn sequential_mode_against_sequential_f64() {
 
 /// The sequential and chunked kernels on one large problem (the chunked ones are checked
 /// against the f64 loop above): outputs and gradients agree to float rounding. 16 × 1024
-/// channels: `ScanMode::Auto` takes the sequential kernels with its own geometry.
+/// channels (× 2048 steps): `ScanMode::Auto` takes the sequential kernels with its own
+/// geometry.
 #[test]
 fn sequential_mode_matches_chunked_mode_at_scale() {
     let Some(mut ss) = device() else { return };
-    let s = ScanSpec::mamba(16, 4096, 1024, 16);
+    let s = ScanSpec::mamba(16, 2048, 1024, 16);
     let mut rng = Rng(77);
     let x = random_host(&s, &mut rng);
     let g: Vec<f64> = (0..s.batch * s.len * s.channels)
@@ -755,7 +758,8 @@ fn golden_rglru_cases() {
 #[test]
 fn backward_is_bitwise_deterministic() {
     let Some(ss) = device() else { return };
-    let s = ScanSpec::mamba(4, 2048, 512, 16);
+    // 16 × 1024 channels: Auto takes the sequential kernels (sub-chunks of 8)
+    let s = ScanSpec::mamba(16, 1024, 1024, 16);
     let mut rng = Rng(99);
     let x = random_host(&s, &mut rng);
     let g: Vec<f64> = (0..s.batch * s.len * s.channels)
@@ -766,9 +770,11 @@ fn backward_is_bitwise_deterministic() {
         (ScanMode::Chunked, 2),
         (ScanMode::Sequential, 2),
         (ScanMode::Sequential, 4),
+        (ScanMode::Auto, 2),
     ] {
         ss.tiling.mode = mode;
         ss.tiling.seq_split = split;
+        assert_eq!(s.check(ss.tiling).unwrap().seq, mode != ScanMode::Chunked);
         let (_, g1, _) = gpu_run(&ss, &s, &x, &g);
         let (_, g2, _) = gpu_run(&ss, &s, &x, &g);
         for (k, v) in &g1 {
