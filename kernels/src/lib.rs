@@ -711,19 +711,9 @@ mod tests {
 
     fn spec() -> ScanSpec {
         ScanSpec {
-            batch: 2,
-            len: 64,
-            channels: 8,
-            state: 4,
             groups: 2,
             rule: Rule::Zoh,
-            bc_fixed: false,
-            has_delta_a: false,
-            has_delta_bias: true,
-            softplus: true,
-            has_d: true,
-            has_z: true,
-            complex: false,
+            ..ScanSpec::mamba(2, 64, 8, 4)
         }
     }
 
