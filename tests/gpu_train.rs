@@ -2,8 +2,9 @@
 //! launched on candle's stream) against lrnnx's golden cases and against the CPU path.
 //!
 //! * the real, ungrouped `op_selective_scan_*` cases (every rule, with and without `deltaA`),
-//!   written with candle ops around `selective_scan` on the GPU: `out` at 1e-5 and every
-//!   `grad.<arg>` at 1e-4 relative to the reference's largest value;
+//!   written with candle ops around `selective_scan` on the GPU, and through `mamba_scan`
+//!   (bias, softplus, `D` and `z` in the kernel) where the case takes the softplus: `out` at
+//!   1e-5 and every `grad.<arg>` at 1e-4 relative to the reference's largest value;
 //! * the 8 Mamba module cases (ordinary and STREAM mode) and the module cases of the layers on
 //!   the linear scan (S5 time-varying, LRU, RG-LRU, S7, Centaurus) built on the GPU: `y`,
 //!   every parameter gradient, `x` and the event time steps, at the same tolerances;
@@ -14,6 +15,7 @@
 //! * random linear scans (real / complex, full / shared decay), CUDA against the CPU op;
 //! * random causal convolutions (S4 / S4D) and S4 / S4D layers at L = 2048, CUDA against the
 //!   CPU;
+//! * random `mamba_scan` cases, the fused CUDA op against the same function on the CPU;
 //! * random cases, CUDA against the CPU op (itself checked against f64 loops and finite
 //!   differences in `lrnnx-train`): forward 1e-5, gradients 1e-4 relative, lengths up to 16384.
 //!
@@ -26,7 +28,7 @@ use lrnnx::golden::{compare, compare_with, Case, GRAD_REL_TOL};
 use lrnnx_train::candle_core::{DType, Device, Tensor, Var};
 use lrnnx_train::mamba::MambaRule;
 use lrnnx_train::ops::softplus;
-use lrnnx_train::selective::selective_scan;
+use lrnnx_train::selective::{mamba_scan, selective_scan, MambaScanInputs};
 use lrnnx_train::{build, Params};
 
 fn gpu() -> Option<Device> {
@@ -107,47 +109,74 @@ fn golden_selective_scan_ops_on_cuda() {
         // (b, d, L) -> (b, L, d); B, C (b, n, L) -> (b, L, n)
         let tm = |t: Tensor| t.transpose(1, 2).unwrap().contiguous().unwrap();
         let u = tm(get("u").unwrap());
-        let mut dt = tm(get("delta").unwrap());
-        if let Some(bias) = get("delta_bias") {
-            dt = dt.broadcast_add(&bias).unwrap();
-        }
-        if sp {
-            dt = softplus(&dt).unwrap();
-        }
-        let dta = get("deltaA").map(tm).unwrap_or_else(|| dt.clone());
         let (bt, ct) = (tm(get("B").unwrap()), tm(get("C").unwrap()));
         let a = get("A").unwrap();
-        let mut y = selective_scan(&u, &dt, &dta, &a, &bt, &ct, rule).unwrap();
-        if let Some(d) = get("D") {
-            y = (y + u.broadcast_mul(&d).unwrap()).unwrap();
-        }
-        if let Some(z) = get("z") {
-            y = (y * tm(z).silu().unwrap()).unwrap();
-        }
-        let out = y.transpose(1, 2).unwrap();
-        let name = &case.name;
-        let c = compare(&flat(&out), &case.tensor("output.out").unwrap().data);
-        println!(
-            "{name} cuda:out max_abs {:.3e} rel {:.3e}",
-            c.max_abs, c.rel
-        );
-        if !c.ok {
-            failed.push(format!("{name}:out"));
-        }
-        let g = get("g").unwrap();
-        let grads = (&out * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        for (key, reference) in &case.file.tensors {
-            let Some(arg) = key.strip_prefix("grad.") else {
-                continue;
+        let dta = get("deltaA").map(tm);
+        let z = get("z").map(tm);
+        // composed: candle ops around `selective_scan`; fused: `mamba_scan` (softplus cases)
+        for fused in [false, true] {
+            let y = if fused {
+                if !sp {
+                    continue;
+                }
+                let e = a.dims()[0];
+                let zeros = Tensor::zeros(e, DType::F32, &dev).unwrap();
+                let (bias, d) = (get("delta_bias"), get("D"));
+                let x = MambaScanInputs {
+                    u: &u,
+                    delta_raw: &tm(get("delta").unwrap()),
+                    delta_bias: bias.as_ref().unwrap_or(&zeros),
+                    delta_a: dta.as_ref(),
+                    a: &a,
+                    b_t: &bt,
+                    c_t: &ct,
+                    d: d.as_ref().unwrap_or(&zeros),
+                    z: z.as_ref(),
+                };
+                mamba_scan(&x, rule).unwrap()
+            } else {
+                let mut dt = tm(get("delta").unwrap());
+                if let Some(bias) = get("delta_bias") {
+                    dt = dt.broadcast_add(&bias).unwrap();
+                }
+                if sp {
+                    dt = softplus(&dt).unwrap();
+                }
+                let dta = dta.clone().unwrap_or_else(|| dt.clone());
+                let mut y = selective_scan(&u, &dt, &dta, &a, &bt, &ct, rule).unwrap();
+                if let Some(d) = get("D") {
+                    y = (y + u.broadcast_mul(&d).unwrap()).unwrap();
+                }
+                if let Some(z) = &z {
+                    y = (y * z.silu().unwrap()).unwrap();
+                }
+                y
             };
-            let ours = flat(grads.get(vars[arg].as_tensor()).unwrap());
-            if !check(
-                &format!("{name} cuda:grad.{arg}"),
-                &ours,
-                &reference.data,
-                GRAD_REL_TOL,
-            ) {
-                failed.push(format!("{name}:grad.{arg}"));
+            let out = y.transpose(1, 2).unwrap();
+            let name = format!("{}{}", case.name, if fused { " (mamba_scan)" } else { "" });
+            let c = compare(&flat(&out), &case.tensor("output.out").unwrap().data);
+            println!(
+                "{name} cuda:out max_abs {:.3e} rel {:.3e}",
+                c.max_abs, c.rel
+            );
+            if !c.ok {
+                failed.push(format!("{name}:out"));
+            }
+            let g = get("g").unwrap();
+            let grads = (&out * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            for (key, reference) in &case.file.tensors {
+                let Some(arg) = key.strip_prefix("grad.") else {
+                    continue;
+                };
+                let ours = flat(grads.get(vars[arg].as_tensor()).unwrap());
+                if !check(
+                    &format!("{name} cuda:grad.{arg}"),
+                    &ours,
+                    &reference.data,
+                    GRAD_REL_TOL,
+                ) {
+                    failed.push(format!("{name}:grad.{arg}"));
+                }
             }
         }
     }
@@ -437,6 +466,10 @@ fn random_selective_scans_cuda_match_cpu() {
         (1, 4097, 64, 16, true),
         (2, 16384, 32, 16, false),
         (1, 16384, 96, 16, true),
+        // B·E = 16384 in whole 128-channel blocks: Auto's sequential kernels (mamba rule, ΔA
+        // the same tensor as Δ); the chunked ones for the other rules and with a separate ΔA
+        (8, 70, 2048, 16, false),
+        (8, 70, 2048, 16, true),
     ];
     let rules = [
         MambaRule::Mamba,
@@ -490,6 +523,96 @@ fn random_selective_scans_cuda_match_cpu() {
             for ((g, w), nm) in got.iter().zip(&want).zip(&names) {
                 let tol = if *nm == "y" { 1e-5 } else { 1e-4 };
                 let what = format!("B{b} L{l} E{e} N{n} {rule:?} deltaA {sep} {nm}");
+                if !check(&what, g, w, tol) {
+                    failed.push(what);
+                }
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// `mamba_scan` (bias, softplus, `D` and the `z` gate fused into the kernel on CUDA) against
+/// the same function on the CPU (candle ops around the CPU selective scan): every rule, with
+/// and without `z` and a separate `ΔA`, `Δ_raw + b` on both sides of the softplus cut (20);
+/// forward 1e-5, the gradients of all nine operands 1e-4 relative.
+#[test]
+fn random_mamba_scans_cuda_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    // (B, L, E, N, separate ΔA, z)
+    let cases = [
+        (1, 1, 1, 1, false, true),
+        (2, 37, 5, 3, true, true),
+        (3, 100, 24, 16, false, false),
+        (1, 4097, 64, 16, true, true),
+        (2, 16384, 32, 16, false, true),
+        // Auto's sequential kernels for the mamba rule without ΔA (B·E = 16384)
+        (8, 70, 2048, 16, false, true),
+        (8, 70, 2048, 16, false, false),
+    ];
+    let rules = [
+        MambaRule::Mamba,
+        MambaRule::Zoh,
+        MambaRule::Bilinear,
+        MambaRule::Dirac,
+    ];
+    let mut failed = Vec::new();
+    for (ci, &(b, l, e, n, sep, gate)) in cases.iter().enumerate() {
+        for (ri, &rule) in rules.iter().enumerate() {
+            let seed = (ci * 10 + ri) as u64 * 11 + 3;
+            let (ble, bln) = (b * l * e, b * l * n);
+            // u, Δ_raw, ΔA, z, A, B_t, C_t, D, bias
+            let mut raw = rand(ble, seed + 1, -4.0, 1.0);
+            raw[0] = 25.0; // past the softplus cut
+            let data = [
+                (rand(ble, seed, -1.5, 1.5), vec![b, l, e]),
+                (raw, vec![b, l, e]),
+                (rand(ble, seed + 2, 0.001, 0.3), vec![b, l, e]),
+                (rand(ble, seed + 3, -3.0, 3.0), vec![b, l, e]),
+                (rand(e * n, seed + 4, -4.0, -0.1), vec![e, n]),
+                (rand(bln, seed + 5, -1.0, 1.0), vec![b, l, n]),
+                (rand(bln, seed + 6, -1.0, 1.0), vec![b, l, n]),
+                (rand(e, seed + 7, -1.0, 1.0), vec![e]),
+                (rand(e, seed + 8, -1.0, 0.5), vec![e]),
+            ];
+            let used = [true, true, sep, gate, true, true, true, true, true];
+            let w = rand(ble, seed + 9, -1.0, 1.0);
+            let run = |dev: &Device| {
+                let vars: Vec<Var> = data
+                    .iter()
+                    .map(|(v, s)| {
+                        Var::from_tensor(&Tensor::from_vec(v.clone(), s.as_slice(), dev).unwrap())
+                            .unwrap()
+                    })
+                    .collect();
+                let t: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+                let x = MambaScanInputs {
+                    u: t[0],
+                    delta_raw: t[1],
+                    delta_a: sep.then_some(t[2]),
+                    z: gate.then_some(t[3]),
+                    a: t[4],
+                    b_t: t[5],
+                    c_t: t[6],
+                    d: t[7],
+                    delta_bias: t[8],
+                };
+                let y = mamba_scan(&x, rule).unwrap();
+                let wt = Tensor::from_vec(w.clone(), (b, l, e), dev).unwrap();
+                let grads = (&y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![flat(&y)];
+                for (v, _) in vars.iter().zip(used).filter(|(_, u)| *u) {
+                    out.push(flat(grads.get(v.as_tensor()).unwrap()));
+                }
+                out
+            };
+            let (got, want) = (run(&gpu), run(&Device::Cpu));
+            let names = ["∂u", "∂Δ_raw", "∂ΔA", "∂z", "∂A", "∂B", "∂C", "∂D", "∂bias"];
+            let names = std::iter::once("y")
+                .chain(names.iter().zip(used).filter(|(_, u)| *u).map(|(n, _)| *n));
+            for ((g, w), nm) in got.iter().zip(&want).zip(names) {
+                let tol = if nm == "y" { 1e-5 } else { 1e-4 };
+                let what = format!("B{b} L{l} E{e} N{n} {rule:?} deltaA {sep} z {gate} {nm}");
                 if !check(&what, g, w, tol) {
                     failed.push(what);
                 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig,
-    PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
@@ -199,6 +199,24 @@ pub struct DeviceGrads {
     pub dc: CudaSlice<f32>,
     /// Per-channel sums `(E, 3N + 2)`: `[∂A (N) | ∂B fixed (N) | ∂C fixed (N) | ∂D | ∂delta_bias]`.
     pub per_channel: CudaSlice<f32>,
+}
+
+/// Caller-owned device ranges that [`SelectiveScan::backward_into`] writes the element-wise
+/// gradients into (for instance the rows of one stacked gradient buffer), each of the length
+/// of its tensor: `du`, `ddelta`, `ddelta_a`, `dz` `batch·L·E`; `db`, `dc` `batch·L·G·N`.
+pub struct GradViews<'a> {
+    /// `∂/∂u`.
+    pub du: CudaViewMut<'a, f32>,
+    /// `∂/∂delta` (raw, before bias/softplus).
+    pub ddelta: CudaViewMut<'a, f32>,
+    /// `∂/∂deltaA`: required with `has_delta_a`, ignored without.
+    pub ddelta_a: Option<CudaViewMut<'a, f32>>,
+    /// `∂/∂z`: required with `has_z`, ignored without.
+    pub dz: Option<CudaViewMut<'a, f32>>,
+    /// `∂/∂B` (time-varying `B`; `None` with `bc_fixed`, whose gradient is a per-channel column).
+    pub db: Option<CudaViewMut<'a, f32>>,
+    /// `∂/∂C`, as `db`.
+    pub dc: Option<CudaViewMut<'a, f32>>,
 }
 
 struct Module {
@@ -448,6 +466,66 @@ impl SelectiveScan {
         checkpoints: &CudaView<f32>,
         dy: &CudaView<f32>,
     ) -> Result<DeviceGrads, ScanError> {
+        let s = &self.stream;
+        let ble = spec.batch * spec.len * spec.channels;
+        let n = spec.state_floats();
+        let mut du = out_buf(s, ble)?;
+        let mut ddelta = out_buf(s, ble)?;
+        let mut ddelta_a = if spec.has_delta_a {
+            Some(out_buf(s, ble)?)
+        } else {
+            None
+        };
+        let mut dz = if spec.has_z {
+            Some(out_buf(s, ble)?)
+        } else {
+            None
+        };
+        let (mut db, mut dc) = if spec.bc_fixed {
+            (
+                s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?,
+                s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?,
+            )
+        } else {
+            let total = spec.batch * spec.len * spec.groups * n;
+            (out_buf(s, total)?, out_buf(s, total)?)
+        };
+        let per_channel = self.backward_into(
+            spec,
+            x,
+            checkpoints,
+            dy,
+            GradViews {
+                du: du.as_view_mut(),
+                ddelta: ddelta.as_view_mut(),
+                ddelta_a: ddelta_a.as_mut().map(|b| b.as_view_mut()),
+                dz: dz.as_mut().map(|b| b.as_view_mut()),
+                db: (!spec.bc_fixed).then(|| db.as_view_mut()),
+                dc: (!spec.bc_fixed).then(|| dc.as_view_mut()),
+            },
+        )?;
+        Ok(DeviceGrads {
+            du,
+            ddelta,
+            ddelta_a,
+            dz,
+            db,
+            dc,
+            per_channel,
+        })
+    }
+
+    /// [`Self::backward_device`] writing the element-wise gradients into caller-owned ranges
+    /// (`out`; each checked for its length) instead of new buffers; returns the per-channel sums
+    /// `(E, 3N + 2)`. Nothing synchronized.
+    pub fn backward_into(
+        &self,
+        spec: &ScanSpec,
+        x: &InputViews,
+        checkpoints: &CudaView<f32>,
+        dy: &CudaView<f32>,
+        mut out: GradViews,
+    ) -> Result<CudaSlice<f32>, ScanError> {
         let v = self.check_inputs(spec, x)?;
         let ble = spec.batch * spec.len * spec.channels;
         if dy.len() != ble {
@@ -463,23 +541,49 @@ impl SelectiveScan {
                     .into(),
             ));
         }
-        let m = self.module(&v)?;
-        let s = &self.stream;
         // floats per state vector (re, im interleaved for complex A)
         let n = spec.state_floats();
+        let bc_len = spec.batch * spec.len * spec.groups * n;
+        let lens = [
+            ("du", Some(out.du.len()), true, ble),
+            ("ddelta", Some(out.ddelta.len()), true, ble),
+            (
+                "ddelta_a",
+                out.ddelta_a.as_ref().map(|b| b.len()),
+                spec.has_delta_a,
+                ble,
+            ),
+            ("dz", out.dz.as_ref().map(|b| b.len()), spec.has_z, ble),
+            (
+                "db",
+                out.db.as_ref().map(|b| b.len()),
+                !spec.bc_fixed,
+                bc_len,
+            ),
+            (
+                "dc",
+                out.dc.as_ref().map(|b| b.len()),
+                !spec.bc_fixed,
+                bc_len,
+            ),
+        ];
+        for (name, got, needed, want) in lens {
+            match (needed, got) {
+                (true, Some(g)) if g == want => {}
+                (true, Some(g)) => {
+                    return Err(ScanError(format!(
+                        "output `{name}` has {g} elements, expected {want}"
+                    )))
+                }
+                (true, None) => {
+                    return Err(ScanError(format!("output `{name}` is missing")));
+                }
+                (false, _) => {}
+            }
+        }
+        let m = self.module(&v)?;
+        let s = &self.stream;
         let ne = 3 * n + 2;
-        let mut du = out_buf(s, ble)?;
-        let mut ddt = out_buf(s, ble)?;
-        let mut ddta = if spec.has_delta_a {
-            Some(out_buf(s, ble)?)
-        } else {
-            None
-        };
-        let mut dz = if spec.has_z {
-            Some(out_buf(s, ble)?)
-        } else {
-            None
-        };
         let nblk = spec.channels.div_ceil(v.channels_per_block(Pass::Backward));
         let mut pbc = if spec.bc_fixed {
             s.alloc_zeros::<f32>(1).map_err(drv)?
@@ -514,37 +618,32 @@ impl SelectiveScan {
                 .arg(xdb)
                 .arg(dy)
                 .arg(checkpoints)
-                .arg(&mut du)
-                .arg(&mut ddt)
-                .arg(ddta.as_mut().unwrap_or(&mut d1))
-                .arg(dz.as_mut().unwrap_or(&mut d2))
-                .arg(&mut pbc)
-                .arg(&mut pe)
-                .arg(&l)
-                .arg(&e)
-                .arg(&g);
+                .arg(&mut out.du)
+                .arg(&mut out.ddelta);
+            match (spec.has_delta_a, out.ddelta_a.as_mut()) {
+                (true, Some(b)) => lb.arg(b),
+                _ => lb.arg(&mut d1),
+            };
+            match (spec.has_z, out.dz.as_mut()) {
+                (true, Some(b)) => lb.arg(b),
+                _ => lb.arg(&mut d2),
+            };
+            lb.arg(&mut pbc).arg(&mut pe).arg(&l).arg(&e).arg(&g);
             // SAFETY: argument list matches `ss_bwd`; buffer lengths checked above.
             unsafe { lb.launch(Self::geometry(spec, &v, Pass::Backward)) }.map_err(drv)?;
         }
-        let (mut db, mut dc);
-        if spec.bc_fixed {
-            db = s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?;
-            dc = s.alloc_zeros::<f32>(spec.channels * n).map_err(drv)?;
-        } else {
-            let total = spec.batch * spec.len * spec.groups * n;
-            db = out_buf(s, total)?;
-            dc = out_buf(s, total)?;
+        if let (false, Some(db), Some(dc)) = (spec.bc_fixed, out.db.as_mut(), out.dc.as_mut()) {
             let (bsz, nblk_i) = (spec.batch as i32, nblk as i32);
             let mut lb = s.launch_builder(&m.red_bc);
             lb.arg(&pbc)
-                .arg(&mut db)
-                .arg(&mut dc)
+                .arg(db)
+                .arg(dc)
                 .arg(&bsz)
                 .arg(&l)
                 .arg(&g)
                 .arg(&nblk_i);
-            // SAFETY: argument list matches `ss_reduce_bc`.
-            unsafe { lb.launch(LaunchConfig::for_num_elems(total as u32)) }.map_err(drv)?;
+            // SAFETY: argument list matches `ss_reduce_bc`; lengths checked above.
+            unsafe { lb.launch(LaunchConfig::for_num_elems(bc_len as u32)) }.map_err(drv)?;
         }
         let mut pc = out_buf(s, spec.channels * ne)?;
         {
@@ -555,14 +654,6 @@ impl SelectiveScan {
             unsafe { lb.launch(LaunchConfig::for_num_elems((spec.channels * ne) as u32)) }
                 .map_err(drv)?;
         }
-        Ok(DeviceGrads {
-            du,
-            ddelta: ddt,
-            ddelta_a: ddta,
-            dz,
-            db,
-            dc,
-            per_channel: pc,
-        })
+        Ok(pc)
     }
 }

@@ -1,11 +1,18 @@
 //! CUDA paths of the training crate's fused ops (feature `cuda`): the `lrnnx-kernels` kernels
 //! launched on candle's own stream, reading and writing candle's device buffers in place.
 //!
-//! [`crate::selective`]'s op packs its operands for CUDA as `[u; Δ; ΔA]` stacked on a leading
-//! axis `(3, B, L, E)` and `[B_t; C_t]` as `(2, B, L, N)`, so that each input of the kernel is a
-//! contiguous sub-range of one candle buffer (no copies). The forward keeps the kernel's chunk
-//! checkpoints (the state every 32 steps, `(B, ⌈L/32⌉, N, E)`) for the backward; without them
-//! the backward recomputes them by one more forward.
+//! [`crate::selective`]'s op packs its operands for CUDA as `[u; Δ; ΔA?; z?]` stacked on a
+//! leading axis `(rows, B, L, E)` (`ΔA` only when it is not the very tensor `Δ`, `z` only for
+//! [`crate::selective::mamba_scan`]), `A` `(E, N)` or, for `mamba_scan`, `[A; D; bias]`
+//! flattened, and `[B_t; C_t]` as `(2, B, L, N)`, so that each input of the kernel is a
+//! contiguous sub-range of one candle buffer. The backward's kernel writes straight into the
+//! rows of the packed gradients (`lrnnx_kernels::cuda::SelectiveScan::backward_into`). The
+//! forward keeps the kernel's chunk checkpoints for the backward; without them the backward
+//! recomputes them by one more forward. The kernel's `ScanMode::Auto` picks the chunked or the
+//! sequential kernels from the shape (the sequential ones need `ΔA` to be `Δ`).
+//!
+//! Before its first kernel on a device this module lets the device's memory pool keep freed
+//! memory (see `keep_device_pool`).
 //!
 //! [`crate::scan`]'s linear recurrence runs `lrnnx_kernels::linear` on the operands as they are
 //! (`a`, `u` `(B, L, N[, 2])`, or a shared `a` row).
@@ -22,13 +29,14 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda::DeviceId;
 use candle_core::op::BackpropOp;
-use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tensor};
 use lrnnx_kernels::conv::{CausalConv, ConvSpec};
-use lrnnx_kernels::cuda::{InputViews, SelectiveScan as Kernel};
+use lrnnx_kernels::cuda::{GradViews, InputViews, SelectiveScan as Kernel};
 use lrnnx_kernels::linear::{LinearScan as LinearKernel, LinearSpec};
 use lrnnx_kernels::{Rule, ScanError, ScanSpec};
 
 use crate::mamba::MambaRule;
+use crate::selective::CudaPacking;
 
 fn err(e: ScanError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
@@ -36,6 +44,24 @@ fn err(e: ScanError) -> candle_core::Error {
 
 fn drv(e: candle_core::cuda::cudarc::driver::DriverError) -> candle_core::Error {
     candle_core::Error::Msg(format!("CUDA driver: {e:?}"))
+}
+
+/// Once per device, before its first kernel: lets the device's default memory pool keep the
+/// memory that freed tensors return (`lrnnx_kernels::cuda::keep_pool_memory`, as PyTorch's
+/// caching allocator does). candle allocates from that pool on its stream; with the driver's
+/// default threshold every synchronize (reading a loss back) hands the freed memory to the
+/// driver and the next step maps it again, which at batch 8 × L 4096 × E 2048 costs more than
+/// the scan itself.
+fn keep_device_pool(dev: &CudaDevice) {
+    static DONE: OnceLock<Mutex<Vec<DeviceId>>> = OnceLock::new();
+    let Ok(mut done) = DONE.get_or_init(|| Mutex::new(Vec::new())).lock() else {
+        return;
+    };
+    if !done.contains(&dev.id()) {
+        // a driver that refuses the attribute leaves the default: slower, still correct
+        let _ = lrnnx_kernels::cuda::keep_pool_memory(dev.cuda_stream().as_ref());
+        done.push(dev.id());
+    }
 }
 
 /// The selective-scan kernels of one candle CUDA device (compiled variants cached for the
@@ -49,6 +75,7 @@ pub(crate) fn selective_kernel(dev: &CudaDevice) -> Result<Arc<Kernel>> {
     if let Some(k) = map.get(&dev.id()) {
         return Ok(k.clone());
     }
+    keep_device_pool(dev);
     let k = Arc::new(Kernel::with_stream(dev.cuda_stream()).map_err(err)?);
     map.insert(dev.id(), k.clone());
     Ok(k)
@@ -79,9 +106,10 @@ fn rule(r: MambaRule) -> Rule {
     }
 }
 
-/// The kernel's spec for the op's `(B, L, E, N)`: time-varying ungrouped `B_t`/`C_t`, a
-/// separate `ΔA`, no bias, softplus, `D` or `z` (those are candle ops around the op).
-fn spec(r: MambaRule, (b, l, e, n): (usize, usize, usize, usize)) -> ScanSpec {
+/// The kernel's spec for the op's `(B, L, E, N)` and packing: time-varying ungrouped
+/// `B_t`/`C_t`; `ΔA` where packed; for [`crate::selective::mamba_scan`] the bias, softplus and
+/// `D` (and `z` where packed) inside the kernel.
+fn spec(r: MambaRule, pack: CudaPacking, (b, l, e, n): (usize, usize, usize, usize)) -> ScanSpec {
     ScanSpec {
         batch: b,
         len: l,
@@ -90,62 +118,87 @@ fn spec(r: MambaRule, (b, l, e, n): (usize, usize, usize, usize)) -> ScanSpec {
         groups: 1,
         rule: rule(r),
         bc_fixed: false,
-        has_delta_a: true,
-        has_delta_bias: false,
-        softplus: false,
-        has_d: false,
-        has_z: false,
+        has_delta_a: pack.delta_a,
+        has_delta_bias: pack.mamba,
+        softplus: pack.mamba,
+        has_d: pack.mamba,
+        has_z: pack.z,
         complex: false,
     }
 }
 
-/// The kernel's inputs as sub-ranges of the stacked operands `ch` `(3, B, L, E)` and `bc`
-/// `(2, B, L, N)`.
+/// The kernel's inputs as sub-ranges of the stacked operands: `ch` `[u; Δ; ΔA?; z?]`
+/// `(rows, B, L, E)`, `p` `A` `(E, N)` or `[A; D; bias]` `(E·(N + 2))`, `bc` `(2, B, L, N)`.
 fn inputs<'a>(
+    pack: CudaPacking,
     ch: &'a CudaView<'a, f32>,
-    a: &'a CudaView<'a, f32>,
+    p: &'a CudaView<'a, f32>,
     bc: &'a CudaView<'a, f32>,
     (b, l, e, n): (usize, usize, usize, usize),
 ) -> InputViews<'a> {
-    let (ble, bln) = (b * l * e, b * l * n);
+    let (ble, bln, en) = (b * l * e, b * l * n, e * n);
+    let row = |i: usize| ch.slice(i * ble..(i + 1) * ble);
+    let z_row = 2 + usize::from(pack.delta_a);
     InputViews {
-        u: ch.slice(0..ble),
-        delta: ch.slice(ble..2 * ble),
-        delta_a: Some(ch.slice(2 * ble..3 * ble)),
-        a: a.slice(..),
+        u: row(0),
+        delta: row(1),
+        delta_a: pack.delta_a.then(|| row(2)),
+        a: p.slice(0..en),
         b: bc.slice(0..bln),
         c: bc.slice(bln..2 * bln),
-        d: None,
-        z: None,
-        delta_bias: None,
+        d: pack.mamba.then(|| p.slice(en..en + e)),
+        z: pack.z.then(|| row(z_row)),
+        delta_bias: pack.mamba.then(|| p.slice(en + e..en + 2 * e)),
     }
 }
 
-/// Forward of the stacked op: `y` `(B, L, E)` as a CUDA storage, and the chunk checkpoints.
-#[allow(clippy::too_many_arguments)]
+/// Forward of the stacked op on its three CUDA storages (`[u; Δ; ΔA?; z?]`, `A` or
+/// `[A; D; bias]`, `[B_t; C_t]`): `y` `(B, L, E)` as a CUDA storage, and the chunk checkpoints.
 pub(crate) fn selective_forward(
     r: MambaRule,
-    s1: &CudaStorage,
-    l1: &Layout,
-    s2: &CudaStorage,
-    l2: &Layout,
-    s3: &CudaStorage,
-    l3: &Layout,
+    pack: CudaPacking,
+    [(s1, l1), (s2, l2), (s3, l3)]: [(&CudaStorage, &Layout); 3],
     dims: (usize, usize, usize, usize),
 ) -> Result<(CudaStorage, CudaSlice<f32>)> {
     let dev = &s1.device;
     let k = selective_kernel(dev)?;
-    let (ch, a, bc) = (
-        view("selective scan", s1, l1, "[u; Δ; ΔA]")?,
+    let (ch, p, bc) = (
+        view("selective scan", s1, l1, "[u; Δ; ΔA; z]")?,
         view("selective scan", s2, l2, "A")?,
         view("selective scan", s3, l3, "[B_t; C_t]")?,
     );
     let f = k
-        .forward_views(&spec(r, dims), &inputs(&ch, &a, &bc, dims))
+        .forward_views(&spec(r, pack, dims), &inputs(pack, &ch, &p, &bc, dims))
         .map_err(err)?;
     Ok((
         CudaStorage::wrap_cuda_slice(f.y, dev.clone()),
         f.checkpoints,
+    ))
+}
+
+/// The contiguous f32 inputs (one shape) copied one after another into a new buffer:
+/// `(rows, …shape)`.
+pub(crate) fn stack_rows(parts: &[(&CudaStorage, &Layout)]) -> Result<(CudaStorage, Shape)> {
+    let shape = parts[0].1.shape().clone();
+    if parts.iter().any(|(_, l)| l.shape() != &shape) {
+        bail!("stack: the rows differ in shape");
+    }
+    let dev = &parts[0].0.device;
+    let n = shape.elem_count();
+    let stream = dev.cuda_stream();
+    // SAFETY: every element is written by the copies below before the buffer is read.
+    let mut out = unsafe { stream.alloc::<f32>(parts.len() * n) }.map_err(drv)?;
+    for (i, (s, l)) in parts.iter().enumerate() {
+        let v = view("stack", s, l, "row")?;
+        stream
+            .memcpy_dtod(&v, &mut out.slice_mut(i * n..(i + 1) * n))
+            .map_err(drv)?;
+    }
+    let mut dims = vec![parts.len()];
+    dims.extend_from_slice(shape.dims());
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(dims),
     ))
 }
 
@@ -165,37 +218,39 @@ fn wrap(buf: CudaSlice<f32>, dev: &CudaDevice, shape: &[usize]) -> Tensor {
     )
 }
 
-/// Backward of the stacked op: `(∂ch (3, B, L, E), ∂A (E, N), ∂bc (2, B, L, N))` from the
-/// operands, the upstream gradient `gy` `(B, L, E)` and the forward's checkpoints (recomputed
-/// when `ckpt` is `None`).
+/// Backward of the stacked op: the gradients of its three operands in their packed shapes
+/// (`(rows, B, L, E)`; `(E, N)` or `(E·(N + 2))`; `(2, B, L, N)`) from the operands, the
+/// upstream gradient `gy` `(B, L, E)` and the forward's checkpoints (recomputed when `ckpt` is
+/// `None`).
 pub(crate) fn selective_backward(
     r: MambaRule,
+    pack: CudaPacking,
     ops: [&Tensor; 4],
     dims: (usize, usize, usize, usize),
     ckpt: Option<&CudaSlice<f32>>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let [ch, a, bc, gy] = ops.map(|t| t.contiguous());
-    let (ch, a, bc, gy) = (ch?, a?, bc?, gy?);
+    let [ch, p, bc, gy] = ops.map(|t| t.contiguous());
+    let (ch, p, bc, gy) = (ch?, p?, bc?, gy?);
     let (s1, l1) = ch.storage_and_layout();
-    let (s2, l2) = a.storage_and_layout();
+    let (s2, l2) = p.storage_and_layout();
     let (s3, l3) = bc.storage_and_layout();
     let (s4, l4) = gy.storage_and_layout();
     let (c1, c2, c3, c4) = (
-        cuda_storage(&s1, "[u; Δ; ΔA]")?,
+        cuda_storage(&s1, "[u; Δ; ΔA; z]")?,
         cuda_storage(&s2, "A")?,
         cuda_storage(&s3, "[B_t; C_t]")?,
         cuda_storage(&s4, "∂y")?,
     );
     let dev = &c1.device;
     let k = selective_kernel(dev)?;
-    let (vch, va, vbc, vgy) = (
-        view("selective scan", c1, l1, "[u; Δ; ΔA]")?,
+    let (vch, vp, vbc, vgy) = (
+        view("selective scan", c1, l1, "[u; Δ; ΔA; z]")?,
         view("selective scan", c2, l2, "A")?,
         view("selective scan", c3, l3, "[B_t; C_t]")?,
         view("selective scan", c4, l4, "∂y")?,
     );
-    let sp = spec(r, dims);
-    let x = inputs(&vch, &va, &vbc, dims);
+    let sp = spec(r, pack, dims);
+    let x = inputs(pack, &vch, &vp, &vbc, dims);
     let recomputed;
     let ck = match ckpt {
         Some(c) => c.as_view(),
@@ -204,33 +259,56 @@ pub(crate) fn selective_backward(
             recomputed.as_view()
         }
     };
-    let g = k.backward_device(&sp, &x, &ck, &vgy).map_err(err)?;
     let (b, l, e, n) = dims;
     let (ble, bln) = (b * l * e, b * l * n);
+    let rows = pack.rows();
     let stream = dev.cuda_stream();
-    // SAFETY: every element is written by the copies below before the buffer is read.
-    let mut dch = unsafe { stream.alloc::<f32>(3 * ble) }.map_err(drv)?;
-    let dda = match g.ddelta_a {
-        Some(d) => d,
-        None => bail!("selective scan: the kernel returned no ∂ΔA"),
-    };
-    for (i, src) in [&g.du, &g.ddelta, &dda].into_iter().enumerate() {
-        stream
-            .memcpy_dtod(src, &mut dch.slice_mut(i * ble..(i + 1) * ble))
-            .map_err(drv)?;
-    }
+    // The kernel writes the rows of the packed gradients in place: ∂[u; Δ; ΔA?; z?], ∂[B; C].
+    // SAFETY: the kernels write every element (lengths checked by `backward_into`).
+    let mut dch = unsafe { stream.alloc::<f32>(rows * ble) }.map_err(drv)?;
     // SAFETY: as above.
     let mut dbc = unsafe { stream.alloc::<f32>(2 * bln) }.map_err(drv)?;
-    for (i, src) in [&g.db, &g.dc].into_iter().enumerate() {
-        stream
-            .memcpy_dtod(src, &mut dbc.slice_mut(i * bln..(i + 1) * bln))
-            .map_err(drv)?;
-    }
-    // per-channel sums (E, 3N + 2): ∂A is the first N columns
-    let pc = wrap(g.per_channel, dev, &[e, 3 * n + 2]);
+    let pc = {
+        let (du, mut rest) = dch.split_at_mut(ble);
+        let (ddelta, mut tail) = rest.split_at_mut(ble);
+        let (ddelta_a, dz) = match (pack.delta_a, pack.z) {
+            (true, true) => {
+                let (a, z) = tail.split_at_mut(ble);
+                (Some(a), Some(z))
+            }
+            (true, false) => (Some(tail.slice_mut(..)), None),
+            (false, true) => (None, Some(tail.slice_mut(..))),
+            (false, false) => (None, None),
+        };
+        let (db, dc) = dbc.split_at_mut(bln);
+        let out = GradViews {
+            du,
+            ddelta,
+            ddelta_a,
+            dz,
+            db: Some(db),
+            dc: Some(dc),
+        };
+        k.backward_into(&sp, &x, &ck, &vgy, out).map_err(err)?
+    };
+    // per-channel sums (E, 3N + 2): [∂A (N) | ∂B, ∂C fixed (2N) | ∂D | ∂bias]
+    let pc = wrap(pc, dev, &[e, 3 * n + 2]);
+    let da = pc.narrow(1, 0, n)?;
+    let dp = if pack.mamba {
+        Tensor::cat(
+            &[
+                da.flatten_all()?,
+                pc.narrow(1, 3 * n, 1)?.flatten_all()?,
+                pc.narrow(1, 3 * n + 1, 1)?.flatten_all()?,
+            ],
+            0,
+        )?
+    } else {
+        da.contiguous()?
+    };
     Ok((
-        wrap(dch, dev, &[3, b, l, e]),
-        pc.narrow(1, 0, n)?.contiguous()?,
+        wrap(dch, dev, &[rows, b, l, e]),
+        dp,
         wrap(dbc, dev, &[2, b, l, n]),
     ))
 }
@@ -244,7 +322,10 @@ fn linear_kernel(dev: &CudaDevice) -> Result<Arc<LinearKernel>> {
         .map_err(|_| candle_core::Error::Msg("linear scan: kernel cache poisoned".into()))?;
     Ok(map
         .entry(dev.id())
-        .or_insert_with(|| Arc::new(LinearKernel::with_stream(dev.cuda_stream())))
+        .or_insert_with(|| {
+            keep_device_pool(dev);
+            Arc::new(LinearKernel::with_stream(dev.cuda_stream()))
+        })
         .clone())
 }
 
@@ -325,7 +406,10 @@ fn conv_kernel(dev: &CudaDevice) -> Result<Arc<CausalConv>> {
         .map_err(|_| candle_core::Error::Msg("causal_conv: kernel cache poisoned".into()))?;
     Ok(map
         .entry(dev.id())
-        .or_insert_with(|| Arc::new(CausalConv::with_stream(dev.cuda_stream())))
+        .or_insert_with(|| {
+            keep_device_pool(dev);
+            Arc::new(CausalConv::with_stream(dev.cuda_stream()))
+        })
         .clone())
 }
 

@@ -27,9 +27,10 @@
 //! | `bilinear` | `(1 + ΔA·A/2)/(1 − ΔA·A/2)`     | `Δ/(1 − Δ·A/2)`             |
 //! | `dirac`    | `exp(ΔA·A)`                     | `1`                         |
 //!
-//! The discretization, the recurrence and the read-out `Σ_n C_t[n]·h_t[d,n]` run inside one
-//! fused op, [`selective_scan`], which never materializes a `(B, L, E, N)` tensor (its backward
-//! recomputes the states from checkpoints).
+//! The time step's bias and softplus, the discretization, the recurrence, the read-out
+//! `Σ_n C_t[n]·h_t[d,n]`, the `D` skip and the `SiLU(z)` gate run inside one fused op,
+//! [`mamba_scan`], which never materializes a `(B, L, E, N)` tensor (its backward recomputes the
+//! states from checkpoints; on CUDA one kernel each way).
 //!
 //! Parameters (lrnnx names): `in_proj.weight` (2E,H) [+ `in_proj.bias` (2E,) with `bias`],
 //! `conv1d.weight` (E,1,k) [+ `conv1d.bias` (E,) with `conv_bias`], `x_proj.weight` (R+2N,E),
@@ -50,7 +51,7 @@ use serde_json::Value;
 use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
 use crate::ops::softplus;
 use crate::params::Params;
-use crate::selective::selective_scan;
+use crate::selective::{mamba_scan, MambaScanInputs};
 
 /// The selective-scan rules of lrnnx's Mamba.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,13 +272,9 @@ impl TrainLayer for Mamba {
         let dt_raw = crate::ops::matmul_operand(&x_dbl.narrow(2, 0, r)?)?;
         let b_t = x_dbl.narrow(2, r, n)?; // (B, L, N)
         let c_t = x_dbl.narrow(2, r + n, n)?;
-        let delta = softplus(
-            &dt_raw
-                .broadcast_matmul(&w.dt_w.t()?)?
-                .broadcast_add(&w.dt_b)?,
-        )?;
+        let delta_raw = dt_raw.broadcast_matmul(&w.dt_w.t()?)?; // (B, L, E), bias not yet added
         let delta_a = match time_steps {
-            None => delta.clone(),
+            None => None,
             Some(tau) => {
                 if tau.dims() != [bsz, len] {
                     bail!(
@@ -285,16 +282,29 @@ impl TrainLayer for Mamba {
                         tau.dims()
                     );
                 }
-                tau.unsqueeze(2)?.broadcast_mul(&softplus(&w.dta_b)?)?
+                Some(tau.unsqueeze(2)?.broadcast_mul(&softplus(&w.dta_b)?)?)
             }
         };
 
-        // The fused selective scan: Σ_n C_t[n]·h_t[d,n] (B, L, E), no (B, L, E, N) tensor.
+        // The fused scan block, no (B, L, E, N) tensor (one CUDA kernel per direction):
+        // Δ = softplus(δ + b_dt); y_in = (Σ_n C[n]·h[d,n] + D⊙x_c)·SiLU(z)
         let a = w.a_log.exp()?.neg()?; // (E, N)
-        let yc = selective_scan(&xc, &delta, &delta_a, &a, &b_t, &c_t, self.rule)?;
+        let y_in = mamba_scan(
+            &MambaScanInputs {
+                u: &xc,
+                delta_raw: &delta_raw,
+                delta_bias: &w.dt_b,
+                delta_a: delta_a.as_ref(),
+                a: &a,
+                b_t: &b_t,
+                c_t: &c_t,
+                d: &w.d,
+                z: Some(&z),
+            },
+            self.rule,
+        )?;
 
-        // y_in = (Σ_n C[n]·h[d,n] + D⊙x_c)·SiLU(z); y = out_proj(y_in)
-        let y_in = ((yc + xc.broadcast_mul(&w.d)?)? * z.silu()?)?;
+        // y = out_proj(y_in)
         add_bias(y_in.broadcast_matmul(&w.out_w.t()?)?, &w.out_b)
     }
 

@@ -1,0 +1,232 @@
+//! The training crate's Mamba scan block on CUDA (feature `cuda`): the fused `mamba_scan`
+//! against the candle-op compositions it replaces, all measured in this process on one GPU.
+//!
+//! ```text
+//! cargo bench --features cuda --bench train_gpu [-- BATCH LEN CHANNELS STATE]   # 8 4096 2048 16
+//! ```
+//!
+//! The block is `y = (selective_scan(u, Δ, Δ, A, B_t, C_t) + D⊙u)⊙SiLU(z)` with
+//! `Δ = softplus(Δ_raw + b)` (Mamba's layer without its projections), timed three ways:
+//!
+//! * `composed, ΔA copy` (the baseline): softplus, `D` skip and gate as candle ops around
+//!   `selective_scan`, whose `ΔA` is a copy of `Δ`, so the kernel reads it as a separate operand
+//!   (chunked kernels; how the layer ran before `mamba_scan`);
+//! * `composed, shared Δ`: the same with `ΔA` the very tensor `Δ` (one operand fewer; `Auto` may
+//!   take the sequential kernels);
+//! * `fused`: `mamba_scan`, bias, softplus, `D` and gate inside the kernel.
+//!
+//! Each is timed forward and forward + backward (loss `Σ y ⊙ g` summed per channel row first, gradients of all nine
+//! operands), as the median of 10 runs after 3 warm-ups, the device synchronized around each;
+//! printed with its speed-up over the baseline. The three are checked to agree (output 1e-5,
+//! gradients 1e-4 of the largest value) before anything is timed.
+
+use std::time::Instant;
+
+use lrnnx_train::candle_core::{bail, Device, Result, Tensor, Var};
+use lrnnx_train::mamba::MambaRule;
+use lrnnx_train::ops::softplus;
+use lrnnx_train::selective::{mamba_scan, selective_scan, MambaScanInputs};
+
+/// Deterministic uniform numbers (as in `benches/train.rs`).
+struct Rng(u64);
+impl Rng {
+    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                lo + (hi - lo) * ((self.0 >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    ComposedCopy,
+    ComposedShared,
+    Fused,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::ComposedCopy => "composed, ΔA copy (baseline)",
+            Way::ComposedShared => "composed, shared Δ",
+            Way::Fused => "fused mamba_scan",
+        }
+    }
+}
+
+/// The operands as variables: u, Δ_raw, z (B, L, E), A (E, N), B_t, C_t (B, L, N), D, bias (E).
+struct Operands {
+    vars: Vec<Var>,
+    g: Tensor,
+}
+
+fn block(x: &Operands, way: Way) -> Result<Tensor> {
+    let t: Vec<&Tensor> = x.vars.iter().map(|v| v.as_tensor()).collect();
+    let (u, raw, z, a, b, c, d, bias) = (t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]);
+    if way == Way::Fused {
+        let inputs = MambaScanInputs {
+            u,
+            delta_raw: raw,
+            delta_bias: bias,
+            delta_a: None,
+            a,
+            b_t: b,
+            c_t: c,
+            d,
+            z: Some(z),
+        };
+        return mamba_scan(&inputs, MambaRule::Mamba);
+    }
+    let delta = softplus(&raw.broadcast_add(bias)?)?;
+    let delta_a = if way == Way::ComposedCopy {
+        delta.copy()?
+    } else {
+        delta.clone()
+    };
+    let yc = selective_scan(u, &delta, &delta_a, a, b, c, MambaRule::Mamba)?;
+    (yc + u.broadcast_mul(d)?)? * z.silu()?
+}
+
+/// The loss `Σ y ⊙ g`, summed over channels first: candle sums a whole tensor to a scalar in one
+/// thread block (6.9 ms at 67 M elements on an H100, more than the scan), which would swamp
+/// every figure below.
+fn loss(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    (y * g)?.sum_keepdim(2)?.sum_all()
+}
+
+/// Output and every gradient, flattened (for the agreement check).
+fn outputs(x: &Operands, way: Way) -> Result<Vec<Vec<f32>>> {
+    let y = block(x, way)?;
+    let grads = loss(&y, &x.g)?.backward()?;
+    let mut out = vec![y.flatten_all()?.to_vec1::<f32>()?];
+    for v in &x.vars {
+        match grads.get(v.as_tensor()) {
+            Some(g) => out.push(g.flatten_all()?.to_vec1::<f32>()?),
+            None => bail!("a gradient is missing"),
+        }
+    }
+    Ok(out)
+}
+
+/// Median seconds of `f` (3 warm-ups, 10 timed runs, the device synchronized around each).
+fn time(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    dev.synchronize()?;
+    let mut v = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        f()?;
+        dev.synchronize()?;
+        v.push(t0.elapsed().as_secs_f64());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let arg = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
+    let (b, l, e, n) = (arg(0, 8), arg(1, 4096), arg(2, 2048), arg(3, 16));
+    let dev = match Device::new_cuda(0) {
+        Ok(d) => d,
+        Err(err) => {
+            println!("no CUDA device ({err}); nothing measured");
+            return Ok(());
+        }
+    };
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let (ble, bln) = (b * l * e, b * l * n);
+    let shapes: [(Vec<usize>, f32, f32); 8] = [
+        (vec![b, l, e], -1.5, 1.5),  // u
+        (vec![b, l, e], -5.0, -1.0), // Δ_raw (Δ ≈ 0.007 … 0.3 with the bias)
+        (vec![b, l, e], -3.0, 3.0),  // z
+        (vec![e, n], -4.0, -0.1),    // A
+        (vec![b, l, n], -1.0, 1.0),  // B_t
+        (vec![b, l, n], -1.0, 1.0),  // C_t
+        (vec![e], -1.0, 1.0),        // D
+        (vec![e], -1.0, 0.5),        // bias
+    ];
+    let mut vars = Vec::new();
+    for (shape, lo, hi) in shapes {
+        let count = shape.iter().product();
+        vars.push(Var::from_tensor(&Tensor::from_vec(
+            rng.vec(count, lo, hi),
+            shape,
+            &dev,
+        )?)?);
+    }
+    let g = Tensor::from_vec(rng.vec(ble, -1.0, 1.0), (b, l, e), &dev)?;
+    let x = Operands { vars, g };
+    println!(
+        "Mamba scan block on {:?}: batch {b}, length {l}, channels {e}, state {n}, f32 ({} + {} floats)",
+        dev.location(),
+        ble,
+        bln
+    );
+
+    let ways = [Way::ComposedCopy, Way::ComposedShared, Way::Fused];
+    if let Ok(which) = std::env::var("LRNNX_PROFILE_ONCE") {
+        // one forward + backward of one way after a warm-up, for a profiler (ncu) to list
+        let way = ways[which.parse::<usize>().unwrap_or(2).min(2)];
+        for _ in 0..2 {
+            let y = block(&x, way)?;
+            loss(&y, &x.g)?.backward()?;
+            dev.synchronize()?;
+        }
+        println!("profiled: {}", way.name());
+        return Ok(());
+    }
+    let reference = outputs(&x, Way::ComposedCopy)?;
+    for way in &ways[1..] {
+        let got = outputs(&x, *way)?;
+        for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let worst = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let tol = if i == 0 { 1e-5 } else { 1e-4 };
+            if worst.is_nan() || worst / scale > tol {
+                bail!(
+                    "{}: output {i} differs from the baseline by {:.2e} of its largest value",
+                    way.name(),
+                    worst / scale
+                );
+            }
+        }
+    }
+    println!("the three agree (output ≤ 1e-5, gradients ≤ 1e-4 of the largest value)");
+    drop(reference);
+
+    let mut base = (0.0, 0.0);
+    println!(
+        "{:<30} {:>9} {:>8} {:>12} {:>8}",
+        "", "fwd ms", "speedup", "fwd+bwd ms", "speedup"
+    );
+    for way in ways {
+        let fwd = time(&dev, || block(&x, way).map(|_| ()))?;
+        let both = time(&dev, || {
+            let y = block(&x, way)?;
+            loss(&y, &x.g)?.backward().map(|_| ())
+        })?;
+        if way == Way::ComposedCopy {
+            base = (fwd, both);
+        }
+        println!(
+            "{:<30} {:>9.3} {:>7.2}x {:>12.3} {:>7.2}x",
+            way.name(),
+            fwd * 1e3,
+            base.0 / fwd,
+            both * 1e3,
+            base.1 / both
+        );
+    }
+    Ok(())
+}
