@@ -7,9 +7,14 @@
 //! ```
 //!
 //! real or complex (interleaved (re, im) pairs), with `a` full-size or one shared `(N[, 2])`
-//! row (its gradient then summed over time, per batch row). One thread per (batch row, state),
-//! sequential in time: simple and coalesced, not a parallel scan (the S5 / LRU / Centaurus
-//! states are few, so the work is latency-bound at short batch·N).
+//! row (its gradient then summed over time, per batch row).
+//!
+//! Two schedules ([`LinearSchedule`]): `Parallel` (the default) splits time over the 8 warps of
+//! a block (32 states a block, chunks of 64 steps composed as affine maps and folded in warp
+//! order) and, when `batch·⌈N/32⌉` blocks cannot fill the GPU, over segments of the sequence
+//! (one more pass that composes each segment into one map); `Sequential` is one thread per
+//! (batch row, state) walking time in order, the reference (the S5 / LRU / Centaurus states are
+//! few, so it is latency-bound at short batch·N).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +33,22 @@ pub const LINEAR_SCAN_SRC: &str = include_str!("../cuda/linear_scan.cu");
 fn drv(e: cudarc::driver::DriverError) -> ScanError {
     ScanError(format!("CUDA driver: {e:?}"))
 }
+
+/// How the kernels walk time (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearSchedule {
+    /// One thread per (batch row, state), in order.
+    Sequential,
+    /// Chunks over a block's warps, and segments over blocks when the grid is small.
+    Parallel,
+}
+
+/// Steps of one chunk of the parallel kernels: `PW` warps × `PK` steps (the kernel's defaults).
+pub const PARALLEL_CHUNK: usize = 64;
+
+/// Blocks of 256 threads the parallel kernels aim for (8 per SM of an H100's 132): with fewer
+/// `batch·⌈N/32⌉` blocks than half of this the sequence is split into segments.
+pub const PARALLEL_TARGET_BLOCKS: usize = 1056;
 
 /// Sizes and options of one linear scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +119,33 @@ impl LinearSpec {
     fn launch(&self) -> LaunchConfig {
         LaunchConfig::for_num_elems((self.batch * self.state) as u32)
     }
+
+    /// The parallel kernels' split of time into segments: `(segments, steps a segment)`, one
+    /// segment when `batch·⌈N/32⌉` blocks fill half the target, else up to the target's worth,
+    /// each segment at least 4 chunks long and a whole number of chunks.
+    pub fn segments(&self) -> (usize, usize) {
+        let blocks = self.batch * self.state.div_ceil(32);
+        if blocks * 2 >= PARALLEL_TARGET_BLOCKS {
+            return (1, self.len);
+        }
+        let want = PARALLEL_TARGET_BLOCKS.div_ceil(blocks);
+        let most = (self.len / (4 * PARALLEL_CHUNK)).max(1);
+        let segs = want.min(most);
+        let seg_len = self.len.div_ceil(segs).div_ceil(PARALLEL_CHUNK) * PARALLEL_CHUNK;
+        (self.len.div_ceil(seg_len), seg_len)
+    }
+
+    fn parallel_launch(&self, segs: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (
+                self.state.div_ceil(32) as u32,
+                self.batch as u32,
+                segs as u32,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
 }
 
 /// Compiles the linear scan source (real or complex, full or shared `a`) to PTX for [`ARCH`].
@@ -119,12 +167,17 @@ struct Module {
     _m: Arc<CudaModule>,
     fwd: CudaFunction,
     bwd: CudaFunction,
+    par_fwd: CudaFunction,
+    par_bwd: CudaFunction,
+    reduce_da: CudaFunction,
 }
 
 /// The linear scan kernels on one stream; compiled variants cached for its lifetime.
 pub struct LinearScan {
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<(bool, bool), Arc<Module>>>,
+    /// The schedule of the kernels launched ([`LinearSchedule::Parallel`] by default).
+    pub schedule: LinearSchedule,
 }
 
 impl LinearScan {
@@ -133,6 +186,7 @@ impl LinearScan {
         LinearScan {
             stream,
             modules: Mutex::new(HashMap::new()),
+            schedule: LinearSchedule::Parallel,
         }
     }
 
@@ -150,10 +204,19 @@ impl LinearScan {
         let module = Arc::new(Module {
             fwd: m.load_function("ls_fwd").map_err(drv)?,
             bwd: m.load_function("ls_bwd").map_err(drv)?,
+            par_fwd: m.load_function("lp_fwd").map_err(drv)?,
+            par_bwd: m.load_function("lp_bwd").map_err(drv)?,
+            reduce_da: m.load_function("lp_reduce_da").map_err(drv)?,
             _m: m,
         });
         map.insert(key, module.clone());
         Ok(module)
+    }
+
+    /// Whether `spec` runs the parallel kernels: the schedule, and a batch within the grid's
+    /// second dimension (65535; larger batches walk time sequentially).
+    fn parallel(&self, spec: &LinearSpec) -> bool {
+        self.schedule == LinearSchedule::Parallel && spec.batch <= 65535
     }
 
     /// `h` (the shape of `u`) from `a` and `u`.
@@ -168,10 +231,37 @@ impl LinearScan {
         // SAFETY: any bit pattern is a valid f32; the kernel writes every element.
         let mut h = unsafe { self.stream.alloc::<f32>(spec.full_len()) }.map_err(drv)?;
         let (b, l, n) = (spec.batch as i32, spec.len as i32, spec.state as i32);
-        let mut lb = self.stream.launch_builder(&m.fwd);
-        lb.arg(a).arg(u).arg(&mut h).arg(&b).arg(&l).arg(&n);
-        // SAFETY: the arguments match `ls_fwd`; lengths checked above.
-        unsafe { lb.launch(spec.launch()) }.map_err(drv)?;
+        if !self.parallel(spec) {
+            let mut lb = self.stream.launch_builder(&m.fwd);
+            lb.arg(a).arg(u).arg(&mut h).arg(&b).arg(&l).arg(&n);
+            // SAFETY: the arguments match `ls_fwd`; lengths checked above.
+            unsafe { lb.launch(spec.launch()) }.map_err(drv)?;
+            return Ok(h);
+        }
+        let (segs, seg_len) = spec.segments();
+        // the segments' maps (batch, segments, N, 2 values)
+        // SAFETY: any bit pattern is a valid f32; pass 0 writes every map that pass 1 reads.
+        let mut ps = unsafe {
+            self.stream
+                .alloc::<f32>(spec.batch * segs * spec.floats() * 2)
+        }
+        .map_err(drv)?;
+        let sl = seg_len as i32;
+        for pass in if segs > 1 { 0i32..2 } else { 1..2 } {
+            let mut lb = self.stream.launch_builder(&m.par_fwd);
+            lb.arg(a)
+                .arg(u)
+                .arg(&mut h)
+                .arg(&mut ps)
+                .arg(&b)
+                .arg(&l)
+                .arg(&n)
+                .arg(&sl)
+                .arg(&pass);
+            // SAFETY: the arguments match `lp_fwd`; lengths checked above, `ps` sized for
+            // `segs` segments (pass 0 writes every map that pass 1 reads).
+            unsafe { lb.launch(spec.parallel_launch(segs)) }.map_err(drv)?;
+        }
         Ok(h)
     }
 
@@ -198,6 +288,45 @@ impl LinearScan {
         // SAFETY: as above.
         let mut da = unsafe { self.stream.alloc::<f32>(spec.da_len()) }.map_err(drv)?;
         let (b, l, n) = (spec.batch as i32, spec.len as i32, spec.state as i32);
+        if self.parallel(spec) {
+            let (segs, seg_len) = spec.segments();
+            let per_seg = spec.batch * segs * spec.floats();
+            // SAFETY: pass 0 writes every map that pass 1 reads; pass 1 writes every partial
+            // sum that the reduction reads.
+            let mut ps = unsafe { self.stream.alloc::<f32>(per_seg * 2) }.map_err(drv)?;
+            // SAFETY: as above.
+            let mut pda = unsafe {
+                self.stream
+                    .alloc::<f32>(if spec.shared { per_seg } else { 1 })
+            }
+            .map_err(drv)?;
+            let sl = seg_len as i32;
+            for pass in if segs > 1 { 0i32..2 } else { 1..2 } {
+                let mut lb = self.stream.launch_builder(&m.par_bwd);
+                lb.arg(a)
+                    .arg(h)
+                    .arg(g)
+                    .arg(&mut du)
+                    .arg(&mut da)
+                    .arg(&mut ps)
+                    .arg(&mut pda)
+                    .arg(&b)
+                    .arg(&l)
+                    .arg(&n)
+                    .arg(&sl)
+                    .arg(&pass);
+                // SAFETY: the arguments match `lp_bwd`; lengths checked above.
+                unsafe { lb.launch(spec.parallel_launch(segs)) }.map_err(drv)?;
+            }
+            if spec.shared {
+                let s = segs as i32;
+                let mut lb = self.stream.launch_builder(&m.reduce_da);
+                lb.arg(&pda).arg(&mut da).arg(&b).arg(&n).arg(&s);
+                // SAFETY: the arguments match `lp_reduce_da`; `da` holds batch·N values.
+                unsafe { lb.launch(spec.launch()) }.map_err(drv)?;
+            }
+            return Ok((da, du));
+        }
         let mut lb = self.stream.launch_builder(&m.bwd);
         lb.arg(a)
             .arg(h)

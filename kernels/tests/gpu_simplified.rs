@@ -591,7 +591,8 @@ fn timing_batch8_len4096_p1024() {
     }
     // baseline: lrnnx-kernels' sequential complex linear scan (one thread per (batch, state))
     // on the same sizes, given Ā and γ̄·Bu precomputed
-    let lin = LinearScan::with_stream(st.clone());
+    let mut lin = LinearScan::with_stream(st.clone());
+    lin.schedule = lrnnx_kernels::linear::LinearSchedule::Sequential;
     let ls = LinearSpec {
         batch: 8,
         len: 4096,

@@ -140,7 +140,7 @@ fn linear_scan_variants_compile_for_sm90() {
             let ptx = lrnnx_kernels::linear::compile(complex, shared)
                 .unwrap()
                 .to_src();
-            for k in ["ls_fwd", "ls_bwd"] {
+            for k in ["ls_fwd", "ls_bwd", "lp_fwd", "lp_bwd", "lp_reduce_da"] {
                 assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
             }
         }
