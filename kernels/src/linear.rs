@@ -341,3 +341,55 @@ impl LinearScan {
         Ok((da, du))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(batch: usize, len: usize, state: usize) -> LinearSpec {
+        LinearSpec {
+            batch,
+            len,
+            state,
+            complex: false,
+            shared: false,
+        }
+    }
+
+    /// The segments cover the sequence exactly, in whole chunks of at least 4 (but a short
+    /// sequence's one), and there is one segment when the blocks fill half the target.
+    #[test]
+    fn segments_cover_the_sequence_in_whole_chunks() {
+        for &(b, l, n) in &[
+            (1, 1, 1),
+            (2, 37, 5),
+            (3, 1000, 48),
+            (1, 16384, 64),
+            (4, 4096, 200),
+            (40, 300, 512),
+            (8, 4096, 1024),
+            (1, 1_000_000, 32),
+        ] {
+            let s = spec(b, l, n);
+            let (segs, seg_len) = s.segments();
+            assert!(segs >= 1 && seg_len >= 1, "{s:?}");
+            assert!(
+                (segs - 1) * seg_len < l && segs * seg_len >= l,
+                "{s:?}: {segs} × {seg_len}"
+            );
+            if segs > 1 {
+                assert_eq!(seg_len % PARALLEL_CHUNK, 0, "{s:?}");
+                assert!(seg_len >= 4 * PARALLEL_CHUNK, "{s:?}");
+                assert!(
+                    segs * b * n.div_ceil(32) <= 2 * PARALLEL_TARGET_BLOCKS,
+                    "{s:?}"
+                );
+            }
+            if 2 * b * n.div_ceil(32) >= PARALLEL_TARGET_BLOCKS {
+                assert_eq!((segs, seg_len), (1, l), "{s:?}");
+            }
+        }
+        assert_eq!(spec(1, 16384, 64).segments(), (64, 256));
+        assert_eq!(spec(40, 300, 512).segments(), (1, 300));
+    }
+}
