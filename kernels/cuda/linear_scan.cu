@@ -156,8 +156,9 @@ extern "C" __global__ void ls_bwd(const float* __restrict__ a, const float* __re
 // to the next chunk (double-buffered, one barrier a chunk). The backward does the same in
 // reverse time for λ_t = conj(a_{t+1})·λ_{t+1} + g_t.
 // With several segments (short batch·N, long L) pass 0 composes each segment into one map
-// (ps: (batch, segments, N) maps, 2 values each), and pass 1 starts each segment from the fold of
-// the maps of the segments before it (after it, in the backward). Deterministic: fixed orders
+// (ps: (batch, segments, N) maps, 2 values each; the last segment's (first's, in the backward)
+// is not needed and not computed), and pass 1 starts each segment from the fold of the maps of
+// the segments before it (after it, in the backward). Deterministic: fixed orders
 // throughout (the shared-a gradient: per thread in step order, the warps of a block in warp
 // order, segments in order by lp_reduce_da).
 
@@ -229,20 +230,46 @@ __device__ __forceinline__ void v_store(float* p, size_t o, V x) {
 #endif
 }
 
-// Forward. pass 0: the segment's map into ps (only with several segments); pass 1: h.
-extern "C" __global__ void __launch_bounds__(PW * 32)
+// The PK inputs of warp-run steps ts.. of the forward: a_t (the fixed row when shared; 1 past
+// the segment) and u_t (0 past it).
+__device__ __forceinline__ void lp_fwd_load(const float* __restrict__ a,
+                                            const float* __restrict__ u, V a_fixed, bool on,
+                                            int ts, int t_end, size_t base, size_t row,
+                                            V (&av)[PK], V (&uv)[PK]) {
+    (void)a; (void)a_fixed;
+#pragma unroll
+    for (int i = 0; i < PK; ++i) {
+        const int t = ts + i;
+        const bool ok = on && t < t_end;
+        const size_t o = base + (size_t)t * row;
+#if SHARED
+        av[i] = ok ? a_fixed : v_one();
+#else
+        av[i] = ok ? v_load(a, o) : v_one();
+#endif
+        uv[i] = ok ? v_load(u, o) : v_zero();
+    }
+}
+
+// Forward. pass 0: the segment's map into ps (only with several segments); pass 1: h. Each
+// chunk's inputs are loaded one chunk ahead (registers, double-buffered), so the loads of the
+// next chunk are in flight across this chunk's barrier, fold and stores.
+extern "C" __global__ void __launch_bounds__(PW * 32, 2)
 lp_fwd(const float* __restrict__ a, const float* __restrict__ u, float* __restrict__ h,
-       float* __restrict__ ps, int batch, int len, int n, int seg_len, int pass) {
+       float* __restrict__ ps, int batch, int len, int n, int seg_len, int pass, int segs) {
     __shared__ V map_p[2][PW][32];
     __shared__ V map_s[2][PW][32];
     __shared__ V carry[2][32];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int k = blockIdx.x * 32 + lane, b = blockIdx.y, seg = blockIdx.z, segs = gridDim.z;
+    // pass 0 runs the segments but the last (whose map no segment needs), pass 1 all of them
+    const int k = blockIdx.x * 32 + lane, b = blockIdx.y, seg = blockIdx.z;
     const bool on = k < n;
     const size_t row = (size_t)n * W, base = (size_t)b * len * row + (size_t)k * W;
     const int t_begin = seg * seg_len, t_end = min(len, t_begin + seg_len);
 #if SHARED
     const V a_fixed = on ? v_load(a, (size_t)k * W) : v_one();
+#else
+    const V a_fixed = v_one();
 #endif
     // the state entering the segment: the fold of the maps of the segments before it
     V h_in = v_zero();
@@ -254,23 +281,14 @@ lp_fwd(const float* __restrict__ a, const float* __restrict__ u, float* __restri
     }
     if (w == 0) carry[0][lane] = h_in;
     V p_seg = v_one();  // the last warp's running product over the segment (pass 0)
+    V av[PK], uv[PK], an[PK], un[PK];
+    lp_fwd_load(a, u, a_fixed, on, t_begin + w * PK, t_end, base, row, av, uv);
     __syncthreads();
     int c = 0;
     for (int t0 = t_begin; t0 < t_end; t0 += PW * PK, ++c) {
         const int ts = t0 + w * PK;
-        V av[PK], uv[PK];
-#pragma unroll
-        for (int i = 0; i < PK; ++i) {
-            const int t = ts + i;
-            const bool ok = on && t < t_end;
-            const size_t o = base + (size_t)t * row;
-#if SHARED
-            av[i] = ok ? a_fixed : v_one();
-#else
-            av[i] = ok ? v_load(a, o) : v_one();
-#endif
-            uv[i] = ok ? v_load(u, o) : v_zero();
-        }
+        if (t0 + PW * PK < t_end)
+            lp_fwd_load(a, u, a_fixed, on, ts + PW * PK, t_end, base, row, an, un);
         V P = v_one(), S = v_zero();
 #pragma unroll
         for (int i = 0; i < PK; ++i) {
@@ -296,6 +314,11 @@ lp_fwd(const float* __restrict__ a, const float* __restrict__ u, float* __restri
                 for (int j = 0; j < PW; ++j) p_seg = v_mul(map_p[c & 1][j][lane], p_seg);
             }
         }
+#pragma unroll
+        for (int i = 0; i < PK; ++i) {
+            av[i] = an[i];
+            uv[i] = un[i];
+        }
     }
     if (pass == 0 && w == PW - 1 && on) {
         size_t o = (((size_t)b * segs + seg) * n + k) * 2 * W;
@@ -305,13 +328,38 @@ lp_fwd(const float* __restrict__ a, const float* __restrict__ u, float* __restri
     }
 }
 
+// The PK inputs of warp-run steps ts.. of the backward: conj(a_{t+1}) (0 at t = L − 1; 1 past
+// the segment), g_t (0 past it) and, in pass 1, conj(h_{t−1}) (0 at t = 0).
+__device__ __forceinline__ void lp_bwd_load(const float* __restrict__ a,
+                                            const float* __restrict__ h,
+                                            const float* __restrict__ g, V a_conj, bool on,
+                                            bool with_h, int ts, int t_end, int len,
+                                            size_t base, size_t row, V (&bv)[PK], V (&gv)[PK],
+                                            V (&hv)[PK]) {
+    (void)a; (void)a_conj;
+#pragma unroll
+    for (int i = 0; i < PK; ++i) {
+        const int t = ts + i;
+        const bool ok = on && t < t_end;
+        const size_t o = base + (size_t)t * row;
+#if SHARED
+        bv[i] = ok ? a_conj : v_one();
+#else
+        bv[i] = ok ? (t + 1 < len ? v_conj(v_load(a, o + row)) : v_zero()) : v_one();
+#endif
+        gv[i] = ok ? v_load(g, o) : v_zero();
+        hv[i] = with_h && ok && t > 0 ? v_conj(v_load(h, o - row)) : v_zero();
+    }
+}
+
 // Backward: λ_t = conj(a_{t+1})·λ_{t+1} + g_t (λ_L = 0), du_t = λ_t, da_t = λ_t·conj(h_{t−1}).
 // pass 0: the segment's map of λ (from the λ after it) into ps; pass 1: du, da (shared a: the
-// block's sums over its steps into pda (batch, segments, N), summed by lp_reduce_da).
-extern "C" __global__ void __launch_bounds__(PW * 32)
+// block's sums over its steps into pda (batch, segments, N), summed by lp_reduce_da). Inputs
+// loaded one chunk ahead, as in the forward.
+extern "C" __global__ void __launch_bounds__(PW * 32, 2)
 lp_bwd(const float* __restrict__ a, const float* __restrict__ h, const float* __restrict__ g,
        float* __restrict__ du, float* __restrict__ da, float* __restrict__ ps,
-       float* __restrict__ pda, int batch, int len, int n, int seg_len, int pass) {
+       float* __restrict__ pda, int batch, int len, int n, int seg_len, int pass, int segs) {
     __shared__ V map_p[2][PW][32];
     __shared__ V map_s[2][PW][32];
     __shared__ V carry[2][32];
@@ -319,13 +367,16 @@ lp_bwd(const float* __restrict__ a, const float* __restrict__ h, const float* __
     __shared__ V red[PW][32];
 #endif
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int k = blockIdx.x * 32 + lane, b = blockIdx.y, seg = blockIdx.z, segs = gridDim.z;
+    // pass 0 runs the segments but the first (whose map no segment needs), pass 1 all of them
+    const int k = blockIdx.x * 32 + lane, b = blockIdx.y, seg = blockIdx.z + (pass == 0 ? 1 : 0);
     const bool on = k < n;
     const size_t row = (size_t)n * W, base = (size_t)b * len * row + (size_t)k * W;
     const int t_begin = seg * seg_len, t_end = min(len, t_begin + seg_len);
 #if SHARED
     const V a_conj = on ? v_conj(v_load(a, (size_t)k * W)) : v_one();
     V da_sum = v_zero();
+#else
+    const V a_conj = v_one();
 #endif
     // λ entering the segment from its end: the fold of the maps of the segments after it
     V l_in = v_zero();
@@ -337,24 +388,18 @@ lp_bwd(const float* __restrict__ a, const float* __restrict__ h, const float* __
     }
     if (w == 0) carry[0][lane] = l_in;
     V p_seg = v_one();  // warp 0's running product over the segment (pass 0)
-    __syncthreads();
     const int chunks = (t_end - t_begin + PW * PK - 1) / (PW * PK);
+    const bool with_h = pass == 1;
+    V bv[PK], gv[PK], hv[PK], bn[PK], gn[PK], hn[PK];
+    lp_bwd_load(a, h, g, a_conj, on, with_h, t_begin + (chunks - 1) * PW * PK + w * PK, t_end,
+                len, base, row, bv, gv, hv);
+    __syncthreads();
     int c = 0;
     for (int cc = chunks - 1; cc >= 0; --cc, ++c) {
         const int ts = t_begin + cc * PW * PK + w * PK;
-        V bv[PK], gv[PK];
-#pragma unroll
-        for (int i = 0; i < PK; ++i) {
-            const int t = ts + i;
-            const bool ok = on && t < t_end;
-            const size_t o = base + (size_t)t * row;
-#if SHARED
-            bv[i] = ok ? a_conj : v_one();
-#else
-            bv[i] = ok ? (t + 1 < len ? v_conj(v_load(a, o + row)) : v_zero()) : v_one();
-#endif
-            gv[i] = ok ? v_load(g, o) : v_zero();
-        }
+        if (cc > 0)
+            lp_bwd_load(a, h, g, a_conj, on, with_h, ts - PW * PK, t_end, len, base, row, bn, gn,
+                        hn);
         V P = v_one(), S = v_zero();
 #pragma unroll
         for (int i = PK - 1; i >= 0; --i) {
@@ -375,11 +420,10 @@ lp_bwd(const float* __restrict__ a, const float* __restrict__ h, const float* __
                 if (on && t < t_end) {
                     const size_t o = base + (size_t)t * row;
                     v_store(du, o, lam);
-                    V hp = t > 0 ? v_conj(v_load(h, o - row)) : v_zero();
 #if SHARED
-                    da_sum = v_fma(lam, hp, da_sum);
+                    da_sum = v_fma(lam, hv[i], da_sum);
 #else
-                    v_store(da, o, v_mul(lam, hp));
+                    v_store(da, o, v_mul(lam, hv[i]));
 #endif
                 }
             }
@@ -389,6 +433,12 @@ lp_bwd(const float* __restrict__ a, const float* __restrict__ h, const float* __
             if (pass == 0) {
                 for (int j = PW - 1; j >= 0; --j) p_seg = v_mul(map_p[c & 1][j][lane], p_seg);
             }
+        }
+#pragma unroll
+        for (int i = 0; i < PK; ++i) {
+            bv[i] = bn[i];
+            gv[i] = gn[i];
+            hv[i] = hn[i];
         }
     }
     if (pass == 0 && w == 0 && on) {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo build --release -p lrnnx-kernels --features cuda --example linear_bench
-//! ./linear_bench [PEAK_TB_S]        # on the GPU machine; peak HBM bandwidth, 3.35 (H100)
+//! ./linear_bench [PEAK_TB_S [TARGET_BLOCKS...]]   # on the GPU machine; peak HBM bandwidth,
+//!                                                 # 3.35 (H100); segment targets (default 256)
 //! ```
 //!
 //! Best of 10 runs after a warm-up, the stream synchronized around each. Printed per size: the
@@ -14,7 +15,7 @@
 //! 8 full-size tensors, `a` one row when shared).
 
 use lrnnx_kernels::cuda::{gpu_available, keep_pool_memory};
-use lrnnx_kernels::linear::{LinearScan, LinearSchedule, LinearSpec};
+use lrnnx_kernels::linear::{LinearScan, LinearSchedule, LinearSpec, PARALLEL_TARGET_BLOCKS};
 
 fn main() {
     if !gpu_available() {
@@ -25,12 +26,21 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3.35);
+    // segment targets of the parallel schedule (blocks; the default first), from the
+    // remaining arguments
+    let mut targets: Vec<usize> = std::env::args()
+        .skip(2)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if targets.is_empty() {
+        targets.push(PARALLEL_TARGET_BLOCKS);
+    }
     let ctx = cudarc::driver::CudaContext::new(0).expect("CUDA context");
     let st = ctx.default_stream();
     keep_pool_memory(&st);
     let mut scan = LinearScan::with_stream(st.clone());
     println!(
-        "{:<34} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8} {:>9}",
+        "{:<44} {:>10} {:>10} {:>8} {:>12} {:>12} {:>8} {:>9}",
         "size",
         "seq fwd",
         "par fwd",
@@ -58,9 +68,14 @@ fn main() {
         let u = st
             .clone_htod(&vec![0.1f32; spec.full_len()])
             .expect("upload");
-        let mut times = Vec::new();
-        for schedule in [LinearSchedule::Sequential, LinearSchedule::Parallel] {
+        // the baseline, then the parallel schedule at the default segment target and others
+        let runs = [(LinearSchedule::Sequential, PARALLEL_TARGET_BLOCKS)]
+            .into_iter()
+            .chain(targets.iter().map(|&t| (LinearSchedule::Parallel, t)));
+        let mut baseline = [0.0; 2];
+        for (i, (schedule, target)) in runs.enumerate() {
             scan.schedule = schedule;
+            scan.target_blocks = target;
             let mut best = [f64::MAX; 2];
             for rep in 0..11 {
                 st.synchronize().expect("sync");
@@ -80,24 +95,27 @@ fn main() {
                     best = [best[0].min(tf), best[1].min(tb)];
                 }
             }
-            times.push(best);
+            if i == 0 {
+                baseline = best;
+                continue;
+            }
+            let bytes = 8.0 * spec.full_len() as f64 * 4.0;
+            let roof_ms = bytes / (peak * 1e12) * 1e3;
+            println!(
+                "{:<44} {:>10.3} {:>10.3} {:>7.1}x {:>12.3} {:>12.3} {:>7.1}x {:>8.0}%",
+                format!(
+                    "B{batch} L{len} N{state}{} target {target} seg {}",
+                    if complex { " complex" } else { "" },
+                    spec.segments_for(target).0
+                ),
+                baseline[0],
+                best[0],
+                baseline[0] / best[0],
+                baseline[1],
+                best[1],
+                baseline[1] / best[1],
+                100.0 * roof_ms / best[1]
+            );
         }
-        let bytes = 8.0 * spec.full_len() as f64 * 4.0;
-        let roof_ms = bytes / (peak * 1e12) * 1e3;
-        println!(
-            "{:<34} {:>10.3} {:>10.3} {:>7.1}x {:>12.3} {:>12.3} {:>7.1}x {:>8.0}%",
-            format!(
-                "B{batch} L{len} N{state}{} seg {:?}",
-                if complex { " complex" } else { "" },
-                spec.segments().0
-            ),
-            times[0][0],
-            times[1][0],
-            times[0][0] / times[1][0],
-            times[0][1],
-            times[1][1],
-            times[0][1] / times[1][1],
-            100.0 * roof_ms / times[1][1]
-        );
     }
 }

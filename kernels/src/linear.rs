@@ -46,9 +46,12 @@ pub enum LinearSchedule {
 /// Steps of one chunk of the parallel kernels: `PW` warps × `PK` steps (the kernel's defaults).
 pub const PARALLEL_CHUNK: usize = 64;
 
-/// Blocks of 256 threads the parallel kernels aim for (8 per SM of an H100's 132): with fewer
-/// `batch·⌈N/32⌉` blocks than half of this the sequence is split into segments.
-pub const PARALLEL_TARGET_BLOCKS: usize = 1056;
+/// Blocks of 256 threads the parallel kernels aim for when they split time into segments:
+/// with fewer `batch·⌈N/32⌉` blocks than half of this the sequence is split. About two blocks an
+/// SM of an H100 / H200 (132 SMs; the kernels' registers allow two): from a sweep on the H100
+/// (`examples/linear_bench.rs`), one segment is fastest from 128 blocks up (segments cost one
+/// more read of the inputs), 8 to 32 segments below 32 blocks.
+pub const PARALLEL_TARGET_BLOCKS: usize = 256;
 
 /// Sizes and options of one linear scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -120,21 +123,29 @@ impl LinearSpec {
         LaunchConfig::for_num_elems((self.batch * self.state) as u32)
     }
 
-    /// The parallel kernels' split of time into segments: `(segments, steps a segment)`, one
-    /// segment when `batch·⌈N/32⌉` blocks fill half the target, else up to the target's worth,
-    /// each segment at least 4 chunks long and a whole number of chunks.
+    /// The parallel kernels' split of time into segments at the default target
+    /// ([`PARALLEL_TARGET_BLOCKS`]); see [`LinearSpec::segments_for`].
     pub fn segments(&self) -> (usize, usize) {
+        self.segments_for(PARALLEL_TARGET_BLOCKS)
+    }
+
+    /// The parallel kernels' split of time into segments, `(segments, steps a segment)`, for
+    /// a target of `target` blocks: one segment when the `batch·⌈N/32⌉` blocks fill half the
+    /// target, else `⌈target / blocks⌉` segments (fewer where a segment would be shorter than
+    /// 4 chunks), each a whole number of chunks.
+    pub fn segments_for(&self, target: usize) -> (usize, usize) {
         let blocks = self.batch * self.state.div_ceil(32);
-        if blocks * 2 >= PARALLEL_TARGET_BLOCKS {
+        if blocks * 2 >= target {
             return (1, self.len);
         }
-        let want = PARALLEL_TARGET_BLOCKS.div_ceil(blocks);
+        let want = target.div_ceil(blocks);
         let most = (self.len / (4 * PARALLEL_CHUNK)).max(1);
         let segs = want.min(most);
         let seg_len = self.len.div_ceil(segs).div_ceil(PARALLEL_CHUNK) * PARALLEL_CHUNK;
         (self.len.div_ceil(seg_len), seg_len)
     }
 
+    /// The parallel kernels' grid over `segs` segments.
     fn parallel_launch(&self, segs: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
@@ -178,6 +189,9 @@ pub struct LinearScan {
     modules: Mutex<HashMap<(bool, bool), Arc<Module>>>,
     /// The schedule of the kernels launched ([`LinearSchedule::Parallel`] by default).
     pub schedule: LinearSchedule,
+    /// Blocks the parallel schedule aims for when it splits time into segments
+    /// ([`LinearSpec::segments_for`]; [`PARALLEL_TARGET_BLOCKS`] by default).
+    pub target_blocks: usize,
 }
 
 impl LinearScan {
@@ -187,6 +201,7 @@ impl LinearScan {
             stream,
             modules: Mutex::new(HashMap::new()),
             schedule: LinearSchedule::Parallel,
+            target_blocks: PARALLEL_TARGET_BLOCKS,
         }
     }
 
@@ -238,7 +253,7 @@ impl LinearScan {
             unsafe { lb.launch(spec.launch()) }.map_err(drv)?;
             return Ok(h);
         }
-        let (segs, seg_len) = spec.segments();
+        let (segs, seg_len) = spec.segments_for(self.target_blocks);
         // the segments' maps (batch, segments, N, 2 values)
         // SAFETY: any bit pattern is a valid f32; pass 0 writes every map that pass 1 reads.
         let mut ps = unsafe {
@@ -246,7 +261,7 @@ impl LinearScan {
                 .alloc::<f32>(spec.batch * segs * spec.floats() * 2)
         }
         .map_err(drv)?;
-        let sl = seg_len as i32;
+        let (sl, sn) = (seg_len as i32, segs as i32);
         for pass in if segs > 1 { 0i32..2 } else { 1..2 } {
             let mut lb = self.stream.launch_builder(&m.par_fwd);
             lb.arg(a)
@@ -257,10 +272,13 @@ impl LinearScan {
                 .arg(&l)
                 .arg(&n)
                 .arg(&sl)
-                .arg(&pass);
+                .arg(&pass)
+                .arg(&sn);
+            // pass 0: the maps of every segment but the last (no segment folds that one)
+            let grid_segs = if pass == 0 { segs - 1 } else { segs };
             // SAFETY: the arguments match `lp_fwd`; lengths checked above, `ps` sized for
             // `segs` segments (pass 0 writes every map that pass 1 reads).
-            unsafe { lb.launch(spec.parallel_launch(segs)) }.map_err(drv)?;
+            unsafe { lb.launch(spec.parallel_launch(grid_segs)) }.map_err(drv)?;
         }
         Ok(h)
     }
@@ -289,7 +307,7 @@ impl LinearScan {
         let mut da = unsafe { self.stream.alloc::<f32>(spec.da_len()) }.map_err(drv)?;
         let (b, l, n) = (spec.batch as i32, spec.len as i32, spec.state as i32);
         if self.parallel(spec) {
-            let (segs, seg_len) = spec.segments();
+            let (segs, seg_len) = spec.segments_for(self.target_blocks);
             let per_seg = spec.batch * segs * spec.floats();
             // SAFETY: pass 0 writes every map that pass 1 reads; pass 1 writes every partial
             // sum that the reduction reads.
@@ -300,7 +318,7 @@ impl LinearScan {
                     .alloc::<f32>(if spec.shared { per_seg } else { 1 })
             }
             .map_err(drv)?;
-            let sl = seg_len as i32;
+            let (sl, sn) = (seg_len as i32, segs as i32);
             for pass in if segs > 1 { 0i32..2 } else { 1..2 } {
                 let mut lb = self.stream.launch_builder(&m.par_bwd);
                 lb.arg(a)
@@ -314,9 +332,12 @@ impl LinearScan {
                     .arg(&l)
                     .arg(&n)
                     .arg(&sl)
-                    .arg(&pass);
+                    .arg(&pass)
+                    .arg(&sn);
+                // pass 0: the maps of every segment but the first (no segment folds that one)
+                let grid_segs = if pass == 0 { segs - 1 } else { segs };
                 // SAFETY: the arguments match `lp_bwd`; lengths checked above.
-                unsafe { lb.launch(spec.parallel_launch(segs)) }.map_err(drv)?;
+                unsafe { lb.launch(spec.parallel_launch(grid_segs)) }.map_err(drv)?;
             }
             if spec.shared {
                 let s = segs as i32;
@@ -357,38 +378,41 @@ mod tests {
     }
 
     /// The segments cover the sequence exactly, in whole chunks of at least 4 (but a short
-    /// sequence's one), and there is one segment when the blocks fill half the target.
+    /// sequence's one), and there is one segment when the blocks fill half the target; at the
+    /// default target and others.
     #[test]
     fn segments_cover_the_sequence_in_whole_chunks() {
-        for &(b, l, n) in &[
-            (1, 1, 1),
-            (2, 37, 5),
-            (3, 1000, 48),
-            (1, 16384, 64),
-            (4, 4096, 200),
-            (40, 300, 512),
-            (8, 4096, 1024),
-            (1, 1_000_000, 32),
-        ] {
-            let s = spec(b, l, n);
-            let (segs, seg_len) = s.segments();
-            assert!(segs >= 1 && seg_len >= 1, "{s:?}");
-            assert!(
-                (segs - 1) * seg_len < l && segs * seg_len >= l,
-                "{s:?}: {segs} × {seg_len}"
-            );
-            if segs > 1 {
-                assert_eq!(seg_len % PARALLEL_CHUNK, 0, "{s:?}");
-                assert!(seg_len >= 4 * PARALLEL_CHUNK, "{s:?}");
+        for target in [PARALLEL_TARGET_BLOCKS, 0, 1, 264, 8448] {
+            for &(b, l, n) in &[
+                (1, 1, 1),
+                (2, 37, 5),
+                (3, 1000, 48),
+                (2, 600, 32),
+                (1, 16384, 64),
+                (4, 4096, 200),
+                (40, 300, 512),
+                (8, 4096, 1024),
+                (1, 1_000_000, 32),
+            ] {
+                let s = spec(b, l, n);
+                let (segs, seg_len) = s.segments_for(target);
+                assert!(segs >= 1 && seg_len >= 1, "{s:?}");
                 assert!(
-                    segs * b * n.div_ceil(32) <= 2 * PARALLEL_TARGET_BLOCKS,
-                    "{s:?}"
+                    (segs - 1) * seg_len < l && segs * seg_len >= l,
+                    "{s:?}: {segs} × {seg_len}"
                 );
-            }
-            if 2 * b * n.div_ceil(32) >= PARALLEL_TARGET_BLOCKS {
-                assert_eq!((segs, seg_len), (1, l), "{s:?}");
+                if segs > 1 {
+                    assert_eq!(seg_len % PARALLEL_CHUNK, 0, "{s:?}");
+                    assert!(seg_len >= 4 * PARALLEL_CHUNK, "{s:?}");
+                    assert!(segs * b * n.div_ceil(32) <= 2 * target, "{s:?}");
+                }
+                if 2 * b * n.div_ceil(32) >= target {
+                    assert_eq!((segs, seg_len), (1, l), "{s:?}");
+                }
             }
         }
+        assert_eq!(spec(2, 600, 32).segments(), (2, 320));
+        assert_eq!(spec(4, 4096, 200).segments_for(264), (10, 448));
         assert_eq!(spec(1, 16384, 64).segments(), (64, 256));
         assert_eq!(spec(40, 300, 512).segments(), (1, 300));
     }

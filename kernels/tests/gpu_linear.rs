@@ -2,8 +2,8 @@
 //! prints a skip reason and returns without one): both schedules, real and complex, full and
 //! shared `a`, against a sequential f64 loop written here (`h` at 1e-5, `∂u`, `∂a` at 1e-4 of the
 //! reference's largest value), on shapes that cover states not a multiple of 32, lengths shorter
-//! than a chunk and ending mid chunk, one segment and many; the parallel backward run twice
-//! gives bitwise identical gradients.
+//! than a chunk and ending mid chunk, one segment and many (three segment targets); the parallel
+//! backward run twice gives bitwise identical gradients.
 #![cfg(feature = "cuda")]
 #![allow(clippy::needless_range_loop)]
 
@@ -11,7 +11,7 @@ mod common;
 use common::{f32v, rel, Rng, C64};
 
 use lrnnx_kernels::cuda::gpu_available;
-use lrnnx_kernels::linear::{LinearScan, LinearSchedule, LinearSpec};
+use lrnnx_kernels::linear::{LinearScan, LinearSchedule, LinearSpec, PARALLEL_TARGET_BLOCKS};
 
 /// The f64 reference: `h`, `∂u`, `∂a` (module doc of `linear`), interleaved floats.
 fn reference(spec: &LinearSpec, a: &[f64], u: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
@@ -87,6 +87,7 @@ fn schedules_match_f64_reference() {
         (1, 1, 1),
         (2, 37, 5),
         (3, 1000, 48),
+        (2, 600, 32),
         (1, 16384, 64),
         (4, 4096, 200),
         (40, 300, 512),
@@ -122,12 +123,20 @@ fn schedules_match_f64_reference() {
                     st.clone_htod(&f32v(&g)).unwrap(),
                 );
                 let mut first_grads = None;
-                for schedule in [
-                    LinearSchedule::Sequential,
-                    LinearSchedule::Parallel,
-                    LinearSchedule::Parallel,
-                ] {
+                // the default target twice (bitwise identical gradients), then a smaller and
+                // a larger one (other segment counts: 1 to 64 segments on these shapes)
+                for (run, (schedule, target)) in [
+                    (LinearSchedule::Sequential, PARALLEL_TARGET_BLOCKS),
+                    (LinearSchedule::Parallel, PARALLEL_TARGET_BLOCKS),
+                    (LinearSchedule::Parallel, PARALLEL_TARGET_BLOCKS),
+                    (LinearSchedule::Parallel, 32),
+                    (LinearSchedule::Parallel, 8448),
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     scan.schedule = schedule;
+                    scan.target_blocks = target;
                     let h = scan.forward(&spec, &da_.as_view(), &du_.as_view()).unwrap();
                     let (ga, gu) = scan
                         .backward(&spec, &da_.as_view(), &h.as_view(), &dg_.as_view())
@@ -140,7 +149,7 @@ fn schedules_match_f64_reference() {
                     let what = format!(
                         "B{batch} L{len} N{state} complex {complex} shared {shared} {schedule:?} \
                          segments {:?}",
-                        spec.segments()
+                        spec.segments_for(target)
                     );
                     for (i, name) in ["h", "du", "da"].iter().enumerate() {
                         let r = rel(&got[i], &want[i]);
@@ -148,7 +157,7 @@ fn schedules_match_f64_reference() {
                         assert!(r <= tol, "{what} {name}: {r:.3e}");
                         worst[i] = worst[i].max(r);
                     }
-                    if schedule == LinearSchedule::Parallel {
+                    if run == 1 || run == 2 {
                         match &first_grads {
                             None => first_grads = Some((got[1].clone(), got[2].clone())),
                             Some((gu0, ga0)) => {
@@ -164,8 +173,8 @@ fn schedules_match_f64_reference() {
         }
     }
     println!(
-        "worst relative error over {} shapes × 4 variants × 2 schedules: h {:.2e}, du {:.2e}, \
-         da {:.2e}",
+        "worst relative error over {} shapes × 4 variants × 2 schedules (3 segment targets): \
+         h {:.2e}, du {:.2e}, da {:.2e}",
         shapes.len(),
         worst[0],
         worst[1],
