@@ -148,7 +148,8 @@ extern "C" __global__ void ls_bwd(const float* __restrict__ a, const float* __re
 
 // ---------------------------------------------------------------------------------------------
 // Parallel in time. A block owns 32 consecutive states (one per lane) of one batch row and one
-// segment of the sequence (grid: (⌈N/32⌉, batch, segments)); its PW warps own consecutive runs
+// segment of the sequence (grid: (⌈N/32⌉, batch, segments)); its PW warps (8, or 16 where the
+// blocks are few but need no segments; registers for 16 warps an SM) own consecutive runs
 // of PK steps of each chunk of PW·PK steps. Per chunk, every lane loads its PK steps into
 // registers (each step one coalesced row of 32 states), composes them into one affine map
 // h ↦ P·h + S, publishes the map in shared memory, folds the maps of the warps before it onto the
@@ -254,7 +255,7 @@ __device__ __forceinline__ void lp_fwd_load(const float* __restrict__ a,
 // Forward. pass 0: the segment's map into ps (only with several segments); pass 1: h. Each
 // chunk's inputs are loaded one chunk ahead (registers, double-buffered), so the loads of the
 // next chunk are in flight across this chunk's barrier, fold and stores.
-extern "C" __global__ void __launch_bounds__(PW * 32, 2)
+extern "C" __global__ void __launch_bounds__(PW * 32, 16 / PW)
 lp_fwd(const float* __restrict__ a, const float* __restrict__ u, float* __restrict__ h,
        float* __restrict__ ps, int batch, int len, int n, int seg_len, int pass, int segs) {
     __shared__ V map_p[2][PW][32];
@@ -356,7 +357,7 @@ __device__ __forceinline__ void lp_bwd_load(const float* __restrict__ a,
 // pass 0: the segment's map of λ (from the λ after it) into ps; pass 1: du, da (shared a: the
 // block's sums over its steps into pda (batch, segments, N), summed by lp_reduce_da). Inputs
 // loaded one chunk ahead, as in the forward.
-extern "C" __global__ void __launch_bounds__(PW * 32, 2)
+extern "C" __global__ void __launch_bounds__(PW * 32, 16 / PW)
 lp_bwd(const float* __restrict__ a, const float* __restrict__ h, const float* __restrict__ g,
        float* __restrict__ du, float* __restrict__ da, float* __restrict__ ps,
        float* __restrict__ pda, int batch, int len, int n, int seg_len, int pass, int segs) {

@@ -104,9 +104,10 @@ fn main() {
             println!(
                 "{:<44} {:>10.3} {:>10.3} {:>7.1}x {:>12.3} {:>12.3} {:>7.1}x {:>8.0}%",
                 format!(
-                    "B{batch} L{len} N{state}{} target {target} seg {}",
+                    "B{batch} L{len} N{state}{} target {target} seg {} w{}",
                     if complex { " complex" } else { "" },
-                    spec.segments_for(target).0
+                    spec.segments_for(target).0,
+                    spec.warps_for(target)
                 ),
                 baseline[0],
                 best[0],

@@ -9,9 +9,9 @@
 //! real or complex (interleaved (re, im) pairs), with `a` full-size or one shared `(N[, 2])`
 //! row (its gradient then summed over time, per batch row).
 //!
-//! Two schedules ([`LinearSchedule`]): `Parallel` (the default) splits time over the 8 warps of
-//! a block (32 states a block, chunks of 64 steps composed as affine maps and folded in warp
-//! order) and, when `batch·⌈N/32⌉` blocks cannot fill the GPU, over segments of the sequence
+//! Two schedules ([`LinearSchedule`]): `Parallel` (the default) splits time over the 8 (or 16)
+//! warps of a block (32 states a block, chunks of 8 steps a warp composed as affine maps and
+//! folded in warp order) and, when `batch·⌈N/32⌉` blocks cannot fill the GPU, over segments of the sequence
 //! (one more pass that composes each segment into one map); `Sequential` is one thread per
 //! (batch row, state) walking time in order, the reference (the S5 / LRU / Centaurus states are
 //! few, so it is latency-bound at short batch·N).
@@ -43,7 +43,8 @@ pub enum LinearSchedule {
     Parallel,
 }
 
-/// Steps of one chunk of the parallel kernels: `PW` warps × `PK` steps (the kernel's defaults).
+/// Steps of one chunk of the parallel kernels at 8 warps a block: `PW` warps × `PK` steps (the
+/// segments are whole numbers of these).
 pub const PARALLEL_CHUNK: usize = 64;
 
 /// Blocks of 256 threads the parallel kernels aim for when they split time into segments:
@@ -145,27 +146,54 @@ impl LinearSpec {
         (self.len.div_ceil(seg_len), seg_len)
     }
 
-    /// The parallel kernels' grid over `segs` segments.
-    fn parallel_launch(&self, segs: usize) -> LaunchConfig {
+    /// Warps a block of the parallel kernels at a target of `target` blocks: 16 where the
+    /// `batch·⌈N/32⌉` blocks need no segments but are fewer than the target (twice the warps in
+    /// flight without a second read of the inputs), else 8. From the H100 sweep: B16 × L4096 ×
+    /// N256 complex (128 blocks) fwd+bwd 0.64 → 0.51 ms; at 256 blocks and with segments 8
+    /// warps measured faster.
+    pub fn warps_for(&self, target: usize) -> usize {
+        let blocks = self.batch * self.state.div_ceil(32);
+        if self.segments_for(target).0 == 1 && blocks < target {
+            16
+        } else {
+            8
+        }
+    }
+
+    /// The parallel kernels' grid over `segs` segments, `warps` warps a block.
+    fn parallel_launch(&self, segs: usize, warps: usize) -> LaunchConfig {
         LaunchConfig {
             grid_dim: (
                 self.state.div_ceil(32) as u32,
                 self.batch as u32,
                 segs as u32,
             ),
-            block_dim: (256, 1, 1),
+            block_dim: (32 * warps as u32, 1, 1),
             shared_mem_bytes: 0,
         }
     }
 }
 
-/// Compiles the linear scan source (real or complex, full or shared `a`) to PTX for [`ARCH`].
+/// Compiles the linear scan source (real or complex, full or shared `a`) to PTX for [`ARCH`],
+/// the parallel kernels with 8 warps a block.
 pub fn compile(complex: bool, shared: bool) -> Result<Ptx, ScanError> {
+    compile_with_warps(complex, shared, 8)
+}
+
+/// As [`compile`], the parallel kernels with `warps` warps a block (8 or 16, see
+/// [`LinearSpec::warps_for`]).
+pub fn compile_with_warps(complex: bool, shared: bool, warps: usize) -> Result<Ptx, ScanError> {
+    if warps != 8 && warps != 16 {
+        return Err(ScanError(format!(
+            "linear scan: {warps} warps a block, expected 8 or 16"
+        )));
+    }
     let opts = CompileOptions {
         arch: Some(ARCH),
         options: vec![
             format!("-DCOMPLEX={}", u32::from(complex)),
             format!("-DSHARED={}", u32::from(shared)),
+            format!("-DPW={warps}"),
         ],
         name: Some("linear_scan.cu".into()),
         ..Default::default()
@@ -186,7 +214,7 @@ struct Module {
 /// The linear scan kernels on one stream; compiled variants cached for its lifetime.
 pub struct LinearScan {
     stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<(bool, bool), Arc<Module>>>,
+    modules: Mutex<HashMap<(bool, bool, usize), Arc<Module>>>,
     /// The schedule of the kernels launched ([`LinearSchedule::Parallel`] by default).
     pub schedule: LinearSchedule,
     /// Blocks the parallel schedule aims for when it splits time into segments
@@ -205,8 +233,9 @@ impl LinearScan {
         }
     }
 
-    fn module(&self, spec: &LinearSpec) -> Result<Arc<Module>, ScanError> {
-        let key = (spec.complex, spec.shared);
+    /// The kernels of `spec`'s variant, the parallel ones with `warps` warps a block.
+    fn module(&self, spec: &LinearSpec, warps: usize) -> Result<Arc<Module>, ScanError> {
+        let key = (spec.complex, spec.shared, warps);
         let mut map = self
             .modules
             .lock()
@@ -214,7 +243,7 @@ impl LinearScan {
         if let Some(m) = map.get(&key) {
             return Ok(m.clone());
         }
-        let ptx = compile(spec.complex, spec.shared)?;
+        let ptx = compile_with_warps(spec.complex, spec.shared, warps)?;
         let m = self.stream.context().load_module(ptx).map_err(drv)?;
         let module = Arc::new(Module {
             fwd: m.load_function("ls_fwd").map_err(drv)?,
@@ -234,6 +263,16 @@ impl LinearScan {
         self.schedule == LinearSchedule::Parallel && spec.batch <= 65535
     }
 
+    /// Warps a block of the parallel kernels for `spec` (8 for the sequential schedule, whose
+    /// kernels do not depend on it).
+    fn warps(&self, spec: &LinearSpec) -> usize {
+        if self.parallel(spec) {
+            spec.warps_for(self.target_blocks)
+        } else {
+            8
+        }
+    }
+
     /// `h` (the shape of `u`) from `a` and `u`.
     pub fn forward(
         &self,
@@ -242,7 +281,8 @@ impl LinearScan {
         u: &CudaView<f32>,
     ) -> Result<CudaSlice<f32>, ScanError> {
         spec.check(a.len(), u.len())?;
-        let m = self.module(spec)?;
+        let warps = self.warps(spec);
+        let m = self.module(spec, warps)?;
         // SAFETY: any bit pattern is a valid f32; the kernel writes every element.
         let mut h = unsafe { self.stream.alloc::<f32>(spec.full_len()) }.map_err(drv)?;
         let (b, l, n) = (spec.batch as i32, spec.len as i32, spec.state as i32);
@@ -278,7 +318,7 @@ impl LinearScan {
             let grid_segs = if pass == 0 { segs - 1 } else { segs };
             // SAFETY: the arguments match `lp_fwd`; lengths checked above, `ps` sized for
             // `segs` segments (pass 0 writes every map that pass 1 reads).
-            unsafe { lb.launch(spec.parallel_launch(grid_segs)) }.map_err(drv)?;
+            unsafe { lb.launch(spec.parallel_launch(grid_segs, warps)) }.map_err(drv)?;
         }
         Ok(h)
     }
@@ -300,7 +340,8 @@ impl LinearScan {
                 spec.full_len()
             )));
         }
-        let m = self.module(spec)?;
+        let warps = self.warps(spec);
+        let m = self.module(spec, warps)?;
         // SAFETY: as in `forward`; the kernel writes every element of both.
         let mut du = unsafe { self.stream.alloc::<f32>(spec.full_len()) }.map_err(drv)?;
         // SAFETY: as above.
@@ -337,7 +378,7 @@ impl LinearScan {
                 // pass 0: the maps of every segment but the first (no segment folds that one)
                 let grid_segs = if pass == 0 { segs - 1 } else { segs };
                 // SAFETY: the arguments match `lp_bwd`; lengths checked above.
-                unsafe { lb.launch(spec.parallel_launch(grid_segs)) }.map_err(drv)?;
+                unsafe { lb.launch(spec.parallel_launch(grid_segs, warps)) }.map_err(drv)?;
             }
             if spec.shared {
                 let s = segs as i32;
@@ -412,6 +453,11 @@ mod tests {
             }
         }
         assert_eq!(spec(2, 600, 32).segments(), (2, 320));
+        // 16 warps exactly where one segment has fewer blocks than the target
+        assert_eq!(spec(16, 4096, 256).warps_for(PARALLEL_TARGET_BLOCKS), 16); // 128 blocks
+        assert_eq!(spec(8, 4096, 1024).warps_for(PARALLEL_TARGET_BLOCKS), 8); // 256 blocks
+        assert_eq!(spec(16, 2048, 64).warps_for(PARALLEL_TARGET_BLOCKS), 8); // 8 segments
+        assert_eq!(spec(4, 4096, 200).warps_for(32), 16); // 28 blocks, one segment
         assert_eq!(spec(4, 4096, 200).segments_for(264), (10, 448));
         assert_eq!(spec(1, 16384, 64).segments(), (64, 256));
         assert_eq!(spec(40, 300, 512).segments(), (1, 300));

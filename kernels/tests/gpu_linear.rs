@@ -123,14 +123,15 @@ fn schedules_match_f64_reference() {
                     st.clone_htod(&f32v(&g)).unwrap(),
                 );
                 let mut first_grads = None;
-                // the default target twice (bitwise identical gradients), then a smaller and
-                // a larger one (other segment counts: 1 to 64 segments on these shapes)
+                // the default target twice (bitwise identical gradients), then smaller and
+                // larger ones: 1 to 64 segments, 8 and 16 warps a block on these shapes
                 for (run, (schedule, target)) in [
                     (LinearSchedule::Sequential, PARALLEL_TARGET_BLOCKS),
                     (LinearSchedule::Parallel, PARALLEL_TARGET_BLOCKS),
                     (LinearSchedule::Parallel, PARALLEL_TARGET_BLOCKS),
                     (LinearSchedule::Parallel, 32),
                     (LinearSchedule::Parallel, 8448),
+                    (LinearSchedule::Parallel, 1024),
                 ]
                 .into_iter()
                 .enumerate()
@@ -148,8 +149,9 @@ fn schedules_match_f64_reference() {
                     ];
                     let what = format!(
                         "B{batch} L{len} N{state} complex {complex} shared {shared} {schedule:?} \
-                         segments {:?}",
-                        spec.segments_for(target)
+                         segments {:?} warps {}",
+                        spec.segments_for(target),
+                        spec.warps_for(target)
                     );
                     for (i, name) in ["h", "du", "da"].iter().enumerate() {
                         let r = rel(&got[i], &want[i]);

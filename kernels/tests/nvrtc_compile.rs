@@ -137,14 +137,17 @@ fn linear_scan_variants_compile_for_sm90() {
     }
     for complex in [false, true] {
         for shared in [false, true] {
-            let ptx = lrnnx_kernels::linear::compile(complex, shared)
-                .unwrap()
-                .to_src();
-            for k in ["ls_fwd", "ls_bwd", "lp_fwd", "lp_bwd", "lp_reduce_da"] {
-                assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+            for warps in [8, 16] {
+                let ptx = lrnnx_kernels::linear::compile_with_warps(complex, shared, warps)
+                    .unwrap()
+                    .to_src();
+                for k in ["ls_fwd", "ls_bwd", "lp_fwd", "lp_bwd", "lp_reduce_da"] {
+                    assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+                }
             }
         }
     }
+    assert!(lrnnx_kernels::linear::compile_with_warps(false, false, 12).is_err());
 }
 
 #[test]
