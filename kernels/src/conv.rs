@@ -7,13 +7,18 @@
 //! ∂k[c,j]   = Σ_b Σ_{j ≤ t < L} g[b,c,t]·u[b,c,t−j]            (0 for j ≥ L)
 //! ```
 //!
-//! A block of [`TILE`] threads owns `TILE` consecutive outputs of one row and walks the sum in
-//! chunks of [`CHUNK`] terms staged in shared memory; each thread adds its chunk's products in
-//! order into a chunk sum and the chunk sums into its total. Work `O(batch·C·L·min(K, L))`
-//! (the FFT of the CPU op is `O(L log L)` per row, but the direct sum is simple, exact in its
-//! order and fast enough at the lengths S4 trains on); every output is written by one thread
-//! in a fixed order, so results are deterministic (no atomics).
+//! A block of [`TILE`] threads owns `TILE·r` consecutive outputs of one row, `r` consecutive
+//! ones a thread (`r` of [`CausalConv::outputs_for`]: 8 where that leaves enough blocks), and
+//! walks the sum in chunks of [`CHUNK`] terms staged in shared memory; a thread's `r` outputs
+//! share a window of signal values that slides through registers, so a term costs `r` FMAs and
+//! about one shared load. Each thread adds its chunk's products in order into a chunk sum and
+//! the chunk sums into its total — the same sums in the same order for every `r`, so the
+//! results do not depend on it. Work `O(batch·C·L·min(K, L))` (the FFT of the CPU op is
+//! `O(L log L)` per row, but the direct sum is simple, exact in its order and fast enough at
+//! the lengths S4 trains on); every output is written by one thread in a fixed order, so
+//! results are deterministic (no atomics).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -30,8 +35,15 @@ pub const CAUSAL_CONV_SRC: &str = include_str!("../cuda/causal_conv.cu");
 /// The kernels' entry points in [`CAUSAL_CONV_SRC`].
 pub const CAUSAL_CONV_KERNELS: [&str; 3] = ["cc_fwd", "cc_dx", "cc_dk"];
 
-/// Outputs per block (threads per block).
+/// Threads per block.
 pub const TILE: usize = 256;
+
+/// The outputs a thread may own, largest first ([`CausalConv::outputs_for`]).
+pub const OUTPUTS_PER_THREAD: [usize; 4] = [8, 4, 2, 1];
+
+/// Blocks a launch should have for the GPU to be busy (about two an SM of an H100 / H200's
+/// 132): [`CausalConv::outputs_for`] takes the most outputs a thread that keeps this many.
+pub const CONV_TARGET_BLOCKS: usize = 264;
 
 /// Terms per shared-memory chunk.
 pub const CHUNK: usize = 256;
@@ -92,16 +104,37 @@ impl ConvSpec {
     }
 }
 
-/// Compiles the convolution source to PTX for [`ARCH`].
+/// Compiles the convolution source to PTX for [`ARCH`], 8 outputs a thread.
 pub fn compile() -> Result<Ptx, ScanError> {
+    compile_with_outputs(8)
+}
+
+/// Compiles the convolution source to PTX for [`ARCH`], `outputs` outputs a thread (one of
+/// [`OUTPUTS_PER_THREAD`]).
+pub fn compile_with_outputs(outputs: usize) -> Result<Ptx, ScanError> {
+    check_outputs(outputs)?;
     let opts = CompileOptions {
         arch: Some(ARCH),
-        options: vec![format!("-DTILE={TILE}"), format!("-DCHUNK={CHUNK}")],
+        options: vec![
+            format!("-DTILE={TILE}"),
+            format!("-DCHUNK={CHUNK}"),
+            format!("-DRPT={outputs}"),
+        ],
         name: Some("causal_conv.cu".into()),
         ..Default::default()
     };
     compile_ptx_with_opts(CAUSAL_CONV_SRC, opts)
         .map_err(|e| ScanError(format!("NVRTC compile of the causal conv failed: {e:?}")))
+}
+
+fn check_outputs(outputs: usize) -> Result<(), ScanError> {
+    if OUTPUTS_PER_THREAD.contains(&outputs) {
+        Ok(())
+    } else {
+        Err(ScanError(format!(
+            "causal conv: {outputs} outputs a thread, expected one of {OUTPUTS_PER_THREAD:?}"
+        )))
+    }
 }
 
 struct Module {
@@ -111,10 +144,13 @@ struct Module {
     dk: CudaFunction,
 }
 
-/// The convolution kernels on one stream; compiled once, on first use.
+/// The convolution kernels on one stream; each variant compiled once, on first use.
 pub struct CausalConv {
     stream: Arc<CudaStream>,
-    module: Mutex<Option<Arc<Module>>>,
+    modules: Mutex<HashMap<usize, Arc<Module>>>,
+    /// Outputs a thread for every launch (one of [`OUTPUTS_PER_THREAD`]); `None` (the default)
+    /// chooses per launch with [`CausalConv::outputs_for`]. The results are the same either way.
+    pub outputs_per_thread: Option<usize>,
 }
 
 fn blocks(n: usize) -> LaunchConfig {
@@ -130,26 +166,49 @@ impl CausalConv {
     pub fn with_stream(stream: Arc<CudaStream>) -> Self {
         CausalConv {
             stream,
-            module: Mutex::new(None),
+            modules: Mutex::new(HashMap::new()),
+            outputs_per_thread: None,
         }
     }
 
-    fn module(&self) -> Result<Arc<Module>, ScanError> {
-        let mut slot = self
-            .module
+    /// Outputs a thread for `rows` rows of `n` outputs: the most of [`OUTPUTS_PER_THREAD`] that
+    /// still gives [`CONV_TARGET_BLOCKS`] blocks and leaves no thread of a row's one block idle
+    /// (`TILE·r ≤ n`), else 1.
+    pub fn outputs_for(rows: usize, n: usize) -> usize {
+        OUTPUTS_PER_THREAD
+            .into_iter()
+            .find(|&r| {
+                TILE * r <= n.max(TILE)
+                    && rows.saturating_mul(n.div_ceil(TILE * r)) >= CONV_TARGET_BLOCKS
+            })
+            .unwrap_or(1)
+    }
+
+    /// The forced or chosen outputs a thread for `rows` rows of `n` outputs.
+    fn outputs(&self, rows: usize, n: usize) -> Result<usize, ScanError> {
+        match self.outputs_per_thread {
+            Some(r) => check_outputs(r).map(|_| r),
+            None => Ok(Self::outputs_for(rows, n)),
+        }
+    }
+
+    fn module(&self, outputs: usize) -> Result<Arc<Module>, ScanError> {
+        let mut map = self
+            .modules
             .lock()
             .map_err(|_| ScanError("causal conv: module cache poisoned".into()))?;
-        if let Some(m) = slot.as_ref() {
+        if let Some(m) = map.get(&outputs) {
             return Ok(m.clone());
         }
-        let m = self.stream.context().load_module(compile()?).map_err(drv)?;
+        let ptx = compile_with_outputs(outputs)?;
+        let m = self.stream.context().load_module(ptx).map_err(drv)?;
         let module = Arc::new(Module {
             fwd: m.load_function("cc_fwd").map_err(drv)?,
             dx: m.load_function("cc_dx").map_err(drv)?,
             dk: m.load_function("cc_dk").map_err(drv)?,
             _m: m,
         });
-        *slot = Some(module.clone());
+        map.insert(outputs, module.clone());
         Ok(module)
     }
 
@@ -177,7 +236,7 @@ impl CausalConv {
         self.correlate(spec, g, k, true)
     }
 
-    /// `y` (`adjoint = false`) or `∂u` (`true`): one block per `TILE` outputs of a row.
+    /// `y` (`adjoint = false`) or `∂u` (`true`): one block per `TILE·r` outputs of a row.
     fn correlate(
         &self,
         spec: &ConvSpec,
@@ -193,10 +252,12 @@ impl CausalConv {
         if spec.empty() {
             return self.zeros(spec.signal_len());
         }
-        let m = self.module()?;
+        let rows = spec.batch * spec.channels;
+        let r = self.outputs(rows, spec.len)?;
+        let m = self.module(r)?;
         // SAFETY: any bit pattern is a valid f32; the kernel writes every element.
         let mut y = unsafe { self.stream.alloc::<f32>(spec.signal_len()) }.map_err(drv)?;
-        let tiles = spec.len.div_ceil(TILE);
+        let tiles = spec.len.div_ceil(TILE * r);
         let (c, l, kk, t) = (
             spec.channels as i32,
             spec.len as i32,
@@ -213,7 +274,7 @@ impl CausalConv {
             .arg(&kk)
             .arg(&t);
         // SAFETY: the arguments match `cc_fwd` / `cc_dx`; lengths checked above.
-        unsafe { lb.launch(blocks(spec.batch * spec.channels * tiles)) }.map_err(drv)?;
+        unsafe { lb.launch(blocks(rows * tiles)) }.map_err(drv)?;
         Ok(y)
     }
 
@@ -231,10 +292,11 @@ impl CausalConv {
         if spec.empty() {
             return self.zeros(spec.kernel_len());
         }
-        let m = self.module()?;
+        let r = self.outputs(spec.channels, spec.taps)?;
+        let m = self.module(r)?;
         // SAFETY: as in `correlate`; the kernel writes every element.
         let mut dk = unsafe { self.stream.alloc::<f32>(spec.kernel_len()) }.map_err(drv)?;
-        let tiles = spec.taps.div_ceil(TILE);
+        let tiles = spec.taps.div_ceil(TILE * r);
         let (b, c, l, kk, t) = (
             spec.batch as i32,
             spec.channels as i32,
@@ -254,5 +316,32 @@ impl CausalConv {
         // SAFETY: the arguments match `cc_dk`; lengths checked above.
         unsafe { lb.launch(blocks(spec.channels * tiles)) }.map_err(drv)?;
         Ok(dk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most outputs a thread that keeps the target's blocks; 1 when none does.
+    #[test]
+    fn outputs_keep_the_gpu_busy() {
+        // 4096 rows of 4096: 2 tiles a row at 8 outputs a thread
+        assert_eq!(CausalConv::outputs_for(4096, 4096), 8);
+        // 256 channels of 4096 lags (the ∂k grid): 512 blocks at 8
+        assert_eq!(CausalConv::outputs_for(256, 4096), 8);
+        // 64 rows of 1024: 128 blocks at 4, 256 at 2, 256 at 1 (< 264)
+        assert_eq!(CausalConv::outputs_for(64, 1024), 1);
+        // 2048 rows of 1024: 8 outputs a thread would idle half the threads
+        assert_eq!(CausalConv::outputs_for(2048, 1024), 4);
+        assert_eq!(CausalConv::outputs_for(4096, 100), 1);
+        // 66 rows of 2048: 66 at 8, 132 at 4, 264 at 2
+        assert_eq!(CausalConv::outputs_for(66, 2048), 2);
+        assert_eq!(CausalConv::outputs_for(0, 0), 1);
+        assert_eq!(CausalConv::outputs_for(usize::MAX, usize::MAX), 8);
+        for r in OUTPUTS_PER_THREAD {
+            assert!(check_outputs(r).is_ok());
+        }
+        assert!(check_outputs(3).is_err() && check_outputs(16).is_err());
     }
 }

@@ -209,8 +209,13 @@ fn causal_conv_compiles_for_sm90() {
         println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
         return;
     }
-    let ptx = lrnnx_kernels::conv::compile().unwrap().to_src();
-    for k in lrnnx_kernels::conv::CAUSAL_CONV_KERNELS {
-        assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+    for outputs in lrnnx_kernels::conv::OUTPUTS_PER_THREAD {
+        let ptx = lrnnx_kernels::conv::compile_with_outputs(outputs)
+            .unwrap()
+            .to_src();
+        for k in lrnnx_kernels::conv::CAUSAL_CONV_KERNELS {
+            assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+        }
     }
+    assert!(lrnnx_kernels::conv::compile_with_outputs(3).is_err());
 }

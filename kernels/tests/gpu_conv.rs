@@ -1,0 +1,137 @@
+//! GPU correctness of the causal convolution (`lrnnx_kernels::conv`; needs a CUDA device, prints
+//! a skip reason and returns without one): `y`, `∂u` and `∂k` at every outputs-a-thread choice
+//! (1, 2, 4, 8 and the automatic one) against direct f64 sums written here (1e-5 of the
+//! reference's largest value), on shapes with kernels shorter than, as long as and longer than
+//! the signal, lengths that end mid tile, and several tiles a row; and every choice gives
+//! bitwise the results of one output a thread (the same sums in the same order).
+#![cfg(feature = "cuda")]
+
+mod common;
+use common::{f32v, rel, Rng};
+
+use lrnnx_kernels::conv::{CausalConv, ConvSpec, OUTPUTS_PER_THREAD};
+use lrnnx_kernels::cuda::gpu_available;
+
+/// `y`, `∂u`, `∂k` of the module doc of `conv`, in f64.
+fn reference(s: &ConvSpec, u: &[f64], k: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
+    let (l, kk) = (s.len, s.taps);
+    let mut y = vec![0.0; u.len()];
+    let mut du = vec![0.0; u.len()];
+    let mut dk = vec![0.0; k.len()];
+    for row in 0..s.batch * s.channels {
+        let c = row % s.channels;
+        let (ur, gr, kr) = (
+            &u[row * l..(row + 1) * l],
+            &g[row * l..(row + 1) * l],
+            &k[c * kk..(c + 1) * kk],
+        );
+        for t in 0..l {
+            for (j, &kv) in kr.iter().enumerate().take(t + 1) {
+                y[row * l + t] += kv * ur[t - j];
+                dk[c * kk + j] += gr[t] * ur[t - j];
+            }
+            for (j, &kv) in kr.iter().enumerate().take(l - t) {
+                du[row * l + t] += kv * gr[t + j];
+            }
+        }
+    }
+    [y, du, dk]
+}
+
+#[test]
+fn every_tiling_matches_f64_and_one_output_a_thread() {
+    if !gpu_available() {
+        println!("SKIPPED: no CUDA device");
+        return;
+    }
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let st = ctx.default_stream();
+    let mut conv = CausalConv::with_stream(st.clone());
+    // (batch, C, L, K)
+    let shapes = [
+        (1, 1, 1, 1),
+        (2, 3, 37, 5),
+        (2, 3, 37, 100),
+        (1, 2, 1000, 1000),
+        (3, 4, 2049, 300),
+        (2, 2, 5000, 5000),
+        (1, 1, 300, 4096),
+    ];
+    let mut rng = Rng(29);
+    let mut worst = [0.0f64; 3];
+    for &(batch, channels, len, taps) in &shapes {
+        let spec = ConvSpec {
+            batch,
+            channels,
+            len,
+            taps,
+        };
+        let u = rng.vec(spec.signal_len(), -1.0, 1.0);
+        let k = rng.vec(spec.kernel_len(), -1.0, 1.0);
+        let g = rng.vec(spec.signal_len(), -1.0, 1.0);
+        let want = reference(&spec, &u, &k, &g);
+        let (du_, dk_, dg_) = (
+            st.clone_htod(&f32v(&u)).unwrap(),
+            st.clone_htod(&f32v(&k)).unwrap(),
+            st.clone_htod(&f32v(&g)).unwrap(),
+        );
+        let mut one: Option<[Vec<f32>; 3]> = None;
+        let choices = [1usize, 2, 4, 8].into_iter().map(Some).chain([None]);
+        for choice in choices {
+            conv.outputs_per_thread = choice;
+            let y = conv.forward(&spec, &du_.as_view(), &dk_.as_view()).unwrap();
+            let gu = conv
+                .grad_input(&spec, &dg_.as_view(), &dk_.as_view())
+                .unwrap();
+            let gk = conv
+                .grad_kernel(&spec, &dg_.as_view(), &du_.as_view())
+                .unwrap();
+            let got = [
+                st.clone_dtoh(&y).unwrap(),
+                st.clone_dtoh(&gu).unwrap(),
+                st.clone_dtoh(&gk).unwrap(),
+            ];
+            let what = format!("B{batch} C{channels} L{len} K{taps} outputs {choice:?}");
+            for (i, name) in ["y", "du", "dk"].iter().enumerate() {
+                let r = rel(&got[i], &want[i]);
+                assert!(r <= 1e-5, "{what} {name}: {r:.3e}");
+                worst[i] = worst[i].max(r);
+            }
+            match &one {
+                None => one = Some(got),
+                Some(base) => {
+                    for (i, name) in ["y", "du", "dk"].iter().enumerate() {
+                        assert!(
+                            base[i] == got[i],
+                            "{what} {name}: differs from one output a thread"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    conv.outputs_per_thread = Some(3);
+    let spec = ConvSpec {
+        batch: 1,
+        channels: 1,
+        len: 4,
+        taps: 2,
+    };
+    let (x, kx) = (
+        st.clone_htod(&[0f32; 4]).unwrap(),
+        st.clone_htod(&[0f32; 2]).unwrap(),
+    );
+    let err = conv
+        .forward(&spec, &x.as_view(), &kx.as_view())
+        .err()
+        .expect("3 outputs a thread is refused");
+    assert!(err.0.contains("outputs a thread"), "{}", err.0);
+    println!(
+        "worst relative error over {} shapes × 5 tilings: y {:.2e}, du {:.2e}, dk {:.2e}; \
+         outputs a thread {OUTPUTS_PER_THREAD:?}",
+        shapes.len(),
+        worst[0],
+        worst[1],
+        worst[2]
+    );
+}
