@@ -4,6 +4,8 @@
 //   cc_fwd:  y[b,c,t]  = sum_{s <= t, s < K}      k[c,s] * u[b,c,t-s]
 //   cc_dx:   du[b,c,s] = sum_{j < K, s+j < L}     k[c,j] * g[b,c,s+j]      (correlation with k)
 //   cc_dk:   dk[c,j]   = sum_b sum_{j <= t < L}   g[b,c,t] * u[b,c,t-j]    (j < K; 0 for j >= L)
+//            (the batch in groups of consecutive rows where the channels give too few blocks,
+//            the groups' sums added in order by cc_dk_reduce)
 //
 // Tiling: a block of TILE threads owns OT = TILE*RPT consecutive outputs of one row (cc_fwd,
 // cc_dx: one (b, c) signal; cc_dk: one channel c and OT lags), RPT consecutive ones a thread.
@@ -18,7 +20,8 @@
 // sum to the output's total (two-level summation); every output is written by one thread in a
 // fixed order: deterministic, no atomics, and the same sums in the same order for every RPT.
 //
-// Grid: 1-D, blockIdx.x = row * tiles + tile (rows = batch*C for cc_fwd / cc_dx, C for cc_dk).
+// Grid: 1-D, blockIdx.x = row * tiles + tile (rows = batch*C for cc_fwd / cc_dx, groups*C for
+// cc_dk).
 
 #ifndef TILE
 #define TILE 256
@@ -193,20 +196,25 @@ cc_dx(const float* __restrict__ g, const float* __restrict__ k, float* __restric
     }
 }
 
+// cc_dk over batch groups: block (grp, c, tile) sums the batch rows grp·bpg .. (grp+1)·bpg − 1
+// into pdk[grp] (C, K); with several groups cc_dk_reduce sums the groups in order into dk.
 extern "C" __global__ void __launch_bounds__(TILE)
-cc_dk(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ dk,
-      int batch, int channels, int len, int taps, int tiles) {
+cc_dk(const float* __restrict__ g, const float* __restrict__ u, float* __restrict__ pdk,
+      int batch, int channels, int len, int taps, int tiles, int bpg) {
     __shared__ __align__(16) float gs[CHUNK];
     __shared__ float xs[XS];
-    const int c = blockIdx.x / tiles;
+    const int grp = blockIdx.x / (channels * tiles);
+    const int c = (blockIdx.x / tiles) % channels;
     const int j0 = (blockIdx.x % tiles) * OT;
+    float* dk = pdk + (size_t)grp * channels * taps;
+    const int b_begin = grp * bpg, b_end = min(batch, b_begin + bpg);
     // xs holds u[t0 - j0 - OT + 1 + i]; lag j0 + RPT·tid + r reads, at term t0 + i,
     // xs[b - r + i] with b = OT - 1 - RPT·tid
     const int b = OT - 1 - RPT * threadIdx.x;
     float acc[RPT];
 #pragma unroll
     for (int r = 0; r < RPT; ++r) acc[r] = 0.f;
-    for (int bb = 0; bb < batch; ++bb) {
+    for (int bb = b_begin; bb < b_end; ++bb) {
         const size_t off = ((size_t)bb * channels + c) * len;
         const float* gr = g + off;
         const float* ur = u + off;
@@ -251,4 +259,14 @@ cc_dk(const float* __restrict__ g, const float* __restrict__ u, float* __restric
         const int j = j0 + RPT * threadIdx.x + r;
         if (j < taps) dk[(size_t)c * taps + j] = j < len ? acc[r] : 0.f;
     }
+}
+
+// dk[i] = Σ_grp pdk[grp][i] over the groups in order (i < n = C·K).
+extern "C" __global__ void cc_dk_reduce(const float* __restrict__ pdk, float* __restrict__ dk,
+                                        int groups, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float acc = 0.f;
+    for (int grp = 0; grp < groups; ++grp) acc += pdk[(size_t)grp * n + i];
+    dk[i] = acc;
 }

@@ -10,7 +10,8 @@
 //!
 //! Best of 10 runs after a warm-up, the stream synchronized around each. Printed per size and
 //! kernel (`y`, `∂u`, `∂k`): both times, the speed-up, and the windowed kernel's rate in
-//! TFLOP/s (2 flops a term of the direct sums).
+//! TFLOP/s (2 flops a term of the direct sums). Both runs split `∂k`'s batch alike
+//! (`ConvSpec::batch_groups`).
 
 use lrnnx_kernels::conv::{CausalConv, ConvSpec};
 use lrnnx_kernels::cuda::{gpu_available, keep_pool_memory};
@@ -81,7 +82,7 @@ fn main() {
         }
         for (op, name) in ["y", "du", "dk"].iter().enumerate() {
             let outputs = if op == 2 {
-                CausalConv::outputs_for(channels, taps)
+                CausalConv::outputs_for(spec.batch_groups().0 * channels, taps)
             } else {
                 CausalConv::outputs_for(rows, len)
             };

@@ -29,11 +29,11 @@ use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 use crate::cuda::ARCH;
 use crate::ScanError;
 
-/// The CUDA C source of the convolution kernels (`cc_fwd`, `cc_dx`, `cc_dk`).
+/// The CUDA C source of the convolution kernels (`cc_fwd`, `cc_dx`, `cc_dk`, `cc_dk_reduce`).
 pub const CAUSAL_CONV_SRC: &str = include_str!("../cuda/causal_conv.cu");
 
 /// The kernels' entry points in [`CAUSAL_CONV_SRC`].
-pub const CAUSAL_CONV_KERNELS: [&str; 3] = ["cc_fwd", "cc_dx", "cc_dk"];
+pub const CAUSAL_CONV_KERNELS: [&str; 4] = ["cc_fwd", "cc_dx", "cc_dk", "cc_dk_reduce"];
 
 /// Threads per block.
 pub const TILE: usize = 256;
@@ -102,6 +102,22 @@ impl ConvSpec {
     fn empty(&self) -> bool {
         self.batch == 0 || self.channels == 0 || self.len == 0
     }
+
+    /// `∂k`'s split of the batch: `(groups, rows a group)`. One group when the channels give
+    /// [`CONV_TARGET_BLOCKS`] blocks at 8 outputs a thread; else enough groups of consecutive
+    /// batch rows for that (at most one a row), whose sums are added in order. It depends on
+    /// the sizes only, so `∂k` does not depend on the outputs a thread.
+    pub fn batch_groups(&self) -> (usize, usize) {
+        let blocks = self
+            .channels
+            .saturating_mul(self.taps.div_ceil(TILE * 8))
+            .max(1);
+        let want = CONV_TARGET_BLOCKS
+            .div_ceil(blocks)
+            .clamp(1, self.batch.max(1));
+        let per = self.batch.max(1).div_ceil(want);
+        (self.batch.max(1).div_ceil(per), per)
+    }
 }
 
 /// Compiles the convolution source to PTX for [`ARCH`], 8 outputs a thread.
@@ -142,6 +158,7 @@ struct Module {
     fwd: CudaFunction,
     dx: CudaFunction,
     dk: CudaFunction,
+    dk_reduce: CudaFunction,
 }
 
 /// The convolution kernels on one stream; each variant compiled once, on first use.
@@ -206,6 +223,7 @@ impl CausalConv {
             fwd: m.load_function("cc_fwd").map_err(drv)?,
             dx: m.load_function("cc_dx").map_err(drv)?,
             dk: m.load_function("cc_dk").map_err(drv)?,
+            dk_reduce: m.load_function("cc_dk_reduce").map_err(drv)?,
             _m: m,
         });
         map.insert(outputs, module.clone());
@@ -292,29 +310,48 @@ impl CausalConv {
         if spec.empty() {
             return self.zeros(spec.kernel_len());
         }
-        let r = self.outputs(spec.channels, spec.taps)?;
+        let (groups, per) = spec.batch_groups();
+        let r = self.outputs(groups * spec.channels, spec.taps)?;
         let m = self.module(r)?;
         // SAFETY: as in `correlate`; the kernel writes every element.
         let mut dk = unsafe { self.stream.alloc::<f32>(spec.kernel_len()) }.map_err(drv)?;
+        // the groups' sums (groups, C, K), summed below; one group writes dk itself
+        // SAFETY: as above; every group's block writes every element of its part.
+        let mut pdk = unsafe {
+            self.stream.alloc::<f32>(if groups > 1 {
+                groups * spec.kernel_len()
+            } else {
+                1
+            })
+        }
+        .map_err(drv)?;
         let tiles = spec.taps.div_ceil(TILE * r);
-        let (b, c, l, kk, t) = (
+        let (b, c, l, kk, t, bpg) = (
             spec.batch as i32,
             spec.channels as i32,
             spec.len as i32,
             spec.taps as i32,
             tiles as i32,
+            per as i32,
         );
         let mut lb = self.stream.launch_builder(&m.dk);
-        lb.arg(g)
-            .arg(u)
-            .arg(&mut dk)
-            .arg(&b)
-            .arg(&c)
-            .arg(&l)
-            .arg(&kk)
-            .arg(&t);
-        // SAFETY: the arguments match `cc_dk`; lengths checked above.
-        unsafe { lb.launch(blocks(spec.channels * tiles)) }.map_err(drv)?;
+        lb.arg(g).arg(u);
+        if groups > 1 {
+            lb.arg(&mut pdk);
+        } else {
+            lb.arg(&mut dk);
+        }
+        lb.arg(&b).arg(&c).arg(&l).arg(&kk).arg(&t).arg(&bpg);
+        // SAFETY: the arguments match `cc_dk`; lengths checked above, the output holds
+        // groups·C·K values.
+        unsafe { lb.launch(blocks(groups * spec.channels * tiles)) }.map_err(drv)?;
+        if groups > 1 {
+            let (gn, n) = (groups as i32, spec.kernel_len() as i32);
+            let mut lb = self.stream.launch_builder(&m.dk_reduce);
+            lb.arg(&pdk).arg(&mut dk).arg(&gn).arg(&n);
+            // SAFETY: the arguments match `cc_dk_reduce`; `pdk` holds groups·n values.
+            unsafe { lb.launch(LaunchConfig::for_num_elems(n as u32)) }.map_err(drv)?;
+        }
         Ok(dk)
     }
 }
@@ -343,5 +380,24 @@ mod tests {
             assert!(check_outputs(r).is_ok());
         }
         assert!(check_outputs(3).is_err() && check_outputs(16).is_err());
+    }
+
+    /// The batch groups of `∂k` cover the batch in order, one group when the channels suffice.
+    #[test]
+    fn batch_groups_cover_the_batch() {
+        let spec = |batch, channels, taps| ConvSpec {
+            batch,
+            channels,
+            len: 4096,
+            taps,
+        };
+        assert_eq!(spec(16, 256, 4096).batch_groups(), (1, 16)); // 512 blocks at 8
+        assert_eq!(spec(32, 64, 1024).batch_groups(), (5, 7)); // 64 blocks: 5 groups
+        assert_eq!(spec(2, 1, 64).batch_groups(), (2, 1));
+        assert_eq!(spec(0, 0, 1).batch_groups(), (1, 1));
+        for (b, c, k) in [(1, 1, 1), (7, 3, 100), (64, 8, 5000), (3, 1000, 16)] {
+            let (groups, per) = spec(b, c, k).batch_groups();
+            assert!(groups >= 1 && groups <= b && (groups - 1) * per < b && groups * per >= b);
+        }
     }
 }
