@@ -38,7 +38,9 @@ pub const CAUSAL_CONV_KERNELS: [&str; 4] = ["cc_fwd", "cc_dx", "cc_dk", "cc_dk_r
 /// Threads per block.
 pub const TILE: usize = 256;
 
-/// The outputs a thread may own, largest first ([`CausalConv::outputs_for`]).
+/// The outputs a thread may own, largest first ([`CausalConv::outputs_for`]). 16 measured
+/// slower than 8 on the H100 at L 4096 (y 2.99 against 2.61 ms, B16 × C256 × K4096) and at most
+/// 4% faster at L 16384.
 pub const OUTPUTS_PER_THREAD: [usize; 4] = [8, 4, 2, 1];
 
 /// Blocks a launch should have for the GPU to be busy (about two an SM of an H100 / H200's
