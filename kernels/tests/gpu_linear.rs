@@ -175,7 +175,7 @@ fn schedules_match_f64_reference() {
         }
     }
     println!(
-        "worst relative error over {} shapes × 4 variants × 2 schedules (3 segment targets): \
+        "worst relative error over {} shapes × 4 variants × 2 schedules (4 segment targets): \
          h {:.2e}, du {:.2e}, da {:.2e}",
         shapes.len(),
         worst[0],
