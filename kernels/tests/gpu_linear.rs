@@ -2,7 +2,7 @@
 //! prints a skip reason and returns without one): both schedules, real and complex, full and
 //! shared `a`, against a sequential f64 loop written here (`h` at 1e-5, `∂u`, `∂a` at 1e-4 of the
 //! reference's largest value), on shapes that cover states not a multiple of 32, lengths shorter
-//! than a chunk and ending mid chunk, one segment and many (three segment targets); the parallel
+//! than a chunk and ending mid chunk, one segment and many (four segment targets); the parallel
 //! backward run twice gives bitwise identical gradients.
 #![cfg(feature = "cuda")]
 #![allow(clippy::needless_range_loop)]
