@@ -672,10 +672,12 @@ fn mamba_layer_cuda_matches_cpu_at_length_4096() {
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
 
-/// The causal convolution of S4 / S4D (`lrnnx-kernels`' direct sums) against the CPU op in
-/// f64 (FFTs; itself checked against the direct sum and finite differences in `fftconv`):
-/// `y` within 1e-5, `∂u` and `∂k` within 1e-4 of the reference's largest value; lengths up
-/// to 16384, kernels shorter than, equal to and longer than the signal.
+/// The causal convolution of S4 / S4D (`lrnnx-kernels`' direct sums or cuFFT, as
+/// `ConvMethod::Auto` picks: the cases take both ways, e.g. L 1000 × K 1000 and L 16384 ×
+/// K 16384 by FFT, L 5000 × K 257 `y` direct and `∂k` by FFT, the short ones direct) against
+/// the CPU op in f64 (FFTs; itself checked against the direct sum and finite differences in
+/// `fftconv`): `y` within 1e-5, `∂u` and `∂k` within 1e-4 of the reference's largest value;
+/// lengths up to 16384, kernels shorter than, equal to and longer than the signal.
 #[test]
 fn random_causal_convs_cuda_match_cpu() {
     use lrnnx_train::fftconv::causal_conv;

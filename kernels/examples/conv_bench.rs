@@ -1,7 +1,8 @@
 //! The causal convolution (`lrnnx_kernels::conv`, the convolution under lrnnx-train's S4 and S4D
-//! layers): the register-windowed kernels at the automatic outputs a thread against one output a
-//! thread (the baseline: the kernels as they were, two shared loads an FMA), in the same process
-//! on the same GPU, at S4-like sizes.
+//! layers): the register-windowed direct sums at the automatic outputs a thread against one output
+//! a thread (the baseline: the kernels as they were, two shared loads an FMA), and the cuFFT path
+//! against the windowed direct sums, in the same process on the same GPU, at S4-like sizes and
+//! over a sweep of kernel lengths (where `ConvMethod::Auto` switches).
 //!
 //! ```text
 //! cargo build --release -p lrnnx-kernels --features cuda --example conv_bench
@@ -9,13 +10,14 @@
 //! ```
 //!
 //! Best of 10 runs after a warm-up, the stream synchronized around each. Printed per size and
-//! kernel (`y`, `∂u`, `∂k`): the times at one, at 8 and at the automatic outputs a thread, the
-//! speed-up of the automatic choice over one, and its rate in
-//! TFLOP/s (2 flops a term of the direct sums). Both runs split `∂k`'s batch alike
-//! (`ConvSpec::batch_groups`).
+//! kernel (`y`, `∂u`, `∂k`): the times of the direct sums at one, at 8 and at the automatic
+//! outputs a thread, the speed-up of the automatic choice over one, its rate in TFLOP/s (2 flops
+//! a term of the direct sums), the FFT's time and its speed-up over the windowed direct sums.
+//! The direct runs split `∂k`'s batch alike (`ConvSpec::batch_groups`).
 
-use lrnnx_kernels::conv::{CausalConv, ConvSpec};
+use lrnnx_kernels::conv::{fft_pays, CausalConv, ConvMethod, ConvSpec};
 use lrnnx_kernels::cuda::{gpu_available, keep_pool_memory};
+use lrnnx_kernels::fft::cufft_available;
 
 /// Terms of the direct sum of `y` (and of `∂k`, and of `∂u`): `Σ_t min(t + 1, K)` a row.
 fn terms(len: usize, taps: usize) -> f64 {
@@ -32,15 +34,42 @@ fn main() {
     let st = ctx.default_stream();
     keep_pool_memory(&st);
     let mut conv = CausalConv::with_stream(st.clone());
+    let fft = cufft_available();
     println!(
-        "{:<28} {:>4} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}",
-        "size (B C L K)", "op", "1/thread", "8/thread", "windowed", "outputs", "speedup", "TFLOP/s"
+        "cuFFT {}; `auto` says which way ConvMethod::Auto takes (conv::fft_pays)",
+        if fft {
+            "loaded"
+        } else {
+            "not loadable: FFT column empty"
+        }
+    );
+    println!(
+        "{:<28} {:>4} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7}",
+        "size (B C L K)",
+        "op",
+        "1/thread",
+        "8/thread",
+        "windowed",
+        "outputs",
+        "speedup",
+        "TFLOP/s",
+        "FFT",
+        "FFT x",
+        "auto"
     );
     for &(batch, channels, len, taps) in &[
         (16, 256, 4096, 4096),
         (8, 128, 16384, 16384),
+        (2, 64, 65536, 65536),
         (32, 64, 1024, 1024),
         (4, 64, 2048, 64),
+        (16, 256, 4096, 64),
+        (16, 256, 4096, 128),
+        (16, 256, 4096, 256),
+        (16, 256, 4096, 512),
+        (8, 128, 16384, 128),
+        (8, 128, 16384, 256),
+        (8, 128, 16384, 512),
     ] {
         let spec = ConvSpec {
             batch,
@@ -56,8 +85,18 @@ fn main() {
             .expect("upload");
         let rows = batch * channels;
         let flops = 2.0 * rows as f64 * terms(len, taps);
-        let mut best = [[f64::MAX; 3]; 3];
-        for (v, forced) in [Some(1), Some(8), None].into_iter().enumerate() {
+        let mut best = [[f64::MAX; 3]; 4];
+        let ways = [
+            (ConvMethod::Direct, Some(1)),
+            (ConvMethod::Direct, Some(8)),
+            (ConvMethod::Direct, None),
+            (ConvMethod::Fft, None),
+        ];
+        for (v, (method, forced)) in ways.into_iter().enumerate() {
+            if method == ConvMethod::Fft && !fft {
+                continue;
+            }
+            conv.method = method;
             conv.outputs_per_thread = forced;
             for rep in 0..11 {
                 let mut t3 = [0.0; 3];
@@ -88,7 +127,7 @@ fn main() {
                 CausalConv::outputs_for(rows, len)
             };
             println!(
-                "{:<28} {:>4} {:>10.3} {:>10.3} {:>10.3} {:>8} {:>7.1}x {:>9.1}",
+                "{:<28} {:>4} {:>10.3} {:>10.3} {:>10.3} {:>8} {:>7.1}x {:>9.1} {:>9.3} {:>7.2}x {:>7}",
                 format!("B{batch} C{channels} L{len} K{taps}"),
                 name,
                 best[0][op],
@@ -96,7 +135,14 @@ fn main() {
                 best[2][op],
                 outputs,
                 best[0][op] / best[2][op],
-                flops / (best[2][op] * 1e-3) / 1e12
+                flops / (best[2][op] * 1e-3) / 1e12,
+                best[3][op],
+                best[2][op] / best[3][op],
+                if fft && fft_pays(&spec, op == 2) {
+                    "FFT"
+                } else {
+                    "direct"
+                }
             );
         }
     }

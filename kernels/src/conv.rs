@@ -17,9 +17,12 @@
 //! `O(L log L)` per row, but the direct sum is simple, exact in its order and fast enough at
 //! the lengths S4 trains on); every output is written by one thread in a fixed order, so
 //! results are deterministic (no atomics).
+//!
+//! Long kernels go through cuFFT instead ([`crate::fft`], `O(L log L)` a row) where it loads:
+//! [`ConvMethod::Auto`] takes it where its cost model ([`fft_pays`]) says it is faster.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
@@ -27,6 +30,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use crate::cuda::ARCH;
+use crate::fft::{fft_len, FftConv};
 use crate::ScanError;
 
 /// The CUDA C source of the convolution kernels (`cc_fwd`, `cc_dx`, `cc_dk`, `cc_dk_reduce`).
@@ -49,6 +53,48 @@ pub const CONV_TARGET_BLOCKS: usize = 264;
 
 /// Terms per shared-memory chunk.
 pub const CHUNK: usize = 256;
+
+/// The cost of one element of the FFT path per `log₂ n` (pad, two real transforms, the
+/// spectral product, the copy out) in terms of the direct sums' FMAs: fitted on an H100
+/// (`conv_bench`: `y` at B16 × C256 × L4096 takes 0.465 ms direct at K 512 and 0.50 ms as an
+/// FFT of 8192; at B8 × C128 × L16384 0.466 against 0.61 ms).
+pub const FFT_COST_PER_LOG: usize = 21;
+
+/// The effective taps `min(K, L)` from which [`ConvMethod::Auto`] computes `∂k` by FFT: the
+/// direct `∂k` sums `batch·L` terms a thread and is latency-bound at small `K` (H100, B16 ×
+/// C256 × L4096: 0.86 ms direct at K 64 to 256 against 0.52 ms as an FFT; B4 × C64 × L2048 × K64
+/// 0.045 ms both).
+pub const FFT_MIN_TAPS_DK: usize = 64;
+
+/// Whether [`ConvMethod::Auto`] takes the FFT for `y` / `∂u` (`grad_kernel = false`) or `∂k`:
+/// `y` / `∂u` where the direct terms `L·min(K, L)` a row cost more than
+/// [`FFT_COST_PER_LOG`]`·n·log₂ n` (`n` = [`fft_len`]; about `K ≥ 550` at `L` 4096, `K ≥ 640` at
+/// 16384); `∂k` from [`FFT_MIN_TAPS_DK`] effective taps.
+pub fn fft_pays(spec: &ConvSpec, grad_kernel: bool) -> bool {
+    let taps = spec.taps.min(spec.len);
+    if grad_kernel {
+        return taps >= FFT_MIN_TAPS_DK;
+    }
+    let n = fft_len(spec);
+    let log = n.trailing_zeros() as usize;
+    (spec.len as u128) * (taps as u128) >= (FFT_COST_PER_LOG * log) as u128 * n as u128
+}
+
+/// The longest transform the FFT path takes (cuFFT's 32-bit lengths); longer ones run direct.
+pub const FFT_MAX_LEN: usize = 1 << 30;
+
+/// How [`CausalConv`] computes a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvMethod {
+    /// The FFT where cuFFT loads, the transform fits [`FFT_MAX_LEN`] and [`fft_pays`]; else the
+    /// direct sums.
+    #[default]
+    Auto,
+    /// Always the direct sums (exact summation order, independent of `r`).
+    Direct,
+    /// Always the FFT; an error where cuFFT does not load or the transform is too long.
+    Fft,
+}
 
 fn drv(e: cudarc::driver::DriverError) -> ScanError {
     ScanError(format!("CUDA driver: {e:?}"))
@@ -170,6 +216,9 @@ pub struct CausalConv {
     /// Outputs a thread for every launch (one of [`OUTPUTS_PER_THREAD`]); `None` (the default)
     /// chooses per launch with [`CausalConv::outputs_for`]. The results are the same either way.
     pub outputs_per_thread: Option<usize>,
+    /// Direct sums or FFT ([`ConvMethod::Auto`] by default).
+    pub method: ConvMethod,
+    fft: OnceLock<Option<FftConv>>,
 }
 
 fn blocks(n: usize) -> LaunchConfig {
@@ -187,6 +236,39 @@ impl CausalConv {
             stream,
             modules: Mutex::new(HashMap::new()),
             outputs_per_thread: None,
+            method: ConvMethod::Auto,
+            fft: OnceLock::new(),
+        }
+    }
+
+    /// The FFT path for `spec`'s `y` / `∂u` (`grad_kernel = false`) or `∂k` under
+    /// [`CausalConv::method`], `None` for the direct sums.
+    fn fft_for(&self, spec: &ConvSpec, grad_kernel: bool) -> Result<Option<&FftConv>, ScanError> {
+        let fits = fft_len(spec) <= FFT_MAX_LEN;
+        let want = match self.method {
+            ConvMethod::Direct => false,
+            ConvMethod::Auto => fits && fft_pays(spec, grad_kernel),
+            ConvMethod::Fft if !fits => {
+                return Err(ScanError(format!(
+                    "causal conv: {spec:?} needs an FFT longer than {FFT_MAX_LEN}"
+                )))
+            }
+            ConvMethod::Fft => true,
+        };
+        if !want {
+            return Ok(None);
+        }
+        let fft = self
+            .fft
+            .get_or_init(|| FftConv::with_stream(self.stream.clone()))
+            .as_ref();
+        match (fft, self.method) {
+            (None, ConvMethod::Fft) => Err(ScanError(
+                "causal conv: cuFFT (libcufft) did not load; set LRNNX_CUFFT to its path or use \
+                 ConvMethod::Direct"
+                    .into(),
+            )),
+            (f, _) => Ok(f),
         }
     }
 
@@ -272,6 +354,9 @@ impl CausalConv {
         if spec.empty() {
             return self.zeros(spec.signal_len());
         }
+        if let Some(fft) = self.fft_for(spec, false)? {
+            return fft.correlate(spec, x, k, adjoint);
+        }
         let rows = spec.batch * spec.channels;
         let r = self.outputs(rows, spec.len)?;
         let m = self.module(r)?;
@@ -311,6 +396,9 @@ impl CausalConv {
         ])?;
         if spec.empty() {
             return self.zeros(spec.kernel_len());
+        }
+        if let Some(fft) = self.fft_for(spec, true)? {
+            return fft.grad_kernel(spec, g, u);
         }
         let (groups, per) = spec.batch_groups();
         let r = self.outputs(groups * spec.channels, spec.taps)?;
@@ -401,5 +489,28 @@ mod tests {
             let (groups, per) = spec(b, c, k).batch_groups();
             assert!(groups >= 1 && groups <= b && (groups - 1) * per < b && groups * per >= b);
         }
+    }
+
+    /// The cost model's switch points: `y` / `∂u` between the measured K 512 (direct faster)
+    /// and 1024 (FFT faster) at L 4096 and 16384; `∂k` from 64 taps; taps past L do not count.
+    #[test]
+    fn fft_pays_past_the_measured_crossover() {
+        let spec = |len, taps| ConvSpec {
+            batch: 8,
+            channels: 128,
+            len,
+            taps,
+        };
+        for len in [4096, 16384] {
+            assert!(!fft_pays(&spec(len, 512), false));
+            assert!(fft_pays(&spec(len, 1024), false));
+            assert!(fft_pays(&spec(len, len), false));
+        }
+        // the first K that pays at L 4096: 21·8192·13 / 4096 = 546
+        assert!(!fft_pays(&spec(4096, 545), false) && fft_pays(&spec(4096, 546), false));
+        assert!(!fft_pays(&spec(100, 100), false)); // short rows: 21·256·8 > 100·100
+        assert!(!fft_pays(&spec(300, 4096), false) && !fft_pays(&spec(4096, 63), true));
+        assert!(fft_pays(&spec(4096, 64), true) && fft_pays(&spec(100, 4096), true));
+        assert!(!fft_pays(&spec(63, 4096), true));
     }
 }

@@ -35,6 +35,8 @@ pub mod conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "cuda")]
+pub mod fft;
+#[cfg(feature = "cuda")]
 pub mod linear;
 #[cfg(feature = "cuda")]
 pub mod s7;

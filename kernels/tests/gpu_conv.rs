@@ -3,14 +3,19 @@
 //! (each of `OUTPUTS_PER_THREAD` and the automatic one) against direct f64 sums written here (1e-5 of the
 //! reference's largest value), on shapes with kernels shorter than, as long as and longer than
 //! the signal, lengths that end mid tile, and several tiles a row; and every choice gives
-//! bitwise the results of one output a thread (the same sums in the same order).
+//! bitwise the results of one output a thread (the same sums in the same order). The FFT path
+//! (cuFFT) against the same f64 sums, up to L = K = 16384, two runs bit-identical, and
+//! `ConvMethod::Auto` taking it exactly where `fft_pays` says.
 #![cfg(feature = "cuda")]
 
 mod common;
 use common::{f32v, rel, Rng};
 
-use lrnnx_kernels::conv::{CausalConv, ConvSpec, OUTPUTS_PER_THREAD};
+use cudarc::driver::{CudaSlice, CudaStream};
+use lrnnx_kernels::conv::{fft_pays, CausalConv, ConvMethod, ConvSpec, OUTPUTS_PER_THREAD};
 use lrnnx_kernels::cuda::gpu_available;
+use lrnnx_kernels::fft::cufft_available;
+use std::sync::Arc;
 
 /// `y`, `∂u`, `∂k` of the module doc of `conv`, in f64.
 fn reference(s: &ConvSpec, u: &[f64], k: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
@@ -47,6 +52,7 @@ fn every_tiling_matches_f64_and_one_output_a_thread() {
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
     let st = ctx.default_stream();
     let mut conv = CausalConv::with_stream(st.clone());
+    conv.method = ConvMethod::Direct;
     // (batch, C, L, K)
     let shapes = [
         (1, 1, 1, 1),
@@ -131,6 +137,107 @@ fn every_tiling_matches_f64_and_one_output_a_thread() {
     println!(
         "worst relative error over {} shapes × every tiling: y {:.2e}, du {:.2e}, dk {:.2e}; \
          outputs a thread {OUTPUTS_PER_THREAD:?}",
+        shapes.len(),
+        worst[0],
+        worst[1],
+        worst[2]
+    );
+}
+
+/// `[y, ∂u, ∂k]` of `conv` on device copies of `u`, `k`, `g`, read back.
+fn run_all(
+    conv: &CausalConv,
+    st: &Arc<CudaStream>,
+    spec: &ConvSpec,
+    dev: &[CudaSlice<f32>; 3],
+) -> [Vec<f32>; 3] {
+    let [u, k, g] = dev;
+    let y = conv.forward(spec, &u.as_view(), &k.as_view()).unwrap();
+    let gu = conv.grad_input(spec, &g.as_view(), &k.as_view()).unwrap();
+    let gk = conv.grad_kernel(spec, &g.as_view(), &u.as_view()).unwrap();
+    [
+        st.clone_dtoh(&y).unwrap(),
+        st.clone_dtoh(&gu).unwrap(),
+        st.clone_dtoh(&gk).unwrap(),
+    ]
+}
+
+#[test]
+fn fft_matches_f64_and_auto_switches_at_the_threshold() {
+    if !gpu_available() {
+        println!("SKIPPED: no CUDA device");
+        return;
+    }
+    if !cufft_available() {
+        println!("SKIPPED: cuFFT (libcufft) not loadable; set LRNNX_CUFFT to its path");
+        return;
+    }
+    let ctx = cudarc::driver::CudaContext::new(0).unwrap();
+    let st = ctx.default_stream();
+    let mut conv = CausalConv::with_stream(st.clone());
+    // (batch, C, L, K): short and long kernels, K > L, odd lengths, one and many rows
+    let shapes = [
+        (1, 1, 1, 1),
+        (2, 3, 37, 5),
+        (2, 3, 37, 100),
+        (1, 2, 1000, 1000),
+        (3, 4, 2049, 300),
+        (2, 2, 5000, 5000),
+        (1, 1, 300, 4096),
+        (4, 5, 777, 63),
+        (4, 5, 777, 64),
+        (2, 3, 4096, 545),
+        (2, 3, 4096, 546),
+        (1, 2, 16384, 16384),
+    ];
+    let mut rng = Rng(31);
+    let mut worst = [0.0f64; 3];
+    for &(batch, channels, len, taps) in &shapes {
+        let spec = ConvSpec {
+            batch,
+            channels,
+            len,
+            taps,
+        };
+        let u = rng.vec(spec.signal_len(), -1.0, 1.0);
+        let k = rng.vec(spec.kernel_len(), -1.0, 1.0);
+        let g = rng.vec(spec.signal_len(), -1.0, 1.0);
+        let want = reference(&spec, &u, &k, &g);
+        let dev = [
+            st.clone_htod(&f32v(&u)).unwrap(),
+            st.clone_htod(&f32v(&k)).unwrap(),
+            st.clone_htod(&f32v(&g)).unwrap(),
+        ];
+        let what = format!("B{batch} C{channels} L{len} K{taps}");
+        conv.method = ConvMethod::Fft;
+        let fft = run_all(&conv, &st, &spec, &dev);
+        for (i, name) in ["y", "du", "dk"].iter().enumerate() {
+            let r = rel(&fft[i], &want[i]);
+            assert!(r <= 1e-5, "{what} FFT {name}: {r:.3e}");
+            worst[i] = worst[i].max(r);
+        }
+        assert!(
+            run_all(&conv, &st, &spec, &dev) == fft,
+            "{what}: two FFT runs differ"
+        );
+        conv.method = ConvMethod::Direct;
+        let direct = run_all(&conv, &st, &spec, &dev);
+        conv.method = ConvMethod::Auto;
+        let auto = run_all(&conv, &st, &spec, &dev);
+        for (i, name) in ["y", "du", "dk"].iter().enumerate() {
+            let expect = if fft_pays(&spec, i == 2) {
+                &fft[i]
+            } else {
+                &direct[i]
+            };
+            assert!(
+                &auto[i] == expect,
+                "{what} {name}: Auto did not take the expected path"
+            );
+        }
+    }
+    println!(
+        "FFT: worst relative error over {} shapes: y {:.2e}, du {:.2e}, dk {:.2e}",
         shapes.len(),
         worst[0],
         worst[1],

@@ -218,4 +218,8 @@ fn causal_conv_compiles_for_sm90() {
         }
     }
     assert!(lrnnx_kernels::conv::compile_with_outputs(3).is_err());
+    let ptx = lrnnx_kernels::fft::compile().unwrap().to_src();
+    for k in lrnnx_kernels::fft::FFT_CONV_KERNELS {
+        assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+    }
 }

@@ -17,8 +17,10 @@
 //! [`crate::scan`]'s linear recurrence runs `lrnnx_kernels::linear` on the operands as they are
 //! (`a`, `u` `(B, L, N[, 2])`, or a shared `a` row).
 //!
-//! [`crate::fftconv`]'s causal convolution (S4 / S4D) runs `lrnnx_kernels::conv` (direct,
-//! shared-memory tiled sums) for its forward and both gradients.
+//! [`crate::fftconv`]'s causal convolution (S4 / S4D) runs `lrnnx_kernels::conv` for its
+//! forward and both gradients: direct, shared-memory tiled sums for short kernels, cuFFT
+//! (loaded at run time) for long ones (`ConvMethod::Auto`; the direct sums where cuFFT is
+//! missing).
 //!
 //! The kernels compute in f32 only: f64 tensors on a CUDA device are refused with an error.
 

@@ -1,0 +1,458 @@
+//! The causal convolution of [`crate::conv`] through cuFFT, `O(L log L)` a row instead of the
+//! direct sum's `O(L·min(K, L))`:
+//!
+//! ```text
+//! n = the power of two ≥ L + K′ − 1,  K′ = min(K, L)        (no circular wrap reaches an output)
+//! y  = IFFT_n( FFT_n(u) · FFT_n(k) )[0..L]
+//! ∂u = IFFT_n( FFT_n(g) · conj FFT_n(k) )[0..L]                          (a correlation)
+//! ∂k = IFFT_n( Σ_b FFT_n(g_b) · conj FFT_n(u_b) )[0..K′], 0 for taps ≥ L  (batch summed in order)
+//! ```
+//!
+//! cuFFT (`libcufft`, part of every CUDA toolkit and of the `nvidia-cufft` wheel) is loaded at
+//! run time, so a machine without it still runs the direct sums: [`cufft_available`] says
+//! whether it loaded, `LRNNX_CUFFT` may name the library's path. The transforms are real,
+//! in place, batched over rows of `n + 2` floats ([`FFT_CONV_SRC`]'s pointwise kernels pad,
+//! multiply and take the outputs). cuFFT's plans are fixed algorithms, so two runs give the same
+//! bits; the results differ from the direct sums by the FFT's rounding (below 5e-7 of the
+//! largest value in `kernels/tests/gpu_conv.rs`, lengths up to 16384).
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::ffi::{c_int, c_longlong, c_void};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+
+use crate::conv::ConvSpec;
+use crate::cuda::ARCH;
+use crate::ScanError;
+
+/// The CUDA C source of the pointwise kernels around the transforms.
+pub const FFT_CONV_SRC: &str = include_str!("../cuda/fft_conv.cu");
+
+/// The entry points of [`FFT_CONV_SRC`].
+pub const FFT_CONV_KERNELS: [&str; 4] = ["fc_pad", "fc_mul", "fc_xcorr_sum", "fc_take"];
+
+/// The library names tried in order (after `LRNNX_CUFFT`): CUDA 12 and 13 ship cuFFT 11 / 12.
+const CUFFT_NAMES: [&str; 4] = [
+    "libcufft.so",
+    "libcufft.so.12",
+    "libcufft.so.11",
+    "libcufft.so.13",
+];
+
+/// Plans kept per [`FftConv`] (four a convolution shape) before the cache is emptied.
+pub const MAX_PLANS: usize = 16;
+
+const CUFFT_R2C: c_int = 0x2a;
+const CUFFT_C2R: c_int = 0x2c;
+
+type CreateFn = unsafe extern "C" fn(*mut c_int) -> c_int;
+type DestroyFn = unsafe extern "C" fn(c_int) -> c_int;
+type SetStreamFn = unsafe extern "C" fn(c_int, *mut c_void) -> c_int;
+#[allow(clippy::type_complexity)]
+type MakePlanMany64Fn = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    *mut c_longlong,
+    *mut c_longlong,
+    c_longlong,
+    c_longlong,
+    *mut c_longlong,
+    c_longlong,
+    c_longlong,
+    c_int,
+    c_longlong,
+    *mut usize,
+) -> c_int;
+type ExecFn = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void) -> c_int;
+
+/// The cuFFT entry points this module calls.
+struct Cufft {
+    _lib: libloading::Library,
+    create: CreateFn,
+    destroy: DestroyFn,
+    set_stream: SetStreamFn,
+    make_plan_many64: MakePlanMany64Fn,
+    exec_r2c: ExecFn,
+    exec_c2r: ExecFn,
+}
+
+impl Cufft {
+    fn load() -> Option<Cufft> {
+        let names = std::env::var("LRNNX_CUFFT")
+            .into_iter()
+            .chain(CUFFT_NAMES.iter().map(|s| s.to_string()));
+        for name in names {
+            // SAFETY: loading cuFFT runs its initialisers only, which have no preconditions.
+            let Ok(lib) = (unsafe { libloading::Library::new(&name) }) else {
+                continue;
+            };
+            // SAFETY: the symbols are cuFFT's C API with these signatures (cufft.h).
+            let loaded = unsafe {
+                (|| -> Result<Cufft, libloading::Error> {
+                    Ok(Cufft {
+                        create: *lib.get::<CreateFn>(b"cufftCreate\0")?,
+                        destroy: *lib.get::<DestroyFn>(b"cufftDestroy\0")?,
+                        set_stream: *lib.get::<SetStreamFn>(b"cufftSetStream\0")?,
+                        make_plan_many64: *lib.get::<MakePlanMany64Fn>(b"cufftMakePlanMany64\0")?,
+                        exec_r2c: *lib.get::<ExecFn>(b"cufftExecR2C\0")?,
+                        exec_c2r: *lib.get::<ExecFn>(b"cufftExecC2R\0")?,
+                        _lib: lib,
+                    })
+                })()
+            };
+            if let Ok(c) = loaded {
+                return Some(c);
+            }
+        }
+        None
+    }
+}
+
+fn cufft() -> Option<&'static Cufft> {
+    static LIB: OnceLock<Option<Cufft>> = OnceLock::new();
+    LIB.get_or_init(Cufft::load).as_ref()
+}
+
+/// Whether cuFFT loaded (`LRNNX_CUFFT`, else `libcufft.so` and its versioned names).
+pub fn cufft_available() -> bool {
+    cufft().is_some()
+}
+
+fn check(what: &str, code: c_int) -> Result<(), ScanError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(ScanError(format!("cuFFT {what} failed with status {code}")))
+    }
+}
+
+fn drv(e: cudarc::driver::DriverError) -> ScanError {
+    ScanError(format!("CUDA driver: {e:?}"))
+}
+
+/// The transform length for a convolution: the power of two ≥ `L + min(K, L) − 1` (≥ 2).
+pub fn fft_len(spec: &ConvSpec) -> usize {
+    (spec.len + spec.taps.min(spec.len))
+        .saturating_sub(1)
+        .max(2)
+        .next_power_of_two()
+}
+
+/// One batched in-place plan: `rows` real transforms of length `n` (rows of `n + 2` floats).
+struct Plan {
+    handle: c_int,
+    lib: &'static Cufft,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from cufftCreate and is destroyed once.
+        unsafe { (self.lib.destroy)(self.handle) };
+    }
+}
+
+/// Compiles [`FFT_CONV_SRC`] to PTX for [`ARCH`].
+pub fn compile() -> Result<Ptx, ScanError> {
+    let opts = CompileOptions {
+        arch: Some(ARCH),
+        name: Some("fft_conv.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(FFT_CONV_SRC, opts).map_err(|e| {
+        ScanError(format!(
+            "NVRTC compile of the FFT conv kernels failed: {e:?}"
+        ))
+    })
+}
+
+struct Kernels {
+    _m: Arc<CudaModule>,
+    pad: CudaFunction,
+    mul: CudaFunction,
+    xcorr_sum: CudaFunction,
+    take: CudaFunction,
+}
+
+/// The FFT convolution on one stream: pointwise kernels compiled on first use, plans cached by
+/// (length, rows, direction), at most [`MAX_PLANS`], and used under a lock (a cuFFT plan owns
+/// one work area).
+pub struct FftConv {
+    stream: Arc<CudaStream>,
+    lib: &'static Cufft,
+    kernels: OnceLock<Kernels>,
+    plans: Mutex<HashMap<(usize, usize, bool), Plan>>,
+}
+
+/// A grid-stride launch over `n` elements.
+fn elems(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 132 * 16) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl FftConv {
+    /// On `stream`; `None` when cuFFT is not loadable.
+    pub fn with_stream(stream: Arc<CudaStream>) -> Option<Self> {
+        Some(FftConv {
+            stream,
+            lib: cufft()?,
+            kernels: OnceLock::new(),
+            plans: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn kernels(&self) -> Result<&Kernels, ScanError> {
+        if let Some(k) = self.kernels.get() {
+            return Ok(k);
+        }
+        let m = self.stream.context().load_module(compile()?).map_err(drv)?;
+        let k = Kernels {
+            pad: m.load_function("fc_pad").map_err(drv)?,
+            mul: m.load_function("fc_mul").map_err(drv)?,
+            xcorr_sum: m.load_function("fc_xcorr_sum").map_err(drv)?,
+            take: m.load_function("fc_take").map_err(drv)?,
+            _m: m,
+        };
+        Ok(self.kernels.get_or_init(|| k))
+    }
+
+    /// A plan for `rows` in-place real transforms of length `n` (rows of `n + 2` floats: `n/2 + 1`
+    /// complex bins), R2C or (`inverse`) C2R, on the stream.
+    fn plan(&self, n: usize, rows: usize, inverse: bool) -> Result<Plan, ScanError> {
+        let mut handle: c_int = 0;
+        // SAFETY: cuFFT C API with valid out-pointers and arrays of one length each (rank 1).
+        unsafe {
+            check("cufftCreate", (self.lib.create)(&mut handle))?;
+            let plan = Plan {
+                handle,
+                lib: self.lib,
+            };
+            let (w, nf) = ((n + 2) as c_longlong, (n / 2 + 1) as c_longlong);
+            let mut len = [n as c_longlong];
+            let (mut real, mut cplx) = ([w], [nf]);
+            let (ie, id, oe, od, ty) = if inverse {
+                (&mut cplx, nf, &mut real, w, CUFFT_C2R)
+            } else {
+                (&mut real, w, &mut cplx, nf, CUFFT_R2C)
+            };
+            let mut work = 0usize;
+            check(
+                "plan",
+                (self.lib.make_plan_many64)(
+                    handle,
+                    1,
+                    len.as_mut_ptr(),
+                    ie.as_mut_ptr(),
+                    1,
+                    id,
+                    oe.as_mut_ptr(),
+                    1,
+                    od,
+                    ty,
+                    rows as c_longlong,
+                    &mut work,
+                ),
+            )?;
+            check(
+                "cufftSetStream",
+                (self.lib.set_stream)(handle, self.stream.cu_stream() as *mut c_void),
+            )?;
+            Ok(plan)
+        }
+    }
+
+    /// Runs the forward (`inverse = false`: R2C) or inverse (C2R) transform of `rows` rows of
+    /// `n + 2` floats in `x`, in place, on the stream.
+    fn transform(
+        &self,
+        x: &mut CudaSlice<f32>,
+        n: usize,
+        rows: usize,
+        inverse: bool,
+    ) -> Result<(), ScanError> {
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| ScanError("FFT conv: plan cache poisoned".into()))?;
+        self.stream.context().bind_to_thread().map_err(drv)?;
+        if plans.len() >= MAX_PLANS && !plans.contains_key(&(n, rows, inverse)) {
+            plans.clear(); // each plan holds a work area on the GPU: keep a few shapes' worth
+        }
+        let plan = match plans.entry((n, rows, inverse)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(self.plan(n, rows, inverse)?),
+        };
+        let (ptr, _sync) = x.device_ptr_mut(&self.stream);
+        let p = ptr as *mut c_void;
+        // SAFETY: `x` holds rows·(n + 2) floats (checked by the callers' allocations); the
+        // plan runs on `self.stream`, the stream that orders every use of `x`.
+        let code = unsafe {
+            if inverse {
+                (self.lib.exec_c2r)(plan.handle, p, p)
+            } else {
+                (self.lib.exec_r2c)(plan.handle, p, p)
+            }
+        };
+        check(if inverse { "C2R" } else { "R2C" }, code)
+    }
+
+    /// `rows` rows of `x` (row stride `src_stride`, the first `take` values of each) zero-padded
+    /// to rows of `n + 2` floats and transformed.
+    fn spectrum(
+        &self,
+        x: &CudaView<f32>,
+        rows: usize,
+        n: usize,
+        take: usize,
+        src_stride: usize,
+    ) -> Result<CudaSlice<f32>, ScanError> {
+        let w = n + 2;
+        let total = rows
+            .checked_mul(w)
+            .ok_or_else(|| ScanError("FFT conv: too large".into()))?;
+        // SAFETY: any bit pattern is a valid f32; fc_pad writes every element.
+        let mut out = unsafe { self.stream.alloc::<f32>(total) }.map_err(drv)?;
+        let k = self.kernels()?;
+        let (r, wi, t, s) = (rows as i64, w as i32, take as i32, src_stride as i32);
+        let mut lb = self.stream.launch_builder(&k.pad);
+        lb.arg(x).arg(&mut out).arg(&r).arg(&wi).arg(&t).arg(&s);
+        // SAFETY: arguments match fc_pad; `x` holds rows·src_stride ≥ rows·take values.
+        unsafe { lb.launch(elems(total)) }.map_err(drv)?;
+        self.transform(&mut out, n, rows, false)?;
+        Ok(out)
+    }
+
+    /// The inverse transform of `x` (`rows` spectra), then the first `valid` of `len` outputs a
+    /// row (zeros after).
+    fn outputs(
+        &self,
+        mut x: CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+        len: usize,
+        valid: usize,
+    ) -> Result<CudaSlice<f32>, ScanError> {
+        self.transform(&mut x, n, rows, true)?;
+        let total = rows * len;
+        // SAFETY: as in `spectrum`; fc_take writes every element.
+        let mut out = unsafe { self.stream.alloc::<f32>(total.max(1)) }.map_err(drv)?;
+        let k = self.kernels()?;
+        let (r, w, l, v) = (rows as i64, (n + 2) as i32, len as i32, valid as i32);
+        let mut lb = self.stream.launch_builder(&k.take);
+        lb.arg(&x).arg(&mut out).arg(&r).arg(&w).arg(&l).arg(&v);
+        // SAFETY: arguments match fc_take; `x` holds rows·(n + 2) values, `out` rows·len.
+        unsafe { lb.launch(elems(total)) }.map_err(drv)?;
+        Ok(out)
+    }
+
+    /// `y` (`adjoint = false`) or `∂u` (`true`) of `x` `(batch, C, L)` and `k` `(C, K)`; the
+    /// caller checked the lengths and that nothing is empty.
+    pub(crate) fn correlate(
+        &self,
+        spec: &ConvSpec,
+        x: &CudaView<f32>,
+        k: &CudaView<f32>,
+        adjoint: bool,
+    ) -> Result<CudaSlice<f32>, ScanError> {
+        let n = fft_len(spec);
+        let rows = spec.batch * spec.channels;
+        let taps = spec.taps.min(spec.len);
+        let kf = self.spectrum(k, spec.channels, n, taps, spec.taps)?;
+        let mut xf = self.spectrum(x, rows, n, spec.len, spec.len)?;
+        let kern = self.kernels()?;
+        let nf = n / 2 + 1;
+        let (r, c, w, nfi, cj, scale) = (
+            rows as i64,
+            spec.channels as i32,
+            (n + 2) as i32,
+            nf as i32,
+            adjoint as i32,
+            1.0f32 / n as f32,
+        );
+        let mut lb = self.stream.launch_builder(&kern.mul);
+        lb.arg(&mut xf)
+            .arg(&kf)
+            .arg(&r)
+            .arg(&c)
+            .arg(&w)
+            .arg(&nfi)
+            .arg(&cj)
+            .arg(&scale);
+        // SAFETY: arguments match fc_mul; `xf` rows and `kf` C rows of n + 2 floats.
+        unsafe { lb.launch(elems(rows * nf)) }.map_err(drv)?;
+        self.outputs(xf, rows, n, spec.len, spec.len)
+    }
+
+    /// `∂k` `(C, K)` of `g` and `u` `(batch, C, L)`; the caller checked the lengths and that
+    /// nothing is empty.
+    pub(crate) fn grad_kernel(
+        &self,
+        spec: &ConvSpec,
+        g: &CudaView<f32>,
+        u: &CudaView<f32>,
+    ) -> Result<CudaSlice<f32>, ScanError> {
+        let n = fft_len(spec);
+        let rows = spec.batch * spec.channels;
+        let gf = self.spectrum(g, rows, n, spec.len, spec.len)?;
+        let uf = self.spectrum(u, rows, n, spec.len, spec.len)?;
+        let w = n + 2;
+        // SAFETY: any bit pattern is a valid f32; fc_xcorr_sum writes every bin (all n + 2
+        // floats of a row).
+        let mut sf = unsafe { self.stream.alloc::<f32>(spec.channels * w) }.map_err(drv)?;
+        let kern = self.kernels()?;
+        let nf = n / 2 + 1;
+        let (b, c, wi, nfi, scale) = (
+            spec.batch as i32,
+            spec.channels as i32,
+            w as i32,
+            nf as i32,
+            1.0f32 / n as f32,
+        );
+        let mut lb = self.stream.launch_builder(&kern.xcorr_sum);
+        lb.arg(&gf)
+            .arg(&uf)
+            .arg(&mut sf)
+            .arg(&b)
+            .arg(&c)
+            .arg(&wi)
+            .arg(&nfi)
+            .arg(&scale);
+        // SAFETY: arguments match fc_xcorr_sum; `gf`, `uf` batch·C rows, `sf` C rows of w.
+        unsafe { lb.launch(elems(spec.channels * nf)) }.map_err(drv)?;
+        self.outputs(sf, spec.channels, n, spec.taps, spec.taps.min(spec.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transform is the smallest power of two that keeps every output clear of the
+    /// circular wrap: n ≥ L + min(K, L) − 1.
+    #[test]
+    fn fft_len_avoids_the_wrap() {
+        let spec = |len, taps| ConvSpec {
+            batch: 1,
+            channels: 1,
+            len,
+            taps,
+        };
+        assert_eq!(fft_len(&spec(4096, 4096)), 8192);
+        assert_eq!(fft_len(&spec(4096, 4097)), 8192); // taps past L do not count
+        assert_eq!(fft_len(&spec(4096, 1)), 4096);
+        assert_eq!(fft_len(&spec(4097, 2)), 8192);
+        assert_eq!(fft_len(&spec(1, 1)), 2);
+        for (l, k) in [(37, 5), (1000, 1000), (2049, 300), (300, 4096), (5, 100)] {
+            let n = fft_len(&spec(l, k));
+            assert!(n.is_power_of_two() && n >= l + k.min(l) - 1 && n / 2 < l + k.min(l) - 1);
+        }
+    }
+}
