@@ -127,7 +127,7 @@ fn main() {
                 CausalConv::outputs_for(rows, len)
             };
             println!(
-                "{:<28} {:>4} {:>10.3} {:>10.3} {:>10.3} {:>8} {:>7.1}x {:>9.1} {:>9.3} {:>7.2}x {:>7}",
+                "{:<28} {:>4} {:>10.3} {:>10.3} {:>10.3} {:>8} {:>7.1}x {:>9.1} {:>9} {:>8} {:>7}",
                 format!("B{batch} C{channels} L{len} K{taps}"),
                 name,
                 best[0][op],
@@ -136,8 +136,16 @@ fn main() {
                 outputs,
                 best[0][op] / best[2][op],
                 flops / (best[2][op] * 1e-3) / 1e12,
-                best[3][op],
-                best[2][op] / best[3][op],
+                if fft {
+                    format!("{:.3}", best[3][op])
+                } else {
+                    "-".into()
+                },
+                if fft {
+                    format!("{:.2}x", best[2][op] / best[3][op])
+                } else {
+                    "-".into()
+                },
                 if fft && fft_pays(&spec, op == 2) {
                     "FFT"
                 } else {

@@ -1,5 +1,5 @@
 //! The per-channel causal convolution of `lrnnx-train`'s `fftconv` op (S4 / S4D) on the GPU,
-//! and both of its gradients, as direct sums:
+//! and both of its gradients, as direct sums or (long kernels) through cuFFT:
 //!
 //! ```text
 //! y[b,c,t]  = Σ_{s ≤ t, s < K} k[c,s]·u[b,c,t−s]                 u, y, g, ∂u: (batch, C, L)
@@ -7,19 +7,19 @@
 //! ∂k[c,j]   = Σ_b Σ_{j ≤ t < L} g[b,c,t]·u[b,c,t−j]            (0 for j ≥ L)
 //! ```
 //!
-//! A block of [`TILE`] threads owns `TILE·r` consecutive outputs of one row, `r` consecutive
+//! Direct sums: a block of [`TILE`] threads owns `TILE·r` consecutive outputs of one row, `r` consecutive
 //! ones a thread (`r` of [`CausalConv::outputs_for`]: 8 where that leaves enough blocks), and
 //! walks the sum in chunks of [`CHUNK`] terms staged in shared memory; a thread's `r` outputs
 //! share a window of signal values that slides through registers, so a term costs `r` FMAs and
 //! about one shared load. Each thread adds its chunk's products in order into a chunk sum and
 //! the chunk sums into its total — the same sums in the same order for every `r`, so the
-//! results do not depend on it. Work `O(batch·C·L·min(K, L))` (the FFT of the CPU op is
-//! `O(L log L)` per row, but the direct sum is simple, exact in its order and fast enough at
-//! the lengths S4 trains on); every output is written by one thread in a fixed order, so
-//! results are deterministic (no atomics).
+//! results do not depend on it. Work `O(batch·C·L·min(K, L))`; every output is written by one
+//! thread in a fixed order, so results are deterministic (no atomics).
 //!
 //! Long kernels go through cuFFT instead ([`crate::fft`], `O(L log L)` a row) where it loads:
-//! [`ConvMethod::Auto`] takes it where its cost model ([`fft_pays`]) says it is faster.
+//! [`ConvMethod::Auto`] takes it where its cost model ([`fft_pays`]) says it is faster, and
+//! falls back to the direct sums where cuFFT is missing or fails (e.g. out of memory for its
+//! padded spectra).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -80,19 +80,23 @@ pub fn fft_pays(spec: &ConvSpec, grad_kernel: bool) -> bool {
     (spec.len as u128) * (taps as u128) >= (FFT_COST_PER_LOG * log) as u128 * n as u128
 }
 
-/// The longest transform the FFT path takes (cuFFT's 32-bit lengths); longer ones run direct.
+/// The longest transform the FFT path takes (its pointwise kernels index a row with 32-bit
+/// integers); longer ones run direct.
 pub const FFT_MAX_LEN: usize = 1 << 30;
 
 /// How [`CausalConv`] computes a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvMethod {
     /// The FFT where cuFFT loads, the transform fits [`FFT_MAX_LEN`] and [`fft_pays`]; else the
-    /// direct sums.
+    /// direct sums. An FFT that fails (cuFFT missing or unusable, out of memory) falls back to
+    /// the direct sums, and this [`CausalConv`] keeps to them afterwards
+    /// ([`CausalConv::fft_error`] says why).
     #[default]
     Auto,
     /// Always the direct sums (exact summation order, independent of `r`).
     Direct,
-    /// Always the FFT; an error where cuFFT does not load or the transform is too long.
+    /// Always the FFT; an error where cuFFT does not load or fails, or the transform is too
+    /// long.
     Fft,
 }
 
@@ -114,14 +118,17 @@ pub struct ConvSpec {
 }
 
 impl ConvSpec {
-    /// Elements of a signal `(batch, C, L)`.
+    /// Elements of a signal `(batch, C, L)` (`usize::MAX` where that overflows: no tensor
+    /// matches it).
     pub fn signal_len(&self) -> usize {
-        self.batch * self.channels * self.len
+        self.batch
+            .saturating_mul(self.channels)
+            .saturating_mul(self.len)
     }
 
-    /// Elements of a kernel `(C, K)`.
+    /// Elements of a kernel `(C, K)` (`usize::MAX` where that overflows).
     pub fn kernel_len(&self) -> usize {
-        self.channels * self.taps
+        self.channels.saturating_mul(self.taps)
     }
 
     fn check(&self, named: &[(&str, usize, usize)]) -> Result<(), ScanError> {
@@ -131,7 +138,13 @@ impl ConvSpec {
             )));
         }
         let tiles = self.len.div_ceil(TILE).max(self.taps.div_ceil(TILE));
-        if self.batch * self.channels * tiles > i32::MAX as usize
+        let blocks = self
+            .batch
+            .checked_mul(self.channels)
+            .and_then(|r| r.checked_mul(tiles));
+        if blocks.is_none_or(|b| b > i32::MAX as usize)
+            || self.signal_len() == usize::MAX
+            || self.kernel_len() == usize::MAX
             || self.len > i32::MAX as usize
             || self.taps > i32::MAX as usize
         {
@@ -218,7 +231,9 @@ pub struct CausalConv {
     pub outputs_per_thread: Option<usize>,
     /// Direct sums or FFT ([`ConvMethod::Auto`] by default).
     pub method: ConvMethod,
-    fft: OnceLock<Option<FftConv>>,
+    fft: OnceLock<Result<FftConv, ScanError>>,
+    /// The first failure of the FFT path under [`ConvMethod::Auto`] (then direct sums only).
+    fft_failed: Mutex<Option<ScanError>>,
 }
 
 fn blocks(n: usize) -> LaunchConfig {
@@ -238,6 +253,35 @@ impl CausalConv {
             outputs_per_thread: None,
             method: ConvMethod::Auto,
             fft: OnceLock::new(),
+            fft_failed: Mutex::new(None),
+        }
+    }
+
+    /// Why [`ConvMethod::Auto`] stopped taking the FFT on this [`CausalConv`], if it did.
+    pub fn fft_error(&self) -> Option<ScanError> {
+        self.fft_failed.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Runs `fft` where [`CausalConv::fft_for`] says, else (or, under [`ConvMethod::Auto`],
+    /// where it fails) `direct`.
+    fn either<T>(
+        &self,
+        spec: &ConvSpec,
+        grad_kernel: bool,
+        fft: impl FnOnce(&FftConv) -> Result<T, ScanError>,
+        direct: impl FnOnce() -> Result<T, ScanError>,
+    ) -> Result<T, ScanError> {
+        let Some(f) = self.fft_for(spec, grad_kernel)? else {
+            return direct();
+        };
+        match fft(f) {
+            Err(e) if self.method == ConvMethod::Auto => {
+                if let Ok(mut failed) = self.fft_failed.lock() {
+                    failed.get_or_insert(e);
+                }
+                direct()
+            }
+            done => done,
         }
     }
 
@@ -258,17 +302,21 @@ impl CausalConv {
         if !want {
             return Ok(None);
         }
+        if self.method == ConvMethod::Auto
+            && self.fft_failed.lock().map(|e| e.is_some()).unwrap_or(true)
+        {
+            return Ok(None);
+        }
         let fft = self
             .fft
-            .get_or_init(|| FftConv::with_stream(self.stream.clone()))
-            .as_ref();
+            .get_or_init(|| FftConv::with_stream(self.stream.clone()));
         match (fft, self.method) {
-            (None, ConvMethod::Fft) => Err(ScanError(
-                "causal conv: cuFFT (libcufft) did not load; set LRNNX_CUFFT to its path or use \
-                 ConvMethod::Direct"
-                    .into(),
-            )),
-            (f, _) => Ok(f),
+            (Ok(f), _) => Ok(Some(f)),
+            (Err(e), ConvMethod::Fft) => Err(ScanError(format!(
+                "causal conv: {} (set LRNNX_CUFFT to its path or use ConvMethod::Direct)",
+                e.0
+            ))),
+            (Err(_), _) => Ok(None),
         }
     }
 
@@ -354,9 +402,22 @@ impl CausalConv {
         if spec.empty() {
             return self.zeros(spec.signal_len());
         }
-        if let Some(fft) = self.fft_for(spec, false)? {
-            return fft.correlate(spec, x, k, adjoint);
-        }
+        self.either(
+            spec,
+            false,
+            |f| f.correlate(spec, x, k, adjoint),
+            || self.direct(spec, x, k, adjoint),
+        )
+    }
+
+    /// `y` or `∂u` as direct sums (lengths checked, not empty).
+    fn direct(
+        &self,
+        spec: &ConvSpec,
+        x: &CudaView<f32>,
+        k: &CudaView<f32>,
+        adjoint: bool,
+    ) -> Result<CudaSlice<f32>, ScanError> {
         let rows = spec.batch * spec.channels;
         let r = self.outputs(rows, spec.len)?;
         let m = self.module(r)?;
@@ -397,9 +458,21 @@ impl CausalConv {
         if spec.empty() {
             return self.zeros(spec.kernel_len());
         }
-        if let Some(fft) = self.fft_for(spec, true)? {
-            return fft.grad_kernel(spec, g, u);
-        }
+        self.either(
+            spec,
+            true,
+            |f| f.grad_kernel(spec, g, u),
+            || self.direct_grad_kernel(spec, g, u),
+        )
+    }
+
+    /// `∂k` as direct sums (lengths checked, not empty).
+    fn direct_grad_kernel(
+        &self,
+        spec: &ConvSpec,
+        g: &CudaView<f32>,
+        u: &CudaView<f32>,
+    ) -> Result<CudaSlice<f32>, ScanError> {
         let (groups, per) = spec.batch_groups();
         let r = self.outputs(groups * spec.channels, spec.taps)?;
         let m = self.module(r)?;

@@ -144,24 +144,34 @@ fn every_tiling_matches_f64_and_one_output_a_thread() {
     );
 }
 
-/// `[y, ∂u, ∂k]` of `conv` on device copies of `u`, `k`, `g`, read back.
-fn run_all(
+/// `[y, ∂u, ∂k]` of `conv` on device copies of `u`, `k`, `g` (`k` a view at `k_at` of its
+/// buffer), left on the device.
+fn launch_all(
     conv: &CausalConv,
-    st: &Arc<CudaStream>,
     spec: &ConvSpec,
     dev: &[CudaSlice<f32>; 3],
-) -> [Vec<f32>; 3] {
+    k_at: usize,
+) -> [CudaSlice<f32>; 3] {
     let [u, k, g] = dev;
-    let y = conv.forward(spec, &u.as_view(), &k.as_view()).unwrap();
-    let gu = conv.grad_input(spec, &g.as_view(), &k.as_view()).unwrap();
-    let gk = conv.grad_kernel(spec, &g.as_view(), &u.as_view()).unwrap();
+    let kv = k.slice(k_at..k_at + spec.kernel_len());
     [
-        st.clone_dtoh(&y).unwrap(),
-        st.clone_dtoh(&gu).unwrap(),
-        st.clone_dtoh(&gk).unwrap(),
+        conv.forward(spec, &u.as_view(), &kv).unwrap(),
+        conv.grad_input(spec, &g.as_view(), &kv).unwrap(),
+        conv.grad_kernel(spec, &g.as_view(), &u.as_view()).unwrap(),
     ]
 }
 
+fn read_all(st: &Arc<CudaStream>, out: &[CudaSlice<f32>; 3]) -> [Vec<f32>; 3] {
+    [
+        st.clone_dtoh(&out[0]).unwrap(),
+        st.clone_dtoh(&out[1]).unwrap(),
+        st.clone_dtoh(&out[2]).unwrap(),
+    ]
+}
+
+/// The FFT path on a non-blocking stream (as candle's), every shape queued before anything is
+/// read back (so plans are made and evicted while transforms are in flight), `k` a view at an
+/// offset; then each shape against f64, a second run bit-identical, and `Auto` against both.
 #[test]
 fn fft_matches_f64_and_auto_switches_at_the_threshold() {
     if !gpu_available() {
@@ -173,10 +183,10 @@ fn fft_matches_f64_and_auto_switches_at_the_threshold() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
-    let st = ctx.default_stream();
+    let st = ctx.new_stream().unwrap();
     let mut conv = CausalConv::with_stream(st.clone());
     // (batch, C, L, K): short and long kernels, K > L, odd lengths, one and many rows
-    let shapes = [
+    let mut shapes = vec![
         (1, 1, 1, 1),
         (2, 3, 37, 5),
         (2, 3, 37, 100),
@@ -190,8 +200,13 @@ fn fft_matches_f64_and_auto_switches_at_the_threshold() {
         (2, 3, 4096, 546),
         (1, 2, 16384, 16384),
     ];
+    // more shapes than the plan cache holds (4 plans a shape): evictions while queued
+    let extra = (lrnnx_kernels::fft::MAX_PLANS / 4).saturating_sub(shapes.len()) + 2;
+    shapes.extend((0..extra).map(|i| (2, 2, 600 + 40 * i, 300 + 20 * i)));
     let mut rng = Rng(31);
-    let mut worst = [0.0f64; 3];
+    let k_at = 7;
+    let mut cases = Vec::new();
+    conv.method = ConvMethod::Fft;
     for &(batch, channels, len, taps) in &shapes {
         let spec = ConvSpec {
             batch,
@@ -200,32 +215,38 @@ fn fft_matches_f64_and_auto_switches_at_the_threshold() {
             taps,
         };
         let u = rng.vec(spec.signal_len(), -1.0, 1.0);
-        let k = rng.vec(spec.kernel_len(), -1.0, 1.0);
+        let k = rng.vec(spec.kernel_len() + k_at, -1.0, 1.0);
         let g = rng.vec(spec.signal_len(), -1.0, 1.0);
-        let want = reference(&spec, &u, &k, &g);
         let dev = [
             st.clone_htod(&f32v(&u)).unwrap(),
             st.clone_htod(&f32v(&k)).unwrap(),
             st.clone_htod(&f32v(&g)).unwrap(),
         ];
-        let what = format!("B{batch} C{channels} L{len} K{taps}");
-        conv.method = ConvMethod::Fft;
-        let fft = run_all(&conv, &st, &spec, &dev);
+        let out = launch_all(&conv, &spec, &dev, k_at);
+        cases.push((spec, u, k[k_at..].to_vec(), g, dev, out));
+    }
+    let mut worst = [0.0f64; 3];
+    for (spec, u, k, g, dev, out) in &cases {
+        let what = format!(
+            "B{} C{} L{} K{}",
+            spec.batch, spec.channels, spec.len, spec.taps
+        );
+        let want = reference(spec, u, k, g);
+        let fft = read_all(&st, out);
         for (i, name) in ["y", "du", "dk"].iter().enumerate() {
             let r = rel(&fft[i], &want[i]);
             assert!(r <= 1e-5, "{what} FFT {name}: {r:.3e}");
             worst[i] = worst[i].max(r);
         }
-        assert!(
-            run_all(&conv, &st, &spec, &dev) == fft,
-            "{what}: two FFT runs differ"
-        );
+        conv.method = ConvMethod::Fft;
+        let again = read_all(&st, &launch_all(&conv, spec, dev, k_at));
+        assert!(again == fft, "{what}: two FFT runs differ");
         conv.method = ConvMethod::Direct;
-        let direct = run_all(&conv, &st, &spec, &dev);
+        let direct = read_all(&st, &launch_all(&conv, spec, dev, k_at));
         conv.method = ConvMethod::Auto;
-        let auto = run_all(&conv, &st, &spec, &dev);
+        let auto = read_all(&st, &launch_all(&conv, spec, dev, k_at));
         for (i, name) in ["y", "du", "dk"].iter().enumerate() {
-            let expect = if fft_pays(&spec, i == 2) {
+            let expect = if fft_pays(spec, i == 2) {
                 &fft[i]
             } else {
                 &direct[i]
@@ -236,6 +257,7 @@ fn fft_matches_f64_and_auto_switches_at_the_threshold() {
             );
         }
     }
+    assert!(conv.fft_error().is_none(), "{:?}", conv.fft_error());
     println!(
         "FFT: worst relative error over {} shapes: y {:.2e}, du {:.2e}, dk {:.2e}",
         shapes.len(),
