@@ -677,11 +677,21 @@ fn mamba_layer_cuda_matches_cpu_at_length_4096() {
 /// K 16384 by FFT, L 5000 × K 257 `y` direct and `∂k` by FFT, the short ones direct) against
 /// the CPU op in f64 (FFTs; itself checked against the direct sum and finite differences in
 /// `fftconv`): `y` within 1e-5, `∂u` and `∂k` within 1e-4 of the reference's largest value;
-/// lengths up to 16384, kernels shorter than, equal to and longer than the signal.
+/// lengths up to 16384, kernels shorter than, equal to and longer than the signal. Run under
+/// each `set_cuda_conv_method` (`Auto`, then forced `Direct` and `Fft`, the latter skipped with
+/// a printed reason where cuFFT does not load), then `Auto` again.
 #[test]
 fn random_causal_convs_cuda_match_cpu() {
-    use lrnnx_train::fftconv::causal_conv;
+    use lrnnx_train::fftconv::{
+        causal_conv, cuda_fft_available, set_cuda_conv_method, CudaConvMethod,
+    };
     let Some(gpu) = gpu() else { return };
+    let mut methods = vec![CudaConvMethod::Auto, CudaConvMethod::Direct];
+    if cuda_fft_available() {
+        methods.push(CudaConvMethod::Fft);
+    } else {
+        println!("skipped the forced FFT: cuFFT does not load");
+    }
     // (B, C, L, K)
     let cases = [
         (1, 1, 1, 1),
@@ -696,7 +706,11 @@ fn random_causal_convs_cuda_match_cpu() {
         (2, 8, 16384, 16384),
     ];
     let mut failed = Vec::new();
-    for (ci, &(b, c, l, k)) in cases.iter().enumerate() {
+    for (method, (ci, &(b, c, l, k))) in methods
+        .iter()
+        .flat_map(|m| cases.iter().enumerate().map(move |case| (*m, case)))
+    {
+        set_cuda_conv_method(method);
         let seed = 1000 + ci as u64 * 3;
         let u = rand(b * c * l, seed, -1.0, 1.0);
         let kk = rand(c * k, seed + 1, -1.0, 1.0);
@@ -727,12 +741,13 @@ fn random_causal_convs_cuda_match_cpu() {
         let (got, want) = (run(&gpu, DType::F32), run(&Device::Cpu, DType::F64));
         for ((g, wv), nm) in got.iter().zip(&want).zip(["y", "∂u", "∂k"]) {
             let tol = if nm == "y" { 1e-5 } else { 1e-4 };
-            let what = format!("conv B{b} C{c} L{l} K{k} {nm}");
+            let what = format!("conv {method:?} B{b} C{c} L{l} K{k} {nm}");
             if !check(&what, g, wv, tol) {
                 failed.push(what);
             }
         }
     }
+    set_cuda_conv_method(CudaConvMethod::Auto);
     // f64 is refused on CUDA with a clear error
     let u = Tensor::zeros((1, 2, 8), DType::F64, &gpu).unwrap();
     let k = Tensor::zeros((2, 3), DType::F64, &gpu).unwrap();

@@ -20,9 +20,11 @@
 //! real signals are Hermitian, so `IFFT(P + i·Q) = p + i·q`): channels go through in pairs.
 //! FFTs by `rustfft`, in the precision of the tensors (f32 or f64), on one thread.
 //!
-//! On a CUDA device (feature `cuda`) the same op runs `lrnnx-kernels`' direct causal
-//! convolution (module `gpu`): the three sums above evaluated term by term in shared-memory
-//! tiles, O(B·C·L·min(K, L)) work, deterministic; f32 only (f64 is refused with an error).
+//! On a CUDA device (feature `cuda`) the same op runs `lrnnx-kernels`' causal convolution
+//! (module `gpu`): the three sums above either term by term in shared-memory tiles
+//! (O(B·C·L·min(K, L)) work) or, for long kernels, through cuFFT (O(L log L) a row), as
+//! [`CudaConvMethod::Auto`] picks per op ([`set_cuda_conv_method`] forces one); deterministic;
+//! f32 only (f64 is refused with an error).
 
 use std::sync::Arc;
 
@@ -322,6 +324,27 @@ impl CustomOp2 for KernelGrad {
         let dk = crate::gpu::conv_kernel_grad(s1, l1, s2, l2, (b, c, l, self.kl))?;
         Ok((dk, Shape::from((c, self.kl))))
     }
+}
+
+/// How the CUDA path computes the convolution (`lrnnx_kernels::conv::ConvMethod`).
+#[cfg(feature = "cuda")]
+pub use lrnnx_kernels::conv::ConvMethod as CudaConvMethod;
+
+/// Sets how [`causal_conv`] computes on CUDA devices from now on, for every device and thread:
+/// [`CudaConvMethod::Auto`] (the default: cuFFT for long kernels where it loads and pays, the
+/// direct sums otherwise), [`CudaConvMethod::Direct`] (always the direct sums: a fixed
+/// summation order that does not depend on cuFFT's plans) or [`CudaConvMethod::Fft`] (always
+/// cuFFT; an error where it does not load).
+#[cfg(feature = "cuda")]
+pub fn set_cuda_conv_method(method: CudaConvMethod) {
+    crate::gpu::set_conv_method(method)
+}
+
+/// Whether cuFFT loads (`LRNNX_CUFFT`, else `libcufft.so.12`, `libcufft.so`, `libcufft.so.11`),
+/// so that [`CudaConvMethod::Auto`] can take the FFT.
+#[cfg(feature = "cuda")]
+pub fn cuda_fft_available() -> bool {
+    lrnnx_kernels::fft::cufft_available()
 }
 
 /// The causal convolution `y[b,c,t] = Σ_{j ≤ t, j < K} k[c,j]·u[b,c,t−j]` of `u` (B, C, L) with

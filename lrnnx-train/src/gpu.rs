@@ -25,6 +25,7 @@
 //! The kernels compute in f32 only: f64 tensors on a CUDA device are refused with an error.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
@@ -32,7 +33,7 @@ use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda::DeviceId;
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tensor};
-use lrnnx_kernels::conv::{CausalConv, ConvSpec};
+use lrnnx_kernels::conv::{CausalConv, ConvMethod, ConvSpec};
 use lrnnx_kernels::cuda::{GradViews, InputViews, SelectiveScan as Kernel};
 use lrnnx_kernels::linear::{LinearScan as LinearKernel, LinearSpec};
 use lrnnx_kernels::{Rule, ScanError, ScanSpec};
@@ -399,18 +400,40 @@ pub(crate) fn linear_backward(
     Ok((da, wrap(du, dev, h.dims())))
 }
 
-/// The causal-convolution kernels of one candle CUDA device, launching on its stream.
+/// The method of every later causal convolution on CUDA (`fftconv::set_cuda_conv_method`):
+/// 0 `Auto`, 1 `Direct`, 2 `Fft`.
+static CONV_METHOD: AtomicU8 = AtomicU8::new(0);
+
+pub(crate) fn set_conv_method(method: ConvMethod) {
+    let code = match method {
+        ConvMethod::Auto => 0,
+        ConvMethod::Direct => 1,
+        ConvMethod::Fft => 2,
+    };
+    CONV_METHOD.store(code, Ordering::Relaxed);
+}
+
+/// The causal-convolution kernels of one candle CUDA device, launching on its stream, with the
+/// method set by `set_conv_method` (one instance per device and method).
 fn conv_kernel(dev: &CudaDevice) -> Result<Arc<CausalConv>> {
-    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<CausalConv>>>> = OnceLock::new();
+    type Kernels = HashMap<(DeviceId, u8), Arc<CausalConv>>;
+    static KERNELS: OnceLock<Mutex<Kernels>> = OnceLock::new();
+    let code = CONV_METHOD.load(Ordering::Relaxed);
     let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
     let mut map = map
         .lock()
         .map_err(|_| candle_core::Error::Msg("causal_conv: kernel cache poisoned".into()))?;
     Ok(map
-        .entry(dev.id())
+        .entry((dev.id(), code))
         .or_insert_with(|| {
             keep_device_pool(dev);
-            Arc::new(CausalConv::with_stream(dev.cuda_stream()))
+            let mut conv = CausalConv::with_stream(dev.cuda_stream());
+            conv.method = match code {
+                1 => ConvMethod::Direct,
+                2 => ConvMethod::Fft,
+                _ => ConvMethod::Auto,
+            };
+            Arc::new(conv)
         })
         .clone())
 }
