@@ -23,7 +23,7 @@
 //! On a CUDA device (feature `cuda`) the same op runs `lrnnx-kernels`' causal convolution
 //! (module `gpu`): the three sums above either term by term in shared-memory tiles
 //! (O(B·C·L·min(K, L)) work) or, for long kernels, through cuFFT (O(L log L) a row), as
-//! [`CudaConvMethod::Auto`] picks per op ([`set_cuda_conv_method`] forces one); deterministic;
+//! `CudaConvMethod::Auto` picks per op (`set_cuda_conv_method` forces one); deterministic;
 //! f32 only (f64 is refused with an error).
 
 use std::sync::Arc;
