@@ -30,7 +30,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
 use crate::cuda::ARCH;
-use crate::fft::{fft_len, FftConv};
+use crate::fft::{fft_len, out_of_memory, FftConv};
 use crate::ScanError;
 
 /// The CUDA C source of the convolution kernels (`cc_fwd`, `cc_dx`, `cc_dk`, `cc_dk_reduce`).
@@ -88,9 +88,9 @@ pub const FFT_MAX_LEN: usize = 1 << 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvMethod {
     /// The FFT where cuFFT loads, the transform fits [`FFT_MAX_LEN`] and [`fft_pays`]; else the
-    /// direct sums. An FFT that fails (cuFFT missing or unusable, out of memory) falls back to
-    /// the direct sums, and this [`CausalConv`] keeps to them afterwards
-    /// ([`CausalConv::fft_error`] says why).
+    /// direct sums. An FFT that fails falls back to the direct sums: out of GPU memory for that
+    /// call only; otherwise (cuFFT missing or unusable) this [`CausalConv`] keeps to them
+    /// afterwards ([`CausalConv::fft_error`] says why).
     #[default]
     Auto,
     /// Always the direct sums (exact summation order, independent of `r`).
@@ -232,7 +232,8 @@ pub struct CausalConv {
     /// Direct sums or FFT ([`ConvMethod::Auto`] by default).
     pub method: ConvMethod,
     fft: OnceLock<Result<FftConv, ScanError>>,
-    /// The first failure of the FFT path under [`ConvMethod::Auto`] (then direct sums only).
+    /// The first failure of the FFT path under [`ConvMethod::Auto`] other than out of memory
+    /// (then direct sums only).
     fft_failed: Mutex<Option<ScanError>>,
 }
 
@@ -257,7 +258,8 @@ impl CausalConv {
         }
     }
 
-    /// Why [`ConvMethod::Auto`] stopped taking the FFT on this [`CausalConv`], if it did.
+    /// Why [`ConvMethod::Auto`] stopped taking the FFT on this [`CausalConv`], if it did (a
+    /// failure other than running out of memory).
     pub fn fft_error(&self) -> Option<ScanError> {
         self.fft_failed.lock().ok().and_then(|e| e.clone())
     }
@@ -276,8 +278,11 @@ impl CausalConv {
         };
         match fft(f) {
             Err(e) if self.method == ConvMethod::Auto => {
-                if let Ok(mut failed) = self.fft_failed.lock() {
-                    failed.get_or_insert(e);
+                // out of memory: this call only; anything else: cuFFT is unusable here
+                if !out_of_memory(&e) {
+                    if let Ok(mut failed) = self.fft_failed.lock() {
+                        failed.get_or_insert(e);
+                    }
                 }
                 direct()
             }
@@ -562,6 +567,24 @@ mod tests {
             let (groups, per) = spec(b, c, k).batch_groups();
             assert!(groups >= 1 && groups <= b && (groups - 1) * per < b && groups * per >= b);
         }
+    }
+
+    /// Out-of-memory errors of the FFT path are told apart from an unusable cuFFT.
+    #[test]
+    fn out_of_memory_is_recognised() {
+        let oom = ScanError(
+            "CUDA driver: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
+        assert!(out_of_memory(&oom));
+        assert!(out_of_memory(&ScanError(
+            "cuFFT plan failed: CUFFT_ALLOC_FAILED (out of memory)".into()
+        )));
+        assert!(!out_of_memory(&ScanError(
+            "cuFFT plan failed with status 5".into()
+        )));
+        assert!(!out_of_memory(&ScanError(
+            "cuFFT (libcufft) did not load (x)".into()
+        )));
     }
 
     /// The cost model's switch points: `y` / `∂u` between the measured K 512 (direct faster)

@@ -140,12 +140,23 @@ pub fn cufft_available() -> bool {
     cufft().is_ok()
 }
 
+/// cuFFT's status for a failed allocation (`CUFFT_ALLOC_FAILED`).
+const CUFFT_ALLOC_FAILED: c_int = 2;
+
 fn check(what: &str, code: c_int) -> Result<(), ScanError> {
-    if code == 0 {
-        Ok(())
-    } else {
-        Err(ScanError(format!("cuFFT {what} failed with status {code}")))
+    match code {
+        0 => Ok(()),
+        CUFFT_ALLOC_FAILED => Err(ScanError(format!(
+            "cuFFT {what} failed: CUFFT_ALLOC_FAILED (out of memory)"
+        ))),
+        _ => Err(ScanError(format!("cuFFT {what} failed with status {code}"))),
     }
+}
+
+/// Whether `e` (from this module) reports a lack of GPU memory, which a smaller problem or a
+/// later call may not meet, rather than an unusable cuFFT.
+pub fn out_of_memory(e: &ScanError) -> bool {
+    e.0.contains("OUT_OF_MEMORY") || e.0.contains("CUFFT_ALLOC_FAILED")
 }
 
 fn drv(e: cudarc::driver::DriverError) -> ScanError {
