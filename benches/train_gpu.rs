@@ -25,6 +25,15 @@
 //! forward + backward (every parameter's gradient), with the convolution forced to the direct
 //! sums (the baseline) and chosen by `CudaConvMethod::Auto` (cuFFT for these kernels), checked
 //! to agree first.
+//!
+//! Last, the fused pointwise ops of `lrnnx_train::pointwise` that the S4 / S4D blocks run,
+//! against the candle ops they replace (the baseline), at the S4D layer's size (batch 8 ×
+//! L 16384 × 256 channels): GELU twice, the swap of axes `(B, H, L) → (B, L, H)` with GELU
+//! twice, the bias GELU of the output linear, and the transpose of the input; forward and
+//! forward + backward, checked to agree first.
+//!
+//! For a profiler: `LRNNX_PROFILE_ONCE=0|1|2` runs one way of the Mamba block (after a warm-up)
+//! and `LRNNX_PROFILE_S4D=<length>` two passes of the S4D layer, and nothing else.
 
 use std::time::Instant;
 
@@ -34,6 +43,7 @@ use lrnnx_train::init::{fresh, Rng as InitRng};
 use lrnnx_train::layer::TrainLayer;
 use lrnnx_train::mamba::MambaRule;
 use lrnnx_train::ops::softplus;
+use lrnnx_train::pointwise::{bias_gelu, gelu_gelu, swap_grouped_gelu, transpose_last2};
 use lrnnx_train::selective::{mamba_scan, selective_scan, MambaScanInputs};
 
 /// Deterministic uniform numbers (as in `benches/train.rs`).
@@ -153,6 +163,9 @@ fn main() -> Result<()> {
             return Ok(());
         }
     };
+    if std::env::var("LRNNX_PROFILE_S4D").is_ok() {
+        return s4d_layer(&dev);
+    }
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let (ble, bln) = (b * l * e, b * l * n);
     let shapes: [(Vec<usize>, f32, f32); 8] = [
@@ -238,7 +251,123 @@ fn main() -> Result<()> {
         );
     }
     drop(x);
-    s4d_layer(&dev)
+    s4d_layer(&dev)?;
+    pointwise_ops(&dev)
+}
+
+/// The erf GELU as candle ops (how the S4 / S4D blocks computed it before `pointwise`).
+fn gelu_ops(x: &Tensor) -> Result<Tensor> {
+    let e = (x * std::f64::consts::FRAC_1_SQRT_2)?.erf()?;
+    (x * 0.5)? * (e + 1.0)?
+}
+
+/// The fused pointwise ops against candle-op compositions (module doc).
+fn pointwise_ops(dev: &Device) -> Result<()> {
+    let (b, l, h) = (8, 16384, 256);
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let x = Var::from_tensor(&Tensor::from_vec(
+        rng.vec(b * l * h, -3.0, 3.0),
+        (b, l, h),
+        dev,
+    )?)?;
+    let bias = Var::from_tensor(&Tensor::from_vec(rng.vec(h, -1.0, 1.0), h, dev)?)?;
+    let g = Tensor::from_vec(rng.vec(b * l * h, -1.0, 1.0), (b, l, h), dev)?;
+    let (xt, bt) = (x.as_tensor(), bias.as_tensor());
+    type Op<'a> = Box<dyn Fn() -> Result<Tensor> + 'a>;
+    // (name, candle ops, fused); every result (B, L, H) except the transpose's (B, H, L)
+    let ops: Vec<(&str, Op, Op)> = vec![
+        (
+            "GELU twice",
+            Box::new(|| gelu_ops(&gelu_ops(xt)?)),
+            Box::new(|| gelu_gelu(xt)),
+        ),
+        (
+            "swap (B,H,L)→(B,L,H) + GELU twice",
+            Box::new(|| {
+                let y = xt.reshape((b, h, 1, l))?.permute((0, 3, 2, 1))?;
+                gelu_ops(&gelu_ops(&y.reshape((b, l, h))?)?)
+            }),
+            Box::new(|| swap_grouped_gelu(&xt.reshape((b, h, l))?, 1, 2)),
+        ),
+        (
+            "bias + GELU",
+            Box::new(|| gelu_ops(&xt.broadcast_add(bt)?)),
+            Box::new(|| bias_gelu(xt, bt)),
+        ),
+        (
+            "transpose (B,L,H)→(B,H,L)",
+            Box::new(|| xt.transpose(1, 2)?.contiguous()),
+            Box::new(|| transpose_last2(xt)),
+        ),
+    ];
+    println!("\nfused pointwise ops, batch {b} × L {l} × {h}, f32 (baseline: candle ops)");
+    println!(
+        "{:<36} {:>9} {:>9} {:>8} {:>11} {:>11} {:>8}",
+        "", "ops fwd", "fused", "speedup", "ops f+b", "fused f+b", "speedup"
+    );
+    for (name, reference, fused) in &ops {
+        let gr = |y: &Tensor| g.reshape(y.dims());
+        let both = |f: &Op| -> Result<Vec<Vec<f32>>> {
+            let y = f()?;
+            let grads = loss(
+                &y.reshape((b, y.elem_count() / (b * h), h))?,
+                &gr(&y)?.reshape((b, y.elem_count() / (b * h), h))?,
+            )?
+            .backward()?;
+            let mut out = vec![y.flatten_all()?.to_vec1::<f32>()?];
+            for v in [xt, bt] {
+                if let Some(gv) = grads.get(v) {
+                    out.push(gv.flatten_all()?.to_vec1::<f32>()?);
+                }
+            }
+            Ok(out)
+        };
+        let (want, got) = (both(reference)?, both(fused)?);
+        if want.len() != got.len() {
+            bail!(
+                "{name}: the fused op gives {} gradients, the ops {}",
+                got.len(),
+                want.len()
+            );
+        }
+        for (i, (gv, r)) in got.iter().zip(&want).enumerate() {
+            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let worst = gv
+                .iter()
+                .zip(r)
+                .fold(0f32, |m, (a, c)| m.max((a - c).abs()));
+            let tol = if i == 0 { 1e-5 } else { 1e-4 };
+            if worst.is_nan() || worst / scale > tol {
+                bail!(
+                    "{name}: output {i} differs by {:.2e} of its largest value",
+                    worst / scale
+                );
+            }
+        }
+        let mut t = [0.0; 4];
+        for (k, f) in [reference, fused].into_iter().enumerate() {
+            t[k] = time(dev, || f().map(|_| ()))?;
+            t[2 + k] = time(dev, || {
+                let y = f()?;
+                let n = y.elem_count() / (b * h);
+                loss(&y.reshape((b, n, h))?, &gr(&y)?.reshape((b, n, h))?)?
+                    .backward()
+                    .map(|_| ())
+            })?;
+        }
+        println!(
+            "{:<36} {:>9.3} {:>9.3} {:>7.2}x {:>11.3} {:>11.3} {:>7.2}x",
+            name,
+            t[0] * 1e3,
+            t[1] * 1e3,
+            t[0] / t[1],
+            t[2] * 1e3,
+            t[3] * 1e3,
+            t[2] / t[3]
+        );
+    }
+    println!("(fused and ops agree: output ≤ 1e-5, gradients ≤ 1e-4 of the largest value)");
+    Ok(())
 }
 
 /// `y` and every gradient of `layer` on `x` with the loss `Σ y ⊙ g`, flattened.
@@ -275,6 +404,22 @@ fn s4d_layer(dev: &Device) -> Result<()> {
         "", "fwd ms", "speedup", "fwd+bwd ms", "speedup"
     );
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    if let Some(l) = std::env::var("LRNNX_PROFILE_S4D")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        // two forward + backward passes under Auto at length `l`, for a profiler (nsys, ncu)
+        let x = Tensor::from_vec(rng.vec(b * l * h, -1.0, 1.0), (b, l, h), dev)?;
+        let g = Tensor::from_vec(rng.vec(b * l * h, -1.0, 1.0), (b, l, h), dev)?;
+        let x = Var::from_tensor(&x)?;
+        for _ in 0..2 {
+            let y = layer.forward(x.as_tensor(), None)?;
+            loss(&y, &g)?.backward()?;
+            dev.synchronize()?;
+        }
+        println!("profiled: S4D at L {l}");
+        return Ok(());
+    }
     for l in [4096, 16384] {
         let x = Var::from_tensor(&Tensor::from_vec(
             rng.vec(b * l * h, -1.0, 1.0),

@@ -804,3 +804,182 @@ fn s4_layers_cuda_match_cpu_at_length_2048() {
     }
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
+
+/// The fused pointwise ops (GELU once and twice, bias GELU, axis swaps with 0–2 GELUs) on
+/// CUDA against the CPU op in f64 (which its unit tests check against candle's own ops and
+/// finite differences): `y` within 1e-5, gradients within 1e-4 relative. The shapes cut tiles
+/// on every side and run past one grid in each strided dimension of the swap (B·M > 65535
+/// blocks, R > 65535 tiles).
+#[test]
+fn pointwise_ops_cuda_match_cpu() {
+    use lrnnx_train::pointwise::{bias_gelu, gelu, gelu_gelu, swap_axes_gelu, swap_grouped_gelu};
+    let Some(gpu) = gpu() else { return };
+    let mut failed = Vec::new();
+    let mut run_case = |what: String,
+                        shape: &[usize],
+                        out_shape: &[usize],
+                        bias: Option<usize>,
+                        f: &dyn Fn(&Tensor, Option<&Tensor>) -> Tensor,
+                        seed: u64| {
+        let n: usize = shape.iter().product();
+        let x = rand(n, seed, -5.0, 5.0);
+        let w = rand(n, seed + 1, -1.0, 1.0);
+        let bv = bias.map(|c| rand(c, seed + 2, -2.0, 2.0));
+        let run = |dev: &Device, dtype: DType| {
+            let t = |v: &[f32], s: &[usize]| {
+                Tensor::from_vec(v.to_vec(), s, dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let xv = Var::from_tensor(&t(&x, shape)).unwrap();
+            let b = bv
+                .as_ref()
+                .map(|b| Var::from_tensor(&t(b, &[b.len()])).unwrap());
+            let y = f(xv.as_tensor(), b.as_ref().map(|b| b.as_tensor()));
+            assert_eq!(y.dims(), out_shape);
+            let grads = (&y * t(&w, out_shape))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let f = |x: &Tensor| flat(&x.to_dtype(DType::F32).unwrap());
+            let mut out = vec![f(&y), f(grads.get(xv.as_tensor()).unwrap())];
+            if let Some(b) = &b {
+                out.push(f(grads.get(b.as_tensor()).unwrap()));
+            }
+            out
+        };
+        let (got, want) = (run(&gpu, DType::F32), run(&Device::Cpu, DType::F64));
+        for ((g, wv), nm) in got.iter().zip(&want).zip(["y", "∂x", "∂bias"]) {
+            let tol = if nm == "y" { 1e-5 } else { 1e-4 };
+            let what = format!("{what} {nm}");
+            if !check(&what, g, wv, tol) {
+                failed.push(what);
+            }
+        }
+    };
+    for (i, shape) in [vec![3, 1000, 37], vec![1, (1 << 20) + 3]]
+        .iter()
+        .enumerate()
+    {
+        run_case(
+            format!("gelu {shape:?}"),
+            shape,
+            shape,
+            None,
+            &|x, _| gelu(x).unwrap(),
+            10 + i as u64,
+        );
+        run_case(
+            format!("gelu_gelu {shape:?}"),
+            shape,
+            shape,
+            None,
+            &|x, _| gelu_gelu(x).unwrap(),
+            20 + i as u64,
+        );
+    }
+    run_case(
+        "bias_gelu [5, 300, 37]".into(),
+        &[5, 300, 37],
+        &[5, 300, 37],
+        Some(37),
+        &|x, b| bias_gelu(x, b.unwrap()).unwrap(),
+        30,
+    );
+    let swaps = [
+        [2, 37, 1, 45],
+        [1, 33, 3, 70],
+        [2, 1000, 2, 300],
+        [70_000, 2, 1, 3],
+        [1, 65_535 * 32 + 40, 1, 1],
+    ];
+    for (i, d) in swaps.iter().enumerate() {
+        for gelus in 0..=2u32 {
+            run_case(
+                format!("swap_axes_gelu {d:?} gelus {gelus}"),
+                d,
+                &[d[0], d[3], d[2], d[1]],
+                None,
+                &|x, _| swap_axes_gelu(x, gelus).unwrap(),
+                40 + 3 * i as u64 + gelus as u64,
+            );
+        }
+    }
+    for gelus in 0..=2u32 {
+        run_case(
+            format!("swap_grouped_gelu [3, 12·4, 300] gelus {gelus}"),
+            &[3, 48, 300],
+            &[3, 300, 48],
+            None,
+            &|x, _| swap_grouped_gelu(x, 4, gelus).unwrap(),
+            60 + gelus as u64,
+        );
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// S4D's one-op kernel `K = 2·Re Σ_n w·z^t` on CUDA against the CPU op in f64 (itself checked
+/// against direct sums and finite differences), `K` within 1e-5 and `∂z`, `∂w` within 1e-4
+/// relative: long kernels (|z| up to 0.9999, so terms live for thousands of taps), lengths not
+/// a multiple of a tile, several output copies.
+#[test]
+fn vandermonde_kernels_cuda_match_cpu() {
+    use lrnnx_train::vandermonde::vandermonde_kernel;
+    let Some(gpu) = gpu() else { return };
+    let mut failed = Vec::new();
+    for (i, &(h, n, ch, l)) in [
+        (1usize, 1usize, 1usize, 1usize),
+        (3, 5, 2, 2049),
+        (4, 32, 1, 16384),
+        (2, 16, 3, 5000),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 500 + 10 * i as u64;
+        let r = rand(h * n, seed, 0.3, 0.9999);
+        let th = rand(h * n, seed + 1, -3.1, 3.1);
+        let z: Vec<f32> = r
+            .iter()
+            .zip(&th)
+            .flat_map(|(r, t)| [r * t.cos(), r * t.sin()])
+            .collect();
+        let w = rand(2 * ch * h * n, seed + 2, -1.0, 1.0);
+        let g = rand(h * ch * l, seed + 3, -1.0, 1.0);
+        let run = |dev: &Device, dtype: DType| {
+            let t = |v: &[f32], s: &[usize]| {
+                Tensor::from_vec(v.to_vec(), s, dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let zv = Var::from_tensor(&t(&z, &[h, n, 2])).unwrap();
+            let wv = Var::from_tensor(&t(&w, &[ch, h, n, 2])).unwrap();
+            let k = vandermonde_kernel(zv.as_tensor(), wv.as_tensor(), l).unwrap();
+            let grads = (&k * t(&g, &[h * ch, l]))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let f = |x: &Tensor| flat(&x.to_dtype(DType::F32).unwrap());
+            vec![
+                f(&k),
+                f(grads.get(zv.as_tensor()).unwrap()),
+                f(grads.get(wv.as_tensor()).unwrap()),
+            ]
+        };
+        let (got, want) = (run(&gpu, DType::F32), run(&Device::Cpu, DType::F64));
+        for ((gv, wv), nm) in got.iter().zip(&want).zip(["K", "∂z", "∂w"]) {
+            let tol = if nm == "K" { 1e-5 } else { 1e-4 };
+            let what = format!("vandermonde H{h} N{n} ch{ch} L{l} {nm}");
+            if !check(&what, gv, wv, tol) {
+                failed.push(what);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}

@@ -19,7 +19,9 @@
 //!
 //! The `linear` module (feature `cuda`) runs the diagonal linear recurrence
 //! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward; the `conv` module (feature
-//! `cuda`) the per-channel causal convolution of S4 / S4D and its two gradients.
+//! `cuda`) the per-channel causal convolution of S4 / S4D and its two gradients; the
+//! `pointwise` module (feature `cuda`) fused GELUs and axis swaps around it, and the
+//! `vandermonde` module (feature `cuda`) S4D's kernel `K = 2·Re Σ_n w·z^t` and its gradients.
 //!
 //! The `simplified` module (feature `cuda`) runs the S5 simplified scan (spec §4.3: complex
 //! `x_t = Ā_t ⊙ x_{t−1} + γ̄_t ⊙ Bu_t` over `P` channels) forward and backward.
@@ -39,9 +41,13 @@ pub mod fft;
 #[cfg(feature = "cuda")]
 pub mod linear;
 #[cfg(feature = "cuda")]
+pub mod pointwise;
+#[cfg(feature = "cuda")]
 pub mod s7;
 #[cfg(feature = "cuda")]
 pub mod simplified;
+#[cfg(feature = "cuda")]
+pub mod vandermonde;
 
 /// The CUDA C source of the selective scan kernels (`ss_fwd`, `ss_bwd`, `ss_reduce_bc`,
 /// `ss_reduce_e`).

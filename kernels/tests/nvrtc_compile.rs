@@ -223,3 +223,19 @@ fn causal_conv_compiles_for_sm90() {
         assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
     }
 }
+
+#[test]
+fn pointwise_and_vandermonde_kernels_compile_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    let ptx = lrnnx_kernels::pointwise::compile().unwrap().to_src();
+    for k in lrnnx_kernels::pointwise::POINTWISE_KERNELS {
+        assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+    }
+    let ptx = lrnnx_kernels::vandermonde::compile().unwrap().to_src();
+    for k in lrnnx_kernels::vandermonde::VANDERMONDE_KERNELS {
+        assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+    }
+}

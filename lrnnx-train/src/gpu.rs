@@ -22,6 +22,9 @@
 //! (loaded at run time) for long ones (`ConvMethod::Auto`; the direct sums where cuFFT is
 //! missing).
 //!
+//! [`crate::pointwise`]'s fused GELUs and axis swaps run `lrnnx_kernels::pointwise`, and
+//! [`crate::vandermonde`]'s S4D kernel `lrnnx_kernels::vandermonde`.
+//!
 //! The kernels compute in f32 only: f64 tensors on a CUDA device are refused with an error.
 
 use std::collections::HashMap;
@@ -36,6 +39,8 @@ use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage,
 use lrnnx_kernels::conv::{CausalConv, ConvMethod, ConvSpec};
 use lrnnx_kernels::cuda::{GradViews, InputViews, SelectiveScan as Kernel};
 use lrnnx_kernels::linear::{LinearScan as LinearKernel, LinearSpec};
+use lrnnx_kernels::pointwise::{Pointwise, SwapDims};
+use lrnnx_kernels::vandermonde::{Vandermonde, VandermondeSpec};
 use lrnnx_kernels::{Rule, ScanError, ScanSpec};
 
 use crate::mamba::MambaRule;
@@ -492,4 +497,115 @@ pub(crate) fn conv_kernel_grad(
         .grad_kernel(&conv_spec(dims), &g, &u)
         .map_err(err)?;
     Ok(CudaStorage::wrap_cuda_slice(dk, dev.clone()))
+}
+
+/// The pointwise kernels (`lrnnx_kernels::pointwise`) of one candle CUDA device.
+fn pointwise_kernel(dev: &CudaDevice) -> Result<Arc<Pointwise>> {
+    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<Pointwise>>>> = OnceLock::new();
+    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("pointwise: kernel cache poisoned".into()))?;
+    Ok(map
+        .entry(dev.id())
+        .or_insert_with(|| {
+            keep_device_pool(dev);
+            Arc::new(Pointwise::with_stream(dev.cuda_stream()))
+        })
+        .clone())
+}
+
+/// `act_n(x + bias)` or, with `g`, `g·act_n′(x + bias)` (`crate::pointwise`), `bias` (storage,
+/// layout, length) over the last axis.
+pub(crate) fn gelu(
+    s: &CudaStorage,
+    l: &Layout,
+    bias: Option<(&CudaStorage, &Layout, usize)>,
+    g: Option<(&CudaStorage, &Layout)>,
+    gelus: u32,
+) -> Result<CudaStorage> {
+    let dev = &s.device;
+    let x = view("gelu", s, l, "x")?;
+    let b = match bias {
+        Some((sb, lb, cols)) => Some((view("gelu", sb, lb, "bias")?, cols)),
+        None => None,
+    };
+    let k = pointwise_kernel(dev)?;
+    let bv = b.as_ref().map(|(v, _)| v);
+    let cols = b.as_ref().map_or(1, |(_, c)| *c);
+    let y = match g {
+        None => k.gelu(&x, bv, cols, gelus),
+        Some((sg, lg)) => k.gelu_grad(&x, bv, &view("gelu", sg, lg, "∂y")?, cols, gelus),
+    }
+    .map_err(err)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// The swap of axes 1 and 3 of `x` `(B, R, M, C)` with `gelus` GELUs after it or, with `g`
+/// `(B, C, M, R)`, its input gradient (`crate::pointwise`).
+pub(crate) fn swap(
+    s: &CudaStorage,
+    l: &Layout,
+    g: Option<(&CudaStorage, &Layout)>,
+    [batch, rows, mid, cols]: [usize; 4],
+    gelus: u32,
+) -> Result<CudaStorage> {
+    let dev = &s.device;
+    let dims = SwapDims {
+        batch,
+        rows,
+        mid,
+        cols,
+    };
+    let x = view("swap_axes_gelu", s, l, "x")?;
+    let k = pointwise_kernel(dev)?;
+    let y = match g {
+        None => k.swap(&x, dims, gelus),
+        Some((sg, lg)) => k.swap_grad(&view("swap_axes_gelu", sg, lg, "∂y")?, &x, dims, gelus),
+    }
+    .map_err(err)?;
+    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+}
+
+/// S4D's kernel `K` `(H·ch, len)` from `z` `(H, N, 2)` and `w` `(ch, H, N, 2)` or, with `g`
+/// (`∂K`), `[∂z; ∂w]` flattened (`crate::vandermonde`).
+pub(crate) fn vandermonde(
+    sz: &CudaStorage,
+    lz: &Layout,
+    sw: &CudaStorage,
+    lw: &Layout,
+    g: Option<(&CudaStorage, &Layout)>,
+    (channels, state, copies): (usize, usize, usize),
+    len: usize,
+) -> Result<CudaStorage> {
+    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<Vandermonde>>>> = OnceLock::new();
+    let dev = &sz.device;
+    let k = {
+        let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut map = map
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("vandermonde: kernel cache poisoned".into()))?;
+        map.entry(dev.id())
+            .or_insert_with(|| {
+                keep_device_pool(dev);
+                Arc::new(Vandermonde::with_stream(dev.cuda_stream()))
+            })
+            .clone()
+    };
+    let spec = VandermondeSpec {
+        channels,
+        state,
+        copies,
+        len,
+    };
+    let (z, w) = (
+        view("vandermonde_kernel", sz, lz, "z")?,
+        view("vandermonde_kernel", sw, lw, "w")?,
+    );
+    let out = match g {
+        None => k.kernel(&spec, &z, &w),
+        Some((sg, lg)) => k.grad(&spec, &z, &w, &view("vandermonde_kernel", sg, lg, "∂K")?),
+    }
+    .map_err(err)?;
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
 }

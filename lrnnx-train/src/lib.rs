@@ -7,6 +7,8 @@
 //! * [`complex`]: complex tensors as `(re, im)` pairs (candle has no complex dtype).
 //! * [`scan`]: `h_t = a_t ⊙ h_{t−1} + u_t`, real and complex, forward and backward.
 //! * [`fftconv`]: causal convolution by FFT (S4's kernel), forward and backward.
+//! * [`pointwise`]: fused GELUs (with a bias, twice in a row) and axis swaps, one pass each way.
+//! * [`vandermonde`]: S4D's convolution kernel `2·Re Σ_n w·z^t` as one op (used on CUDA).
 //! * [`layer`]: the [`TrainLayer`] interface and [`build`] from lrnnx's class name; one module
 //!   per layer ([`s5_lti`], ...), parameters under lrnnx's names ([`Params`]).
 //! * With the `cuda` feature, every layer trains on candle's CUDA device (f32): the fused
@@ -33,6 +35,7 @@ pub mod network;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod pointwise;
 pub mod rglru;
 pub mod s4;
 pub mod s4d;
@@ -42,6 +45,7 @@ pub mod s7;
 pub mod scan;
 pub mod selective;
 pub mod trainer;
+pub mod vandermonde;
 
 pub use layer::{build, BuildError, TrainLayer};
 pub use params::Params;

@@ -90,7 +90,7 @@ impl Activation {
     /// `f(x)` elementwise.
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => crate::s4d::gelu(x),
+            Activation::Gelu => crate::pointwise::gelu(x),
             Activation::Silu => x * sigmoid(x)?,
             Activation::Tanh => x.tanh(),
             Activation::Relu => x.relu(),

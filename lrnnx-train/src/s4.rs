@@ -48,12 +48,14 @@
 //! the T vectors `Ā^j w` and the ⌈L/T⌉ row vectors `c̃ Ā^{iT}` each by doubling
 //! (`[V, Ā^{2^k} V]`, O(log L) products), then one batched product: work
 //! O(H·M²·√(ch·L) + H·ch·M·L), memory O(H·M·√(ch·L) + H·ch·L). The convolution is the FFT op
-//! [`causal_conv`] (hand-written backward): O(B·ch·H·L log L) work, O(B·ch·H·L) memory. The
+//! [`causal_conv`](crate::fftconv::causal_conv) (hand-written backward): O(B·ch·H·L log L)
+//! work, O(B·ch·H·L) memory, with `D·x` folded in as the kernel's tap 0; the transposes and
+//! the GELUs around it are the fused ops of [`crate::pointwise`] (one pass each way). The
 //! number of candle ops is O(log L), not O(L).
 //!
-//! On a CUDA device (feature `cuda`, f32): the convolution runs `lrnnx-kernels`' direct causal
-//! convolution, the small solves run on the host (copied there and back), everything else is
-//! candle's CUDA ops.
+//! On a CUDA device (feature `cuda`, f32): the convolution and the fused ops run
+//! `lrnnx-kernels`' CUDA kernels, the small solves run on the host (copied there and back),
+//! everything else is candle's CUDA ops.
 //!
 //! ## Parameters and arguments
 //!
@@ -78,13 +80,13 @@ use lrnnx_core::ParamTransform;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::fftconv::causal_conv;
 use crate::layer::{BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::ops::matmul_operand;
 use crate::params::Params;
+use crate::pointwise::{bias_gelu, gelu_gelu};
 use crate::s4d::{
-    block_args, bool_or, gelu, output_linear, transform, transform_or, usize_or, BlockArgs,
+    block_args, bool_or, conv_block, output_linear, transform, transform_or, usize_or, BlockArgs,
 };
 
 /// A trainable S4 (DPLR) block.
@@ -488,29 +490,11 @@ fn read_l_kernel(params: &Params) -> std::result::Result<usize, BuildError> {
 impl TrainLayer for S4 {
     fn forward(&self, x: &Tensor, _time_steps: Option<&Tensor>) -> Result<Tensor> {
         let (h, ch) = (self.d_model, self.channels);
-        let (bsz, l) = check_input(x, h)?;
+        let (_, l) = check_input(x, h)?;
         let ([inv_dt, a_real, a_imag, b, c, d], p, lin) = self.weights()?;
         let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b, p.as_ref())?;
         let k = self.kernel(&a_bar, &b_bar, &c, l)?; // (H, ch, L)
-                                                     // z[b,t,c,h] = Σ_{s ≤ t} K[h,c,t−s]·x[b,s,h] (+ D below): the FFT causal convolution,
-                                                     // one signal per (h, c).
-        let xh = x.permute((0, 2, 1))?; // (B, H, L)
-        let u = if ch == 1 {
-            xh
-        } else {
-            xh.unsqueeze(2)?
-                .broadcast_as((bsz, h, ch, l))?
-                .reshape((bsz, h * ch, l))?
-        };
-        let z = causal_conv(&u, &k.reshape((h * ch, l))?)?
-            .reshape((bsz, h, ch, l))?
-            .permute((0, 3, 2, 1))?; // (B, L, ch, H)
-        let z = (z + x.unsqueeze(2)?.broadcast_mul(&d)?)?;
-        let z = gelu(&gelu(&z.reshape((bsz, l, ch * h))?)?)?;
-        match lin {
-            None => Ok(z),
-            Some((w, bias)) => gelu(&z.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?),
-        }
+        conv_block(x, &k.reshape((h * ch, l))?, &d, lin, ch)
     }
 
     fn params(&self) -> &Params {
@@ -546,9 +530,9 @@ impl TrainLayer for S4 {
         let r = (a_bar.matmul(&cache.state[0])? + w.broadcast_mul(&xh)?)?; // (H, M, B)
         let z = ct.matmul(&r)?.permute((2, 1, 0))?; // (B, ch, H)
         let z = (z + x_t.unsqueeze(1)?.broadcast_mul(d)?)?;
-        let z = gelu(&gelu(&z.reshape((bsz, self.channels * self.d_model))?)?)?;
+        let z = gelu_gelu(&z.reshape((bsz, self.channels * self.d_model))?)?;
         let y = match lin {
-            Some([wl, bias]) => gelu(&z.matmul(&wl.t()?)?.broadcast_add(bias)?)?,
+            Some([wl, bias]) => bias_gelu(&z.matmul(&wl.t()?)?, bias)?,
             _ => z,
         };
         cache.state = vec![r];

@@ -20,6 +20,10 @@
 //! equivalent. The two GELUs in a row (conv_activation, then mult_activation) and the GELU after
 //! the output linear (never a GLU) are lrnnx's, as in the core's importer.
 //!
+//! Here too the forward is that convolution (`conv_block`): the kernel is built from block
+//! matmuls on the CPU and by one op on CUDA ([`crate::vandermonde`]), `D·x` is its tap 0, and
+//! the transposes and GELUs around the convolution are the fused ops of [`crate::pointwise`].
+//!
 //! Parameters (lrnnx names): `inv_dt` (H,1) or (H,N2), `A_real` (S,N2), `A_imag` (S,N2),
 //! `B` (1,S,N2,2) and `C` (ch,H,N2,2) (trailing axis = re, im), `D` (ch,H), and with the output
 //! linear `output_linear.0.weight` (H, ch·H), `output_linear.0.bias` (H,). lrnnx's state dict
@@ -47,7 +51,11 @@ use crate::lru::check_input;
 use crate::ops::softplus;
 use crate::params::Params;
 #[cfg(test)]
+use crate::pointwise::swap_axes_gelu;
+use crate::pointwise::{bias_gelu, gelu_gelu, swap_grouped_gelu, transpose_last2};
+#[cfg(test)]
 use crate::scan::complex_scan;
+use crate::vandermonde::vandermonde_kernel;
 
 /// S4D's discretization rule (`disc`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,12 +172,6 @@ pub(crate) fn transform(t: ParamTransform, x: &Tensor) -> Result<Tensor> {
         ParamTransform::Sigmoid => (x.neg()?.exp()? + 1.0)?.recip(),
         ParamTransform::Softplus => softplus(x),
     }
-}
-
-/// Exact (erf) GELU, `x·(1 + erf(x/√2))/2`, whose backward uses the exact derivative of erf.
-pub(crate) fn gelu(x: &Tensor) -> Result<Tensor> {
-    let e = (x * std::f64::consts::FRAC_1_SQRT_2)?.erf()?;
-    (x * 0.5)? * (e + 1.0)?
 }
 
 /// Tiles the `n_ssm` rows of `t` (S, ·) to H rows: row `h` is row `h mod S`.
@@ -411,13 +413,16 @@ impl S4d {
         (s_re.broadcast_mul(&c.re)? - s_im.broadcast_mul(&c.im)?)?.sum(4)? * 2.0
     }
 
-    /// The SSM part (B, L, ch, H) as the FFT causal convolution with the kernel
-    /// `K[c,h,l] = 2·Re Σ_n C[c,h,n]·B̄[h,n]·Ā[h,n]^l`, built in blocks of `T ≈ √(ch·L)` taps
-    /// as `K[c,h,iT + j] = 2·Re Σ_n (C·B̄·Ā^{iT})[c,h,n]·Ā[h,n]^j` (one batched complex product
-    /// of the ⌈L/T⌉·ch row vectors and the T columns `Ā^j`, each made by doubling).
-    fn ssm_fft(&self, x: &Tensor, a_bar: &CTensor, b_bar: &CTensor, c: &CTensor) -> Result<Tensor> {
+    /// The convolution kernel `K[c,h,l] = 2·Re Σ_n C[c,h,n]·B̄[h,n]·Ā[h,n]^l` of `l` taps,
+    /// `(H·ch, l)` with rows ordered `(h, c)`, built in blocks of `T ≈ √(ch·l)` taps as
+    /// `K[c,h,iT + j] = 2·Re Σ_n (C·B̄·Ā^{iT})[c,h,n]·Ā[h,n]^j` (one batched complex product of
+    /// the ⌈l/T⌉·ch row vectors and the T columns `Ā^j`, each made by doubling).
+    /// On a CUDA device [`S4d::kernel_fused`] builds it instead.
+    fn kernel(&self, a_bar: &CTensor, b_bar: &CTensor, c: &CTensor, l: usize) -> Result<Tensor> {
+        if a_bar.re.device().is_cuda() {
+            return Self::kernel_fused(a_bar, b_bar, c, l);
+        }
         let (h, ch) = (self.d_model, self.channels);
-        let (bsz, l, _) = x.dims3()?;
         let block = (((ch * l) as f64).sqrt().ceil() as usize).clamp(1, l.max(1));
         let blocks = l.div_ceil(block).max(1);
         // V[h,n,j] = Ā^j, j < T.
@@ -463,39 +468,95 @@ impl S4d {
                 r.im.narrow(1, 0, blocks * ch)?,
             );
         }
-        let k = ((r.re.matmul(&v.re)? - r.im.matmul(&v.im)?)? * 2.0)? // (H, blocks·ch, T)
+        ((r.re.matmul(&v.re)? - r.im.matmul(&v.im)?)? * 2.0)? // (H, blocks·ch, T)
             .reshape((h, blocks, ch, block))?
             .permute((0, 2, 1, 3))?
             .reshape((h * ch, blocks * block))?
-            .narrow(1, 0, l)?;
-        let xh = x.permute((0, 2, 1))?; // (B, H, L)
-        let u = if ch == 1 {
-            xh
-        } else {
-            xh.unsqueeze(2)?
-                .broadcast_as((bsz, h, ch, l))?
-                .reshape((bsz, h * ch, l))?
-        };
-        causal_conv(&u, &k)?
-            .reshape((bsz, h, ch, l))?
-            .permute((0, 3, 2, 1)) // (B, L, ch, H)
+            .narrow(1, 0, l)
+    }
+
+    /// The same kernel as one op, [`vandermonde_kernel`] with `z = Ā` and `w = C·B̄` (one launch
+    /// each way on CUDA, where the block matmuls above take hundreds of small candle ops).
+    fn kernel_fused(a_bar: &CTensor, b_bar: &CTensor, c: &CTensor, l: usize) -> Result<Tensor> {
+        let w = c.mul(b_bar)?; // (ch, H, N2)
+        vandermonde_kernel(
+            &Tensor::stack(&[&a_bar.re, &a_bar.im], 2)?,
+            &Tensor::stack(&[&w.re, &w.im], 3)?,
+            l,
+        )
+    }
+
+    /// The SSM part `(B, L, ch, H)` as the causal convolution of `x` with [`S4d::kernel`]: the
+    /// test reference's counterpart (the layer runs [`conv_block`], which adds `D` and the
+    /// activations).
+    #[cfg(test)]
+    fn ssm_fft(&self, x: &Tensor, a_bar: &CTensor, b_bar: &CTensor, c: &CTensor) -> Result<Tensor> {
+        let (h, ch) = (self.d_model, self.channels);
+        let (bsz, l, _) = x.dims3()?;
+        let k = self.kernel(a_bar, b_bar, c, l)?;
+        let u = conv_input(x, ch)?;
+        swap_axes_gelu(&causal_conv(&u, &k)?.reshape((bsz, h, ch, l))?, 0)
+    }
+}
+
+/// The signals of the block's convolution: `x` `(B, L, H)` as rows `(B, H·ch, L)`, each channel
+/// `h` repeated for its `ch` outputs.
+fn conv_input(x: &Tensor, ch: usize) -> Result<Tensor> {
+    let (bsz, l, h) = x.dims3()?;
+    let xh = transpose_last2(x)?; // (B, H, L)
+    if ch == 1 {
+        Ok(xh)
+    } else {
+        xh.unsqueeze(2)?
+            .broadcast_as((bsz, h, ch, l))?
+            .reshape((bsz, h * ch, l))
+    }
+}
+
+/// The S4 / S4D block from its convolution kernel `k` `(H·ch, L)` (rows ordered `(h, c)`) on
+/// `x` `(B, L, H)`:
+///
+/// ```text
+/// z[b,t,c,h] = Σ_{s ≤ t} K[h,c,t−s]·x[b,s,h] + D[c,h]·x[b,t,h]      (D·x is K's tap 0: folded in)
+/// z = GELU(GELU(z))  (B, L, ch·H);   y = GELU(z Wᵀ + b) with the output linear `(W, b)`
+/// ```
+///
+/// as the causal convolution, one swap of axes with both GELUs, and a matmul with the fused
+/// bias GELU (`crate::pointwise`).
+pub(crate) fn conv_block(
+    x: &Tensor,
+    k: &Tensor,
+    d: &Tensor,
+    lin: Option<(Tensor, Tensor)>,
+    ch: usize,
+) -> Result<Tensor> {
+    let (_, l, h) = x.dims3()?;
+    let d_col = d.t()?.reshape((h * ch, 1))?; // rows (h, c), as k's
+    let k = if l > 1 {
+        Tensor::cat(
+            &[&k.narrow(1, 0, 1)?.add(&d_col)?, &k.narrow(1, 1, l - 1)?],
+            1,
+        )?
+    } else {
+        k.add(&d_col)?
+    };
+    let z = causal_conv(&conv_input(x, ch)?, &k)?; // (B, H·ch, L)
+    let z = swap_grouped_gelu(&z, ch, 2)?; // (B, L, ch·H)
+    match lin {
+        None => Ok(z),
+        Some((w, bias)) => bias_gelu(&z.broadcast_matmul(&w.t()?)?, &bias),
     }
 }
 
 impl TrainLayer for S4d {
     fn forward(&self, x: &Tensor, _time_steps: Option<&Tensor>) -> Result<Tensor> {
         let (h, ch) = (self.d_model, self.channels);
-        let (bsz, l) = check_input(x, h)?;
+        let (_, l) = check_input(x, h)?;
         let ([inv_dt, a_real, a_imag, b, c, d], lin) = self.weights()?;
         let (a_bar, b_bar) = self.discretized(&inv_dt, &a_real, &a_imag, &b)?;
         let c = CTensor::unpack(&c)?; // (ch, H, N2)
-        let z = self.ssm_fft(x, &a_bar, &b_bar, &c)?;
-        let z = (z + x.unsqueeze(2)?.broadcast_mul(&d)?)?; // (B, L, ch, H)
-        let z = gelu(&gelu(&z.reshape((bsz, l, ch * h))?)?)?;
-        match lin {
-            None => Ok(z),
-            Some((w, bias)) => gelu(&z.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?),
-        }
+        let k = self.kernel(&a_bar, &b_bar, &c, l)?;
+        conv_block(x, &k, &d, lin, ch)
     }
 
     fn params(&self) -> &Params {
@@ -539,9 +600,9 @@ impl TrainLayer for S4d {
         let z = (u.re.unsqueeze(1)?.broadcast_mul(cr)? - u.im.unsqueeze(1)?.broadcast_mul(ci)?)?
             .sum(3)?;
         let z = ((z * 2.0)? + x_t.unsqueeze(1)?.broadcast_mul(d)?)?;
-        let z = gelu(&gelu(&z.reshape((bsz, self.channels * self.d_model))?)?)?;
+        let z = gelu_gelu(&z.reshape((bsz, self.channels * self.d_model))?)?;
         let y = match lin {
-            Some([w, bias]) => gelu(&z.matmul(&w.t()?)?.broadcast_add(bias)?)?,
+            Some([w, bias]) => bias_gelu(&z.matmul(&w.t()?)?, bias)?,
             _ => z,
         };
         cache.state = vec![u.re, u.im];
@@ -646,6 +707,58 @@ mod tests {
                 let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
                 for (p, q) in a.iter().zip(b) {
                     assert!((p - q).abs() <= 1e-9 * scale, "{disc} L={l}: {p} vs {q}");
+                }
+            }
+        }
+    }
+
+    /// The one-op kernel (what CUDA runs) equals the block-matmul kernel (what the CPU runs):
+    /// values and the gradients of every parameter, f64, lengths past one block and channels.
+    #[test]
+    fn fused_kernel_equals_block_matmuls() {
+        for (disc, l, ch) in [
+            ("zoh", 300usize, 2usize),
+            ("bilinear", 77, 1),
+            ("zoh", 1, 1),
+        ] {
+            let (h, n) = (3usize, 8usize);
+            let kw = json!({"d_model": h, "d_state": n, "disc": disc, "channels": ch});
+            let fresh = crate::init::fresh(
+                "S4D",
+                &kw,
+                &mut crate::init::Rng::new(l as u64 + 5),
+                DType::F64,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let layer = S4d::from_lrnnx(&kw, fresh.params().clone()).unwrap();
+            let g = Tensor::randn(0f64, 1.0, (h * ch, l), &Device::Cpu).unwrap();
+            let run = |fused: bool| {
+                let ([inv_dt, a_real, a_imag, b, c, _], _) = layer.weights().unwrap();
+                let (a_bar, b_bar) = layer.discretized(&inv_dt, &a_real, &a_imag, &b).unwrap();
+                let c = CTensor::unpack(&c).unwrap();
+                let k = if fused {
+                    S4d::kernel_fused(&a_bar, &b_bar, &c, l)
+                } else {
+                    layer.kernel(&a_bar, &b_bar, &c, l)
+                }
+                .unwrap();
+                let grads = (&k * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut out = vec![k.flatten_all().unwrap().to_vec1::<f64>().unwrap()];
+                for v in layer.params().vars().values() {
+                    if let Some(gr) = grads.get(v.as_tensor()) {
+                        out.push(gr.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+                    }
+                }
+                out
+            };
+            let (fused, blocks) = (run(true), run(false));
+            assert_eq!(fused.len(), blocks.len());
+            assert!(fused.len() >= 5, "kernel + inv_dt, A_real, B, C gradients");
+            for (a, b) in fused.iter().zip(&blocks) {
+                let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+                for (p, q) in a.iter().zip(b) {
+                    assert!((p - q).abs() <= 1e-10 * scale, "{disc} L={l}: {p} vs {q}");
                 }
             }
         }
