@@ -935,6 +935,7 @@ fn vandermonde_kernels_cuda_match_cpu() {
         (3, 5, 2, 2049),
         (4, 32, 1, 16384),
         (2, 16, 3, 5000),
+        (3, 4, 2, 100),
     ]
     .iter()
     .enumerate()

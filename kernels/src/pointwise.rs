@@ -206,7 +206,7 @@ impl Pointwise {
         let has_bias = match bias {
             Some(b) => {
                 check_len("bias", b.len(), cols)?;
-                if cols == 0 || n % cols != 0 {
+                if n > 0 && (cols == 0 || n % cols != 0) {
                     return Err(ScanError(format!(
                         "pointwise: {n} values are not rows of a bias of {cols}"
                     )));
@@ -247,8 +247,16 @@ impl Pointwise {
             .batch
             .checked_mul(d.mid)
             .ok_or_else(|| ScanError("pointwise: batch · mid overflows".into()))?;
+        // the kernels index rows and columns in `int`, up to a whole tile past the end
+        for (what, v) in [("rows", d.rows), ("cols", d.cols)] {
+            if v > i32::MAX as usize - 32 {
+                return Err(ScanError(format!(
+                    "pointwise: {what} {v} exceeds 2³¹ − 33 (swap a smaller tensor)"
+                )));
+            }
+        }
         let grid = (
-            int("column tiles", d.cols.div_ceil(32))?,
+            d.cols.div_ceil(32),
             d.rows.div_ceil(32).min(65535),
             bm.min(65535),
         );

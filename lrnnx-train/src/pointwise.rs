@@ -507,42 +507,67 @@ impl CustomOp2 for SwapGrad {
     }
 }
 
-fn float(x: &Tensor, what: &str) -> Result<()> {
-    if !matches!(x.dtype(), DType::F32 | DType::F64) {
-        bail!("{what}: f32 or f64 only, got {:?}", x.dtype());
+/// Whether the fused ops take `x`: f32 or f64 on the CPU, f32 on CUDA. Anything else (another
+/// dtype or device) runs the same functions as candle ops.
+fn fused(x: &Tensor) -> bool {
+    match x.device() {
+        candle_core::Device::Cpu => matches!(x.dtype(), DType::F32 | DType::F64),
+        candle_core::Device::Cuda(_) => x.dtype() == DType::F32,
+        _ => false,
     }
-    Ok(())
+}
+
+/// The erf GELU as candle ops (for what [`fused`] refuses).
+fn gelu_ops(x: &Tensor) -> Result<Tensor> {
+    let e = (x * std::f64::consts::FRAC_1_SQRT_2)?.erf()?;
+    (x * 0.5)? * (e + 1.0)?
+}
+
+/// `gelus` erf GELUs as candle ops.
+fn act_ops(mut x: Tensor, gelus: u32) -> Result<Tensor> {
+    for _ in 0..gelus {
+        x = gelu_ops(&x)?;
+    }
+    Ok(x)
 }
 
 /// The exact (erf) GELU `x·(1 + erf(x/√2))/2` (module doc), one fused op each way.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    float(x, "gelu")?;
+    if !fused(x) {
+        return gelu_ops(x);
+    }
     x.contiguous()?.apply_op1(Act { gelus: 1 })
 }
 
 /// `gelu(gelu(x))` (S4 / S4D's activation and gate in a row), one fused op each way.
 pub fn gelu_gelu(x: &Tensor) -> Result<Tensor> {
-    float(x, "gelu_gelu")?;
+    if !fused(x) {
+        return act_ops(x.clone(), 2);
+    }
     x.contiguous()?.apply_op1(Act { gelus: 2 })
 }
 
 /// `gelu(x + bias)` with `bias` over the last axis of `x` (a linear layer's bias and its GELU),
 /// one fused op each way; the bias's gradient is summed over the other axes.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    float(x, "bias_gelu")?;
+    if !fused(x) {
+        return gelu_ops(&x.broadcast_add(bias)?);
+    }
     x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAct)
 }
 
 /// `y[b,c,m,r] = act_n(x[b,r,m,c])`: `x` `(B, R, M, C)` with its axes 1 and 3 swapped and `gelus`
 /// (0, 1 or 2) GELUs applied, one fused op each way (module doc).
 pub fn swap_axes_gelu(x: &Tensor, gelus: u32) -> Result<Tensor> {
-    float(x, "swap_axes_gelu")?;
     check_gelus(gelus)?;
     if x.rank() != 4 {
         bail!(
             "swap_axes_gelu: expected a 4-D tensor (B, R, M, C), got {:?}",
             x.dims()
         );
+    }
+    if !fused(x) {
+        return act_ops(x.permute((0, 3, 2, 1))?.contiguous()?, gelus);
     }
     x.contiguous()?.apply_op1(Swap { gelus, mid: 1 })
 }
@@ -551,13 +576,20 @@ pub fn swap_axes_gelu(x: &Tensor, gelus: u32) -> Result<Tensor> {
 /// `(B, C, M·R)` directly: S4 / S4D's convolution output `(B, H·ch, L)` (rows `(h, c)`) to
 /// `(B, L, ch·H)` with both GELUs.
 pub fn swap_grouped_gelu(x: &Tensor, mid: usize, gelus: u32) -> Result<Tensor> {
-    float(x, "swap_grouped_gelu")?;
     check_gelus(gelus)?;
     if x.rank() != 3 || mid == 0 || x.dim(1)? % mid != 0 {
         bail!(
             "swap_grouped_gelu: expected (B, R·M, C) with M = {mid}, got {:?}",
             x.dims()
         );
+    }
+    if !fused(x) {
+        let (b, rm, c) = x.dims3()?;
+        let y = x
+            .reshape((b, rm / mid, mid, c))?
+            .permute((0, 3, 2, 1))?
+            .reshape((b, c, rm))?;
+        return act_ops(y, gelus);
     }
     x.contiguous()?.apply_op1(Swap { gelus, mid })
 }
@@ -572,11 +604,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The same functions as plain candle ops (autodiff through erf): the reference.
-    fn gelu_ops(x: &Tensor) -> Result<Tensor> {
-        let e = (x * std::f64::consts::FRAC_1_SQRT_2)?.erf()?;
-        (x * 0.5)? * (e + 1.0)?
-    }
+    // the reference: `super::gelu_ops`, the same functions as plain candle ops (autodiff
+    // through erf)
 
     fn rand(n: usize, seed: u64, scale: f64) -> Vec<f64> {
         let mut s = seed;
@@ -714,11 +743,13 @@ mod tests {
             let (y_ref, g_ref) = value_and_grad(&ops, &x, &w);
             assert_eq!(y.dims(), y_ref.dims());
             assert!(worst(&y, &y_ref) < 1e-13 && worst(&g, &g_ref) < 1e-12);
-            // f32 agrees with f64 to f32 precision
-            let x32 = x.as_tensor().to_dtype(DType::F32).unwrap();
-            let y32 = swap_axes_gelu(&x32, gelus).unwrap();
-            let d = worst(&y32.to_dtype(DType::F64).unwrap(), &y_ref);
-            assert!(d < 1e-6, "f32 {d}");
+            // f32 (computed in f32) agrees with f64 to f32 precision, forward and backward
+            let x32 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+            let w32 = w.to_dtype(DType::F32).unwrap();
+            let (y32, g32) = value_and_grad(&fused, &x32, &w32);
+            let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            let (dy, dg) = (worst(&to64(&y32), &y_ref), worst(&to64(&g32), &g_ref));
+            assert!(dy < 1e-6 && dg < 1e-6, "f32 {dy} {dg}");
         }
         // the grouped form: (B, R·M, C) → (B, C, M·R), forward and backward
         for gelus in 0..=2 {
@@ -764,7 +795,24 @@ mod tests {
         assert!(swap_axes_gelu(&x4, 3).is_err());
         assert!(bias_gelu(&x, &Tensor::zeros(3, DType::F32, &dev).unwrap()).is_err());
         assert!(bias_gelu(&x, &Tensor::zeros(4, DType::F64, &dev).unwrap()).is_err());
-        assert!(gelu(&Tensor::zeros(3, DType::U32, &dev).unwrap()).is_err());
+        // what the fused ops do not take runs as candle ops
+        let h = Tensor::new(&[-1.5f32, 0.25, 3.0], &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let want = gelu_ops(&h.to_dtype(DType::F32).unwrap()).unwrap();
+        let got = gelu(&h).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(
+            (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                < 2e-2
+        );
         // empty tensors go through
         let e = Tensor::zeros((0, 3, 1, 2), DType::F32, &dev).unwrap();
         assert_eq!(swap_axes_gelu(&e, 1).unwrap().dims(), [0, 2, 1, 3]);

@@ -417,9 +417,10 @@ impl S4d {
     /// `(H·ch, l)` with rows ordered `(h, c)`, built in blocks of `T ≈ √(ch·l)` taps as
     /// `K[c,h,iT + j] = 2·Re Σ_n (C·B̄·Ā^{iT})[c,h,n]·Ā[h,n]^j` (one batched complex product of
     /// the ⌈l/T⌉·ch row vectors and the T columns `Ā^j`, each made by doubling).
-    /// On a CUDA device [`S4d::kernel_fused`] builds it instead.
+    /// On a CUDA device [`S4d::kernel_fused`] builds it instead (up to 65535 channels, its
+    /// grid's limit).
     fn kernel(&self, a_bar: &CTensor, b_bar: &CTensor, c: &CTensor, l: usize) -> Result<Tensor> {
-        if a_bar.re.device().is_cuda() {
+        if a_bar.re.device().is_cuda() && self.d_model <= 65_535 {
             return Self::kernel_fused(a_bar, b_bar, c, l);
         }
         let (h, ch) = (self.d_model, self.channels);
