@@ -20,11 +20,11 @@
 //! printed with its speed-up over the baseline. The three are checked to agree (output 1e-5,
 //! gradients 1e-4 of the largest value) before anything is timed.
 //!
-//! Then an S4D layer (lrnnx's default init, d_model 256, d_state 64: its causal convolution
-//! with a kernel as long as the sequence) at batch 8 and lengths 4096 and 16384, forward and
-//! forward + backward (every parameter's gradient), with the convolution forced to the direct
-//! sums (the baseline) and chosen by `CudaConvMethod::Auto` (cuFFT for these kernels), checked
-//! to agree first.
+//! Then an S4D layer and an S4 (DPLR) layer (lrnnx's default init, d_model 256, d_state 64:
+//! a causal convolution with a kernel as long as the sequence) at batch 8 and lengths 4096 and
+//! 16384, forward and forward + backward (every parameter's gradient), with the convolution
+//! forced to the direct sums (the baseline) and chosen by `CudaConvMethod::Auto` (cuFFT for
+//! these kernels), checked to agree first.
 //!
 //! Last, the fused pointwise ops of `lrnnx_train::pointwise` that the S4 / S4D blocks run,
 //! against the candle ops they replace (the baseline), at the S4D layer's size (batch 8 ×
@@ -33,7 +33,8 @@
 //! forward + backward, checked to agree first.
 //!
 //! For a profiler: `LRNNX_PROFILE_ONCE=0|1|2` runs one way of the Mamba block (after a warm-up)
-//! and `LRNNX_PROFILE_S4D=<length>` two passes of the S4D layer, and nothing else.
+//! and `LRNNX_PROFILE_S4D=<length>` (or `LRNNX_PROFILE_S4`) two passes of that layer, and
+//! nothing else.
 
 use std::time::Instant;
 
@@ -163,8 +164,10 @@ fn main() -> Result<()> {
             return Ok(());
         }
     };
-    if std::env::var("LRNNX_PROFILE_S4D").is_ok() {
-        return s4d_layer(&dev);
+    for class in ["S4D", "S4"] {
+        if std::env::var(format!("LRNNX_PROFILE_{class}")).is_ok() {
+            return conv_layer(&dev, class);
+        }
     }
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let (ble, bln) = (b * l * e, b * l * n);
@@ -251,7 +254,8 @@ fn main() -> Result<()> {
         );
     }
     drop(x);
-    s4d_layer(&dev)?;
+    conv_layer(&dev, "S4D")?;
+    conv_layer(&dev, "S4")?;
     pointwise_ops(&dev)
 }
 
@@ -378,36 +382,38 @@ fn layer_outputs(layer: &dyn TrainLayer, x: &Tensor, g: &Tensor) -> Result<Vec<V
     for (name, v) in layer.params().vars() {
         match grads.get(v.as_tensor()) {
             Some(gr) => out.push(gr.flatten_all()?.to_vec1::<f32>()?),
+            // S4's kernel-length buffer is not a parameter
+            None if name.ends_with("l_kernel") => {}
             None => bail!("no gradient for {name}"),
         }
     }
     Ok(out)
 }
 
-/// The S4D layer, direct sums against `Auto` (module doc).
-fn s4d_layer(dev: &Device) -> Result<()> {
+/// An S4D or S4 layer (`class`), direct sums against `Auto` (module doc).
+fn conv_layer(dev: &Device, class: &str) -> Result<()> {
     if !cuda_fft_available() {
         println!(
-            "S4D: cuFFT does not load; Auto would run the direct sums too, nothing to compare"
+            "{class}: cuFFT does not load; Auto would run the direct sums too, nothing to compare"
         );
         return Ok(());
     }
     let (b, h) = (8, 256);
     let kwargs = serde_json::json!({"d_model": h, "d_state": 64});
-    let layer = fresh("S4D", &kwargs, &mut InitRng::new(7), DType::F32, dev)
+    let layer = fresh(class, &kwargs, &mut InitRng::new(7), DType::F32, dev)
         .map_err(|e| lrnnx_train::candle_core::Error::Msg(e.to_string()))?;
     println!(
-        "\nS4D layer (d_model {h}, d_state 64, kernel as long as the sequence), batch {b}, f32"
+        "\n{class} layer (d_model {h}, d_state 64, kernel as long as the sequence), batch {b}, f32"
     );
     println!(
         "{:<30} {:>9} {:>8} {:>12} {:>8}",
         "", "fwd ms", "speedup", "fwd+bwd ms", "speedup"
     );
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    if let Some(l) = std::env::var("LRNNX_PROFILE_S4D")
+    let profile = std::env::var(format!("LRNNX_PROFILE_{class}"))
         .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(l) = profile {
         // two forward + backward passes under Auto at length `l`, for a profiler (nsys, ncu)
         let x = Tensor::from_vec(rng.vec(b * l * h, -1.0, 1.0), (b, l, h), dev)?;
         let g = Tensor::from_vec(rng.vec(b * l * h, -1.0, 1.0), (b, l, h), dev)?;
@@ -417,7 +423,7 @@ fn s4d_layer(dev: &Device) -> Result<()> {
             loss(&y, &g)?.backward()?;
             dev.synchronize()?;
         }
-        println!("profiled: S4D at L {l}");
+        println!("profiled: {class} at L {l}");
         return Ok(());
     }
     for l in [4096, 16384] {
@@ -440,7 +446,7 @@ fn s4d_layer(dev: &Device) -> Result<()> {
             let tol = if i == 0 { 1e-5 } else { 1e-4 };
             if worst.is_nan() || worst / scale > tol {
                 bail!(
-                    "S4D L{l}: output {i} differs by {:.2e} of its largest value",
+                    "{class} L{l}: output {i} differs by {:.2e} of its largest value",
                     worst / scale
                 );
             }

@@ -149,52 +149,94 @@ fn mat_pow(a: &Tensor, mut e: usize) -> Result<Tensor> {
 
 // ---- the batched linear solve ----
 
-/// Solves `A X = B` for each batch entry in place over `a` (M×M) and `b` (M×K), both row-major,
-/// by Gauss–Jordan elimination with partial pivoting; `b` ends as X. False when singular.
-fn gauss_jordan(a: &mut [f64], b: &mut [f64], m: usize, k: usize) -> bool {
+/// Solves `A X = B` for `a` (M×M) and `b` (M×K), both row-major, by Gauss–Jordan elimination
+/// with partial pivoting on the augmented rows `[A | B]`; `b` ends as X (`a` is left as it
+/// was). False when singular. Each elimination step is `row ← row − f·pivot_row` over the columns from the
+/// pivot's on (those before it are already zero in the pivot row), a contiguous loop the
+/// compiler vectorizes.
+fn gauss_jordan(a: &[f64], b: &mut [f64], m: usize, k: usize) -> bool {
+    let w = m + k;
+    let mut aug = vec![0.0; m * w];
+    for r in 0..m {
+        aug[r * w..r * w + m].copy_from_slice(&a[r * m..(r + 1) * m]);
+        aug[r * w + m..(r + 1) * w].copy_from_slice(&b[r * k..(r + 1) * k]);
+    }
+    let mut pivot_row = vec![0.0; w];
     for col in 0..m {
         let mut piv = col;
         for r in col + 1..m {
-            if a[r * m + col].abs() > a[piv * m + col].abs() {
+            if aug[r * w + col].abs() > aug[piv * w + col].abs() {
                 piv = r;
             }
         }
-        let p = a[piv * m + col];
+        let p = aug[piv * w + col];
         if p == 0.0 || !p.is_finite() {
             return false;
         }
         if piv != col {
-            for j in 0..m {
-                a.swap(col * m + j, piv * m + j);
-            }
-            for j in 0..k {
-                b.swap(col * k + j, piv * k + j);
+            for j in 0..w {
+                aug.swap(col * w + j, piv * w + j);
             }
         }
         let inv = 1.0 / p;
-        for j in 0..m {
-            a[col * m + j] *= inv;
+        for (dst, v) in pivot_row[col..]
+            .iter_mut()
+            .zip(&mut aug[col * w + col..(col + 1) * w])
+        {
+            *v *= inv;
+            *dst = *v;
         }
-        for j in 0..k {
-            b[col * k + j] *= inv;
-        }
-        for r in 0..m {
-            if r == col {
+        for (r, row) in aug.chunks_exact_mut(w).enumerate() {
+            let f = row[col];
+            if r == col || f == 0.0 {
                 continue;
             }
-            let f = a[r * m + col];
-            if f == 0.0 {
-                continue;
-            }
-            for j in 0..m {
-                a[r * m + j] -= f * a[col * m + j];
-            }
-            for j in 0..k {
-                b[r * k + j] -= f * b[col * k + j];
+            for (x, p) in row[col..].iter_mut().zip(&pivot_row[col..]) {
+                *x -= f * p;
             }
         }
     }
+    for r in 0..m {
+        b[r * k..(r + 1) * k].copy_from_slice(&aug[r * w + m..(r + 1) * w]);
+    }
     b.iter().all(|v| v.is_finite())
+}
+
+/// [`gauss_jordan`] on each of the `n` systems of `a` (N, M, M) and `b` (N, M, K), the systems
+/// split over the machine's threads in contiguous runs (each system is solved alone, so the
+/// result does not depend on the split); the first singular system's index, if any.
+fn solve_all(a: &[f64], b: &mut [f64], (n, m, k): (usize, usize, usize)) -> Option<usize> {
+    // below about 4 M flops a system batch is not worth a thread
+    let work = n.saturating_mul(m * m).saturating_mul(m + k);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(n.max(1))
+        .min(work / (1 << 22) + 1);
+    let per = n.div_ceil(threads.max(1)).max(1);
+    let run = |start: usize, a: &[f64], b: &mut [f64]| -> Option<usize> {
+        let systems = a.chunks(m * m).zip(b.chunks_mut(m * k));
+        for (i, (ai, bi)) in systems.enumerate() {
+            if !gauss_jordan(ai, bi, m, k) {
+                return Some(start + i);
+            }
+        }
+        None
+    };
+    if threads <= 1 || m == 0 || k == 0 {
+        return run(0, a, b);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = a
+            .chunks(per * m * m)
+            .zip(b.chunks_mut(per * m * k))
+            .enumerate()
+            .map(|(t, (ac, bc))| scope.spawn(move || run(t * per, ac, bc)))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap_or(Some(usize::MAX)))
+            .min()
+    })
 }
 
 /// `X = A⁻¹ B` for `A` (N, M, M) and `B` (N, M, K) as a candle op.
@@ -223,7 +265,7 @@ impl CustomOp2 for Solve {
             ([n, m, m2], [n2, m3, k]) if m == m2 && m == m3 && n == n2 => (*n, *m, *k),
             (a, b) => bail!("S4 solve: A {a:?} is not (N, M, M) or B {b:?} is not (N, M, K)"),
         };
-        let (mut a, mut b, is_f32) = match (s1, s2) {
+        let (a, mut b, is_f32) = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
                 (contiguous_f64(a, l1)?, contiguous_f64(b, l2)?, true)
             }
@@ -232,12 +274,8 @@ impl CustomOp2 for Solve {
             }
             _ => bail!("S4 solve: A and B must both be f32 or both f64"),
         };
-        for i in 0..n {
-            let ai = &mut a[i * m * m..(i + 1) * m * m];
-            let bi = &mut b[i * m * k..(i + 1) * m * k];
-            if !gauss_jordan(ai, bi, m, k) {
-                bail!("S4: singular matrix in the linear solve of channel {i} (I − ΔA/2 or I − Ā^l_kernel)");
-            }
+        if let Some(i) = solve_all(&a, &mut b, (n, m, k)) {
+            bail!("S4: singular matrix in the linear solve of channel {i} (I − ΔA/2 or I − Ā^l_kernel)");
         }
         let out = if is_f32 {
             CpuStorage::F32(b.iter().map(|&v| v as f32).collect())
@@ -248,9 +286,8 @@ impl CustomOp2 for Solve {
     }
 
     /// On CUDA the op is solved on the host: both operands are copied to the CPU, solved by
-    /// `cpu_fwd` (f64 Gauss–Jordan) and the result copied back. The systems are
-    /// tiny (H of M×M with M = d_state, solved a few times per step, not per time step), so a
-    /// GPU kernel would save little; the copies synchronize candle's stream.
+    /// `cpu_fwd` (f64 Gauss–Jordan, the systems split over the host's threads) and the result
+    /// copied back. The copies synchronize candle's stream.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -710,6 +747,45 @@ mod tests {
                 3,
             );
         }
+    }
+
+    /// The threaded batch solve equals the systems solved one by one, and names the first
+    /// singular system.
+    #[test]
+    fn threaded_solve_matches_sequential_and_finds_singular() {
+        let (n, m, k) = (37usize, 64usize, 64usize);
+        let mut seed = 11u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let mut a: Vec<f64> = (0..n * m * m).map(|_| next()).collect();
+        let b: Vec<f64> = (0..n * m * k).map(|_| next()).collect();
+        for i in 0..n {
+            for d in 0..m {
+                a[i * m * m + d * m + d] += 4.0; // well conditioned
+            }
+        }
+        let (a1, mut b1) = (a.clone(), b.clone());
+        assert_eq!(solve_all(&a1, &mut b1, (n, m, k)), None);
+        let (a2, mut b2) = (a.clone(), b.clone());
+        for i in 0..n {
+            assert!(gauss_jordan(
+                &a2[i * m * m..(i + 1) * m * m],
+                &mut b2[i * m * k..(i + 1) * m * k],
+                m,
+                k
+            ));
+        }
+        assert_eq!(b1, b2);
+        // zero the matrices of systems 23 and 30: the first is reported
+        for i in [23, 30] {
+            a[i * m * m..(i + 1) * m * m].fill(0.0);
+        }
+        let mut b3 = b.clone();
+        assert_eq!(solve_all(&a, &mut b3, (n, m, k)), Some(23));
     }
 
     /// The solve op against a product check, and its backward against finite differences.
