@@ -26,6 +26,9 @@
 //! forced to the direct sums (the baseline) and chosen by `CudaConvMethod::Auto` (cuFFT for
 //! these kernels), checked to agree first.
 //!
+//! Then S4's batched linear solve on the device against the host round trip it replaced
+//! (`s4_solve`).
+//!
 //! Last, the fused pointwise ops of `lrnnx_train::pointwise` that the S4 / S4D blocks run,
 //! against the candle ops they replace (the baseline), at the S4D layer's size (batch 8 ×
 //! L 16384 × 256 channels): GELU twice, the swap of axes `(B, H, L) → (B, L, H)` with GELU
@@ -256,7 +259,93 @@ fn main() -> Result<()> {
     drop(x);
     conv_layer(&dev, "S4D")?;
     conv_layer(&dev, "S4")?;
+    s4_solve(&dev)?;
     pointwise_ops(&dev)
+}
+
+/// S4's batched solve `X = A⁻¹B` at the S4 layer's sizes (256 systems of 64 unknowns; 65
+/// right-hand sides for the discretization, 1 for the input vectors) on the device against the
+/// way it ran before `lrnnx_kernels::solve` (the baseline): operands copied to the host, solved
+/// there, the solution copied back. Forward, and forward + backward (`∂B = A⁻ᵀG`, two more
+/// solves' worth with the transposed systems); checked to agree first.
+fn s4_solve(dev: &Device) -> Result<()> {
+    use lrnnx_train::s4::solve;
+    println!("\nS4 batched solve (f32 operands, f64 elimination)");
+    println!(
+        "{:<30} {:>9} {:>8} {:>12} {:>8}",
+        "", "fwd ms", "speedup", "fwd+bwd ms", "speedup"
+    );
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    for (n, m, k) in [(256usize, 64usize, 65usize), (256, 64, 1)] {
+        // I − ΔA/2-like systems: the identity plus a small random part
+        let eye = Tensor::eye(m, DType::F32, dev)?.unsqueeze(0)?;
+        let a =
+            (Tensor::from_vec(rng.vec(n * m * m, -0.2, 0.2), (n, m, m), dev)?.broadcast_add(&eye))?;
+        let a = Var::from_tensor(&a)?;
+        let b = Var::from_tensor(&Tensor::from_vec(
+            rng.vec(n * m * k, -1.0, 1.0),
+            (n, m, k),
+            dev,
+        )?)?;
+        let g = Tensor::from_vec(rng.vec(n * m * k, -1.0, 1.0), (n, m, k), dev)?;
+        let on_host = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+            solve(&a.to_device(&Device::Cpu)?, &b.to_device(&Device::Cpu)?)?.to_device(dev)
+        };
+        let run = |host: bool| -> Result<Tensor> {
+            if host {
+                on_host(a.as_tensor(), b.as_tensor())
+            } else {
+                solve(a.as_tensor(), b.as_tensor())
+            }
+        };
+        let both = |host: bool| -> Result<()> {
+            let x = run(host)?;
+            // the backward of either: ∂B = A⁻ᵀG, ∂A = −∂B Xᵀ
+            let at = a.as_tensor().transpose(1, 2)?.contiguous()?;
+            let gb = if host {
+                on_host(&at, &g)?
+            } else {
+                solve(&at, &g)?
+            };
+            let _ga = gb.matmul(&x.transpose(1, 2)?)?.neg()?;
+            Ok(())
+        };
+        let (want, got) = (flat(&run(true)?)?, flat(&run(false)?)?);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, c)| m.max((a - c).abs()));
+        if worst.is_nan() || worst / scale > 1e-5 {
+            bail!("solve ({n}, {m}, {k}): device differs from host by {worst:.2e}");
+        }
+        let mut base = (0.0, 0.0);
+        for host in [true, false] {
+            let fwd = time(dev, || run(host).map(|_| ()))?;
+            let fb = time(dev, || both(host))?;
+            if host {
+                base = (fwd, fb);
+            }
+            let name = if host {
+                format!("({n}, {m}, {k}) host (baseline)")
+            } else {
+                format!("({n}, {m}, {k}) device")
+            };
+            println!(
+                "{:<30} {:>9.3} {:>7.2}x {:>12.3} {:>7.2}x",
+                name,
+                fwd * 1e3,
+                base.0 / fwd,
+                fb * 1e3,
+                base.1 / fb
+            );
+        }
+    }
+    Ok(())
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
 }
 
 /// The erf GELU as candle ops (how the S4 / S4D blocks computed it before `pointwise`).

@@ -16,6 +16,8 @@
 //! * random causal convolutions (S4 / S4D) and S4 / S4D layers at L = 2048, CUDA against the
 //!   CPU;
 //! * random `mamba_scan` cases, the fused CUDA op against the same function on the CPU;
+//! * S4's batched solve on the device against the host's (forward, both gradients, the
+//!   singular-system error);
 //! * random cases, CUDA against the CPU op (itself checked against f64 loops and finite
 //!   differences in `lrnnx-train`): forward 1e-5, gradients 1e-4 relative, lengths up to 16384.
 //!
@@ -440,6 +442,41 @@ fn random_linear_scans_cuda_match_cpu() {
     assert!(failed.is_empty(), "failed: {failed:?}");
 }
 
+/// `op(x1, x2)` on `dev` in `dtype` (from f32 data and shapes) and the gradients of
+/// `Σ op(x1, x2) ⊙ g` in both inputs: `[y, ∂x1, ∂x2]`, flattened to f32.
+fn value_and_grads2(
+    dev: &Device,
+    dtype: DType,
+    (x1, s1): (&[f32], &[usize]),
+    (x2, s2): (&[f32], &[usize]),
+    g: &[f32],
+    op: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> Vec<Vec<f32>> {
+    let t = |v: &[f32], s: &[usize]| {
+        Tensor::from_vec(v.to_vec(), s, dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    let (v1, v2) = (
+        Var::from_tensor(&t(x1, s1)).unwrap(),
+        Var::from_tensor(&t(x2, s2)).unwrap(),
+    );
+    let y = op(v1.as_tensor(), v2.as_tensor());
+    let grads = (&y * t(g, y.dims()))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let f = |x: &Tensor| flat(&x.to_dtype(DType::F32).unwrap());
+    vec![
+        f(&y),
+        f(grads.get(v1.as_tensor()).unwrap()),
+        f(grads.get(v2.as_tensor()).unwrap()),
+    ]
+}
+
 /// xorshift uniforms in `[lo, hi)`.
 fn rand(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -716,27 +753,9 @@ fn random_causal_convs_cuda_match_cpu() {
         let kk = rand(c * k, seed + 1, -1.0, 1.0);
         let w = rand(b * c * l, seed + 2, -1.0, 1.0);
         let run = |dev: &Device, dtype: DType| {
-            let t = |v: &[f32], s: &[usize]| {
-                Tensor::from_vec(v.to_vec(), s, dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
-            let uv = Var::from_tensor(&t(&u, &[b, c, l])).unwrap();
-            let kv = Var::from_tensor(&t(&kk, &[c, k])).unwrap();
-            let y = causal_conv(uv.as_tensor(), kv.as_tensor()).unwrap();
-            let grads = (&y * t(&w, &[b, c, l]))
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let f = |x: &Tensor| flat(&x.to_dtype(DType::F32).unwrap());
-            vec![
-                f(&y),
-                f(grads.get(uv.as_tensor()).unwrap()),
-                f(grads.get(kv.as_tensor()).unwrap()),
-            ]
+            value_and_grads2(dev, dtype, (&u, &[b, c, l]), (&kk, &[c, k]), &w, |u, k| {
+                causal_conv(u, k).unwrap()
+            })
         };
         let (got, want) = (run(&gpu, DType::F32), run(&Device::Cpu, DType::F64));
         for ((g, wv), nm) in got.iter().zip(&want).zip(["y", "∂u", "∂k"]) {
@@ -951,27 +970,14 @@ fn vandermonde_kernels_cuda_match_cpu() {
         let w = rand(2 * ch * h * n, seed + 2, -1.0, 1.0);
         let g = rand(h * ch * l, seed + 3, -1.0, 1.0);
         let run = |dev: &Device, dtype: DType| {
-            let t = |v: &[f32], s: &[usize]| {
-                Tensor::from_vec(v.to_vec(), s, dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
-            let zv = Var::from_tensor(&t(&z, &[h, n, 2])).unwrap();
-            let wv = Var::from_tensor(&t(&w, &[ch, h, n, 2])).unwrap();
-            let k = vandermonde_kernel(zv.as_tensor(), wv.as_tensor(), l).unwrap();
-            let grads = (&k * t(&g, &[h * ch, l]))
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let f = |x: &Tensor| flat(&x.to_dtype(DType::F32).unwrap());
-            vec![
-                f(&k),
-                f(grads.get(zv.as_tensor()).unwrap()),
-                f(grads.get(wv.as_tensor()).unwrap()),
-            ]
+            value_and_grads2(
+                dev,
+                dtype,
+                (&z, &[h, n, 2]),
+                (&w, &[ch, h, n, 2]),
+                &g,
+                |z, w| vandermonde_kernel(z, w, l).unwrap(),
+            )
         };
         let (got, want) = (run(&gpu, DType::F32), run(&Device::Cpu, DType::F64));
         for ((gv, wv), nm) in got.iter().zip(&want).zip(["K", "∂z", "∂w"]) {
@@ -979,6 +985,78 @@ fn vandermonde_kernels_cuda_match_cpu() {
             let what = format!("vandermonde H{h} N{n} ch{ch} L{l} {nm}");
             if !check(&what, gv, wv, tol) {
                 failed.push(what);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// S4's batched solve on the device (`lrnnx_kernels::solve`) against the host's f64 solve of
+/// the same f32 systems, forward and both gradients; f64 systems on the device; a singular and
+/// a NaN system named by index; a size beyond the kernel's (M > 1024) solved on the host.
+#[test]
+fn s4_solve_cuda_matches_cpu() {
+    use lrnnx_train::s4::solve;
+    let Some(gpu) = gpu() else { return };
+    let mut failed = Vec::new();
+    for (i, &(n, m, k)) in [
+        (1usize, 1usize, 1usize),
+        (7, 64, 65),
+        (5, 64, 1),
+        (3, 130, 3),
+        (2, 300, 2),
+        (1, 1030, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 700 + 10 * i as u64;
+        // random dense matrices: partial pivoting swaps rows on nearly every column
+        let a = rand(n * m * m, seed, -1.0, 1.0);
+        let b = rand(n * m * k, seed + 1, -1.0, 1.0);
+        let g = rand(n * m * k, seed + 2, -1.0, 1.0);
+        let run = |dev: &Device, dtype: DType| {
+            value_and_grads2(
+                dev,
+                dtype,
+                (&a, &[n, m, m]),
+                (&b, &[n, m, k]),
+                &g,
+                |a, b| solve(a, b).unwrap(),
+            )
+        };
+        let want = run(&Device::Cpu, DType::F64);
+        for (dtype, tol_x, tol_g) in [(DType::F32, 1e-5, 1e-4), (DType::F64, 1e-9, 1e-9)] {
+            let got = run(&gpu, dtype);
+            for ((gv, wv), nm) in got.iter().zip(&want).zip(["X", "∂A", "∂B"]) {
+                let tol = if nm == "X" { tol_x } else { tol_g };
+                let what = format!("solve {dtype:?} N{n} M{m} K{k} {nm}");
+                if !check(&what, gv, wv, tol) {
+                    failed.push(what);
+                }
+            }
+        }
+    }
+    // a zero matrix in system 3 and a NaN in system 1 of 6: the first is named
+    let (n, m) = (6usize, 5usize);
+    for (dtype, bad) in [(DType::F32, [3, 3]), (DType::F64, [3, 1])] {
+        let mut a = rand(n * m * m, 9, -1.0, 1.0);
+        a[3 * m * m..4 * m * m].fill(0.0);
+        a[bad[1] * m * m + 7] = if bad[1] == 1 { f32::NAN } else { 0.0 };
+        let at = Tensor::from_vec(a, (n, m, m), &gpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let bt = Tensor::ones((n, m, 2), dtype, &gpu).unwrap();
+        match solve(&at, &bt) {
+            Ok(_) => failed.push(format!("{dtype:?} singular system not reported")),
+            Err(e) => {
+                let msg = e.to_string();
+                println!("{dtype:?}: {msg}");
+                let want = format!("channel {}", bad[0].min(bad[1]));
+                if !msg.contains(&want) {
+                    failed.push(format!("{dtype:?}: {msg:?} does not name {want}"));
+                }
             }
         }
     }

@@ -27,9 +27,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
-use crate::cuda::ARCH;
+use crate::cuda::{drv, nvrtc};
 use crate::fft::{fft_len, out_of_memory, FftConv};
 use crate::ScanError;
 
@@ -98,10 +98,6 @@ pub enum ConvMethod {
     /// Always the FFT; an error where cuFFT does not load or fails, or the transform is too
     /// long.
     Fft,
-}
-
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    ScanError(format!("CUDA driver: {e:?}"))
 }
 
 /// Sizes of one convolution: `u` `(batch, channels, len)`, `k` `(channels, taps)`.
@@ -181,27 +177,26 @@ impl ConvSpec {
     }
 }
 
-/// Compiles the convolution source to PTX for [`ARCH`], 8 outputs a thread.
+/// Compiles the convolution source to PTX for [`ARCH`](crate::cuda::ARCH), 8 outputs a thread.
 pub fn compile() -> Result<Ptx, ScanError> {
     compile_with_outputs(8)
 }
 
-/// Compiles the convolution source to PTX for [`ARCH`], `outputs` outputs a thread (one of
+/// Compiles the convolution source to PTX for [`ARCH`](crate::cuda::ARCH), `outputs` outputs a thread (one of
 /// [`OUTPUTS_PER_THREAD`]).
 pub fn compile_with_outputs(outputs: usize) -> Result<Ptx, ScanError> {
     check_outputs(outputs)?;
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        options: vec![
-            format!("-DTILE={TILE}"),
-            format!("-DCHUNK={CHUNK}"),
-            format!("-DRPT={outputs}"),
-        ],
-        name: Some("causal_conv.cu".into()),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(CAUSAL_CONV_SRC, opts)
-        .map_err(|e| ScanError(format!("NVRTC compile of the causal conv failed: {e:?}")))
+    let defines = vec![
+        format!("-DTILE={TILE}"),
+        format!("-DCHUNK={CHUNK}"),
+        format!("-DRPT={outputs}"),
+    ];
+    nvrtc(
+        CAUSAL_CONV_SRC,
+        "causal_conv.cu",
+        defines,
+        "the causal conv",
+    )
 }
 
 fn check_outputs(outputs: usize) -> Result<(), ScanError> {

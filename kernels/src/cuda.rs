@@ -69,14 +69,30 @@ pub fn keep_pool_memory(stream: &CudaStream) -> bool {
 /// to PTX for [`ARCH`] (the PTX holds every kernel of the source, compiled with that pass's
 /// geometry).
 pub fn compile(variant: &Variant, pass: Pass) -> Result<Ptx, ScanError> {
+    nvrtc(
+        &variant.source(),
+        "selective_scan.cu",
+        variant.defines(pass),
+        &format!("{variant:?}"),
+    )
+}
+
+/// Compiles `src` (the file `file`) with the `-D` options `defines` to PTX for [`ARCH`]; an
+/// error names `what` was compiled.
+pub(crate) fn nvrtc(
+    src: &str,
+    file: &str,
+    defines: Vec<String>,
+    what: &str,
+) -> Result<Ptx, ScanError> {
     let opts = CompileOptions {
         arch: Some(ARCH),
-        options: variant.defines(pass),
-        name: Some("selective_scan.cu".into()),
+        options: defines,
+        name: Some(file.into()),
         ..Default::default()
     };
-    compile_ptx_with_opts(variant.source(), opts)
-        .map_err(|e| ScanError(format!("NVRTC compile of {variant:?} failed: {e:?}")))
+    compile_ptx_with_opts(src, opts)
+        .map_err(|e| ScanError(format!("NVRTC compile of {what} ({file}) failed: {e:?}")))
 }
 
 /// An uninitialised device buffer of `n` floats, for outputs that the next kernel writes in
@@ -86,7 +102,8 @@ fn out_buf(s: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<f32>, ScanError> {
     unsafe { s.alloc::<f32>(n) }.map_err(drv)
 }
 
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
+/// A driver error as the crate's error.
+pub(crate) fn drv(e: cudarc::driver::DriverError) -> ScanError {
     ScanError(format!("CUDA driver: {e:?}"))
 }
 

@@ -25,10 +25,10 @@ use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtrMut, LaunchConfig,
     PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::conv::ConvSpec;
-use crate::cuda::ARCH;
+use crate::cuda::{drv, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source of the pointwise kernels around the transforms.
@@ -159,10 +159,6 @@ pub fn out_of_memory(e: &ScanError) -> bool {
     e.0.contains("OUT_OF_MEMORY") || e.0.contains("CUFFT_ALLOC_FAILED")
 }
 
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    ScanError(format!("CUDA driver: {e:?}"))
-}
-
 /// The transform length for a convolution: the power of two ≥ `L + min(K, L) − 1` (≥ 2;
 /// `usize::MAX` where that does not fit).
 pub fn fft_len(spec: &ConvSpec) -> usize {
@@ -188,18 +184,14 @@ impl Drop for Plan {
     }
 }
 
-/// Compiles [`FFT_CONV_SRC`] to PTX for [`ARCH`].
+/// Compiles [`FFT_CONV_SRC`] to PTX for [`ARCH`](crate::cuda::ARCH).
 pub fn compile() -> Result<Ptx, ScanError> {
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        name: Some("fft_conv.cu".into()),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(FFT_CONV_SRC, opts).map_err(|e| {
-        ScanError(format!(
-            "NVRTC compile of the FFT conv kernels failed: {e:?}"
-        ))
-    })
+    nvrtc(
+        FFT_CONV_SRC,
+        "fft_conv.cu",
+        Vec::new(),
+        "the FFT conv kernels",
+    )
 }
 
 struct Kernels {

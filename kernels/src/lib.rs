@@ -21,7 +21,9 @@
 //! `h_t = a_t ⊙ h_{t−1} + u_t` (real or complex) and its backward; the `conv` module (feature
 //! `cuda`) the per-channel causal convolution of S4 / S4D and its two gradients; the
 //! `pointwise` module (feature `cuda`) fused GELUs and axis swaps around it, and the
-//! `vandermonde` module (feature `cuda`) S4D's kernel `K = 2·Re Σ_n w·z^t` and its gradients.
+//! `vandermonde` module (feature `cuda`) S4D's kernel `K = 2·Re Σ_n w·z^t` and its gradients;
+//! the `solve` module (feature `cuda`) the batched linear solve `X = A⁻¹B` of S4's
+//! discretization.
 //!
 //! The `simplified` module (feature `cuda`) runs the S5 simplified scan (spec §4.3: complex
 //! `x_t = Ā_t ⊙ x_{t−1} + γ̄_t ⊙ Bu_t` over `P` channels) forward and backward.
@@ -46,6 +48,8 @@ pub mod pointwise;
 pub mod s7;
 #[cfg(feature = "cuda")]
 pub mod simplified;
+#[cfg(feature = "cuda")]
+pub mod solve;
 #[cfg(feature = "cuda")]
 pub mod vandermonde;
 

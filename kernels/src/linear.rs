@@ -22,17 +22,13 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
-use crate::cuda::ARCH;
+use crate::cuda::{drv, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source of the linear scan kernels (`ls_fwd`, `ls_bwd`).
 pub const LINEAR_SCAN_SRC: &str = include_str!("../cuda/linear_scan.cu");
-
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    ScanError(format!("CUDA driver: {e:?}"))
-}
 
 /// How the kernels walk time (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,7 +170,7 @@ impl LinearSpec {
     }
 }
 
-/// Compiles the linear scan source (real or complex, full or shared `a`) to PTX for [`ARCH`],
+/// Compiles the linear scan source (real or complex, full or shared `a`) to PTX for [`ARCH`](crate::cuda::ARCH),
 /// the parallel kernels with 8 warps a block.
 pub fn compile(complex: bool, shared: bool) -> Result<Ptx, ScanError> {
     compile_with_warps(complex, shared, 8)
@@ -188,18 +184,17 @@ pub fn compile_with_warps(complex: bool, shared: bool, warps: usize) -> Result<P
             "linear scan: {warps} warps a block, expected 8 or 16"
         )));
     }
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        options: vec![
-            format!("-DCOMPLEX={}", u32::from(complex)),
-            format!("-DSHARED={}", u32::from(shared)),
-            format!("-DPW={warps}"),
-        ],
-        name: Some("linear_scan.cu".into()),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(LINEAR_SCAN_SRC, opts)
-        .map_err(|e| ScanError(format!("NVRTC compile of the linear scan failed: {e:?}")))
+    let defines = vec![
+        format!("-DCOMPLEX={}", u32::from(complex)),
+        format!("-DSHARED={}", u32::from(shared)),
+        format!("-DPW={warps}"),
+    ];
+    nvrtc(
+        LINEAR_SCAN_SRC,
+        "linear_scan.cu",
+        defines,
+        "the linear scan",
+    )
 }
 
 struct Module {

@@ -20,9 +20,9 @@ use std::sync::{Arc, OnceLock};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
-use crate::cuda::ARCH;
+use crate::cuda::{drv, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source of the pointwise kernels.
@@ -34,22 +34,14 @@ pub const POINTWISE_KERNELS: [&str; 4] = ["pw_gelu", "pw_gelu_grad", "pw_swap", 
 /// The most GELUs applied in a row (`depth`): S4 / S4D apply two.
 pub const MAX_DEPTH: u32 = 2;
 
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    ScanError(format!("CUDA driver: {e:?}"))
-}
-
-/// Compiles [`POINTWISE_SRC`] to PTX for [`ARCH`].
+/// Compiles [`POINTWISE_SRC`] to PTX for [`ARCH`](crate::cuda::ARCH).
 pub fn compile() -> Result<Ptx, ScanError> {
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        name: Some("pointwise.cu".into()),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(POINTWISE_SRC, opts).map_err(|e| {
-        ScanError(format!(
-            "NVRTC compile of the pointwise kernels failed: {e:?}"
-        ))
-    })
+    nvrtc(
+        POINTWISE_SRC,
+        "pointwise.cu",
+        Vec::new(),
+        "the pointwise kernels",
+    )
 }
 
 /// The axes of a swap: `x` is `(batch, rows, mid, cols)`, the result `(batch, cols, mid, rows)`.

@@ -13,9 +13,8 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
-use crate::cuda::{Forward, Inputs, SelectiveScan, ARCH};
+use crate::cuda::{drv, nvrtc, Forward, Inputs, SelectiveScan};
 use crate::{Rule, ScanError, ScanSpec, S7_PROJ_SRC};
 
 /// Sizes of one S7 call.
@@ -106,10 +105,6 @@ pub struct S7Scan {
     f_outer: CudaFunction,
 }
 
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    ScanError(format!("CUDA driver: {e:?}"))
-}
-
 fn grid(n: usize) -> LaunchConfig {
     LaunchConfig::for_num_elems(n as u32)
 }
@@ -118,13 +113,7 @@ impl S7Scan {
     /// Opens device `ordinal` and compiles the projection kernels.
     pub fn new(ordinal: usize) -> Result<Self, ScanError> {
         let scan = SelectiveScan::new(ordinal)?;
-        let opts = CompileOptions {
-            arch: Some(ARCH),
-            name: Some("s7_proj.cu".into()),
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(S7_PROJ_SRC, opts)
-            .map_err(|e| ScanError(format!("NVRTC compile of s7_proj.cu failed: {e:?}")))?;
+        let ptx = nvrtc(S7_PROJ_SRC, "s7_proj.cu", Vec::new(), "the S7 projections")?;
         let m = scan.stream().context().load_module(ptx).map_err(drv)?;
         let f = |n: &str| m.load_function(n).map_err(drv);
         Ok(S7Scan {

@@ -26,9 +26,9 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
     LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
-use crate::cuda::ARCH;
+use crate::cuda::nvrtc;
 use crate::{Rule, ScanError};
 
 /// The CUDA C source of the simplified scan kernels ([`SIMPLIFIED_SCAN_KERNELS`]).
@@ -206,16 +206,14 @@ impl SimplifiedSpec {
     }
 }
 
-/// Compiles the simplified scan source for `variant` to PTX for [`ARCH`] (all three kernels).
+/// Compiles the simplified scan source for `variant` to PTX for [`ARCH`](crate::cuda::ARCH) (all three kernels).
 pub fn compile(variant: &SimplifiedVariant) -> Result<Ptx, ScanError> {
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        options: variant.defines(),
-        name: Some("simplified_scan.cu".into()),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(SIMPLIFIED_SCAN_SRC, opts)
-        .map_err(|e| err(format!("NVRTC compile of {variant:?} failed: {e:?}")))
+    nvrtc(
+        SIMPLIFIED_SCAN_SRC,
+        "simplified_scan.cu",
+        variant.defines(),
+        &format!("the simplified scan {variant:?}"),
+    )
 }
 
 /// Device inputs of one call (views, so they may be sub-ranges of larger buffers; complex

@@ -16,9 +16,9 @@ use std::sync::{Arc, OnceLock};
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
-use crate::cuda::ARCH;
+use crate::cuda::{drv, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source.
@@ -32,22 +32,14 @@ const THREADS: usize = 256;
 /// Outputs a thread of the forward (`VD_STEPS`).
 const STEPS: usize = 8;
 
-fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    ScanError(format!("CUDA driver: {e:?}"))
-}
-
-/// Compiles [`VANDERMONDE_SRC`] to PTX for [`ARCH`].
+/// Compiles [`VANDERMONDE_SRC`] to PTX for [`ARCH`](crate::cuda::ARCH).
 pub fn compile() -> Result<Ptx, ScanError> {
-    let opts = CompileOptions {
-        arch: Some(ARCH),
-        name: Some("vandermonde.cu".into()),
-        ..Default::default()
-    };
-    compile_ptx_with_opts(VANDERMONDE_SRC, opts).map_err(|e| {
-        ScanError(format!(
-            "NVRTC compile of the Vandermonde kernels failed: {e:?}"
-        ))
-    })
+    nvrtc(
+        VANDERMONDE_SRC,
+        "vandermonde.cu",
+        Vec::new(),
+        "the Vandermonde kernels",
+    )
 }
 
 /// Sizes: `z` `(channels, state)`, `w` `(copies, channels, state)`, the kernel `(channels ·

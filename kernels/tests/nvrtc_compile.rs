@@ -239,3 +239,15 @@ fn pointwise_and_vandermonde_kernels_compile_for_sm90() {
         assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
     }
 }
+
+#[test]
+fn solve_kernels_compile_for_sm90() {
+    if !nvrtc_available() {
+        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+        return;
+    }
+    let ptx = lrnnx_kernels::solve::compile().unwrap().to_src();
+    for k in lrnnx_kernels::solve::SOLVE_KERNELS {
+        assert!(ptx.contains(&format!(".entry {k}")), "{k} missing");
+    }
+}

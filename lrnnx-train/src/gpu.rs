@@ -23,9 +23,11 @@
 //! missing).
 //!
 //! [`crate::pointwise`]'s fused GELUs and axis swaps run `lrnnx_kernels::pointwise`, and
-//! [`crate::vandermonde`]'s S4D kernel `lrnnx_kernels::vandermonde`.
+//! [`crate::vandermonde`]'s S4D kernel `lrnnx_kernels::vandermonde`; S4's batched linear solve
+//! `lrnnx_kernels::solve` (f32 or f64).
 //!
-//! The kernels compute in f32 only: f64 tensors on a CUDA device are refused with an error.
+//! The kernels compute in f32 only (but for the solve): f64 tensors on a CUDA device are refused
+//! with an error.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -35,11 +37,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda::DeviceId;
 use candle_core::op::BackpropOp;
-use candle_core::{bail, CudaDevice, CudaStorage, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use lrnnx_kernels::conv::{CausalConv, ConvMethod, ConvSpec};
 use lrnnx_kernels::cuda::{GradViews, InputViews, SelectiveScan as Kernel};
 use lrnnx_kernels::linear::{LinearScan as LinearKernel, LinearSpec};
 use lrnnx_kernels::pointwise::{Pointwise, SwapDims};
+use lrnnx_kernels::solve::{BatchedSolve, SolveSpec};
 use lrnnx_kernels::vandermonde::{Vandermonde, VandermondeSpec};
 use lrnnx_kernels::{Rule, ScanError, ScanSpec};
 
@@ -72,21 +75,38 @@ fn keep_device_pool(dev: &CudaDevice) {
     }
 }
 
-/// The selective-scan kernels of one candle CUDA device (compiled variants cached for the
-/// process's life), launching on that device's stream.
-pub(crate) fn selective_kernel(dev: &CudaDevice) -> Result<Arc<Kernel>> {
-    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<Kernel>>>> = OnceLock::new();
-    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map
+/// Kernels kept per device (and per setting) for the process's life.
+type Cache<Key, K> = OnceLock<Mutex<HashMap<Key, Arc<K>>>>;
+
+/// The kernels in `cache` under `key` (for `dev`), made by `make` on their first use, after
+/// `keep_device_pool`.
+fn cached<Key: std::hash::Hash + Eq, K>(
+    cache: &'static Cache<Key, K>,
+    key: Key,
+    dev: &CudaDevice,
+    what: &str,
+    make: impl FnOnce() -> Result<K>,
+) -> Result<Arc<K>> {
+    let mut map = cache
+        .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
-        .map_err(|_| candle_core::Error::Msg("selective scan: kernel cache poisoned".into()))?;
-    if let Some(k) = map.get(&dev.id()) {
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: kernel cache poisoned")))?;
+    if let Some(k) = map.get(&key) {
         return Ok(k.clone());
     }
     keep_device_pool(dev);
-    let k = Arc::new(Kernel::with_stream(dev.cuda_stream()).map_err(err)?);
-    map.insert(dev.id(), k.clone());
+    let k = Arc::new(make()?);
+    map.insert(key, k.clone());
     Ok(k)
+}
+
+/// The selective-scan kernels of one candle CUDA device (compiled variants cached for the
+/// process's life), launching on that device's stream.
+pub(crate) fn selective_kernel(dev: &CudaDevice) -> Result<Arc<Kernel>> {
+    static KERNELS: Cache<DeviceId, Kernel> = OnceLock::new();
+    cached(&KERNELS, dev.id(), dev, "selective scan", || {
+        Kernel::with_stream(dev.cuda_stream()).map_err(err)
+    })
 }
 
 /// The contiguous f32 range of a CUDA storage that a layout covers (input `name` of `op`; f64
@@ -323,18 +343,10 @@ pub(crate) fn selective_backward(
 
 /// The linear-scan kernels of one candle CUDA device, launching on its stream.
 fn linear_kernel(dev: &CudaDevice) -> Result<Arc<LinearKernel>> {
-    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<LinearKernel>>>> = OnceLock::new();
-    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("linear scan: kernel cache poisoned".into()))?;
-    Ok(map
-        .entry(dev.id())
-        .or_insert_with(|| {
-            keep_device_pool(dev);
-            Arc::new(LinearKernel::with_stream(dev.cuda_stream()))
-        })
-        .clone())
+    static KERNELS: Cache<DeviceId, LinearKernel> = OnceLock::new();
+    cached(&KERNELS, dev.id(), dev, "linear scan", || {
+        Ok(LinearKernel::with_stream(dev.cuda_stream()))
+    })
 }
 
 /// Forward of the linear scan on CUDA storages: `h` (the shape of `u`).
@@ -421,26 +433,17 @@ pub(crate) fn set_conv_method(method: ConvMethod) {
 /// The causal-convolution kernels of one candle CUDA device, launching on its stream, with the
 /// method set by `set_conv_method` (one instance per device and method).
 fn conv_kernel(dev: &CudaDevice) -> Result<Arc<CausalConv>> {
-    type Kernels = HashMap<(DeviceId, u8), Arc<CausalConv>>;
-    static KERNELS: OnceLock<Mutex<Kernels>> = OnceLock::new();
+    static KERNELS: Cache<(DeviceId, u8), CausalConv> = OnceLock::new();
     let code = CONV_METHOD.load(Ordering::Relaxed);
-    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("causal_conv: kernel cache poisoned".into()))?;
-    Ok(map
-        .entry((dev.id(), code))
-        .or_insert_with(|| {
-            keep_device_pool(dev);
-            let mut conv = CausalConv::with_stream(dev.cuda_stream());
-            conv.method = match code {
-                1 => ConvMethod::Direct,
-                2 => ConvMethod::Fft,
-                _ => ConvMethod::Auto,
-            };
-            Arc::new(conv)
-        })
-        .clone())
+    cached(&KERNELS, (dev.id(), code), dev, "causal_conv", || {
+        let mut conv = CausalConv::with_stream(dev.cuda_stream());
+        conv.method = match code {
+            1 => ConvMethod::Direct,
+            2 => ConvMethod::Fft,
+            _ => ConvMethod::Auto,
+        };
+        Ok(conv)
+    })
 }
 
 fn conv_spec((batch, channels, len, taps): (usize, usize, usize, usize)) -> ConvSpec {
@@ -501,18 +504,10 @@ pub(crate) fn conv_kernel_grad(
 
 /// The pointwise kernels (`lrnnx_kernels::pointwise`) of one candle CUDA device.
 fn pointwise_kernel(dev: &CudaDevice) -> Result<Arc<Pointwise>> {
-    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<Pointwise>>>> = OnceLock::new();
-    let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("pointwise: kernel cache poisoned".into()))?;
-    Ok(map
-        .entry(dev.id())
-        .or_insert_with(|| {
-            keep_device_pool(dev);
-            Arc::new(Pointwise::with_stream(dev.cuda_stream()))
-        })
-        .clone())
+    static KERNELS: Cache<DeviceId, Pointwise> = OnceLock::new();
+    cached(&KERNELS, dev.id(), dev, "pointwise", || {
+        Ok(Pointwise::with_stream(dev.cuda_stream()))
+    })
 }
 
 /// `act_n(x + bias)` or, with `g`, `g·act_n′(x + bias)` (`crate::pointwise`), `bias` (storage,
@@ -578,20 +573,11 @@ pub(crate) fn vandermonde(
     (channels, state, copies): (usize, usize, usize),
     len: usize,
 ) -> Result<CudaStorage> {
-    static KERNELS: OnceLock<Mutex<HashMap<DeviceId, Arc<Vandermonde>>>> = OnceLock::new();
+    static KERNELS: Cache<DeviceId, Vandermonde> = OnceLock::new();
     let dev = &sz.device;
-    let k = {
-        let map = KERNELS.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut map = map
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("vandermonde: kernel cache poisoned".into()))?;
-        map.entry(dev.id())
-            .or_insert_with(|| {
-                keep_device_pool(dev);
-                Arc::new(Vandermonde::with_stream(dev.cuda_stream()))
-            })
-            .clone()
-    };
+    let k = cached(&KERNELS, dev.id(), dev, "vandermonde", || {
+        Ok(Vandermonde::with_stream(dev.cuda_stream()))
+    })?;
     let spec = VandermondeSpec {
         channels,
         state,
@@ -608,4 +594,47 @@ pub(crate) fn vandermonde(
     }
     .map_err(err)?;
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+/// `A⁻¹B` on the device for `a` (N, M, M) and `b` (N, M, K), both f32 or both f64
+/// (`lrnnx_kernels::solve`): `Ok(None)` when the sizes exceed the kernel's (the caller solves on
+/// the host), `Ok(Some(Err(i)))` when system `i` is singular.
+pub(crate) fn solve(
+    sa: &CudaStorage,
+    la: &Layout,
+    sb: &CudaStorage,
+    lb: &Layout,
+    (systems, size, rhs): (usize, usize, usize),
+) -> Result<Option<std::result::Result<CudaStorage, usize>>> {
+    static KERNELS: Cache<DeviceId, BatchedSolve> = OnceLock::new();
+    let spec = SolveSpec { systems, size, rhs };
+    if !spec.fits() {
+        return Ok(None);
+    }
+    let dev = &sa.device;
+    let k = cached(&KERNELS, dev.id(), dev, "solve", || {
+        Ok(BatchedSolve::with_stream(dev.cuda_stream()))
+    })?;
+    fn typed<'a, T: candle_core::cuda::CudaDType>(
+        s: &'a CudaStorage,
+        l: &Layout,
+        name: &str,
+    ) -> Result<CudaView<'a, T>> {
+        let slice = s.as_cuda_slice::<T>()?;
+        match l.contiguous_offsets() {
+            Some((start, end)) => Ok(slice.slice(start..end)),
+            None => bail!("S4 solve: `{name}` must be contiguous"),
+        }
+    }
+    Ok(Some(match (sa.dtype(), sb.dtype()) {
+        (DType::F32, DType::F32) => k
+            .solve::<f32>(&spec, &typed(sa, la, "A")?, &typed(sb, lb, "B")?)
+            .map_err(err)?
+            .map(|x| CudaStorage::wrap_cuda_slice(x, dev.clone())),
+        (DType::F64, DType::F64) => k
+            .solve::<f64>(&spec, &typed(sa, la, "A")?, &typed(sb, lb, "B")?)
+            .map_err(err)?
+            .map(|x| CudaStorage::wrap_cuda_slice(x, dev.clone())),
+        (a, b) => bail!("S4 solve: A and B must both be f32 or both f64, got {a:?} and {b:?}"),
+    }))
 }

@@ -242,6 +242,21 @@ fn solve_all(a: &[f64], b: &mut [f64], (n, m, k): (usize, usize, usize)) -> Opti
 /// `X = A⁻¹ B` for `A` (N, M, M) and `B` (N, M, K) as a candle op.
 struct Solve;
 
+/// `(N, M, K)` from the layouts of `A` (N, M, M) and `B` (N, M, K).
+fn system_sizes(a: &Layout, b: &Layout) -> Result<(usize, usize, usize)> {
+    match (a.shape().dims(), b.shape().dims()) {
+        ([n, m, m2], [n2, m3, k]) if m == m2 && m == m3 && n == n2 => Ok((*n, *m, *k)),
+        (a, b) => bail!("S4 solve: A {a:?} is not (N, M, M) or B {b:?} is not (N, M, K)"),
+    }
+}
+
+/// The error for a singular system `i`.
+fn singular(i: usize) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "S4: singular matrix in the linear solve of channel {i} (I − ΔA/2 or I − Ā^l_kernel)"
+    ))
+}
+
 fn contiguous_f64<T: Copy + Into<f64>>(v: &[T], l: &Layout) -> Result<Vec<f64>> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(v[start..end].iter().map(|&x| x.into()).collect()),
@@ -261,10 +276,7 @@ impl CustomOp2 for Solve {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, m, k) = match (l1.shape().dims(), l2.shape().dims()) {
-            ([n, m, m2], [n2, m3, k]) if m == m2 && m == m3 && n == n2 => (*n, *m, *k),
-            (a, b) => bail!("S4 solve: A {a:?} is not (N, M, M) or B {b:?} is not (N, M, K)"),
-        };
+        let (n, m, k) = system_sizes(l1, l2)?;
         let (a, mut b, is_f32) = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
                 (contiguous_f64(a, l1)?, contiguous_f64(b, l2)?, true)
@@ -275,7 +287,7 @@ impl CustomOp2 for Solve {
             _ => bail!("S4 solve: A and B must both be f32 or both f64"),
         };
         if let Some(i) = solve_all(&a, &mut b, (n, m, k)) {
-            bail!("S4: singular matrix in the linear solve of channel {i} (I − ΔA/2 or I − Ā^l_kernel)");
+            return Err(singular(i));
         }
         let out = if is_f32 {
             CpuStorage::F32(b.iter().map(|&v| v as f32).collect())
@@ -285,9 +297,10 @@ impl CustomOp2 for Solve {
         Ok((out, l2.shape().clone()))
     }
 
-    /// On CUDA the op is solved on the host: both operands are copied to the CPU, solved by
-    /// `cpu_fwd` (f64 Gauss–Jordan, the systems split over the host's threads) and the result
-    /// copied back. The copies synchronize candle's stream.
+    /// On CUDA the systems are solved on the device (`lrnnx_kernels::solve`: f64 Gauss–Jordan
+    /// with the same pivots, one block a system; reading its singular flag back synchronizes
+    /// the stream). Sizes beyond the kernel's (M > 1024) are copied to the host, solved by
+    /// `cpu_fwd` and copied back.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
@@ -297,9 +310,16 @@ impl CustomOp2 for Solve {
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::{BackendDevice, BackendStorage};
-        let (c1, c2) = (s1.to_cpu_storage()?, s2.to_cpu_storage()?);
-        let (x, shape) = self.cpu_fwd(&c1, l1, &c2, l2)?;
-        Ok((s1.device().storage_from_cpu_storage(&x)?, shape))
+        let sizes = system_sizes(l1, l2)?;
+        match crate::gpu::solve(s1, l1, s2, l2, sizes)? {
+            Some(Ok(x)) => Ok((x, l2.shape().clone())),
+            Some(Err(i)) => Err(singular(i)),
+            None => {
+                let (c1, c2) = (s1.to_cpu_storage()?, s2.to_cpu_storage()?);
+                let (x, shape) = self.cpu_fwd(&c1, l1, &c2, l2)?;
+                Ok((s1.device().storage_from_cpu_storage(&x)?, shape))
+            }
+        }
     }
 
     fn bwd(
@@ -318,7 +338,7 @@ impl CustomOp2 for Solve {
 
 /// `A⁻¹ B` for a batch of square `A` (N, M, M) and `B` (N, M, K) (f32 or f64; solved in f64 with
 /// partial pivoting), differentiable in both. Errors on a singular `A`. On a CUDA device
-/// (feature `cuda`) the solve runs on the host (copied there and back; see `cuda_fwd`).
+/// (feature `cuda`) the solve runs there (`lrnnx_kernels::solve`; see `cuda_fwd`).
 pub fn solve(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, Solve)
 }

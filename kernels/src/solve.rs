@@ -1,0 +1,224 @@
+//! A batched dense linear solve on the GPU, for `lrnnx-train`'s S4 layer (its bilinear
+//! discretization and its input vectors), so that S4 trains without copying its matrices to the
+//! host:
+//!
+//! ```text
+//! X[s] = A[s]⁻¹ B[s]          A (N, M, M), B (N, M, K), X (N, M, K), row-major, f32 or f64
+//! ```
+//!
+//! One block a system runs Gauss–Jordan elimination with partial pivoting on the augmented rows
+//! `[A | B]` in f64, held in shared memory where they fit (`M·(M + K)·8` bytes within the
+//! device's opt-in limit, 227 KiB on an H100: `M = 64` with 65 right-hand sides takes 66 KiB),
+//! else in a global scratch buffer (the pivot is the first largest `|a|` of its column, as the host's loop picks
+//! it). A zero or non-finite pivot, or a non-finite `X`, makes [`BatchedSolve::solve`] answer
+//! the first such system's index; reading that index back synchronizes the stream.
+
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::cuda::{drv, nvrtc};
+use crate::ScanError;
+
+/// The CUDA C source.
+pub const SOLVE_SRC: &str = include_str!("../cuda/solve.cu");
+
+/// The kernels' entry points in [`SOLVE_SRC`].
+pub const SOLVE_KERNELS: [&str; 2] = ["solve_f32", "solve_f64"];
+
+/// Threads a block (`SOLVE_THREADS` in the source).
+const THREADS: u32 = 256;
+
+/// Largest `M` the kernel takes (`SOLVE_MAX_M`: its shared row factors).
+pub const MAX_M: usize = 1024;
+
+/// Compiles [`SOLVE_SRC`] to PTX for [`ARCH`](crate::cuda::ARCH).
+pub fn compile() -> Result<Ptx, ScanError> {
+    nvrtc(SOLVE_SRC, "solve.cu", Vec::new(), "the solve kernels")
+}
+
+/// The sizes of a batch of systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SolveSpec {
+    /// N, the systems.
+    pub systems: usize,
+    /// M, each system's unknowns (rows and columns of `A`).
+    pub size: usize,
+    /// K, the right-hand sides (columns of `B` and `X`).
+    pub rhs: usize,
+}
+
+impl SolveSpec {
+    /// Whether the kernel takes these sizes: `M ≤` [`MAX_M`], `M·(M + K)` and `N` below 2³¹
+    /// (the kernel's `int` indices), and the scratch `N·M·(M + K)` f64 addressable.
+    pub fn fits(&self) -> bool {
+        let (n, m, k) = (self.systems, self.size, self.rhs);
+        let row = m.checked_add(k).and_then(|w| w.checked_mul(m));
+        m <= MAX_M
+            && row.is_some_and(|r| i32::try_from(r).is_ok())
+            && i32::try_from(n).is_ok()
+            && row
+                .and_then(|r| r.checked_mul(n))
+                .and_then(|e| e.checked_mul(8))
+                .is_some()
+    }
+
+    fn lens(&self) -> Result<(usize, usize, usize), ScanError> {
+        if !self.fits() {
+            return Err(ScanError(format!(
+                "solve: {self:?} exceeds the kernel's sizes (M ≤ {MAX_M}, M·(M+K) and N < 2³¹)"
+            )));
+        }
+        let (n, m, k) = (self.systems, self.size, self.rhs);
+        Ok((n * m * m, n * m * k, n * m * (m + k)))
+    }
+}
+
+/// The element types the kernel solves in (f64 inside either way).
+pub trait SolveFloat: DeviceRepr + ValidAsZeroBits + Copy + Unpin {
+    /// The kernel's entry point for this type.
+    const KERNEL: &'static str;
+}
+
+impl SolveFloat for f32 {
+    const KERNEL: &'static str = "solve_f32";
+}
+
+impl SolveFloat for f64 {
+    const KERNEL: &'static str = "solve_f64";
+}
+
+struct Kernels {
+    _m: Arc<CudaModule>,
+    f32: CudaFunction,
+    f64: CudaFunction,
+    /// The most dynamic shared memory a launch may ask for (bytes).
+    shared_limit: usize,
+}
+
+/// The solve kernels on one stream, compiled on first use.
+pub struct BatchedSolve {
+    stream: Arc<CudaStream>,
+    kernels: OnceLock<Kernels>,
+}
+
+impl BatchedSolve {
+    /// Launches on `stream` (e.g. candle's device stream).
+    pub fn with_stream(stream: Arc<CudaStream>) -> Self {
+        BatchedSolve {
+            stream,
+            kernels: OnceLock::new(),
+        }
+    }
+
+    fn kernels(&self) -> Result<&Kernels, ScanError> {
+        if let Some(k) = self.kernels.get() {
+            return Ok(k);
+        }
+        let ctx = self.stream.context();
+        let m = ctx.load_module(compile()?).map_err(drv)?;
+        let (f32, f64) = (
+            m.load_function("solve_f32").map_err(drv)?,
+            m.load_function("solve_f64").map_err(drv)?,
+        );
+        // opt in to the device's largest dynamic shared memory (beside the static factors);
+        // where the driver refuses, the default 48 KiB
+        let optin = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(drv)?;
+        let mut shared_limit = 0;
+        for f in [&f32, &f64] {
+            let fixed = f
+                .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .map_err(drv)?;
+            let wanted = (optin - fixed).max(0);
+            let got = match f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                wanted,
+            ) {
+                Ok(()) => wanted,
+                Err(_) => (48 * 1024 - fixed).max(0),
+            };
+            shared_limit = if shared_limit == 0 {
+                got as usize
+            } else {
+                shared_limit.min(got as usize)
+            };
+        }
+        let k = Kernels {
+            f32,
+            f64,
+            shared_limit,
+            _m: m,
+        };
+        Ok(self.kernels.get_or_init(|| k))
+    }
+
+    /// `X = A⁻¹ B` (module doc), or `Err(i)` inside for the first singular system `i` (a zero
+    /// or non-finite pivot, or a non-finite solution); the outer `Err` for sizes the kernel
+    /// does not take ([`SolveSpec::fits`]), wrong operand lengths or a driver error.
+    pub fn solve<T: SolveFloat>(
+        &self,
+        spec: &SolveSpec,
+        a: &CudaView<T>,
+        b: &CudaView<T>,
+    ) -> Result<Result<CudaSlice<T>, usize>, ScanError> {
+        let (al, bl, scratch) = spec.lens()?;
+        for (what, got, want) in [("A", a.len(), al), ("B", b.len(), bl)] {
+            if got != want {
+                return Err(ScanError(format!(
+                    "solve: `{what}` holds {got} values, expected {want} for {spec:?}"
+                )));
+            }
+        }
+        // SAFETY: every element is written by the kernel before it is read (a singular system's
+        // X is garbage, but then the call returns an error and drops it).
+        let mut x = unsafe { self.stream.alloc::<T>(bl.max(1)) }.map_err(drv)?;
+        if spec.systems == 0 || spec.size == 0 {
+            return Ok(Ok(x));
+        }
+        let kernels = self.kernels()?;
+        let row_bytes = spec.size * (spec.size + spec.rhs) * 8;
+        let in_shared = row_bytes <= kernels.shared_limit;
+        // SAFETY: the kernel writes the scratch before reading it (unused in shared memory).
+        let mut aug = unsafe {
+            self.stream
+                .alloc::<f64>(if in_shared { 1 } else { scratch })
+        }
+        .map_err(drv)?;
+        let n = spec.systems as i32;
+        let mut singular = self.stream.clone_htod(&[n]).map_err(drv)?;
+        let cfg = LaunchConfig {
+            grid_dim: (spec.systems as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: if in_shared { row_bytes as u32 } else { 0 },
+        };
+        let (m, k, shared) = (spec.size as i32, spec.rhs as i32, i32::from(in_shared));
+        let f = if T::KERNEL == "solve_f32" {
+            &kernels.f32
+        } else {
+            &kernels.f64
+        };
+        let mut lb = self.stream.launch_builder(f);
+        lb.arg(a)
+            .arg(b)
+            .arg(&mut x)
+            .arg(&mut aug)
+            .arg(&mut singular)
+            .arg(&m)
+            .arg(&k)
+            .arg(&shared);
+        // SAFETY: the arguments match `solve_f32` / `solve_f64` for `T`; the lengths are checked.
+        unsafe { lb.launch(cfg) }.map_err(drv)?;
+        let first = self.stream.clone_dtoh(&singular).map_err(drv)?;
+        Ok(match first.first() {
+            Some(&i) if (0..n).contains(&i) => Err(i as usize),
+            _ => Ok(x),
+        })
+    }
+}
