@@ -26,6 +26,7 @@ pub mod denoiser;
 pub mod fftconv;
 #[cfg(feature = "cuda")]
 mod gpu;
+mod host_f64;
 pub mod init;
 pub mod layer;
 pub mod lm;

@@ -80,6 +80,7 @@ use lrnnx_core::ParamTransform;
 use serde_json::Value;
 
 use crate::complex::CTensor;
+use crate::host_f64::{same_dtype, storage, values};
 use crate::layer::{BuildError, Cache, TrainLayer};
 use crate::lru::check_input;
 use crate::ops::matmul_operand;
@@ -257,13 +258,6 @@ fn singular(i: usize) -> candle_core::Error {
     ))
 }
 
-fn contiguous_f64<T: Copy + Into<f64>>(v: &[T], l: &Layout) -> Result<Vec<f64>> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(v[start..end].iter().map(|&x| x.into()).collect()),
-        None => bail!("S4 solve: input must be contiguous"),
-    }
-}
-
 impl CustomOp2 for Solve {
     fn name(&self) -> &'static str {
         "s4-batched-solve"
@@ -277,23 +271,13 @@ impl CustomOp2 for Solve {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, m, k) = system_sizes(l1, l2)?;
-        let (a, mut b, is_f32) = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                (contiguous_f64(a, l1)?, contiguous_f64(b, l2)?, true)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                (contiguous_f64(a, l1)?, contiguous_f64(b, l2)?, false)
-            }
-            _ => bail!("S4 solve: A and B must both be f32 or both f64"),
-        };
+        same_dtype("S4 solve", &[s1, s2])?;
+        let a = values("S4 solve", s1, l1, "A")?;
+        let mut b = values("S4 solve", s2, l2, "B")?;
         if let Some(i) = solve_all(&a, &mut b, (n, m, k)) {
             return Err(singular(i));
         }
-        let out = if is_f32 {
-            CpuStorage::F32(b.iter().map(|&v| v as f32).collect())
-        } else {
-            CpuStorage::F64(b)
-        };
+        let out = storage(b, s2);
         Ok((out, l2.shape().clone()))
     }
 

@@ -14,6 +14,11 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use crate::host_f64::{same_dtype, storage, values};
+
+/// The op's name in errors.
+const OP: &str = "vandermonde_kernel";
+
 /// `(H, N, ch)` from the layouts of `z` `(H, N, 2)` and `w` `(ch, H, N, 2)`, checked.
 fn dims(z: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
     match (z.shape().dims(), w.shape().dims()) {
@@ -22,38 +27,6 @@ fn dims(z: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
             "vandermonde_kernel: expected z (H, N, 2) and w (ch, H, N, 2), got {a:?} and {b:?}"
         ),
     }
-}
-
-fn values(s: &CpuStorage, l: &Layout, name: &str) -> Result<Vec<f64>> {
-    let range = |l: &Layout| match l.contiguous_offsets() {
-        Some(r) => Ok(r),
-        None => bail!("vandermonde_kernel: `{name}` must be contiguous"),
-    };
-    Ok(match s {
-        CpuStorage::F32(v) => {
-            let (a, b) = range(l)?;
-            v[a..b].iter().map(|&x| x as f64).collect()
-        }
-        CpuStorage::F64(v) => {
-            let (a, b) = range(l)?;
-            v[a..b].to_vec()
-        }
-        _ => bail!("vandermonde_kernel: `{name}` must be f32 or f64"),
-    })
-}
-
-fn storage(out: Vec<f64>, like: &CpuStorage) -> CpuStorage {
-    match like {
-        CpuStorage::F32(_) => CpuStorage::F32(out.into_iter().map(|x| x as f32).collect()),
-        _ => CpuStorage::F64(out),
-    }
-}
-
-fn same_dtype(a: &CpuStorage, b: &CpuStorage) -> Result<()> {
-    if std::mem::discriminant(a) != std::mem::discriminant(b) {
-        bail!("vandermonde_kernel: z and w must have one dtype");
-    }
-    Ok(())
 }
 
 /// `(re, im)` product.
@@ -138,9 +111,9 @@ impl CustomOp2 for Kernel {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_dtype(s1, s2)?;
+        same_dtype(OP, &[s1, s2])?;
         let d = dims(l1, l2)?;
-        let (z, w) = (values(s1, l1, "z")?, values(s2, l2, "w")?);
+        let (z, w) = (values(OP, s1, l1, "z")?, values(OP, s2, l2, "w")?);
         Ok((
             storage(kernel_cpu(&z, &w, d, self.len), s1),
             Shape::from((d.0 * d.2, self.len)),
@@ -210,13 +183,12 @@ impl CustomOp3 for KernelGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        same_dtype(s1, s2)?;
-        same_dtype(s1, s3)?;
+        same_dtype(OP, &[s1, s2, s3])?;
         let d = self.check(l1, l2, l3)?;
         let (z, w, g) = (
-            values(s1, l1, "z")?,
-            values(s2, l2, "w")?,
-            values(s3, l3, "∂K")?,
+            values(OP, s1, l1, "z")?,
+            values(OP, s2, l2, "w")?,
+            values(OP, s3, l3, "∂K")?,
         );
         let out = grad_cpu(&z, &w, &g, d, self.len);
         let len = out.len();
