@@ -136,6 +136,19 @@ fn outputs(x: &Operands, way: Way) -> Result<Vec<Vec<f32>>> {
     Ok(out)
 }
 
+/// The largest `|got − want|` over the largest `|want|`; infinite where either holds a NaN or an
+/// infinity (`f32::max` would drop a NaN difference) or the lengths differ.
+fn worst_rel(got: &[f32], want: &[f32]) -> f32 {
+    if got.len() != want.len() || got.iter().chain(want).any(|v| !v.is_finite()) {
+        return f32::INFINITY;
+    }
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
 /// Median seconds of `f` (3 warm-ups, 10 timed runs, the device synchronized around each).
 fn time(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..3 {
@@ -218,14 +231,12 @@ fn main() -> Result<()> {
     for way in &ways[1..] {
         let got = outputs(&x, *way)?;
         for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-            let worst = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let worst = worst_rel(g, r);
             let tol = if i == 0 { 1e-5 } else { 1e-4 };
-            if worst.is_nan() || worst / scale > tol {
+            if worst > tol {
                 bail!(
-                    "{}: output {i} differs from the baseline by {:.2e} of its largest value",
-                    way.name(),
-                    worst / scale
+                    "{}: output {i} differs from the baseline by {worst:.2e} of its largest value",
+                    way.name()
                 );
             }
         }
@@ -311,13 +322,9 @@ fn s4_solve(dev: &Device) -> Result<()> {
             Ok(())
         };
         let (want, got) = (flat(&run(true)?)?, flat(&run(false)?)?);
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, c)| m.max((a - c).abs()));
-        if worst.is_nan() || worst / scale > 1e-5 {
-            bail!("solve ({n}, {m}, {k}): device differs from host by {worst:.2e}");
+        let worst = worst_rel(&got, &want);
+        if worst > 1e-5 {
+            bail!("solve ({n}, {m}, {k}): device differs from host by {worst:.2e} of the largest");
         }
         let mut base = (0.0, 0.0);
         for host in [true, false] {
@@ -424,17 +431,10 @@ fn pointwise_ops(dev: &Device) -> Result<()> {
             );
         }
         for (i, (gv, r)) in got.iter().zip(&want).enumerate() {
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-            let worst = gv
-                .iter()
-                .zip(r)
-                .fold(0f32, |m, (a, c)| m.max((a - c).abs()));
+            let worst = worst_rel(gv, r);
             let tol = if i == 0 { 1e-5 } else { 1e-4 };
-            if worst.is_nan() || worst / scale > tol {
-                bail!(
-                    "{name}: output {i} differs by {:.2e} of its largest value",
-                    worst / scale
-                );
+            if worst > tol {
+                bail!("{name}: output {i} differs by {worst:.2e} of its largest value");
             }
         }
         let mut t = [0.0; 4];
@@ -527,17 +527,10 @@ fn conv_layer(dev: &Device, class: &str) -> Result<()> {
         set_cuda_conv_method(CudaConvMethod::Auto);
         let got = layer_outputs(layer.as_ref(), x.as_tensor(), &g)?;
         for (i, (gv, r)) in got.iter().zip(&reference).enumerate() {
-            let scale = r.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-            let worst = gv
-                .iter()
-                .zip(r)
-                .fold(0f32, |m, (a, c)| m.max((a - c).abs()));
+            let worst = worst_rel(gv, r);
             let tol = if i == 0 { 1e-5 } else { 1e-4 };
-            if worst.is_nan() || worst / scale > tol {
-                bail!(
-                    "{class} L{l}: output {i} differs by {:.2e} of its largest value",
-                    worst / scale
-                );
+            if worst > tol {
+                bail!("{class} L{l}: output {i} differs by {worst:.2e} of its largest value");
             }
         }
         let mut base = (0.0, 0.0);

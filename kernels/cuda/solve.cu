@@ -5,11 +5,13 @@
 //
 // One block a system, Gauss–Jordan elimination with partial pivoting on the augmented rows
 // [A | B] held in f64: in dynamic shared memory when M·(M + K) doubles fit (`in_shared`), else
-// in a global scratch buffer (N, M, M + K). For each column c: the pivot row p = argmax_{r ≥ c} |aug[r][c]| (the first on ties, a fixed
-// tree: the same row as the host's loop), rows c and p swapped, row c scaled by 1/aug[c][c], then
-// every other row r ← r − aug[r][c]·row c. A zero or non-finite pivot, or a non-finite X, marks
-// the system singular: `singular` ends as the smallest such system index (an integer atomicMin,
-// so the result does not depend on the order the blocks run in).
+// in a global scratch buffer (a launch's systems, M, M + K). For each column c: the pivot row
+// p = argmax_{r ≥ c} |aug[r][c]| (the first on ties, as the host's loop picks it), rows c and p
+// swapped, row c scaled by 1/aug[c][c], then every other row r ← r − aug[r][c]·row c. Compiled
+// without fused multiply-adds (--fmad=false), each value goes through the host's operations in
+// the host's order. A zero or non-finite pivot, or a non-finite X, marks the system singular:
+// `singular` ends as the smallest such system index (an integer atomicMin, so the result does
+// not depend on the order the blocks run in).
 
 #define SOLVE_THREADS 256  // at least 32: the first warp finds the pivots
 #define SOLVE_MAX_M 1024
@@ -17,7 +19,7 @@
 template <typename T>
 __device__ void solve_system(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ X,
                              double* __restrict__ aug_all, int* __restrict__ singular, int M,
-                             int K, int in_shared) {
+                             int K, int in_shared, int first) {
     extern __shared__ double aug_shared[];
     __shared__ double factor[SOLVE_MAX_M];
     __shared__ double pivot_val, diag_val;  // aug[p][c] and aug[c][c] before the swap
@@ -70,11 +72,12 @@ __device__ void solve_system(const T* __restrict__ A, const T* __restrict__ B, T
         const int p = pivot_row;
         const double pv = pivot_val, old_diag = diag_val;
         if (pv == 0.0 || !isfinite(pv)) {
-            if (tid == 0) atomicMin(singular, (int)sys);
+            if (tid == 0) atomicMin(singular, first + (int)sys);
             return;  // uniform: every thread read the same pivot
         }
         // rows c and p swapped and row c scaled by 1/pv, from column c on (the columns before c
-        // are zero in both); each row's factor aug[r][c] (after the swap) kept
+        // are eliminated in both and never read again); each row's factor aug[r][c] (after the
+        // swap) kept
         const double inv = 1.0 / pv;
         for (int j = c + tid; j < W; j += SOLVE_THREADS) {
             const double top = aug[(long long)p * W + j];
@@ -108,18 +111,20 @@ __device__ void solve_system(const T* __restrict__ A, const T* __restrict__ B, T
         finite = finite && isfinite(v);
         x[i] = (T)v;
     }
-    if (!finite) atomicMin(singular, (int)sys);
+    if (!finite) atomicMin(singular, first + (int)sys);
 }
 
-// Grid (N), block SOLVE_THREADS; M ≤ SOLVE_MAX_M and M·(M + K) < 2³¹ (checked by the host).
-// With `in_shared`, M·(M + K)·8 bytes of dynamic shared memory and `aug` unused; else `aug`
-// holds N·M·(M + K) doubles.
+// Grid (systems of this launch), block SOLVE_THREADS; M ≤ SOLVE_MAX_M and
+// M·(M + K) + SOLVE_THREADS < 2³¹ (checked by the host). A, B, X start at the launch's first
+// system, whose index in the whole batch is `first` (for `singular`). With `in_shared`,
+// M·(M + K)·8 bytes of dynamic shared memory and `aug` unused; else `aug` holds
+// (systems of this launch)·M·(M + K) doubles.
 extern "C" __global__ void solve_f32(const float* A, const float* B, float* X, double* aug,
-                                     int* singular, int M, int K, int in_shared) {
-    solve_system<float>(A, B, X, aug, singular, M, K, in_shared);
+                                     int* singular, int M, int K, int in_shared, int first) {
+    solve_system<float>(A, B, X, aug, singular, M, K, in_shared, first);
 }
 
 extern "C" __global__ void solve_f64(const double* A, const double* B, double* X, double* aug,
-                                     int* singular, int M, int K, int in_shared) {
-    solve_system<double>(A, B, X, aug, singular, M, K, in_shared);
+                                     int* singular, int M, int K, int in_shared, int first) {
+    solve_system<double>(A, B, X, aug, singular, M, K, in_shared, first);
 }

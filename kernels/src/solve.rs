@@ -8,10 +8,13 @@
 //!
 //! One block a system runs Gauss–Jordan elimination with partial pivoting on the augmented rows
 //! `[A | B]` in f64, held in shared memory where they fit (`M·(M + K)·8` bytes within the
-//! device's opt-in limit, 227 KiB on an H100: `M = 64` with 65 right-hand sides takes 66 KiB),
-//! else in a global scratch buffer (the pivot is the first largest `|a|` of its column, as the host's loop picks
-//! it). A zero or non-finite pivot, or a non-finite `X`, makes [`BatchedSolve::solve`] answer
-//! the first such system's index; reading that index back synchronizes the stream.
+//! device's opt-in limit, 227 KiB on an H100: `M = 64` with 65 right-hand sides takes 64.5 KiB),
+//! else in a global scratch buffer (at most 256 MiB a launch; more systems take more launches).
+//! The pivot is the first largest `|a|` of its column and, compiled without fused multiply-adds,
+//! every value goes through the host solve's operations in its order: for finite systems the
+//! result equals `lrnnx-train`'s host solve bit for bit. A zero or non-finite pivot, or a
+//! non-finite `X`, makes [`BatchedSolve::solve`] answer the first such system's index; reading
+//! that index back synchronizes the stream.
 
 use std::sync::{Arc, OnceLock};
 
@@ -37,9 +40,18 @@ const THREADS: u32 = 256;
 /// Largest `M` the kernel takes (`SOLVE_MAX_M`: its shared row factors).
 pub const MAX_M: usize = 1024;
 
+/// The default [`BatchedSolve::scratch_bytes`] (256 MiB).
+pub const SCRATCH_BYTES: usize = 256 << 20;
+
 /// Compiles [`SOLVE_SRC`] to PTX for [`ARCH`](crate::cuda::ARCH).
 pub fn compile() -> Result<Ptx, ScanError> {
-    nvrtc(SOLVE_SRC, "solve.cu", Vec::new(), "the solve kernels")
+    // no fused multiply-adds: the host's roundings, operation for operation
+    nvrtc(
+        SOLVE_SRC,
+        "solve.cu",
+        vec!["--fmad=false".into()],
+        "the solve kernels",
+    )
 }
 
 /// The sizes of a batch of systems.
@@ -54,13 +66,16 @@ pub struct SolveSpec {
 }
 
 impl SolveSpec {
-    /// Whether the kernel takes these sizes: `M ≤` [`MAX_M`], `M·(M + K)` and `N` below 2³¹
-    /// (the kernel's `int` indices), and the scratch `N·M·(M + K)` f64 addressable.
+    /// Whether the kernel takes these sizes: `M ≤` [`MAX_M`], `M·(M + K)` (plus a block's
+    /// threads) and `N` below 2³¹ (the kernel's `int` indices), and the operands addressable.
     pub fn fits(&self) -> bool {
         let (n, m, k) = (self.systems, self.size, self.rhs);
         let row = m.checked_add(k).and_then(|w| w.checked_mul(m));
         m <= MAX_M
-            && row.is_some_and(|r| i32::try_from(r).is_ok())
+            && row.is_some_and(|r| {
+                r.checked_add(THREADS as usize)
+                    .is_some_and(|t| i32::try_from(t).is_ok())
+            })
             && i32::try_from(n).is_ok()
             && row
                 .and_then(|r| r.checked_mul(n))
@@ -68,6 +83,7 @@ impl SolveSpec {
                 .is_some()
     }
 
+    /// Values of `A`, `B` and of one system's augmented rows.
     fn lens(&self) -> Result<(usize, usize, usize), ScanError> {
         if !self.fits() {
             return Err(ScanError(format!(
@@ -75,7 +91,7 @@ impl SolveSpec {
             )));
         }
         let (n, m, k) = (self.systems, self.size, self.rhs);
-        Ok((n * m * m, n * m * k, n * m * (m + k)))
+        Ok((n * m * m, n * m * k, m * (m + k)))
     }
 }
 
@@ -105,6 +121,12 @@ struct Kernels {
 pub struct BatchedSolve {
     stream: Arc<CudaStream>,
     kernels: OnceLock<Kernels>,
+    /// Whether a system's rows go to shared memory where they fit (the default); `false` keeps
+    /// them in the global scratch (for tests of that path).
+    pub shared_memory: bool,
+    /// Bytes of global scratch a launch may use when the rows do not fit shared memory (at
+    /// least one system's); a larger batch is solved in several launches.
+    pub scratch_bytes: usize,
 }
 
 impl BatchedSolve {
@@ -113,6 +135,8 @@ impl BatchedSolve {
         BatchedSolve {
             stream,
             kernels: OnceLock::new(),
+            shared_memory: true,
+            scratch_bytes: SCRATCH_BYTES,
         }
     }
 
@@ -131,7 +155,7 @@ impl BatchedSolve {
         let optin = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(drv)?;
-        let mut shared_limit = 0;
+        let mut shared_limit = usize::MAX;
         for f in [&f32, &f64] {
             let fixed = f
                 .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
@@ -144,11 +168,7 @@ impl BatchedSolve {
                 Ok(()) => wanted,
                 Err(_) => (48 * 1024 - fixed).max(0),
             };
-            shared_limit = if shared_limit == 0 {
-                got as usize
-            } else {
-                shared_limit.min(got as usize)
-            };
+            shared_limit = shared_limit.min(got as usize);
         }
         let k = Kernels {
             f32,
@@ -161,14 +181,16 @@ impl BatchedSolve {
 
     /// `X = A⁻¹ B` (module doc), or `Err(i)` inside for the first singular system `i` (a zero
     /// or non-finite pivot, or a non-finite solution); the outer `Err` for sizes the kernel
-    /// does not take ([`SolveSpec::fits`]), wrong operand lengths or a driver error.
+    /// does not take ([`SolveSpec::fits`]), wrong operand lengths or a driver error. An empty
+    /// `X` (no systems, unknowns or right-hand sides) comes back as one unused element (the
+    /// driver allocates no zero-byte buffers).
     pub fn solve<T: SolveFloat>(
         &self,
         spec: &SolveSpec,
         a: &CudaView<T>,
         b: &CudaView<T>,
     ) -> Result<Result<CudaSlice<T>, usize>, ScanError> {
-        let (al, bl, scratch) = spec.lens()?;
+        let (al, bl, rows) = spec.lens()?;
         for (what, got, want) in [("A", a.len(), al), ("B", b.len(), bl)] {
             if got != want {
                 return Err(ScanError(format!(
@@ -176,48 +198,64 @@ impl BatchedSolve {
                 )));
             }
         }
-        // SAFETY: every element is written by the kernel before it is read (a singular system's
-        // X is garbage, but then the call returns an error and drops it).
-        let mut x = unsafe { self.stream.alloc::<T>(bl.max(1)) }.map_err(drv)?;
-        if spec.systems == 0 || spec.size == 0 {
-            return Ok(Ok(x));
+        if bl == 0 {
+            return self.stream.alloc_zeros::<T>(1).map(Ok).map_err(drv);
         }
+        // SAFETY: the kernel writes every element of X (a singular system's X is garbage, but
+        // then the call returns `Err` inside and drops it).
+        let mut x = unsafe { self.stream.alloc::<T>(bl) }.map_err(drv)?;
         let kernels = self.kernels()?;
-        let row_bytes = spec.size * (spec.size + spec.rhs) * 8;
-        let in_shared = row_bytes <= kernels.shared_limit;
+        let row_bytes = rows * 8;
+        let in_shared = self.shared_memory && row_bytes <= kernels.shared_limit;
+        // in global scratch, launches of at most `scratch_bytes` of rows
+        let (n, m, k) = (spec.systems, spec.size, spec.rhs);
+        let per_launch = if in_shared {
+            n
+        } else {
+            (self.scratch_bytes / row_bytes).clamp(1, n)
+        };
         // SAFETY: the kernel writes the scratch before reading it (unused in shared memory).
         let mut aug = unsafe {
             self.stream
-                .alloc::<f64>(if in_shared { 1 } else { scratch })
+                .alloc::<f64>(if in_shared { 1 } else { per_launch * rows })
         }
         .map_err(drv)?;
-        let n = spec.systems as i32;
-        let mut singular = self.stream.clone_htod(&[n]).map_err(drv)?;
-        let cfg = LaunchConfig {
-            grid_dim: (spec.systems as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: if in_shared { row_bytes as u32 } else { 0 },
-        };
-        let (m, k, shared) = (spec.size as i32, spec.rhs as i32, i32::from(in_shared));
+        let mut singular = self.stream.clone_htod(&[n as i32]).map_err(drv)?;
         let f = if T::KERNEL == "solve_f32" {
             &kernels.f32
         } else {
             &kernels.f64
         };
-        let mut lb = self.stream.launch_builder(f);
-        lb.arg(a)
-            .arg(b)
-            .arg(&mut x)
-            .arg(&mut aug)
-            .arg(&mut singular)
-            .arg(&m)
-            .arg(&k)
-            .arg(&shared);
-        // SAFETY: the arguments match `solve_f32` / `solve_f64` for `T`; the lengths are checked.
-        unsafe { lb.launch(cfg) }.map_err(drv)?;
+        let (mi, ki, shared) = (m as i32, k as i32, i32::from(in_shared));
+        for first in (0..n).step_by(per_launch) {
+            let count = per_launch.min(n - first);
+            let cfg = LaunchConfig {
+                grid_dim: (count as u32, 1, 1),
+                block_dim: (THREADS, 1, 1),
+                shared_mem_bytes: if in_shared { row_bytes as u32 } else { 0 },
+            };
+            let (a_sys, b_sys) = (first * m * m, first * m * k);
+            let av = a.slice(a_sys..a_sys + count * m * m);
+            let bv = b.slice(b_sys..b_sys + count * m * k);
+            let mut xv = x.slice_mut(b_sys..b_sys + count * m * k);
+            let first_i = first as i32;
+            let mut lb = self.stream.launch_builder(f);
+            lb.arg(&av)
+                .arg(&bv)
+                .arg(&mut xv)
+                .arg(&mut aug)
+                .arg(&mut singular)
+                .arg(&mi)
+                .arg(&ki)
+                .arg(&shared)
+                .arg(&first_i);
+            // SAFETY: the arguments match `solve_f32` / `solve_f64` for `T`; the views hold
+            // `count` systems each and the scratch `count` systems' rows.
+            unsafe { lb.launch(cfg) }.map_err(drv)?;
+        }
         let first = self.stream.clone_dtoh(&singular).map_err(drv)?;
         Ok(match first.first() {
-            Some(&i) if (0..n).contains(&i) => Err(i as usize),
+            Some(&i) if (0..n as i32).contains(&i) => Err(i as usize),
             _ => Ok(x),
         })
     }

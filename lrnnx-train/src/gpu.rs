@@ -597,8 +597,8 @@ pub(crate) fn vandermonde(
 }
 
 /// `A⁻¹B` on the device for `a` (N, M, M) and `b` (N, M, K), both f32 or both f64
-/// (`lrnnx_kernels::solve`): `Ok(None)` when the sizes exceed the kernel's (the caller solves on
-/// the host), `Ok(Some(Err(i)))` when system `i` is singular.
+/// (`lrnnx_kernels::solve`): `Ok(None)` when the sizes exceed the kernel's or `X` is empty (the
+/// caller solves on the host), `Ok(Some(Err(i)))` when system `i` is singular.
 pub(crate) fn solve(
     sa: &CudaStorage,
     la: &Layout,
@@ -608,7 +608,7 @@ pub(crate) fn solve(
 ) -> Result<Option<std::result::Result<CudaStorage, usize>>> {
     static KERNELS: Cache<DeviceId, BatchedSolve> = OnceLock::new();
     let spec = SolveSpec { systems, size, rhs };
-    if !spec.fits() {
+    if !spec.fits() || systems * size * rhs == 0 {
         return Ok(None);
     }
     let dev = &sa.device;

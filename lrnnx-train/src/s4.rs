@@ -223,7 +223,10 @@ fn solve_all(a: &[f64], b: &mut [f64], (n, m, k): (usize, usize, usize)) -> Opti
         }
         None
     };
-    if threads <= 1 || m == 0 || k == 0 {
+    if m == 0 || k == 0 {
+        return None; // nothing to solve (and no chunks to split)
+    }
+    if threads <= 1 {
         return run(0, a, b);
     }
     std::thread::scope(|scope| {
@@ -281,9 +284,10 @@ impl CustomOp2 for Solve {
         Ok((out, l2.shape().clone()))
     }
 
-    /// On CUDA the systems are solved on the device (`lrnnx_kernels::solve`: f64 Gauss–Jordan
-    /// with the same pivots, one block a system; reading its singular flag back synchronizes
-    /// the stream). Sizes beyond the kernel's (M > 1024) are copied to the host, solved by
+    /// On CUDA the systems are solved on the device (`lrnnx_kernels::solve`: the same f64
+    /// Gauss–Jordan, one block a system; reading its singular flag back synchronizes the
+    /// stream). Sizes beyond the kernel's (`lrnnx_kernels::solve::SolveSpec::fits`: M > 1024,
+    /// or M·(M + K) or N past 2³¹) and empty solutions are copied to the host, solved by
     /// `cpu_fwd` and copied back.
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -790,6 +794,20 @@ mod tests {
         }
         let mut b3 = b.clone();
         assert_eq!(solve_all(&a, &mut b3, (n, m, k)), Some(23));
+    }
+
+    /// Systems without unknowns or right-hand sides, and no systems at all: empty solutions,
+    /// no error (through the op, on tensors).
+    #[test]
+    fn empty_systems_solve_to_empty() {
+        let dev = candle_core::Device::Cpu;
+        for (n, m, k) in [(3usize, 0usize, 2usize), (3, 4, 0), (0, 4, 2)] {
+            let a = Tensor::ones((n, m, m), DType::F64, &dev).unwrap();
+            let b = Tensor::ones((n, m, k), DType::F64, &dev).unwrap();
+            let x = solve(&a, &b).unwrap();
+            assert_eq!(x.dims(), &[n, m, k]);
+            assert_eq!(x.elem_count(), 0);
+        }
     }
 
     /// The solve op against a product check, and its backward against finite differences.
