@@ -77,43 +77,32 @@ trait Real: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output
     fn storage(v: Vec<Self>) -> CpuStorage;
 }
 
-impl Real for f32 {
-    const DTYPE: DType = DType::F32;
-    fn act(self, gelus: u32) -> Self {
-        act_f32(self, gelus)
-    }
-    fn act_d(self, gelus: u32) -> Self {
-        act_d_f32(self, gelus)
-    }
-    fn values(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F32(v) => Some(v),
-            _ => None,
+/// `Real` for `$t`, stored as `CpuStorage::$v` (dtype `DType::$v`), with its GELU functions.
+macro_rules! real_impl {
+    ($t:ty, $v:ident, $act:ident, $act_d:ident) => {
+        impl Real for $t {
+            const DTYPE: DType = DType::$v;
+            fn act(self, gelus: u32) -> Self {
+                $act(self, gelus)
+            }
+            fn act_d(self, gelus: u32) -> Self {
+                $act_d(self, gelus)
+            }
+            fn values(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$v(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$v(v)
+            }
         }
-    }
-    fn storage(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
+    };
 }
 
-impl Real for f64 {
-    const DTYPE: DType = DType::F64;
-    fn act(self, gelus: u32) -> Self {
-        act_f64(self, gelus)
-    }
-    fn act_d(self, gelus: u32) -> Self {
-        act_d_f64(self, gelus)
-    }
-    fn values(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-    fn storage(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F64(v)
-    }
-}
+real_impl!(f32, F32, act_f32, act_d_f32);
+real_impl!(f64, F64, act_f64, act_d_f64);
 
 /// The contiguous values of `s` under `l` as `T`: an error for another dtype or a strided
 /// layout.
