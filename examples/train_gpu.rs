@@ -100,6 +100,13 @@ fn main() -> Res<()> {
     let steps = args.first().copied().unwrap_or(300);
     let b = args.get(1).copied().unwrap_or(16);
     let l = args.get(2).copied().unwrap_or(2048);
+    if steps < 20 || b == 0 || l == 0 {
+        return Err(format!(
+            "usage: train_gpu [STEPS ≥ 20] [BATCH ≥ 1] [LEN ≥ 1] (got {steps} {b} {l}): the loss \
+             check compares the first and last 10 steps"
+        )
+        .into());
+    }
     let width = 32;
     let gpu = Device::new_cuda(0)?;
     let net = Network::new(&spec(width), 1, 7, &gpu)?;
@@ -137,7 +144,7 @@ fn main() -> Res<()> {
             println!("step {s:4}  loss {loss:.5}");
         }
     }
-    let per_step = timed / (steps.max(2) - 1) as f64;
+    let per_step = timed / (steps - 1) as f64;
     println!(
         "GPU: {:.2} ms per step (forward + backward + AdamW, batch {b} x {l}, {} steps after \
          a warm-up step)",
@@ -153,6 +160,8 @@ fn main() -> Res<()> {
     let mut cpu_opt = AdamW::new(cpu_net.vars(), AdamWConfig::default())?;
     if let Some((xs, ys)) = first_cpu_batch {
         let (x, y) = (to(xs, &Device::Cpu)?, to(ys, &Device::Cpu)?);
+        // a warm-up step first, as for the GPU
+        step(&cpu_net, &mut cpu_opt, &x, &y, 1e-4)?;
         let t0 = Instant::now();
         for _ in 0..2 {
             step(&cpu_net, &mut cpu_opt, &x, &y, 1e-4)?;
@@ -179,12 +188,18 @@ fn main() -> Res<()> {
         .flatten_all()?
         .to_vec1()?;
     let mut state = vec![0f32; core.state_len()];
+    // NaN-safe: `f32::max` would drop a NaN, so a non-finite value counts as infinitely far
     let (mut max_diff, mut scale) = (0f32, 0f32);
     let t0 = Instant::now();
     for (x, w) in xs.iter().zip(&want) {
         let mut y = [0f32];
         core.step(&mut state, &[*x], &mut y)?;
-        max_diff = max_diff.max((y[0] - w).abs());
+        let diff = (y[0] - w).abs();
+        max_diff = max_diff.max(if diff.is_finite() {
+            diff
+        } else {
+            f32::INFINITY
+        });
         scale = scale.max(w.abs());
     }
     let core_ns = t0.elapsed().as_secs_f64() * 1e9 / test_len as f64;
@@ -194,11 +209,11 @@ fn main() -> Res<()> {
         max_diff / scale
     );
     let mut failed = false;
-    if max_diff.is_nan() || max_diff > 1e-4 * scale {
+    if !max_diff.is_finite() || !scale.is_finite() || max_diff > 1e-4 * scale {
         eprintln!("FAIL: core stepping differs from the GPU forward by more than 1e-4 * scale");
         failed = true;
     }
-    if tail.is_nan() || head.is_nan() || tail * 5.0 >= head {
+    if !tail.is_finite() || !head.is_finite() || tail * 5.0 >= head {
         eprintln!("FAIL: the loss did not fall by 5x ({head} -> {tail})");
         failed = true;
     }

@@ -148,6 +148,16 @@ __device__ __forceinline__ float abar(float da, float a, float al) {
     return ex2(da * al);
 #endif
 }
+// Ā of step t0 + i (valid: inside the sequence); a padded step past L is the identity (Ā = 1)
+// whatever the rule (S7's Ā(0) is −1, RG-LRU's 0·log2(0) NaN), so the carried state stays exact.
+__device__ __forceinline__ float abar_at(float da, float a, float al, bool valid) {
+    return valid ? abar(da, a, al) : 1.f;
+}
+// Π Ā over a segment of an exp rule, e^{sx·a} = 2^{sx·al}: 1 for an empty sum (all steps padded
+// or Δ = 0), where sx·al would be 0·(−∞) for RG-LRU's a = 0.
+__device__ __forceinline__ float abar_prod(float sx, float al) {
+    return sx == 0.f ? 1.f : ex2(sx * al);
+}
 // dĀ/dx given Ā and x
 __device__ __forceinline__ float dabar(float ab, float x) {
 #if RULE == R_BILINEAR
@@ -275,7 +285,7 @@ __device__ __forceinline__ void stage_bc(const float* __restrict__ M, float* s, 
     for (int j = threadIdx.x; j < TCH * NS; j += NT) {
         const int t = j / NS, n = j % NS;
         const int tt = t0 + t;
-        cp4(s + n * TS + t, tt < L ? base + (tt * G) * NS + n : M, tt < L);
+        cp4(s + n * TS + t, tt < L ? base + ((size_t)tt * G) * NS + n : M, tt < L);
     }
 #endif
 }
@@ -401,7 +411,8 @@ __device__ __forceinline__ cf cgbar(float d, cf a) {
 // (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
 __device__ __forceinline__ void cgbar_partials(float d, cf a, cf gb, cf& gd, cf& ga) {
 #if RULE == R_ZOH
-    gd = cadd(cmul(a, gb), cf{1.f, 0.f});  // e^{Δa}
+    // e^{Δa} itself: 1 + a·γ̄ cancels to rounding noise where e^{Δa} is tiny (Δ·Re a ≪ 0)
+    gd = cexp(cscale(a, d));
     if (a.r == 0.f && a.i == 0.f) ga = {0.5f * d * d, 0.f};
     else ga = cdiv(cadd(cscale(gd, d), cscale(gb, -1.f)), a);
 #elif RULE == R_BILINEAR
@@ -469,7 +480,8 @@ __device__ __forceinline__ float delta_of(float raw, float db, bool valid) {
 // (∂γ̄/∂Δ, ∂γ̄/∂a) from γ̄ = gb (zoh, bilinear)
 __device__ __forceinline__ void gbar_partials(float d, float a, float gb, float& gd, float& ga) {
 #if RULE == R_ZOH
-    gd = fmaf(a, gb, 1.f);  // e^{Δa}
+    // e^{Δa} itself: 1 + a·γ̄ cancels to rounding noise where e^{Δa} is tiny (Δ·a ≪ 0)
+    gd = expf(d * a);
     ga = a == 0.f ? 0.5f * d * d : (d * gd - gb) / a;
 #elif RULE == R_BILINEAR
     (void)gb;
@@ -608,7 +620,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #else
                     const float x = dd[k][i];
 #endif
-                    ab[k][i] = abar(x, a, al);
+                    ab[k][i] = abar_at(x, a, al, t0 + tl + i < L);
 #if RULE == R_MAMBA
                     bu[k][i] = dd[k][i] * uu[k][i] * Bv[i];
 #elif RULE == R_DIRAC || RULE == R_S7
@@ -624,7 +636,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
                 }
 #if EXP_RULE
-                P[k] = ex2(sx[k] * al);  // Π_i e^{x_i·a}
+                P[k] = abar_prod(sx[k], al);  // Π_i e^{x_i·a}
 #endif
                 hc[k] = sH[c * NSTATE + n];
             }
@@ -886,7 +898,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #else
                     const float x = dd[k][i];
 #endif
-                    ab[i] = abar(x, a, al);
+                    ab[i] = abar_at(x, a, al, t0 + tl + i < L);
 #if RULE == R_RGLRU
                     gb[i] = sqrtf(fmaxf(fmaf(-ab[i], ab[i], 1.f), 0.f));
 #else
@@ -898,7 +910,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
                 }
 #if EXP_RULE
-                P = ex2(sx[k] * al);
+                P = abar_prod(sx[k], al);
 #endif
                 // the states before each step and after the last (one channel at a time keeps
                 // the registers low)

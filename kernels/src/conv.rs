@@ -33,6 +33,10 @@ use crate::cuda::{drv, nvrtc};
 use crate::fft::{fft_len, out_of_memory, FftConv};
 use crate::ScanError;
 
+/// Longest signal and kernel: `i32::MAX` less a margin, as the kernels step a tile's or chunk's
+/// start (up to 2048 / 256 steps) past `L` in `i32` arithmetic.
+pub const MAX_CONV_LEN: usize = i32::MAX as usize - 4096;
+
 /// The CUDA C source of the convolution kernels (`cc_fwd`, `cc_dx`, `cc_dk`, `cc_dk_reduce`).
 pub const CAUSAL_CONV_SRC: &str = include_str!("../cuda/causal_conv.cu");
 
@@ -127,6 +131,8 @@ impl ConvSpec {
         self.channels.saturating_mul(self.taps)
     }
 
+    /// The sizes (no taps, or past the kernels' 32-bit indices, refused) and the named lengths
+    /// `(name, got, want)`.
     fn check(&self, named: &[(&str, usize, usize)]) -> Result<(), ScanError> {
         if self.taps == 0 {
             return Err(ScanError(format!(
@@ -141,8 +147,9 @@ impl ConvSpec {
         if blocks.is_none_or(|b| b > i32::MAX as usize)
             || self.signal_len() == usize::MAX
             || self.kernel_len() == usize::MAX
-            || self.len > i32::MAX as usize
-            || self.taps > i32::MAX as usize
+            // the kernels step tile starts past L by up to a tile / chunk in i32
+            || self.len > MAX_CONV_LEN
+            || self.taps > MAX_CONV_LEN
         {
             return Err(ScanError(format!("causal conv: too large {self:?}")));
         }

@@ -85,6 +85,12 @@ pub(crate) fn nvrtc(
     defines: Vec<String>,
     what: &str,
 ) -> Result<Ptx, ScanError> {
+    if !nvrtc_available() {
+        return Err(ScanError(format!(
+            "NVRTC compile of {what} ({file}): libnvrtc not found (install the CUDA toolkit's \
+             NVRTC, or the nvidia-cuda-nvrtc wheel, and put it on the library path)"
+        )));
+    }
     let opts = CompileOptions {
         arch: Some(ARCH),
         options: defines,
@@ -105,6 +111,39 @@ fn out_buf(s: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<f32>, ScanError> {
 /// A driver error as the crate's error.
 pub(crate) fn drv(e: cudarc::driver::DriverError) -> ScanError {
     ScanError(format!("CUDA driver: {e:?}"))
+}
+
+/// Streaming multiprocessors of `stream`'s device (132 where the driver does not say).
+pub(crate) fn sm_count(stream: &CudaStream) -> usize {
+    stream
+        .context()
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_or(132, |n| n.max(1) as usize)
+}
+
+/// A grid-stride launch over `n` elements: blocks of 256 threads, at least 1 and at most
+/// `max_blocks` (the element-wise kernels loop over the rest).
+pub(crate) fn grid_stride(n: usize, max_blocks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, max_blocks.max(1)) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Opens device `ordinal`'s primary context; an error (not cudarc's panic) where the driver
+/// library does not load.
+pub(crate) fn open_context(ordinal: usize) -> Result<Arc<CudaContext>, ScanError> {
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    #[cfg(not(feature = "linked"))]
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(ScanError(
+            "CUDA driver library (libcuda) not found: no NVIDIA driver on this machine".into(),
+        ));
+    }
+    CudaContext::new(ordinal).map_err(drv)
 }
 
 /// Device inputs of one call; optional tensors must be `Some` exactly when the [`ScanSpec`]
@@ -174,9 +213,10 @@ pub struct InputViews<'a> {
 pub struct Forward {
     /// `y` `(batch, L, E)`.
     pub y: CudaSlice<f32>,
-    /// Last state `(batch, E, N)`.
+    /// Last state `(batch, E, N')`, N' = [`ScanSpec::state_floats`] (`N`, or `2N` as
+    /// (re, im) pairs with complex `A`).
     pub last_state: CudaSlice<f32>,
-    /// State at every chunk start `(batch, ⌈L/chunk⌉, N, E)`, for the backward.
+    /// State at every chunk start `(batch, ⌈L/chunk⌉, N', E)`, for the backward.
     pub checkpoints: CudaSlice<f32>,
 }
 
@@ -255,9 +295,10 @@ pub struct SelectiveScan {
 }
 
 impl SelectiveScan {
-    /// Opens device `ordinal` (check [`gpu_available`] first).
+    /// Opens device `ordinal` (an error without a driver or device; [`gpu_available`] tells
+    /// beforehand).
     pub fn new(ordinal: usize) -> Result<Self, ScanError> {
-        let ctx = CudaContext::new(ordinal).map_err(drv)?;
+        let ctx = open_context(ordinal)?;
         let stream = ctx.default_stream();
         let dummy = stream.alloc_zeros::<f32>(1).map_err(drv)?;
         Ok(SelectiveScan {
@@ -346,9 +387,9 @@ impl SelectiveScan {
         let v = spec.check(self.tiling)?;
         let need = |name: &str, t: Option<&CudaView<f32>>, flag: bool| -> Result<(), ScanError> {
             match (t, flag) {
-                (Some(t), true) if t.len() == spec.expected_len(name) => Ok(()),
+                (Some(t), true) if Some(t.len()) == spec.expected_len(name) => Ok(()),
                 (Some(t), true) => Err(ScanError(format!(
-                    "tensor `{name}` has {} elements, expected {}",
+                    "tensor `{name}` has {} elements, expected {:?}",
                     t.len(),
                     spec.expected_len(name)
                 ))),
@@ -383,7 +424,10 @@ impl SelectiveScan {
         }
     }
 
-    /// Forward: `y`, the last state and the chunk checkpoints.
+    /// Forward (the crate doc's equations): `h_t = Ā_t ⊙ h_{t−1} + γ̄_t·B_t·u_t` from `h_{−1} = 0`
+    /// per channel, `y_t = Σ_n C_t[n]·h_t[n] + D·u_t` (`2·Re` of the sum with complex `A`),
+    /// gated by `silu(z_t)` where given; returns `y`, the last state and the chunk
+    /// checkpoints.
     pub fn forward(&self, spec: &ScanSpec, x: &Inputs) -> Result<Forward, ScanError> {
         self.forward_views(spec, &x.views())
     }
@@ -483,6 +527,9 @@ impl SelectiveScan {
         checkpoints: &CudaView<f32>,
         dy: &CudaView<f32>,
     ) -> Result<DeviceGrads, ScanError> {
+        // sizes first (an empty or oversized spec is refused before anything is allocated);
+        // backward_into checks the rest
+        spec.check(self.tiling)?;
         let s = &self.stream;
         let ble = spec.batch * spec.len * spec.channels;
         let n = spec.state_floats();

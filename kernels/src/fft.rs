@@ -162,10 +162,10 @@ pub fn out_of_memory(e: &ScanError) -> bool {
 /// The transform length for a convolution: the power of two ≥ `L + min(K, L) − 1` (≥ 2;
 /// `usize::MAX` where that does not fit).
 pub fn fft_len(spec: &ConvSpec) -> usize {
-    (spec.len + spec.taps.min(spec.len))
-        .saturating_sub(1)
-        .max(2)
-        .next_power_of_two()
+    spec.len
+        .checked_add(spec.taps.min(spec.len))
+        .and_then(|n| n.saturating_sub(1).max(2).checked_next_power_of_two())
+        .unwrap_or(usize::MAX)
 }
 
 /// One batched in-place plan: `rows` real transforms of length `n` (rows of `n + 2` floats),
@@ -231,24 +231,14 @@ impl Drop for FftConv {
 /// on the H100 the pointwise kernels took 0.50 ms at B16 × C256 × L4096 × K4096 with 16 blocks
 /// an SM against 0.56 with 65536 blocks (two elements a thread) and 0.55 with 4 an SM).
 fn elems(n: usize, max_blocks: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, max_blocks) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    crate::cuda::grid_stride(n, max_blocks)
 }
 
 impl FftConv {
     /// On `stream`; an error naming the reason when cuFFT does not load.
     pub fn with_stream(stream: Arc<CudaStream>) -> Result<Self, ScanError> {
-        let sms = stream
-            .context()
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_or(132, |n| n.max(1) as usize);
         Ok(FftConv {
-            max_blocks: 16 * sms,
+            max_blocks: 16 * crate::cuda::sm_count(&stream),
             plans: Mutex::new(HashMap::new()),
             kernels: OnceLock::new(),
             stream,
@@ -514,6 +504,9 @@ mod tests {
         assert_eq!(fft_len(&spec(4096, 1)), 4096);
         assert_eq!(fft_len(&spec(4097, 2)), 8192);
         assert_eq!(fft_len(&spec(1, 1)), 2);
+        // past a usize: MAX (refused by the plan's size checks), no overflow panic
+        assert_eq!(fft_len(&spec(usize::MAX, 3)), usize::MAX);
+        assert_eq!(fft_len(&spec(usize::MAX / 2 + 2, 2)), usize::MAX);
         for (l, k) in [(37, 5), (1000, 1000), (2049, 300), (300, 4096), (5, 100)] {
             let n = fft_len(&spec(l, k));
             assert!(n.is_power_of_two() && n >= l + k.min(l) - 1 && n / 2 < l + k.min(l) - 1);

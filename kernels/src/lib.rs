@@ -238,6 +238,9 @@ pub enum ScanMode {
 /// H100's 132 SMs partly idle while the chunked kernels also spread time over lanes.
 pub const AUTO_SEQUENTIAL_CHANNELS: usize = 16384;
 
+/// Largest grid `y` (and `z`) dimension of a launch: the scans put the batch there.
+pub const MAX_GRID_Y: usize = 65535;
+
 /// Largest dynamic shared memory of the sequential kernels (H100/H200 allow 227 KiB a block).
 pub const SEQ_MAX_SHARED_BYTES: usize = 224 * 1024;
 
@@ -545,6 +548,7 @@ impl ScanSpec {
         if self.state == 0 || self.state > MAX_STATE {
             return err(format!("state size {} not in 1..={MAX_STATE}", self.state));
         }
+        self.check_size()?;
         let groups = if self.bc_fixed { 1 } else { self.groups };
         if groups == 0 || !self.channels.is_multiple_of(groups) {
             return err(format!(
@@ -634,6 +638,44 @@ impl ScanSpec {
         }
     }
 
+    /// Refuses sizes past what the launches and the kernels' 32-bit indices take: the batch is the
+    /// grid's `y` (≤ 65535); `L` (plus a chunk) and `E·(3N' + 2)` (N' = [`state_floats`]) fit an
+    /// `i32`; every buffer's element count, up to the backward's `B·L·E·2N'` bound on its block
+    /// partials, fits a `usize`, and the reductions' `B·L·G·N'` a `u32` launch count.
+    ///
+    /// [`state_floats`]: Self::state_floats
+    fn check_size(&self) -> Result<(), ScanError> {
+        let too_large = || {
+            ScanError(format!(
+                "too large: batch {} (at most {MAX_GRID_Y}), len {}, channels {}, groups {}, \
+                 state {} (every buffer's elements must fit the kernels' indices)",
+                self.batch, self.len, self.channels, self.groups, self.state
+            ))
+        };
+        let nf = self.state_floats();
+        let i32_max = i32::MAX as usize;
+        let ble = self
+            .batch
+            .checked_mul(self.len)
+            .and_then(|x| x.checked_mul(self.channels));
+        let partials = ble.and_then(|x| x.checked_mul(2 * nf));
+        let bc = self
+            .batch
+            .checked_mul(self.len)
+            .and_then(|x| x.checked_mul(self.groups.max(1)))
+            .and_then(|x| x.checked_mul(nf));
+        let per_channel = self.channels.checked_mul(3 * nf + 2);
+        if self.batch > MAX_GRID_Y
+            || self.len > i32_max - 4096
+            || partials.is_none()
+            || bc.is_none_or(|x| x > u32::MAX as usize)
+            || per_channel.is_none_or(|x| x > i32_max)
+        {
+            return Err(too_large());
+        }
+        Ok(())
+    }
+
     /// Whether [`ScanMode::Auto`] takes the sequential kernels (the measured case: see there).
     fn auto_sequential(&self) -> bool {
         self.rule == Rule::Mamba
@@ -698,21 +740,22 @@ impl ScanSpec {
 
     /// Expected element counts of the inputs, by name, for shape checks:
     /// `u`, `delta`, `deltaA`, `z`: `B·L·E`; `A`: `E·N` (`E·N·2` complex); `B`, `C`: `B·L·G·N`
-    /// (`·2` complex) or `E·N`; `D`, `delta_bias`: `E`.
-    pub fn expected_len(&self, name: &str) -> usize {
-        let ble = self.batch * self.len * self.channels;
-        let en = self.channels * self.state_floats();
+    /// (`·2` complex) or `E·N`; `D`, `delta_bias`: `E`. `None` for another name, or where the
+    /// count overflows a `usize`.
+    pub fn expected_len(&self, name: &str) -> Option<usize> {
+        let ble = || self.batch.checked_mul(self.len)?.checked_mul(self.channels);
+        let en = || self.channels.checked_mul(self.state_floats());
         match name {
-            "A" => en,
-            "B" | "C" => {
-                if self.bc_fixed {
-                    en
-                } else {
-                    self.batch * self.len * self.groups * self.state_floats()
-                }
-            }
-            "D" | "delta_bias" => self.channels,
-            _ => ble,
+            "u" | "delta" | "deltaA" | "z" => ble(),
+            "A" => en(),
+            "B" | "C" if self.bc_fixed => en(),
+            "B" | "C" => self
+                .batch
+                .checked_mul(self.len)?
+                .checked_mul(self.groups)?
+                .checked_mul(self.state_floats()),
+            "D" | "delta_bias" => Some(self.channels),
+            _ => None,
         }
     }
 }
@@ -727,6 +770,34 @@ mod tests {
             rule: Rule::Zoh,
             ..ScanSpec::mamba(2, 64, 8, 4)
         }
+    }
+
+    /// Sizes past the launches' grid and the kernels' 32-bit indices are refused with an
+    /// error (no overflow panic), and `expected_len` knows only the inputs' names.
+    #[test]
+    fn oversized_specs_are_refused() {
+        let t = Tiling::DEFAULT;
+        let too_large = |s: ScanSpec| match s.check(t) {
+            Err(e) => assert!(e.0.contains("too large"), "{s:?}: {e}"),
+            Ok(_) => panic!("{s:?} accepted"),
+        };
+        too_large(ScanSpec::mamba(MAX_GRID_Y + 1, 8, 8, 4));
+        too_large(ScanSpec::mamba(1 << 40, 1 << 20, 1024, 16));
+        too_large(ScanSpec::mamba(1, i32::MAX as usize, 8, 4));
+        too_large(ScanSpec::mamba(1, 8, 1 << 28, 16));
+        // B·L·G·N past a u32 (the dB/dC reduction's launch count)
+        too_large(ScanSpec {
+            groups: 64,
+            ..ScanSpec::mamba(17, 65536, 64, 64)
+        });
+        assert!(ScanSpec::mamba(MAX_GRID_Y, 8, 8, 4).check(t).is_ok());
+        let s = spec();
+        assert_eq!(s.expected_len("u"), Some(2 * 64 * 8));
+        assert_eq!(s.expected_len("B"), Some(2 * 64 * 2 * 4));
+        assert_eq!(s.expected_len("A"), Some(8 * 4));
+        assert_eq!(s.expected_len("delta_bias"), Some(8));
+        assert_eq!(s.expected_len("dleta"), None);
+        assert_eq!(ScanSpec::mamba(usize::MAX, 2, 2, 2).expected_len("u"), None);
     }
 
     #[test]

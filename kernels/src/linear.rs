@@ -50,6 +50,9 @@ pub const PARALLEL_CHUNK: usize = 64;
 /// more read of the inputs), 8 to 32 segments below 32 blocks.
 pub const PARALLEL_TARGET_BLOCKS: usize = 256;
 
+/// Most segments of the parallel kernels: the segments are the grid's `z` dimension.
+pub const MAX_SEGMENTS: usize = 65535;
+
 /// Sizes and options of one linear scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LinearSpec {
@@ -94,11 +97,23 @@ impl LinearSpec {
         }
     }
 
-    fn check(&self, a: usize, u: usize) -> Result<(), ScanError> {
+    /// The sizes (empty, or past the kernels' 32-bit indices, refused), `a`'s length and the
+    /// length of the full-size tensor `(name, len)` (`u` in the forward, `h` in the backward).
+    fn check(&self, a: usize, (name, u): (&str, usize)) -> Result<(), ScanError> {
         if self.batch == 0 || self.len == 0 || self.state == 0 {
             return Err(ScanError(format!("linear scan: empty problem {self:?}")));
         }
-        if self.batch * self.state > i32::MAX as usize || self.len > i32::MAX as usize {
+        let full = self
+            .batch
+            .checked_mul(self.len)
+            .and_then(|x| x.checked_mul(self.floats()));
+        if self
+            .batch
+            .checked_mul(self.floats())
+            .is_none_or(|x| x > i32::MAX as usize)
+            || self.len > i32::MAX as usize
+            || full.is_none()
+        {
             return Err(ScanError(format!("linear scan: too large {self:?}")));
         }
         if a != self.a_len() {
@@ -109,7 +124,7 @@ impl LinearSpec {
         }
         if u != self.full_len() {
             return Err(ScanError(format!(
-                "linear scan: tensor `u` has {u} elements, expected {}",
+                "linear scan: tensor `{name}` has {u} elements, expected {}",
                 self.full_len()
             )));
         }
@@ -129,14 +144,15 @@ impl LinearSpec {
     /// The parallel kernels' split of time into segments, `(segments, steps a segment)`, for
     /// a target of `target` blocks: one segment when the `batch·⌈N/32⌉` blocks fill half the
     /// target, else `⌈target / blocks⌉` segments (fewer where a segment would be shorter than
-    /// 4 chunks), each a whole number of chunks.
+    /// 4 chunks, and at most [`MAX_SEGMENTS`], the grid's `z` limit), each a whole number of
+    /// chunks. An empty spec or a zero target gives one segment.
     pub fn segments_for(&self, target: usize) -> (usize, usize) {
-        let blocks = self.batch * self.state.div_ceil(32);
-        if blocks * 2 >= target {
+        let blocks = self.batch.saturating_mul(self.state.div_ceil(32));
+        if blocks == 0 || self.len == 0 || blocks.saturating_mul(2) >= target {
             return (1, self.len);
         }
         let want = target.div_ceil(blocks);
-        let most = (self.len / (4 * PARALLEL_CHUNK)).max(1);
+        let most = (self.len / (4 * PARALLEL_CHUNK)).clamp(1, MAX_SEGMENTS);
         let segs = want.min(most);
         let seg_len = self.len.div_ceil(segs).div_ceil(PARALLEL_CHUNK) * PARALLEL_CHUNK;
         (self.len.div_ceil(seg_len), seg_len)
@@ -148,7 +164,7 @@ impl LinearSpec {
     /// N256 complex (128 blocks) fwd+bwd 0.64 → 0.51 ms; at 256 blocks and with segments 8
     /// warps measured faster.
     pub fn warps_for(&self, target: usize) -> usize {
-        let blocks = self.batch * self.state.div_ceil(32);
+        let blocks = self.batch.saturating_mul(self.state.div_ceil(32));
         if self.segments_for(target).0 == 1 && blocks < target {
             16
         } else {
@@ -275,7 +291,7 @@ impl LinearScan {
         a: &CudaView<f32>,
         u: &CudaView<f32>,
     ) -> Result<CudaSlice<f32>, ScanError> {
-        spec.check(a.len(), u.len())?;
+        spec.check(a.len(), ("u", u.len()))?;
         let warps = self.warps(spec);
         let m = self.module(spec, warps)?;
         // SAFETY: any bit pattern is a valid f32; the kernel writes every element.
@@ -327,7 +343,7 @@ impl LinearScan {
         h: &CudaView<f32>,
         g: &CudaView<f32>,
     ) -> Result<(CudaSlice<f32>, CudaSlice<f32>), ScanError> {
-        spec.check(a.len(), h.len())?;
+        spec.check(a.len(), ("h", h.len()))?;
         if g.len() != spec.full_len() {
             return Err(ScanError(format!(
                 "linear scan: tensor `g` has {} elements, expected {}",
@@ -456,5 +472,28 @@ mod tests {
         assert_eq!(spec(4, 4096, 200).segments_for(264), (10, 448));
         assert_eq!(spec(1, 16384, 64).segments(), (64, 256));
         assert_eq!(spec(40, 300, 512).segments(), (1, 300));
+    }
+
+    /// Degenerate and oversized specs: one segment (no division by zero), at most
+    /// [`MAX_SEGMENTS`] segments, and `check` refuses sizes past the kernels' indices (naming
+    /// the full-size tensor it was given).
+    #[test]
+    fn degenerate_and_oversized_specs() {
+        assert_eq!(spec(0, 100, 4).segments(), (1, 100));
+        assert_eq!(spec(3, 100, 0).segments(), (1, 100));
+        assert_eq!(spec(3, 0, 4).segments_for(usize::MAX), (1, 0));
+        assert_eq!(spec(3, 100, 4).warps_for(0), 8);
+        let (segs, seg_len) = spec(1, 1 << 40, 1).segments_for(usize::MAX);
+        assert_eq!(segs, MAX_SEGMENTS);
+        assert!(segs * seg_len >= 1 << 40);
+        let big = spec(1 << 20, 1 << 20, 1 << 12);
+        let e = big.check(1, ("u", 1)).unwrap_err();
+        assert!(e.0.contains("too large"), "{e}");
+        let huge = spec(usize::MAX / 2, 3, 5);
+        assert!(huge.check(1, ("u", 1)).unwrap_err().0.contains("too large"));
+        let ok = spec(2, 10, 3);
+        let e = ok.check(ok.a_len(), ("h", 7)).unwrap_err();
+        assert!(e.0.contains("`h` has 7 elements, expected 60"), "{e}");
+        assert!(ok.check(ok.a_len(), ("u", ok.full_len())).is_ok());
     }
 }

@@ -117,16 +117,10 @@ fn int(what: &str, v: usize) -> Result<i32, ScanError> {
 impl Pointwise {
     /// Launches on `stream` (e.g. candle's device stream).
     pub fn with_stream(stream: Arc<CudaStream>) -> Self {
-        let sms = stream
-            .context()
-            .attribute(
-                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-            )
-            .map_or(132, |n| n.max(1) as usize);
         Pointwise {
+            max_blocks: 8 * crate::cuda::sm_count(&stream),
             stream,
             kernels: OnceLock::new(),
-            max_blocks: 8 * sms,
         }
     }
 
@@ -146,11 +140,7 @@ impl Pointwise {
     }
 
     fn elems(&self, n: usize) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (n.div_ceil(256).clamp(1, self.max_blocks) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        crate::cuda::grid_stride(n, self.max_blocks)
     }
 
     fn alloc(&self, n: usize) -> Result<CudaSlice<f32>, ScanError> {

@@ -105,8 +105,12 @@ pub struct S7Scan {
     f_outer: CudaFunction,
 }
 
-fn grid(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
+/// One thread per element of an `n`-element output (`n` checked by [`S7Scan::check`] to fit a
+/// `u32`).
+fn grid(n: usize) -> Result<LaunchConfig, ScanError> {
+    u32::try_from(n)
+        .map(LaunchConfig::for_num_elems)
+        .map_err(|_| ScanError(format!("s7: {n} elements exceed one launch")))
 }
 
 impl S7Scan {
@@ -127,12 +131,27 @@ impl S7Scan {
         })
     }
 
-    fn check(&self, spec: &S7Spec, x: &S7Inputs) -> Result<(), ScanError> {
-        let rows = spec.batch * spec.len;
+    /// The sizes (empty or past the kernels' 32-bit indices and launch counts refused) and the
+    /// inputs' lengths; returns `batch · L`.
+    fn check(&self, spec: &S7Spec, x: &S7Inputs) -> Result<usize, ScanError> {
         let (h, n) = (spec.heads, spec.state);
-        if rows == 0 || h == 0 || n == 0 {
+        if spec.batch == 0 || spec.len == 0 || h == 0 || n == 0 {
             return Err(ScanError(format!("s7: empty problem {spec:?}")));
         }
+        // the largest launch covers rows·N·H elements; rows, N and H go to the kernels as i32
+        let rows = spec.batch.checked_mul(spec.len);
+        let rows = match rows {
+            Some(r)
+                if r <= i32::MAX as usize
+                    && r.checked_mul(n)
+                        .and_then(|x| x.checked_mul(h))
+                        .is_some_and(|x| x <= u32::MAX as usize) =>
+            {
+                r
+            }
+            _ => return Err(ScanError(format!("s7: too large {spec:?}"))),
+        };
+        spec.scan_spec().check(self.scan.tiling)?;
         for (name, t, want) in [
             ("u", Some(x.u), rows * h),
             ("A", Some(x.a), rows * n),
@@ -158,7 +177,7 @@ impl S7Scan {
                 _ => {}
             }
         }
-        Ok(())
+        Ok(rows)
     }
 
     fn ones(&self, n: usize) -> Result<CudaSlice<f32>, ScanError> {
@@ -169,11 +188,11 @@ impl S7Scan {
         self.scan.stream().alloc_zeros::<f32>(n).map_err(drv)
     }
 
-    /// Forward: `y`, the last state, and what the backward needs.
+    /// Forward (the module doc's equations: `Bu_t = B_t·u_t + bias_t`, `x_t = Ā_t ⊙ x_{t−1} +
+    /// Bu_t`, `y_t = C_t·x_t`): `y`, the last state `x_{L−1}`, and what the backward needs.
     pub fn forward(&self, spec: &S7Spec, x: &S7Inputs) -> Result<S7Forward, ScanError> {
-        self.check(spec, x)?;
+        let rows = self.check(spec, x)?;
         let s = self.scan.stream();
-        let rows = spec.batch * spec.len;
         let (h, n) = (spec.heads as i32, spec.state as i32);
         let ri = rows as i32;
         let mut bu = self.alloc(rows * spec.state)?;
@@ -190,7 +209,7 @@ impl S7Scan {
                 .arg(&h)
                 .arg(&hb);
             // SAFETY: argument list matches `s7_in`; lengths checked above.
-            unsafe { lb.launch(grid(rows * spec.state)) }.map_err(drv)?;
+            unsafe { lb.launch(grid(rows * spec.state)?) }.map_err(drv)?;
         }
         let ones = self.ones(spec.state)?;
         let scan = self.scan.forward(
@@ -217,7 +236,7 @@ impl S7Scan {
                 .arg(&n)
                 .arg(&h);
             // SAFETY: argument list matches `s7_out`.
-            unsafe { lb.launch(grid(rows * spec.heads)) }.map_err(drv)?;
+            unsafe { lb.launch(grid(rows * spec.heads)?) }.map_err(drv)?;
         }
         let last_state = s.clone_dtod(&scan.last_state).map_err(drv)?;
         Ok(S7Forward {
@@ -236,14 +255,17 @@ impl S7Scan {
         fwd: &S7Forward,
         dy: &CudaSlice<f32>,
     ) -> Result<S7Grads, ScanError> {
-        self.check(spec, x)?;
-        let rows = spec.batch * spec.len;
-        if dy.len() != rows * spec.heads {
-            return Err(ScanError(format!(
-                "s7: tensor `dy` has {} elements, expected {}",
-                dy.len(),
-                rows * spec.heads
-            )));
+        let rows = self.check(spec, x)?;
+        for (name, got, want) in [
+            ("dy", dy.len(), rows * spec.heads),
+            ("forward's states", fwd.scan.y.len(), rows * spec.state),
+            ("forward's Bu", fwd.bu.len(), rows * spec.state),
+        ] {
+            if got != want {
+                return Err(ScanError(format!(
+                    "s7: {name} has {got} elements, expected {want} (a forward of another spec?)"
+                )));
+            }
         }
         let s = self.scan.stream();
         let (h, n, ri) = (spec.heads as i32, spec.state as i32, rows as i32);
@@ -254,7 +276,7 @@ impl S7Scan {
             let mut lb = s.launch_builder(&self.f_out_bwd_x);
             lb.arg(x.c).arg(dy).arg(&mut dx).arg(&ri).arg(&n).arg(&h);
             // SAFETY: argument list matches `s7_out_bwd_x`.
-            unsafe { lb.launch(grid(rows * spec.state)) }.map_err(drv)?;
+            unsafe { lb.launch(grid(rows * spec.state)?) }.map_err(drv)?;
             let mut lb = s.launch_builder(&self.f_outer);
             lb.arg(dy)
                 .arg(&fwd.scan.y)
@@ -263,11 +285,12 @@ impl S7Scan {
                 .arg(&h)
                 .arg(&n);
             // SAFETY: argument list matches `s7_outer` (dC = dy ⊗ x).
-            unsafe { lb.launch(grid(rows * spec.heads * spec.state)) }.map_err(drv)?;
+            unsafe { lb.launch(grid(rows * spec.heads * spec.state)?) }.map_err(drv)?;
         }
         // through the scan
         let ones = self.ones(spec.state)?;
-        let g = self.scan.backward(
+        // on the device only: the per-channel sums (∂ of the all-ones A, B, C) are not needed
+        let g = self.scan.backward_device(
             &spec.scan_spec(),
             &Inputs {
                 u: &fwd.bu,
@@ -279,9 +302,10 @@ impl S7Scan {
                 d: None,
                 z: None,
                 delta_bias: None,
-            },
-            &fwd.scan,
-            &dx,
+            }
+            .views(),
+            &fwd.scan.checkpoints.as_view(),
+            &dx.as_view(),
         )?;
         // through the input projection
         let mut du = self.alloc(rows * spec.heads)?;
@@ -290,11 +314,11 @@ impl S7Scan {
             let mut lb = s.launch_builder(&self.f_in_bwd_u);
             lb.arg(x.b).arg(&g.du).arg(&mut du).arg(&ri).arg(&n).arg(&h);
             // SAFETY: argument list matches `s7_in_bwd_u`.
-            unsafe { lb.launch(grid(rows * spec.heads)) }.map_err(drv)?;
+            unsafe { lb.launch(grid(rows * spec.heads)?) }.map_err(drv)?;
             let mut lb = s.launch_builder(&self.f_outer);
             lb.arg(&g.du).arg(x.u).arg(&mut db).arg(&ri).arg(&n).arg(&h);
             // SAFETY: argument list matches `s7_outer` (dB = dBu ⊗ u).
-            unsafe { lb.launch(grid(rows * spec.state * spec.heads)) }.map_err(drv)?;
+            unsafe { lb.launch(grid(rows * spec.state * spec.heads)?) }.map_err(drv)?;
         }
         let dbias = if spec.has_bias {
             Some(s.clone_dtod(&g.du).map_err(drv)?)

@@ -23,8 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr,
-    LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DevicePtr, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -48,8 +48,9 @@ fn err(m: String) -> ScanError {
     ScanError(format!("simplified scan: {m}"))
 }
 
+/// [`crate::cuda::drv`], named as this op's.
 fn drv(e: cudarc::driver::DriverError) -> ScanError {
-    err(format!("CUDA driver: {e:?}"))
+    err(crate::cuda::drv(e).0)
 }
 
 /// Sizes and options of one simplified scan call.
@@ -153,9 +154,15 @@ impl SimplifiedSpec {
                 self.batch, self.len, self.channels
             )));
         }
+        let complex_floats = self
+            .batch
+            .checked_mul(self.len)
+            .and_then(|x| x.checked_mul(self.channels))
+            .and_then(|x| x.checked_mul(2));
         if self.len > (i32::MAX as usize) / 2
             || self.channels > (i32::MAX as usize) / 2
             || self.batch > 65535
+            || complex_floats.is_none()
         {
             return Err(err(format!(
                 "too large: batch {} (at most 65535), len {} and channels {} (at most 2^30 each)",
@@ -261,7 +268,7 @@ impl SimplifiedScan {
     /// Opens device `ordinal` (check [`crate::cuda::gpu_available`] first) and uses its
     /// default stream.
     pub fn new(ordinal: usize) -> Result<Self, ScanError> {
-        let ctx = CudaContext::new(ordinal).map_err(drv)?;
+        let ctx = crate::cuda::open_context(ordinal).map_err(|e| err(e.0))?;
         Self::with_stream(ctx.default_stream())
     }
 
@@ -491,6 +498,14 @@ mod tests {
             ..spec()
         };
         assert!(big.check(None).unwrap_err().0.contains("too large"));
+        // each size within its own bound, the product past a usize
+        let product = SimplifiedSpec {
+            batch: 65535,
+            len: 1 << 29,
+            channels: 1 << 29,
+            ..spec()
+        };
+        assert!(product.check(None).unwrap_err().0.contains("too large"));
         let v = spec().check(None).unwrap();
         assert!(v.defines().contains(&"-DRULE=1".to_string()));
     }

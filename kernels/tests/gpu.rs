@@ -24,7 +24,7 @@ use std::collections::HashMap;
 mod common;
 use common::{f32v, load, rel, to_bdl, to_bld, Rng, C64};
 
-use lrnnx_kernels::cuda::{gpu_available, Grads, Inputs, SelectiveScan};
+use lrnnx_kernels::cuda::{Grads, Inputs, SelectiveScan};
 use lrnnx_kernels::s7::{S7Inputs, S7Scan, S7Spec};
 use lrnnx_kernels::{Rule, ScanMode, ScanSpec};
 
@@ -44,9 +44,11 @@ struct Host {
 
 /// Sequential reference forward with complex `A` (f64), from spec §4.1: `h_t = Ā h_{t−1} +
 /// γ̄·B_t·u_t` in ℂ, `y = 2·Re(Σ_n C_t[n] h_t[n]) + D·u`, then the gate.
-fn reference_complex(s: &ScanSpec, x: &Host) -> Vec<f64> {
+/// Also the last state `(B, E, N)` as (re, im) pairs.
+fn reference_complex(s: &ScanSpec, x: &Host) -> (Vec<f64>, Vec<f64>) {
     let (bs, l, e, n, g) = (s.batch, s.len, s.channels, s.state, s.groups);
     let mut y = vec![0.0; bs * l * e];
+    let mut last = vec![0.0; bs * e * n * 2];
     for bi in 0..bs {
         for ch in 0..e {
             let grp = ch / (e / g);
@@ -92,19 +94,29 @@ fn reference_complex(s: &ScanSpec, x: &Host) -> Vec<f64> {
                 }
                 y[i] = out;
             }
+            for (k, hk) in h.iter().enumerate() {
+                let j = ((bi * e + ch) * n + k) * 2;
+                (last[j], last[j + 1]) = (hk.0, hk.1);
+            }
         }
     }
-    y
+    (y, last)
 }
 
 /// Sequential reference forward (f64), written directly from the equations of spec §4.1.
 fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
+    reference_with_last(s, x).0
+}
+
+/// `y` and the last state `(B, E, N')` (N' = N, or 2N as (re, im) pairs with complex `A`).
+fn reference_with_last(s: &ScanSpec, x: &Host) -> (Vec<f64>, Vec<f64>) {
     if s.complex {
         return reference_complex(s, x);
     }
     let (bs, l, e, n) = (s.batch, s.len, s.channels, s.state);
     let g = if s.bc_fixed { 1 } else { s.groups };
     let mut y = vec![0.0; bs * l * e];
+    let mut last = vec![0.0; bs * e * n];
     for bi in 0..bs {
         for ch in 0..e {
             let grp = ch / (e / g);
@@ -149,18 +161,23 @@ fn reference(s: &ScanSpec, x: &Host) -> Vec<f64> {
                 }
                 y[i] = out;
             }
+            last[(bi * e + ch) * n..(bi * e + ch + 1) * n].copy_from_slice(&h);
         }
     }
-    y
+    (y, last)
 }
 
-/// Runs forward + backward on the GPU; returns (y, grads by input name).
+/// Gradients by input name.
+type NamedGrads = HashMap<&'static str, Vec<f32>>;
+
+/// Runs forward + backward on the GPU; returns (y, the last state, grads by input name, the
+/// raw gradients).
 fn gpu_run(
     ss: &SelectiveScan,
     s: &ScanSpec,
     x: &Host,
     g: &[f64],
-) -> (Vec<f32>, HashMap<&'static str, Vec<f32>>, Grads) {
+) -> (Vec<f32>, Vec<f32>, NamedGrads, Grads) {
     let st = ss.stream();
     let up = |v: &[f64]| st.clone_htod(&f32v(v)).unwrap();
     let (u, dl, a, b, c) = (up(&x.u), up(&x.delta), up(&x.a), up(&x.b), up(&x.c));
@@ -183,6 +200,7 @@ fn gpu_run(
     let gy = up(g);
     let gr = ss.backward(s, &inp, &f, &gy).unwrap();
     let y = st.clone_dtoh(&f.y).unwrap();
+    let last = st.clone_dtoh(&f.last_state).unwrap();
     let down = |v: &cudarc::driver::CudaSlice<f32>| st.clone_dtoh(v).unwrap();
     let n = s.state_floats();
     let ne = 3 * n + 2;
@@ -215,12 +233,11 @@ fn gpu_run(
     if s.has_delta_bias {
         m.insert("delta_bias", col(3 * n + 1));
     }
-    (y, m, gr)
+    (y, last, m, gr)
 }
 
 fn device() -> Option<SelectiveScan> {
-    if !gpu_available() {
-        println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
+    if common::no_gpu() {
         return None;
     }
     Some(SelectiveScan::new(0).expect("CUDA context"))
@@ -321,7 +338,7 @@ fn golden_op_cases() {
             complex,
         };
         let g = t3("g").unwrap();
-        let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
+        let (y, _, grads, _) = gpu_run(&ss, &spec, &x, &g);
         let want = &gd.t["output.out"].1;
         let ry = rel(&to_bdl(&y, bsz, d, l), want);
         println!("{name}: out rel {ry:.2e}");
@@ -366,8 +383,8 @@ fn golden_op_cases() {
 
 fn random_host(s: &ScanSpec, rng: &mut Rng) -> Host {
     let ble = s.batch * s.len * s.channels;
-    let bcn = s.expected_len("B");
-    let en = s.expected_len("A");
+    let bcn = s.expected_len("B").unwrap();
+    let en = s.expected_len("A").unwrap();
     Host {
         u: (0..ble).map(|_| rng.normal()).collect(),
         delta: if s.softplus {
@@ -425,11 +442,13 @@ fn check_random(ss: &SelectiveScan, s: ScanSpec, seed: u64) {
     let g: Vec<f64> = (0..s.batch * s.len * s.channels)
         .map(|_| rng.normal())
         .collect();
-    let (y, grads, _) = gpu_run(ss, &s, &x, &g);
-    let want = reference(&s, &x);
+    let (y, last, grads, _) = gpu_run(ss, &s, &x, &g);
+    let (want, want_last) = reference_with_last(&s, &x);
     let ry = rel(&y, &want);
-    println!("{s:?}\n  forward rel {ry:.2e}");
+    let rl = rel(&last, &want_last);
+    println!("{s:?}\n  forward rel {ry:.2e}, last state rel {rl:.2e}");
     assert!(ry <= 1e-5, "forward rel {ry:e}");
+    assert!(rl <= 1e-5, "last state rel {rl:e}");
     let loss = |x: &Host| -> f64 { reference(&s, x).iter().zip(&g).map(|(a, b)| a * b).sum() };
     for (k, gv) in &grads {
         let mut v: Vec<f64> = (0..gv.len()).map(|_| rng.normal()).collect();
@@ -439,21 +458,12 @@ fn check_random(ss: &SelectiveScan, s: ScanSpec, seed: u64) {
                 *vi *= xi.abs().min(1.0);
             }
         }
-        let eps = 1e-5;
-        let mut xp = x.clone();
-        let mut xm = x.clone();
-        for ((p, m), vi) in field(&mut xp, k)
-            .iter_mut()
-            .zip(field(&mut xm, k).iter_mut())
-            .zip(&v)
-        {
-            *p += eps * vi;
-            *m -= eps * vi;
-        }
-        let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps);
-        let dot: f64 = gv.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum();
-        let scale: f64 = gv.iter().zip(&v).map(|(a, b)| (*a as f64 * b).abs()).sum();
-        let r = (dot - fd).abs() / scale.max(1e-30);
+        let step = |h: &mut Host, t: f64| {
+            for (p, vi) in field(h, k).iter_mut().zip(&v) {
+                *p += t * vi;
+            }
+        };
+        let (dot, fd, r) = common::directional(&x, gv, &v, step, loss);
         println!("  grad.{k}: directional {dot:.6e} vs finite difference {fd:.6e}, rel {r:.2e}");
         assert!(r <= 1e-4, "grad.{k} rel {r:e}");
     }
@@ -591,10 +601,11 @@ fn sequential_mode_matches_chunked_mode_at_scale() {
         .map(|_| rng.normal())
         .collect();
     ss.tiling.mode = ScanMode::Chunked;
-    let (y1, g1, _) = gpu_run(&ss, &s, &x, &g);
+    let (y1, _, g1, _) = gpu_run(&ss, &s, &x, &g);
+    // NaN-aware (common::rel): the chunked result is the reference
     let r = |a: &[f32], b: &[f32]| {
-        let m = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-        a.iter().zip(b).fold(0f32, |d, (p, q)| d.max((p - q).abs())) / m
+        let want: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        common::rel(b, &want)
     };
     for (mode, split) in [
         (ScanMode::Sequential, 2),
@@ -604,7 +615,7 @@ fn sequential_mode_matches_chunked_mode_at_scale() {
         (ss.tiling.mode, ss.tiling.seq_split) = (mode, split);
         let v = s.check(ss.tiling).unwrap();
         assert!(v.seq);
-        let (y2, g2, _) = gpu_run(&ss, &s, &x, &g);
+        let (y2, _, g2, _) = gpu_run(&ss, &s, &x, &g);
         let ry = r(&y1, &y2);
         let t = &v.tiling;
         println!(
@@ -657,9 +668,11 @@ fn random_complex_cases_against_sequential_f64() {
 #[test]
 fn random_rglru_and_s7_against_sequential_f64() {
     let Some(ss) = device() else { return };
+    // an odd length: the last chunk's padded steps must leave the last state alone (S7's
+    // Ā(Δ = 0) is −1)
     let base = ScanSpec {
         batch: 2,
-        len: 500,
+        len: 499,
         channels: 48,
         state: 2,
         groups: 1,
@@ -737,7 +750,7 @@ fn golden_rglru_cases() {
             complex: false,
         };
         let g = to_bld(&get("input.g").1, bsz, d, l);
-        let (y, grads, _) = gpu_run(&ss, &spec, &x, &g);
+        let (y, _, grads, _) = gpu_run(&ss, &spec, &x, &g);
         let ry = rel(&to_bdl(&y, bsz, d, l), &gd.t["output.out"].1);
         println!("{name}: out rel {ry:.2e}");
         assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
@@ -775,8 +788,8 @@ fn backward_is_bitwise_deterministic() {
         ss.tiling.mode = mode;
         ss.tiling.seq_split = split;
         assert_eq!(s.check(ss.tiling).unwrap().seq, mode != ScanMode::Chunked);
-        let (_, g1, _) = gpu_run(&ss, &s, &x, &g);
-        let (_, g2, _) = gpu_run(&ss, &s, &x, &g);
+        let (_, _, g1, _) = gpu_run(&ss, &s, &x, &g);
+        let (_, _, g2, _) = gpu_run(&ss, &s, &x, &g);
         for (k, v) in &g1 {
             let w = &g2[k];
             assert!(
@@ -850,9 +863,11 @@ fn s7_field<'a>(x: &'a mut S7Host, k: &str) -> &'a mut Vec<f64> {
 }
 
 /// Sequential S7 reference (f64) written from spec §4.5.
-fn s7_reference(sp: &S7Spec, x: &S7Host) -> Vec<f64> {
+/// The S7 scan in f64, one step at a time: `y` `(batch, L, H)` and the last state `(batch, N)`.
+fn s7_reference(sp: &S7Spec, x: &S7Host) -> (Vec<f64>, Vec<f64>) {
     let (bs, l, hh, n) = (sp.batch, sp.len, sp.heads, sp.state);
     let mut y = vec![0.0; bs * l * hh];
+    let mut last = vec![0.0; bs * n];
     for bi in 0..bs {
         let mut st = vec![0.0f64; n];
         for t in 0..l {
@@ -869,16 +884,18 @@ fn s7_reference(sp: &S7Spec, x: &S7Host) -> Vec<f64> {
                 y[r * hh + h] = (0..n).map(|k| x.c[(r * hh + h) * n + k] * st[k]).sum();
             }
         }
+        last[bi * n..(bi + 1) * n].copy_from_slice(&st);
     }
-    y
+    (y, last)
 }
 
+/// `y`, the last state and the gradients of `Σ g·y`, from the GPU.
 fn s7_gpu(
     s7: &S7Scan,
     sp: &S7Spec,
     x: &S7Host,
     g: &[f64],
-) -> (Vec<f32>, HashMap<&'static str, Vec<f32>>) {
+) -> (Vec<f32>, Vec<f32>, HashMap<&'static str, Vec<f32>>) {
     let st = s7.scan.stream();
     let up = |v: &[f64]| st.clone_htod(&f32v(v)).unwrap();
     let (u, a, b, c) = (up(&x.u), up(&x.a), up(&x.b), up(&x.c));
@@ -901,15 +918,14 @@ fn s7_gpu(
     if let Some(v) = &gr.dbias {
         m.insert("bias", down(v));
     }
-    (down(&f.y), m)
+    (down(&f.y), down(&f.last_state), m)
 }
 
 /// lrnnx's `op_s7_scan_*` golden cases (out at 1e-5, gradients at 1e-4), then random cases
 /// against the f64 loop with finite differences of every gradient.
 #[test]
 fn s7_golden_and_random() {
-    if !gpu_available() {
-        println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
+    if common::no_gpu() {
         return;
     }
     let s7 = S7Scan::new(0).expect("CUDA context");
@@ -938,7 +954,7 @@ fn s7_golden_and_random() {
             has_bias: x.bias.is_some(),
         };
         let g = tm("input.g", hh).unwrap();
-        let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
+        let (y, _, grads) = s7_gpu(&s7, &sp, &x, &g);
         let ry = rel(&to_bdl(&y, bsz, hh, l), &gd.t["output.out"].1);
         println!("{name}: out rel {ry:.2e}");
         assert!(ry <= 1e-5, "{name}: out rel {ry:e}");
@@ -955,7 +971,13 @@ fn s7_golden_and_random() {
     }
     // random cases
     let mut rng = Rng(300);
-    for (len, heads, state, has_bias) in [(200, 6, 4, true), (1500, 3, 5, false)] {
+    // odd lengths pad the last chunk: the padded steps must leave the last state alone
+    for (len, heads, state, has_bias) in [
+        (200, 6, 4, true),
+        (1500, 3, 5, false),
+        (33, 2, 4, true),
+        (77, 3, 3, false),
+    ] {
         let sp = S7Spec {
             batch: 2,
             len,
@@ -973,12 +995,16 @@ fn s7_golden_and_random() {
             bias: has_bias.then(|| nv(rows * state)),
         };
         let g = nv(rows * heads);
-        let (y, grads) = s7_gpu(&s7, &sp, &x, &g);
-        let ry = rel(&y, &s7_reference(&sp, &x));
-        println!("{sp:?}\n  forward rel {ry:.2e}");
+        let (y, last, grads) = s7_gpu(&s7, &sp, &x, &g);
+        let (want_y, want_last) = s7_reference(&sp, &x);
+        let ry = rel(&y, &want_y);
+        let rl = rel(&last, &want_last);
+        println!("{sp:?}\n  forward rel {ry:.2e}, last state rel {rl:.2e}");
         assert!(ry <= 1e-5, "forward rel {ry:e}");
+        assert!(rl <= 1e-5, "last state rel {rl:e}");
         let loss = |x: &S7Host| -> f64 {
             s7_reference(&sp, x)
+                .0
                 .iter()
                 .zip(&g)
                 .map(|(a, b)| a * b)
@@ -986,20 +1012,12 @@ fn s7_golden_and_random() {
         };
         for (k, gv) in &grads {
             let v: Vec<f64> = (0..gv.len()).map(|_| rng.normal()).collect();
-            let eps = 1e-5;
-            let (mut xp, mut xm) = (x.clone(), x.clone());
-            for ((p, m), vi) in s7_field(&mut xp, k)
-                .iter_mut()
-                .zip(s7_field(&mut xm, k).iter_mut())
-                .zip(&v)
-            {
-                *p += eps * vi;
-                *m -= eps * vi;
-            }
-            let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps);
-            let dot: f64 = gv.iter().zip(&v).map(|(a, b)| *a as f64 * b).sum();
-            let scale: f64 = gv.iter().zip(&v).map(|(a, b)| (*a as f64 * b).abs()).sum();
-            let r = (dot - fd).abs() / scale.max(1e-30);
+            let step = |h: &mut S7Host, t: f64| {
+                for (p, vi) in s7_field(h, k).iter_mut().zip(&v) {
+                    *p += t * vi;
+                }
+            };
+            let (dot, fd, r) = common::directional(&x, gv, &v, step, loss);
             println!(
                 "  grad.{k}: directional {dot:.6e} vs finite difference {fd:.6e}, rel {r:.2e}"
             );

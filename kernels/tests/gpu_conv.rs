@@ -13,7 +13,6 @@ use common::{f32v, rel, Rng};
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use lrnnx_kernels::conv::{fft_pays, CausalConv, ConvMethod, ConvSpec, OUTPUTS_PER_THREAD};
-use lrnnx_kernels::cuda::gpu_available;
 use lrnnx_kernels::fft::cufft_available;
 use std::sync::Arc;
 
@@ -45,8 +44,7 @@ fn reference(s: &ConvSpec, u: &[f64], k: &[f64], g: &[f64]) -> [Vec<f64>; 3] {
 
 #[test]
 fn every_tiling_matches_f64_and_one_output_a_thread() {
-    if !gpu_available() {
-        println!("SKIPPED: no CUDA device");
+    if common::no_gpu() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
@@ -174,11 +172,13 @@ fn read_all(st: &Arc<CudaStream>, out: &[CudaSlice<f32>; 3]) -> [Vec<f32>; 3] {
 /// offset; then each shape against f64, a second run bit-identical, and `Auto` against both.
 #[test]
 fn fft_matches_f64_and_auto_switches_at_the_threshold() {
-    if !gpu_available() {
-        println!("SKIPPED: no CUDA device");
+    if common::no_gpu() {
         return;
     }
     if !cufft_available() {
+        if std::env::var("LRNNX_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+            panic!("LRNNX_REQUIRE_CUDA=1 but cuFFT (libcufft) does not load");
+        }
         println!("SKIPPED: cuFFT (libcufft) not loadable; set LRNNX_CUFFT to its path");
         return;
     }

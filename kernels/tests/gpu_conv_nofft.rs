@@ -9,15 +9,13 @@ mod common;
 use common::{f32v, Rng};
 
 use lrnnx_kernels::conv::{fft_pays, CausalConv, ConvMethod, ConvSpec};
-use lrnnx_kernels::cuda::gpu_available;
 use lrnnx_kernels::fft::cufft_available;
 
 #[test]
 fn without_cufft_auto_runs_direct_and_fft_is_refused() {
     std::env::set_var("LRNNX_CUFFT", "/nonexistent/libcufft.so");
     assert!(!cufft_available());
-    if !gpu_available() {
-        println!("SKIPPED (GPU part): no CUDA device");
+    if common::no_gpu() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();

@@ -10,7 +10,6 @@
 mod common;
 use common::{f32v, rel, Rng, C64};
 
-use lrnnx_kernels::cuda::gpu_available;
 use lrnnx_kernels::linear::{LinearScan, LinearSchedule, LinearSpec, PARALLEL_TARGET_BLOCKS};
 
 /// The f64 reference: `h`, `∂u`, `∂a` (module doc of `linear`), interleaved floats.
@@ -75,8 +74,7 @@ fn reference(spec: &LinearSpec, a: &[f64], u: &[f64], g: &[f64]) -> [Vec<f64>; 3
 
 #[test]
 fn schedules_match_f64_reference() {
-    if !gpu_available() {
-        println!("SKIPPED: no CUDA device");
+    if common::no_gpu() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();

@@ -6,8 +6,10 @@
 //! - random cases (every rule, with and without `deltaA`, lengths up to 16384, several tilings)
 //!   against a sequential f64 loop written here (states at 1e-5), with central finite
 //!   differences of that loop along a random direction per input (gradients at 1e-4);
-//! - two backward runs give bitwise identical gradients; bad shapes are errors;
-//! - a timing line (batch 8, L 4096, P 1024; no assertion) against the sequential linear scan.
+//! - two backward runs give bitwise identical gradients; bad shapes are errors.
+//!
+//! The timing at batch 8, L 4096, P 1024 against the sequential linear scan is the example
+//! `simplified_bench`.
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
 #![cfg(feature = "cuda")]
@@ -19,7 +21,6 @@ mod common;
 use common::{f32v, load, rel, to_bdl, to_bld, Rng, C64};
 
 use cudarc::driver::CudaSlice;
-use lrnnx_kernels::cuda::{gpu_available, keep_pool_memory};
 use lrnnx_kernels::simplified::{
     SimplifiedInputs, SimplifiedScan, SimplifiedSpec, SimplifiedTiling, SIMPLIFIED_RULES,
 };
@@ -123,8 +124,7 @@ fn gpu_run(
 }
 
 fn device() -> Option<SimplifiedScan> {
-    if !gpu_available() {
-        println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
+    if common::no_gpu() {
         return None;
     }
     Some(SimplifiedScan::new(0).expect("CUDA context"))
@@ -324,16 +324,12 @@ fn check_random(ss: &SimplifiedScan, s: SimplifiedSpec, seed: u64) -> (f64, f64)
                 *vi *= xi.abs();
             }
         }
-        let eps = 1e-5;
-        let (mut hp, mut hm) = (h.clone(), h.clone());
-        for ((p, m), vi) in field(&mut hp, k).into_iter().zip(field(&mut hm, k)).zip(&v) {
-            *p += eps * vi;
-            *m -= eps * vi;
-        }
-        let fd = (loss(&hp) - loss(&hm)) / (2.0 * eps);
-        let dot: f64 = gv.iter().zip(&v).map(|(a, b)| a * b).sum();
-        let scale: f64 = gv.iter().zip(&v).map(|(a, b)| (a * b).abs()).sum();
-        let r = (dot - fd).abs() / scale.max(1e-30);
+        let step = |x: &mut Host, t: f64| {
+            for (p, vi) in field(x, k).into_iter().zip(&v) {
+                *p += t * vi;
+            }
+        };
+        let (dot, fd, r) = common::directional(&h, gv, &v, step, loss);
         line += &format!(" {k} {r:.1e}");
         assert!(
             r <= 1e-4,
@@ -476,143 +472,4 @@ fn shape_errors_are_reported() {
         .to_string();
     assert!(e.contains("`dx`"), "{e}");
     println!("simplified scan shape errors: {e}");
-}
-
-// ---------------------------------------------------------------- timing (printed only)
-
-#[test]
-fn timing_batch8_len4096_p1024() {
-    use lrnnx_kernels::linear::{LinearScan, LinearSpec};
-    let Some(mut ss) = device() else { return };
-    println!(
-        "memory pool release threshold set to max: {}",
-        keep_pool_memory(ss.stream())
-    );
-    let s = SimplifiedSpec {
-        batch: 8,
-        len: 4096,
-        channels: 1024,
-        rule: Rule::Zoh,
-        has_delta_a: false,
-    };
-    let st = ss.stream().clone();
-    let mut rng = Rng(5);
-    let h = random_host(&s, &mut rng);
-    let up = |v: &[f64]| st.clone_htod(&f32v(v)).unwrap();
-    let (bu, dl, a) = (up(&flat(&h.bu)), up(&h.delta), up(&flat(&h.a)));
-    let g = up(&rng.vec(s.complex_len(), -1.0, 1.0));
-    let inp = SimplifiedInputs {
-        bu: bu.as_view(),
-        delta: dl.as_view(),
-        delta_a: None,
-        a: a.as_view(),
-    };
-    let best = |f: &mut dyn FnMut()| -> f64 {
-        f();
-        st.synchronize().unwrap();
-        let mut b = f64::INFINITY;
-        for _ in 0..10 {
-            let t = std::time::Instant::now();
-            f();
-            st.synchronize().unwrap();
-            b = b.min(t.elapsed().as_secs_f64() * 1e3);
-        }
-        b
-    };
-    // compulsory traffic: forward Bu, delta in, x out (20 B an element); backward Bu, delta,
-    // x, dx in, dBu, ddelta out (40 B)
-    let gb = 60.0 * s.real_len() as f64 / 1e9;
-    let auto = SimplifiedTiling::auto(&s);
-    let (af, afb) = {
-        ss.tiling = None;
-        let tf = best(&mut || {
-            ss.forward(&s, &inp).unwrap();
-        });
-        let tfb = best(&mut || {
-            let x = ss.forward(&s, &inp).unwrap();
-            ss.backward(&s, &inp, &x.as_view(), &g.as_view()).unwrap();
-        });
-        println!(
-            "simplified scan auto tiling {auto:?}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms \
-             ({:.0} GB/s over {gb:.2} GB)",
-            gb / (tfb * 1e-3)
-        );
-        (tf, tfb)
-    };
-    // each pass's geometries (forward alone; backward alone on the auto forward's states)
-    let x = ss.forward(&s, &inp).unwrap();
-    for warps in [4, 8, 16, 32] {
-        for items in [2, 4, 8] {
-            for prefetch in [false, true] {
-                ss.tiling = Some(SimplifiedTiling {
-                    warps,
-                    items,
-                    prefetch,
-                    bwd_warps: warps,
-                    bwd_items: items,
-                    bwd_prefetch: prefetch,
-                });
-                let tf = best(&mut || {
-                    ss.forward(&s, &inp).unwrap();
-                });
-                let tb = best(&mut || {
-                    ss.backward(&s, &inp, &x.as_view(), &g.as_view()).unwrap();
-                });
-                println!(
-                    "  warps {warps:2} items {items} prefetch {prefetch:5}: fwd {tf:.3} ms, bwd {tb:.3} ms"
-                );
-            }
-        }
-    }
-    ss.tiling = None;
-    // every rule, with and without deltaA, at the automatic tiling
-    for rule in SIMPLIFIED_RULES {
-        for has_delta_a in [false, true] {
-            let s = SimplifiedSpec {
-                rule,
-                has_delta_a,
-                ..s
-            };
-            let inp = SimplifiedInputs {
-                bu: bu.as_view(),
-                delta: dl.as_view(),
-                delta_a: has_delta_a.then(|| dl.as_view()),
-                a: a.as_view(),
-            };
-            let tf = best(&mut || {
-                ss.forward(&s, &inp).unwrap();
-            });
-            let tfb = best(&mut || {
-                let x = ss.forward(&s, &inp).unwrap();
-                ss.backward(&s, &inp, &x.as_view(), &g.as_view()).unwrap();
-            });
-            println!("  {rule:?} deltaA={has_delta_a}: fwd {tf:.3} ms, fwd+bwd {tfb:.3} ms");
-        }
-    }
-    // baseline: lrnnx-kernels' sequential complex linear scan (one thread per (batch, state))
-    // on the same sizes, given Ā and γ̄·Bu precomputed
-    let mut lin = LinearScan::with_stream(st.clone());
-    lin.schedule = lrnnx_kernels::linear::LinearSchedule::Sequential;
-    let ls = LinearSpec {
-        batch: 8,
-        len: 4096,
-        state: 1024,
-        complex: true,
-        shared: false,
-    };
-    let la = up(&rng.vec(ls.full_len(), -0.7, 0.7));
-    let lf = best(&mut || {
-        lin.forward(&ls, &la.as_view(), &bu.as_view()).unwrap();
-    });
-    let lfb = best(&mut || {
-        let hh = lin.forward(&ls, &la.as_view(), &bu.as_view()).unwrap();
-        lin.backward(&ls, &la.as_view(), &hh.as_view(), &g.as_view())
-            .unwrap();
-    });
-    println!(
-        "RESULT simplified scan b8 L4096 P1024 zoh (auto tiling): fwd {af:.3} ms, fwd+bwd {afb:.3} ms; \
-         sequential linear scan fwd {lf:.3} ms, fwd+bwd {lfb:.3} ms ({:.1}x, {:.1}x)",
-        lf / af,
-        lfb / afb
-    );
 }

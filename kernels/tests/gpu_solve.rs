@@ -10,7 +10,6 @@
 mod common;
 use common::Rng;
 
-use lrnnx_kernels::cuda::gpu_available;
 use lrnnx_kernels::solve::{BatchedSolve, SolveSpec};
 
 /// `A⁻¹B` of each system by elimination below the pivots and back substitution, in f64.
@@ -72,8 +71,7 @@ fn systems(rng: &mut Rng, (n, m, k): (usize, usize, usize)) -> (Vec<f64>, Vec<f6
 
 #[test]
 fn solves_match_elimination_on_both_paths() {
-    if !gpu_available() {
-        println!("skipped: no CUDA device");
+    if common::no_gpu() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();
@@ -139,8 +137,7 @@ fn solves_match_elimination_on_both_paths() {
 
 #[test]
 fn singular_systems_are_named_and_empty_batches_solve() {
-    if !gpu_available() {
-        println!("skipped: no CUDA device");
+    if common::no_gpu() {
         return;
     }
     let ctx = cudarc::driver::CudaContext::new(0).unwrap();

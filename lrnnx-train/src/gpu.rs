@@ -26,8 +26,9 @@
 //! [`crate::vandermonde`]'s S4D kernel `lrnnx_kernels::vandermonde`; S4's batched linear solve
 //! `lrnnx_kernels::solve` (f32 or f64).
 //!
-//! The kernels compute in f32 only (but for the solve): f64 tensors on a CUDA device are refused
-//! with an error.
+//! The kernels compute in f32 only (but for the solve). The scans, the convolution and the
+//! Vandermonde kernel refuse other dtypes on a CUDA device with an error naming the op; the
+//! pointwise ops run candle's own ops for them instead (same values, unfused).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};

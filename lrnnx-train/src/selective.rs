@@ -766,6 +766,20 @@ impl CustomOp3 for StackRows {
     }
 }
 
+/// Refuses, naming the operand, any operand of a CUDA scan that is not f32 (the scan kernels
+/// compute in f32; an f64 or bf16 operand would otherwise fail deep inside the stacking op).
+fn cuda_f32_only(op: &str, operands: &[(&str, &Tensor)]) -> Result<()> {
+    for (name, t) in operands {
+        if t.dtype() != DType::F32 {
+            bail!(
+                "{op}: `{name}` is {:?} on CUDA; the CUDA kernels take f32 tensors only",
+                t.dtype()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `rows` (one shape) stacked on a new leading axis: [`StackRows`] for 2 or 3 rows, candle's
 /// `stack` otherwise.
 fn stack_rows(rows: &[&Tensor]) -> Result<Tensor> {
@@ -817,6 +831,17 @@ pub fn selective_scan(
         }
     }
     if u.device().is_cuda() {
+        cuda_f32_only(
+            "selective scan",
+            &[
+                ("u", u),
+                ("delta", delta),
+                ("delta_a", delta_a),
+                ("A", a),
+                ("B_t", b_t),
+                ("C_t", c_t),
+            ],
+        )?;
         // `ΔA` the very tensor `Δ` (Mamba without event time steps): one row fewer, and the
         // kernel may take its sequential mode, which needs Ā and γ̄ from the same time step.
         let shared = delta.id() == delta_a.id();
@@ -916,6 +941,18 @@ pub fn mamba_scan(x: &MambaScanInputs, rule: MambaRule) -> Result<Tensor> {
         }
     }
     if u.device().is_cuda() {
+        let mut named = vec![
+            ("u", u),
+            ("delta_raw", x.delta_raw),
+            ("A", a),
+            ("D", x.d),
+            ("delta_bias", x.delta_bias),
+            ("B_t", x.b_t),
+            ("C_t", x.c_t),
+        ];
+        named.extend(x.delta_a.map(|t| ("delta_a", t)));
+        named.extend(x.z.map(|t| ("z", t)));
+        cuda_f32_only("mamba_scan", &named)?;
         let mut rows = vec![u, x.delta_raw];
         rows.extend(x.delta_a);
         rows.extend(x.z);

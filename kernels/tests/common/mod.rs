@@ -60,14 +60,19 @@ pub fn f32v(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-/// `max |got − want| / max |want|`.
+/// `max |got − want| / max |want|`; infinite where a difference is not finite (a NaN or an
+/// infinity in either), so a NaN result fails every tolerance (`f64::max` would drop it).
 pub fn rel<T: Copy + Into<f64>>(got: &[T], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
     let mx = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter()
-        .zip(want)
-        .fold(0.0f64, |m, (&g, w)| m.max((g.into() - w).abs()))
-        / mx
+    got.iter().zip(want).fold(0.0f64, |m, (&g, w)| {
+        let d = (g.into() - w).abs();
+        if d.is_finite() {
+            m.max(d)
+        } else {
+            f64::INFINITY
+        }
+    }) / mx
 }
 
 /// `(b, m, n)` -> `(b, n, m)`.
@@ -116,4 +121,37 @@ pub fn load(path: &std::path::Path) -> Golden {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let cfg = serde_json::from_str(&meta.metadata().as_ref().unwrap()["config"]).unwrap();
     Golden { t, cfg }
+}
+
+/// Whether there is no usable CUDA device, printing the skip reason; with
+/// `LRNNX_REQUIRE_CUDA=1` (as on the GPU machine) the absence is a failure instead.
+pub fn no_gpu() -> bool {
+    if lrnnx_kernels::cuda::gpu_available() {
+        return false;
+    }
+    if std::env::var("LRNNX_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+        panic!("LRNNX_REQUIRE_CUDA=1 but there is no CUDA device (libcuda missing or no GPU)");
+    }
+    println!("SKIPPED: no CUDA device (libcuda missing or no GPU)");
+    true
+}
+
+/// A directional check of a gradient `grad` of `loss` at `x`: the central difference
+/// `(loss(x + εv) − loss(x − εv)) / 2ε` (ε = 1e-5; `step(h, t)` adds `t·v` to the input's field
+/// of `h`) against `grad·v`. Returns `(grad·v, difference, |grad·v − difference| / Σ|grad_i v_i|)`.
+pub fn directional<H: Clone, G: Copy + Into<f64>>(
+    x: &H,
+    grad: &[G],
+    v: &[f64],
+    step: impl Fn(&mut H, f64),
+    loss: impl Fn(&H) -> f64,
+) -> (f64, f64, f64) {
+    let eps = 1e-5;
+    let (mut xp, mut xm) = (x.clone(), x.clone());
+    step(&mut xp, eps);
+    step(&mut xm, -eps);
+    let fd = (loss(&xp) - loss(&xm)) / (2.0 * eps);
+    let dot: f64 = grad.iter().zip(v).map(|(&a, b)| a.into() * b).sum();
+    let scale: f64 = grad.iter().zip(v).map(|(&a, b)| (a.into() * b).abs()).sum();
+    (dot, fd, (dot - fd).abs() / scale.max(1e-30))
 }
