@@ -29,7 +29,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::cuda::{drv, nvrtc};
+use crate::cuda::{drv, load_kernels, nvrtc};
 use crate::fft::{fft_len, out_of_memory, FftConv};
 use crate::ScanError;
 
@@ -357,12 +357,13 @@ impl CausalConv {
             return Ok(m.clone());
         }
         let ptx = compile_with_outputs(outputs)?;
-        let m = self.stream.context().load_module(ptx).map_err(drv)?;
+        let (m, [fwd, dx, dk, dk_reduce]) =
+            load_kernels(self.stream.context(), ptx, CAUSAL_CONV_KERNELS)?;
         let module = Arc::new(Module {
-            fwd: m.load_function("cc_fwd").map_err(drv)?,
-            dx: m.load_function("cc_dx").map_err(drv)?,
-            dk: m.load_function("cc_dk").map_err(drv)?,
-            dk_reduce: m.load_function("cc_dk_reduce").map_err(drv)?,
+            fwd,
+            dx,
+            dk,
+            dk_reduce,
             _m: m,
         });
         map.insert(outputs, module.clone());

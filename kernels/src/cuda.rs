@@ -113,6 +113,24 @@ pub(crate) fn drv(e: cudarc::driver::DriverError) -> ScanError {
     ScanError(format!("CUDA driver: {e:?}"))
 }
 
+/// Loads `ptx` into `ctx` and looks up its entry points `names`, in that order (the module is
+/// returned too: the functions live as long as it).
+pub(crate) fn load_kernels<const K: usize>(
+    ctx: &Arc<CudaContext>,
+    ptx: Ptx,
+    names: [&str; K],
+) -> Result<(Arc<CudaModule>, [CudaFunction; K]), ScanError> {
+    let m = ctx.load_module(ptx).map_err(drv)?;
+    let mut fs = Vec::with_capacity(K);
+    for n in names {
+        fs.push(m.load_function(n).map_err(drv)?);
+    }
+    let fs: [CudaFunction; K] = fs
+        .try_into()
+        .map_err(|_| ScanError("kernel lookup: count mismatch".into()))?;
+    Ok((m, fs))
+}
+
 /// Streaming multiprocessors of `stream`'s device (132 where the driver does not say).
 pub(crate) fn sm_count(stream: &CudaStream) -> usize {
     stream

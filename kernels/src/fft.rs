@@ -28,7 +28,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::conv::ConvSpec;
-use crate::cuda::{drv, nvrtc};
+use crate::cuda::{drv, load_kernels, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source of the pointwise kernels around the transforms.
@@ -250,12 +250,16 @@ impl FftConv {
         if let Some(k) = self.kernels.get() {
             return Ok(k);
         }
-        let m = self.stream.context().load_module(compile()?).map_err(drv)?;
+        let (m, [pad, mul, xcorr_sum, take]) = load_kernels(
+            self.stream.context(),
+            compile()?,
+            ["fc_pad", "fc_mul", "fc_xcorr_sum", "fc_take"],
+        )?;
         let k = Kernels {
-            pad: m.load_function("fc_pad").map_err(drv)?,
-            mul: m.load_function("fc_mul").map_err(drv)?,
-            xcorr_sum: m.load_function("fc_xcorr_sum").map_err(drv)?,
-            take: m.load_function("fc_take").map_err(drv)?,
+            pad,
+            mul,
+            xcorr_sum,
+            take,
             _m: m,
         };
         Ok(self.kernels.get_or_init(|| k))

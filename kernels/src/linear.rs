@@ -24,7 +24,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::cuda::{drv, nvrtc};
+use crate::cuda::{drv, load_kernels, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source of the linear scan kernels (`ls_fwd`, `ls_bwd`).
@@ -255,13 +255,17 @@ impl LinearScan {
             return Ok(m.clone());
         }
         let ptx = compile_with_warps(spec.complex, spec.shared, warps)?;
-        let m = self.stream.context().load_module(ptx).map_err(drv)?;
+        let (m, [fwd, bwd, par_fwd, par_bwd, reduce_da]) = load_kernels(
+            self.stream.context(),
+            ptx,
+            ["ls_fwd", "ls_bwd", "lp_fwd", "lp_bwd", "lp_reduce_da"],
+        )?;
         let module = Arc::new(Module {
-            fwd: m.load_function("ls_fwd").map_err(drv)?,
-            bwd: m.load_function("ls_bwd").map_err(drv)?,
-            par_fwd: m.load_function("lp_fwd").map_err(drv)?,
-            par_bwd: m.load_function("lp_bwd").map_err(drv)?,
-            reduce_da: m.load_function("lp_reduce_da").map_err(drv)?,
+            fwd,
+            bwd,
+            par_fwd,
+            par_bwd,
+            reduce_da,
             _m: m,
         });
         map.insert(key, module.clone());

@@ -22,7 +22,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::cuda::{drv, nvrtc};
+use crate::cuda::{drv, load_kernels, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source of the pointwise kernels.
@@ -128,12 +128,16 @@ impl Pointwise {
         if let Some(k) = self.kernels.get() {
             return Ok(k);
         }
-        let m = self.stream.context().load_module(compile()?).map_err(drv)?;
+        let (m, [gelu, gelu_grad, swap, swap_grad]) = load_kernels(
+            self.stream.context(),
+            compile()?,
+            ["pw_gelu", "pw_gelu_grad", "pw_swap", "pw_swap_grad"],
+        )?;
         let k = Kernels {
-            gelu: m.load_function("pw_gelu").map_err(drv)?,
-            gelu_grad: m.load_function("pw_gelu_grad").map_err(drv)?,
-            swap: m.load_function("pw_swap").map_err(drv)?,
-            swap_grad: m.load_function("pw_swap_grad").map_err(drv)?,
+            gelu,
+            gelu_grad,
+            swap,
+            swap_grad,
             _m: m,
         };
         Ok(self.kernels.get_or_init(|| k))

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, LaunchConfig, PushKernelArg};
 
-use crate::cuda::{drv, nvrtc, Forward, Inputs, SelectiveScan};
-use crate::{Rule, ScanError, ScanSpec, S7_PROJ_SRC};
+use crate::cuda::{drv, load_kernels, nvrtc, Forward, Inputs, SelectiveScan};
+use crate::{Rule, ScanError, ScanSpec, S7_PROJ_KERNELS, S7_PROJ_SRC};
 
 /// Sizes of one S7 call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,14 +118,14 @@ impl S7Scan {
     pub fn new(ordinal: usize) -> Result<Self, ScanError> {
         let scan = SelectiveScan::new(ordinal)?;
         let ptx = nvrtc(S7_PROJ_SRC, "s7_proj.cu", Vec::new(), "the S7 projections")?;
-        let m = scan.stream().context().load_module(ptx).map_err(drv)?;
-        let f = |n: &str| m.load_function(n).map_err(drv);
+        let (m, [f_in, f_out, f_out_bwd_x, f_in_bwd_u, f_outer]) =
+            load_kernels(scan.stream().context(), ptx, S7_PROJ_KERNELS)?;
         Ok(S7Scan {
-            f_in: f("s7_in")?,
-            f_out: f("s7_out")?,
-            f_out_bwd_x: f("s7_out_bwd_x")?,
-            f_in_bwd_u: f("s7_in_bwd_u")?,
-            f_outer: f("s7_outer")?,
+            f_in,
+            f_out,
+            f_out_bwd_x,
+            f_in_bwd_u,
+            f_outer,
             _m: m,
             scan,
         })

@@ -28,7 +28,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::cuda::nvrtc;
+use crate::cuda::{load_kernels, nvrtc};
 use crate::{Rule, ScanError};
 
 /// The CUDA C source of the simplified scan kernels ([`SIMPLIFIED_SCAN_KERNELS`]).
@@ -296,17 +296,17 @@ impl SimplifiedScan {
         if let Some(m) = map.get(v) {
             return Ok(m.clone());
         }
-        let m = self
-            .stream
-            .context()
-            .load_module(compile(v)?)
-            .map_err(drv)?;
-        let f = |n: &str| m.load_function(n).map_err(drv);
+        let (m, [fwd, bwd, reduce]) = load_kernels(
+            self.stream.context(),
+            compile(v)?,
+            ["sr_fwd", "sr_bwd", "sr_reduce"],
+        )
+        .map_err(|e| err(e.0))?;
         let module = Arc::new(Module {
-            fwd: f("sr_fwd")?,
-            bwd: f("sr_bwd")?,
-            reduce: f("sr_reduce")?,
-            _m: m.clone(),
+            fwd,
+            bwd,
+            reduce,
+            _m: m,
         });
         map.insert(*v, module.clone());
         Ok(module)

@@ -25,7 +25,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::cuda::{drv, nvrtc};
+use crate::cuda::{drv, load_kernels, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source.
@@ -145,11 +145,7 @@ impl BatchedSolve {
             return Ok(k);
         }
         let ctx = self.stream.context();
-        let m = ctx.load_module(compile()?).map_err(drv)?;
-        let (f32, f64) = (
-            m.load_function("solve_f32").map_err(drv)?,
-            m.load_function("solve_f64").map_err(drv)?,
-        );
+        let (m, [f32, f64]) = load_kernels(ctx, compile()?, ["solve_f32", "solve_f64"])?;
         // opt in to the device's largest dynamic shared memory (beside the static factors);
         // where the driver refuses, the default 48 KiB
         let optin = ctx

@@ -18,7 +18,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use crate::cuda::{drv, nvrtc};
+use crate::cuda::{drv, load_kernels, nvrtc};
 use crate::ScanError;
 
 /// The CUDA C source.
@@ -132,10 +132,11 @@ impl Vandermonde {
         if let Some(k) = self.kernels.get() {
             return Ok(k);
         }
-        let m = self.stream.context().load_module(compile()?).map_err(drv)?;
+        let (m, [kernel, grad]) =
+            load_kernels(self.stream.context(), compile()?, ["vd_kernel", "vd_grad"])?;
         let k = Kernels {
-            kernel: m.load_function("vd_kernel").map_err(drv)?,
-            grad: m.load_function("vd_grad").map_err(drv)?,
+            kernel,
+            grad,
             _m: m,
         };
         Ok(self.kernels.get_or_init(|| k))
