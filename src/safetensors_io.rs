@@ -8,7 +8,7 @@ use lrnnx_core::{ParamSource, TensorView};
 use safetensors::{Dtype, SafeTensors};
 
 /// One tensor, converted to `f32`: F32 as is, F64 rounded, I64 (such as lrnnx's `l_kernel`
-/// buffer) converted, exactly up to 2^24.
+/// buffer) converted where exact (|v| ≤ 2^24; larger integers are refused).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     /// Dimensions, outermost first.
@@ -114,8 +114,20 @@ impl TensorFile {
                     .collect(),
                 Dtype::I64 => raw
                     .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
-                    .collect(),
+                    .map(|b| {
+                        let v = i64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+                        if v.unsigned_abs() <= 1 << 24 {
+                            Ok(v as f32)
+                        } else {
+                            Err(ReadError::Format {
+                                path: PathBuf::new(),
+                                reason: format!(
+                                    "tensor `{name}`: integer {v} is not exact in f32 (|v| > 2^24)"
+                                ),
+                            })
+                        }
+                    })
+                    .collect::<Result<_, _>>()?,
                 other => {
                     return Err(ReadError::Dtype {
                         name,

@@ -251,6 +251,25 @@ fn scans_reject_overflowing_dims() {
         simplified_scan(dims, Discretization::Zoh, inputs, &mut [0.0; 4], &mut []).is_err()
     });
     assert_eq!(r.ok(), Some(true), "simplified_scan");
+    // L = 0 makes every buffer empty whatever the other sizes: the row offsets still overflow
+    let r = catch_unwind(|| {
+        let dims = SimplifiedScanDims {
+            batch: 2,
+            d_model: huge,
+            d_state: 0,
+            len: 0,
+        };
+        let inputs = SimplifiedScanInputs {
+            u: &[],
+            delta: &[],
+            a: &[],
+            b: &[],
+            c: &[],
+            delta_a: None,
+        };
+        simplified_scan(dims, Discretization::Zoh, inputs, &mut [], &mut []).is_err()
+    });
+    assert_eq!(r.ok(), Some(true), "simplified_scan, L = 0");
 }
 
 /// A huge but finite event time step never produces NaN: the state decays to its limit.
@@ -282,5 +301,56 @@ fn huge_event_time_steps_stay_finite() {
                 );
             }
         }
+    }
+}
+
+/// A user's own layer with no outputs: the sequence helpers, the real-time processor and the
+/// event pipeline refuse it with an error (their output rows are chunks of `d_output`), and a
+/// WAV with a NaN sample is refused before the file is created.
+#[test]
+fn zero_output_layers_and_nan_audio_are_errors() {
+    use lrnnx::core::{run_event_sequence, EventLayer, Layer};
+    use lrnnx::stream::events::{EventPipeline, EventTiming};
+    use lrnnx::stream::wav::{write, Audio, WavFormat};
+    use lrnnx::stream::Processor;
+
+    struct Mute;
+    impl Layer for Mute {
+        fn d_input(&self) -> usize {
+            3
+        }
+        fn d_output(&self) -> usize {
+            0
+        }
+        fn state_len(&self) -> usize {
+            0
+        }
+        fn step_prechecked(&self, _: &mut [f32], _: &[f32], _: &mut [f32]) {}
+    }
+    impl EventLayer for Mute {
+        fn step_event_prechecked(&self, _: &mut [f32], _: &[f32], _: f32, _: &mut [f32]) {}
+    }
+    let quiet = |f: &dyn Fn() -> bool| {
+        let r = catch_unwind(AssertUnwindSafe(f));
+        assert!(matches!(r, Ok(true)), "panicked or accepted");
+    };
+    quiet(&|| run_sequence(&Mute, &mut [], &[0.0; 6], &mut []).is_err());
+    quiet(&|| run_event_sequence(&Mute, &mut [], &[0.0; 6], &[1.0; 2], &mut []).is_err());
+    quiet(&|| {
+        Processor::new(Mute)
+            .process_block(&[0.0; 6], &mut [])
+            .is_err()
+    });
+    quiet(&|| EventPipeline::new(&Mute, 4, 4, EventTiming::default()).is_err());
+
+    let path = std::env::temp_dir().join(format!("lrnnx-nan-{}.wav", std::process::id()));
+    for format in [WavFormat::Pcm16, WavFormat::Float32] {
+        let audio = Audio {
+            sample_rate: 16000,
+            channels: vec![vec![0.1, f32::NAN, 0.2]],
+        };
+        let e = write(&path, &audio, format).unwrap_err();
+        assert!(e.to_string().contains("sample 1"), "{e}");
+        assert!(!path.exists(), "the file was created");
     }
 }

@@ -63,17 +63,24 @@ pub trait EventLayer: Layer {
 /// `validate`, the three methods every layer has: `from_weights` (a zero-copy view of a weight
 /// buffer in the stepping layout, as written by `from_lrnnx` or an export: checks the config,
 /// the buffer length and that every value is finite), `config()` and `weights()`.
+/// A fourth argument, a function `fn(&$layer<W>) -> Result<()>`, adds the layer's own checks of
+/// its values (a domain the layout's values must lie in).
 macro_rules! weight_view_methods {
     ($layer:ident, $config:ty, $what:literal) => {
+        $crate::layer::weight_view_methods!($layer, $config, $what, $crate::layer::no_value_checks);
+    };
+    ($layer:ident, $config:ty, $what:literal, $values:path) => {
         impl<W: AsRef<[f32]>> $layer<W> {
             /// Views an already discretized weight buffer (as written by `from_lrnnx` or an
-            /// export) without copying. Checks the configuration, the buffer's length and that
-            /// every value is finite.
+            /// export) without copying. Checks the configuration, the buffer's length, that
+            /// every value is finite, and the layer's value domain where it has one.
             pub fn from_weights(config: $config, weights: W) -> $crate::Result<Self> {
                 config.validate()?;
                 $crate::error::check_len("weights", config.weights_len(), weights.as_ref().len())?;
                 $crate::error::check_finite_weights($what, weights.as_ref())?;
-                Ok($layer { config, weights })
+                let layer = $layer { config, weights };
+                $values(&layer)?;
+                Ok(layer)
             }
 
             /// The configuration.
@@ -89,6 +96,11 @@ macro_rules! weight_view_methods {
     };
 }
 pub(crate) use weight_view_methods;
+
+/// The value check of a layer without one (see [`weight_view_methods`]).
+pub(crate) fn no_value_checks<T>(_: &T) -> Result<()> {
+    Ok(())
+}
 
 /// A time step must be a positive finite number.
 #[inline]
@@ -109,6 +121,13 @@ fn check_sequence<L: Layer + ?Sized>(
 ) -> Result<usize> {
     check_len("state", layer.state_len(), state.len())?;
     let (di, dout) = (layer.d_input(), layer.d_output());
+    if dout == 0 {
+        // a user's own layer may say so; the output rows below are chunks of d_output
+        return Err(Error::InvalidConfig {
+            what: "layer",
+            reason: "d_output must be positive",
+        });
+    }
     if di == 0 || !xs.len().is_multiple_of(di) {
         return Err(Error::BufferLength {
             what: "input sequence (a multiple of d_input)",

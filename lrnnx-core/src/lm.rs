@@ -203,6 +203,8 @@ impl<W: AsRef<[f32]> + AsMut<[f32]>> GatedMlp<W> {
     /// Fills `weights` from PyTorch's layouts: `fc1` (2n, d) and `fc2` (d, n), row-major.
     pub fn from_torch(config: MlpConfig, fc1: &[f32], fc2: &[f32], mut weights: W) -> Result<Self> {
         let (d, n) = (config.d_model, config.hidden);
+        // the products below fit once their sum does
+        check_sizes(config.weights_len(), 0)?;
         check_len("gated MLP fc1.weight", 2 * n * d, fc1.len())?;
         check_len("gated MLP fc2.weight", d * n, fc2.len())?;
         check_len(

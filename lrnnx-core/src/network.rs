@@ -56,7 +56,7 @@
 
 use core::marker::PhantomData;
 
-use crate::error::{check_finite_weights, check_len, Error, Result};
+use crate::error::{check_finite_weights, check_len, check_sizes, sum_of_products, Error, Result};
 use crate::layer::{EventLayer, Layer};
 use crate::linalg::{copy_prefix, gemv_t_acc};
 use crate::norm::Norm;
@@ -101,9 +101,24 @@ pub struct DenseConfig {
 }
 
 impl DenseConfig {
-    /// Number of weights: `d_in·d_out` (+ `d_out` with a bias).
+    /// Number of weights: `d_in·d_out` (+ `d_out` with a bias); `usize::MAX` where that
+    /// overflows (refused by the constructors).
     pub const fn weights_len(&self) -> usize {
-        self.d_in * self.d_out + if self.bias { self.d_out } else { 0 }
+        sum_of_products(&[
+            &[self.d_in, self.d_out],
+            &[if self.bias { self.d_out } else { 0 }],
+        ])
+    }
+
+    /// Positive widths whose weight count fits a `usize`.
+    fn check(&self) -> Result<()> {
+        if self.d_in == 0 || self.d_out == 0 {
+            return Err(Error::InvalidConfig {
+                what: "dense stage",
+                reason: "d_in and d_out must be positive",
+            });
+        }
+        check_sizes(self.weights_len(), 0)
     }
 }
 
@@ -117,12 +132,7 @@ pub struct Dense<W> {
 impl<W: AsRef<[f32]>> Dense<W> {
     /// Views a weight buffer in the layout above (zero-copy); checks sizes and finiteness.
     pub fn from_weights(config: DenseConfig, weights: W) -> Result<Self> {
-        if config.d_in == 0 || config.d_out == 0 {
-            return Err(Error::InvalidConfig {
-                what: "dense stage",
-                reason: "d_in and d_out must be positive",
-            });
-        }
+        config.check()?;
         check_len(
             "dense weights",
             config.weights_len(),
@@ -168,6 +178,7 @@ impl<W: AsRef<[f32]> + AsMut<[f32]>> Dense<W> {
         bias: Option<&[f32]>,
         mut weights: W,
     ) -> Result<Self> {
+        config.check()?;
         check_len("dense weight", config.d_in * config.d_out, weight.len())?;
         check_len(
             "dense weights",
@@ -954,6 +965,22 @@ mod tests {
         net.step_observed(&mut state, &[1.0, 2.0], &mut y, |_| calls += 1)
             .unwrap();
         assert_eq!(calls, 3);
+    }
+
+    /// Widths whose weight count overflows are refused by both constructors (no overflow
+    /// panic, no index past an empty buffer).
+    #[test]
+    fn oversized_dense_configs_are_refused() {
+        let big = DenseConfig {
+            d_in: 1 << 63,
+            d_out: 2,
+            bias: false,
+        };
+        assert_eq!(big.weights_len(), usize::MAX);
+        assert!(Dense::from_torch(big, &[], None, Vec::<f32>::new()).is_err());
+        assert!(Dense::from_weights(big, Vec::<f32>::new()).is_err());
+        let zero = DenseConfig { d_in: 0, ..big };
+        assert!(Dense::from_torch(zero, &[], None, Vec::<f32>::new()).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! when `|μ| ≫ σ`. Weight layout of a [`Norm`]: `[w (d) | b (d)]` for LayerNorm, `[w (d)]` for
 //! RMSNorm (lrnnx keys `norm.weight`, `norm.bias`).
 
-use crate::error::{check_finite_weights, check_len, Error, Result};
+use crate::error::{check_finite_weights, check_len, check_sizes, Error, Result};
 
 /// Which normalization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +36,11 @@ pub struct NormConfig {
 }
 
 impl NormConfig {
-    /// Number of weights: `2d` for LayerNorm (weight, bias), `d` for RMSNorm.
+    /// Number of weights: `2d` for LayerNorm (weight, bias), `d` for RMSNorm (`usize::MAX`
+    /// where `2d` overflows: refused by the constructor).
     pub const fn weights_len(&self) -> usize {
         match self.kind {
-            NormKind::LayerNorm => 2 * self.d,
+            NormKind::LayerNorm => self.d.saturating_mul(2),
             NormKind::RmsNorm => self.d,
         }
     }
@@ -59,9 +60,22 @@ pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, y: &mut [f3
     let x0 = x[0];
     let m = x.iter().map(|v| v - x0).sum::<f32>() * inv_n;
     let var = x.iter().map(|v| (v - x0 - m) * (v - x0 - m)).sum::<f32>() * inv_n;
-    let inv = 1.0 / libm::sqrtf(var + eps);
+    let inv = inv_sqrt_or_zero(var + eps);
     for (((o, v), w), b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
         *o = (v - x0 - m) * inv * w + b;
+    }
+}
+
+/// `1/√s`, or 0 where `√s` is 0 (ε = 0 on a constant frame such as digital silence, or a
+/// subnormal flushed to zero): the centred (or raw) values are then all zero, and `0·∞` would
+/// turn the whole output, and every recurrent state after it, into NaN.
+#[inline(always)]
+fn inv_sqrt_or_zero(s: f32) -> f32 {
+    let r = libm::sqrtf(s);
+    if r > 0.0 {
+        1.0 / r
+    } else {
+        0.0
     }
 }
 
@@ -75,7 +89,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
     }
     let x = &x[..n];
     let ms = x.iter().map(|v| v * v).sum::<f32>() * (1.0 / n as f32);
-    let inv = 1.0 / libm::sqrtf(ms + eps);
+    let inv = inv_sqrt_or_zero(ms + eps);
     for ((o, v), w) in y.iter_mut().zip(x).zip(weight) {
         *o = v * inv * w;
     }
@@ -104,6 +118,7 @@ impl<W: AsRef<[f32]>> Norm<W> {
                 reason: "eps must be finite and non-negative",
             });
         }
+        check_sizes(config.weights_len(), 0)?;
         check_len("norm weights", config.weights_len(), weights.as_ref().len())?;
         check_finite_weights("norm weights", weights.as_ref())?;
         Ok(Norm { config, weights })
@@ -297,5 +312,23 @@ mod tests {
         rms_norm(&[], &[1.0], 1e-5, &mut y);
         let n = Norm::from_weights(rc, vec![1.0, 1.0]).unwrap();
         n.apply(&[1.0], &mut y);
+        // A width whose 2d overflows is refused, not a panic (nor an unwritten output).
+        assert!(
+            Norm::from_weights(c(NormKind::LayerNorm, usize::MAX / 2 + 1, 1e-5), vec![]).is_err()
+        );
+    }
+
+    /// ε = 0 (PyTorch allows it) on a constant frame, e.g. digital silence: the centred values
+    /// are all zero, so the output is the bias (LayerNorm) or zero (RMSNorm), not NaN.
+    #[test]
+    fn zero_eps_on_a_constant_frame_is_finite() {
+        let mut y = [9.0f32; 3];
+        layer_norm(&[0.3; 3], &[2.0; 3], &[0.5, -1.0, 0.0], 0.0, &mut y);
+        assert_eq!(y, [0.5, -1.0, 0.0]);
+        rms_norm(&[0.0; 3], &[2.0; 3], 0.0, &mut y);
+        assert_eq!(y, [0.0; 3]);
+        // a non-constant frame is unchanged by the guard
+        layer_norm(&[1.0, 3.0], &[1.0; 2], &[0.0; 2], 0.0, &mut y[..2]);
+        assert_eq!(&y[..2], &[-1.0, 1.0]);
     }
 }

@@ -207,7 +207,19 @@ impl<W: AsRef<[f32]>> RgLru<W> {
     }
 }
 
-crate::layer::weight_view_methods!(RgLru, RgLruConfig, "RG-LRU weights");
+crate::layer::weight_view_methods!(RgLru, RgLruConfig, "RG-LRU weights", check_decay);
+
+/// `c_ln_a = c·ln σ(a) ≤ 0` (so `Ā ≤ 1` and `sqrt(1 − Ā²)` is real): a positive value is not an
+/// exported RG-LRU layer, and would make every output NaN from its first step.
+fn check_decay<W: AsRef<[f32]>>(layer: &RgLru<W>) -> crate::Result<()> {
+    if layer.view().c_ln_a.iter().any(|&c| c > 0.0) {
+        return Err(crate::Error::InvalidConfig {
+            what: "RG-LRU weights",
+            reason: "c·ln σ(a) must be ≤ 0 (a decay Ā = exp(c·ln σ(a)·r) ≤ 1)",
+        });
+    }
+    Ok(())
+}
 
 impl<W: AsRef<[f32]>> Layer for RgLru<W> {
     fn d_input(&self) -> usize {
@@ -530,6 +542,20 @@ mod tests {
             assert!(matches!(
                 RgLru::from_weights(bad, vec![0.0; bad.weights_len()]),
                 Err(Error::InvalidConfig { .. })
+            ));
+            // An exported buffer with c·ln σ(a) > 0 (a decay above 1: NaN outputs) is refused.
+            let good = RgLru::from_lrnnx(cfg, &src, w()).unwrap();
+            let mut wb = good.weights().to_vec();
+            assert!(RgLru::from_weights(cfg, wb.clone()).is_ok());
+            let (h, d, k) = (cfg.d_model, cfg.d_inner, cfg.d_conv);
+            let c_ln_a = 2 * (h * d + d) + (k * d + d) + 2 * (d * d + d);
+            wb[c_ln_a + 1] = 0.5;
+            assert!(matches!(
+                RgLru::from_weights(cfg, wb),
+                Err(Error::InvalidConfig {
+                    what: "RG-LRU weights",
+                    ..
+                })
             ));
             let layer = RgLru::from_lrnnx(cfg, &src, w()).unwrap();
             let mut st = vec![0.0; cfg.state_len()];

@@ -147,6 +147,14 @@ impl<M: Layer> Processor<M> {
     /// `(T, d_output)`. The whole block is checked before the state is touched.
     pub fn process_block(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), StreamError> {
         let (di, dout) = (self.model.d_input(), self.model.d_output());
+        if dout == 0 {
+            // a user's own model may say so; the output rows below are chunks of d_output
+            return Err(StreamError::Length {
+                what: "model output width (must be positive)",
+                expected: 1,
+                got: 0,
+            });
+        }
         if di == 0 || !input.len().is_multiple_of(di) {
             return Err(StreamError::Length {
                 what: "input block (a multiple of the input width)",

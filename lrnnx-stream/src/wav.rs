@@ -136,6 +136,16 @@ pub fn write(path: impl AsRef<Path>, audio: &Audio, format: WavFormat) -> Result
         bits_per_sample: bits,
         sample_format,
     };
+    // checked before the file is created: a NaN would be written as 0 (PCM) or as a NaN that
+    // `read` then refuses (float)
+    for (ci, c) in audio.channels.iter().enumerate() {
+        if let Some(t) = c.iter().position(|v| !v.is_finite()) {
+            return Err(err(format!(
+                "sample {t} of channel {ci} is {} (not finite)",
+                c[t]
+            )));
+        }
+    }
     let mut w = hound::WavWriter::create(path, spec).map_err(|e| err(e.to_string()))?;
     for t in 0..audio.len() {
         for c in &audio.channels {

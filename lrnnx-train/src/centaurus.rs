@@ -113,6 +113,7 @@ impl Centaurus {
                 "`d_model`, `d_state`, `sub_state_dim` must be positive".into(),
             ));
         }
+        crate::layer::axes_fit(&[("d_model", h), ("d_state", n), ("sub_state_dim", m)])?;
         match mode {
             CentaurusMode::DepthwiseSeparable if n != h => {
                 return Err(BuildError::Kwarg(

@@ -473,6 +473,30 @@ impl<'b> RawFile<'b> {
                 ),
             });
         }
+        // The data section is the tensors back to back from byte 0 to its end: a gap, an
+        // overlap or trailing bytes mean a corrupt file (as safetensors itself refuses).
+        let mut by_start: Vec<(&String, &RawTensor)> = tensors.iter().collect();
+        by_start.sort_by_key(|(_, t)| (t.range.start, t.range.end));
+        let mut at = 0;
+        for (name, t) in &by_start {
+            if t.range.start != at {
+                return Err(CheckpointError::Tensor {
+                    name: (*name).clone(),
+                    reason: format!(
+                        "its data starts at byte {} of the data section, expected {at} (the \
+                         tensors' data must follow each other without gaps or overlaps)",
+                        t.range.start
+                    ),
+                });
+            }
+            at = t.range.end;
+        }
+        if at != data_len {
+            return Err(format(format!(
+                "the data section has {data_len} bytes, but the tensors take {at} (trailing \
+                 bytes)"
+            )));
+        }
         for t in tensors.values_mut() {
             t.range = body + t.range.start..body + t.range.end;
         }
@@ -510,9 +534,18 @@ impl<'b> RawFile<'b> {
         let &[start, end] = offsets.as_slice() else {
             return Err(bad("`data_offsets` is not a [begin, end] pair".into()));
         };
+        // the byte count, and (for an empty tensor, whose count is 0 whatever the other axes)
+        // the product of the non-zero axes: both must fit, or the strides overflow later
         let need = shape
             .iter()
             .try_fold(size, |p, &d| p.checked_mul(d))
+            .filter(|_| {
+                shape
+                    .iter()
+                    .filter(|&&d| d != 0)
+                    .try_fold(size, |p, &d| p.checked_mul(d))
+                    .is_some()
+            })
             .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
         if end < start || end - start != need {
             return Err(bad(format!(
@@ -558,6 +591,9 @@ impl<'b> RawFile<'b> {
                 .collect::<Result<_>>()?,
             other => return Err(bad(format!("has dtype {other}, expected F32"))),
         };
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("value {i} is {} (not finite)", data[i])));
+        }
         Ok(Tensor::from_vec(data, t.shape.as_slice(), &Device::Cpu)?)
     }
 
@@ -568,11 +604,24 @@ impl<'b> RawFile<'b> {
             let Some(name) = key.strip_prefix(prefix) else {
                 continue;
             };
-            // S4/S4D: `layer.kernel.X` is the same storage as the top-level `X`; skip it.
-            let alias_of = name.strip_prefix("layer.kernel.");
-            if is_s4(class)
-                && alias_of.is_some_and(|x| self.tensors.contains_key(&format!("{prefix}{x}")))
-            {
+            // S4/S4D: `layer.kernel.X` is the same storage as the top-level `X`; skip it, once
+            // it is checked to be just that (same dtype, shape and bytes).
+            let alias_of = name
+                .strip_prefix("layer.kernel.")
+                .and_then(|x| self.tensors.get(&format!("{prefix}{x}")));
+            if let (true, Some(x)) = (is_s4(class), alias_of) {
+                let a = &self.tensors[key];
+                if a.dtype != x.dtype
+                    || a.shape != x.shape
+                    || self.bytes[a.range.clone()] != self.bytes[x.range.clone()]
+                {
+                    return Err(CheckpointError::Tensor {
+                        name: key.clone(),
+                        reason: "differs from the tensor it aliases (lrnnx stores S4's kernel \
+                                 parameters twice, as one storage)"
+                            .into(),
+                    });
+                }
                 continue;
             }
             let int_ok = is_s4(class) && name == L_KERNEL;
@@ -880,6 +929,60 @@ mod tests {
         std::fs::write(&path, &lying).unwrap();
         let msg = load(&path).err().unwrap().to_string();
         assert!(msg.contains("`A`"), "{msg}");
+        // NaN or infinite weights: refused, naming the tensor and the value.
+        for bad_value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut nan = good.clone();
+            let c = nan.iter_mut().find(|t| t.0 == "C").unwrap();
+            c.3[4..8].copy_from_slice(&bad_value.to_le_bytes());
+            let e = refuse("nonfinite.safetensors", &nan, "C");
+            assert!(e.to_string().contains("value 1 is"), "{e}");
+        }
+        // Trailing bytes after the last tensor: a corrupt file.
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"GARBAGE");
+        let path = dir.join("trailing.safetensors");
+        std::fs::write(&path, &trailing).unwrap();
+        let msg = load(&path).err().unwrap().to_string();
+        assert!(msg.contains("trailing"), "{msg}");
+        // Hand-made headers: aliased (overlapping) data, a gap, and an empty tensor whose other
+        // axes overflow; each names its tensor.
+        let raw = |header: &str, data_len: usize| {
+            let mut b = (header.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(header.as_bytes());
+            b.extend(std::iter::repeat_n(0u8, data_len));
+            b
+        };
+        for (i, (header, data_len, name, what)) in [
+            (
+                r#"{"A":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"B":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                8,
+                "B",
+                "starts at byte 0",
+            ),
+            (
+                r#"{"A":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+                "A",
+                "starts at byte 4",
+            ),
+            (
+                r#"{"Z":{"dtype":"F32","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}}"#,
+                0,
+                "Z",
+                "overflows",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = dir.join(format!("layout{i}.safetensors"));
+            std::fs::write(&path, raw(header, data_len)).unwrap();
+            let msg = load(&path).err().unwrap().to_string();
+            assert!(
+                msg.contains(&format!("`{name}`")) && msg.contains(what),
+                "{msg}"
+            );
+        }
         // No metadata: not a checkpoint (an lrnnx state dict needs import_lrnnx).
         let path = dir.join("nometa.safetensors");
         write_raw(&path, &good, HashMap::new());

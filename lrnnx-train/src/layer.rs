@@ -190,6 +190,20 @@ pub(crate) fn usize_arg(kwargs: &Value, name: &str) -> std::result::Result<usize
         .ok_or_else(|| BuildError::Kwarg(format!("`{name}`: expected a non-negative integer")))
 }
 
+/// Largest size a constructor argument may give one axis (2^31): products of two axes and sums
+/// of a few then fit a `usize`, whatever a checkpoint's metadata says.
+pub(crate) const MAX_AXIS: usize = 1 << 31;
+
+/// Refuses sizes past [`MAX_AXIS`], naming the argument.
+pub(crate) fn axes_fit(sizes: &[(&str, usize)]) -> std::result::Result<(), BuildError> {
+    match sizes.iter().find(|(_, v)| *v > MAX_AXIS) {
+        Some((name, v)) => Err(BuildError::Kwarg(format!(
+            "`{name}` = {v} is past the largest axis size {MAX_AXIS}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Reads a string argument (empty when absent).
 pub(crate) fn str_arg<'v>(kwargs: &'v Value, name: &str) -> &'v str {
     kwargs.get(name).and_then(Value::as_str).unwrap_or("")
@@ -252,6 +266,34 @@ mod tests {
             .iter()
             .map(|s| s.flatten_all().unwrap().to_vec1::<f32>().unwrap())
             .collect()
+    }
+
+    /// Constructor arguments (a checkpoint's metadata) whose sizes would overflow the shape
+    /// arithmetic are refused with an error naming the argument, before any parameter is read.
+    #[test]
+    fn oversized_constructor_arguments_are_refused() {
+        let refused = |class: &str, kw: serde_json::Value, name: &str| {
+            let e = super::build(class, &kw, crate::Params::new())
+                .err()
+                .unwrap_or_else(|| panic!("{class} {kw} was accepted"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains(name) && msg.contains("largest axis"),
+                "{class}: {msg}"
+            );
+        };
+        let mamba = "lrnnx.models.ltv.mamba.Mamba";
+        refused(mamba, json!({"d_model": 4, "expand": 1e300}), "d_inner");
+        refused(
+            mamba,
+            json!({"d_model": 4, "d_state": 1u64 << 62}),
+            "d_state",
+        );
+        refused(
+            "lrnnx.models.lti.centaurus.CentaurusPWNeck",
+            json!({"d_model": 4, "d_state": 1u64 << 32, "sub_state_dim": 1u64 << 32}),
+            "d_state",
+        );
     }
 
     /// Every refusal of `step` is an error naming the problem, and leaves the cache as it was.

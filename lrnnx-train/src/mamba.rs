@@ -159,6 +159,13 @@ impl Mamba {
                 return Err(BuildError::Kwarg(format!("`{name}` must be positive")));
             }
         }
+        crate::layer::axes_fit(&[
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("d_conv", d_conv),
+            ("d_inner (expand · d_model)", d_inner),
+            ("dt_rank", dt_rank),
+        ])?;
         let layer = Mamba {
             d_model,
             d_state,

@@ -162,6 +162,13 @@ pub fn simplified_scan(
         c,
         delta_a,
     } = inputs;
+    // The row offsets below are products of these sizes; with L = 0 the buffer lengths are 0
+    // whatever the other sizes, so the products are checked with L at least 1.
+    let l1 = len.max(1);
+    crate::error::check_sizes(
+        sum_of_products(&[&[batch, h, l1, 2], &[batch, p, l1, 2], &[p, h, 2]]),
+        0,
+    )?;
     check_len(
         "u (b, H, L, 2)",
         sum_of_products(&[&[batch, h, len, 2]]),

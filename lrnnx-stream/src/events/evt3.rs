@@ -59,19 +59,32 @@ pub struct Header {
 
 impl Header {
     /// Reads the header lines at the start of `bytes` (none if it does not start with `%`):
-    /// lines starting with `%`, up to and including `% end`.
+    /// lines starting with `%`, up to and including `% end`. A header line is printable ASCII
+    /// (tabs and `\r` allowed) up to its `\n`: a `%` followed by other bytes before a line end
+    /// is a data word whose low byte happens to be `0x25` (e.g. an EVT_TIME_HIGH `0x8025` of a
+    /// headerless stream), where the data starts. Printable text running to the end of the
+    /// bytes is a header cut off (an error).
     pub fn parse(bytes: &[u8]) -> Result<Header, EventError> {
         let mut h = Header::default();
         let mut pos = 0;
         while bytes.get(pos) == Some(&b'%') {
-            let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-                return Err(EventError::Truncated {
-                    format: Format::Evt3,
-                    what: "header line (no line end)".into(),
-                    offset: pos as u64,
-                    needed: (bytes.len() - pos + 1) as u64,
-                    available: (bytes.len() - pos) as u64,
-                });
+            let rest = &bytes[pos..];
+            let text = rest
+                .iter()
+                .position(|&b| !(b == b'\t' || b == b'\r' || (0x20..0x7f).contains(&b)))
+                .unwrap_or(rest.len());
+            let nl = match rest.get(text) {
+                Some(b'\n') => text,
+                Some(_) => break,
+                None => {
+                    return Err(EventError::Truncated {
+                        format: Format::Evt3,
+                        what: "header line (no line end)".into(),
+                        offset: pos as u64,
+                        needed: (bytes.len() - pos + 1) as u64,
+                        available: (bytes.len() - pos) as u64,
+                    })
+                }
             };
             let raw = &bytes[pos + 1..pos + nl];
             let line = std::str::from_utf8(raw)
@@ -682,5 +695,23 @@ mod tests {
             Format::Evt3
         );
         assert!(super::super::detect(b"\x00\x80", "rec.bin").is_err());
+        // A headerless stream whose first word's low byte is '%' (EVT_TIME_HIGH 0x8025): no
+        // header, the same events as the stream starting 0x8024.
+        for first in [0x25u8, 0x24] {
+            let words = [first, 0x80, 0, 0, 0x01, 0x20];
+            let h = Header::parse(&words).unwrap();
+            assert_eq!((h.data_start, h.lines.len()), (0, 0));
+            assert_eq!(
+                super::super::detect(&words, "rec.raw").unwrap(),
+                Format::Evt3
+            );
+            let events = decode(&words, &Evt3Options::default()).unwrap().events;
+            assert_eq!(events.len(), 1, "{first:#x}");
+        }
+        // printable text to the end: a header cut off
+        assert!(matches!(
+            Header::parse(b"% evt 3.0\n% format EVT3"),
+            Err(EventError::Truncated { .. })
+        ));
     }
 }

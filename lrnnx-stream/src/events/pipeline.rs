@@ -81,11 +81,15 @@ impl Default for EventTiming {
 }
 
 impl EventTiming {
-    /// Checks the settings: a positive finite unit, `0 < min_dt ≤ max_dt < ∞`.
+    /// Checks the settings: a positive finite unit whose inverse is finite too (a subnormal
+    /// unit would make `1 / unit` infinite and a zero gap `0·∞ = NaN`), `0 < min_dt ≤ max_dt < ∞`.
     pub fn validate(&self) -> Result<(), EventError> {
-        if !(self.time_unit_us.is_finite() && self.time_unit_us > 0.0) {
+        if !(self.time_unit_us.is_finite()
+            && self.time_unit_us > 0.0
+            && self.per_unit().is_finite())
+        {
             return Err(EventError::Config(format!(
-                "time_unit_us = {} must be positive and finite",
+                "time_unit_us = {} must be positive and finite, with a finite inverse",
                 self.time_unit_us
             )));
         }
@@ -299,6 +303,11 @@ impl<'l, L: EventLayer + ?Sized> EventPipeline<'l, L> {
         timing: EventTiming,
     ) -> Result<Self, EventError> {
         timing.validate()?;
+        if layer.d_output() == 0 {
+            return Err(EventError::Config(
+                "the layer has no outputs (d_output 0)".into(),
+            ));
+        }
         let encoder = EventEncoder::new(width, height, layer.d_input())?;
         Ok(EventPipeline {
             layer,
@@ -575,6 +584,11 @@ mod tests {
             },
             EventTiming {
                 time_unit_us: f64::NAN,
+                ..base
+            },
+            // subnormal: 1 / unit is infinite
+            EventTiming {
+                time_unit_us: 1e-310,
                 ..base
             },
             EventTiming {
