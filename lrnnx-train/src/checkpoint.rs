@@ -268,7 +268,18 @@ impl Checkpoint {
             path: path.to_owned(),
             source,
         };
-        std::fs::write(&tmp, bytes).map_err(io)?;
+        // written in full and flushed to the disk before it replaces `path`; on any error the
+        // partial file is removed and `path` is untouched
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         std::fs::rename(&tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             io(e)
@@ -1023,6 +1034,22 @@ mod tests {
         p.insert("kernel.C", &tensor(&[1, 8, 4, 2], 3)).unwrap();
         let e = Checkpoint::new("S4D", &kw, p).err().unwrap();
         assert!(e.to_string().contains("`kernel.C`"), "{e}");
+        // A failed save leaves neither a partial file nor a changed target: into a missing
+        // directory, and onto a directory (the rename fails after the write).
+        let ckpt = Checkpoint::new(S5, &s5_kwargs(), s5_params()).unwrap();
+        let missing = dir.join("absent").join("x.safetensors");
+        assert!(matches!(
+            ckpt.save(&missing),
+            Err(CheckpointError::Io { .. })
+        ));
+        assert!(!dir.join("absent").exists());
+        let target = dir.join("taken");
+        std::fs::create_dir(&target).unwrap();
+        assert!(matches!(
+            ckpt.save(&target),
+            Err(CheckpointError::Io { .. })
+        ));
+        assert!(target.is_dir() && !dir.join("taken.partial").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
