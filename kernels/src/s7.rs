@@ -143,6 +143,7 @@ impl S7Scan {
         let rows = match rows {
             Some(r)
                 if r <= i32::MAX as usize
+                    && h <= i32::MAX as usize
                     && r.checked_mul(n)
                         .and_then(|x| x.checked_mul(h))
                         .is_some_and(|x| x <= u32::MAX as usize) =>
