@@ -233,43 +233,33 @@ fn scans_reject_overflowing_dims() {
         rglru_scan(dims, &[], &[], &[], &mut [], &mut []).is_err()
     });
     assert_eq!(r.ok(), Some(true), "rglru_scan");
-    let r = catch_unwind(|| {
-        let dims = SimplifiedScanDims {
-            batch: 2,
-            d_model: 1,
-            d_state: huge,
-            len: 1,
-        };
-        let inputs = SimplifiedScanInputs {
-            u: &[0.0; 4],
-            delta: &[],
-            a: &[],
-            b: &[],
-            c: &[],
-            delta_a: None,
-        };
-        simplified_scan(dims, Discretization::Zoh, inputs, &mut [0.0; 4], &mut []).is_err()
-    });
-    assert_eq!(r.ok(), Some(true), "simplified_scan");
-    // L = 0 makes every buffer empty whatever the other sizes: the row offsets still overflow
-    let r = catch_unwind(|| {
-        let dims = SimplifiedScanDims {
-            batch: 2,
-            d_model: huge,
-            d_state: 0,
-            len: 0,
-        };
-        let inputs = SimplifiedScanInputs {
-            u: &[],
-            delta: &[],
-            a: &[],
-            b: &[],
-            c: &[],
-            delta_a: None,
-        };
-        simplified_scan(dims, Discretization::Zoh, inputs, &mut [], &mut []).is_err()
-    });
-    assert_eq!(r.ok(), Some(true), "simplified_scan, L = 0");
+    // a huge state; and L = 0, which makes every buffer empty whatever the other sizes while
+    // the row offsets still overflow
+    for (what, d_model, d_state, len, io) in [
+        ("simplified_scan", 1, huge, 1, 4),
+        ("simplified_scan, L = 0", huge, 0, 0, 0),
+    ] {
+        let r = catch_unwind(|| {
+            let dims = SimplifiedScanDims {
+                batch: 2,
+                d_model,
+                d_state,
+                len,
+            };
+            let u = vec![0.0f32; io];
+            let inputs = SimplifiedScanInputs {
+                u: &u,
+                delta: &[],
+                a: &[],
+                b: &[],
+                c: &[],
+                delta_a: None,
+            };
+            let mut out = vec![0.0f32; io];
+            simplified_scan(dims, Discretization::Zoh, inputs, &mut out, &mut []).is_err()
+        });
+        assert_eq!(r.ok(), Some(true), "{what}");
+    }
 }
 
 /// A huge but finite event time step never produces NaN: the state decays to its limit.
