@@ -17,9 +17,10 @@
 //! have (an extra key) are all refused with a [`CheckpointError`] that names the tensor.
 //! Keys lrnnx's state dicts carry that the layer legitimately does not read are accepted:
 //! the `layer.kernel.X` aliases of S4/S4D (the same storage as the top-level `X`; skipped),
-//! S4's `layer.kernel.l_kernel` buffer (an integer in lrnnx; kept, as F32) and Mamba's
-//! `dtA_proj.weight` (a parameter lrnnx never uses; kept, so a saved checkpoint is still a
-//! complete lrnnx state dict).
+//! S4's `layer.kernel.l_kernel` buffer (an integer in lrnnx; read by S4, kept as F32) and
+//! Mamba's `dtA_proj.weight` (a parameter lrnnx never uses; kept, so a saved checkpoint is still
+//! a complete lrnnx state dict, and checked to have the shape lrnnx gives it, that of
+//! `dt_proj.weight`).
 //!
 //! Which keys a layer reads is found by building it: a key is extra when the layer still builds
 //! without it. So the check follows every layer's constructor (including optional tensors such
@@ -323,9 +324,9 @@ fn is_s4(class: &str) -> bool {
     )
 }
 
-/// Whether `key` is an lrnnx key that the layer of `class` may not read but that is kept
-/// (Mamba's `dtA_proj.weight`; S4's `layer.kernel.l_kernel` buffer, when the layer does not
-/// read it; the same keys of a bidirectional layer's directions, under `fwd.` / `bwd.`.)
+/// Whether `key` is an lrnnx key that the layer of `class` does not read but that is kept
+/// (Mamba's `dtA_proj.weight`; the same key of a bidirectional layer's directions, under
+/// `fwd.` / `bwd.`). S4 reads its `layer.kernel.l_kernel`; S4D has none.
 fn kept_unused(class: &str, kwargs: &Value, key: &str) -> bool {
     if class == crate::bidirectional::CLASS {
         let inner = kwargs.get("layer");
@@ -341,12 +342,42 @@ fn kept_unused(class: &str, kwargs: &Value, key: &str) -> bool {
             _ => false,
         };
     }
-    (matches!(class, "lrnnx.models.ltv.mamba.Mamba" | "Mamba") && key == "dtA_proj.weight")
-        || (is_s4(class) && key == L_KERNEL)
+    matches!(class, "lrnnx.models.ltv.mamba.Mamba" | "Mamba") && key == DTA_WEIGHT
 }
 
 /// S4's kernel-length buffer (an integer in lrnnx's state dict).
 const L_KERNEL: &str = "layer.kernel.l_kernel";
+
+/// Mamba's kept (unused) dt-projection weight of the input projection for `ΔA`.
+const DTA_WEIGHT: &str = "dtA_proj.weight";
+/// The dt projection whose shape `dtA_proj.weight` repeats in lrnnx: `(d_inner, dt_rank)`.
+const DT_WEIGHT: &str = "dt_proj.weight";
+
+/// Checks a kept key the layer does not read (see [`kept_unused`]) as lrnnx would have written
+/// it, so that the file stays a loadable lrnnx state dict: `dtA_proj.weight` has the shape of its
+/// `dt_proj.weight` sibling.
+fn check_kept(name: &str, params: &Params) -> Result<()> {
+    let vars = params.vars();
+    let tensor = vars[name].as_tensor();
+    let bad = |reason: String| CheckpointError::Tensor {
+        name: name.to_owned(),
+        reason,
+    };
+    if let Some(prefix) = name.strip_suffix(DTA_WEIGHT) {
+        let sibling = format!("{prefix}{DT_WEIGHT}");
+        // The layer built, so its dt projection is there; compare only when it is.
+        if let Some(dt) = vars.get(&sibling) {
+            if dt.dims() != tensor.dims() {
+                return Err(bad(format!(
+                    "shape {:?}, expected {:?} (the shape of `{sibling}`, as in lrnnx)",
+                    tensor.dims(),
+                    dt.dims()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Builds the layer to check `params` (missing and mis-shaped tensors, constructor arguments),
 /// then checks that every tensor is needed: the layer must fail to build without it.
@@ -354,6 +385,7 @@ fn check_exact(class: &str, kwargs: &Value, params: &Params) -> Result<()> {
     build(class, kwargs, params.clone())?;
     for name in params.vars().keys() {
         if kept_unused(class, kwargs, name) {
+            check_kept(name, params)?;
             continue;
         }
         let mut without = Params::new();
@@ -1005,6 +1037,70 @@ mod tests {
             Err(CheckpointError::Io { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Mamba's `dtA_proj.weight`, kept without being read, must have its `dt_proj.weight`'s
+    /// shape; S4's `layer.kernel.l_kernel` must be one non-negative integer and S4D's is extra;
+    /// each refusal names the tensor.
+    #[test]
+    fn kept_keys_are_checked() {
+        let golden_params = |case: &str| {
+            let bytes = std::fs::read(golden(case)).unwrap();
+            let file = RawFile::parse(&bytes).unwrap();
+            let config: Value = serde_json::from_str(&file.metadata["config"]).unwrap();
+            let class = config["class"].as_str().unwrap().to_owned();
+            let kwargs = config["ctor_kwargs"].clone();
+            let params = file.params("param.", &class).unwrap();
+            (class, kwargs, params)
+        };
+        let refused = |class: &str, kwargs: &Value, p: Params, name: &str, what: &str| {
+            let e = Checkpoint::new(class, kwargs, p).err().unwrap();
+            assert!(matches!(e, CheckpointError::Tensor { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("`{name}`")) && msg.contains(what),
+                "{msg}"
+            );
+        };
+
+        let (class, kwargs, params) = golden_params("mamba_zoh_event");
+        Checkpoint::new(&class, &kwargs, params.clone()).unwrap();
+        let dims = params.vars()[DTA_WEIGHT].dims().to_vec();
+        let mut p = params.clone();
+        p.insert(DTA_WEIGHT, &tensor(&[dims[0], dims[1] + 1], 7))
+            .unwrap();
+        refused(&class, &kwargs, p, DTA_WEIGHT, "dt_proj.weight");
+        let mut p = params.clone();
+        p.insert(DTA_WEIGHT, &tensor(&[dims[0] * dims[1]], 7))
+            .unwrap();
+        refused(&class, &kwargs, p, DTA_WEIGHT, "shape");
+
+        // S4 reads its `l_kernel` (one non-negative integer); S4D has none, so it is extra.
+        let (class, kwargs, params) = golden_params("s4");
+        Checkpoint::new(&class, &kwargs, params.clone()).unwrap();
+        for (value, shape, what) in [
+            (vec![1.5f32], vec![1], "non-negative integer"),
+            (vec![-1.0], vec![], "non-negative integer"),
+            (vec![0.0, 0.0], vec![2], "shape"),
+        ] {
+            let mut p = params.clone();
+            let t = Tensor::from_vec(value, shape, &Device::Cpu).unwrap();
+            p.insert(L_KERNEL, &t).unwrap();
+            let msg = Checkpoint::new(&class, &kwargs, p)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                msg.contains(&format!("`{L_KERNEL}`")) && msg.contains(what),
+                "{msg}"
+            );
+        }
+        let (class, kwargs, mut params) = golden_params("s4d_zoh");
+        params
+            .insert(L_KERNEL, &Tensor::new(&[0f32], &Device::Cpu).unwrap())
+            .unwrap();
+        let e = Checkpoint::new(&class, &kwargs, params).err().unwrap();
+        assert!(matches!(e, CheckpointError::Extra { .. }), "{e}");
     }
 
     /// Saving refuses parameters that do not rebuild the layer, naming the tensor.
