@@ -25,8 +25,15 @@ for f in "$W"/lib/*.so.*; do
 done
 # libcuda.so comes with the driver, which this machine lacks: link against a stub with the same
 # symbols and soname; the real library is loaded on the GPU machine.
-reg=$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-0.* 2>/dev/null | sort -V | tail -n1 || true)
-if [[ -z $reg ]]; then echo "cuda-toolchain: fetch cudarc first (cargo fetch in a crate that uses it)" >&2; exit 1; fi
+# The driver API's symbols are read from cudarc's sources: the version Cargo.lock pins (any
+# version where there is no lock file), from cargo's registry (`cargo fetch` downloads it).
+lock=$(dirname "$0")/../Cargo.lock
+ver=$(grep -A1 '^name = "cudarc"$' "$lock" 2>/dev/null | sed -n 's/^version = "\(.*\)"$/\1/p' || true)
+reg=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-"${ver:-0.*}" 2>/dev/null | sort -V | tail -n1 || true)
+if [[ -z $reg ]]; then
+  echo "cuda-toolchain: cudarc ${ver:-0.x} is not in ${CARGO_HOME:-$HOME/.cargo}/registry (run cargo fetch first)" >&2
+  exit 1
+fi
 grep -ho 'pub fn cu[A-Za-z0-9_]*\|pub unsafe fn cu[A-Za-z0-9_]*' "$reg"/src/driver/sys/*.rs \
   | sed 's/.* fn //' | sort -u | sed 's/.*/void &(void){}/' > "$R/cuda_stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$R/lib/libcuda.so" "$R/cuda_stub.c"

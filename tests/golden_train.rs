@@ -1,38 +1,59 @@
-//! Gradients equal lrnnx's: for each case the training crate covers, its parallel forward
-//! reproduces `output.y` and back-propagating `loss = Σ y ⊙ input.g` reproduces every
-//! `grad.<key>` of the case (parameters and `x`) to 1e-4 relative.
+//! Gradients equal lrnnx's: for every module case of the golden set (29: every lrnnx class and
+//! discretization, event modes included) the training crate's parallel forward reproduces
+//! `output.y` (`train:y`), and back-propagating `loss = Σ y ⊙ input.g` reproduces every
+//! `grad.<key>` the case holds (parameters, `x`, event time steps: `train:grad.<key>`) to 1e-4
+//! relative; for the language-model case, `train:logits`. A case the training crate does not
+//! build, or a gradient it does not report, fails. (The op cases: `tests/golden_train_ops.rs`.)
 
 use std::path::Path;
 
-use lrnnx::golden::{check_file, Outcome};
-
-/// Cases covered so far, with the gradients each must report.
-const CASES: &[(&str, &[&str])] = &[
-    ("s5_lti_zoh", &["A", "B", "C", "D", "log_dt", "x"]),
-    ("s5_lti_bilinear", &["A", "B", "C", "D", "log_dt", "x"]),
-    ("s5_lti_dirac", &["A", "B", "C", "D", "log_dt", "x"]),
-    (
-        "s5_lti_no_discretization",
-        &["A", "B", "C", "D", "log_dt", "x"],
-    ),
-];
+use lrnnx::golden::{case_files, check_file, Case, Outcome};
 
 #[test]
 fn training_forward_and_gradients_match_lrnnx() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/lrnnx-golden");
-    for (case, grads) in CASES {
-        let lines = check_file(&dir.join(format!("{case}.safetensors")));
-        let mut wanted: Vec<String> = vec!["train:y".into()];
-        wanted.extend(grads.iter().map(|g| format!("train:grad.{g}")));
+    let (mut modules, mut lms, mut grads) = (0, 0, 0);
+    for path in case_files(&dir).unwrap() {
+        let case = Case::load(&path).unwrap();
+        let mut wanted: Vec<String> = match case.kind() {
+            "module" => {
+                modules += 1;
+                vec!["train:y".into()]
+            }
+            "lm" => {
+                lms += 1;
+                vec!["train:logits".into()]
+            }
+            _ => continue,
+        };
+        let case_grads: Vec<String> = case
+            .file
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix("grad."))
+            .map(|g| format!("train:grad.{g}"))
+            .collect();
+        if case.kind() == "module" {
+            assert!(!case_grads.is_empty(), "{}: no gradients", case.name);
+        }
+        grads += case_grads.len();
+        wanted.extend(case_grads);
+        let lines = check_file(&path);
         for w in &wanted {
             let line = lines
                 .iter()
                 .find(|l| &l.implementation == w)
-                .unwrap_or_else(|| panic!("{case}: no `{w}` line"));
+                .unwrap_or_else(|| panic!("{}: no `{w}` line", case.name));
             match &line.outcome {
                 Outcome::Compared(c) => assert!(c.ok, "{line}"),
-                other => panic!("{case} {w}: {other:?}"),
+                other => panic!("{} {w}: {other:?}", case.name),
             }
         }
     }
+    assert_eq!(
+        (modules, lms),
+        (29, 1),
+        "the golden set's module and lm cases"
+    );
+    println!("{modules} module cases and {lms} lm case, {grads} gradients compared");
 }

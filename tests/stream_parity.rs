@@ -24,6 +24,22 @@ use serde_json::Value;
 const LEN: usize = 4096;
 const REL_TOL: f64 = 1e-4;
 
+/// `max|a − b|` over the pairs, infinite when any difference is NaN or the lengths differ (so a
+/// NaN on either side fails every bound).
+fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter().zip(b).fold(0f64, |m, (x, y)| {
+        let d = (*x as f64 - *y as f64).abs();
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(d)
+        }
+    })
+}
+
 const CASES: &[&str] = &[
     "s4",
     "s4d_zoh",
@@ -121,10 +137,7 @@ fn processor_equals_parallel_forward_for_every_layer_kind() {
             }
         }
         let scale = want.iter().fold(0f64, |m, v| m.max((*v as f64).abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+        let err = max_diff(&got, &want);
         println!("{name:28} max|y| {scale:9.3e}  max|diff| {err:9.3e}");
         assert!(
             err <= REL_TOL * scale + 1e-6,
@@ -197,12 +210,11 @@ fn multirate_denoisers_stream_like_the_parallel_forward() {
             k += 1;
         }
         assert_eq!(by_block, by_sample, "{name}: blocks differ from samples");
-        let worst = by_sample
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(&by_sample, &want);
         println!("{name}: max|y|={scale:.3e} max|diff|={worst:.3e}");
-        assert!(worst <= 1e-5 * scale + 1e-6, "{name}: {worst} vs {scale}");
+        assert!(
+            worst <= 1e-5 * scale as f64 + 1e-6,
+            "{name}: {worst} vs {scale}"
+        );
     }
 }

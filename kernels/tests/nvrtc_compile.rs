@@ -1,6 +1,7 @@
 //! Compiles every kernel variant the launch API can select with NVRTC for sm_90, on a machine
 //! without a GPU: a kernel that does not compile is caught here. Skips (with the reason printed)
-//! when `libnvrtc` cannot be loaded (see `.ci/run` for how CI installs it).
+//! when `libnvrtc` cannot be loaded, or fails with `LRNNX_REQUIRE_NVRTC=1` (set by `.ci/run`, which
+//! installs it).
 #![cfg(feature = "cuda")]
 
 use lrnnx_kernels::cuda::{compile, nvrtc_available};
@@ -8,10 +9,25 @@ use lrnnx_kernels::{
     Pass, Rule, ScanMode, ScanSpec, Tiling, BENCH_TILINGS, SELECTIVE_SCAN_KERNELS,
 };
 
+/// True (after printing why) when libnvrtc cannot be loaded, so the test skips; with
+/// `LRNNX_REQUIRE_NVRTC=1` (as in CI, which installs it) a missing libnvrtc fails instead.
+fn no_nvrtc() -> bool {
+    if nvrtc_available() {
+        return false;
+    }
+    let why = "libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder, see \
+               scripts/cuda-toolchain.sh)";
+    assert!(
+        std::env::var("LRNNX_REQUIRE_NVRTC").as_deref() != Ok("1"),
+        "LRNNX_REQUIRE_NVRTC=1 but {why}"
+    );
+    println!("SKIPPED: {why}");
+    true
+}
+
 #[test]
 fn every_variant_compiles_for_sm90() {
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     let mut n = 0;
@@ -112,8 +128,7 @@ fn every_variant_compiles_for_sm90() {
 
 #[test]
 fn s7_projections_compile_for_sm90() {
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     let opts = cudarc::nvrtc::CompileOptions {
@@ -131,8 +146,7 @@ fn s7_projections_compile_for_sm90() {
 
 #[test]
 fn linear_scan_variants_compile_for_sm90() {
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     for complex in [false, true] {
@@ -155,8 +169,7 @@ fn simplified_scan_variants_compile_for_sm90() {
     use lrnnx_kernels::simplified::{
         compile, SimplifiedSpec, SimplifiedTiling, SIMPLIFIED_RULES, SIMPLIFIED_SCAN_KERNELS,
     };
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     // every rule with and without deltaA (one module holds the forward, the backward and the
@@ -205,8 +218,7 @@ fn simplified_scan_variants_compile_for_sm90() {
 
 #[test]
 fn causal_conv_compiles_for_sm90() {
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     for outputs in lrnnx_kernels::conv::OUTPUTS_PER_THREAD {
@@ -226,8 +238,7 @@ fn causal_conv_compiles_for_sm90() {
 
 #[test]
 fn pointwise_and_vandermonde_kernels_compile_for_sm90() {
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     let ptx = lrnnx_kernels::pointwise::compile().unwrap().to_src();
@@ -242,8 +253,7 @@ fn pointwise_and_vandermonde_kernels_compile_for_sm90() {
 
 #[test]
 fn solve_kernels_compile_for_sm90() {
-    if !nvrtc_available() {
-        println!("SKIPPED: libnvrtc not found (set LD_LIBRARY_PATH to a CUDA 13 lib folder)");
+    if no_nvrtc() {
         return;
     }
     let ptx = lrnnx_kernels::solve::compile().unwrap().to_src();

@@ -228,8 +228,12 @@ mod tests {
     }
 
     /// Relative error of `got` against the `f64` reference `want`.
+    /// `|got − want| / |want|` (`|got|` where `want` is 0); infinite when either is NaN, so a
+    /// NaN fails every bound even through `f64::max`.
     fn rel(got: f32, want: f64) -> f64 {
-        if want == 0.0 {
+        if got.is_nan() || want.is_nan() {
+            f64::INFINITY
+        } else if want == 0.0 {
             (got as f64).abs()
         } else {
             ((got as f64 - want) / want).abs()

@@ -608,13 +608,19 @@ mod tests {
             .collect()
     }
 
+    /// `max|a − b|`, infinite when any difference is NaN.
     fn worst(a: &Tensor, b: &Tensor) -> f64 {
         let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
         assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(&b)
-            .fold(0.0, |m: f64, (x, y)| m.max((x - y).abs()))
+        a.iter().zip(&b).fold(0.0, |m: f64, (x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                m.max(d)
+            }
+        })
     }
 
     /// `f(x)` and `∂(Σ f(x)·w)/∂x` of `f` at `x`.

@@ -496,12 +496,30 @@ mod tests {
         }
     }
 
+    /// The time-invariant (shared, `(N,)`) real decay: the forward against the naive
+    /// recurrence, the gradients of `a` and of every element of `u` against central finite
+    /// differences in f64.
     #[test]
     fn real_scan_gradients_match_finite_differences_with_broadcast_decay() {
         let (b, l, n) = (2, 7, 3);
         let a = Var::from_tensor(&rand(&[n], 30, -0.9, 0.9)).unwrap();
         let u = Var::from_tensor(&rand(&[b, l, n], 31, -1.0, 1.0)).unwrap();
         let w = rand(&[b, l, n], 32, -1.0, 1.0);
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let a_full = v(&a
+            .as_tensor()
+            .broadcast_as((b, l, n))
+            .unwrap()
+            .contiguous()
+            .unwrap());
+        let zeros = vec![0.0; b * l * n];
+        let (want, want_im) = naive(&a_full, &zeros, &v(u.as_tensor()), &zeros, b, l, n);
+        assert!(want_im.iter().all(|&x| x == 0.0));
+        let got = v(&real_scan(a.as_tensor(), u.as_tensor()).unwrap());
+        assert_eq!(got.len(), want.len());
+        for (x, y) in got.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-12, "forward {x} vs naive {y}");
+        }
         let loss =
             |a: &Tensor, u: &Tensor| (real_scan(a, u).unwrap() * &w).unwrap().sum_all().unwrap();
         let grads = loss(a.as_tensor(), u.as_tensor()).backward().unwrap();
@@ -523,7 +541,25 @@ mod tests {
                 ga[k]
             );
         }
-        assert_eq!(grads.get(u.as_tensor()).unwrap().dims(), &[b, l, n]);
+        let gu = v(grads.get(u.as_tensor()).unwrap());
+        let uv = v(u.as_tensor());
+        assert_eq!(gu.len(), uv.len());
+        for k in 0..uv.len() {
+            let eval = |d: f64| {
+                let mut p = uv.clone();
+                p[k] += d;
+                let t = Tensor::from_vec(p, (b, l, n), &Device::Cpu).unwrap();
+                loss(&a.as_tensor().detach(), &t)
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let fd = (eval(1e-6) - eval(-1e-6)) / 2e-6;
+            assert!(
+                (gu[k] - fd).abs() < 1e-7 * (1.0 + fd.abs()),
+                "u[{k}]: {} vs {fd}",
+                gu[k]
+            );
+        }
     }
 
     /// The time-invariant (shared, `(N,)`) complex decay: gradients of both parts against

@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn real_scan_matches_naive_for_all_rules_and_layouts() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for (case, &disc) in RULES.iter().cycle().take(12).enumerate() {
+        for (case, &disc) in RULES.iter().cycle().take(24).enumerate() {
             let u: [f32; B * D * L] = rng.fill(-1.0, 1.0);
             let delta: [f32; B * D * L] = rng.fill(-3.0, 1.0);
             let a: [f32; D * N] = rng.fill(-4.0, -0.1);
@@ -516,10 +516,11 @@ mod tests {
             let z: [f32; B * D * L] = rng.fill(-2.0, 2.0);
             let bias: [f32; D] = rng.fill(-1.0, 1.0);
             let dta: [f32; B * D * L] = rng.fill(0.05, 2.0);
-            // case % 3: 0 = variable (G = 1 view of group 0 rows), 1 = grouped, 2 = fixed B/C;
-            // deltaA on odd cases.
+            // every rule × layout × deltaA: the rule is case % 4; the layout (case / 4) % 3:
+            // 0 = variable (G = 1 view of group 0 rows), 1 = grouped, 2 = fixed B/C; deltaA in
+            // the second 12 cases.
             let layout = (case / 4) % 3;
-            let use_dta = case % 2 == 1;
+            let use_dta = case >= 12;
             let groups = if layout == 1 { G } else { 1 };
             let bvar = &bv[..B * groups * N * L];
             let cvar = &cv[..B * groups * N * L];
@@ -594,7 +595,7 @@ mod tests {
     #[test]
     fn complex_scan_matches_naive_for_all_rules() {
         let mut rng = Rng(0x1234_5678_9abc_def1);
-        for (case, &disc) in RULES.iter().cycle().take(8).enumerate() {
+        for (case, &disc) in RULES.iter().cycle().take(16).enumerate() {
             let u: [f32; B * D * L] = rng.fill(-1.0, 1.0);
             let delta: [f32; B * D * L] = rng.fill(-3.0, 1.0);
             let a_re: [f32; D * N] = rng.fill(-2.0, -0.1);
@@ -612,8 +613,9 @@ mod tests {
             let z: [f32; B * D * L] = rng.fill(-2.0, 2.0);
             let bias: [f32; D] = rng.fill(-1.0, 1.0);
             let dta: [f32; B * D * L] = rng.fill(0.05, 2.0);
-            let fixed = case >= 4;
-            let use_dta = case % 2 == 1;
+            // every rule × (time-varying, fixed B/C) × deltaA
+            let fixed = (case / 4) % 2 == 1;
+            let use_dta = case >= 8;
             let pick = |var: &[f32], fix: &[f32], b: usize, d: usize, n: usize, t: usize| {
                 if fixed {
                     Complex64::new(fix[2 * (d * N + n)] as f64, fix[2 * (d * N + n) + 1] as f64)
