@@ -167,8 +167,10 @@ fn time(dev: &Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    // `cargo bench` passes `--bench` (and libtest-style flags): only the positional sizes count.
     let args = std::env::args()
         .skip(1)
+        .filter(|a| !a.starts_with("--"))
         .map(|a| {
             a.parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(|| {
                 lrnnx_train::candle_core::Error::Msg(format!(

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run --release --example firmware_model                  # untrained quickstart denoiser
-//! cargo run --release --example quickstart -- --out quickstart-out   # trains one (~2 min)
+//! cargo run --release --example quickstart -- --out quickstart-out   # trains one (~25 s)
 //! cargo run --release --example firmware_model -- --model quickstart-out/denoiser.lrnx
 //! ```
 //!

@@ -23,7 +23,7 @@
 //! * `DENOISER`: the quickstart's denoiser. With `--model FILE` (a network blob written by
 //!   `cargo run --release --example quickstart`, e.g. `quickstart-out/denoiser.lrnx`) the
 //!   trained one; without it, the quickstart's default architecture ([`quickstart_denoiser`]:
-//!   LRU blocks, width 16, d_state 32, 2 blocks) with its seeded initialization, untrained. The
+//!   a frame codec of 32 samples, 64 channels, an LRU with d_state 32, 1 block) with its seeded initialization, untrained. The
 //!   two have the same stages, sizes, footprint and cost; the untrained one needs no training
 //!   run, so CI stays fast and reproducible. Its input: 256 samples of a held-out speech clip
 //!   (`tests/data/speech/clean_11.wav`) with mixed noise at 0 dB ([`noisy_speech`]).
@@ -143,7 +143,7 @@ pub fn noisy_speech(
         clean.len(),
         audio.sample_rate as f64,
         &mut Rng::new(1234),
-    );
+    )?;
     let noisy = mix_at_snr(&clean, &n, 0.0)?;
     Ok(noisy[offset..offset + samples].to_vec())
 }

@@ -62,14 +62,16 @@ fn stepping_every_core_layer_allocates_nothing() {
 }
 
 /// lrnnx-stream's `process`, `process_block` and `process_event` allocate nothing, on an
-/// exported network holding an LTI layer, an event layer and every pointwise stage kind.
+/// exported network holding an LTI layer (LRU), an event layer (Mamba) and every single-rate
+/// stage kind (dense, activation, GLU, LayerNorm, RMSNorm, residual, gate); the rate changes
+/// are in `multi_rate_denoisers_stream_without_allocating` below.
 #[test]
 fn stream_processing_allocates_nothing() {
     use lrnnx::export_network::export_network;
     use lrnnx::stream::Processor;
     use lrnnx::train::candle_core::Device;
     use lrnnx::train::denoiser::causal_denoiser;
-    use lrnnx::train::network::{Activation, Network, StageSpec};
+    use lrnnx::train::network::{Activation, Network, NormKind, StageSpec};
     use serde_json::json;
 
     let mut spec = causal_denoiser(
@@ -86,6 +88,24 @@ fn stream_processing_allocates_nothing() {
             class: "lrnnx.models.ltv.mamba.Mamba".into(),
             kwargs: json!({"d_model": 8, "d_state": 4, "d_conv": 4, "expand": 2}),
         },
+    );
+    let last = spec.len() - 2;
+    spec.splice(
+        last..last,
+        [
+            StageSpec::ResidualBegin,
+            StageSpec::Norm {
+                kind: NormKind::LayerNorm,
+                d: 8,
+                eps: 1e-5,
+            },
+            StageSpec::Norm {
+                kind: NormKind::RmsNorm,
+                d: 8,
+                eps: 1e-5,
+            },
+            StageSpec::GateEnd,
+        ],
     );
     let net = Network::new(&spec, 1, 3, &Device::Cpu).unwrap();
     let core = export_network(&net).unwrap();
@@ -106,6 +126,46 @@ fn stream_processing_allocates_nothing() {
     }
     p.reset();
     assert_eq!(allocations(), before, "stream processing allocated");
+}
+
+/// The multi-rate denoisers (the quickstart's frame codec and the U-Net: downsample and
+/// upsample stages, frames cut anywhere by the blocks) stream without allocating.
+#[test]
+fn multi_rate_denoisers_stream_without_allocating() {
+    use lrnnx::export_network::export_network;
+    use lrnnx::stream::Processor;
+    use lrnnx::train::candle_core::Device;
+    use lrnnx::train::denoiser::{
+        quickstart_denoiser, quickstart_lru_kwargs, unet_denoiser, QuickstartSizes,
+    };
+    use lrnnx::train::network::Network;
+
+    let codec = quickstart_denoiser(&QuickstartSizes {
+        frame: 8,
+        channels: 8,
+        state: 4,
+        blocks: 1,
+    })
+    .0;
+    let unet = unet_denoiser(&[4, 2], 4, &|w| quickstart_lru_kwargs(w, 4));
+    let input: Vec<f32> = (0..700).map(|t| (t as f32 * 0.07).sin()).collect();
+    for (name, spec) in [("codec", codec), ("unet", unet)] {
+        let net = Network::new(&spec, 1, 4, &Device::Cpu).unwrap();
+        let core = export_network(&net).unwrap();
+        let mut p = Processor::new(&core);
+        let mut output = vec![0.0f32; input.len()];
+        let before = allocations();
+        for (x, y) in input.iter().zip(output.iter_mut()) {
+            p.process(std::slice::from_ref(x), std::slice::from_mut(y))
+                .unwrap();
+        }
+        for (x, y) in input.chunks(33).zip(output.chunks_mut(33)) {
+            p.process_block(x, y).unwrap();
+        }
+        p.reset();
+        assert_eq!(allocations(), before, "{name}: stream processing allocated");
+        assert!(output.iter().any(|v| *v != 0.0), "{name}: no output");
+    }
 }
 
 /// The core language model's `step` and `generate` (greedy and top-k sampling) allocate

@@ -132,9 +132,16 @@ fn bad_input_loses_nothing_and_save_restore_reset_are_exact() {
     p.process_block(&signal, &mut a).unwrap();
     fresh.process_block(&signal, &mut b).unwrap();
     assert_eq!(a, b);
-    // And a zero or negative event time step is refused.
-    assert!(matches!(
-        p.process_event(&[0.0], 0.0, &mut [0.0]),
-        Err(StreamError::Core(_))
-    ));
+    // And a zero, negative or NaN event time step is refused, naming the value, and leaves
+    // the state as it was.
+    let before = p.state().to_vec();
+    for dt in [0.0f32, -1.0, f32::NAN] {
+        match p.process_event(&[0.0], dt, &mut [0.0]) {
+            Err(StreamError::Core(lrnnx::core::Error::InvalidTimeStep { value, .. })) => {
+                assert!(value.to_bits() == dt.to_bits(), "{value} vs {dt}")
+            }
+            other => panic!("dt = {dt}: {other:?}"),
+        }
+        assert_eq!(p.state(), &before[..], "dt = {dt}: the state changed");
+    }
 }

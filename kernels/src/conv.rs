@@ -71,7 +71,7 @@ pub const FFT_COST_PER_LOG: usize = 21;
 pub const FFT_MIN_TAPS_DK: usize = 64;
 
 /// Whether [`ConvMethod::Auto`] takes the FFT for `y` / `∂u` (`grad_kernel = false`) or `∂k`:
-/// `y` / `∂u` where the direct terms `L·min(K, L)` a row cost more than
+/// `y` / `∂u` where the direct terms `L·min(K, L)` a row cost at least
 /// [`FFT_COST_PER_LOG`]`·n·log₂ n` (`n` = [`fft_len`]; about `K ≥ 550` at `L` 4096, `K ≥ 640` at
 /// 16384); `∂k` from [`FFT_MIN_TAPS_DK`] effective taps.
 pub fn fft_pays(spec: &ConvSpec, grad_kernel: bool) -> bool {

@@ -166,7 +166,9 @@ fn block<const BW: usize>(r: &[f32], s: usize) -> Option<&[f32; BW]> {
 
 /// `out += Σ_k M_kᵀ v_k` for segments `(m_k, v_k)`, each `m_k` stored with one row of
 /// `out.len()` entries per element of `v_k`: [`gemv_t_acc`] over the row-wise concatenation of
-/// the matrices and vectors, without concatenating them.
+/// the matrices and vectors, without concatenating them. Equal to that up to rounding, not
+/// bit for bit: each segment's sum is added to `out` on its own (the partial sums restart at
+/// every segment).
 #[inline]
 pub fn gemv_t_segments(out: &mut [f32], segments: &[(&[f32], &[f32])]) {
     for (m, v) in segments {

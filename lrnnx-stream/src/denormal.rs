@@ -4,7 +4,7 @@
 //! Subnormal floats (|x| < 2⁻¹²⁶ ≈ 1.2e−38) take a slow microcode path on most x86 CPUs,
 //! often 10–100× slower per operation. A linear recurrence `h ← λh` on silence decays into
 //! that range and stays there for hundreds of steps. [`FlushToZero`] sets the CPU's
-//! flush-to-zero and denormals-are-zero modes (x86/x86_64 MXCSR bits FTZ 15 and DAZ 6; AArch64
+//! flush-to-zero and denormals-are-zero modes (x86_64 MXCSR bits FTZ 15 and DAZ 6; AArch64
 //! FPCR bit FZ 24) and restores the previous mode when dropped. On other targets it does
 //! nothing, and [`flush_subnormals`] (a state floor) keeps the stored state clean instead.
 

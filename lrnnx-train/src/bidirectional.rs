@@ -812,6 +812,24 @@ mod tests {
             assert!(names.iter().any(|k| k == n), "{n}: {names:?}");
         }
         assert_eq!(net.layer_params(0).unwrap().vars().len(), 18);
+        // In f64 too: every parameter of the stage in the network's dtype, the forward in f64
+        // equal to the f32 network's (same seed) to f32 rounding.
+        let net64 = Network::with_dtype(&spec, 4, 1, &Device::Cpu, DType::F64).unwrap();
+        assert!(net64.vars().iter().all(|(_, v)| v.dtype() == DType::F64));
+        let xv: Vec<f32> = (0..20).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x32 = Tensor::from_vec(xv, (1, 5, 4), &Device::Cpu).unwrap();
+        let y32 = flat(&net.forward(&x32, None).unwrap());
+        let y64 = net64
+            .forward(&x32.to_dtype(DType::F64).unwrap(), None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(y32.len(), y64.len());
+        for (a, b) in y32.iter().zip(&y64) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
         let e = Network::new(&spec, 3, 1, &Device::Cpu)
             .err()
             .unwrap()

@@ -258,6 +258,7 @@ impl TrainLayer for Centaurus {
         consts.extend(e);
         Ok(Cache::new(
             "Centaurus",
+            self.params(),
             batch,
             z.dtype(),
             vec![z.clone(), z],
@@ -267,7 +268,14 @@ impl TrainLayer for Centaurus {
 
     /// `S ← Ā ⊙ S + B̄ x_t`, `y_t` from `Re S` (module doc).
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step("Centaurus", x_t, self.d_model, time_step, false)?;
+        cache.check_step(
+            "Centaurus",
+            self.params(),
+            x_t,
+            self.d_model,
+            time_step,
+            false,
+        )?;
         let (ar, ai, b, c, dt) = match &cache.consts[..] {
             [ar, ai, b, c, dt, ..] => (ar, ai, b, c, dt),
             _ => candle_core::bail!("Centaurus: malformed cache"),

@@ -348,6 +348,44 @@ fn kept_unused(class: &str, kwargs: &Value, key: &str) -> bool {
 /// S4's kernel-length buffer (an integer in lrnnx's state dict).
 const L_KERNEL: &str = "layer.kernel.l_kernel";
 
+/// Checks a language model's mixer parameters as [`Checkpoint::new`] checks a layer's: `params`
+/// must be exactly the parameters of `class` built with `kwargs`. S4/S4D's `layer.kernel.X`
+/// aliases of a top-level `X` (lrnnx's state dicts hold both) are checked to equal it and
+/// dropped first; returns the parameters left, ready for [`build`].
+pub(crate) fn exact_layer_params(class: &str, kwargs: &Value, params: Params) -> Result<Params> {
+    let mut kept = Params::new();
+    for (name, var) in params.vars() {
+        let alias_of = name
+            .strip_prefix("layer.kernel.")
+            .filter(|_| is_s4(class))
+            .and_then(|x| params.vars().get(x));
+        if let Some(x) = alias_of {
+            let same = x.dims() == var.dims()
+                && x.as_tensor()
+                    .to_dtype(DType::F64)?
+                    .flatten_all()?
+                    .to_vec1::<f64>()?
+                    == var
+                        .as_tensor()
+                        .to_dtype(DType::F64)?
+                        .flatten_all()?
+                        .to_vec1::<f64>()?;
+            if !same {
+                return Err(CheckpointError::Tensor {
+                    name: name.clone(),
+                    reason: "differs from the tensor it aliases (lrnnx stores S4's kernel \
+                             parameters twice, as one storage)"
+                        .into(),
+                });
+            }
+            continue;
+        }
+        kept.insert(name, var.as_tensor())?;
+    }
+    check_exact(class, kwargs, &kept)?;
+    Ok(kept)
+}
+
 /// Mamba's kept (unused) dt-projection weight of the input projection for `ΔA`.
 const DTA_WEIGHT: &str = "dtA_proj.weight";
 /// The dt projection whose shape `dtA_proj.weight` repeats in lrnnx: `(d_inner, dt_rank)`.
@@ -837,9 +875,12 @@ mod tests {
             "s5_lti_zoh",
             "s5_ltv_zoh_event",
             "lru",
+            "s4",
             "s4d_zoh",
             "centaurus_neck",
             "centaurus_full",
+            "centaurus_pointwise",
+            "centaurus_dws",
             "mamba_zoh_event",
             "rglru",
             "s7",
@@ -864,12 +905,18 @@ mod tests {
             ckpt.save(&path).unwrap();
             let loaded = load(&path).unwrap();
             assert_eq!(forward(loaded.as_ref(), &x, taus.as_ref()), y, "{case}");
-            let n_param = file
+            // Every lrnnx tensor but S4's `layer.kernel.*` aliases of its own parameters (its
+            // `l_kernel` buffer is kept), by name.
+            let mut want_names: Vec<&str> = file
                 .tensors
                 .keys()
-                .filter(|k| k.starts_with("param.") && !k.starts_with("param.layer.kernel."))
-                .count();
-            assert_eq!(loaded.params().vars().len(), n_param, "{case}");
+                .filter_map(|k| k.strip_prefix("param."))
+                .filter(|k| !k.starts_with("layer.kernel.") || *k == "layer.kernel.l_kernel")
+                .collect();
+            want_names.sort_unstable();
+            let mut names: Vec<&str> = loaded.params().vars().keys().map(String::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(names, want_names, "{case}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -109,8 +109,14 @@ impl CTensor {
         Tensor::stack(&[&self.re, &self.im], self.re.rank())
     }
 
-    /// Unpacks a real tensor with a trailing dimension of 2.
+    /// Unpacks a real tensor with a trailing dimension of 2 (any other shape is an error).
     pub fn unpack(t: &Tensor) -> Result<CTensor> {
+        if t.dims().last() != Some(&2) {
+            candle_core::bail!(
+                "a complex tensor packs (re, im) in a trailing axis of 2, got shape {:?}",
+                t.dims()
+            );
+        }
         let last = t.rank() - 1;
         // on CUDA the halves are copied out (candle's CUDA matmul refuses stride-2 operands)
         let half = |i| crate::ops::matmul_operand(&t.narrow(last, i, 1)?.squeeze(last)?);

@@ -79,10 +79,14 @@ fn unit_rms(mut x: Vec<f64>) -> Vec<f32> {
     x.into_iter().map(|v| v as f32).collect()
 }
 
-/// `n` samples of noise of `kind` at sample rate `fs`, unit RMS (module doc).
-pub fn noise(kind: NoiseKind, n: usize, fs: f64, rng: &mut Rng) -> Vec<f32> {
+/// `n` samples of noise of `kind` at sample rate `fs`, unit RMS (module doc). `fs` must be
+/// finite and above `2π·20` Hz (where brown noise's 20 Hz leak `1 − 2π·20/fs` is positive).
+pub fn noise(kind: NoiseKind, n: usize, fs: f64, rng: &mut Rng) -> Result<Vec<f32>> {
+    if !(fs.is_finite() && fs > 2.0 * PI * 20.0) {
+        bail!("noise: sample rate {fs} Hz must be finite and above 2π·20 Hz");
+    }
     let white: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
-    match kind {
+    Ok(match kind {
         NoiseKind::White => unit_rms(white),
         NoiseKind::Pink => {
             let mut out = vec![0.0f64; n];
@@ -115,14 +119,16 @@ pub fn noise(kind: NoiseKind, n: usize, fs: f64, rng: &mut Rng) -> Vec<f32> {
             // Uniform on the simplex: normalized exponentials.
             let e: Vec<f64> = (0..3).map(|_| -rng.uniform().ln()).collect();
             let s: f64 = e.iter().sum();
-            let parts =
-                [NoiseKind::White, NoiseKind::Pink, NoiseKind::Brown].map(|k| noise(k, n, fs, rng));
+            let mut parts = Vec::with_capacity(3);
+            for k in [NoiseKind::White, NoiseKind::Pink, NoiseKind::Brown] {
+                parts.push(noise(k, n, fs, rng)?);
+            }
             let mix: Vec<f64> = (0..n)
                 .map(|t| (0..3).map(|j| e[j] / s * parts[j][t] as f64).sum())
                 .collect();
             unit_rms(mix)
         }
-    }
+    })
 }
 
 /// `clean + noise·rms(clean)/rms(noise)·10^{−snr_db/20}`; the lengths must agree.
@@ -133,6 +139,14 @@ pub fn mix_at_snr(clean: &[f32], noise: &[f32], snr_db: f64) -> Result<Vec<f32>>
             clean.len(),
             noise.len()
         );
+    }
+    if !snr_db.is_finite() {
+        bail!("mix: the SNR {snr_db} dB is not finite");
+    }
+    for (what, x) in [("clean", clean), ("noise", noise)] {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            bail!("mix: {what} sample {i} is {}", x[i]);
+        }
     }
     let rn = rms(noise);
     if rn == 0.0 {
@@ -545,7 +559,7 @@ pub fn draw_batch(
             }
         }
         let kind = NoiseKind::ALL[rng.below(4)];
-        let n = noise(kind, l, cfg.sample_rate, rng);
+        let n = noise(kind, l, cfg.sample_rate, rng)?;
         let snr = cfg.snr_range.0 + (cfg.snr_range.1 - cfg.snr_range.0) * rng.uniform();
         let gain_db =
             cfg.gain_range_db.0 + (cfg.gain_range_db.1 - cfg.gain_range_db.0) * rng.uniform();
@@ -574,6 +588,20 @@ pub fn train_denoiser(
             net.d_in(),
             net.d_out()
         );
+    }
+    if cfg.latency >= cfg.crop_len {
+        bail!(
+            "latency {} leaves nothing of a crop of {} samples to compare",
+            cfg.latency,
+            cfg.crop_len
+        );
+    }
+    if let Some((i, _)) = clips
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.iter().any(|v| !v.is_finite()))
+    {
+        bail!("clip {i} holds a NaN or infinite sample");
     }
     let threads = cfg.threads.max(1);
     if !cfg.batch_size.is_multiple_of(threads) || cfg.batch_size == 0 {
@@ -679,16 +707,21 @@ pub fn train_denoiser(
                 }
             }
         }
-        clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), cfg.max_grad_norm)?;
+        // A non-finite loss or gradient stops training before the optimizer step, so the
+        // parameters (and AdamW's moments) keep their last finite values.
+        if !l.is_finite() {
+            bar.abandon();
+            bail!("loss is {l} at step {step}; the parameters were not updated");
+        }
+        if let Err(e) = clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), cfg.max_grad_norm) {
+            bar.abandon();
+            bail!("step {step}: {e}; the parameters were not updated");
+        }
         // Compress the schedule into the time budget: progress is the larger of the step
         // fraction and the time fraction.
         let frac_time = start.elapsed().as_secs_f64() / cfg.time_budget.as_secs_f64();
         let virtual_step = step.max((frac_time * cfg.max_steps as f64) as usize);
         opt.step(&grads, schedule.lr(virtual_step))?;
-        if !l.is_finite() {
-            bar.abandon();
-            bail!("loss is {l} at step {step}");
-        }
         losses.push(l);
         smooth = if smooth.is_nan() {
             l as f64
@@ -734,7 +767,7 @@ mod tests {
         let mut rng = Rng::new(5);
         let (mut a, mut b) = (0.0, 0.0);
         for _ in 0..4 {
-            let x = noise(kind, 2048, fs, &mut rng);
+            let x = noise(kind, 2048, fs, &mut rng).unwrap();
             a += band_power(&x, fs, f, 2.0 * f);
             b += band_power(&x, fs, 2.0 * f, 4.0 * f);
         }
@@ -752,17 +785,72 @@ mod tests {
         assert!((p + 3.0).abs() < 1.0, "pink {p}");
         assert!((b + 6.0).abs() < 1.0, "brown {b}");
         for k in NoiseKind::ALL {
-            let x = noise(k, 1000, 16_000.0, &mut Rng::new(1));
+            let x = noise(k, 1000, 16_000.0, &mut Rng::new(1)).unwrap();
             assert!((rms(&x) - 1.0).abs() < 1e-6);
             assert_eq!(NoiseKind::from_name(k.name()), Some(k));
+            // a sample rate brown noise's leak cannot take is an error, not NaN noise
+            for fs in [0.0, -16_000.0, f64::NAN, f64::INFINITY, 100.0] {
+                let e = noise(k, 10, fs, &mut Rng::new(1)).unwrap_err().to_string();
+                assert!(e.contains("sample rate"), "{e}");
+            }
         }
+    }
+
+    /// Settings that cannot train are refused before the first step.
+    #[test]
+    fn degenerate_training_settings_are_refused() {
+        use crate::network::{Network, StageSpec};
+        let net = Network::new(
+            &[StageSpec::Dense {
+                d_in: 1,
+                d_out: 1,
+                bias: true,
+            }],
+            1,
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let clip: Vec<f32> = (0..5000).map(|t| (t as f32 * 0.01).sin()).collect();
+        let cfg = DenoiserTraining {
+            crop_len: 256,
+            latency: 256,
+            max_steps: 1,
+            ..DenoiserTraining::default()
+        };
+        let e = train_denoiser(&net, std::slice::from_ref(&clip), &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("latency 256"), "{e}");
+        let mut nan = clip.clone();
+        nan[3] = f32::NAN;
+        let cfg = DenoiserTraining {
+            crop_len: 256,
+            max_steps: 1,
+            ..DenoiserTraining::default()
+        };
+        let e = train_denoiser(&net, &[clip.clone(), nan], &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("clip 1"), "{e}");
+        let cfg = DenoiserTraining {
+            sample_rate: 0.0,
+            ..cfg
+        };
+        let e = train_denoiser(&net, &[clip], &cfg).unwrap_err().to_string();
+        assert!(e.contains("sample rate"), "{e}");
     }
 
     #[test]
     fn mixing_hits_the_snr_and_the_loss_is_the_negative_snr() {
         let mut rng = Rng::new(2);
         let clean: Vec<f32> = (0..4000).map(|t| (t as f32 * 0.05).sin() * 0.3).collect();
-        let n = noise(NoiseKind::Pink, 4000, 16_000.0, &mut rng);
+        let n = noise(NoiseKind::Pink, 4000, 16_000.0, &mut rng).unwrap();
+        let mut bad = clean.clone();
+        bad[17] = f32::NAN;
+        let e = mix_at_snr(&bad, &n, 0.0).unwrap_err().to_string();
+        assert!(e.contains("clean sample 17"), "{e}");
+        assert!(mix_at_snr(&clean, &n, f64::NAN).is_err());
         for snr in [-5.0, 0.0, 7.5] {
             let noisy = mix_at_snr(&clean, &n, snr).unwrap();
             assert!((snr_db(&clean, &noisy) - snr).abs() < 1e-4);

@@ -1,6 +1,6 @@
 //! The interface every trainable layer has, and building one from lrnnx's class name.
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{bail, DType, Result, Tensor, TensorId};
 use serde_json::Value;
 
 use crate::params::Params;
@@ -37,6 +37,10 @@ pub trait TrainLayer: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct Cache {
     layer: &'static str,
+    /// The making layer's identity: the id of its first parameter tensor (ids are unique per
+    /// tensor and kept when a parameter `Var` is set), so a cache of another layer of the same
+    /// kind and sizes is refused instead of stepping with that layer's weights.
+    owner: Option<TensorId>,
     batch: usize,
     dtype: DType,
     event: Option<bool>,
@@ -47,9 +51,10 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// A cache of `layer` for `batch` sequences of `dtype`.
+    /// A cache of `layer` (whose parameters are `owner`) for `batch` sequences of `dtype`.
     pub(crate) fn new(
         layer: &'static str,
+        owner: &Params,
         batch: usize,
         dtype: DType,
         state: Vec<Tensor>,
@@ -57,6 +62,7 @@ impl Cache {
     ) -> Self {
         Cache {
             layer,
+            owner: owner_id(owner),
             batch,
             dtype,
             event: None,
@@ -92,6 +98,7 @@ impl Cache {
     pub(crate) fn check_step<'t>(
         &mut self,
         layer: &'static str,
+        owner: &Params,
         x_t: &Tensor,
         h: usize,
         time_step: Option<&'t Tensor>,
@@ -99,6 +106,9 @@ impl Cache {
     ) -> Result<Option<&'t Tensor>> {
         if self.layer != layer {
             bail!("the cache was made by layer {}, not {layer}", self.layer);
+        }
+        if self.owner != owner_id(owner) {
+            bail!("the cache was made by another {layer} layer: make one with this layer's init_cache");
         }
         if x_t.dims() != [self.batch, h] {
             bail!(
@@ -250,6 +260,38 @@ pub fn build(
     }
 }
 
+/// A layer's identity for its caches: the id of its first parameter tensor (by name).
+fn owner_id(params: &Params) -> Option<TensorId> {
+    params.vars().values().next().map(|v| v.as_tensor().id())
+}
+
+/// Checks the event time steps `tau` of a parallel forward over (`bsz`, `len`): shape (B, L),
+/// every value positive and finite (as the step path requires of each `time_step`). One
+/// reduction (`Σ ln τ` is finite exactly when every τ is positive and finite) and one scalar
+/// read back; only a failure reads the values, to name the first bad one `[b, t]`.
+pub(crate) fn check_time_steps(tau: &Tensor, bsz: usize, len: usize) -> Result<()> {
+    if tau.dims() != [bsz, len] {
+        bail!(
+            "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
+            tau.dims()
+        );
+    }
+    let wide = tau.to_dtype(DType::F64)?;
+    if wide.log()?.sum_all()?.to_scalar::<f64>()?.is_finite() {
+        return Ok(());
+    }
+    let v = wide.flatten_all()?.to_vec1::<f64>()?;
+    match v.iter().position(|t| !(t.is_finite() && *t > 0.0)) {
+        Some(i) => bail!(
+            "`time_steps`[{}, {}] = {}: event time steps must be positive and finite",
+            i / len.max(1),
+            i % len.max(1),
+            v[i]
+        ),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor};
@@ -368,6 +410,60 @@ mod tests {
         let mut c3 = s5.init_cache(3).unwrap();
         let e = s5.step(&x, &mut c3, None).err().unwrap();
         assert!(e.to_string().contains("`x_t`"), "{e}");
+        // A cache of another layer of the same kind and sizes (its own weights precomputed in
+        // it) is refused too, and left as it was.
+        let kw = json!({"d_model": 4, "d_state": 3, "discretization": "zoh"});
+        let other_s5 = fresh(
+            "lrnnx.models.lti.s5.S5",
+            &kw,
+            &mut rng,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut theirs = other_s5.init_cache(2).unwrap();
+        let before = state(&theirs);
+        let e = s5.step(&x, &mut theirs, None).err().unwrap();
+        assert!(e.to_string().contains("another S5"), "{e}");
+        assert_eq!(state(&theirs), before);
         assert_eq!(s5.step(&x, &mut c, None).unwrap().dims(), [2, 4]);
+    }
+
+    /// The parallel forward of every event-capable layer refuses what the step refuses: event
+    /// time steps that are zero, negative, NaN or infinite (naming `[b, t]`), or mis-shaped.
+    #[test]
+    fn forward_refuses_bad_event_time_steps() {
+        let mut rng = Rng::new(4);
+        let layers = [
+            (
+                "lrnnx.models.ltv.mamba.Mamba",
+                json!({"d_model": 4, "d_state": 3, "d_conv": 3, "expand": 2}),
+            ),
+            (
+                "lrnnx.models.ltv.s5.S5",
+                json!({"d_model": 4, "d_state": 3, "discretization": "zoh"}),
+            ),
+        ];
+        let x = t(vec![0.5; 2 * 3 * 4], &[2, 3, 4]);
+        for (class, kw) in layers {
+            let layer = fresh(class, &kw, &mut rng, DType::F32, &Device::Cpu).unwrap();
+            let good = t(vec![0.7; 6], &[2, 3]);
+            assert_eq!(layer.forward(&x, Some(&good)).unwrap().dims(), [2, 3, 4]);
+            for (i, bad) in [0.0, -1.0, f32::NAN, f32::INFINITY].into_iter().enumerate() {
+                let mut v = vec![0.7; 6];
+                v[4 - i] = bad;
+                let e = layer
+                    .forward(&x, Some(&t(v, &[2, 3])))
+                    .expect_err(class)
+                    .to_string();
+                let at = format!("`time_steps`[{}, {}]", (4 - i) / 3, (4 - i) % 3);
+                assert!(e.contains(&at) && e.contains("positive"), "{class}: {e}");
+            }
+            let e = layer
+                .forward(&x, Some(&t(vec![0.7; 3], &[1, 3])))
+                .expect_err(class)
+                .to_string();
+            assert!(e.contains("`time_steps` has shape"), "{class}: {e}");
+        }
     }
 }

@@ -35,7 +35,7 @@ use candle_core::{bail, DType, Result, Tensor, Var, D};
 use serde_json::{Map, Value};
 
 use crate::init::Rng;
-use crate::layer::{usize_arg, Cache};
+use crate::layer::{axes_fit, usize_arg, Cache};
 use crate::{build, BuildError, Params, TrainLayer};
 
 /// The language model's configuration (lrnnx's `config.json` keys plus `mixer_kwargs`).
@@ -122,14 +122,27 @@ impl LmConfig {
         if pad == 0 {
             return Err(kw("`pad_vocab_size_multiple` must be positive".into()));
         }
+        let (d_model, d_state) = (usize_arg(kwargs, "d_model")?, usize_arg(kwargs, "d_state")?);
+        let vocab_size = usize_arg(kwargs, "vocab_size")?;
+        let d_intermediate = opt_usize("d_intermediate", 0)?;
+        // every size an axis: the padded vocabulary, the MLP width and their products with
+        // d_model then fit a usize
+        axes_fit(&[
+            ("d_model", d_model),
+            ("d_state", d_state),
+            ("n_layer", n_layer),
+            ("vocab_size", vocab_size),
+            ("pad_vocab_size_multiple", pad),
+            ("d_intermediate", d_intermediate),
+        ])?;
         Ok(LmConfig {
-            d_model: usize_arg(kwargs, "d_model")?,
-            d_state: usize_arg(kwargs, "d_state")?,
+            d_model,
+            d_state,
             n_layer,
-            vocab_size: usize_arg(kwargs, "vocab_size")?,
+            vocab_size,
             mixer_types,
             mixer_kwargs,
-            d_intermediate: opt_usize("d_intermediate", 0)?,
+            d_intermediate,
             norm_epsilon,
             rms_norm: opt_bool("rms_norm", true)?,
             tie_embeddings: opt_bool("tie_embeddings", true)?,
@@ -295,6 +308,43 @@ pub struct Mha {
     out_b: Option<Tensor>,
 }
 
+/// The attention block's sizes from its constructor arguments and the model width `d`:
+/// `(num_heads, num_heads_kv, head_dim, qkv)` with `qkv = head_dim·(num_heads + 2·num_heads_kv)`
+/// (the rows of `in_proj`). `num_heads` and `head_dim` (default `d / num_heads`) must be
+/// positive, `num_heads_kv` (default `num_heads`) must divide `num_heads`, and every size must
+/// fit an axis.
+fn attn_dims(
+    kwargs: &Value,
+    d: usize,
+) -> std::result::Result<(usize, usize, usize, usize), BuildError> {
+    use crate::s4d::usize_or;
+    let n_heads = usize_arg(kwargs, "num_heads")?;
+    if n_heads == 0 {
+        return Err(BuildError::Kwarg("`num_heads` must be positive".into()));
+    }
+    let n_kv = usize_or(kwargs, "num_heads_kv", n_heads)?;
+    if n_kv == 0 || n_heads % n_kv != 0 {
+        return Err(BuildError::Kwarg(format!(
+            "`num_heads_kv` = {n_kv} must divide `num_heads` = {n_heads}"
+        )));
+    }
+    let head_dim = usize_or(kwargs, "head_dim", d / n_heads)?;
+    if head_dim == 0 {
+        return Err(BuildError::Kwarg(format!(
+            "`head_dim` is 0 (`d_model` = {d} over `num_heads` = {n_heads}): give a positive \
+             `head_dim` or fewer heads"
+        )));
+    }
+    axes_fit(&[
+        ("d_model", d),
+        ("num_heads", n_heads),
+        ("head_dim", head_dim),
+    ])?;
+    let qkv = head_dim * (n_heads + 2 * n_kv);
+    axes_fit(&[("head_dim·(num_heads + 2·num_heads_kv)", qkv)])?;
+    Ok((n_heads, n_kv, head_dim, qkv))
+}
+
 impl Mha {
     /// Builds it from lrnnx's constructor arguments (`d_model` as `embed_dim`, `num_heads`,
     /// optional `num_heads_kv`, `head_dim`, `qkv_proj_bias`, `out_proj_bias`, `softmax_scale`,
@@ -302,17 +352,7 @@ impl Mha {
     pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
         use crate::s4d::{bool_or, usize_or};
         let d = usize_arg(kwargs, "d_model")?;
-        let n_heads = usize_arg(kwargs, "num_heads")?;
-        if n_heads == 0 {
-            return Err(BuildError::Kwarg("`num_heads` must be positive".into()));
-        }
-        let n_kv = usize_or(kwargs, "num_heads_kv", n_heads)?;
-        if n_kv == 0 || n_heads % n_kv != 0 {
-            return Err(BuildError::Kwarg(format!(
-                "`num_heads_kv` = {n_kv} must divide `num_heads` = {n_heads}"
-            )));
-        }
-        let head_dim = usize_or(kwargs, "head_dim", d / n_heads)?;
+        let (n_heads, n_kv, head_dim, qkv) = attn_dims(kwargs, d)?;
         for name in ["mlp_dim", "d_conv", "rotary_emb_dim"] {
             if usize_or(kwargs, name, 0)? != 0 {
                 return Err(BuildError::Kwarg(format!(
@@ -327,7 +367,6 @@ impl Mha {
                 .filter(|s| s.is_finite())
                 .ok_or_else(|| BuildError::Kwarg("`softmax_scale`: expected a number".into()))?,
         };
-        let qkv = head_dim * (n_heads + 2 * n_kv);
         let in_w = params.get("in_proj.weight", &[qkv, d])?;
         let in_b = if bool_or(kwargs, "qkv_proj_bias", true)? {
             Some(params.get("in_proj.bias", &[qkv])?)
@@ -340,6 +379,21 @@ impl Mha {
         } else {
             None
         };
+        let read = [
+            Some("in_proj.weight"),
+            in_b.as_ref().map(|_| "in_proj.bias"),
+            Some("out_proj.weight"),
+            out_b.as_ref().map(|_| "out_proj.bias"),
+        ];
+        if let Some(k) = params
+            .vars()
+            .keys()
+            .find(|k| !read.contains(&Some(k.as_str())))
+        {
+            return Err(BuildError::Kwarg(format!(
+                "tensor `{k}` is not a parameter of this attention block"
+            )));
+        }
         Ok(Mha {
             d_model: d,
             n_heads,
@@ -441,14 +495,21 @@ impl TrainLayer for Mha {
     /// State: `[keys (B, T, n_kv, d_h), values (B, T, n_kv, d_h)]` of the `T` steps so far
     /// (empty before the first step).
     fn init_cache(&self, batch: usize) -> Result<Cache> {
-        Ok(Cache::new("MHA", batch, self.in_w.dtype(), vec![], vec![]))
+        Ok(Cache::new(
+            "MHA",
+            self.params(),
+            batch,
+            self.in_w.dtype(),
+            vec![],
+            vec![],
+        ))
     }
 
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
         if !self.causal {
             bail!("a non-causal MHA (lrnnx's default `causal: false`) cannot be stepped");
         }
-        cache.check_step("MHA", x_t, self.d_model, time_step, false)?;
+        cache.check_step("MHA", self.params(), x_t, self.d_model, time_step, false)?;
         let (q, k, v) = self.qkv(&x_t.unsqueeze(1)?)?;
         let (k, v) = match cache.state.as_slice() {
             [pk, pv] => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
@@ -597,10 +658,7 @@ pub fn init_params(
         norm(&mut p, &format!("{pre}.norm"))?;
         let (class, kw) = mixer_class(&cfg, ty)?;
         if ty == "attn" {
-            let n_heads = usize_arg(&kw, "num_heads")?;
-            let n_kv = crate::s4d::usize_or(&kw, "num_heads_kv", n_heads)?;
-            let hd = crate::s4d::usize_or(&kw, "head_dim", d / n_heads.max(1))?;
-            let qkv = hd * (n_heads + 2 * n_kv);
+            let (n_heads, _, hd, qkv) = attn_dims(&kw, d)?;
             let b_in = 1.0 / (d as f64).sqrt();
             let b_out = 1.0 / ((n_heads * hd) as f64).sqrt() / depth;
             put(
@@ -680,10 +738,13 @@ impl LanguageModel {
         let mut own = Params::new();
         let mut mixer_params: Vec<Params> = vec![Params::new(); config.n_layer];
         for (name, var) in state.vars() {
+            // `backbone.layers.{i}.mixer.{key}` with `i` written as lrnnx writes it (`01` or
+            // `+1` is not block 1: such a key stays with the model's own and is refused below)
             let mixer = name.strip_prefix("backbone.layers.").and_then(|rest| {
                 let (i, key) = rest.split_once('.')?;
                 let key = key.strip_prefix("mixer.")?;
-                Some((i.parse::<usize>().ok()?, key))
+                let block = i.parse::<usize>().ok().filter(|b| b.to_string() == i)?;
+                Some((block, key))
             });
             match mixer {
                 Some((i, key)) if i < config.n_layer => {
@@ -741,6 +802,10 @@ impl LanguageModel {
             let built = if ty == "attn" {
                 Mha::from_lrnnx(&kw, mp).map(|m| Box::new(m) as Box<dyn TrainLayer>)
             } else {
+                // exactly the mixer's parameters: a stray key under `mixer.` is an error
+                let mp = crate::checkpoint::exact_layer_params(class, &kw, mp).map_err(|e| {
+                    BuildError::Kwarg(format!("block {i} ({ty}) mixer parameters: {e}"))
+                })?;
                 build(class, &kw, mp)
             };
             let mixer = built.map_err(|e| match e {
@@ -981,7 +1046,8 @@ impl LanguageModel {
             let tok = prompt.narrow(1, t, 1)?.squeeze(1)?;
             logits = Some(self.step(&tok, &mut cache, None)?);
         }
-        let mut out = vec![Vec::with_capacity(n); batch];
+        // (capacity capped: `n` is the caller's and may be far more than will fit)
+        let mut out = vec![Vec::with_capacity(n.min(1 << 16)); batch];
         let vocab = self.config.vocab_size;
         for step in 0..n {
             let Some(l) = &logits else {
@@ -1221,6 +1287,37 @@ mod tests {
         }
         let e = LanguageModel::from_lrnnx(&kw, missing).err().unwrap();
         assert!(e.to_string().contains("backbone.norm_f.bias"), "{e}");
+        // A stray tensor under a mixer (an LRU's, an attention block's) and a block index not
+        // written as lrnnx writes it are refused, naming the tensor.
+        for (attn, key) in [
+            (false, "backbone.layers.0.mixer.nu_logg"),
+            (true, "backbone.layers.1.mixer.q_proj.weight"),
+            (false, "backbone.layers.01.mixer.nu_log"),
+        ] {
+            let (kw, mut p) = tiny_with(0, attn);
+            p.insert(key, &t(vec![1.0], &[1])).unwrap();
+            let e = LanguageModel::from_lrnnx(&kw, p).err().unwrap().to_string();
+            let name = key.rsplit("mixer.").next().unwrap();
+            assert!(e.contains(name), "{key}: {e}");
+        }
+        let (kw, p) = tiny_with(0, true);
+        LanguageModel::from_lrnnx(&kw, p).unwrap();
+        // Sizes past an axis, and an attention head width of 0, are refused.
+        let mut big = kw.clone();
+        big["vocab_size"] = json!(1u64 << 40);
+        let e = LanguageModel::from_lrnnx(&big, Params::new())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("vocab_size"), "{e}");
+        let (mut kw, p) = tiny_with(0, true);
+        kw["mixer_kwargs"]["attn"]["num_heads"] = json!(8);
+        kw["mixer_kwargs"]["attn"]["num_heads_kv"] = json!(8);
+        kw["mixer_kwargs"]["attn"]
+            .as_object_mut()
+            .unwrap()
+            .remove("head_dim");
+        let e = LanguageModel::from_lrnnx(&kw, p).err().unwrap();
+        assert!(e.to_string().contains("`head_dim` is 0"), "{e}");
     }
 
     #[test]
@@ -1300,7 +1397,8 @@ mod tests {
                     .unwrap()
                     .to_vec1::<f64>()
                     .unwrap();
-                let want = Sampling::Greedy.pick(&last[..5], &mut Rng::new(0)).unwrap();
+                // The reference argmax: the first index of the largest of the 5 real logits.
+                let want = (0..5).fold(0, |best, i| if last[i] > last[best] { i } else { best });
                 assert_eq!(tok as usize, want, "sequence {b} position {l}");
                 seq.push(tok);
             }

@@ -95,6 +95,7 @@ impl TrainLayer for Lru {
         let z = Tensor::zeros((batch, self.d_state), d.dtype(), d.device())?;
         Ok(Cache::new(
             STEP_NAME,
+            self.params(),
             batch,
             d.dtype(),
             vec![z.clone(), z],
@@ -112,7 +113,14 @@ impl TrainLayer for Lru {
 
     /// `h ← λ ⊙ h + B_norm x_t`, `y_t = Re(C h) + D ⊙ x_t` (module doc).
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step(STEP_NAME, x_t, self.d_model, time_step, false)?;
+        cache.check_step(
+            STEP_NAME,
+            self.params(),
+            x_t,
+            self.d_model,
+            time_step,
+            false,
+        )?;
         let [lr, li, br, bi, cr, ci, d] = &cache.consts[..] else {
             bail!("LRU: malformed cache");
         };

@@ -283,12 +283,7 @@ impl TrainLayer for Mamba {
         let delta_a = match time_steps {
             None => None,
             Some(tau) => {
-                if tau.dims() != [bsz, len] {
-                    bail!(
-                        "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
-                        tau.dims()
-                    );
-                }
+                crate::layer::check_time_steps(tau, bsz, len)?;
                 Some(tau.unsqueeze(2)?.broadcast_mul(&softplus(&w.dta_b)?)?)
             }
         };
@@ -344,12 +339,19 @@ impl TrainLayer for Mamba {
         consts.push(w.in_b.map_or_else(|| zeros(2 * self.d_inner), Ok)?);
         consts.push(w.conv_b.map_or_else(|| zeros(self.d_inner), Ok)?);
         consts.push(w.out_b.map_or_else(|| zeros(self.d_model), Ok)?);
-        Ok(Cache::new("Mamba", batch, dtype, vec![window, h], consts))
+        Ok(Cache::new(
+            "Mamba",
+            self.params(),
+            batch,
+            dtype,
+            vec![window, h],
+            consts,
+        ))
     }
 
     /// One step of the module doc's equations; in STREAM mode `ΔA = τ·softplus(b_dtA)`.
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        let tau = cache.check_step("Mamba", x_t, self.d_model, time_step, true)?;
+        let tau = cache.check_step("Mamba", self.params(), x_t, self.d_model, time_step, true)?;
         let [in_w, taps, x_w, dt_w, dt_b, sp_dta, a, d, out_w, in_b, conv_b, out_b] =
             &cache.consts[..]
         else {

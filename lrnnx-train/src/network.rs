@@ -44,7 +44,11 @@ use serde_json::{json, Value};
 
 use crate::bidirectional::{BidirectionalSpec, CLASS as BIDIRECTIONAL};
 use crate::init::{fresh, linear, Rng};
-use crate::layer::{BuildError, TrainLayer};
+use crate::layer::{BuildError, TrainLayer, MAX_AXIS};
+
+/// The most steps a frame may hold: the product of nested downsample factors, and their least
+/// common multiple (every parallel forward pads its length to a multiple of it), at most 2^20.
+pub const MAX_RATE: usize = 1 << 20;
 pub use lrnnx_core::{NormKind, Pooling, Unpooling};
 
 /// An elementwise function.
@@ -344,8 +348,16 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
     if d_in == 0 {
         return Err(BuildError::Kwarg("network input width is 0".into()));
     }
+    if d_in > MAX_AXIS {
+        return Err(BuildError::Kwarg(format!(
+            "network input width {d_in} is past the largest axis size {MAX_AXIS}"
+        )));
+    }
     let mut width = d_in;
     let mut open: Vec<Open> = Vec::new();
+    // steps per frame at the current depth (the product of the open downsample factors), and
+    // the least common multiple of all of them (`frame_multiple`); both at most MAX_AXIS
+    let (mut rates, mut lcm) = (vec![1usize], 1usize);
     for (i, s) in spec.iter().enumerate() {
         match s {
             StageSpec::Dense {
@@ -356,6 +368,15 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                 }
                 if *d_out == 0 {
                     return Err(bad(i, "dense d_out is 0".into()));
+                }
+                if *d_out > MAX_AXIS || n_in.checked_mul(*d_out).is_none_or(|n| n > MAX_AXIS) {
+                    return Err(bad(
+                        i,
+                        format!(
+                            "dense {n_in} -> {d_out}: the weight is past the largest tensor \
+                             size {MAX_AXIS}"
+                        ),
+                    ));
                 }
                 width = *d_out;
             }
@@ -416,8 +437,32 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                 if *pooling == Pooling::Concat {
                     width = width
                         .checked_mul(*factor)
+                        .filter(|&w| w <= MAX_AXIS)
                         .ok_or_else(|| bad(i, "frame width overflows".into()))?;
                 }
+                let outer = rates.last().copied().unwrap_or(1);
+                let rate = outer
+                    .checked_mul(*factor)
+                    .filter(|&r| r <= MAX_RATE)
+                    .ok_or_else(|| {
+                        bad(
+                            i,
+                            format!(
+                                "downsample by {factor} inside a rate of {outer}: steps per \
+                                 frame past {MAX_RATE}"
+                            ),
+                        )
+                    })?;
+                lcm = (lcm / gcd(lcm, rate))
+                    .checked_mul(rate)
+                    .filter(|&m| m <= MAX_RATE)
+                    .ok_or_else(|| {
+                        bad(
+                            i,
+                            format!("the rates' common frame length is past {MAX_RATE} steps"),
+                        )
+                    })?;
+                rates.push(rate);
                 open.push(Open::Rate(*factor));
             }
             StageSpec::Upsample { factor, unpooling } => {
@@ -435,7 +480,9 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
                             format!("upsample factor {factor} != downsample factor {k}"),
                         ))
                     }
-                    Some(Open::Rate(_)) => {}
+                    Some(Open::Rate(_)) => {
+                        rates.pop();
+                    }
                 }
                 if *unpooling == Unpooling::Split {
                     if !width.is_multiple_of(*factor) {
@@ -461,16 +508,19 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
     Ok(width)
 }
 
-/// The length every parallel forward is padded to a multiple of: the least common multiple of
-/// the products of the nested downsample factors (1 without rate changes).
-pub fn frame_multiple(spec: &[StageSpec]) -> usize {
-    fn gcd(a: usize, b: usize) -> usize {
-        if b == 0 {
-            a
-        } else {
-            gcd(b, a % b)
-        }
+/// Greatest common divisor.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
+}
+
+/// The length every parallel forward is padded to a multiple of: the least common multiple of
+/// the products of the nested downsample factors (1 without rate changes; saturating for a spec
+/// [`check_widths`] refuses, whose rates are past [`MAX_RATE`]).
+pub fn frame_multiple(spec: &[StageSpec]) -> usize {
     let (mut stack, mut lcm) = (vec![1usize], 1usize);
     for s in spec {
         match s {
@@ -489,7 +539,7 @@ pub fn frame_multiple(spec: &[StageSpec]) -> usize {
 }
 
 /// The product of the downsample factors left open at the end of `spec` (1 when every
-/// downsample has its upsample): steps per output frame.
+/// downsample has its upsample): steps per output frame (saturating, as [`frame_multiple`]).
 pub fn output_factor(spec: &[StageSpec]) -> usize {
     let mut stack: Vec<usize> = Vec::new();
     for s in spec {
@@ -501,7 +551,7 @@ pub fn output_factor(spec: &[StageSpec]) -> usize {
             _ => {}
         }
     }
-    stack.iter().product()
+    stack.iter().fold(1usize, |p, f| p.saturating_mul(*f))
 }
 
 /// A built stage.
@@ -617,13 +667,9 @@ impl Network {
                             let (_, params) = given.swap_remove(at);
                             Stage::Layer(crate::build(BIDIRECTIONAL, &kwargs, params)?)
                         }
-                        None => Stage::Layer(fresh(
-                            BIDIRECTIONAL,
-                            &kwargs,
-                            &mut rng,
-                            DType::F32,
-                            device,
-                        )?),
+                        None => {
+                            Stage::Layer(fresh(BIDIRECTIONAL, &kwargs, &mut rng, dtype, device)?)
+                        }
                     }
                 }
                 StageSpec::Activation(a) => Stage::Activation(*a),
@@ -1225,5 +1271,51 @@ mod tests {
         let lru = net.layer_params(1).unwrap().vars().len();
         assert_eq!(net.vars().len(), 2 + lru);
         assert!(net.vars().iter().any(|(k, _)| k == "stages.3.bias"));
+    }
+
+    /// Sizes no network can hold are refused by `check_widths` (so by `Network::new`) with an
+    /// error naming the stage, instead of overflowing or padding to an unallocatable length.
+    #[test]
+    fn oversized_rates_and_widths_are_refused() {
+        let down = |factor| StageSpec::Downsample {
+            factor,
+            pooling: Pooling::Mean,
+        };
+        let up = |factor| StageSpec::Upsample {
+            factor,
+            unpooling: Unpooling::Hold,
+        };
+        let dense = |d_in, d_out| StageSpec::Dense {
+            d_in,
+            d_out,
+            bias: true,
+        };
+        for (spec, stage, what) in [
+            (vec![down(1 << 32)], 0, "steps per frame"),
+            (vec![down(1 << 11), down(1 << 11)], 1, "steps per frame"),
+            (vec![down(1 << 40), up(1 << 40)], 0, "steps per frame"),
+            // nested rates 2^10 and 3^12: their common multiple is past the limit
+            (
+                vec![down(1 << 10), up(1 << 10), down(531_441), up(531_441)],
+                2,
+                "common frame length",
+            ),
+            (vec![dense(1, 1 << 63)], 0, "largest tensor size"),
+            (
+                vec![dense(1, 1 << 20), dense(1 << 20, 1 << 20)],
+                1,
+                "largest",
+            ),
+        ] {
+            let e = check_widths(&spec, 1).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("stage {stage}")) && e.contains(what),
+                "{e}"
+            );
+            assert!(Network::new(&spec, 1, 1, &Device::Cpu).is_err());
+        }
+        assert!(check_widths(&[down(1 << 10), down(1 << 10)], 1).is_ok());
+        assert_eq!(frame_multiple(&[down(1 << 10), down(1 << 10)]), 1 << 20);
+        assert_eq!(output_factor(&[down(1 << 40), down(1 << 40)]), usize::MAX);
     }
 }

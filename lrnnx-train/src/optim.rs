@@ -18,7 +18,7 @@
 //! far as this module is concerned.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{bail, Result, Tensor, Var};
 
 /// AdamW's hyper-parameters other than the learning rate (which is given to every step).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,12 +127,17 @@ impl AdamW {
 }
 
 /// Scales the gradients of `vars` in `grads` so that their global norm is at most `max_norm`
-/// (module doc); returns the norm before clipping.
+/// (module doc); returns the norm before clipping. `max_norm = +∞` clips nothing (the norm is
+/// still checked). Errors, leaving `grads` unchanged: `max_norm` negative or NaN, and a norm that
+/// is not finite (a gradient holding NaN or ∞: stepping on it would ruin every parameter).
 pub fn clip_grad_norm<'a>(
     grads: &mut GradStore,
     vars: impl IntoIterator<Item = &'a Var>,
     max_norm: f64,
 ) -> Result<f64> {
+    if max_norm.is_nan() || max_norm < 0.0 {
+        bail!("max_norm is {max_norm}: the gradient norm limit must be >= 0 (+inf: no clipping)");
+    }
     let vars: Vec<&Var> = vars.into_iter().collect();
     let mut sum = 0.0f64;
     for v in &vars {
@@ -142,6 +147,9 @@ pub fn clip_grad_norm<'a>(
         }
     }
     let norm = sum.sqrt();
+    if !norm.is_finite() {
+        bail!("the gradient norm is {norm}: a gradient holds NaN or infinite values");
+    }
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         for v in &vars {
@@ -251,6 +259,34 @@ mod tests {
         let n = clip_grad_norm(&mut g, [&a, &b], 100.0).unwrap();
         assert!((n - expect).abs() < 1e-12);
         assert_eq!(vals(g.get(a.as_tensor()).unwrap()), vec![2.0, 4.0, 6.0]);
+        // +inf: no clipping, the norm still reported
+        let mut g = loss.backward().unwrap();
+        let n = clip_grad_norm(&mut g, [&a, &b], f64::INFINITY).unwrap();
+        assert!((n - expect).abs() < 1e-12);
+        assert_eq!(vals(g.get(a.as_tensor()).unwrap()), vec![2.0, 4.0, 6.0]);
+        // a negative or NaN limit is refused (a negative coefficient would flip every sign)
+        for bad in [-1.0, f64::NAN] {
+            let mut g = loss.backward().unwrap();
+            let e = clip_grad_norm(&mut g, [&a, &b], bad).unwrap_err();
+            assert!(e.to_string().contains("max_norm"), "{e}");
+            assert_eq!(vals(g.get(a.as_tensor()).unwrap()), vec![2.0, 4.0, 6.0]);
+        }
+    }
+
+    /// A NaN or infinite gradient is an error that leaves the gradients as they were.
+    #[test]
+    fn clipping_refuses_non_finite_gradients() {
+        for bad in [f64::NAN, f64::INFINITY] {
+            let a = var(&[1.0, 2.0]);
+            let w = Tensor::new(&[bad, 1.0], &Device::Cpu).unwrap();
+            let loss = (a.as_tensor() * &w).unwrap().sum_all().unwrap();
+            let mut g = loss.backward().unwrap();
+            let e = clip_grad_norm(&mut g, [&a], 1.0).unwrap_err();
+            assert!(e.to_string().contains("gradient norm"), "{e}");
+            let ga = vals(g.get(a.as_tensor()).unwrap());
+            assert!(ga[0].is_nan() || ga[0].is_infinite());
+            assert_eq!(ga[1], 1.0);
+        }
     }
 
     #[test]

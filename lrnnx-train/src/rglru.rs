@@ -258,6 +258,7 @@ impl TrainLayer for RgLru {
         let c_ln_a = (log_sigmoid_precise(&w.a_log.reshape(self.d_inner)?)? * self.c)?;
         Ok(Cache::new(
             "RG-LRU",
+            self.params(),
             batch,
             dtype,
             vec![window, s],
@@ -267,7 +268,7 @@ impl TrainLayer for RgLru {
 
     /// One step of the module doc's equations.
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step("RG-LRU", x_t, self.d_model, time_step, false)?;
+        cache.check_step("RG-LRU", self.params(), x_t, self.d_model, time_step, false)?;
         let w = self.weights()?;
         let (d, k) = (self.d_inner, self.d_conv);
         let g = linear(x_t, &w.gate_w, w.gate_b.as_ref())?.gelu_erf()?;
@@ -483,20 +484,11 @@ mod tests {
                     .unwrap()
             };
             let x0 = x.as_tensor().detach();
-            let mut names = vec![
-                "a_log",
-                "conv1d.weight",
-                "recurrent_gate_proj.bias",
-                "input_gate_proj.weight",
-                "gate_proj.weight",
-                "in_proj.weight",
-                "out_proj.weight",
-            ];
-            if case.cfg.bias {
-                names.extend(["in_proj.bias", "conv1d.bias"]);
-            }
+            // Every parameter of the case (the layer must hold each, with a gradient).
+            let names: Vec<String> = case.tensors.iter().map(|t| t.0.to_string()).collect();
+            assert_eq!(names.len(), layer.params().vars().len());
             let eps = 1e-6;
-            for name in names {
+            for name in names.iter().map(String::as_str) {
                 let g = grad_of(name);
                 let ti = case.tensors.iter().position(|t| t.0 == name).unwrap();
                 for (k, &gk) in g.iter().enumerate() {

@@ -559,12 +559,19 @@ impl TrainLayer for S4 {
         if let Some((wl, bias)) = lin {
             consts.extend([wl, bias]);
         }
-        Ok(Cache::new("S4", batch, z.dtype(), vec![z], consts))
+        Ok(Cache::new(
+            "S4",
+            self.params(),
+            batch,
+            z.dtype(),
+            vec![z],
+            consts,
+        ))
     }
 
     /// `r ← Ā r + w x_t`, `z = c̃ r + D x_t`, then the block tail (module doc).
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step("S4", x_t, self.d_model, time_step, false)?;
+        cache.check_step("S4", self.params(), x_t, self.d_model, time_step, false)?;
         let (a_bar, w, ct, d) = match &cache.consts[..] {
             [a, w, ct, d, ..] => (a, w, ct, d),
             _ => bail!("S4: malformed cache"),

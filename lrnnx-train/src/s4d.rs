@@ -576,6 +576,7 @@ impl TrainLayer for S4d {
         }
         Ok(Cache::new(
             "S4D",
+            self.params(),
             batch,
             z.dtype(),
             vec![z.clone(), z],
@@ -585,7 +586,7 @@ impl TrainLayer for S4d {
 
     /// `u ← Ā ⊙ u + B̄ x_t`, then the read-out and the block tail (module doc).
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step("S4D", x_t, self.d_model, time_step, false)?;
+        cache.check_step("S4D", self.params(), x_t, self.d_model, time_step, false)?;
         let (ar, ai, br, bi, cr, ci, d) = match &cache.consts[..] {
             [ar, ai, br, bi, cr, ci, d, ..] => (ar, ai, br, bi, cr, ci, d),
             _ => candle_core::bail!("S4D: malformed cache"),

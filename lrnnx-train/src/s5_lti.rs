@@ -132,6 +132,7 @@ impl TrainLayer for S5Lti {
         let z = Tensor::zeros((batch, self.d_state), d.dtype(), d.device())?;
         Ok(Cache::new(
             STEP_NAME,
+            self.params(),
             batch,
             d.dtype(),
             vec![z.clone(), z],
@@ -141,7 +142,14 @@ impl TrainLayer for S5Lti {
 
     /// `h ← Ā ⊙ h + B̄ x_t`, `y_t = Re(C h) + x_t D` (module doc).
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step(STEP_NAME, x_t, self.d_model, time_step, false)?;
+        cache.check_step(
+            STEP_NAME,
+            self.params(),
+            x_t,
+            self.d_model,
+            time_step,
+            false,
+        )?;
         let [ar, ai, br, bi, cr, ci, d] = &cache.consts[..] else {
             bail!("S5 (LTI): malformed cache");
         };

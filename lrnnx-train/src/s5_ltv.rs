@@ -206,12 +206,7 @@ impl TrainLayer for S5Ltv {
             match time_steps {
                 None => self.transition(&dl)?,
                 Some(tau) => {
-                    if tau.dims() != [bsz, len] {
-                        bail!(
-                            "`time_steps` has shape {:?}, expected (B, L) = ({bsz}, {len})",
-                            tau.dims()
-                        );
-                    }
+                    crate::layer::check_time_steps(tau, bsz, len)?;
                     // ΔA·Λ = τ[b,t]·(ΔΛ)_p: (B, L, P).
                     let tau = wide(&tau.unsqueeze(2)?)?;
                     self.transition(&dl.mul_real(&tau)?)?
@@ -243,6 +238,7 @@ impl TrainLayer for S5Ltv {
         let z = Tensor::zeros((batch, self.d_state), dtype, d.device())?;
         Ok(Cache::new(
             "S5 (time-varying)",
+            self.params(),
             batch,
             dtype,
             vec![z.clone(), z],
@@ -255,7 +251,14 @@ impl TrainLayer for S5Ltv {
     /// `s ← Ā ⊙ s + B̄ x_t`, `y_t = k·Re(C̃ s) + D ⊙ x_t`; in event mode `Ā` from `τ·ΔΛ`
     /// (module doc).
     fn step(&self, x_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        let tau = cache.check_step("S5 (time-varying)", x_t, self.d_model, time_step, true)?;
+        let tau = cache.check_step(
+            "S5 (time-varying)",
+            self.params(),
+            x_t,
+            self.d_model,
+            time_step,
+            true,
+        )?;
         let [ar, ai, br, bi, cr, ci, d, dlr, dli] = &cache.consts[..] else {
             bail!("S5 (time-varying): malformed cache");
         };

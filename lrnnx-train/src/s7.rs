@@ -135,12 +135,19 @@ impl TrainLayer for S7 {
     fn init_cache(&self, batch: usize) -> Result<Cache> {
         let [_, base, _, _] = self.weights()?;
         let s = Tensor::zeros((batch, self.d_state), base.dtype(), base.device())?;
-        Ok(Cache::new("S7", batch, base.dtype(), vec![s], vec![]))
+        Ok(Cache::new(
+            "S7",
+            self.params(),
+            batch,
+            base.dtype(),
+            vec![s],
+            vec![],
+        ))
     }
 
     /// One step of the module doc's equations.
     fn step(&self, h_t: &Tensor, cache: &mut Cache, time_step: Option<&Tensor>) -> Result<Tensor> {
-        cache.check_step("S7", h_t, self.d_model, time_step, false)?;
+        cache.check_step("S7", self.params(), h_t, self.d_model, time_step, false)?;
         let (h, n) = (self.d_model, self.d_state);
         let bsz = h_t.dim(0)?;
         let [in_w, base, xp_w, gate_w] = self.weights()?;

@@ -150,6 +150,9 @@ impl SeqClassifier {
 /// Mean cross-entropy of `logits` (B, C) against `labels` (B entries, each < C).
 pub fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
     let (b, c) = logits.dims2()?;
+    if b == 0 || c == 0 {
+        bail!("cross_entropy needs at least one row and one class, got logits ({b}, {c})");
+    }
     if labels.len() != b {
         bail!("`labels` has {} entries for a batch of {b}", labels.len());
     }
@@ -185,11 +188,19 @@ impl Dataset {
         features: usize,
         labels: Vec<u32>,
     ) -> Result<Self> {
-        if data.len() != n * len * features || labels.len() != n {
+        let want = n.checked_mul(len).and_then(|v| v.checked_mul(features));
+        if want != Some(data.len()) || labels.len() != n {
             bail!(
                 "dataset: {} values and {} labels for {n} sequences of ({len}, {features})",
                 data.len(),
                 labels.len()
+            );
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "dataset: value {i} (sequence {}) is {}: every value must be finite",
+                i / (len * features).max(1),
+                data[i]
             );
         }
         Ok(Dataset {
@@ -210,6 +221,12 @@ impl Dataset {
 
     /// The sequences and labels at `idx`.
     pub fn batch(&self, idx: &[u32]) -> Result<(Tensor, Vec<u32>)> {
+        if let Some(&i) = idx.iter().find(|&&i| i as usize >= self.len()) {
+            bail!(
+                "dataset: index {i} out of range for {} sequences",
+                self.len()
+            );
+        }
         let t = Tensor::new(idx, self.x.device())?;
         let labels = idx.iter().map(|&i| self.labels[i as usize]).collect();
         Ok((self.x.index_select(&t, 0)?, labels))
@@ -330,16 +347,26 @@ pub fn train_minibatches(
         let mut epoch_sum = 0.0f64;
         for idx in order.chunks(cfg.batch_size) {
             let loss = loss_of(idx)?;
-            let mut grads = loss.backward()?;
-            if let Some(max_norm) = cfg.max_grad_norm {
-                clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), max_norm)?;
-            }
-            opt.step(&grads, schedule.lr(report.steps))?;
+            // A non-finite loss or gradient stops training before the optimizer step, so the
+            // parameters (and AdamW's moments) keep their last finite values.
             let l = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
             if !l.is_finite() {
                 bar.abandon();
-                bail!("loss is {l} at step {}", report.steps);
+                bail!(
+                    "loss is {l} at step {}; the parameters were not updated",
+                    report.steps
+                );
             }
+            let mut grads = loss.backward()?;
+            let max_norm = cfg.max_grad_norm.unwrap_or(f64::INFINITY);
+            if let Err(e) = clip_grad_norm(&mut grads, vars.iter().map(|(_, v)| v), max_norm) {
+                bar.abandon();
+                bail!(
+                    "step {}: {e}; the parameters were not updated",
+                    report.steps
+                );
+            }
+            opt.step(&grads, schedule.lr(report.steps))?;
             report.losses.push(l);
             report.steps += 1;
             epoch_sum += l as f64 * idx.len() as f64;
@@ -415,6 +442,34 @@ mod tests {
         assert!((got as f64 - e).abs() < 1e-6, "{got} {e}");
         assert!(cross_entropy(&logits, &[1]).is_err());
         assert!(cross_entropy(&logits, &[1, 3]).is_err());
+        let empty = Tensor::zeros((0, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(cross_entropy(&empty, &[]).is_err());
+    }
+
+    /// A step whose loss is not finite stops training with an error before the optimizer runs:
+    /// every parameter keeps its value.
+    #[test]
+    fn a_non_finite_loss_leaves_the_parameters_unchanged() {
+        let data = toy(16, 5);
+        let kw = json!({"d_model": 4, "d_state": 3});
+        let m = SeqClassifier::new("LRU", &kw, 2, 2, 1).unwrap();
+        let vars = m.vars();
+        let (_, w) = vars.iter().find(|(n, _)| n == "input_proj.weight").unwrap();
+        w.set(&(w.as_tensor().ones_like().unwrap() * 3e38).unwrap())
+            .unwrap();
+        let before: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        let e = train(&m, &data, &config(1, 1)).unwrap_err().to_string();
+        assert!(e.contains("not updated"), "{e}");
+        let after: Vec<Vec<f32>> = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        let bits =
+            |v: &[Vec<f32>]| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits(&before), bits(&after));
     }
 
     #[test]
@@ -466,5 +521,16 @@ mod tests {
         assert!(e.contains("`x`"), "{e}");
         assert!(SeqClassifier::new("LRU", &json!({"d_state": 3}), 2, 3, 0).is_err());
         assert!(Dataset::new(vec![0.0; 5], 1, 2, 2, vec![0]).is_err());
+        // sizes whose product overflows, a NaN value, an index past the end
+        assert!(Dataset::new(vec![], 1, 1 << 33, 1 << 31, vec![0]).is_err());
+        let e = Dataset::new(vec![0.0, f32::NAN, 0.0, 0.0], 2, 1, 2, vec![0, 1])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("value 1") && e.contains("NaN"), "{e}");
+        let d = Dataset::new(vec![0.0; 4], 2, 1, 2, vec![0, 1]).unwrap();
+        assert!(d.batch(&[1, 0]).is_ok());
+        let e = d.batch(&[2]).unwrap_err().to_string();
+        assert!(e.contains("index 2"), "{e}");
     }
 }

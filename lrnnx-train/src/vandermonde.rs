@@ -213,8 +213,17 @@ impl CustomOp3 for KernelGrad {
 
 /// `K[(h,c), t] = 2·Re Σ_n w[c,h,n]·z[h,n]^t` for `t < len`, `(H·ch, len)` (module doc), from
 /// `z` `(H, N, 2)` and `w` `(ch, H, N, 2)` (last axis `(re, im)`), differentiable in both; f32
-/// or f64 on the CPU, f32 on a CUDA device (feature `cuda`).
+/// or f64 on the CPU, f32 on a CUDA device (feature `cuda`). `len` and the kernel's size
+/// `H·ch·len` must fit an axis (2^31 elements); wrong shapes are errors.
 pub fn vandermonde_kernel(z: &Tensor, w: &Tensor, len: usize) -> Result<Tensor> {
+    let (h, _, ch) = dims(z.layout(), w.layout())?;
+    let max = crate::layer::MAX_AXIS;
+    if h.checked_mul(ch)
+        .and_then(|r| r.checked_mul(len))
+        .is_none_or(|n| n > max)
+    {
+        bail!("vandermonde_kernel: a kernel of ({h}·{ch}, {len}) is past the largest size {max}");
+    }
     z.contiguous()?.apply_op2(&w.contiguous()?, Kernel { len })
 }
 
@@ -343,5 +352,19 @@ mod tests {
         }
         let w = Tensor::zeros((1, 2, 3, 2), DType::F32, &dev).unwrap();
         assert_eq!(vandermonde_kernel(&z, &w, 0).unwrap().dims(), [2, 0]);
+        // a length no kernel can hold: an error, not an allocation
+        for len in [usize::MAX, 1 << 31] {
+            let e = vandermonde_kernel(&z, &w, len).unwrap_err().to_string();
+            assert!(e.contains("largest size"), "{e}");
+        }
+        // a complex tensor must end in (re, im)
+        assert!(
+            crate::complex::CTensor::unpack(&Tensor::zeros(3, DType::F32, &dev).unwrap()).is_err()
+        );
+        assert!(crate::complex::CTensor::unpack(&Tensor::new(1f32, &dev).unwrap()).is_err());
+        assert!(
+            crate::complex::CTensor::unpack(&Tensor::zeros((2, 2), DType::F32, &dev).unwrap())
+                .is_ok()
+        );
     }
 }

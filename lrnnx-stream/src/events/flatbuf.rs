@@ -57,16 +57,19 @@ impl<'a> Buf<'a> {
             })
     }
 
+    /// The little-endian `u16` in the 2 bytes at `pos` (`what` names it in the error).
     pub fn u16(&self, pos: usize, what: &str) -> Result<u16, EventError> {
         let b = self.slice(pos, 2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
+    /// The little-endian `u32` in the 4 bytes at `pos` (`what` names it in the error).
     pub fn u32(&self, pos: usize, what: &str) -> Result<u32, EventError> {
         let b = self.slice(pos, 4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// The little-endian `i64` in the 8 bytes at `pos` (`what` names it in the error).
     pub fn i64(&self, pos: usize, what: &str) -> Result<i64, EventError> {
         let b = self.slice(pos, 8, what)?;
         let mut a = [0u8; 8];
