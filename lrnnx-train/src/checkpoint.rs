@@ -360,16 +360,23 @@ pub(crate) fn exact_layer_params(class: &str, kwargs: &Value, params: Params) ->
             .filter(|_| is_s4(class))
             .and_then(|x| params.vars().get(x));
         if let Some(x) = alias_of {
+            // bit for bit, in the tensors' own dtype (one storage in lrnnx: NaN equals NaN,
+            // −0 differs from 0), as the single-layer import compares them
+            let bits = |t: &Tensor| -> Result<Vec<u64>> {
+                let t = t.flatten_all()?;
+                Ok(match t.dtype() {
+                    DType::F64 => t.to_vec1::<f64>()?.iter().map(|v| v.to_bits()).collect(),
+                    _ => t
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()?
+                        .iter()
+                        .map(|v| u64::from(v.to_bits()))
+                        .collect(),
+                })
+            };
             let same = x.dims() == var.dims()
-                && x.as_tensor()
-                    .to_dtype(DType::F64)?
-                    .flatten_all()?
-                    .to_vec1::<f64>()?
-                    == var
-                        .as_tensor()
-                        .to_dtype(DType::F64)?
-                        .flatten_all()?
-                        .to_vec1::<f64>()?;
+                && x.dtype() == var.dtype()
+                && bits(x.as_tensor())? == bits(var.as_tensor())?;
             if !same {
                 return Err(CheckpointError::Tensor {
                     name: name.clone(),

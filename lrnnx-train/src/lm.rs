@@ -127,12 +127,14 @@ impl LmConfig {
         let d_intermediate = opt_usize("d_intermediate", 0)?;
         // every size an axis: the padded vocabulary, the MLP width and their products with
         // d_model then fit a usize
+        let padded_vocab = vocab_size.div_ceil(pad).saturating_mul(pad);
         axes_fit(&[
             ("d_model", d_model),
             ("d_state", d_state),
             ("n_layer", n_layer),
             ("vocab_size", vocab_size),
             ("pad_vocab_size_multiple", pad),
+            ("vocab_size padded to pad_vocab_size_multiple", padded_vocab),
             ("d_intermediate", d_intermediate),
         ])?;
         Ok(LmConfig {

@@ -356,7 +356,7 @@ pub fn check_widths(spec: &[StageSpec], d_in: usize) -> std::result::Result<usiz
     let mut width = d_in;
     let mut open: Vec<Open> = Vec::new();
     // steps per frame at the current depth (the product of the open downsample factors), and
-    // the least common multiple of all of them (`frame_multiple`); both at most MAX_AXIS
+    // the least common multiple of all of them (`frame_multiple`); both at most MAX_RATE
     let (mut rates, mut lcm) = (vec![1usize], 1usize);
     for (i, s) in spec.iter().enumerate() {
         match s {
@@ -802,6 +802,8 @@ impl Network {
                     ts.dims()
                 );
             }
+            // every input step's, before rate changes sum them into frames
+            crate::layer::check_time_steps(ts, b, l)?;
         }
         let multiple = frame_multiple(&self.spec);
         let pad = (multiple - l % multiple) % multiple;
@@ -1317,5 +1319,38 @@ mod tests {
         assert!(check_widths(&[down(1 << 10), down(1 << 10)], 1).is_ok());
         assert_eq!(frame_multiple(&[down(1 << 10), down(1 << 10)]), 1 << 20);
         assert_eq!(output_factor(&[down(1 << 40), down(1 << 40)]), usize::MAX);
+    }
+
+    /// Every input step's event time step is checked before a downsample sums them into frames
+    /// (`[2, −1]` sums to a valid 1): the error names the input step.
+    #[test]
+    fn time_steps_are_checked_before_rate_changes() {
+        let spec = vec![
+            StageSpec::Downsample {
+                factor: 2,
+                pooling: Pooling::Mean,
+            },
+            StageSpec::Layer {
+                class: "lrnnx.models.ltv.mamba.Mamba".into(),
+                kwargs: serde_json::json!({"d_model": 2, "d_state": 2, "d_conv": 2, "expand": 1}),
+            },
+            StageSpec::Upsample {
+                factor: 2,
+                unpooling: Unpooling::Hold,
+            },
+        ];
+        let net = Network::new(&spec, 2, 3, &Device::Cpu).unwrap();
+        let x = Tensor::ones((1, 4, 2), DType::F32, &Device::Cpu).unwrap();
+        let good = Tensor::new(&[[0.5f32, 1.5, 1.0, 1.0]], &Device::Cpu).unwrap();
+        net.forward(&x, Some(&good)).unwrap();
+        for (bad, at) in [
+            ([2.0f32, -1.0, 1.0, 1.0], "[0, 1]"),
+            ([1.0, 1.0, 0.0, 1.0], "[0, 2]"),
+            ([1.0, 1.0, 1.0, f32::NAN], "[0, 3]"),
+        ] {
+            let ts = Tensor::new(&[bad], &Device::Cpu).unwrap();
+            let e = net.forward(&x, Some(&ts)).unwrap_err().to_string();
+            assert!(e.contains(at), "{bad:?}: {e}");
+        }
     }
 }

@@ -139,16 +139,27 @@ pub fn clip_grad_norm<'a>(
         bail!("max_norm is {max_norm}: the gradient norm limit must be >= 0 (+inf: no clipping)");
     }
     let vars: Vec<&Var> = vars.into_iter().collect();
-    let mut sum = 0.0f64;
+    // Σ g² in f64 on the gradients' device; one scalar read back
+    let mut sum: Option<Tensor> = None;
     for v in &vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            let g = g.flatten_all()?.to_dtype(candle_core::DType::F64)?;
-            sum += g.to_vec1::<f64>()?.iter().map(|x| x * x).sum::<f64>();
+            let s = g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?;
+            sum = Some(match sum {
+                Some(acc) => (acc + s)?,
+                None => s,
+            });
         }
     }
+    let sum = match sum {
+        Some(s) => s.to_scalar::<f64>()?,
+        None => 0.0,
+    };
     let norm = sum.sqrt();
     if !norm.is_finite() {
-        bail!("the gradient norm is {norm}: a gradient holds NaN or infinite values");
+        bail!(
+            "the gradient norm is {norm}: a gradient holds NaN or infinite values (or the sum \
+             of squares overflows f64)"
+        );
     }
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
