@@ -8,6 +8,8 @@ use lrnnx::import::build_core;
 
 #[path = "common/counting_alloc.rs"]
 mod counting_alloc;
+#[path = "common/multirate.rs"]
+mod multirate;
 use counting_alloc::allocations;
 
 #[global_allocator]
@@ -135,21 +137,10 @@ fn multi_rate_denoisers_stream_without_allocating() {
     use lrnnx::export_network::export_network;
     use lrnnx::stream::Processor;
     use lrnnx::train::candle_core::Device;
-    use lrnnx::train::denoiser::{
-        quickstart_denoiser, quickstart_lru_kwargs, unet_denoiser, QuickstartSizes,
-    };
     use lrnnx::train::network::Network;
 
-    let codec = quickstart_denoiser(&QuickstartSizes {
-        frame: 8,
-        channels: 8,
-        state: 4,
-        blocks: 1,
-    })
-    .0;
-    let unet = unet_denoiser(&[4, 2], 4, &|w| quickstart_lru_kwargs(w, 4));
     let input: Vec<f32> = (0..700).map(|t| (t as f32 * 0.07).sin()).collect();
-    for (name, spec) in [("codec", codec), ("unet", unet)] {
+    for (name, spec) in multirate::small_multirate_denoisers() {
         let net = Network::new(&spec, 1, 4, &Device::Cpu).unwrap();
         let core = export_network(&net).unwrap();
         let mut p = Processor::new(&core);

@@ -21,6 +21,9 @@ use lrnnx::train::network::{Activation, Network, StageSpec};
 use lrnnx::train::Params;
 use serde_json::Value;
 
+#[path = "common/multirate.rs"]
+mod multirate;
+
 const LEN: usize = 4096;
 const REL_TOL: f64 = 1e-4;
 
@@ -161,21 +164,10 @@ fn processor_equals_parallel_forward_for_every_layer_kind() {
 /// equals sample-by-sample processing bit for bit.
 #[test]
 fn multirate_denoisers_stream_like_the_parallel_forward() {
-    use lrnnx::train::denoiser::{
-        quickstart_denoiser, quickstart_lru_kwargs, unet_denoiser, QuickstartSizes,
-    };
-    let codec = quickstart_denoiser(&QuickstartSizes {
-        frame: 8,
-        channels: 8,
-        state: 4,
-        blocks: 1,
-    })
-    .0;
-    let unet = unet_denoiser(&[4, 2], 4, &|w| quickstart_lru_kwargs(w, 4));
     let len = 1500; // not a multiple of any frame size
     let mut rng = Rng::new(5);
     let xs: Vec<f32> = (0..len).map(|_| (0.5 * rng.normal()) as f32).collect();
-    for (name, spec) in [("codec", codec), ("unet", unet)] {
+    for (name, spec) in multirate::small_multirate_denoisers() {
         let net = Network::new(&spec, 1, 9, &Device::Cpu).unwrap();
         let x = Tensor::from_vec(xs.clone(), (1, len, 1), &Device::Cpu).unwrap();
         let want: Vec<f32> = net

@@ -348,6 +348,17 @@ fn kept_unused(class: &str, kwargs: &Value, key: &str) -> bool {
 /// S4's kernel-length buffer (an integer in lrnnx's state dict).
 const L_KERNEL: &str = "layer.kernel.l_kernel";
 
+/// The error for S4's `layer.kernel.X` when it is not the same tensor as the top-level `X`
+/// (lrnnx stores S4's kernel parameters twice, as one storage).
+fn alias_differs(name: String) -> CheckpointError {
+    CheckpointError::Tensor {
+        name,
+        reason: "differs from the tensor it aliases (lrnnx stores S4's kernel parameters \
+                 twice, as one storage)"
+            .into(),
+    }
+}
+
 /// Checks a language model's mixer parameters as [`Checkpoint::new`] checks a layer's: `params`
 /// must be exactly the parameters of `class` built with `kwargs`. S4/S4D's `layer.kernel.X`
 /// aliases of a top-level `X` (lrnnx's state dicts hold both) are checked to equal it and
@@ -378,12 +389,7 @@ pub(crate) fn exact_layer_params(class: &str, kwargs: &Value, params: Params) ->
                 && x.dtype() == var.dtype()
                 && bits(x.as_tensor())? == bits(var.as_tensor())?;
             if !same {
-                return Err(CheckpointError::Tensor {
-                    name: name.clone(),
-                    reason: "differs from the tensor it aliases (lrnnx stores S4's kernel \
-                             parameters twice, as one storage)"
-                        .into(),
-                });
+                return Err(alias_differs(name.clone()));
             }
             continue;
         }
@@ -703,12 +709,7 @@ impl<'b> RawFile<'b> {
                     || a.shape != x.shape
                     || self.bytes[a.range.clone()] != self.bytes[x.range.clone()]
                 {
-                    return Err(CheckpointError::Tensor {
-                        name: key.clone(),
-                        reason: "differs from the tensor it aliases (lrnnx stores S4's kernel \
-                                 parameters twice, as one storage)"
-                            .into(),
-                    });
+                    return Err(alias_differs(key.clone()));
                 }
                 continue;
             }
@@ -1155,6 +1156,61 @@ mod tests {
             .unwrap();
         let e = Checkpoint::new(&class, &kwargs, params).err().unwrap();
         assert!(matches!(e, CheckpointError::Extra { .. }), "{e}");
+    }
+
+    /// S4's `layer.kernel.X` must be the same tensor as `X`, bit for bit in the same dtype, on
+    /// both import paths: the raw safetensors file (bytes compared) and a parameter map
+    /// (`exact_layer_params`, as a language model's mixers are checked).
+    #[test]
+    fn s4_kernel_aliases_must_equal_their_tensor() {
+        const ALIAS: &str = "layer.kernel.C";
+        let bytes = std::fs::read(golden("s4")).unwrap();
+        let file = RawFile::parse(&bytes).unwrap();
+        let config: Value = serde_json::from_str(&file.metadata["config"]).unwrap();
+        let class = config["class"].as_str().unwrap().to_owned();
+        let kwargs = config["ctor_kwargs"].clone();
+        let params = file.params("param.", &class).unwrap();
+        assert!(!params.vars().contains_key(ALIAS), "the alias is dropped");
+
+        // The raw file: the alias's first float with its sign bit flipped.
+        let key = format!("param.{ALIAS}");
+        let start = file.tensors[&key].range.start;
+        let mut broken = bytes.clone();
+        broken[start + 3] ^= 0x80;
+        let file = RawFile::parse(&broken).unwrap();
+        let e = file.params("param.", &class).err().unwrap();
+        assert!(matches!(e, CheckpointError::Tensor { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("`{key}`")) && msg.contains("aliases"),
+            "{msg}"
+        );
+
+        // A parameter map: the same values pass; one flipped sign, or the same values in f64,
+        // are refused naming the alias.
+        let c = params.vars()["C"].as_tensor().clone();
+        let flipped = {
+            let mut v = c.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v[0] = -v[0];
+            Tensor::from_vec(v, c.dims(), &Device::Cpu).unwrap()
+        };
+        let with_alias = |t: &Tensor| {
+            let mut p = params.clone();
+            p.insert(ALIAS, t).unwrap();
+            exact_layer_params(&class, &kwargs, p)
+        };
+        let kept = with_alias(&c).unwrap();
+        assert!(!kept.vars().contains_key(ALIAS));
+        assert_eq!(kept.vars().len(), params.vars().len());
+        for bad in [flipped, c.to_dtype(DType::F64).unwrap()] {
+            let e = with_alias(&bad).err().unwrap();
+            assert!(matches!(e, CheckpointError::Tensor { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("`{ALIAS}`")) && msg.contains("aliases"),
+                "{msg}"
+            );
+        }
     }
 
     /// Saving refuses parameters that do not rebuild the layer, naming the tensor.
