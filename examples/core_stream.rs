@@ -43,16 +43,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         };
         let layer = model.as_layer();
-        let x = &case.tensor("input.x")?.data;
+        let (d_in, d_out) = (layer.d_input(), layer.d_output());
+        let x_t = case.tensor("input.x")?;
+        let (x, x_shape) = (&x_t.data, &x_t.shape);
         let y_lrnnx = &case.tensor("output.y")?.data;
         let taus = case
             .tensor("input.integration_timesteps")
             .ok()
             .map(|t| &t.data);
-        let (d_in, d_out) = (layer.d_input(), layer.d_output());
-        let steps = x.len() / d_in;
-        let rows = case.tensor("input.x")?.shape[0];
-        let per_row = steps / rows;
+        // A case from another directory may not fit the layer it names: say so and go on.
+        let (rows, per_row) = match x_shape.as_slice() {
+            &[rows, len, d] if d == d_in && rows > 0 && len > 0 => (rows, len),
+            _ => {
+                println!(
+                    "{:<28} skipped: input.x has shape {x_shape:?}, the layer takes \
+                     (batch, length, {d_in})",
+                    case.name
+                );
+                continue;
+            }
+        };
+        let steps = rows * per_row;
+        if y_lrnnx.len() != steps * d_out || taus.is_some_and(|t| t.len() != steps) {
+            println!(
+                "{:<28} skipped: output.y ({} values) or the time steps do not match {steps} \
+                 steps of {d_out} outputs",
+                case.name,
+                y_lrnnx.len()
+            );
+            continue;
+        }
         let mut y = vec![0.0f32; steps * d_out];
         let mut state = vec![0.0f32; layer.state_len()];
         let start = Instant::now();

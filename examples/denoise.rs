@@ -35,7 +35,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let audio = wav::read(input)?;
+    let (audio, encoding) = wav::read_with_encoding(input)?;
     if file.sample_rate > 0.0 && audio.sample_rate as f32 != file.sample_rate {
         return Err(format!(
             "{input} is sampled at {} Hz but the model was trained at {} Hz; \
@@ -44,9 +44,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    let is_float = hound::WavReader::open(input)
-        .map(|r| r.spec().sample_format == hound::SampleFormat::Float)
-        .unwrap_or(false);
     let start = Instant::now();
     let mut channels = Vec::with_capacity(audio.channels.len());
     for ch in &audio.channels {
@@ -66,7 +63,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         sample_rate: audio.sample_rate,
         channels,
     };
-    let format = if is_float {
+    let format = if encoding.float {
         WavFormat::Float32
     } else {
         WavFormat::Pcm16

@@ -11,7 +11,8 @@
 //!      8     4  u32 version (2; version 1 files, without the latency word, are read too)
 //!     12     4  u32 input width
 //!     16     4  f32 sample rate in Hz (0: not given)
-//!     20     4  u32 latency in steps: the output lags the input by this much (0 for v1)
+//!     20     4  u32 latency in steps: the output lags the input by this much (0 for v1;
+//!               at most MAX_LATENCY)
 //!     24     4  u32 number of stages S
 //!     28        S stage records, each a u32 tag then its body:
 //!               1 dense       u32 d_in, u32 d_out, u32 bias (0/1), then the weights (Wᵀ, b) as f32
@@ -36,6 +37,11 @@ use lrnnx_train::network::{self as train_net, StageSpec};
 
 use crate::blob::{push_u32, u32_of, Cursor};
 use crate::export::{export, parse_blob, to_blob, to_rust_source, ExportError};
+
+/// The largest latency a blob may record: 2^24 steps (17 minutes of 16 kHz audio, 16 times the
+/// largest rate change a trained network may make). A larger word is taken as corruption, so a
+/// player never pads or buffers an absurd number of steps on a corrupt file's say-so.
+pub const MAX_LATENCY: usize = 1 << 24;
 
 /// A core network that owns its weights.
 pub type OwnedNetwork = Network<Vec<f32>, Vec<Stage<Vec<f32>>>>;
@@ -169,6 +175,11 @@ pub fn network_to_blob_with_latency<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>>(
     latency: usize,
 ) -> Result<Vec<u8>> {
     use lrnnx_core::Layer;
+    if latency > MAX_LATENCY {
+        return Err(ExportError::Blob(format!(
+            "latency {latency} exceeds MAX_LATENCY ({MAX_LATENCY} steps)"
+        )));
+    }
     let mut out = Vec::new();
     out.extend_from_slice(&NETWORK_MAGIC);
     push_u32(&mut out, NETWORK_VERSION);
@@ -268,6 +279,11 @@ pub fn read_network_blob(blob: &[u8]) -> Result<NetworkFile> {
     } else {
         0
     };
+    if latency > MAX_LATENCY {
+        return Err(ExportError::Blob(format!(
+            "latency {latency} exceeds MAX_LATENCY ({MAX_LATENCY} steps; corrupt)"
+        )));
+    }
     let n = c.u32("stage count")? as usize;
     // Each stage takes at least 4 bytes: refuse absurd counts before reserving anything.
     if n > blob.len() / 4 {
@@ -754,6 +770,17 @@ mod tests {
             network_to_blob(&f.network, 8000.0).unwrap()[28..],
             with[28..]
         );
+        // A latency past MAX_LATENCY is refused on both sides, naming it.
+        assert!(network_to_blob_with_latency(&core, 8000.0, MAX_LATENCY).is_ok());
+        let e = network_to_blob_with_latency(&core, 8000.0, MAX_LATENCY + 1)
+            .expect_err("latency past the limit written");
+        assert!(e.to_string().contains("latency 16777217"), "{e}");
+        let mut huge = with.clone();
+        huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = read_network_blob(&huge)
+            .err()
+            .expect("latency 2^32 - 1 read");
+        assert!(e.to_string().contains("latency 4294967295"), "{e}");
         let mut v3 = with;
         v3[8..12].copy_from_slice(&3u32.to_le_bytes());
         let e = read_network_blob(&v3).err().expect("version 3 accepted");

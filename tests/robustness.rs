@@ -294,6 +294,49 @@ fn huge_event_time_steps_stay_finite() {
     }
 }
 
+/// A block's event time steps can sum past `f32::MAX` in a network's downsample: the low-rate
+/// layer then gets `f32::MAX` (the largest finite step) rather than +∞, so stepping with two
+/// steps of 3e38 gives bit for bit what two steps of `f32::MAX / 2` (exactly `f32::MAX` summed)
+/// give, and everything stays finite.
+#[test]
+fn summed_event_time_steps_saturate_at_f32_max() {
+    use lrnnx::core::{EventLayer, Layer};
+    use lrnnx::export_network::export_network;
+    use lrnnx::train::candle_core::Device;
+    use lrnnx::train::network::{Network, Pooling, StageSpec, Unpooling};
+    let spec = vec![
+        StageSpec::Downsample {
+            factor: 2,
+            pooling: Pooling::Mean,
+        },
+        StageSpec::Layer {
+            class: "lrnnx.models.ltv.mamba.Mamba".into(),
+            kwargs: json!({"d_model": 2, "d_state": 2, "d_conv": 2, "expand": 1}),
+        },
+        StageSpec::Upsample {
+            factor: 2,
+            unpooling: Unpooling::Hold,
+        },
+    ];
+    let core = export_network(&Network::new(&spec, 2, 3, &Device::Cpu).unwrap()).unwrap();
+    let run = |dt: f32| {
+        let mut st = vec![0.0f32; core.state_len()];
+        let mut out = Vec::new();
+        for t in 0..8 {
+            let x = [0.5 - 0.1 * t as f32, 0.25];
+            let mut y = [0.0f32; 2];
+            core.step_event(&mut st, &x, dt, &mut y).unwrap();
+            assert!(
+                y.iter().chain(&st).all(|v| v.is_finite()),
+                "dt {dt:e}: {y:?}"
+            );
+            out.extend(y.map(f32::to_bits));
+        }
+        out
+    };
+    assert_eq!(run(3e38), run(f32::MAX / 2.0));
+}
+
 /// A user's own layer with no outputs: the sequence helpers, the real-time processor and the
 /// event pipeline refuse it with an error (their output rows are chunks of `d_output`), and a
 /// WAV with a NaN sample is refused before the file is created.

@@ -1,20 +1,25 @@
 //! Branch-free `f32` elementary functions for the step path of the time-varying layers, written
 //! so that loops over slices vectorize (no table look-ups, no data-dependent branches).
 //! Accuracy (each function states and tests its own bound): `exp` within 2 ulp of the correctly
-//! rounded value over the whole `f32` range.
+//! rounded value on `[−87.3, EXP_MAX]`, 0 below (it returns no subnormal or near-subnormal
+//! results) and +∞ above, where `e^x` overflows `f32`.
+
+/// The largest `f32` whose `e^x` is finite in `f32` (`ln(f32::MAX)` = 88.722839… rounded
+/// down): [`exp`] and [`expm1`] return +∞ above it.
+pub const EXP_MAX: f32 = 88.722_83;
 
 /// `e^x` for `f32`: `x = k·ln2 + r` with `|r| ≤ ln2/2`, `e^r = 1 + r + r²·P(r)` (Cephes'
 /// minimax polynomial), scaled by `2^k` through the exponent bits. `k` is read from the bits of
 /// the rounding sum `k + 1.5·2^23` (a float-to-int conversion would not vectorize on x86), and
 /// `2^k` is applied in two halves so that `k = 128` (x near 88.72) stays finite. Returns 0
-/// below −87.3 (no subnormal results), +∞ above 88.72, NaN for NaN.
+/// below −87.3 (no subnormal results), +∞ above [`EXP_MAX`], NaN for NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23; bits 0x4b40_0000
-    let xc = x.clamp(-87.3, 88.72);
+    let xc = x.clamp(-87.3, EXP_MAX);
     let kr = xc * LOG2E + ROUND;
     let k = kr - ROUND;
     let r = xc - k * LN2_HI - k * LN2_LO;
@@ -33,7 +38,7 @@ pub fn exp(x: f32) -> f32 {
     let y = er * s1 * s2;
     if x < -87.3 {
         0.0
-    } else if x > 88.72 {
+    } else if x > EXP_MAX {
         f32::INFINITY
     } else {
         y
@@ -75,7 +80,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 
 /// `e^x − 1` for `f32` without cancellation near 0: with the reduction of [`exp`],
 /// `x = k·ln2 + r`, `e^x − 1 = 2^k·(e^r − 1) + (2^k − 1)` where `e^r − 1 = r + r²·P(r)` is
-/// evaluated without adding 1. Returns −1 below −87.3 and +∞ above 88.72.
+/// evaluated without adding 1. Returns −1 below −87.3 and +∞ above [`EXP_MAX`].
 /// Accuracy: within 3 ulp of the correctly rounded value (tested against `libm::expm1` in
 /// `f64`), including tiny `|x|` where `exp(x) − 1` would lose every digit.
 #[inline(always)]
@@ -84,7 +89,7 @@ pub fn expm1(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.3, 88.72);
+    let xc = x.clamp(-87.3, EXP_MAX);
     let kr = xc * LOG2E + ROUND;
     let k = kr - ROUND;
     let r = xc - k * LN2_HI - k * LN2_LO;
@@ -107,7 +112,7 @@ pub fn expm1(x: f32) -> f32 {
     let y = if k > 24 { big } else { moderate };
     if x < -87.3 {
         -1.0
-    } else if x > 88.72 {
+    } else if x > EXP_MAX {
         f32::INFINITY
     } else {
         y
@@ -185,17 +190,25 @@ pub fn softplus(x: f32) -> f32 {
 }
 
 /// Logistic sigmoid `σ(x) = 1/(1 + e^{−x})`. Accuracy: relative error below `4e−7` over the
-/// whole `f32` range where `σ(x) ≥ 1.2e−38` (tested against the `f64` formula); 0 below −88.72.
+/// whole `f32` range where `σ(x) ≥ 1.2e−38` (tested against the `f64` formula); 0 below
+/// `−EXP_MAX` (−∞ included).
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// SiLU `x·σ(x) = x/(1 + e^{−x})`. Accuracy: relative error below `4e−7` (tested against the
-/// `f64` formula); exactly `−0` below −88.72.
+/// SiLU `x·σ(x) = x/(1 + e^{−x})`. Accuracy: relative error below `4e−7` where the result is a
+/// normal `f32` (`|x·σ(x)| ≥ 1.2e−38`; below that, within 2 ulp) (tested against the `f64`
+/// formula); exactly `−0` below `−EXP_MAX`, −∞ included (the limit, where the formula would
+/// give `−∞/∞`).
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+    let y = x / (1.0 + exp(-x));
+    if x < -EXP_MAX {
+        -0.0
+    } else {
+        y
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +287,19 @@ mod tests {
             assert!(ulp_diff(exp(x), want) <= 2, "x = {x}");
             x += 0.000_31;
         }
+        // every f32 from 88.72 to EXP_MAX is finite and within 2 ulp; the next one overflows
+        let mut x = 88.72f32;
+        while x <= EXP_MAX {
+            let want = libm::exp(x as f64) as f32;
+            assert!(want.is_finite() && ulp_diff(exp(x), want) <= 2, "x = {x}");
+            assert!(ulp_diff(expm1(x), want) <= 3, "expm1, x = {x}");
+            x = f32::from_bits(x.to_bits() + 1);
+        }
+        assert!(
+            libm::exp(x as f64) as f32 == f32::INFINITY,
+            "EXP_MAX is not the last"
+        );
+        assert_eq!((exp(x), expm1(x)), (f32::INFINITY, f32::INFINITY));
         assert_eq!(exp(88.8), f32::INFINITY);
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
@@ -367,5 +393,20 @@ mod tests {
         assert_eq!(silu(-100.0), 0.0);
         assert_eq!(silu(100.0), 100.0);
         assert!(softplus(f32::NAN).is_nan() && silu(f32::NAN).is_nan());
+        // the limits at ±∞ (silu(−∞) would be −∞/∞ by the formula)
+        assert_eq!(silu(f32::NEG_INFINITY).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(silu(-EXP_MAX - 0.01).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(silu(f32::INFINITY), f32::INFINITY);
+        assert_eq!(
+            (sigmoid(f32::NEG_INFINITY), sigmoid(f32::INFINITY)),
+            (0.0, 1.0)
+        );
+        // results below the normal range: within 2 ulp of the rounded f64 formula
+        for bits in (1u32..0x0080_0000).step_by(9973) {
+            let x = -f32::from_bits(bits) * 2.0;
+            let xd = x as f64;
+            let want = (xd / (1.0 + libm::exp(-xd))) as f32;
+            assert!(ulp_diff(silu(x), want) <= 2, "x = {x:e}");
+        }
     }
 }

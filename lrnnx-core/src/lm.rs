@@ -884,8 +884,11 @@ impl<W: AsRef<[f32]>, B: AsRef<[LmBlock<W>]>> LanguageModel<W, B> {
     /// Autoregressive generation: steps every token of `prompt` (at least one) from `state`,
     /// then `out.len()` times picks a token from the last logits (restricted to the unpadded
     /// vocabulary) with `sampling` and `rng`, writes it to `out` and steps it (the last one is
-    /// not stepped). Every check is made before the state is touched: token ids, room in every
-    /// attention cache for `prompt.len() + out.len() − 1` tokens, sampling arguments.
+    /// not stepped). Every argument is checked before the state is touched: token ids, room in
+    /// every attention cache for `prompt.len() + out.len() − 1` tokens, sampling arguments.
+    /// What cannot be checked in advance is the logits: a pick from logits that are not finite
+    /// (weights whose activations overflow) fails with the state stepped through the prompt and
+    /// the tokens written to `out` before it.
     pub fn generate(
         &self,
         state: &mut [f32],

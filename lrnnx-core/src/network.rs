@@ -24,7 +24,8 @@
 //! are skipped up to the matching `Upsample` (rate brackets nest like residual ones, at most
 //! [`MAX_RATE_DEPTH`] deep). [`Pooling`] says how a frame is made (concatenation, mean, last
 //! sample); with `Concat` and a dense stage after it this is a strided convolution with
-//! kernel = stride = k. Event layers in the low-rate part get the sum of the block's time steps.
+//! kernel = stride = k (k ≤ [`MAX_FACTOR`]). Event layers in the low-rate part get the sum of the
+//! block's time steps (at most `f32::MAX`, should the sum of finite steps overflow).
 //!
 //! `Upsample { factor: k, unpooling }` turns each low-rate frame back into k steps:
 //! `Split` emits the frame's k parts `[f_0 | … | f_{k−1}]` one per step (with a dense stage before
@@ -67,6 +68,10 @@ pub const MAX_RESIDUAL_DEPTH: usize = 8;
 
 /// Deepest nesting of rate changes (downsamples inside downsamples) a network may have.
 pub const MAX_RATE_DEPTH: usize = 8;
+
+/// Largest rate-change factor: a downsample counts its steps in the `f32` state, exact up to
+/// 2^24.
+pub const MAX_FACTOR: usize = 1 << 24;
 
 /// Most downsample stages a network may have (each keeps a precomputed skip, so that the
 /// steps between frames jump straight to the matching upsample).
@@ -335,6 +340,9 @@ fn stage_io<W: AsRef<[f32]>>(
             if *factor == 0 {
                 return Err("a downsample factor must be at least 1");
             }
+            if *factor > MAX_FACTOR {
+                return Err("a downsample factor may be at most MAX_FACTOR (2^24)");
+            }
             match pooling {
                 Pooling::Concat => {
                     let w = factor.checked_mul(width).ok_or(OVERFLOW)?;
@@ -347,6 +355,9 @@ fn stage_io<W: AsRef<[f32]>>(
         Stage::Upsample { factor, unpooling } => {
             if *factor == 0 {
                 return Err("an upsample factor must be at least 1");
+            }
+            if *factor > MAX_FACTOR {
+                return Err("an upsample factor may be at most MAX_FACTOR (2^24)");
             }
             match unpooling {
                 Unpooling::Split => {
@@ -675,7 +686,8 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                         }
                         Pooling::Last => {}
                     }
-                    let dt_sum = meta[1] + dt.unwrap_or(0.0);
+                    // a sum of finite steps may overflow: the largest finite step instead
+                    let dt_sum = (meta[1] + dt.unwrap_or(0.0)).min(f32::MAX);
                     if fill + 1 == k {
                         match pooling {
                             Pooling::Concat => nxt[..out].copy_from_slice(buf),
@@ -1315,6 +1327,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, Error::NetworkStage { index: 2, .. }), "{e:?}");
+        // Factors past MAX_FACTOR (the fill count is an f32 in the state) are refused.
+        let last = |factor| Stage::<Vec<f32>>::Downsample {
+            factor,
+            pooling: Pooling::Last,
+        };
+        let hold = |factor| Stage::<Vec<f32>>::Upsample {
+            factor,
+            unpooling: Unpooling::Hold,
+        };
+        Network::new(1, vec![last(MAX_FACTOR), hold(MAX_FACTOR)]).unwrap();
+        let e = Network::new(1, vec![last(MAX_FACTOR + 1)]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 0, .. }), "{e:?}");
+        let e = Network::new(1, vec![last(2), hold(MAX_FACTOR + 1)]).unwrap_err();
+        assert!(matches!(e, Error::NetworkStage { index: 1, .. }), "{e:?}");
         let deep: Vec<Stage<Vec<f32>>> = (0..MAX_RATE_DEPTH + 1).map(|_| down(1)).collect();
         assert!(Network::new(1, deep).is_err());
         // A garbage state (fill count NaN / huge) is clamped, never out of range.

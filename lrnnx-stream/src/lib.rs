@@ -7,7 +7,8 @@
 //! * [`processor`]: a model and its state; samples or blocks in, samples out; reset, save and
 //!   restore.
 //! * [`denormal`]: flush-to-zero around processing, and a state floor.
-//! * [`wav`]: WAV files in and out (mono or multichannel, 16-bit or float).
+//! * [`wav`]: WAV files in and out (mono or multichannel; 8- to 32-bit integer or float in, 16-bit
+//!   or float out).
 //! * [`events`]: event-camera files (AEDAT 4.0, EVT 3.0) and the event pipeline.
 //! * [`classify`]: streaming classification of event sequences (a running pool of a low-rate
 //!   model's output frames).

@@ -6,15 +6,17 @@
 //! File layout (plain safetensors, readable by PyTorch's `safetensors.torch.load_file`):
 //!
 //! ```text
-//! tensors        every parameter under its lrnnx name, F32, lrnnx's shape
+//! tensors        every parameter under its lrnnx name and lrnnx's shape, finite, all F32 (all
+//!                F64 for a double-precision layer, which so round-trips exactly)
 //! __metadata__   "format":       "lrnnx-train-checkpoint-v1"
 //!                "lrnnx.class":  lrnnx class, e.g. "lrnnx.models.lti.s5.S5"
 //!                "lrnnx.kwargs": constructor arguments as JSON, e.g. {"d_model": 8, ...}
 //! ```
 //!
 //! Reading is strict, and never panics: a file that is not safetensors, a truncated file, a
-//! tensor whose dtype is not F32, a missing or mis-shaped tensor, and a tensor the layer does not
-//! have (an extra key) are all refused with a [`CheckpointError`] that names the tensor.
+//! tensor whose dtype is not F32 or F64 (or F32 and F64 mixed), a value that is not finite, a
+//! missing or mis-shaped tensor, and a tensor the layer does not have (an extra key) are all
+//! refused with a [`CheckpointError`] that names the tensor.
 //! Keys lrnnx's state dicts carry that the layer legitimately does not read are accepted:
 //! the `layer.kernel.X` aliases of S4/S4D (the same storage as the top-level `X`; skipped),
 //! S4's `layer.kernel.l_kernel` buffer (an integer in lrnnx; read by S4, kept as F32) and
@@ -223,22 +225,60 @@ impl Checkpoint {
         Ok(build(&self.class, &self.kwargs, self.params.clone())?)
     }
 
-    /// The checkpoint as safetensors bytes (every parameter as F32).
+    /// The checkpoint as safetensors bytes: every parameter as F64 when all of them are f64
+    /// (a double-precision layer round-trips exactly), else as F32 (f32, f16 and bf16 values are
+    /// all exact in F32). Refuses parameters that mix f32 and f64, and a value that is not
+    /// finite (which [`Checkpoint::read`] would refuse), naming the tensor; nothing is written
+    /// then.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut data = Vec::with_capacity(self.params.vars().len());
-        for (name, var) in self.params.vars() {
-            let t = var.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
-            let bytes: Vec<u8> = t
-                .to_vec1::<f32>()?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+        let vars = self.params.vars();
+        let dtype = match vars.values().find(|v| v.dtype() == DType::F64) {
+            None => DType::F32,
+            Some(_) => {
+                if let Some((name, v)) = vars.iter().find(|(_, v)| v.dtype() != DType::F64) {
+                    return Err(CheckpointError::Tensor {
+                        name: name.clone(),
+                        reason: format!(
+                            "has dtype {:?} while other parameters are F64 (a checkpoint's \
+                             parameters share one precision)",
+                            v.dtype()
+                        ),
+                    });
+                }
+                DType::F64
+            }
+        };
+        let mut data = Vec::with_capacity(vars.len());
+        for (name, var) in vars {
+            let t = var.as_tensor().to_dtype(dtype)?.flatten_all()?;
+            let not_finite = |i: usize, v: f64| CheckpointError::Tensor {
+                name: name.clone(),
+                reason: format!("value {i} is {v} (not finite); a checkpoint holds finite values"),
+            };
+            let bytes: Vec<u8> = if dtype == DType::F64 {
+                let v = t.to_vec1::<f64>()?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(not_finite(i, v[i]));
+                }
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            } else {
+                let v = t.to_vec1::<f32>()?;
+                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(not_finite(i, v[i] as f64));
+                }
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
             data.push((name.clone(), var.dims().to_vec(), bytes));
         }
+        let st_dtype = if dtype == DType::F64 {
+            safetensors::Dtype::F64
+        } else {
+            safetensors::Dtype::F32
+        };
         let views = data
             .iter()
             .map(|(name, shape, bytes)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
                     .map(|v| (name.as_str(), v))
                     .map_err(|e| CheckpointError::Tensor {
                         name: name.clone(),
@@ -492,6 +532,18 @@ struct RawFile<'b> {
     metadata: BTreeMap<String, String>,
 }
 
+/// A little-endian f64 from 8 bytes.
+fn le_f64(b: &[u8]) -> f64 {
+    f64::from_bits(le_i64(b) as u64)
+}
+
+/// A little-endian i64 from 8 bytes.
+fn le_i64(b: &[u8]) -> i64 {
+    let mut le = [0u8; 8];
+    le.copy_from_slice(b);
+    i64::from_le_bytes(le)
+}
+
 /// Bytes per element of a safetensors dtype.
 fn dtype_size(dtype: &str) -> Option<usize> {
     Some(match dtype {
@@ -653,9 +705,10 @@ impl<'b> RawFile<'b> {
         })
     }
 
-    /// The tensor `key` as an F32 candle tensor on the CPU (other dtypes are refused, except
-    /// an integer buffer when `int_ok`: converted exactly up to 2^24, refused above).
-    fn f32_tensor(&self, key: &str, int_ok: bool) -> Result<Tensor> {
+    /// The tensor `key` as a candle tensor on the CPU: F32 and F64 as they are; an integer
+    /// buffer (I64), when `int_ok`, in `int_dtype` (exact up to 2^24, refused above); other
+    /// dtypes refused. Every value must be finite.
+    fn float_tensor(&self, key: &str, int_ok: bool, int_dtype: DType) -> Result<Tensor> {
         let bad = |reason: String| CheckpointError::Tensor {
             name: key.to_owned(),
             reason,
@@ -665,34 +718,68 @@ impl<'b> RawFile<'b> {
             .get(key)
             .ok_or_else(|| bad("not in the file".into()))?;
         let raw = &self.bytes[t.range.clone()];
-        let data: Vec<f32> = match t.dtype.as_str() {
-            "F32" => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            "I64" if int_ok => raw
-                .chunks_exact(8)
-                .map(|b| {
-                    let mut le = [0u8; 8];
-                    le.copy_from_slice(b);
-                    let v = i64::from_le_bytes(le);
-                    if v.unsigned_abs() <= 1 << 24 {
-                        Ok(v as f32)
-                    } else {
-                        Err(bad(format!("integer {v} is not exact in f32")))
-                    }
-                })
-                .collect::<Result<_>>()?,
-            other => return Err(bad(format!("has dtype {other}, expected F32"))),
-        };
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(bad(format!("value {i} is {} (not finite)", data[i])));
+        let shape = t.shape.as_slice();
+        let not_finite = |i: usize, v: f64| bad(format!("value {i} is {v} (not finite)"));
+        match t.dtype.as_str() {
+            "F32" => {
+                let data: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                    return Err(not_finite(i, data[i] as f64));
+                }
+                Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+            }
+            "F64" => {
+                let data: Vec<f64> = raw.chunks_exact(8).map(le_f64).collect();
+                if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                    return Err(not_finite(i, data[i]));
+                }
+                Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+            }
+            "I64" if int_ok => {
+                let data = raw
+                    .chunks_exact(8)
+                    .map(|b| {
+                        let v = le_i64(b);
+                        if v.unsigned_abs() <= 1 << 24 {
+                            Ok(v as f32)
+                        } else {
+                            Err(bad(format!("integer {v} is not exact in f32")))
+                        }
+                    })
+                    .collect::<Result<Vec<f32>>>()?;
+                Ok(Tensor::from_vec(data, shape, &Device::Cpu)?.to_dtype(int_dtype)?)
+            }
+            other => Err(bad(format!("has dtype {other}, expected F32 or F64"))),
         }
-        Ok(Tensor::from_vec(data, t.shape.as_slice(), &Device::Cpu)?)
     }
 
     /// The parameters under `prefix` (prefix removed), without the skipped aliases of `class`.
     fn params(&self, prefix: &str, class: &str) -> Result<Params> {
+        // one precision for all: the first float tensor's (F32 unless it is F64)
+        let mut floats = self
+            .tensors
+            .iter()
+            .filter(|(k, t)| k.starts_with(prefix) && matches!(t.dtype.as_str(), "F32" | "F64"));
+        let first = floats.next();
+        if let Some((name, t)) = floats.find(|(_, t)| Some(&t.dtype) != first.map(|f| &f.1.dtype)) {
+            return Err(CheckpointError::Tensor {
+                name: name.clone(),
+                reason: format!(
+                    "has dtype {} while `{}` has {} (a checkpoint's parameters share one \
+                     precision)",
+                    t.dtype,
+                    first.map_or("", |f| f.0.as_str()),
+                    first.map_or("", |f| f.1.dtype.as_str())
+                ),
+            });
+        }
+        let float_dtype = match first {
+            Some((_, t)) if t.dtype == "F64" => DType::F64,
+            _ => DType::F32,
+        };
         let mut params = Params::new();
         for key in self.tensors.keys() {
             let Some(name) = key.strip_prefix(prefix) else {
@@ -714,7 +801,7 @@ impl<'b> RawFile<'b> {
                 continue;
             }
             let int_ok = is_s4(class) && name == L_KERNEL;
-            params.insert(name, &self.f32_tensor(key, int_ok)?)?;
+            params.insert(name, &self.float_tensor(key, int_ok, float_dtype)?)?;
         }
         Ok(params)
     }
@@ -854,23 +941,62 @@ mod tests {
             f32_bytes(&other["C"]),
             f32_bytes(layer.params().vars()["C"].as_tensor())
         );
-        // f64 parameters are stored as f32.
+        // f64 parameters (here with digits f32 cannot hold) are stored as F64 and come back
+        // bit for bit.
+        let bits64 = |t: &Tensor| -> Vec<u64> {
+            let v = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
         let mut p64 = Params::new();
         for (name, var) in layer.params().vars() {
-            p64.insert(name, &var.as_tensor().to_dtype(DType::F64).unwrap())
-                .unwrap();
+            let t = (var.as_tensor().to_dtype(DType::F64).unwrap() + 1e-12).unwrap();
+            p64.insert(name, &t).unwrap();
         }
         let path64 = dir.join("s5_f64.safetensors");
-        Checkpoint::new(S5, &s5_kwargs(), p64)
+        Checkpoint::new(S5, &s5_kwargs(), p64.clone())
             .unwrap()
             .save(&path64)
             .unwrap();
         let loaded64 = load(&path64).unwrap();
-        for (name, var) in layer.params().vars() {
+        for (name, var) in p64.vars() {
             let got = loaded64.params().vars()[name].as_tensor();
-            assert_eq!(got.dtype(), DType::F32);
-            assert_eq!(f32_bytes(got), f32_bytes(var.as_tensor()), "{name}");
+            assert_eq!(got.dtype(), DType::F64);
+            assert_eq!(bits64(got), bits64(var.as_tensor()), "{name}");
         }
+        // Refused before anything is written (the file saved above keeps its bytes): f32 and
+        // f64 mixed, and a value that is not finite, each naming the tensor.
+        let before = std::fs::read(&path64).unwrap();
+        let mut mixed = p64.clone();
+        mixed
+            .insert("D", layer.params().vars()["D"].as_tensor())
+            .unwrap();
+        let e = Checkpoint::new(S5, &s5_kwargs(), mixed)
+            .unwrap()
+            .save(&path64)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`D`") && e.to_string().contains("one precision"),
+            "{e}"
+        );
+        for dtype in [DType::F32, DType::F64] {
+            let mut nan = Params::new();
+            for (name, var) in layer.params().vars() {
+                nan.insert(name, &var.as_tensor().to_dtype(dtype).unwrap())
+                    .unwrap();
+            }
+            let c = nan.vars()["C"].as_tensor().clone();
+            let poisoned = (c.ones_like().unwrap() * f64::NAN).unwrap();
+            nan.insert("C", &poisoned).unwrap();
+            let e = Checkpoint::new(S5, &s5_kwargs(), nan)
+                .unwrap()
+                .save(&path64)
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("`C`") && e.to_string().contains("NaN"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(&path64).unwrap(), before);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -900,10 +1026,12 @@ mod tests {
             let kwargs = &config["ctor_kwargs"];
             let ckpt = Checkpoint::import_lrnnx(golden(case), "param.", class, kwargs).unwrap();
             let layer = ckpt.build().unwrap();
-            let x = file.f32_tensor("input.x", false).unwrap();
-            let taus = file.f32_tensor("input.integration_timesteps", false).ok();
+            let x = file.float_tensor("input.x", false, DType::F32).unwrap();
+            let taus = file
+                .float_tensor("input.integration_timesteps", false, DType::F32)
+                .ok();
             let y = forward(layer.as_ref(), &x, taus.as_ref());
-            let want = file.f32_tensor("output.y", false).unwrap();
+            let want = file.float_tensor("output.y", false, DType::F32).unwrap();
             let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in y.iter().zip(&want) {
@@ -982,7 +1110,13 @@ mod tests {
         d.1 = safetensors::Dtype::F64;
         d.3 = vec![0; 9 * 8];
         let e = refuse("f64.safetensors", &f64s, "D");
-        assert!(e.to_string().contains("F64"), "{e}");
+        assert!(e.to_string().contains("has dtype F64 while"), "{e}");
+        let mut f16s = good.clone();
+        let d = f16s.iter_mut().find(|t| t.0 == "D").unwrap();
+        d.1 = safetensors::Dtype::F16;
+        d.3 = vec![0; 9 * 2];
+        let e = refuse("f16.safetensors", &f16s, "D");
+        assert!(e.to_string().contains("expected F32 or F64"), "{e}");
 
         // Truncated: the first tensor whose bytes are cut is named.
         let bytes = std::fs::read(dir.join("good.safetensors")).unwrap();

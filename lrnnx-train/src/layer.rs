@@ -200,6 +200,14 @@ pub(crate) fn usize_arg(kwargs: &Value, name: &str) -> std::result::Result<usize
         .ok_or_else(|| BuildError::Kwarg(format!("`{name}`: expected a non-negative integer")))
 }
 
+/// Reads a size argument that must be at least 1 (a layer with no channels or no state).
+pub(crate) fn positive_arg(kwargs: &Value, name: &str) -> std::result::Result<usize, BuildError> {
+    match usize_arg(kwargs, name)? {
+        0 => Err(BuildError::Kwarg(format!("`{name}` must be positive"))),
+        v => Ok(v),
+    }
+}
+
 /// Largest size a constructor argument may give one axis (2^31): products of two axes and sums
 /// of a few then fit a `usize`, whatever a checkpoint's metadata says.
 pub(crate) const MAX_AXIS: usize = 1 << 31;
@@ -301,6 +309,52 @@ mod tests {
 
     fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A layer with no channels or no state is refused by every class, naming the argument,
+    /// before its parameters are looked at.
+    #[test]
+    fn zero_sizes_are_refused() {
+        let cases = [
+            ("LRU", json!({"d_model": 3, "d_state": 0}), "d_state"),
+            ("LRU", json!({"d_model": 0, "d_state": 4}), "d_model"),
+            (
+                "lrnnx.models.lti.s5.S5",
+                json!({"d_model": 3, "d_state": 0, "discretization": "zoh"}),
+                "d_state",
+            ),
+            (
+                "lrnnx.models.lti.s5.S5",
+                json!({"d_model": 0, "d_state": 4, "discretization": "zoh"}),
+                "d_model",
+            ),
+            (
+                "lrnnx.models.ltv.s5.S5",
+                json!({"d_model": 3, "d_state": 0}),
+                "d_state",
+            ),
+            (
+                "lrnnx.models.ltv.s5.S5",
+                json!({"d_model": 0, "d_state": 4}),
+                "d_model",
+            ),
+            (
+                "lrnnx.models.ltv.mamba.Mamba",
+                json!({"d_model": 0}),
+                "d_model",
+            ),
+            ("S7", json!({"d_model": 3, "d_state": 0}), "d_state"),
+        ];
+        for (class, kw, name) in cases {
+            let e = super::build(class, &kw, crate::params::Params::new())
+                .err()
+                .unwrap_or_else(|| panic!("{class} {kw} built"));
+            assert!(
+                e.to_string().contains(&format!("`{name}`"))
+                    && e.to_string().contains("must be positive"),
+                "{class} {kw}: {e}"
+            );
+        }
     }
 
     fn state(c: &super::Cache) -> Vec<Vec<f32>> {

@@ -35,7 +35,7 @@ use candle_core::{bail, DType, Result, Tensor, Var, D};
 use serde_json::{Map, Value};
 
 use crate::init::Rng;
-use crate::layer::{axes_fit, usize_arg, Cache};
+use crate::layer::{axes_fit, positive_arg, usize_arg, Cache};
 use crate::{build, BuildError, Params, TrainLayer};
 
 /// The language model's configuration (lrnnx's `config.json` keys plus `mixer_kwargs`).
@@ -123,7 +123,7 @@ impl LmConfig {
             return Err(kw("`pad_vocab_size_multiple` must be positive".into()));
         }
         let (d_model, d_state) = (usize_arg(kwargs, "d_model")?, usize_arg(kwargs, "d_state")?);
-        let vocab_size = usize_arg(kwargs, "vocab_size")?;
+        let vocab_size = positive_arg(kwargs, "vocab_size")?;
         let d_intermediate = opt_usize("d_intermediate", 0)?;
         // every size an axis: the padded vocabulary, the MLP width and their products with
         // d_model then fit a usize
@@ -206,8 +206,21 @@ pub fn mixer_class(
             )))
         }
     };
+    // lrnnx passes d_model (and d_state, to a class that takes one) itself: the same name in
+    // mixer_kwargs is a TypeError there ("got multiple values"), an error here
+    let takes_d_state = mixer_type != "RGLRU" && mixer_type != "attn";
+    let given_twice = ["d_model", "d_state"]
+        .into_iter()
+        .filter(|&k| k == "d_model" || takes_d_state)
+        .find(|&k| kwargs.contains_key(k));
+    if let Some(k) = given_twice {
+        return Err(BuildError::Kwarg(format!(
+            "`mixer_kwargs.{mixer_type}.{k}`: the model passes `{k}` to its mixers itself \
+             (lrnnx raises a TypeError for it)"
+        )));
+    }
     kwargs.insert("d_model".into(), cfg.d_model.into());
-    if mixer_type != "RGLRU" && mixer_type != "attn" {
+    if takes_d_state {
         kwargs.insert("d_state".into(), cfg.d_state.into());
     }
     Ok((class, Value::Object(kwargs)))
@@ -1320,6 +1333,25 @@ mod tests {
             .remove("head_dim");
         let e = LanguageModel::from_lrnnx(&kw, p).err().unwrap();
         assert!(e.to_string().contains("`head_dim` is 0"), "{e}");
+        // An empty vocabulary; `d_model` / `d_state` given again in a mixer's kwargs (lrnnx:
+        // "got multiple values", a TypeError) rather than silently replaced.
+        let (kw, p) = tiny(0);
+        let mut empty = kw.clone();
+        empty["vocab_size"] = json!(0);
+        let e = LanguageModel::from_lrnnx(&empty, p.clone()).err().unwrap();
+        assert!(
+            e.to_string().contains("`vocab_size` must be positive"),
+            "{e}"
+        );
+        for key in ["d_model", "d_state"] {
+            let mut twice = kw.clone();
+            twice["mixer_kwargs"] = json!({"LRU": {key: 2}});
+            let e = LanguageModel::from_lrnnx(&twice, p.clone()).err().unwrap();
+            assert!(
+                e.to_string().contains(&format!("mixer_kwargs.LRU.{key}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use candle_core::{bail, Result, Tensor};
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
+use crate::layer::{positive_arg, BuildError, Cache, TrainLayer};
 use crate::params::Params;
 use crate::scan::complex_scan;
 
@@ -33,8 +33,8 @@ impl Lru {
     /// every parameter's shape.
     pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
         let layer = Lru {
-            d_model: usize_arg(kwargs, "d_model")?,
-            d_state: usize_arg(kwargs, "d_state")?,
+            d_model: positive_arg(kwargs, "d_model")?,
+            d_state: positive_arg(kwargs, "d_state")?,
             params,
         };
         layer.weights()?; // shape checks now rather than at the first forward

@@ -636,6 +636,13 @@ impl Network {
         dtype: DType,
     ) -> std::result::Result<Self, BuildError> {
         let d_out = check_widths(spec, d_in)?;
+        for (n, (i, _)) in given.iter().enumerate() {
+            if given[..n].iter().any(|(j, _)| j == i) {
+                return Err(BuildError::Kwarg(format!(
+                    "network stage {i}: parameters given twice"
+                )));
+            }
+        }
         let mut rng = Rng::new(seed);
         let mut stages = Vec::with_capacity(spec.len());
         for (i, s) in spec.iter().enumerate() {
@@ -655,7 +662,7 @@ impl Network {
                     match given.iter().position(|(k, _)| *k == i) {
                         Some(at) => {
                             let (_, params) = given.swap_remove(at);
-                            Stage::Layer(crate::build(class, kwargs, params)?)
+                            Stage::Layer(given_layer(i, class, kwargs, params)?)
                         }
                         None => Stage::Layer(fresh(class, kwargs, &mut rng, dtype, device)?),
                     }
@@ -665,7 +672,7 @@ impl Network {
                     match given.iter().position(|(k, _)| *k == i) {
                         Some(at) => {
                             let (_, params) = given.swap_remove(at);
-                            Stage::Layer(crate::build(BIDIRECTIONAL, &kwargs, params)?)
+                            Stage::Layer(given_layer(i, BIDIRECTIONAL, &kwargs, params)?)
                         }
                         None => {
                             Stage::Layer(fresh(BIDIRECTIONAL, &kwargs, &mut rng, dtype, device)?)
@@ -948,6 +955,26 @@ fn upsample(h: &Tensor, k: usize, unpooling: Unpooling) -> Result<Tensor> {
         return Ok(steps);
     }
     steps.pad_with_zeros(1, k - 1, 0)?.narrow(1, 0, n * k)
+}
+
+/// A layer stage built from given parameters, checked as a checkpoint's are
+/// ([`crate::checkpoint::exact_layer_params`]): a tensor the layer does not read is refused
+/// (S4's `layer.kernel.X` aliases, checked equal to `X`, and Mamba's kept `dtA_proj.weight`
+/// aside; such errors name the stage).
+fn given_layer(
+    stage: usize,
+    class: &str,
+    kwargs: &serde_json::Value,
+    params: crate::Params,
+) -> std::result::Result<Box<dyn TrainLayer>, BuildError> {
+    use crate::checkpoint::{exact_layer_params, CheckpointError};
+    let params = exact_layer_params(class, kwargs, params).map_err(|e| match e {
+        CheckpointError::Build(b) => b,
+        other => BuildError::Candle(candle_core::Error::Msg(format!(
+            "network stage {stage}: {other}"
+        ))),
+    })?;
+    crate::build(class, kwargs, params)
 }
 
 #[cfg(test)]
@@ -1261,6 +1288,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Given layer parameters are checked as a checkpoint's: a tensor the layer does not read
+    /// is refused naming the stage and the tensor, and a stage given twice is named as such.
+    #[test]
+    fn given_layer_parameters_are_checked_like_a_checkpoint() {
+        let dev = Device::Cpu;
+        let spec = block(4);
+        let net = Network::new(&spec, 4, 1, &dev).unwrap();
+        let good = net.layer_params(1).unwrap().clone();
+        Network::with_layer_params(&spec, 4, 2, &dev, vec![(1, good.clone())]).unwrap();
+        let mut extra = good.clone();
+        extra
+            .insert("nu_logg", &Tensor::zeros(4, DType::F32, &dev).unwrap())
+            .unwrap();
+        let e = Network::with_layer_params(&spec, 4, 2, &dev, vec![(1, extra)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("network stage 1") && e.contains("`nu_logg`"),
+            "{e}"
+        );
+        let twice = vec![(1, good.clone()), (1, good)];
+        let e = Network::with_layer_params(&spec, 4, 2, &dev, twice)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("network stage 1: parameters given twice"), "{e}");
     }
 
     #[test]

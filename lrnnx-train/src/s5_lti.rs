@@ -16,7 +16,7 @@ use lrnnx_core::Discretization;
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{str_arg, usize_arg, BuildError, Cache, TrainLayer};
+use crate::layer::{positive_arg, str_arg, BuildError, Cache, TrainLayer};
 use crate::ops::{matmul_operand, softplus};
 use crate::params::Params;
 use crate::scan::complex_scan;
@@ -33,8 +33,8 @@ impl S5Lti {
     /// From lrnnx's constructor arguments (`d_model`, `d_state`, `discretization`) and its
     /// parameters; checks every parameter's shape.
     pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
-        let d_model = usize_arg(kwargs, "d_model")?;
-        let d_state = usize_arg(kwargs, "d_state")?;
+        let d_model = positive_arg(kwargs, "d_model")?;
+        let d_state = positive_arg(kwargs, "d_state")?;
         let discretization = match str_arg(kwargs, "discretization") {
             "bilinear" => Discretization::LrnnxInvertedBilinear,
             "zoh" => Discretization::Zoh,

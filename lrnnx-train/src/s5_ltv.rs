@@ -29,7 +29,7 @@ use candle_core::{bail, DType, Result, Tensor};
 use serde_json::Value;
 
 use crate::complex::CTensor;
-use crate::layer::{usize_arg, BuildError, Cache, TrainLayer};
+use crate::layer::{positive_arg, BuildError, Cache, TrainLayer};
 use crate::params::Params;
 use crate::scan::complex_scan;
 
@@ -90,8 +90,8 @@ impl S5Ltv {
     /// From lrnnx's constructor arguments (`d_model`, `d_state`, `discretization`, `conj_sym`,
     /// `step_rescale`) and its parameters; checks every parameter's shape.
     pub fn from_lrnnx(kwargs: &Value, params: Params) -> std::result::Result<Self, BuildError> {
-        let d_model = usize_arg(kwargs, "d_model")?;
-        let d_state = usize_arg(kwargs, "d_state")?;
+        let d_model = positive_arg(kwargs, "d_model")?;
+        let d_state = positive_arg(kwargs, "d_state")?;
         let rule = match kwargs.get("discretization") {
             None | Some(Value::Null) => S5LtvRule::Zoh,
             Some(v) => match v.as_str() {

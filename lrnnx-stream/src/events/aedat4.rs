@@ -272,7 +272,11 @@ fn lz4_frame_framing(payload: &[u8]) -> Result<(), (usize, String)> {
     }
 }
 
-/// Decompresses `payload` (starting at file offset `offset`) into `out`.
+/// Decompresses `payload` (starting at file offset `offset`) into `out`: the packet's 4-byte
+/// size prefix, then at most the buffer it declares (refused past [`MAX_PACKET_BYTES`]), so a
+/// small corrupt packet cannot make the reader hold more than its prefix claims. The rest of
+/// the stream is still decoded (into nothing, up to the same limit) so that the codec checks
+/// its frame to the end; compressed bytes after the frame are refused.
 fn decompress(
     compression: Compression,
     payload: &[u8],
@@ -281,36 +285,58 @@ fn decompress(
     out: &mut Vec<u8>,
 ) -> Result<(), EventError> {
     out.clear();
-    let res = match compression {
+    let fail = |m: String| corrupt(format!("{what}: {m}"), offset);
+    match compression {
         Compression::None => {
             out.extend_from_slice(payload);
-            return Ok(());
+            Ok(())
         }
         Compression::Lz4 => {
             if let Err((at, m)) = lz4_frame_framing(payload) {
                 return Err(corrupt(format!("{what}: {m}"), offset + at));
             }
-            lz4_flex::frame::FrameDecoder::new(payload)
-                .take(MAX_PACKET_BYTES + 1)
-                .read_to_end(out)
-                .map_err(|e| format!("LZ4: {e}"))
+            let decoder = lz4_flex::frame::FrameDecoder::new(payload);
+            read_size_prefixed(decoder, out).map_err(|m| fail(format!("LZ4: {m}")))
         }
         Compression::Zstd => {
             let mut src = payload;
-            match ruzstd::decoding::StreamingDecoder::new(&mut src) {
-                Ok(d) => d
-                    .take(MAX_PACKET_BYTES + 1)
-                    .read_to_end(out)
-                    .map_err(|e| format!("Zstd: {e}")),
-                Err(e) => Err(format!("Zstd: {e}")),
+            let decoder = ruzstd::decoding::StreamingDecoder::new(&mut src)
+                .map_err(|e| fail(format!("cannot decompress: Zstd: {e}")))?;
+            read_size_prefixed(decoder, out).map_err(|m| fail(format!("Zstd: {m}")))?;
+            if !src.is_empty() {
+                return Err(corrupt(
+                    format!(
+                        "{what}: {} bytes after the end of the Zstd frame",
+                        src.len()
+                    ),
+                    offset + payload.len() - src.len(),
+                ));
             }
+            Ok(())
         }
-    };
-    res.map_err(|m| corrupt(format!("{what}: cannot decompress: {m}"), offset))?;
-    if out.len() as u64 > MAX_PACKET_BYTES {
-        return Err(corrupt(
-            format!("{what}: decompresses to more than {MAX_PACKET_BYTES} bytes"),
-            offset,
+    }
+}
+
+/// Reads a size-prefixed buffer from `r` into `out` ([`decompress`]): the prefix, at most the
+/// bytes it declares, then the rest of the stream into nothing (at most [`MAX_PACKET_BYTES`]).
+fn read_size_prefixed(mut r: impl Read, out: &mut Vec<u8>) -> Result<(), String> {
+    let cannot = |e: std::io::Error| format!("cannot decompress: {e}");
+    (&mut r).take(4).read_to_end(out).map_err(cannot)?;
+    if out.len() < 4 {
+        return Ok(()); // size_prefixed names the short buffer
+    }
+    let size = u32::from_le_bytes([out[0], out[1], out[2], out[3]]) as u64;
+    if size + 4 > MAX_PACKET_BYTES {
+        return Err(format!(
+            "size prefix {size} exceeds the {MAX_PACKET_BYTES}-byte packet limit"
+        ));
+    }
+    (&mut r).take(size).read_to_end(out).map_err(cannot)?;
+    let rest = std::io::copy(&mut (&mut r).take(MAX_PACKET_BYTES), &mut std::io::sink())
+        .map_err(cannot)?;
+    if size + 4 + rest > MAX_PACKET_BYTES {
+        return Err(format!(
+            "decompresses to more than {MAX_PACKET_BYTES} bytes"
         ));
     }
     Ok(())
@@ -735,5 +761,57 @@ mod tests {
                 Err(e) => panic!("cut {cut}: {e}"),
             }
         }
+    }
+
+    /// A compressed packet yields its size prefix and the buffer it declares, no more: the
+    /// decompressed bytes after it are decoded into nothing (a small packet that expands to
+    /// megabytes of padding does not make the reader hold them), a prefix past the packet
+    /// limit is refused, and compressed bytes after a Zstd frame are refused.
+    #[test]
+    fn compressed_packets_hold_no_more_than_their_prefix() {
+        use std::io::Write;
+        let packet = event_packet(&[(100, 1, 2, 1)]);
+        let mut padded = packet.clone();
+        padded.resize(packet.len() + (8 << 20), 0);
+        let zstd = |b: &[u8]| {
+            ruzstd::encoding::compress_to_vec(b, ruzstd::encoding::CompressionLevel::Fastest)
+        };
+        let lz4 = |b: &[u8]| {
+            let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            enc.write_all(b).unwrap();
+            enc.finish().unwrap()
+        };
+        let mut out = Vec::new();
+        for (compression, data) in [
+            (Compression::Zstd, zstd(&padded)),
+            (Compression::Lz4, lz4(&padded)),
+        ] {
+            assert!(
+                data.len() < 1 << 20,
+                "{compression:?}: {} bytes",
+                data.len()
+            );
+            decompress(compression, &data, 0, "packet", &mut out).unwrap();
+            assert_eq!(out, packet, "{compression:?}");
+            let mut huge = padded[..packet.len()].to_vec();
+            huge[..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+            let data = match compression {
+                Compression::Zstd => zstd(&huge),
+                _ => lz4(&huge),
+            };
+            let e = decompress(compression, &data, 0, "packet", &mut out).unwrap_err();
+            assert!(
+                e.to_string().contains("size prefix 1073741824 exceeds"),
+                "{e}"
+            );
+        }
+        let mut trailing = zstd(&packet);
+        trailing.extend_from_slice(&[1, 2, 3]);
+        let e = decompress(Compression::Zstd, &trailing, 10, "packet", &mut out).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("3 bytes after the end of the Zstd frame"),
+            "{e}"
+        );
     }
 }

@@ -64,6 +64,13 @@ impl Header {
     /// is a data word whose low byte happens to be `0x25` (e.g. an EVT_TIME_HIGH `0x8025` of a
     /// headerless stream), where the data starts. Printable text running to the end of the
     /// bytes is a header cut off (an error).
+    ///
+    /// A headerless stream whose first bytes happen to form such a line (`%`, printable
+    /// bytes, `\n`) cannot be told from a header and is read as one. Those words all precede
+    /// the stream's first EVT_TIME_HIGH (no byte of that type is printable), so their events
+    /// would be skipped anyway; what is lost is the row of an EVT_ADDR_Y among them, so events
+    /// up to the next EVT_ADDR_Y are skipped (counted in [`Evt3Stats::skipped_no_row`]). A
+    /// line ending in the middle of a word leaves an odd number of data bytes: an error.
     pub fn parse(bytes: &[u8]) -> Result<Header, EventError> {
         let mut h = Header::default();
         let mut pos = 0;

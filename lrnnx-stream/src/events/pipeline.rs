@@ -40,11 +40,13 @@
 //!
 //! **Real time.** [`EventPipeline::step`] allocates nothing, takes no lock and does no I/O: the
 //! state, the input and output vectors and the encoding tables are allocated in
-//! [`EventPipeline::new`].
+//! [`EventPipeline::new`]. Flush-to-zero is on while the layer steps ([`crate::denormal`]), so a
+//! state decaying through the subnormal range after a long gap costs no more than any other.
 
 use lrnnx_core::EventLayer;
 
 use super::{Event, EventError};
+use crate::denormal::FlushToZero;
 
 /// What to do with an event whose timestamp is earlier than the previous event's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -351,6 +353,16 @@ impl<'l, L: EventLayer + ?Sized> EventPipeline<'l, L> {
     /// under [`Backwards::Error`], an event outside the sensor) nothing changes.
     #[inline]
     pub fn step(&mut self, e: &Event) -> Result<&[f32], EventError> {
+        // a long gap decays the state through the subnormal range (crate::denormal)
+        let _ftz = FlushToZero::enable();
+        self.step_flushing(e)?;
+        Ok(&self.y)
+    }
+
+    /// [`EventPipeline::step`] for a caller that holds a [`FlushToZero`] guard (one for a whole
+    /// run of events rather than one per event).
+    #[inline]
+    fn step_flushing(&mut self, e: &Event) -> Result<(), EventError> {
         let (tau, latest) = self.clock.peek(&self.timing, e.t)?;
         if !self.encoder.encode(e, &mut self.u) {
             return Err(EventError::OutOfSensor {
@@ -366,7 +378,7 @@ impl<'l, L: EventLayer + ?Sized> EventPipeline<'l, L> {
         self.layer
             .step_event_prechecked(&mut self.state, &self.u, tau, &mut self.y);
         self.clock.commit(latest);
-        Ok(&self.y)
+        Ok(())
     }
 
     /// Steps through `events`, writing the outputs to `out` (`events.len() × d_output`,
@@ -382,8 +394,10 @@ impl<'l, L: EventLayer + ?Sized> EventPipeline<'l, L> {
                 events.len() * d
             )));
         }
+        let _ftz = FlushToZero::enable();
         for (e, o) in events.iter().zip(out.chunks_exact_mut(d)) {
-            o.copy_from_slice(self.step(e)?);
+            self.step_flushing(e)?;
+            o.copy_from_slice(&self.y);
         }
         Ok(())
     }
@@ -391,8 +405,9 @@ impl<'l, L: EventLayer + ?Sized> EventPipeline<'l, L> {
     /// Steps through `events` keeping only the last output (returned); the fast path for
     /// measuring or for models whose read-out only needs the final state.
     pub fn run_last(&mut self, events: &[Event]) -> Result<&[f32], EventError> {
+        let _ftz = FlushToZero::enable();
         for e in events {
-            self.step(e)?;
+            self.step_flushing(e)?;
         }
         Ok(&self.y)
     }
@@ -435,6 +450,70 @@ mod tests {
 
     fn ev(t: i64, x: u16, y: u16, on: bool) -> Event {
         Event { t, x, y, on }
+    }
+
+    /// A state that shrinks 1000× an event: `s₀ = 1`, `s_k = s_{k−1} · 10⁻³`, through the
+    /// subnormal range after 13 events.
+    struct Decay;
+
+    impl Layer for Decay {
+        fn d_input(&self) -> usize {
+            3
+        }
+        fn d_output(&self) -> usize {
+            1
+        }
+        fn state_len(&self) -> usize {
+            2
+        }
+        fn step_prechecked(&self, state: &mut [f32], x: &[f32], y: &mut [f32]) {
+            self.step_event_prechecked(state, x, 1.0, y)
+        }
+    }
+
+    impl EventLayer for Decay {
+        fn step_event_prechecked(&self, state: &mut [f32], _: &[f32], _: f32, y: &mut [f32]) {
+            state[1] += 1.0;
+            state[0] = if state[1] == 1.0 {
+                1.0
+            } else {
+                state[0] * 1e-3
+            };
+            y[0] = state[0];
+        }
+    }
+
+    /// Stepped directly, the state becomes subnormal (so the check can fail); through the
+    /// pipeline, with flush-to-zero on, it never holds one.
+    #[test]
+    fn the_pipeline_keeps_subnormals_out_of_the_state() {
+        use crate::denormal::{has_subnormal, FlushToZero};
+        let mut raw = [0.0f32; 2];
+        let mut y = [0.0f32];
+        let mut saw = false;
+        for _ in 0..20 {
+            Decay.step_event_prechecked(&mut raw, &[0.0; 3], 1.0, &mut y);
+            saw |= has_subnormal(&raw);
+        }
+        assert!(saw, "the reference never became subnormal");
+        let mut p = EventPipeline::new(&Decay, 8, 8, EventTiming::default()).unwrap();
+        for t in 0..20 {
+            p.step(&ev(t, 1, 1, true)).unwrap();
+            if FlushToZero::SUPPORTED {
+                assert!(!has_subnormal(&p.state), "subnormal state after event {t}");
+            }
+        }
+        assert_eq!(p.state[0], 0.0);
+        // run and run_last too: after 14 events the state would be 10⁻³⁹ (subnormal)
+        let events: Vec<Event> = (0..14).map(|t| ev(t, 1, 1, true)).collect();
+        if FlushToZero::SUPPORTED {
+            p.reset();
+            p.run_last(&events).unwrap();
+            assert!(!has_subnormal(&p.state), "subnormal state after run_last");
+            p.reset();
+            p.run(&events, &mut [0.0; 14]).unwrap();
+            assert!(!has_subnormal(&p.state), "subnormal state after run");
+        }
     }
 
     #[test]
