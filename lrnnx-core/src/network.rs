@@ -686,7 +686,8 @@ impl<W: AsRef<[f32]>, S: AsRef<[Stage<W>]>> Network<W, S> {
                         }
                         Pooling::Last => {}
                     }
-                    // a sum of finite steps may overflow: the largest finite step instead
+                    // a sum of finite steps may overflow: the largest finite step instead (as
+                    // for the fill count, a corrupt state's NaN is clamped too)
                     let dt_sum = (meta[1] + dt.unwrap_or(0.0)).min(f32::MAX);
                     if fill + 1 == k {
                         match pooling {

@@ -6,8 +6,11 @@
 //! holds (e.g. 24 valid bits in 32, 12 in 16: the valid bits are the container's top bits, so
 //! dividing the whole container by `2^(container bits − 1)` gives the sample). Samples come back
 //! as `f32` in [−1, 1] (integers `v / 2^(bits−1)`, 8-bit `(v − 128) / 128`), one `Vec` per
-//! channel. Chunks may come in any order; odd-sized chunks are followed by their pad byte; chunks
-//! other than `fmt ` and `data` are skipped.
+//! channel. Chunks may come in any order and are read to the end of the file (the RIFF size,
+//! often left 0 or unpatched, is not trusted); odd-sized chunks are followed by their pad byte
+//! (a missing pad byte, as some writers leave, is recognised); chunks other than `fmt ` and
+//! `data` are skipped; a `data` size of 0xFFFFFFFF (a streaming writer that could not seek
+//! back) means the samples run to the end of the file.
 //!
 //! **Refused, with an error naming the file and the problem**: a file cut short (a header, the
 //! `fmt ` chunk or the `data` chunk shorter than declared, a partial frame), a missing `fmt ` or
@@ -17,7 +20,8 @@
 //!
 //! **Write**: 16-bit PCM or 32-bit float ([`WavFormat`]), every check (rate, sizes, finite
 //! samples) made before the file is touched; the bytes go to a temporary file beside the target
-//! that is then renamed over it, so a failed write leaves an existing file as it was.
+//! (the file a symbolic link names), synced, given the old file's permissions and then renamed
+//! over it, so a failed write leaves an existing file as it was.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -102,6 +106,12 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Whether the 4 bytes at `at` can be a chunk ID (printable ASCII, as every FOURCC is).
+fn is_chunk_id(b: &[u8], at: usize) -> bool {
+    b.get(at..at.saturating_add(4))
+        .is_some_and(|id| id.len() == 4 && id.iter().all(|c| (0x20..0x7f).contains(c)))
 }
 
 /// The parsed `fmt ` chunk.
@@ -218,11 +228,9 @@ pub fn decode(bytes: &[u8]) -> Result<(Audio, Encoding), String> {
     if &bytes[8..12] != b"WAVE" {
         return Err("a RIFF file, but not of type WAVE".into());
     }
-    // the chunks end where the RIFF size says, or at the end of the file if that is sooner
-    // (a cut `data` chunk is caught below)
-    let end = (u32_at(bytes, 4) as usize)
-        .saturating_add(8)
-        .min(bytes.len());
+    // The RIFF size is advisory (writers leave it 0 or unpatched, or leave chunks out of it):
+    // the chunks are read up to the end of the file, each checked against what follows it.
+    let end = bytes.len();
     let mut fmt_chunk = None;
     let mut data: Option<&[u8]> = None;
     let mut pos: usize = 12;
@@ -237,26 +245,43 @@ pub fn decode(bytes: &[u8]) -> Result<(Audio, Encoding), String> {
             ));
         }
         let id = &bytes[pos..pos + 4];
-        let size = u32_at(bytes, pos + 4) as usize;
+        let declared = u32_at(bytes, pos + 4);
         let body_start = pos + 8;
-        let available = bytes.len() - body_start;
-        if id == b"fmt " {
+        let available = end - body_start;
+        // a streaming writer that cannot seek back leaves the `data` size at 0xFFFFFFFF: the
+        // samples run to the end of the file
+        let size = if id == b"data" && declared == u32::MAX {
+            available
+        } else {
+            declared as usize
+        };
+        if id == b"fmt " || id == b"data" {
             if size > available {
                 return Err(format!(
-                    "`fmt ` chunk declares {size} bytes but {available} follow (truncated file)"
+                    "`{}` chunk declares {size} bytes but {available} follow (truncated file)",
+                    String::from_utf8_lossy(id)
                 ));
             }
-            fmt_chunk = Some(parse_fmt(&bytes[body_start..body_start + size])?);
-        } else if id == b"data" {
-            if size > available {
-                return Err(format!(
-                    "`data` chunk declares {size} bytes but {available} follow (truncated file)"
-                ));
+            let body = &bytes[body_start..body_start + size];
+            if id == b"fmt " {
+                fmt_chunk = Some(parse_fmt(body)?);
+            } else {
+                data = Some(body);
             }
-            data = Some(&bytes[body_start..body_start + size]);
         }
-        // the next chunk, after the pad byte of an odd-sized one
-        pos = body_start.saturating_add(size).saturating_add(size & 1);
+        // The next chunk, after the pad byte of an odd-sized one; some writers leave the pad
+        // byte out, which shows as no chunk ID (four printable characters) after it but one
+        // a byte earlier, or `fmt `/`data` a byte earlier.
+        let unpadded = body_start.saturating_add(size);
+        pos = unpadded.saturating_add(size & 1);
+        let known =
+            |at: usize| matches!(bytes.get(at..at.saturating_add(4)), Some(b"fmt " | b"data"));
+        if size & 1 == 1
+            && ((!is_chunk_id(bytes, pos) && is_chunk_id(bytes, unpadded))
+                || (known(unpadded) && !known(pos)))
+        {
+            pos = unpadded;
+        }
     }
     let (Some(f), Some(data)) = (fmt_chunk, data) else {
         unreachable!("the loop runs until both chunks are found")
@@ -328,8 +353,10 @@ pub fn read_with_encoding(path: impl AsRef<Path>) -> Result<(Audio, Encoding), W
 }
 
 /// The bytes of a WAV file holding `audio` in `format`: a RIFF header, a `fmt ` chunk (16
-/// bytes for PCM; 18 and a `fact` chunk with the frame count for float) and the interleaved
-/// samples. Refuses 0 or more than 16383 channels, channels of different lengths, a sample
+/// bytes for PCM, 18 for float; for more than two channels the 40-byte extensible header with
+/// the sub-format, as the format asks for them), for float a `fact` chunk with the frame count,
+/// and the interleaved samples. Refuses 0 channels or more than fit a 16-bit block alignment (32767 for PCM,
+/// 16383 for float), channels of different lengths, a sample
 /// rate of 0 or one whose byte rate overflows 32 bits, more data than a RIFF size can hold, and
 /// a sample that is not finite (PCM would write it as 0, float as a value [`read`] refuses).
 pub fn encode(audio: &Audio, format: WavFormat) -> Result<Vec<u8>, String> {
@@ -360,7 +387,14 @@ pub fn encode(audio: &Audio, format: WavFormat) -> Result<Vec<u8>, String> {
                 audio.sample_rate
             )
         })?;
-    let fmt_len: u32 = if format == WavFormat::Pcm16 { 16 } else { 18 };
+    // more than two channels: the extensible header (the format says so for them), with no
+    // speaker positions assigned (channel mask 0)
+    let extensible = nch > 2;
+    let fmt_len: u32 = match (extensible, format) {
+        (true, _) => 40,
+        (false, WavFormat::Pcm16) => 16,
+        (false, WavFormat::Float32) => 18,
+    };
     let fact_len: usize = if format == WavFormat::Pcm16 { 0 } else { 12 };
     let data_len = frames as u64 * block_align as u64;
     let riff_len = 4 + (8 + fmt_len as u64) + fact_len as u64 + 8 + data_len;
@@ -383,14 +417,23 @@ pub fn encode(audio: &Audio, format: WavFormat) -> Result<Vec<u8>, String> {
     out.extend_from_slice(b"WAVE");
     out.extend_from_slice(b"fmt ");
     out.extend_from_slice(&fmt_len.to_le_bytes());
-    out.extend_from_slice(&tag.to_le_bytes());
+    out.extend_from_slice(&(if extensible { TAG_EXTENSIBLE } else { tag }).to_le_bytes());
     out.extend_from_slice(&(nch as u16).to_le_bytes());
     out.extend_from_slice(&audio.sample_rate.to_le_bytes());
     out.extend_from_slice(&u32::to_le_bytes(byte_rate));
     out.extend_from_slice(&(block_align as u16).to_le_bytes());
-    out.extend_from_slice(&(8 * sample_bytes as u16).to_le_bytes());
-    if format == WavFormat::Float32 {
+    let bits = 8 * sample_bytes as u16;
+    out.extend_from_slice(&bits.to_le_bytes());
+    if extensible {
+        out.extend_from_slice(&22u16.to_le_bytes()); // cbSize
+        out.extend_from_slice(&bits.to_le_bytes()); // valid bits
+        out.extend_from_slice(&0u32.to_le_bytes()); // channel mask
+        out.extend_from_slice(&tag.to_le_bytes()); // sub-format GUID
+        out.extend_from_slice(&SUBTYPE_GUID_TAIL);
+    } else if format == WavFormat::Float32 {
         out.extend_from_slice(&0u16.to_le_bytes()); // cbSize
+    }
+    if format == WavFormat::Float32 {
         out.extend_from_slice(b"fact");
         out.extend_from_slice(&4u32.to_le_bytes());
         out.extend_from_slice(&(frames as u32).to_le_bytes());
@@ -420,10 +463,21 @@ pub fn write(path: impl AsRef<Path>, audio: &Audio, format: WavFormat) -> Result
         reason,
     };
     let bytes = encode(audio, format).map_err(err)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+    // through a symbolic link to the file it names; the new file gets the old one's permissions
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut tmp_name = target.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".partial-{}", std::process::id()));
+    let tmp = target.with_file_name(tmp_name);
+    let written = (|| {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        if let Ok(old) = std::fs::metadata(&target) {
+            std::fs::set_permissions(&tmp, old.permissions())?;
+        }
+        std::fs::rename(&tmp, &target)
+    })();
     if let Err(e) = written {
         std::fs::remove_file(&tmp).ok();
         return Err(err(e.to_string()));
@@ -651,6 +705,45 @@ mod tests {
         assert_eq!(a.channels, vec![vec![0.0, 127.0 / 128.0, -1.0]]);
     }
 
+    /// What writers get wrong and readers accept: a RIFF size of 0 or one that leaves chunks
+    /// out, an odd-sized chunk without its pad byte, and a streaming writer's `data` size of
+    /// 0xFFFFFFFF (to the end of the file).
+    #[test]
+    fn sloppy_writers_are_read() {
+        let fmt = fmt16(TAG_PCM, 1, 8000, 16);
+        let data: Vec<u8> = [100i16, -200, 300]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let want = vec![vec![100.0 / 32768.0, -200.0 / 32768.0, 300.0 / 32768.0]];
+        let good = riff(&[
+            (b"LIST", b"INFOx".to_vec()),
+            (b"fmt ", fmt.clone()),
+            (b"data", data.clone()),
+        ]);
+        let mut riff0 = good.clone();
+        riff0[4..8].copy_from_slice(&0u32.to_le_bytes());
+        let mut riff_short = good.clone();
+        riff_short[4..8].copy_from_slice(&36u32.to_le_bytes()); // as if without the LIST chunk
+                                                                // the LIST chunk's pad byte left out
+        let pad_at = 12 + 8 + 5;
+        assert_eq!(&good[pad_at + 1..pad_at + 5], b"fmt ");
+        let mut no_pad = good.clone();
+        no_pad.remove(pad_at);
+        let mut streamed = good.clone();
+        let len_at = streamed.len() - data.len() - 4;
+        streamed[len_at..len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        for (name, bytes) in [
+            ("riff 0", riff0),
+            ("riff short", riff_short),
+            ("no pad", no_pad),
+            ("streamed", streamed),
+        ] {
+            let (a, _) = read_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(a.channels, want, "{name}");
+        }
+    }
+
     /// Every malformed or unsupported file is an error that says what is wrong.
     #[test]
     fn bad_files_are_errors_that_say_why() {
@@ -862,5 +955,61 @@ mod tests {
             (&b"fact"[..], 4, 5)
         );
         assert_eq!((&f[50..54], u32_at(&f, 54)), (&b"data"[..], 40));
+        // three channels: the 40-byte extensible header, sub-format PCM or float
+        let three = Audio {
+            sample_rate: 8000,
+            channels: vec![vec![0.5, -0.25]; 3],
+        };
+        for (format, sub, bits) in [
+            (WavFormat::Pcm16, TAG_PCM, 16),
+            (WavFormat::Float32, TAG_FLOAT, 32),
+        ] {
+            let b = encode(&three, format).unwrap();
+            assert_eq!(
+                (u32_at(&b, 16), u16_at(&b, 20), u16_at(&b, 22)),
+                (40, TAG_EXTENSIBLE, 3)
+            );
+            assert_eq!(
+                (u16_at(&b, 34), u16_at(&b, 36), u16_at(&b, 38)),
+                (bits, 22, bits)
+            );
+            assert_eq!((u32_at(&b, 40), u16_at(&b, 44)), (0, sub));
+            assert_eq!(b[46..60], SUBTYPE_GUID_TAIL);
+            let (a, enc) = decode(&b).unwrap();
+            assert_eq!(
+                (a.channels, enc.float),
+                (three.channels.clone(), format == WavFormat::Float32)
+            );
+        }
+    }
+
+    /// Writing through a symbolic link replaces the file it names (the link stays a link), and
+    /// the new file keeps the old one's permissions.
+    #[cfg(unix)]
+    #[test]
+    fn writes_follow_links_and_keep_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let target = tmp("linked-target.wav");
+        let link = tmp("link.wav");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::remove_file(&link).ok();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let a = Audio {
+            sample_rate: 8000,
+            channels: vec![vec![0.25]],
+        };
+        write(&link, &a, WavFormat::Pcm16).unwrap();
+        let is_link = std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        let back = read(&target).unwrap();
+        std::fs::remove_file(&link).ok();
+        std::fs::remove_file(&target).ok();
+        assert!(is_link, "the link was replaced by a file");
+        assert_eq!(mode, 0o640);
+        assert_eq!(back.channels, a.channels);
     }
 }

@@ -662,7 +662,7 @@ impl Network {
                     match given.iter().position(|(k, _)| *k == i) {
                         Some(at) => {
                             let (_, params) = given.swap_remove(at);
-                            Stage::Layer(given_layer(i, class, kwargs, params)?)
+                            Stage::Layer(given_layer(i, class, kwargs, params, dtype)?)
                         }
                         None => Stage::Layer(fresh(class, kwargs, &mut rng, dtype, device)?),
                     }
@@ -672,7 +672,7 @@ impl Network {
                     match given.iter().position(|(k, _)| *k == i) {
                         Some(at) => {
                             let (_, params) = given.swap_remove(at);
-                            Stage::Layer(given_layer(i, BIDIRECTIONAL, &kwargs, params)?)
+                            Stage::Layer(given_layer(i, BIDIRECTIONAL, &kwargs, params, dtype)?)
                         }
                         None => {
                             Stage::Layer(fresh(BIDIRECTIONAL, &kwargs, &mut rng, dtype, device)?)
@@ -960,14 +960,20 @@ fn upsample(h: &Tensor, k: usize, unpooling: Unpooling) -> Result<Tensor> {
 /// A layer stage built from given parameters, checked as a checkpoint's are
 /// ([`crate::checkpoint::exact_layer_params`]): a tensor the layer does not read is refused
 /// (S4's `layer.kernel.X` aliases, checked equal to `X`, and Mamba's kept `dtA_proj.weight`
-/// aside; such errors name the stage).
+/// aside; such errors name the stage), in the network's `dtype` (an f64 checkpoint's
+/// parameters in an f32 network are rounded to f32).
 fn given_layer(
     stage: usize,
     class: &str,
     kwargs: &serde_json::Value,
-    params: crate::Params,
+    given: crate::Params,
+    dtype: DType,
 ) -> std::result::Result<Box<dyn TrainLayer>, BuildError> {
     use crate::checkpoint::{exact_layer_params, CheckpointError};
+    let mut params = crate::Params::new();
+    for (name, var) in given.vars() {
+        params.insert(name, &var.as_tensor().to_dtype(dtype)?)?;
+    }
     let params = exact_layer_params(class, kwargs, params).map_err(|e| match e {
         CheckpointError::Build(b) => b,
         other => BuildError::Candle(candle_core::Error::Msg(format!(
@@ -1298,7 +1304,21 @@ mod tests {
         let spec = block(4);
         let net = Network::new(&spec, 4, 1, &dev).unwrap();
         let good = net.layer_params(1).unwrap().clone();
-        Network::with_layer_params(&spec, 4, 2, &dev, vec![(1, good.clone())]).unwrap();
+        let net = Network::with_layer_params(&spec, 4, 2, &dev, vec![(1, good.clone())]).unwrap();
+        // f64 parameters (an f64 checkpoint's) join the f32 network as f32
+        let mut p64 = crate::Params::new();
+        for (name, var) in good.vars() {
+            p64.insert(name, &var.as_tensor().to_dtype(DType::F64).unwrap())
+                .unwrap();
+        }
+        let net64 = Network::with_layer_params(&spec, 4, 2, &dev, vec![(1, p64)]).unwrap();
+        let x = Tensor::ones((1, 3, 4), DType::F32, &dev).unwrap();
+        let (y, y64) = (
+            net.forward(&x, None).unwrap(),
+            net64.forward(&x, None).unwrap(),
+        );
+        let diff = (y - y64).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         let mut extra = good.clone();
         extra
             .insert("nu_logg", &Tensor::zeros(4, DType::F32, &dev).unwrap())
