@@ -19,11 +19,13 @@
 // pass B re-walks SS steps keeping Ā_t and h_t in registers, and the reverse walk runs the
 // adjoint m_t = Ā_t·(G_t·C_t[n] + m_{t+1}) with the gradients of the chunked kernel. The dB/dC
 // terms of a step (2·NPT values per lane) are summed over the warp's channels by an xor
-// butterfly that leaves one sum per lane (lane = v·SPLIT + part holds value v), parked in the
-// step's staged u/dy entries of the warp's own channels (read already; with SPLIT = 4 a warp's
-// 8 channels give too few entries, so a [ST][SWARP][32] park area follows), then summed over the
-// block's warps in warp order into the (Bsz, nblk, L, 2N) partials of ss_reduce_bc; per-channel
-// sums go to the (Bsz, E, 3N + 2) partials of ss_reduce_e. Deterministic: fixed order throughout.
+// butterfly that leaves one sum per lane (lane = v·SPLIT + part holds value v; VB/VC; at N = 16
+// the lanes' state slots are xor-permuted so that its widest levels need no selects, XPERM),
+// parked in the step's staged u/dy entries of the warp's own channels (read already; with
+// SPLIT = 4 a warp's 8 channels give too few entries, so a [ST][SWARP][32] park area follows),
+// then summed over the block's warps in warp order into the (Bsz, nblk, L, 2N) partials of
+// ss_reduce_bc; per-channel sums go to the (Bsz, E, 3N + 2) partials of ss_reduce_e.
+// Deterministic: fixed order throughout.
 //
 // Defines: SPLIT (1, 2, 4), SWARP (warps per block), ST (steps per chunk), SS (steps per sub-chunk,
 // divides ST), plus the rule / flag defines of selective_scan.cu. Requires !COMPLEX, !BC_FIXED,
@@ -61,6 +63,20 @@
 #define NSUB (ST / SS)         // sub-chunks per chunk
 #define VEC4 (NPT % 4 == 0)    // B_t/C_t slices load as float4
 #define PARK (SPLIT == 4)      // the butterfly sums need their own park area
+// Backward with N = 16 (then 2·NPT = VL): the lanes' state slots are xor-permuted so that the
+// dB/dC butterfly's widest levels need no selects. A lane's slot j holds state p·NPT + (j ^ x),
+// x = the lane's bits that the butterfly's state levels split on but the lowest (seq_xmask);
+// at those levels every lane keeps slots [0, cnt) and sends [cnt, 2·cnt) (the partner's slots
+// hold the same states there); the last state level (cnt 2, 4 values) and the dB/dC level
+// (cnt 1) select as before. The B_t/C_t slices still load as float4: x's bits from 2 up pick
+// the float4 (an address), its bit 1 one of BCC staged copies of each row, copy k holding
+// element n at n ^ 2k (seq_stage_bcx).
+#define XPERM (NSTATE == 16)
+#define BCC (XPERM ? 2 : 1)    // copies of each staged B/C row in the backward
+// Butterfly value index of slot j's dB and dC terms: interleaved with XPERM (the state bits
+// on top, so the state levels come first), else dB terms then dC terms.
+#define VB(j) (XPERM ? 2 * (j) : (j))
+#define VC(j) (XPERM ? 2 * (j) + 1 : NPT + (j))
 
 // x summed over the SPLIT lanes of a channel (every lane gets the sum)
 __device__ __forceinline__ float split_sum(float x) {
@@ -192,6 +208,30 @@ __device__ __forceinline__ void seq_stage_bc(const float* __restrict__ M, float*
         cp4(s + j, ok ? M + (((size_t)b * L + t0 + t) * G + g) * NSTATE + n : M, ok);
     }
 }
+// B_t or C_t rows of group g into BCC copies s + k·ST·N, copy k holding element n of a row at
+// n ^ 2k (zeros past L).
+__device__ __forceinline__ void seq_stage_bcx(const float* __restrict__ M, float* s, int b,
+                                              int t0, int L, int G, int g) {
+    for (int j = threadIdx.x; j < ST * NSTATE; j += SNT) {
+        const int t = j / NSTATE, n = j % NSTATE;
+        const bool ok = t0 + t < L;
+        const float* src = ok ? M + (((size_t)b * L + t0 + t) * G + g) * NSTATE + n : M;
+#pragma unroll
+        for (int k = 0; k < BCC; k++)
+            cp4(s + k * ST * NSTATE + t * NSTATE + (n ^ (2 * k)), src, ok);
+    }
+}
+// The state-slot xor mask x of lane `lane` (0 without XPERM): the lane bits of the butterfly's
+// state levels, o = 16 down to 4·SPLIT, as the bits of a slot index (bit 0, level o = 2·SPLIT,
+// is not permuted).
+__device__ __forceinline__ int seq_xmask(int lane) {
+#if XPERM
+    return (lane / (2 * SPLIT)) & (NPT - 2);
+#else
+    (void)lane;
+    return 0;
+#endif
+}
 // This thread's NPT consecutive floats of a staged B/C row.
 __device__ __forceinline__ void seq_ld(const float* p, float (&v)[NPT]) {
 #if VEC4
@@ -203,6 +243,37 @@ __device__ __forceinline__ void seq_ld(const float* p, float (&v)[NPT]) {
 #else
 #pragma unroll
     for (int j = 0; j < NPT; j++) v[j] = p[j];
+#endif
+}
+// A lane's view of the staged B or C rows in the backward: with XPERM, q[f] is where its slots
+// 4f..4f+3 start in row 0 (copy (x >> 1) & 1 of seq_stage_bcx, float4 f ^ (x >> 2)), so that
+// v[j] = row_t[j ^ x]; else q[0] is its NPT consecutive floats of row 0.
+#define NQ (XPERM ? NPT / 4 : 1)
+struct SeqRows {
+    const float* q[NQ];
+};
+__device__ __forceinline__ SeqRows seq_rows(const float* region, int xm, int p) {
+    SeqRows r;
+#if XPERM
+#pragma unroll
+    for (int f = 0; f < NQ; f++)
+        r.q[f] = region + ((xm >> 1) & 1) * ST * NSTATE + p * NPT + 4 * (f ^ (xm >> 2));
+#else
+    (void)xm;
+    r.q[0] = region + p * NPT;
+#endif
+    return r;
+}
+// Slots of staged row t through a SeqRows (v[j] = B_t[state of slot j]).
+__device__ __forceinline__ void seq_ldx(const SeqRows& r, int t, float (&v)[NPT]) {
+#if XPERM
+#pragma unroll
+    for (int f = 0; f < NQ; f++) {
+        const float4 q = *reinterpret_cast<const float4*>(r.q[f] + t * NSTATE);
+        v[4 * f] = q.x; v[4 * f + 1] = q.y; v[4 * f + 2] = q.z; v[4 * f + 3] = q.w;
+    }
+#else
+    seq_ld(r.q[0] + t * NSTATE, v);
 #endif
 }
 // γ̄_n·u_t for state j: mamba Δ·u, dirac / s7 u, rglru sqrt(1 − Ā²)·u, zoh / bilinear γ̄(Δ, a)·u
@@ -393,8 +464,8 @@ template <bool TAIL>
 __device__ __forceinline__ void seq_sub_chunk(
     const SeqConst& K, const float (&h0)[NPT], float (&m)[NPT], float (&gA)[NPT], float& gD,
     float& gDB, float* sU, const float* sD, const float* sDA, float* sY, const float* sZ,
-    const float* sB, const float* sC, const float* sS, float* sP, int warp, int ts, int nv, int c,
-    int p, int lane,
+    const SeqRows& sB, const SeqRows& sC, const float* sS, float* sP, int warp, int ts, int nv,
+    int c, int p, int lane,
     size_t obase, int E, float* __restrict__ du, float* __restrict__ ddt,
     float* __restrict__ ddta, float* __restrict__ dz) {
     (void)sDA; (void)sZ; (void)sS; (void)ddta; (void)dz; (void)nv;
@@ -427,7 +498,7 @@ __device__ __forceinline__ void seq_sub_chunk(
 #pragma unroll
     for (int i = 0; i < SS; i++) {
         float Bv[NPT];
-        seq_ld(sB + (ts + i) * NSTATE + p * NPT, Bv);
+        seq_ldx(sB, ts + i, Bv);
         const float dui = dd[i] * uu[i];
         (void)dui;
 #pragma unroll
@@ -443,8 +514,8 @@ __device__ __forceinline__ void seq_sub_chunk(
     for (int i = SS - 1; i >= 0; i--) {
         const bool valid = !TAIL || i < nv;
         float Bv[NPT], Cv[NPT];
-        seq_ld(sB + (ts + i) * NSTATE + p * NPT, Bv);
-        seq_ld(sC + (ts + i) * NSTATE + p * NPT, Cv);
+        seq_ldx(sB, ts + i, Bv);
+        seq_ldx(sC, ts + i, Cv);
         float vals[VL];
 #pragma unroll
         for (int v = 2 * NPT; v < VL; v++) vals[v] = 0.f;
@@ -472,7 +543,7 @@ __device__ __forceinline__ void seq_sub_chunk(
             gA[j] = fmaf(dx, x, gA[j]);
             sgx = fmaf(dx, a, sgx);
             slb = fmaf(lam, Bv[j], slb);
-            vals[j] = lam * dui;
+            vals[VB(j)] = lam * dui;
 #else
             const float lb = lam * Bv[j];
             const float gb = seq_gb(d, a, abv);
@@ -503,11 +574,14 @@ __device__ __forceinline__ void seq_sub_chunk(
                 gA[j] = fmaf(dgb, gba, gA[j]);
             }
 #endif
-            vals[j] = lam * gb * ui;
+            vals[VB(j)] = lam * gb * ui;
 #endif
-            vals[NPT + j] = G * hn;
+            vals[VC(j)] = G * hn;
         }
         // dB/dC: xor butterfly over the warp's channels; lane ends with value index lane / SPLIT
+        // (the dB/dC sums below). With XPERM the state levels but the last (cnt > 2) keep the
+        // low half of every lane's values as they stand (the partner's slots hold the same
+        // states there).
         {
             int cnt = VL;
 #pragma unroll
@@ -517,9 +591,13 @@ __device__ __forceinline__ void seq_sub_chunk(
 #pragma unroll
                 for (int v = 0; v < VL / 2; v++) {
                     if (v < cnt) {
-                        const float send = up ? vals[v] : vals[v + cnt];
-                        const float keep = up ? vals[v + cnt] : vals[v];
-                        vals[v] = keep + __shfl_xor_sync(FULL, send, o);
+                        if (XPERM && cnt > 2) {
+                            vals[v] += __shfl_xor_sync(FULL, vals[v + cnt], o);
+                        } else {
+                            const float send = up ? vals[v] : vals[v + cnt];
+                            const float keep = up ? vals[v + cnt] : vals[v];
+                            vals[v] = keep + __shfl_xor_sync(FULL, send, o);
+                        }
                     }
                 }
             }
@@ -580,7 +658,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     // start states [NSUB][NPT][SNT]; with SPLIT = 4 the park area [ST][SWARP][32]; with a
     // softplus the derivatives σ(raw + bias) [ST][SCB] of the current chunk
     constexpr int TILES = 3 + HAS_DTA + HAS_Z;
-    constexpr int BUF = TILES * ST * SCB + 2 * ST * NSTATE;
+    constexpr int BUF = TILES * ST * SCB + 2 * BCC * ST * NSTATE;
     float* base = reinterpret_cast<float*>(smem4);
     float* sSub = base + 2 * BUF;
     float* sP = sSub + NSUB * NPT * SNT;
@@ -591,12 +669,14 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     const int g = e0 / (E / G);
     const int nck = (L + ST - 1) / ST;
     const int nblk = gridDim.x;
+    // slot j holds state p·NPT + (j ^ xm) (seq_xmask); B/C rows through seq_rows
+    const int xm = seq_xmask(lane), pn = p * NPT;
     (void)dta; (void)z; (void)Dv; (void)dbias;
 
     SeqConst K;
 #pragma unroll
     for (int j = 0; j < NPT; j++) {
-        K.a[j] = A[(size_t)e * NSTATE + p * NPT + j];
+        K.a[j] = A[(size_t)e * NSTATE + pn + (j ^ xm)];
         K.al[j] = alog2(K.a[j]);
     }
     K.Dd = HAS_D ? Dv[e] : 0.f;
@@ -616,8 +696,8 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #if HAS_Z
         seq_stage(z, s + (3 + HAS_DTA) * ST * SCB, b, t0, e0, L, E);
 #endif
-        seq_stage_bc(Bm, s + TILES * ST * SCB, b, t0, L, G, g);
-        seq_stage_bc(Cm, s + TILES * ST * SCB + ST * NSTATE, b, t0, L, G, g);
+        seq_stage_bcx(Bm, s + TILES * ST * SCB, b, t0, L, G, g);
+        seq_stage_bcx(Cm, s + TILES * ST * SCB + BCC * ST * NSTATE, b, t0, L, G, g);
         cp_commit();
     };
     stage(nck - 1);
@@ -636,14 +716,15 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         float* sY = s + 2 * ST * SCB;
         const float* sDA = s + 3 * ST * SCB;
         const float* sZ = s + (3 + HAS_DTA) * ST * SCB;
-        const float* sB = s + TILES * ST * SCB;
-        const float* sC = sB + ST * NSTATE;
+        const SeqRows sB = seq_rows(s + TILES * ST * SCB, xm, p);  // this lane's view (seq_ldx)
+        const SeqRows sC = seq_rows(s + TILES * ST * SCB + BCC * ST * NSTATE, xm, p);
         const int t0 = ck * ST, nt = min(ST, L - t0);
         const int nsub = (nt + SS - 1) / SS;
         // pass A: the state at every sub-chunk start
         float h[NPT];
 #pragma unroll
-        for (int j = 0; j < NPT; j++) h[j] = hs[(((size_t)b * nck + ck) * NSTATE + p * NPT + j) * E + e];
+        for (int j = 0; j < NPT; j++)
+            h[j] = hs[(((size_t)b * nck + ck) * NSTATE + pn + (j ^ xm)) * E + e];
         for (int k = 0; k < nsub; k++) {
 #pragma unroll
             for (int j = 0; j < NPT; j++) sSub[(k * NPT + j) * SNT + tid] = h[j];
@@ -661,7 +742,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
                 const float dui = d * uu;
                 (void)dui;
                 float Bv[NPT];
-                seq_ld(sB + t * NSTATE + p * NPT, Bv);
+                seq_ldx(sB, t, Bv);
 #pragma unroll
                 for (int j = 0; j < NPT; j++) {
                     const float abv = abar(x, K.a[j], K.al[j]);
@@ -678,10 +759,12 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             const int nv = nt - k * SS;
             if (nv >= SS)
                 seq_sub_chunk<false>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, sSig, sP,
-                                     warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
+                                     warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta,
+                                     dz);
             else
                 seq_sub_chunk<true>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, sSig, sP,
-                                    warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta, dz);
+                                    warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta,
+                                    dz);
         }
         __syncthreads();
         // dB/dC of the chunk: the warps' sums in warp order -> pBC (Bsz, nblk, L, 2N)
@@ -689,7 +772,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         for (int o = tid; o < nt * 2 * NSTATE; o += SNT) {
             const int t = o / (2 * NSTATE), v2 = o % (2 * NSTATE);
             const int n = v2 % NSTATE, which = v2 / NSTATE;  // 0 dB, 1 dC
-            const int v = which * NPT + n % NPT, pp = n / NPT;
+            const int v = which ? VC(n % NPT) : VB(n % NPT), pp = n / NPT;
             const int ln = v * SPLIT + pp;
             float acc = 0.f;
 #pragma unroll
@@ -703,7 +786,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
     float* pe = pE + ((size_t)b * E + e) * NE;
 #pragma unroll
     for (int j = 0; j < NPT; j++) {
-        const int n = p * NPT + j;
+        const int n = pn + (j ^ xm);
         pe[n] = gA[j];
         pe[NSTATE + n] = 0.f;
         pe[2 * NSTATE + n] = 0.f;

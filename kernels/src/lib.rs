@@ -463,7 +463,13 @@ impl Variant {
                 Pass::Forward => 2 + extra,
                 Pass::Backward => 3 + extra,
             };
-            let buf = tiles * st * cb + 2 * st * self.state;
+            // the backward stages 2 copies of each B/C row at N = 16 (xor-permuted state slots,
+            // `XPERM` in selective_seq.cu)
+            let bc_copies = match pass {
+                Pass::Backward if self.state == 16 => 2,
+                _ => 1,
+            };
+            let buf = tiles * st * cb + 2 * st * self.state * bc_copies;
             let sub = match pass {
                 Pass::Forward => 0,
                 Pass::Backward => {
@@ -862,17 +868,18 @@ mod tests {
         );
         assert!(v.shared_bytes(bw) <= SEQ_MAX_SHARED_BYTES);
         assert_eq!((v.tiling.seq_sub, v.seq_bwd_blocks()), (4, 1));
-        // ΔA and z together: with sub-chunks of 4 (8 start states a thread) 248 KiB at chunk
-        // 32, so the chunk halves to fit; with sub-chunks of 8 (4 start states) 216 KiB
+        // ΔA and z together: with sub-chunks of 4 (8 start states a thread) 256 KiB at chunk
+        // 32, so the chunk halves to fit; with sub-chunks of 8 (4 start states) 224 KiB (with
+        // the backward's two copies of each B/C row at N = 16)
         s.has_delta_a = true;
         let v = s.check(seq).unwrap();
         assert_eq!(v.chunk(), 16);
         assert!(v.shared_bytes(bw) <= SEQ_MAX_SHARED_BYTES);
         let sub8 = Tiling { seq_sub: 8, ..seq };
         let v = s.check(sub8).unwrap();
-        assert_eq!((v.chunk(), v.shared_bytes(bw)), (32, 216 * 1024));
+        assert_eq!((v.chunk(), v.shared_bytes(bw)), (32, 224 * 1024));
         // 4 lanes a channel (64 channels a block): two backward blocks an SM where their
-        // shared memory fits (72 KiB at chunks of 16), one where it does not (128 KiB at 32)
+        // shared memory fits (76 KiB at chunks of 16), one where it does not (136 KiB at 32)
         s.has_delta_a = false;
         let split4 = |chunk, sub| Tiling {
             seq_split: 4,
@@ -881,9 +888,9 @@ mod tests {
             ..seq
         };
         let v = s.check(split4(16, 4)).unwrap();
-        assert_eq!((v.shared_bytes(bw), v.seq_bwd_blocks()), (72 * 1024, 2));
+        assert_eq!((v.shared_bytes(bw), v.seq_bwd_blocks()), (76 * 1024, 2));
         let v = s.check(split4(32, 8)).unwrap();
-        assert_eq!((v.shared_bytes(bw), v.seq_bwd_blocks()), (128 * 1024, 1));
+        assert_eq!((v.shared_bytes(bw), v.seq_bwd_blocks()), (136 * 1024, 1));
         // odd state: one thread a channel; 64 channels in 2 groups: blocks of 32 channels
         let mut s = spec();
         s.channels = 64;

@@ -576,6 +576,18 @@ fn sequential_mode_against_sequential_f64() {
             seed += 1;
         }
     }
+    // one thread a channel at N = 16: all four of the state levels' bits xor-permute a lane's
+    // slots (its B/C float4s picked by the two high bits)
+    (ss.tiling.seq_split, ss.tiling.seq_sub, ss.tiling.seq_chunk) = (1, 4, 32);
+    for rule in [Rule::Mamba, Rule::Bilinear] {
+        let mut s = base;
+        s.rule = rule;
+        s.len = 203;
+        let v = s.check(ss.tiling).expect("sequential mode applies");
+        assert!(v.seq && v.tiling.seq_split == 1, "{s:?}");
+        check_random(&ss, s, seed);
+        seed += 1;
+    }
     (ss.tiling.seq_split, ss.tiling.seq_sub, ss.tiling.seq_chunk) = (2, 8, 32);
     for len in [4097, 16384] {
         let mut s = base;
