@@ -66,11 +66,11 @@
 // Backward with N = 16 (then 2·NPT = VL): the lanes' state slots are xor-permuted so that the
 // dB/dC butterfly's widest levels need no selects. A lane's slot j holds state p·NPT + (j ^ x),
 // x = the lane's bits that the butterfly's state levels split on but the lowest (seq_xmask);
-// at those levels every lane keeps slots [0, cnt) and sends [cnt, 2·cnt) (the partner's slots
-// hold the same states there); the last state level (cnt 2, 4 values) and the dB/dC level
-// (cnt 1) select as before. The B_t/C_t slices still load as float4: x's bits from 2 up pick
-// the float4 (an address), its bit 1 one of BCC staged copies of each row, copy k holding
-// element n at n ^ 2k (seq_stage_bcx).
+// at those levels every lane keeps its values [0, cnt) and sends [cnt, 2·cnt) (slots [0, cnt/2)
+// and [cnt/2, cnt): dB and dC terms interleave, VB/VC), whose partner's hold the same states;
+// the last state level (cnt 2) and the dB/dC level (cnt 1) select as before. The B_t/C_t slices
+// still load as float4: x's bits from 2 up pick the float4 (an address), its bit 1 one of BCC
+// staged copies of each row, copy k holding element n at n ^ 2k (seq_stage_bcx).
 #define XPERM (NSTATE == 16)
 #define BCC (XPERM ? 2 : 1)    // copies of each staged B/C row in the backward
 // Butterfly value index of slot j's dB and dC terms: interleaved with XPERM (the state bits
@@ -654,7 +654,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
        float* __restrict__ ddt, float* __restrict__ ddta, float* __restrict__ dz,
        float* __restrict__ pBC, float* __restrict__ pE, int L, int E, int G) {
     extern __shared__ float4 smem4[];
-    // per buffer: u, Δ, dy, [ΔA], [z] rows [ST][SCB]; B, C rows [ST][N]; then the sub-chunk
+    // per buffer: u, Δ, dy, [ΔA], [z] rows [ST][SCB]; B, C rows [BCC][ST][N]; then the sub-chunk
     // start states [NSUB][NPT][SNT]; with SPLIT = 4 the park area [ST][SWARP][32]; with a
     // softplus the derivatives σ(raw + bias) [ST][SCB] of the current chunk
     constexpr int TILES = 3 + HAS_DTA + HAS_Z;

@@ -576,8 +576,8 @@ fn sequential_mode_against_sequential_f64() {
             seed += 1;
         }
     }
-    // one thread a channel at N = 16: all four of the state levels' bits xor-permute a lane's
-    // slots (its B/C float4s picked by the two high bits)
+    // one thread a channel at N = 16: three of the four state levels' bits xor-permute a
+    // lane's slots (its B/C float4s picked by the two high bits)
     (ss.tiling.seq_split, ss.tiling.seq_sub, ss.tiling.seq_chunk) = (1, 4, 32);
     for rule in [Rule::Mamba, Rule::Bilinear] {
         let mut s = base;
