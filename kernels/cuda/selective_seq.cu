@@ -112,12 +112,15 @@ __device__ __forceinline__ void seq_stage(const float* __restrict__ X, float* s,
     if (seq_quads(X, E)) {
         constexpr int RPI = SNT / Q;  // rows per pass
         const int t = threadIdx.x / Q, c = 4 * (threadIdx.x % Q);
-        const float* src = X + ((size_t)b * L + t0 + t) * E + e0 + c;
+        // one 64-bit address a chunk, then a constant stride (RPI rows) a copy
+        const float* src = X + ((size_t)b * L + t0) * E + (e0 + c + t * E);
+        const size_t stride = (size_t)RPI * E;
         float* dst = s + t * SCB + c;
 #pragma unroll
         for (int r = 0; r < ST / RPI; r++) {
             const bool ok = t0 + t + r * RPI < L;
-            cp16(dst + r * RPI * SCB, ok ? src + (size_t)r * RPI * E : X, ok);
+            cp16(dst + r * RPI * SCB, ok ? src : X, ok);
+            src += stride;
         }
     } else {
 #pragma unroll 4
@@ -138,27 +141,34 @@ __device__ __forceinline__ float seq_delta(float raw, float db, float* sg) {
     (void)db;
 #endif
 #if SOFTPLUS
-    if (r > SOFTPLUS_CUT) {
-        *sg = 1.f;
-        return r;
-    }
-    const float e = expf(r);
-    *sg = __fdividef(e, 1.f + e);
-    return log1pf(e);
+    return softplus_sig(r, sg);
 #else
     *sg = 1.f;
     return r;
 #endif
 }
 
+// The time-step biases of the four channels whose quads this thread stages (seq_stage's quads
+// path; zeros without HAS_DB), loaded once per kernel for seq_delta_tile.
+__device__ __forceinline__ float4 seq_bias4(const float* __restrict__ dbias, int e0, int E) {
+    float4 q = make_float4(0.f, 0.f, 0.f, 0.f);
+#if HAS_DB
+    constexpr int Q = SCB / 4;
+    const int e = e0 + 4 * (threadIdx.x % Q);
+    if (e + 3 < E) q = make_float4(dbias[e], dbias[e + 1], dbias[e + 2], dbias[e + 3]);
+#else
+    (void)dbias; (void)e0; (void)E;
+#endif
+    return q;
+}
 // The staged raw time steps of chunk rows t0.. (tile sD, staged from X by seq_stage) turned into
 // Δ in place, 0 past L, and with sS (non-null) the softplus derivatives into sS. Each thread
 // converts exactly the elements it staged itself, right after waiting for its own copies, so the
 // barrier that publishes the chunk covers this too; each (step, channel) is converted once
-// per block instead of once per lane of its channel.
+// per block instead of once per lane of its channel. bq: seq_bias4 (the quads path).
 __device__ __forceinline__ void seq_delta_tile(float* sD, float* sS, const float* __restrict__ X,
-                                               const float* __restrict__ dbias, int t0, int e0,
-                                               int L, int E) {
+                                               const float* __restrict__ dbias, float4 bq, int t0,
+                                               int e0, int L, int E) {
     (void)dbias;
     auto bias = [&](int c) {
 #if HAS_DB
@@ -171,18 +181,17 @@ __device__ __forceinline__ void seq_delta_tile(float* sD, float* sS, const float
     if (seq_quads(X, E)) {
         constexpr int Q = SCB / 4, RPI = SNT / Q;
         const int t = threadIdx.x / Q, c = 4 * (threadIdx.x % Q);
-        const float b0 = bias(c), b1 = bias(c + 1), b2 = bias(c + 2), b3 = bias(c + 3);
+        const float b0 = bq.x, b1 = bq.y, b2 = bq.z, b3 = bq.w;
 #pragma unroll
         for (int r = 0; r < ST / RPI; r++) {
             const int tt = t + r * RPI;
             float4* p = reinterpret_cast<float4*>(sD + tt * SCB + c);
             float4 v = *p, g;
-            if (t0 + tt < L) {
-                v.x = seq_delta(v.x, b0, &g.x);
-                v.y = seq_delta(v.y, b1, &g.y);
-                v.z = seq_delta(v.z, b2, &g.z);
-                v.w = seq_delta(v.w, b3, &g.w);
-            } else {
+            v.x = seq_delta(v.x, b0, &g.x);
+            v.y = seq_delta(v.y, b1, &g.y);
+            v.z = seq_delta(v.z, b2, &g.z);
+            v.w = seq_delta(v.w, b3, &g.w);
+            if (t0 + tt >= L) {  // rows past L (staged as zeros): Δ = 0, an identity step
                 v = make_float4(0.f, 0.f, 0.f, 0.f);
                 g = v;
             }
@@ -202,20 +211,22 @@ __device__ __forceinline__ void seq_delta_tile(float* sD, float* sS, const float
 // B_t or C_t rows of group g into s[t][n] (zeros past L).
 __device__ __forceinline__ void seq_stage_bc(const float* __restrict__ M, float* s, int b, int t0,
                                              int L, int G, int g) {
+    const float* row0 = M + (((size_t)b * L + t0) * G + g) * NSTATE;
     for (int j = threadIdx.x; j < ST * NSTATE; j += SNT) {
         const int t = j / NSTATE, n = j % NSTATE;
         const bool ok = t0 + t < L;
-        cp4(s + j, ok ? M + (((size_t)b * L + t0 + t) * G + g) * NSTATE + n : M, ok);
+        cp4(s + j, ok ? row0 + (t * G * NSTATE + n) : M, ok);
     }
 }
 // B_t or C_t rows of group g into BCC copies s + k·ST·N, copy k holding element n of a row at
 // n ^ 2k (zeros past L).
 __device__ __forceinline__ void seq_stage_bcx(const float* __restrict__ M, float* s, int b,
                                               int t0, int L, int G, int g) {
+    const float* row0 = M + (((size_t)b * L + t0) * G + g) * NSTATE;
     for (int j = threadIdx.x; j < ST * NSTATE; j += SNT) {
         const int t = j / NSTATE, n = j % NSTATE;
         const bool ok = t0 + t < L;
-        const float* src = ok ? M + (((size_t)b * L + t0 + t) * G + g) * NSTATE + n : M;
+        const float* src = ok ? row0 + (t * G * NSTATE + n) : M;
 #pragma unroll
         for (int k = 0; k < BCC; k++)
             cp4(s + k * ST * NSTATE + t * NSTATE + (n ^ (2 * k)), src, ok);
@@ -344,16 +355,50 @@ __device__ __forceinline__ void seq_fwd_group(float (&h)[NPT], const float (&a)[
         }
         acc[k] = a0 + a1;
     }
+    if (K % SPLIT == 0 && SPLIT > 1) {
+        // y of the K steps summed over the channel's SPLIT lanes by a transposing butterfly:
+        // at lane bit o, a lane keeps the upper half of its list (bit set) or the lower and
+        // adds its partner's copy of the kept half, so lane p ends with the full sums of steps
+        // p·K/SPLIT + i, i < K/SPLIT, and every lane stores (no divergent store of lane 0).
+        float v[K];
 #pragma unroll
-    for (int k = 0; k < K; k++) {
-        acc[k] = split_sum(acc[k]);
-        if (p == 0) {
-            float yv = fmaf(Dd, uu[k], acc[k]);
+        for (int k = 0; k < K; k++) v[k] = acc[k];
+        int m = K;
+#pragma unroll
+        for (int o = SPLIT / 2; o >= 1; o >>= 1) {
+            const bool hi = (p & o) != 0;
+            m >>= 1;
+#pragma unroll
+            for (int i = 0; i < K / 2; i++) {
+                if (i < m) {
+                    const float keep = hi ? v[i + m] : v[i];
+                    const float send = hi ? v[i] : v[i + m];
+                    v[i] = keep + __shfl_xor_sync(FULL, send, o);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < K / SPLIT; i++) {
+            const int tk = t + p * (K / SPLIT) + i;
+            float yv = fmaf(Dd, sU[tk * SCB + c], v[i]);
 #if HAS_Z
-            const float zz = sZ[(t + k) * SCB + c];
+            const float zz = sZ[tk * SCB + c];
             yv *= __fdividef(zz, 1.f + __expf(-zz));
 #endif
-            yo[(size_t)(t + k) * E] = yv;
+            yo[(size_t)tk * E] = yv;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            acc[k] = split_sum(acc[k]);
+            if (p == 0) {
+                float yv = fmaf(Dd, uu[k], acc[k]);
+#if HAS_Z
+                const float zz = sZ[(t + k) * SCB + c];
+                yv *= __fdividef(zz, 1.f + __expf(-zz));
+#endif
+                yo[(size_t)(t + k) * E] = yv;
+            }
         }
     }
 }
@@ -402,6 +447,7 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         seq_stage_bc(Cm, s + TILES * ST * SCB + ST * NSTATE, b, t0, L, G, g);
         cp_commit();
     };
+    const float4 bq = seq_bias4(dbias, e0, E);
     stage(0);
     for (int ck = 0; ck < nck; ck++) {
         if (ck + 1 < nck) {
@@ -410,7 +456,8 @@ ss_fwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         } else {
             cp_wait_0();
         }
-        seq_delta_tile(base + (ck & 1) * BUF + ST * SCB, nullptr, dt, dbias, ck * ST, e0, L, E);
+        seq_delta_tile(base + (ck & 1) * BUF + ST * SCB, nullptr, dt, dbias, bq, ck * ST, e0, L,
+                       E);
         __syncthreads();
         const float* s = base + (ck & 1) * BUF;
         const float* sU = s;
@@ -700,6 +747,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         seq_stage_bcx(Cm, s + TILES * ST * SCB + BCC * ST * NSTATE, b, t0, L, G, g);
         cp_commit();
     };
+    const float4 bq = seq_bias4(dbias, e0, E);
     stage(nck - 1);
     for (int ck = nck - 1; ck >= 0; ck--) {
         if (ck > 0) {
@@ -708,7 +756,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         } else {
             cp_wait_0();
         }
-        seq_delta_tile(base + (ck & 1) * BUF + ST * SCB, sSig, dt, dbias, ck * ST, e0, L, E);
+        seq_delta_tile(base + (ck & 1) * BUF + ST * SCB, sSig, dt, dbias, bq, ck * ST, e0, L, E);
         __syncthreads();
         float* s = base + (ck & 1) * BUF;
         float* sU = s;

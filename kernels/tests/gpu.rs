@@ -13,7 +13,8 @@
 //! - the sequential mode (`ScanMode::Sequential`): every rule against the f64 loop with finite
 //!   differences (tails, odd state sizes, groups, lengths up to 16384), and against the chunked
 //!   kernels at a large size;
-//! - two backward runs give bitwise identical gradients (both modes).
+//! - two backward runs give bitwise identical gradients (both modes);
+//! - the time step's softplus and its derivative alone against f64 (both modes).
 //!
 //! Golden files: `$LRNNX_GOLDEN` or the repository's `tests/data/lrnnx-golden`.
 #![cfg(feature = "cuda")]
@@ -812,6 +813,75 @@ fn backward_is_bitwise_deterministic() {
         println!(
             "{mode:?} (split {split}): two backward runs bitwise identical ({} gradients)",
             g1.len()
+        );
+    }
+}
+
+/// The time step's softplus and its derivative alone. At L = 1 the state starts at zero, so with
+/// u = B = C = 1 and N = 2, y = 2·softplus(raw) and ∂L/∂raw = 2·σ(raw) for ∂L/∂y = 1 (A drops
+/// out, and the doublings are exact in f32). Both kernels (the chunked kernels' per-item Δ and
+/// the sequential mode's staged tile) against f64 over a sweep of raw in [−85, 40] (softplus
+/// stays a normal f32) and chosen points: each value within 6e-7 relative (10 ulp; the kernels'
+/// series emulated in f32 is within 4), and past the cut (20) y exactly 2·raw and the
+/// derivative exactly 2.
+#[test]
+fn softplus_time_step_against_f64() {
+    let Some(mut ss) = device() else { return };
+    let e = 4096;
+    let mut s = ScanSpec::mamba(1, 1, e, 2);
+    s.has_d = false;
+    s.has_z = false;
+    s.has_delta_bias = false;
+    s.softplus = true;
+    let picks = [
+        -20.0, -1e-3, -1e-6, 0.0, 1e-6, 1e-3, 0.5, -0.69, 1.0, -2.0, 2.0, 19.99, 20.0, 20.01, 25.0,
+        40.0,
+    ];
+    let sweep = e - picks.len();
+    let raw: Vec<f64> = (0..sweep)
+        .map(|i| -85.0 + 125.0 * i as f64 / (sweep - 1) as f64)
+        .chain(picks)
+        .map(|r| r as f32 as f64) // the f32 the kernels see
+        .collect();
+    let x = Host {
+        u: vec![1.0; e],
+        delta: raw.clone(),
+        delta_a: None,
+        a: vec![-1.0; e * 2],
+        b: vec![1.0; 2],
+        c: vec![1.0; 2],
+        d: None,
+        z: None,
+        delta_bias: None,
+    };
+    let g = vec![1.0; e];
+    for mode in [ScanMode::Chunked, ScanMode::Sequential] {
+        ss.tiling.mode = mode;
+        assert_eq!(
+            s.check(ss.tiling).unwrap().seq,
+            mode == ScanMode::Sequential
+        );
+        let (y, _, gr, _) = gpu_run(&ss, &s, &x, &g);
+        let dd = &gr["delta"];
+        let (mut worst_y, mut worst_g) = (0f64, 0f64);
+        for (i, &r) in raw.iter().enumerate() {
+            let (got_y, got_g) = (y[i] as f64 / 2.0, dd[i] as f64 / 2.0);
+            if r > 20.0 {
+                assert_eq!((got_y, got_g), (r, 1.0), "{mode:?}: raw {r} past the cut");
+                continue;
+            }
+            let sp = r.exp().ln_1p();
+            let sg = 1.0 / (1.0 + (-r).exp());
+            let (ey, eg) = ((got_y - sp).abs() / sp, (got_g - sg).abs() / sg);
+            assert!(
+                ey <= 6e-7 && eg <= 6e-7,
+                "{mode:?}: raw {r}: softplus {got_y} (f64 {sp}), σ {got_g} (f64 {sg})"
+            );
+            worst_y = worst_y.max(ey);
+            worst_g = worst_g.max(eg);
+        }
+        println!(
+            "{mode:?}: softplus worst {worst_y:.2e}, σ worst {worst_g:.2e} relative over {e} values"
         );
     }
 }
