@@ -11,9 +11,10 @@
 // B_t, C_t: [ST][N]) staged in shared memory by cp.async one chunk ahead (double buffer).
 //
 // Forward: per step, h[n] = Ā·h[n] + γ̄·B_t[n]·u_t and y = Σ C_t[n]·h[n] (the thread's states,
-// summed over the channel's SPLIT lanes), D skip and z gate, y stored by the channel's first
-// lane; the state at every chunk start
-// goes to hs (Bsz, ⌈L/ST⌉, N, E) for the backward.
+// summed over the channel's SPLIT lanes), D skip and z gate; in a group of FK steps the sums go
+// through a transposing butterfly and lane p stores steps p·FK/SPLIT.. of the group (lane 0
+// stores the steps of a remainder); the state at every chunk start goes to hs (Bsz, ⌈L/ST⌉, N,
+// E) for the backward.
 // Backward, chunks in reverse: from the chunk's checkpoint, pass A re-walks the chunk and keeps
 // the state at every sub-chunk start (SS steps) in shared memory; then, sub-chunks in reverse,
 // pass B re-walks SS steps keeping Ā_t and h_t in registers, and the reverse walk runs the
