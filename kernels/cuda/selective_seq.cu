@@ -25,7 +25,9 @@
 // parked in the step's staged u/dy entries of the warp's own channels (read already; with
 // SPLIT = 4 a warp's 8 channels give too few entries, so a [ST][SWARP][32] park area follows),
 // then summed over the block's warps in warp order into the (Bsz, nblk, L, 2N) partials of
-// ss_reduce_bc; per-channel sums go to the (Bsz, E, 3N + 2) partials of ss_reduce_e.
+// ss_reduce_bc; per-channel sums go to the (Bsz, E, 3N + 2) partials of ss_reduce_e. The
+// per-(step, channel) outputs are stored by the channel's lanes in turn (SeqOut), without a
+// branch, so a sub-chunk's unrolled steps stay one basic block the compiler can interleave.
 // Deterministic: fixed order throughout.
 //
 // Defines: SPLIT (1, 2, 4), SWARP (warps per block), ST (steps per chunk), SS (steps per sub-chunk,
@@ -491,6 +493,15 @@ struct SeqConst {
     float Dd;
 };
 
+// The per-(step, channel) outputs du, ddt, [ddta], [dz] of the backward are stored by the
+// channel's lanes in turn, without branches: lane p stores outputs p, p + SPLIT, .. of every
+// step; q[r] points at output r·SPLIT + p's column of this channel at the chunk's first step.
+#define SEQ_NOUT (2 + HAS_DTA + HAS_Z)
+#define SEQ_OUT_R ((SEQ_NOUT + SPLIT - 1) / SPLIT)
+struct SeqOut {
+    float* q[SEQ_OUT_R];
+};
+
 // Where lane `ln` of warp `w` parks its butterfly sum of chunk step t: the staged u entries of
 // the warp's own channels, then its dy entries (both read before the butterfly runs); with
 // SPLIT = 4 the park area sP [ST][SWARP][32].
@@ -513,13 +524,11 @@ __device__ __forceinline__ void seq_sub_chunk(
     const SeqConst& K, const float (&h0)[NPT], float (&m)[NPT], float (&gA)[NPT], float& gD,
     float& gDB, float* sU, const float* sD, const float* sDA, float* sY, const float* sZ,
     const SeqRows& sB, const SeqRows& sC, const float* sS, float* sP, int warp, int ts, int nv,
-    int c, int p, int lane,
-    size_t obase, int E, float* __restrict__ du, float* __restrict__ ddt,
-    float* __restrict__ ddta, float* __restrict__ dz) {
-    (void)sDA; (void)sZ; (void)sS; (void)ddta; (void)dz; (void)nv;
+    int c, int p, int lane, const SeqOut& out, int E) {
+    (void)sDA; (void)sZ; (void)sS; (void)nv;
     float uu[SS], dd[SS], xx[SS], Gq[SS];
 #if HAS_Z
-    float zz[SS], dyv[SS];
+    float fz[SS];  // ∂y/∂z over the C·h + D·u it gates: dy·σ(z)·(1 + z·(1 − σ(z)))
 #endif
 #pragma unroll
     for (int i = 0; i < SS; i++) {
@@ -534,9 +543,12 @@ __device__ __forceinline__ void seq_sub_chunk(
 #endif
         Gq[i] = sY[t * SCB + c];
 #if HAS_Z
-        zz[i] = sZ[t * SCB + c];
-        dyv[i] = Gq[i];
-        Gq[i] *= __fdividef(zz[i], 1.f + __expf(-zz[i]));
+        {
+            const float zv = sZ[t * SCB + c];
+            const float sg = __fdividef(1.f, 1.f + __expf(-zv));
+            fz[i] = Gq[i] * sg * fmaf(zv, 1.f - sg, 1.f);
+            Gq[i] *= zv * sg;
+        }
 #endif
     }
     // pass B: Ā_t and h_t of the sub-chunk in registers
@@ -675,20 +687,24 @@ __device__ __forceinline__ void seq_sub_chunk(
 #endif
             gD = fmaf(G, ui, gD);
             gDB += draw;
-            if (p == 0) {
-                const size_t o = obase + (size_t)(ts + i) * E;
-                du[o] = fmaf(K.Dd, G, sgdu);
-                ddt[o] = draw;
+            // the step's per-channel outputs, in SeqOut order, spread over the channel's lanes
+            const float ov[SEQ_NOUT] = {
+                fmaf(K.Dd, G, sgdu), draw,
 #if HAS_DTA
-                ddta[o] = sgx;
+                sgx,
 #endif
 #if HAS_Z
-                {
-                    const float zv = zz[i];
-                    const float sg = __fdividef(1.f, 1.f + __expf(-zv));
-                    dz[o] = dyv[i] * sg * (1.f + zv * (1.f - sg)) * fmaf(K.Dd, ui, syp);
-                }
+                fz[i] * fmaf(K.Dd, ui, syp),
 #endif
+            };
+#pragma unroll
+            for (int r = 0; r < SEQ_OUT_R; r++) {
+                float v = ov[r * SPLIT];
+#pragma unroll
+                for (int q = 1; q < SPLIT; q++)
+                    if (r * SPLIT + q < SEQ_NOUT && p == q) v = ov[r * SPLIT + q];
+                if ((r + 1) * SPLIT <= SEQ_NOUT || r * SPLIT + p < SEQ_NOUT)
+                    out.q[r][(size_t)(ts + i) * E] = v;
             }
         }
     }
@@ -800,7 +816,27 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             }
         }
         // pass B and the reverse walk, sub-chunks in reverse
-        const size_t obase = ((size_t)b * L + t0) * E + e;
+        SeqOut out;
+        {
+            const size_t obase = ((size_t)b * L + t0) * E + e;
+            float* const cols[SEQ_NOUT] = {
+                du, ddt,
+#if HAS_DTA
+                ddta,
+#endif
+#if HAS_Z
+                dz,
+#endif
+            };
+#pragma unroll
+            for (int r = 0; r < SEQ_OUT_R; r++) {
+                float* q = cols[r * SPLIT];
+#pragma unroll
+                for (int k = 1; k < SPLIT; k++)
+                    if (r * SPLIT + k < SEQ_NOUT && p == k) q = cols[r * SPLIT + k];
+                out.q[r] = q + obase;
+            }
+        }
         for (int k = nsub - 1; k >= 0; k--) {
             float h0[NPT];
 #pragma unroll
@@ -808,12 +844,10 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
             const int nv = nt - k * SS;
             if (nv >= SS)
                 seq_sub_chunk<false>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, sSig, sP,
-                                     warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta,
-                                     dz);
+                                     warp, k * SS, nv, c, p, lane, out, E);
             else
                 seq_sub_chunk<true>(K, h0, m, gA, gD, gDB, sU, sD, sDA, sY, sZ, sB, sC, sSig, sP,
-                                    warp, k * SS, nv, c, p, lane, obase, E, du, ddt, ddta,
-                                    dz);
+                                    warp, k * SS, nv, c, p, lane, out, E);
         }
         __syncthreads();
         // dB/dC of the chunk: the warps' sums in warp order -> pBC (Bsz, nblk, L, 2N)

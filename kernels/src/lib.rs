@@ -211,7 +211,7 @@ pub struct Tiling {
 /// Which selective-scan kernels run.
 ///
 /// * `Auto` (the default): `Sequential` where it applies and was measured faster — the mamba
-///   rule without `deltaA`, even `N ≤ 16`, groups of a multiple of 128 channels (whole blocks)
+///   rule without `deltaA`, even `N ≤ 16`, groups of a multiple of 128 channels (as measured)
 ///   and at least [`AUTO_SEQUENTIAL_CHANNELS`] channels over the batch (`batch · E`) — with the
 ///   measured geometry [`Tiling::auto_sequential`] (the `seq_*` fields are for `Sequential`);
 ///   else `Chunked`.
@@ -268,12 +268,12 @@ impl Tiling {
     };
 
     /// The sequential geometry [`ScanMode::Auto`] runs (the fastest measured at batch 8 ×
-    /// L 4096 × E 2048 × N 16, mamba rule, on an H100): 2 threads a channel, 8 warps, chunks of
-    /// 32 steps, backward sub-chunks of 8.
+    /// L 4096 × E 2048 × N 16, mamba rule, on an H100): 2 threads a channel, 4 warps (64
+    /// channels a block), chunks of 32 steps, backward sub-chunks of 8.
     pub const fn auto_sequential(self) -> Tiling {
         Tiling {
             seq_split: 2,
-            seq_warps: 8,
+            seq_warps: 4,
             seq_chunk: 32,
             seq_sub: 8,
             ..self
@@ -928,7 +928,8 @@ mod tests {
     fn auto_mode_takes_the_sequential_kernels_only_where_measured_faster() {
         assert_eq!(Tiling::default().mode, ScanMode::Auto);
         let bw = Pass::Backward;
-        // the bench's problem: batch 8 × E 2048, mamba, N 16 -> sequential, 2 lanes, sub 8
+        // the bench's problem: batch 8 × E 2048, mamba, N 16 -> sequential, 2 lanes, 4 warps
+        // (64 channels a block), sub 8
         let mut s = ScanSpec::mamba(8, 64, 2048, 16);
         let v = s.check(Tiling::default()).unwrap();
         assert!(v.seq);
@@ -938,7 +939,7 @@ mod tests {
                 v.tiling.seq_sub,
                 v.channels_per_block(bw)
             ),
-            (2, 8, 128)
+            (2, 8, 64)
         );
         // Sequential asked for with Auto's geometry resolves the same way
         let explicit = Tiling {
@@ -970,7 +971,7 @@ mod tests {
                 2 => c.state = 15,
                 3 => c.state = 32,
                 4 => (c.batch, c.channels, c.groups) = (16, 2040, 85), // 24 channels a group
-                5 => (c.channels, c.groups) = (2048, 32), // 64 channels a group: half blocks
+                5 => (c.channels, c.groups) = (2048, 32), // 64 channels a group: unmeasured
                 _ => c.complex = true,
             }
             let v = c.check(Tiling::default()).unwrap();
