@@ -589,7 +589,7 @@ fn random_selective_scans_cuda_match_cpu() {
         (1, 4097, 64, 16, true),
         (2, 16384, 32, 16, false),
         (1, 16384, 96, 16, true),
-        // B·E = 16384 in whole 128-channel blocks: Auto's sequential kernels (mamba rule, ΔA
+        // B·E = 16384, channels a multiple of 128: Auto's sequential kernels (mamba rule, ΔA
         // the same tensor as Δ); the chunked ones for the other rules and with a separate ΔA
         (8, 70, 2048, 16, false),
         (8, 70, 2048, 16, true),

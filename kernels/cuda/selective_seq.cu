@@ -534,6 +534,7 @@ __device__ __forceinline__ void seq_sub_chunk(
     for (int i = 0; i < SS; i++) {
         const int t = ts + i;
         const bool valid = !TAIL || i < nv;
+        (void)valid;
         uu[i] = sU[t * SCB + c];
         dd[i] = sD[t * SCB + c];  // Δ, 0 past L (seq_delta_tile)
 #if HAS_DTA

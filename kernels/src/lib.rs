@@ -221,8 +221,9 @@ pub struct Tiling {
 ///   in registers (no scan operators); needs real `A`, time-varying `B`/`C`, `N ≤ 16`, groups of
 ///   a multiple of `32 / seq_split` channels (`seq_split` halved until it divides `N`), and
 ///   `batch · E` in the thousands to fill the GPU. At batch 8 × L 4096 × E 2048 × N 16 on an
-///   H100, with Auto's geometry (sub-chunks of 8), it is 1.30× (no `z`) and 1.26× (`z`) faster
-///   than the chunked kernels in fwd+bwd; with sub-chunks of 4, 1.25× and 1.18× (README, GPU).
+///   H100, with Auto's geometry (4 warps a block, sub-chunks of 8), it is 1.64× (no `z`) and
+///   1.65× (`z`) faster than the chunked kernels in fwd+bwd; with 8 warps and sub-chunks of 4,
+///   1.59× and 1.56× (README, GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScanMode {
     /// Sequential where it applies and pays off, else chunked.
@@ -234,8 +235,9 @@ pub enum ScanMode {
 }
 
 /// [`ScanMode::Auto`] picks the sequential kernels from this many channels over the batch
-/// (`batch · E`) on: with fewer, the sequential mode's one-block-per-128-channels grid leaves an
-/// H100's 132 SMs partly idle while the chunked kernels also spread time over lanes.
+/// (`batch · E`) on: with fewer, the sequential mode's grid (one block per 64 channels with
+/// Auto's geometry; the threshold was measured with blocks of 128) leaves an H100's 132 SMs
+/// partly idle while the chunked kernels also spread time over lanes.
 pub const AUTO_SEQUENTIAL_CHANNELS: usize = 16384;
 
 /// Largest grid `y` (and `z`) dimension of a launch: the scans put the batch there.

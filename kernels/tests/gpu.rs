@@ -552,12 +552,16 @@ fn sequential_mode_against_sequential_f64() {
                     s.groups = 2;
                     s.len = 77;
                 }
-                // short chunks, a length that ends mid chunk
-                3 => s.len = 203,
+                // short chunks, a length that ends mid chunk; no z (the backward's per-step
+                // outputs are then du and ddt alone)
+                3 => {
+                    s.len = 203;
+                    s.has_z = false;
+                }
                 // three groups, no softplus / bias / D (rglru keeps softplus: Ā < 1), N = 8;
-                // with four lanes a channel also ΔA (not for rglru / s7)
+                // ΔA and z (not for rglru / s7: four per-step outputs)
                 2 => {
-                    s.has_delta_a = split == 4 && !matches!(rule, Rule::Rglru | Rule::S7);
+                    s.has_delta_a = !matches!(rule, Rule::Rglru | Rule::S7);
                     s.groups = 3;
                     s.channels = 96;
                     s.softplus = rule == Rule::Rglru;
@@ -578,12 +582,15 @@ fn sequential_mode_against_sequential_f64() {
         }
     }
     // one thread a channel at N = 16: three of the four state levels' bits xor-permute a
-    // lane's slots (its B/C float4s picked by the two high bits)
+    // lane's slots (its B/C float4s picked by the two high bits); the thread stores all the
+    // backward's per-step outputs (three with z, two without, four with ΔA and z)
     (ss.tiling.seq_split, ss.tiling.seq_sub, ss.tiling.seq_chunk) = (1, 4, 32);
-    for rule in [Rule::Mamba, Rule::Bilinear] {
+    for rule in [Rule::Mamba, Rule::Bilinear, Rule::Zoh] {
         let mut s = base;
         s.rule = rule;
         s.len = 203;
+        s.has_z = rule != Rule::Bilinear;
+        s.has_delta_a = rule == Rule::Zoh;
         let v = s.check(ss.tiling).expect("sequential mode applies");
         assert!(v.seq && v.tiling.seq_split == 1, "{s:?}");
         check_random(&ss, s, seed);

@@ -92,6 +92,16 @@ fn every_variant_compiles_for_sm90() {
     }
     cases.push((Rule::Mamba, 0, 5, 64, 2, seq));
     cases.push((Rule::Zoh, 2, 8, 96, 3, seq));
+    // the backward's per-step outputs spread over a channel's lanes: 2 (du, ddt: no ΔA, no
+    // z; flag 16 flips z) and 4 (ΔA and z) of them, at 1, 2 and 4 lanes a channel
+    for split in [1, 2, 4] {
+        let t = Tiling {
+            seq_split: split,
+            ..seq
+        };
+        cases.push((Rule::Mamba, 16, 16, 256, 1, t));
+        cases.push((Rule::Zoh, 2 | 16, 16, 256, 1, t));
+    }
     for (rule, flags, state, channels, groups, tiling) in cases {
         let spec = ScanSpec {
             batch: 8, // the bench's batch: ScanMode::Auto resolves as there
@@ -105,7 +115,7 @@ fn every_variant_compiles_for_sm90() {
             has_delta_bias: flags & 4 == 0,
             softplus: flags & 4 == 0,
             has_d: flags & 4 == 0,
-            has_z: flags & 2 == 0,
+            has_z: (flags & 2 == 0) != (flags & 16 != 0),
             complex: flags & 8 != 0,
         };
         let v = spec.check(tiling).expect("valid spec");
