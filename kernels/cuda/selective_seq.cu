@@ -853,15 +853,29 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         __syncthreads();
         // dB/dC of the chunk: the warps' sums in warp order -> pBC (Bsz, nblk, L, 2N)
         float* dst = pBC + (((size_t)b * nblk + blockIdx.x) * L + t0) * (2 * NSTATE);
-        for (int o = tid; o < nt * 2 * NSTATE; o += SNT) {
-            const int t = o / (2 * NSTATE), v2 = o % (2 * NSTATE);
-            const int n = v2 % NSTATE, which = v2 / NSTATE;  // 0 dB, 1 dC
-            const int v = which ? VC(n % NPT) : VB(n % NPT), pp = n / NPT;
-            const int ln = v * SPLIT + pp;
-            float acc = 0.f;
+        if (SNT % (2 * NSTATE) == 0) {
+            // the thread's column v2 = o % 2N is the same at every o it takes: its lane (the
+            // butterfly value it sums) is fixed, only the step t moves
+            const int v2 = tid % (2 * NSTATE), n = v2 % NSTATE;
+            const int ln = (v2 < NSTATE ? VB(n % NPT) : VC(n % NPT)) * SPLIT + n / NPT;
+            constexpr int TSTEP = SNT / (2 * NSTATE);
+            for (int t = tid / (2 * NSTATE); t < nt; t += TSTEP) {
+                float acc = 0.f;
 #pragma unroll
-            for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
-            dst[o] = acc;
+                for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
+                dst[t * (2 * NSTATE) + v2] = acc;
+            }
+        } else {
+            for (int o = tid; o < nt * 2 * NSTATE; o += SNT) {
+                const int t = o / (2 * NSTATE), v2 = o % (2 * NSTATE);
+                const int n = v2 % NSTATE, which = v2 / NSTATE;  // 0 dB, 1 dC
+                const int v = which ? VC(n % NPT) : VB(n % NPT), pp = n / NPT;
+                const int ln = v * SPLIT + pp;
+                float acc = 0.f;
+#pragma unroll
+                for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
+                dst[o] = acc;
+            }
         }
         __syncthreads();  // this buffer is restaged by the next iteration
     }
