@@ -501,6 +501,16 @@ struct SeqConst {
 struct SeqOut {
     float* q[SEQ_OUT_R];
 };
+// Entry r·SPLIT + p of a list of the SEQ_NOUT outputs (entry r·SPLIT where that is past the end:
+// lane p then stores nothing in round r)
+template <typename T>
+__device__ __forceinline__ T seq_pick(const T (&x)[SEQ_NOUT], int r, int p) {
+    T v = x[r * SPLIT];
+#pragma unroll
+    for (int q = 1; q < SPLIT; q++)
+        if (r * SPLIT + q < SEQ_NOUT && p == q) v = x[r * SPLIT + q];
+    return v;
+}
 
 // Where lane `ln` of warp `w` parks its butterfly sum of chunk step t: the staged u entries of
 // the warp's own channels, then its dy entries (both read before the butterfly runs); with
@@ -699,14 +709,9 @@ __device__ __forceinline__ void seq_sub_chunk(
 #endif
             };
 #pragma unroll
-            for (int r = 0; r < SEQ_OUT_R; r++) {
-                float v = ov[r * SPLIT];
-#pragma unroll
-                for (int q = 1; q < SPLIT; q++)
-                    if (r * SPLIT + q < SEQ_NOUT && p == q) v = ov[r * SPLIT + q];
+            for (int r = 0; r < SEQ_OUT_R; r++)
                 if ((r + 1) * SPLIT <= SEQ_NOUT || r * SPLIT + p < SEQ_NOUT)
-                    out.q[r][(size_t)(ts + i) * E] = v;
-            }
+                    out.q[r][(size_t)(ts + i) * E] = seq_pick(ov, r, p);
         }
     }
 }
@@ -830,13 +835,7 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
 #endif
             };
 #pragma unroll
-            for (int r = 0; r < SEQ_OUT_R; r++) {
-                float* q = cols[r * SPLIT];
-#pragma unroll
-                for (int k = 1; k < SPLIT; k++)
-                    if (r * SPLIT + k < SEQ_NOUT && p == k) q = cols[r * SPLIT + k];
-                out.q[r] = q + obase;
-            }
+            for (int r = 0; r < SEQ_OUT_R; r++) out.q[r] = seq_pick(cols, r, p) + obase;
         }
         for (int k = nsub - 1; k >= 0; k--) {
             float h0[NPT];
@@ -853,29 +852,26 @@ ss_bwd(const float* __restrict__ u, const float* __restrict__ dt, const float* _
         __syncthreads();
         // dB/dC of the chunk: the warps' sums in warp order -> pBC (Bsz, nblk, L, 2N)
         float* dst = pBC + (((size_t)b * nblk + blockIdx.x) * L + t0) * (2 * NSTATE);
+        // column v2 of a row (dB_n for v2 < N, else dC_n) is the butterfly sum of lane
+        // seq_lane(v2) of every warp, summed in warp order
+        auto seq_lane = [](int v2) {
+            const int n = v2 % NSTATE;
+            return (v2 < NSTATE ? VB(n % NPT) : VC(n % NPT)) * SPLIT + n / NPT;
+        };
+        auto warp_sum = [&](int t, int ln) {
+            float acc = 0.f;
+#pragma unroll
+            for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
+            return acc;
+        };
         if (SNT % (2 * NSTATE) == 0) {
-            // the thread's column v2 = o % 2N is the same at every o it takes: its lane (the
-            // butterfly value it sums) is fixed, only the step t moves
-            const int v2 = tid % (2 * NSTATE), n = v2 % NSTATE;
-            const int ln = (v2 < NSTATE ? VB(n % NPT) : VC(n % NPT)) * SPLIT + n / NPT;
-            constexpr int TSTEP = SNT / (2 * NSTATE);
-            for (int t = tid / (2 * NSTATE); t < nt; t += TSTEP) {
-                float acc = 0.f;
-#pragma unroll
-                for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
-                dst[t * (2 * NSTATE) + v2] = acc;
-            }
+            // the thread's column is the same on every row it takes: its lane is set once
+            const int v2 = tid % (2 * NSTATE), ln = seq_lane(v2);
+            for (int t = tid / (2 * NSTATE); t < nt; t += SNT / (2 * NSTATE))
+                dst[t * (2 * NSTATE) + v2] = warp_sum(t, ln);
         } else {
-            for (int o = tid; o < nt * 2 * NSTATE; o += SNT) {
-                const int t = o / (2 * NSTATE), v2 = o % (2 * NSTATE);
-                const int n = v2 % NSTATE, which = v2 / NSTATE;  // 0 dB, 1 dC
-                const int v = which ? VC(n % NPT) : VB(n % NPT), pp = n / NPT;
-                const int ln = v * SPLIT + pp;
-                float acc = 0.f;
-#pragma unroll
-                for (int w = 0; w < SWARP; w++) acc += *seq_slot(sU, sY, sP, t, w, ln);
-                dst[o] = acc;
-            }
+            for (int o = tid; o < nt * 2 * NSTATE; o += SNT)
+                dst[o] = warp_sum(o / (2 * NSTATE), seq_lane(o % (2 * NSTATE)));
         }
         __syncthreads();  // this buffer is restaged by the next iteration
     }
