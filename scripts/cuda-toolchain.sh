@@ -41,6 +41,7 @@ ln -sfn libcuda.so "$R/lib/libcuda.so.1"
 cat > "$P/env.sh" <<ENV
 export CUDA_HOME=$R CUDA_PATH=$R
 export PATH=$R/bin:\$PATH
+export LD_LIBRARY_PATH=$R/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}   # libnvrtc for the kernels' NVRTC tests
 export CUDA_COMPUTE_CAP=90      # H100/H200; no nvidia-smi here to ask
 export CUDAFORGE_THREADS=\${CUDAFORGE_THREADS:-2}
 ENV
