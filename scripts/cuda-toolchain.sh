@@ -19,9 +19,12 @@ R=$P/root
 mkdir -p "$R/lib"
 for d in bin include nvvm; do ln -sfn "$W/$d" "$R/$d"; done
 ln -sfn lib "$R/lib64"
-# unversioned names for the linker
+# unversioned names for the linker; libnvrtc alone also in nvrtc-lib, the run-time search path
+# that env.sh sets (never lib/, whose libcuda stub would shadow a real driver)
+mkdir -p "$R/nvrtc-lib"
 for f in "$W"/lib/*.so.*; do
   b=$(basename "$f"); ln -sfn "$f" "$R/lib/$b"; ln -sfn "$f" "$R/lib/${b%%.so.*}.so"
+  if [[ $b == libnvrtc* ]]; then ln -sfn "$f" "$R/nvrtc-lib/$b"; ln -sfn "$f" "$R/nvrtc-lib/${b%%.so.*}.so"; fi
 done
 # libcuda.so comes with the driver, which this machine lacks: link against a stub with the same
 # symbols and soname; the real library is loaded on the GPU machine.
@@ -41,7 +44,7 @@ ln -sfn libcuda.so "$R/lib/libcuda.so.1"
 cat > "$P/env.sh" <<ENV
 export CUDA_HOME=$R CUDA_PATH=$R
 export PATH=$R/bin:\$PATH
-export LD_LIBRARY_PATH=$R/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}   # libnvrtc for the kernels' NVRTC tests
+export LD_LIBRARY_PATH=$R/nvrtc-lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}   # libnvrtc only (the NVRTC compile test)
 export CUDA_COMPUTE_CAP=90      # H100/H200; no nvidia-smi here to ask
 export CUDAFORGE_THREADS=\${CUDAFORGE_THREADS:-2}
 ENV
